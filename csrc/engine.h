@@ -1,0 +1,146 @@
+/* peftcore engine: the public C API.
+ *
+ * Plain C11 over raw float buffers, no Python.h. Every op is a forward/backward pair:
+ * outputs first, then caches, then inputs and weights, then sizes (llm.c's order).
+ * All backward functions ACCUMULATE (+=) into their gradient outputs, and any gradient
+ * output may be NULL when it is not wanted. Matrices are row-major.
+ */
+#ifndef PEFTCORE_ENGINE_H
+#define PEFTCORE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------ runtime */
+
+/* Chooses the BLIS kernel set (unless BLIS_ARCH_TYPE is set) and initialises BLIS.
+ * Idempotent. Returns 0. */
+int pc_runtime_init(void);
+const char *pc_blis_arch(void);       /* e.g. "skx" */
+const char *pc_blis_version(void);    /* e.g. "0.9.0" */
+const char *pc_cpu_simd(void);        /* e.g. "avx512f avx512dq avx512bw avx512vl avx2 fma" */
+bool pc_blis_arch_from_env(void);     /* true when the user's BLIS_ARCH_TYPE was honoured */
+void pc_set_num_threads(int n);       /* n >= 1: threads for BLIS and our kernels */
+int pc_get_num_threads(void);
+int pc_default_num_threads(void);     /* usable cores */
+
+/* C(M,N) = alpha * op(A) * op(B) + beta * C, row-major with leading dimensions.
+ * op(A) is (M,K): A is (M,K) with lda, or (K,M) when trans_a. Likewise op(B) is (K,N). */
+void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+              const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* Same, on the calling thread only: for use inside our own parallel loops. */
+void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta,
+                     float *C, int ldc);
+
+/* Aligned, zeroed allocation for engine buffers (64-byte alignment). */
+void *pc_alloc(size_t bytes);
+void pc_free(void *p);
+
+/* ------------------------------------------------------------------ tensors */
+
+#define PC_MAX_DIMS 8
+
+typedef enum { PC_FLOAT32 = 0, PC_INT32 = 1, PC_INT64 = 2 } pc_dtype;
+
+typedef struct pc_tensor {
+    void *data;
+    pc_dtype dtype;
+    int ndim;
+    int64_t shape[PC_MAX_DIMS];
+    int64_t numel;
+    int refcount;
+    bool owns_data;            /* data was allocated by pc_tensor_new */
+    struct pc_tensor *base;    /* a view keeps its base alive */
+    bool requires_grad;        /* honoured by models and the optimizer */
+    struct pc_tensor *grad;    /* same shape, float32; allocated on demand */
+} pc_tensor;
+
+size_t pc_dtype_size(pc_dtype dtype);
+/* New zeroed tensor with its own memory (refcount 1), or NULL when out of memory. */
+pc_tensor *pc_tensor_new(pc_dtype dtype, int ndim, const int64_t *shape);
+/* Tensor over memory owned by someone else (refcount 1); the caller keeps it alive. */
+pc_tensor *pc_tensor_borrow(void *data, pc_dtype dtype, int ndim, const int64_t *shape);
+/* View of `numel(shape)` elements of base starting at element `offset`. */
+pc_tensor *pc_tensor_view(pc_tensor *base, int64_t offset, int ndim, const int64_t *shape);
+void pc_tensor_retain(pc_tensor *t);
+void pc_tensor_release(pc_tensor *t);
+/* The gradient buffer (zeroed on first use), or NULL when out of memory. */
+pc_tensor *pc_tensor_grad(pc_tensor *t);
+static inline float *pc_f32(const pc_tensor *t) { return t ? (float *)t->data : NULL; }
+
+/* ------------------------------------------------------------------ ops */
+
+/* linear: inp (N,IC), weight (OC,IC), bias (OC) or NULL -> out (N,OC) = inp·Wᵀ + b */
+void pc_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int N, int IC, int OC);
+/* dinp (N,IC) += dout·W;  dweight (OC,IC) += doutᵀ·inp;  dbias (OC) += Σ_n dout */
+void pc_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, int N, int IC, int OC);
+
+/* embedding: ids (N) in [0,V) -> out (N,C) = weight[ids]; ids are checked by the caller */
+void pc_embedding_forward(float *out, const int64_t *ids, const float *weight, int N, int C);
+/* dweight (V,C) scatter-add: dweight[ids[n]] += dout[n] (deterministic) */
+void pc_embedding_backward(float *dweight, const float *dout, const int64_t *ids, int N, int C);
+
+/* layernorm over the last dim: out = (inp - mean) * rstd * weight + bias.
+ * mean, rstd (N) are saved for the backward (may be NULL). */
+void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *weight, const float *bias, int N, int C, float eps);
+void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, const float *mean,
+                           const float *rstd, int N, int C);
+
+/* Activations over n elements. GELU: exact x·Φ(x), or the tanh approximation. */
+void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx);
+void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
+                      bool tanh_approx);
+void pc_tanh_forward(float *out, const float *inp, int64_t n);
+void pc_tanh_backward(float *dinp, const float *dout, const float *out, int64_t n);
+void pc_relu_forward(float *out, const float *inp, int64_t n);
+void pc_relu_backward(float *dinp, const float *dout, const float *inp, int64_t n);
+
+/* softmax over the last dim of (N,C) */
+void pc_softmax_forward(float *out, const float *inp, int N, int C);
+void pc_softmax_backward(float *dinp, const float *dout, const float *out, int N, int C);
+
+/* residual add: out = a + b; backward: da += dout, db += dout */
+void pc_add_forward(float *out, const float *a, const float *b, int64_t n);
+void pc_add_backward(float *da, float *db, const float *dout, int64_t n);
+
+/* dropout with a counter-based RNG: element i is kept iff hash(seed, i) >= p, and kept
+ * elements are scaled by 1/(1-p). The mask depends on (seed, i) only, never on threads. */
+void pc_dropout_forward(float *out, const float *inp, int64_t n, float p, uint64_t seed);
+void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uint64_t seed);
+/* keep-or-drop of element i (the same mask the functions above use) */
+bool pc_dropout_keep(uint64_t seed, uint64_t i, float p);
+
+/* multi-head scaled-dot-product attention, heads inside the kernel.
+ * q, k, v: (B,T,H·D) row-major with row stride ld_qkv (3·H·D for a fused QKV buffer).
+ * key_mask: (B,T) 1 = attend, 0 = padding, or NULL. Masked keys get the additive bias
+ * -FLT_MAX as transformers does (a fully masked row becomes uniform).
+ * probs (B,H,T,T): softmax(QKᵀ/√D + bias) saved for the backward (before dropout).
+ * out (B,T,H·D) row stride H·D = dropout(probs)·V. */
+void pc_attention_forward(float *out, float *probs, const float *q, const float *k,
+                          const float *v, int ld_qkv, const float *key_mask, int B, int T,
+                          int H, int D, float dropout_p, uint64_t seed);
+/* dq, dk, dv (row stride ld_dqkv) += gradients; any of them may be NULL only together. */
+void pc_attention_backward(float *dq, float *dk, float *dv, int ld_dqkv, const float *dout,
+                           const float *probs, const float *q, const float *k, const float *v,
+                           int ld_qkv, int B, int T, int H, int D, float dropout_p,
+                           uint64_t seed);
+
+/* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
+ * (NaN when there are none, as torch). *count receives how many were counted. */
+float pc_cross_entropy_forward(const float *logits, const int64_t *targets, int N, int C,
+                               int64_t ignore_index, int *count);
+/* dlogits (N,C) += dloss * (softmax(logits) - onehot(target)) / count */
+void pc_cross_entropy_backward(float *dlogits, const float *logits, const int64_t *targets,
+                               int N, int C, int64_t ignore_index, float dloss);
+/* mean squared error over n elements */
+float pc_mse_forward(const float *inp, const float *target, int64_t n);
+void pc_mse_backward(float *dinp, const float *inp, const float *target, int64_t n,
+                     float dloss);
+
+#endif

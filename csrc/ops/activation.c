@@ -1,0 +1,108 @@
+/* Elementwise activations, softmax and the residual add. */
+#include "kernels.h"
+
+#define SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_TANH_COEF 0.044715f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+/* exact: gelu(x) = x·Φ(x);  tanh form: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
+void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) {
+    if (tanh_approx) {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) {
+            float x = inp[i];
+            float u = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x);
+            out[i] = 0.5f * x * (1.0f + pc_tanhf(u));
+        }
+    } else {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) out[i] = inp[i] * pc_normal_cdf(inp[i]);
+    }
+}
+
+/* exact: d/dx = Φ(x) + x·φ(x);  tanh form: 0.5(1+t) + 0.5x(1-t²)·√(2/π)(1 + 3·0.044715x²) */
+void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
+                      bool tanh_approx) {
+    if (tanh_approx) {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) {
+            float x = inp[i];
+            float u = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x);
+            float t = pc_tanhf(u);
+            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_TANH_COEF * x * x);
+            dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+        }
+    } else {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) {
+            float x = inp[i];
+            float pdf = INV_SQRT_2PI * pc_expf(-0.5f * x * x);
+            dinp[i] += dout[i] * (pc_normal_cdf(x) + x * pdf);
+        }
+    }
+}
+
+void pc_tanh_forward(float *out, const float *inp, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) out[i] = pc_tanhf(inp[i]);
+}
+
+/* y = tanh(x): dx = dy·(1 - y²) */
+void pc_tanh_backward(float *dinp, const float *dout, const float *out, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) dinp[i] += dout[i] * (1.0f - out[i] * out[i]);
+}
+
+/* NaN stays NaN: the comparison is false for it and x is returned */
+void pc_relu_forward(float *out, const float *inp, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) out[i] = inp[i] < 0.0f ? 0.0f : inp[i];
+}
+
+void pc_relu_backward(float *dinp, const float *dout, const float *inp, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+/* one row: y = exp(x - max) / Σ exp(x - max) */
+static inline void softmax_row(float *y, const float *x, int C) {
+    float mx = -INFINITY;
+    for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+    float sum = 0.0f;
+    for (int c = 0; c < C; c++) {
+        y[c] = pc_expf(x[c] - mx);
+        sum += y[c];
+    }
+    float inv = 1.0f / sum;
+    for (int c = 0; c < C; c++) y[c] *= inv;
+}
+
+void pc_softmax_forward(float *out, const float *inp, int N, int C) {
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) softmax_row(out + (int64_t)n * C, inp + (int64_t)n * C, C);
+}
+
+/* dx = y ⊙ (dy - Σ_c dy·y) */
+void pc_softmax_backward(float *dinp, const float *dout, const float *out, int N, int C) {
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) {
+        const float *y = out + (int64_t)n * C, *dy = dout + (int64_t)n * C;
+        float *dx = dinp + (int64_t)n * C;
+        float dot = 0.0f;
+        for (int c = 0; c < C; c++) dot += dy[c] * y[c];
+        for (int c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - dot);
+    }
+}
+
+void pc_add_forward(float *out, const float *a, const float *b, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void pc_add_backward(float *da, float *db, const float *dout, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) {
+        if (da) da[i] += dout[i];
+        if (db) db[i] += dout[i];
+    }
+}

@@ -1,0 +1,66 @@
+/* Shared inline helpers of the op kernels: threading and vectorisable math. */
+#ifndef PEFTCORE_KERNELS_H
+#define PEFTCORE_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../engine.h"
+
+/* Parallel loops: our threads follow pc_set_num_threads; small jobs stay on one thread.
+ * Work is always split by rows/columns that each thread owns whole, so results do not
+ * depend on the thread count. */
+#define PC_PRAGMA(x) _Pragma(#x)
+#define PC_PARALLEL_FOR(work) \
+    PC_PRAGMA(omp parallel for schedule(static) num_threads(pc_threads_for(work)))
+
+static inline int pc_threads_for(int64_t work) {
+    return work >= 32768 ? pc_get_num_threads() : 1;
+}
+
+/* exp(x) for float, vectorisable: x = n·ln2 + r, exp(r) by a degree-6 polynomial.
+ * Relative error ~2 ulp; NaN propagates; underflows to ~0 below -87. */
+static inline float pc_expf(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
+    float n = __builtin_roundf(x * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    /* n in [-126, 128]: build 2^n in two halves so n = 128 does not overflow the exponent */
+    int32_t ni = (int32_t)n;
+    int32_t n1 = ni / 2, n2 = ni - n1;
+    union { uint32_t u; float f; } s1 = {(uint32_t)(n1 + 127) << 23}, s2 = {(uint32_t)(n2 + 127) << 23};
+    return p * s1.f * s2.f;
+}
+
+/* Φ(x), the standard normal CDF, via erfc (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7),
+ * keeping relative accuracy in the lower tail. */
+static inline float pc_normal_cdf(float x) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.3275911f * z);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
+                 t * (-1.453152027f + t * 1.061405429f))));
+    float half_erfc = 0.5f * poly * pc_expf(-z * z);
+    return x < 0.0f ? half_erfc : 1.0f - half_erfc;
+}
+
+/* tanh(x): odd Taylor polynomial near 0, 1 - 2/(e^{2|x|}+1) elsewhere. */
+static inline float pc_tanhf(float x) {
+    float a = fabsf(x);
+    float x2 = x * x;
+    float small = x * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f + x2 * (-17.0f / 315.0f +
+                  x2 * (62.0f / 2835.0f)))));
+    float big = 1.0f - 2.0f / (pc_expf(2.0f * a) + 1.0f);
+    big = x < 0.0f ? -big : big;
+    return a < 0.3f ? small : big;
+}
+
+#endif

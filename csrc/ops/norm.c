@@ -1,0 +1,75 @@
+/* Layer normalisation over the last dimension. */
+#include "kernels.h"
+
+/* inp (N,C): mean_n = Σ_c x/C, var_n = Σ_c (x-mean)²/C, rstd_n = 1/√(var_n + eps),
+ * out = (x - mean)·rstd·weight + bias. Two-pass statistics in double for accuracy. */
+void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *weight, const float *bias, int N, int C, float eps) {
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (int64_t)n * C;
+        float *y = out + (int64_t)n * C;
+        double sum = 0.0;
+        for (int c = 0; c < C; c++) sum += x[c];
+        float m = (float)(sum / C);
+        double sq = 0.0;
+        for (int c = 0; c < C; c++) {
+            float d = x[c] - m;
+            sq += (double)d * d;
+        }
+        float s = (float)(1.0 / sqrt(sq / C + eps));
+        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+        if (mean) mean[n] = m;
+        if (rstd) rstd[n] = s;
+    }
+}
+
+/* With x̂ = (x - mean)·rstd and y = x̂·w + b:
+ *   dbias += Σ_n dy,  dweight += Σ_n dy·x̂
+ *   dx = rstd · (g - mean_c(g) - x̂·mean_c(g·x̂))  where g = dy·w
+ * dx is row-parallel; the column sums are column-parallel (deterministic). */
+void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, const float *mean,
+                           const float *rstd, int N, int C) {
+    if (dinp) {
+        PC_PARALLEL_FOR((int64_t)N * C)
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (int64_t)n * C, *dy = dout + (int64_t)n * C;
+            float *dx = dinp + (int64_t)n * C;
+            float m = mean[n], s = rstd[n];
+            float g_mean = 0.0f, gx_mean = 0.0f;
+            for (int c = 0; c < C; c++) {
+                float g = dy[c] * weight[c];
+                g_mean += g;
+                gx_mean += g * (x[c] - m) * s;
+            }
+            g_mean /= C;
+            gx_mean /= C;
+            for (int c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * s;
+                dx[c] += s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
+            }
+        }
+    }
+    if (dweight || dbias) {
+        enum { BLOCK = 64 };
+        int nblocks = (C + BLOCK - 1) / BLOCK;
+        PC_PARALLEL_FOR((int64_t)N * C)
+        for (int blk = 0; blk < nblocks; blk++) {
+            int c0 = blk * BLOCK, c1 = c0 + BLOCK < C ? c0 + BLOCK : C;
+            float dw[BLOCK] = {0}, db[BLOCK] = {0};
+            for (int n = 0; n < N; n++) {
+                const float *x = inp + (int64_t)n * C, *dy = dout + (int64_t)n * C;
+                float m = mean[n], s = rstd[n];
+                for (int c = c0; c < c1; c++) {
+                    dw[c - c0] += dy[c] * (x[c] - m) * s;
+                    db[c - c0] += dy[c];
+                }
+            }
+            for (int c = c0; c < c1; c++) {
+                if (dweight) dweight[c] += dw[c - c0];
+                if (dbias) dbias[c] += db[c - c0];
+            }
+        }
+    }
+}

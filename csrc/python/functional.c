@@ -1,0 +1,605 @@
+/* peftcore._C functional ops: check arguments, allocate outputs, call the engine with the
+ * GIL released. Each returns new NumPy arrays; backward functions return zero-initialised
+ * gradients that the engine accumulates into. */
+#include "glue.h"
+
+#define CHECK(cond) do { if (!(cond)) goto fail; } while (0)
+
+static PyObject *f_linear_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *wo, *bo = Py_None, *result = NULL;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *y = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &xo, &wo, &bo)) return NULL;
+    CHECK(x = glue_f32(xo, "linear: input"));
+    CHECK(w = glue_f32(wo, "linear: weight"));
+    CHECK(glue_check_ndim(x, -1, "linear: input") == 0);
+    CHECK(glue_check_ndim(w, 2, "linear: weight") == 0);
+    int64_t N = glue_rows(x), IC = glue_last(x), OC = PyArray_DIM(w, 0);
+    if (PyArray_DIM(w, 1) != IC) {
+        PyErr_Format(PyExc_ValueError,
+                     "linear: weight must be (out_features, %lld) to match the input's last "
+                     "dimension, got (%lld, %lld)", (long long)IC, (long long)OC,
+                     (long long)PyArray_DIM(w, 1));
+        goto fail;
+    }
+    if (bo != Py_None) {
+        CHECK(b = glue_f32(bo, "linear: bias"));
+        if (PyArray_NDIM(b) != 1 || PyArray_DIM(b, 0) != OC) {
+            char s[64];
+            glue_shape_str(s, sizeof s, b);
+            PyErr_Format(PyExc_ValueError, "linear: bias must be (%lld,), got %s",
+                         (long long)OC, s);
+            goto fail;
+        }
+    }
+    CHECK(glue_check_int_range(N, "linear: rows") == 0 && glue_check_int_range(IC, "in") == 0 &&
+          glue_check_int_range(OC, "out") == 0);
+    npy_intp dims[NPY_MAXDIMS];
+    for (int i = 0; i < PyArray_NDIM(x) - 1; i++) dims[i] = PyArray_DIM(x, i);
+    dims[PyArray_NDIM(x) - 1] = (npy_intp)OC;
+    CHECK(y = glue_zeros(PyArray_NDIM(x), dims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_linear_forward(glue_fp(y), glue_fp(x), glue_fp(w), b ? glue_fp(b) : NULL, (int)N,
+                      (int)IC, (int)OC);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(y);
+    return result;
+}
+
+/* linear_backward(dy, x, w, need_weight_grad, need_bias_grad) -> (dx, dw|None, db|None) */
+static PyObject *f_linear_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo, *xo, *wo, *result = NULL;
+    int need_dw = 0, need_db = 0;
+    PyArrayObject *dy = NULL, *x = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+    if (!PyArg_ParseTuple(args, "OOO|pp", &dyo, &xo, &wo, &need_dw, &need_db)) return NULL;
+    CHECK(dy = glue_f32(dyo, "linear_backward: grad_output"));
+    CHECK(x = glue_f32(xo, "linear_backward: input"));
+    CHECK(w = glue_f32(wo, "linear_backward: weight"));
+    CHECK(glue_check_ndim(x, -1, "linear_backward: input") == 0);
+    CHECK(glue_check_ndim(w, 2, "linear_backward: weight") == 0);
+    int64_t N = glue_rows(x), IC = glue_last(x), OC = PyArray_DIM(w, 0);
+    if (PyArray_DIM(w, 1) != IC || glue_rows(dy) != N || glue_last(dy) != OC ||
+        PyArray_NDIM(dy) != PyArray_NDIM(x)) {
+        PyErr_Format(PyExc_ValueError,
+                     "linear_backward: expected grad_output (..., %lld) with the input's "
+                     "leading shape and weight (%lld, %lld)", (long long)OC, (long long)OC,
+                     (long long)IC);
+        goto fail;
+    }
+    CHECK(glue_check_int_range(N * (IC > OC ? IC : OC), "linear_backward: size") == 0);
+    CHECK(dx = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    if (need_dw) CHECK(dw = glue_zeros(2, PyArray_DIMS(w)));
+    npy_intp odims[1] = {(npy_intp)OC};
+    if (need_db) CHECK(db = glue_zeros(1, odims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_linear_backward(glue_fp(dx), dw ? glue_fp(dw) : NULL, db ? glue_fp(db) : NULL,
+                       glue_fp(dy), glue_fp(x), glue_fp(w), (int)N, (int)IC, (int)OC);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OOO)", dx, dw ? (PyObject *)dw : Py_None,
+                           db ? (PyObject *)db : Py_None);
+fail:
+    Py_XDECREF(dy); Py_XDECREF(x); Py_XDECREF(w);
+    Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
+    return result;
+}
+
+static PyObject *f_embedding_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *io, *wo, *result = NULL;
+    PyArrayObject *ids = NULL, *w = NULL, *y = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &io, &wo)) return NULL;
+    CHECK(ids = glue_ids(io, "embedding: input"));
+    CHECK(w = glue_f32(wo, "embedding: weight"));
+    CHECK(glue_check_ndim(w, 2, "embedding: weight") == 0);
+    if (PyArray_NDIM(ids) >= NPY_MAXDIMS) {
+        PyErr_SetString(PyExc_ValueError, "embedding: input has too many dimensions");
+        goto fail;
+    }
+    int64_t V = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1), N = PyArray_SIZE(ids);
+    CHECK(glue_check_ids_range(ids, V, "embedding") == 0);
+    CHECK(glue_check_int_range(N, "embedding: ids") == 0 && glue_check_int_range(C, "dim") == 0);
+    npy_intp dims[NPY_MAXDIMS];
+    for (int i = 0; i < PyArray_NDIM(ids); i++) dims[i] = PyArray_DIM(ids, i);
+    dims[PyArray_NDIM(ids)] = (npy_intp)C;
+    CHECK(y = glue_zeros(PyArray_NDIM(ids) + 1, dims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_embedding_forward(glue_fp(y), glue_ip(ids), glue_fp(w), (int)N, (int)C);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(ids); Py_XDECREF(w); Py_XDECREF(y);
+    return result;
+}
+
+/* embedding_backward(dy, ids, num_embeddings) -> dweight (V, C) */
+static PyObject *f_embedding_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo, *io, *result = NULL;
+    long long V;
+    PyArrayObject *dy = NULL, *ids = NULL, *dw = NULL;
+    if (!PyArg_ParseTuple(args, "OOL", &dyo, &io, &V)) return NULL;
+    CHECK(dy = glue_f32(dyo, "embedding_backward: grad_output"));
+    CHECK(ids = glue_ids(io, "embedding_backward: input"));
+    int64_t N = PyArray_SIZE(ids), C = glue_last(dy);
+    if (V < 0 || PyArray_NDIM(dy) != PyArray_NDIM(ids) + 1 || glue_rows(dy) != N) {
+        PyErr_SetString(PyExc_ValueError,
+                        "embedding_backward: grad_output must be input.shape + (dim,) and "
+                        "num_embeddings >= 0");
+        goto fail;
+    }
+    CHECK(glue_check_ids_range(ids, V, "embedding_backward") == 0);
+    npy_intp dims[2] = {(npy_intp)V, (npy_intp)C};
+    CHECK(dw = glue_zeros(2, dims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_embedding_backward(glue_fp(dw), glue_fp(dy), glue_ip(ids), (int)N, (int)C);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)dw;
+    dw = NULL;
+fail:
+    Py_XDECREF(dy); Py_XDECREF(ids); Py_XDECREF(dw);
+    return result;
+}
+
+/* weight and bias must be (C,) for an input (..., C) */
+static int check_vector(PyArrayObject *v, int64_t C, const char *what) {
+    if (PyArray_NDIM(v) == 1 && PyArray_DIM(v, 0) == C) return 0;
+    char s[64];
+    glue_shape_str(s, sizeof s, v);
+    PyErr_Format(PyExc_ValueError, "%s must be (%lld,) to match the input's last dimension, got %s",
+                 what, (long long)C, s);
+    return -1;
+}
+
+/* layernorm_forward(x, weight, bias, eps) -> (y, mean, rstd) */
+static PyObject *f_layernorm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *wo, *bo, *result = NULL;
+    double eps;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *y = NULL, *mean = NULL, *rstd = NULL;
+    if (!PyArg_ParseTuple(args, "OOOd", &xo, &wo, &bo, &eps)) return NULL;
+    CHECK(x = glue_f32(xo, "layer_norm: input"));
+    CHECK(w = glue_f32(wo, "layer_norm: weight"));
+    CHECK(b = glue_f32(bo, "layer_norm: bias"));
+    CHECK(glue_check_ndim(x, -1, "layer_norm: input") == 0);
+    int64_t N = glue_rows(x), C = glue_last(x);
+    CHECK(check_vector(w, C, "layer_norm: weight") == 0 && check_vector(b, C, "layer_norm: bias") == 0);
+    if (!(eps > 0)) {
+        PyErr_Format(PyExc_ValueError, "layer_norm: eps must be > 0, got %g", eps);
+        goto fail;
+    }
+    CHECK(glue_check_int_range(N, "layer_norm: rows") == 0 && glue_check_int_range(C, "dim") == 0);
+    npy_intp ndims[1] = {(npy_intp)N};
+    CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    CHECK(mean = glue_zeros(1, ndims));
+    CHECK(rstd = glue_zeros(1, ndims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_layernorm_forward(glue_fp(y), glue_fp(mean), glue_fp(rstd), glue_fp(x), glue_fp(w),
+                         glue_fp(b), (int)N, (int)C, (float)eps);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OOO)", y, mean, rstd);
+fail:
+    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b);
+    Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(rstd);
+    return result;
+}
+
+/* layernorm_backward(dy, x, weight, mean, rstd) -> (dx, dweight, dbias) */
+static PyObject *f_layernorm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo, *xo, *wo, *mo, *ro, *result = NULL;
+    PyArrayObject *dy = NULL, *x = NULL, *w = NULL, *m = NULL, *r = NULL;
+    PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO", &dyo, &xo, &wo, &mo, &ro)) return NULL;
+    CHECK(dy = glue_f32(dyo, "layer_norm_backward: grad_output"));
+    CHECK(x = glue_f32(xo, "layer_norm_backward: input"));
+    CHECK(w = glue_f32(wo, "layer_norm_backward: weight"));
+    CHECK(m = glue_f32(mo, "layer_norm_backward: mean"));
+    CHECK(r = glue_f32(ro, "layer_norm_backward: rstd"));
+    CHECK(glue_check_ndim(x, -1, "layer_norm_backward: input") == 0);
+    CHECK(glue_check_same_shape(x, dy, "input", "grad_output") == 0);
+    int64_t N = glue_rows(x), C = glue_last(x);
+    CHECK(check_vector(w, C, "layer_norm_backward: weight") == 0);
+    CHECK(check_vector(m, N, "layer_norm_backward: mean") == 0);
+    CHECK(check_vector(r, N, "layer_norm_backward: rstd") == 0);
+    CHECK(glue_check_int_range(N, "layer_norm: rows") == 0 && glue_check_int_range(C, "dim") == 0);
+    npy_intp cdims[1] = {(npy_intp)C};
+    CHECK(dx = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    CHECK(dw = glue_zeros(1, cdims));
+    CHECK(db = glue_zeros(1, cdims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_layernorm_backward(glue_fp(dx), glue_fp(dw), glue_fp(db), glue_fp(dy), glue_fp(x),
+                          glue_fp(w), glue_fp(m), glue_fp(r), (int)N, (int)C);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OOO)", dx, dw, db);
+fail:
+    Py_XDECREF(dy); Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(m); Py_XDECREF(r);
+    Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
+    return result;
+}
+
+/* Elementwise ops share one shape: unary forward(x) and backward(dy, saved). */
+typedef void (*unary_fn)(float *, const float *, int64_t);
+typedef void (*unary_bwd_fn)(float *, const float *, const float *, int64_t);
+
+static PyObject *unary_forward(PyObject *args, const char *name, unary_fn fn) {
+    PyObject *xo, *result = NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    if (!PyArg_ParseTuple(args, "O", &xo)) return NULL;
+    CHECK(x = glue_f32(xo, name));
+    CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    int64_t n = PyArray_SIZE(x);
+    Py_BEGIN_ALLOW_THREADS
+    fn(glue_fp(y), glue_fp(x), n);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x); Py_XDECREF(y);
+    return result;
+}
+
+static PyObject *unary_backward(PyObject *args, const char *name, unary_bwd_fn fn) {
+    PyObject *dyo, *so, *result = NULL;
+    PyArrayObject *dy = NULL, *s = NULL, *dx = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &dyo, &so)) return NULL;
+    CHECK(dy = glue_f32(dyo, name));
+    CHECK(s = glue_f32(so, name));
+    CHECK(glue_check_same_shape(s, dy, "the saved tensor", "grad_output") == 0);
+    CHECK(dx = glue_zeros(PyArray_NDIM(s), PyArray_DIMS(s)));
+    int64_t n = PyArray_SIZE(s);
+    Py_BEGIN_ALLOW_THREADS
+    fn(glue_fp(dx), glue_fp(dy), glue_fp(s), n);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)dx;
+    dx = NULL;
+fail:
+    Py_XDECREF(dy); Py_XDECREF(s); Py_XDECREF(dx);
+    return result;
+}
+
+static void gelu_exact(float *y, const float *x, int64_t n) { pc_gelu_forward(y, x, n, false); }
+static void gelu_tanh(float *y, const float *x, int64_t n) { pc_gelu_forward(y, x, n, true); }
+static void gelu_exact_bwd(float *dx, const float *dy, const float *x, int64_t n) {
+    pc_gelu_backward(dx, dy, x, n, false);
+}
+static void gelu_tanh_bwd(float *dx, const float *dy, const float *x, int64_t n) {
+    pc_gelu_backward(dx, dy, x, n, true);
+}
+
+#define UNARY(pyname, fn, kind) \
+    static PyObject *f_##pyname(PyObject *self, PyObject *args) { \
+        (void)self; \
+        return unary_##kind(args, #pyname, fn); \
+    }
+UNARY(gelu_forward, gelu_exact, forward)
+UNARY(gelu_tanh_forward, gelu_tanh, forward)
+UNARY(gelu_backward, gelu_exact_bwd, backward)
+UNARY(gelu_tanh_backward, gelu_tanh_bwd, backward)
+UNARY(tanh_forward, pc_tanh_forward, forward)
+UNARY(tanh_backward, pc_tanh_backward, backward)
+UNARY(relu_forward, pc_relu_forward, forward)
+UNARY(relu_backward, pc_relu_backward, backward)
+
+
+static PyObject *f_softmax_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *result = NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    if (!PyArg_ParseTuple(args, "O", &xo)) return NULL;
+    CHECK(x = glue_f32(xo, "softmax: input"));
+    CHECK(glue_check_ndim(x, -1, "softmax: input") == 0);
+    int64_t N = glue_rows(x), C = glue_last(x);
+    CHECK(glue_check_int_range(N, "softmax: rows") == 0 && glue_check_int_range(C, "dim") == 0);
+    CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    Py_BEGIN_ALLOW_THREADS
+    pc_softmax_forward(glue_fp(y), glue_fp(x), (int)N, (int)C);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x); Py_XDECREF(y);
+    return result;
+}
+
+static PyObject *f_softmax_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dyo, *yo, *result = NULL;
+    PyArrayObject *dy = NULL, *y = NULL, *dx = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &dyo, &yo)) return NULL;
+    CHECK(dy = glue_f32(dyo, "softmax_backward: grad_output"));
+    CHECK(y = glue_f32(yo, "softmax_backward: output"));
+    CHECK(glue_check_ndim(y, -1, "softmax_backward: output") == 0);
+    CHECK(glue_check_same_shape(y, dy, "output", "grad_output") == 0);
+    int64_t N = glue_rows(y), C = glue_last(y);
+    CHECK(glue_check_int_range(N, "softmax: rows") == 0 && glue_check_int_range(C, "dim") == 0);
+    CHECK(dx = glue_zeros(PyArray_NDIM(y), PyArray_DIMS(y)));
+    Py_BEGIN_ALLOW_THREADS
+    pc_softmax_backward(glue_fp(dx), glue_fp(dy), glue_fp(y), (int)N, (int)C);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)dx;
+    dx = NULL;
+fail:
+    Py_XDECREF(dy); Py_XDECREF(y); Py_XDECREF(dx);
+    return result;
+}
+
+static PyObject *f_add_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ao, *bo, *result = NULL;
+    PyArrayObject *a = NULL, *b = NULL, *y = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &ao, &bo)) return NULL;
+    CHECK(a = glue_f32(ao, "add: input"));
+    CHECK(b = glue_f32(bo, "add: other"));
+    CHECK(glue_check_same_shape(a, b, "input", "other") == 0);
+    CHECK(y = glue_zeros(PyArray_NDIM(a), PyArray_DIMS(a)));
+    int64_t n = PyArray_SIZE(a);
+    Py_BEGIN_ALLOW_THREADS
+    pc_add_forward(glue_fp(y), glue_fp(a), glue_fp(b), n);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(y);
+    return result;
+}
+
+static int check_p(double p, const char *what) {
+    if (p >= 0.0 && p < 1.0) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: p must be in [0, 1), got %g", what, p);
+    return -1;
+}
+
+/* dropout_forward(x, p, seed) -> y;  dropout_backward(dy, p, seed) -> dx */
+static PyObject *dropout_call(PyObject *args, bool backward) {
+    PyObject *xo, *result = NULL;
+    double p;
+    unsigned long long seed;
+    PyArrayObject *x = NULL, *y = NULL;
+    if (!PyArg_ParseTuple(args, "OdK", &xo, &p, &seed)) return NULL;
+    CHECK(check_p(p, "dropout") == 0);
+    CHECK(x = glue_f32(xo, "dropout: input"));
+    CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    int64_t n = PyArray_SIZE(x);
+    Py_BEGIN_ALLOW_THREADS
+    if (backward) pc_dropout_backward(glue_fp(y), glue_fp(x), n, (float)p, seed);
+    else pc_dropout_forward(glue_fp(y), glue_fp(x), n, (float)p, seed);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)y;
+    y = NULL;
+fail:
+    Py_XDECREF(x); Py_XDECREF(y);
+    return result;
+}
+static PyObject *f_dropout_forward(PyObject *s, PyObject *a) { (void)s; return dropout_call(a, false); }
+static PyObject *f_dropout_backward(PyObject *s, PyObject *a) { (void)s; return dropout_call(a, true); }
+
+/* q, k, v (B,T,C) with C = H·D; mask (B,T) or None */
+static int check_attention_inputs(PyArrayObject *q, PyArrayObject *k, PyArrayObject *v,
+                                  int H) {
+    if (glue_check_ndim(q, 3, "attention: query") < 0) return -1;
+    if (glue_check_same_shape(q, k, "query", "key") < 0) return -1;
+    if (glue_check_same_shape(q, v, "query", "value") < 0) return -1;
+    int64_t C = PyArray_DIM(q, 2);
+    if (H <= 0 || C % H != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "attention: num_heads must be positive and divide the width %lld, got %d",
+                     (long long)C, H);
+        return -1;
+    }
+    int64_t bhtt = PyArray_DIM(q, 0) * H * PyArray_DIM(q, 1) * PyArray_DIM(q, 1);
+    if (bhtt > ((int64_t)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "attention: batch·heads·T² is too large");
+        return -1;
+    }
+    return glue_check_int_range(PyArray_DIM(q, 0) * PyArray_DIM(q, 1) * C, "attention: size");
+}
+
+/* attention_forward(q, k, v, num_heads, mask|None, dropout_p, seed) -> (out, probs) */
+static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *qo, *ko, *vo, *mo = Py_None, *result = NULL;
+    int H;
+    double p = 0.0;
+    unsigned long long seed = 0;
+    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *m = NULL, *out = NULL, *probs = NULL;
+    if (!PyArg_ParseTuple(args, "OOOi|OdK", &qo, &ko, &vo, &H, &mo, &p, &seed)) return NULL;
+    CHECK(check_p(p, "attention") == 0);
+    CHECK(q = glue_f32(qo, "attention: query"));
+    CHECK(k = glue_f32(ko, "attention: key"));
+    CHECK(v = glue_f32(vo, "attention: value"));
+    CHECK(check_attention_inputs(q, k, v, H) == 0);
+    int64_t B = PyArray_DIM(q, 0), T = PyArray_DIM(q, 1), C = PyArray_DIM(q, 2);
+    if (mo != Py_None) {
+        PyObject *mf = PyArray_FromAny(mo, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
+                                       NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST,
+                                       NULL);
+        CHECK(mf);
+        m = (PyArrayObject *)mf;
+        if (PyArray_NDIM(m) != 2 || PyArray_DIM(m, 0) != B || PyArray_DIM(m, 1) != T) {
+            PyErr_Format(PyExc_ValueError, "attention: mask must be (%lld, %lld)",
+                         (long long)B, (long long)T);
+            goto fail;
+        }
+    }
+    npy_intp pdims[4] = {(npy_intp)B, H, (npy_intp)T, (npy_intp)T};
+    CHECK(out = glue_zeros(3, PyArray_DIMS(q)));
+    CHECK(probs = glue_zeros(4, pdims));
+    Py_BEGIN_ALLOW_THREADS
+    pc_attention_forward(glue_fp(out), glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v),
+                         (int)C, m ? glue_fp(m) : NULL, (int)B, (int)T, H, (int)(C / H),
+                         (float)p, seed);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OO)", out, probs);
+fail:
+    Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v); Py_XDECREF(m);
+    Py_XDECREF(out); Py_XDECREF(probs);
+    return result;
+}
+
+/* attention_backward(dout, probs, q, k, v, num_heads, dropout_p, seed) -> (dq, dk, dv) */
+static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *doo, *po, *qo, *ko, *vo, *result = NULL;
+    int H;
+    double p = 0.0;
+    unsigned long long seed = 0;
+    PyArrayObject *dout = NULL, *probs = NULL, *q = NULL, *k = NULL, *v = NULL;
+    PyArrayObject *dq = NULL, *dk = NULL, *dv = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOOi|dK", &doo, &po, &qo, &ko, &vo, &H, &p, &seed))
+        return NULL;
+    CHECK(check_p(p, "attention_backward") == 0);
+    CHECK(dout = glue_f32(doo, "attention_backward: grad_output"));
+    CHECK(probs = glue_f32(po, "attention_backward: probs"));
+    CHECK(q = glue_f32(qo, "attention_backward: query"));
+    CHECK(k = glue_f32(ko, "attention_backward: key"));
+    CHECK(v = glue_f32(vo, "attention_backward: value"));
+    CHECK(check_attention_inputs(q, k, v, H) == 0);
+    CHECK(glue_check_same_shape(q, dout, "query", "grad_output") == 0);
+    int64_t B = PyArray_DIM(q, 0), T = PyArray_DIM(q, 1), C = PyArray_DIM(q, 2);
+    if (PyArray_NDIM(probs) != 4 || PyArray_DIM(probs, 0) != B || PyArray_DIM(probs, 1) != H ||
+        PyArray_DIM(probs, 2) != T || PyArray_DIM(probs, 3) != T) {
+        PyErr_Format(PyExc_ValueError, "attention_backward: probs must be (%lld, %d, %lld, %lld)",
+                     (long long)B, H, (long long)T, (long long)T);
+        goto fail;
+    }
+    CHECK(dq = glue_zeros(3, PyArray_DIMS(q)));
+    CHECK(dk = glue_zeros(3, PyArray_DIMS(q)));
+    CHECK(dv = glue_zeros(3, PyArray_DIMS(q)));
+    Py_BEGIN_ALLOW_THREADS
+    pc_attention_backward(glue_fp(dq), glue_fp(dk), glue_fp(dv), (int)C, glue_fp(dout),
+                          glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v), (int)C, (int)B,
+                          (int)T, H, (int)(C / H), (float)p, seed);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OOO)", dq, dk, dv);
+fail:
+    Py_XDECREF(dout); Py_XDECREF(probs); Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v);
+    Py_XDECREF(dq); Py_XDECREF(dk); Py_XDECREF(dv);
+    return result;
+}
+
+/* logits (N,C), targets (N) in [0,C) or == ignore_index */
+static int check_ce(PyArrayObject *logits, PyArrayObject *t, long long ignore_index) {
+    if (glue_check_ndim(logits, 2, "cross_entropy: input") < 0) return -1;
+    if (PyArray_NDIM(t) != 1 || PyArray_DIM(t, 0) != PyArray_DIM(logits, 0)) {
+        PyErr_Format(PyExc_ValueError, "cross_entropy: target must be (%ld,), one class per row",
+                     (long)PyArray_DIM(logits, 0));
+        return -1;
+    }
+    const int64_t *tp = glue_ip(t);
+    int64_t C = PyArray_DIM(logits, 1);
+    for (npy_intp i = 0; i < PyArray_SIZE(t); i++)
+        if (tp[i] != ignore_index && (tp[i] < 0 || tp[i] >= C)) {
+            PyErr_Format(PyExc_IndexError,
+                         "cross_entropy: target %lld at position %ld is out of range [0, %lld)",
+                         (long long)tp[i], (long)i, (long long)C);
+            return -1;
+        }
+    return glue_check_int_range(PyArray_SIZE(logits), "cross_entropy: size");
+}
+
+static PyObject *f_cross_entropy_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo, *to, *result = NULL;
+    long long ignore_index = -100;
+    PyArrayObject *l = NULL, *t = NULL;
+    if (!PyArg_ParseTuple(args, "OO|L", &lo, &to, &ignore_index)) return NULL;
+    CHECK(l = glue_f32(lo, "cross_entropy: input"));
+    CHECK(t = glue_ids(to, "cross_entropy: target"));
+    CHECK(check_ce(l, t, ignore_index) == 0);
+    float loss;
+    int count;
+    Py_BEGIN_ALLOW_THREADS
+    loss = pc_cross_entropy_forward(glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
+                                    (int)PyArray_DIM(l, 1), ignore_index, &count);
+    Py_END_ALLOW_THREADS
+    result = PyFloat_FromDouble(loss);
+fail:
+    Py_XDECREF(l); Py_XDECREF(t);
+    return result;
+}
+
+static PyObject *f_cross_entropy_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo, *to, *result = NULL;
+    long long ignore_index = -100;
+    double dloss = 1.0;
+    PyArrayObject *l = NULL, *t = NULL, *dl = NULL;
+    if (!PyArg_ParseTuple(args, "OO|Ld", &lo, &to, &ignore_index, &dloss)) return NULL;
+    CHECK(l = glue_f32(lo, "cross_entropy_backward: input"));
+    CHECK(t = glue_ids(to, "cross_entropy_backward: target"));
+    CHECK(check_ce(l, t, ignore_index) == 0);
+    CHECK(dl = glue_zeros(2, PyArray_DIMS(l)));
+    Py_BEGIN_ALLOW_THREADS
+    pc_cross_entropy_backward(glue_fp(dl), glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
+                              (int)PyArray_DIM(l, 1), ignore_index, (float)dloss);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)dl;
+    dl = NULL;
+fail:
+    Py_XDECREF(l); Py_XDECREF(t); Py_XDECREF(dl);
+    return result;
+}
+
+static PyObject *mse_call(PyObject *args, bool backward) {
+    PyObject *xo, *to, *result = NULL;
+    double dloss = 1.0;
+    PyArrayObject *x = NULL, *t = NULL, *dx = NULL;
+    if (!PyArg_ParseTuple(args, "OO|d", &xo, &to, &dloss)) return NULL;
+    CHECK(x = glue_f32(xo, "mse_loss: input"));
+    CHECK(t = glue_f32(to, "mse_loss: target"));
+    CHECK(glue_check_same_shape(x, t, "input", "target") == 0);
+    int64_t n = PyArray_SIZE(x);
+    if (!backward) {
+        float loss;
+        Py_BEGIN_ALLOW_THREADS
+        loss = pc_mse_forward(glue_fp(x), glue_fp(t), n);
+        Py_END_ALLOW_THREADS
+        result = PyFloat_FromDouble(loss);
+        goto fail;
+    }
+    CHECK(dx = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
+    Py_BEGIN_ALLOW_THREADS
+    pc_mse_backward(glue_fp(dx), glue_fp(x), glue_fp(t), n, (float)dloss);
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)dx;
+    dx = NULL;
+fail:
+    Py_XDECREF(x); Py_XDECREF(t); Py_XDECREF(dx);
+    return result;
+}
+static PyObject *f_mse_forward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, false); }
+static PyObject *f_mse_backward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, true); }
+
+#define DEF(name, doc) {#name, (PyCFunction)f_##name, METH_VARARGS, doc}
+PyMethodDef glue_functional_methods[] = {
+    DEF(linear_forward, "linear_forward(x, weight, bias=None) -> y"),
+    DEF(linear_backward, "linear_backward(dy, x, weight, need_weight_grad, need_bias_grad) -> (dx, dw, db)"),
+    DEF(embedding_forward, "embedding_forward(ids, weight) -> out"),
+    DEF(embedding_backward, "embedding_backward(dy, ids, num_embeddings) -> dweight"),
+    DEF(layernorm_forward, "layernorm_forward(x, weight, bias, eps) -> (y, mean, rstd)"),
+    DEF(layernorm_backward, "layernorm_backward(dy, x, weight, mean, rstd) -> (dx, dw, db)"),
+    DEF(gelu_forward, "gelu_forward(x) -> y (exact erf form)"),
+    DEF(gelu_backward, "gelu_backward(dy, x) -> dx"),
+    DEF(gelu_tanh_forward, "gelu_tanh_forward(x) -> y (tanh approximation)"),
+    DEF(gelu_tanh_backward, "gelu_tanh_backward(dy, x) -> dx"),
+    DEF(tanh_forward, "tanh_forward(x) -> y"),
+    DEF(tanh_backward, "tanh_backward(dy, y) -> dx"),
+    DEF(relu_forward, "relu_forward(x) -> y"),
+    DEF(relu_backward, "relu_backward(dy, x) -> dx"),
+    DEF(softmax_forward, "softmax_forward(x) -> y over the last dim"),
+    DEF(softmax_backward, "softmax_backward(dy, y) -> dx"),
+    DEF(add_forward, "add_forward(a, b) -> a + b"),
+    DEF(dropout_forward, "dropout_forward(x, p, seed) -> y"),
+    DEF(dropout_backward, "dropout_backward(dy, p, seed) -> dx"),
+    DEF(attention_forward, "attention_forward(q, k, v, num_heads, mask, p, seed) -> (out, probs)"),
+    DEF(attention_backward, "attention_backward(dout, probs, q, k, v, num_heads, p, seed) -> (dq, dk, dv)"),
+    DEF(cross_entropy_forward, "cross_entropy_forward(logits, target, ignore_index) -> loss"),
+    DEF(cross_entropy_backward, "cross_entropy_backward(logits, target, ignore_index, dloss) -> dlogits"),
+    DEF(mse_forward, "mse_forward(x, target) -> loss"),
+    DEF(mse_backward, "mse_backward(x, target, dloss) -> dx"),
+    {NULL, NULL, 0, NULL}};

@@ -1,0 +1,62 @@
+/* Helpers shared by the CPython glue: argument conversion and checking. */
+#ifndef PEFTCORE_GLUE_H
+#define PEFTCORE_GLUE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#ifndef PEFTCORE_GLUE_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#define PY_ARRAY_UNIQUE_SYMBOL peftcore_ARRAY_API
+#include <numpy/arrayobject.h>
+
+#include "../engine.h"
+
+/* C-contiguous float32 array from obj (ndarray, Tensor, ...): new reference, or NULL with
+ * TypeError "<what> must be float32, got <dtype>". Non-contiguous input is copied. */
+PyArrayObject *glue_f32(PyObject *obj, const char *what);
+/* Same for token ids / labels: int32 or int64 in, contiguous int64 out. */
+PyArrayObject *glue_ids(PyObject *obj, const char *what);
+/* New zeroed float32 array. */
+PyArrayObject *glue_zeros(int ndim, const npy_intp *dims);
+/* "(2, 3)" for messages */
+void glue_shape_str(char *buf, size_t n, PyArrayObject *a);
+/* Raise ValueError unless a has exactly ndim dims (ndim < 0: at least 1). */
+int glue_check_ndim(PyArrayObject *a, int ndim, const char *what);
+/* Raise ValueError unless a and b have the same shape. */
+int glue_check_same_shape(PyArrayObject *a, PyArrayObject *b, const char *what_a,
+                          const char *what_b);
+/* Raise IndexError unless every id is in [0, limit). */
+int glue_check_ids_range(PyArrayObject *ids, int64_t limit, const char *what);
+/* Rows of a (..., C) array: product of all but the last dim */
+static inline int64_t glue_rows(PyArrayObject *a) {
+    int64_t n = 1;
+    for (int i = 0; i < PyArray_NDIM(a) - 1; i++) n *= PyArray_DIM(a, i);
+    return n;
+}
+static inline int64_t glue_last(PyArrayObject *a) {
+    return PyArray_NDIM(a) ? PyArray_DIM(a, PyArray_NDIM(a) - 1) : 1;
+}
+static inline float *glue_fp(PyArrayObject *a) { return (float *)PyArray_DATA(a); }
+static inline int64_t *glue_ip(PyArrayObject *a) { return (int64_t *)PyArray_DATA(a); }
+
+/* Sizes passed to the engine as int must fit. */
+int glue_check_int_range(int64_t v, const char *what);
+
+extern PyTypeObject PcTensorType;
+typedef struct {
+    PyObject_HEAD
+    pc_tensor *t;
+    PyObject *keepalive; /* the ndarray whose memory a borrowed tensor uses */
+} PcTensorObject;
+/* Wrap an engine tensor (takes a new engine reference). */
+PyObject *glue_wrap_tensor(pc_tensor *t);
+/* The engine tensor behind a PcTensorObject, or NULL with TypeError. */
+pc_tensor *glue_tensor_of(PyObject *obj, const char *what);
+
+extern PyMethodDef glue_functional_methods[];
+extern PyMethodDef glue_model_methods[];
+int glue_register_models(PyObject *module);
+
+#endif

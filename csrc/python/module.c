@@ -1,0 +1,67 @@
+/* peftcore._C: module set-up and runtime information. */
+#define PEFTCORE_GLUE_MAIN
+#include "glue.h"
+
+static PyObject *backend_info(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O}", "blis_arch", pc_blis_arch(), "blis_version",
+                         pc_blis_version(), "num_threads", pc_get_num_threads(), "simd",
+                         pc_cpu_simd(), "blis_arch_from_env",
+                         pc_blis_arch_from_env() ? Py_True : Py_False);
+}
+
+static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads expects an int in [1, 1024], got %ld", n);
+        return NULL;
+    }
+    pc_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_num_threads(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    return PyLong_FromLong(pc_get_num_threads());
+}
+
+static PyMethodDef runtime_methods[] = {
+    {"backend_info", backend_info, METH_NOARGS, "BLIS kernel set, version, threads, SIMD."},
+    {"set_num_threads", set_num_threads, METH_O, "Threads for BLIS and the engine's kernels."},
+    {"get_num_threads", get_num_threads, METH_NOARGS, "Current thread count."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "peftcore._C",
+                                        "peftcore's C engine.", -1, NULL, NULL, NULL, NULL, NULL};
+
+static int add_functions(PyObject *module, PyMethodDef *defs) {
+    for (PyMethodDef *d = defs; d->ml_name; d++) {
+        PyObject *f = PyCFunction_NewEx(d, NULL, PyModule_GetNameObject(module));
+        if (!f || PyModule_AddObject(module, d->ml_name, f) < 0) {
+            Py_XDECREF(f);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__C(void) {
+    import_array();
+    pc_runtime_init();
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    if (add_functions(m, runtime_methods) < 0 || add_functions(m, glue_functional_methods) < 0)
+        goto fail;
+    if (PyType_Ready(&PcTensorType) < 0) goto fail;
+    Py_INCREF(&PcTensorType);
+    if (PyModule_AddObject(m, "Tensor", (PyObject *)&PcTensorType) < 0) {
+        Py_DECREF(&PcTensorType);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

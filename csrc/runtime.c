@@ -1,0 +1,140 @@
+/* BLIS set-up (kernel choice, threads), GEMM wrappers and aligned allocation. */
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <blis.h>
+
+#include "engine.h"
+
+static bool initialised = false;
+static bool arch_from_env = false;
+static int num_threads = 1;
+static char simd_names[256];
+
+/* What the CPU offers, by the names compilers use. */
+static void detect_simd(void) {
+    static const char *const features[] = {"sse4.2", "avx", "avx2", "fma", "avx512f",
+                                           "avx512dq", "avx512bw", "avx512vl"};
+    simd_names[0] = '\0';
+    __builtin_cpu_init();
+    for (size_t i = 0; i < sizeof features / sizeof features[0]; i++) {
+        bool has = false;
+#define FEATURE(name) else if (strcmp(features[i], name) == 0) has = __builtin_cpu_supports(name);
+        if (0) {}
+        FEATURE("sse4.2") FEATURE("avx") FEATURE("avx2") FEATURE("fma") FEATURE("avx512f")
+        FEATURE("avx512dq") FEATURE("avx512bw") FEATURE("avx512vl")
+#undef FEATURE
+        if (has) {
+            if (simd_names[0]) strcat(simd_names, " ");
+            strcat(simd_names, features[i]);
+        }
+    }
+}
+
+/* The kernel set this CPU runs best, or NULL to keep what BLIS detects itself. */
+static const char *best_arch_name(void) {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return "skx";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return __builtin_cpu_is("amd") ? "zen3" : "haswell";
+    return NULL;
+}
+
+/* BLIS_ARCH_TYPE takes a numeric id in this BLIS; find it by name. */
+static int arch_id_by_name(const char *name) {
+    for (int id = 0; id < BLIS_NUM_ARCHS; id++) {
+        const char *s = bli_arch_string((arch_t)id);
+        if (s && strcmp(s, name) == 0) return id;
+    }
+    return -1;
+}
+
+int pc_default_num_threads(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    return 1;
+}
+
+int pc_runtime_init(void) {
+    if (initialised) return 0;
+    detect_simd();
+    const char *user_arch = getenv("BLIS_ARCH_TYPE");
+    arch_from_env = user_arch != NULL && user_arch[0] != '\0';
+    bool we_set = false;
+    if (!arch_from_env) {
+        const char *name = best_arch_name();
+        int id = name ? arch_id_by_name(name) : -1;
+        if (id >= 0) {
+            char buf[16];
+            snprintf(buf, sizeof buf, "%d", id);
+            setenv("BLIS_ARCH_TYPE", buf, 1);
+            we_set = true;
+        }
+    }
+    bli_init(); /* reads BLIS_ARCH_TYPE once */
+    if (we_set) unsetenv("BLIS_ARCH_TYPE");
+    pc_set_num_threads(pc_default_num_threads());
+    initialised = true;
+    return 0;
+}
+
+const char *pc_blis_arch(void) { return bli_arch_string(bli_arch_query_id()); }
+const char *pc_blis_version(void) { return bli_info_get_version_str(); }
+const char *pc_cpu_simd(void) { return simd_names; }
+bool pc_blis_arch_from_env(void) { return arch_from_env; }
+
+void pc_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    num_threads = n;
+    bli_thread_set_num_threads(n);
+}
+
+int pc_get_num_threads(void) { return num_threads; }
+
+void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* BLIS would scale C by beta; keep that meaning */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] *= beta;
+        return;
+    }
+    /* row-major: element (i,p) of A sits at A[i*lda + p], i.e. row stride lda, col stride 1 */
+    bli_sgemm(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+              trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A, lda,
+              1, (float *)B, ldb, 1, &beta, C, ldc, 1);
+}
+
+void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] *= beta;
+        return;
+    }
+    rntm_t rntm;
+    bli_rntm_init(&rntm);
+    bli_rntm_set_num_threads(1, &rntm);
+    bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+                 trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A,
+                 lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL, &rntm);
+}
+
+void *pc_alloc(size_t bytes) {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded == 0) rounded = 64;
+    void *p = aligned_alloc(64, rounded);
+    if (p) memset(p, 0, rounded);
+    return p;
+}
+
+void pc_free(void *p) { free(p); }

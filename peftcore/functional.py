@@ -1,0 +1,178 @@
+"""Differentiable ops of the C engine, one forward and one backward function each.
+
+Forward functions follow torch.nn.functional's signatures where one exists; inputs are
+float32 NumPy arrays (or peftcore Tensors), outputs are new NumPy arrays. Backward
+functions take the gradient of the output and what the forward saw, and return the
+gradients of the inputs. Every call releases the GIL while it computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+
+__all__ = [
+    "linear", "linear_backward", "embedding", "embedding_backward", "layer_norm",
+    "layer_norm_backward", "gelu", "gelu_backward", "tanh", "tanh_backward", "relu",
+    "relu_backward", "softmax", "softmax_backward", "add", "add_backward", "dropout",
+    "dropout_backward", "multi_head_attention", "multi_head_attention_backward",
+    "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
+]
+
+
+def linear(input, weight, bias=None):
+    """y = input · weightᵀ + bias; input (..., in), weight (out, in), bias (out,)."""
+    return _C.linear_forward(input, weight, bias)
+
+
+def linear_backward(grad_output, input, weight, weight_grad=False, bias_grad=False):
+    """Returns (d_input, d_weight or None, d_bias or None); weight gradients only when asked."""
+    return _C.linear_backward(grad_output, input, weight, bool(weight_grad), bool(bias_grad))
+
+
+def embedding(input, weight):
+    """weight[input] for int32/int64 ids; an id outside [0, num_embeddings) raises IndexError."""
+    return _C.embedding_forward(input, weight)
+
+
+def embedding_backward(grad_output, input, num_embeddings):
+    """Scatter-add of grad_output (input.shape + (dim,)) into a (num_embeddings, dim) gradient."""
+    return _C.embedding_backward(grad_output, input, int(num_embeddings))
+
+
+def _check_normalized_shape(input, normalized_shape):
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) != 1 or np.shape(input)[-1:] != shape:
+        raise ValueError(
+            f"layer_norm: normalized_shape must be the input's last dimension "
+            f"{tuple(np.shape(input)[-1:])}, got {shape}")
+
+
+def layer_norm(input, normalized_shape, weight, bias, eps=1e-5, return_stats=False):
+    """LayerNorm over the last dimension. With return_stats, also (mean, rstd) per row."""
+    _check_normalized_shape(input, normalized_shape)
+    out, mean, rstd = _C.layernorm_forward(input, weight, bias, float(eps))
+    return (out, mean, rstd) if return_stats else out
+
+
+def layer_norm_backward(grad_output, input, weight, eps=1e-5, mean=None, rstd=None):
+    """Returns (d_input, d_weight, d_bias). mean/rstd are recomputed when not given."""
+    if mean is None or rstd is None:
+        _, mean, rstd = _C.layernorm_forward(input, weight, np.zeros_like(weight), float(eps))
+    return _C.layernorm_backward(grad_output, input, weight, mean, rstd)
+
+
+def _gelu_kind(approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate == "tanh"
+
+
+def gelu(input, approximate="none"):
+    """x·Φ(x) (exact, as BERT) or the tanh approximation."""
+    if _gelu_kind(approximate):
+        return _C.gelu_tanh_forward(input)
+    return _C.gelu_forward(input)
+
+
+def gelu_backward(grad_output, input, approximate="none"):
+    if _gelu_kind(approximate):
+        return _C.gelu_tanh_backward(grad_output, input)
+    return _C.gelu_backward(grad_output, input)
+
+
+def tanh(input):
+    return _C.tanh_forward(input)
+
+
+def tanh_backward(grad_output, output):
+    """Takes the forward's output y: dx = dy·(1 - y²)."""
+    return _C.tanh_backward(grad_output, output)
+
+
+def relu(input):
+    return _C.relu_forward(input)
+
+
+def relu_backward(grad_output, input):
+    return _C.relu_backward(grad_output, input)
+
+
+def softmax(input, dim=-1):
+    """Softmax over the last dimension (the only one supported)."""
+    if dim not in (-1, np.ndim(input) - 1):
+        raise ValueError(f"softmax: only the last dimension is supported, got dim={dim}")
+    return _C.softmax_forward(input)
+
+
+def softmax_backward(grad_output, output):
+    """Takes the forward's output y: dx = y ⊙ (dy - Σ dy·y)."""
+    return _C.softmax_backward(grad_output, output)
+
+
+def add(input, other):
+    """Residual add."""
+    return _C.add_forward(input, other)
+
+
+def add_backward(grad_output):
+    """Both inputs receive the output's gradient."""
+    g = np.array(grad_output, dtype=np.float32, copy=True)
+    return g, g.copy()
+
+
+def _check_seed(seed):
+    if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+        raise ValueError(f"dropout: seed must be an int in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def dropout(input, p=0.5, training=True, seed=0):
+    """Inverted dropout whose mask depends only on (seed, element index)."""
+    if not training or p == 0:
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+        return np.array(input, dtype=np.float32, copy=True)
+    return _C.dropout_forward(input, float(p), _check_seed(seed))
+
+
+def dropout_backward(grad_output, p=0.5, training=True, seed=0):
+    if not training or p == 0:
+        return np.array(grad_output, dtype=np.float32, copy=True)
+    return _C.dropout_backward(grad_output, float(p), _check_seed(seed))
+
+
+def multi_head_attention(query, key, value, num_heads, attention_mask=None, dropout_p=0.0,
+                         seed=0, return_probs=False):
+    """Scaled-dot-product attention over heads packed in the last dim.
+
+    query/key/value: (B, T, H·D); attention_mask: (B, T) with 1 = attend, 0 = padding.
+    Returns out (B, T, H·D) and, with return_probs, the softmax probabilities (B, H, T, T)
+    the backward needs."""
+    out, probs = _C.attention_forward(query, key, value, int(num_heads), attention_mask,
+                                      float(dropout_p), _check_seed(seed))
+    return (out, probs) if return_probs else out
+
+
+def multi_head_attention_backward(grad_output, probs, query, key, value, num_heads,
+                                  dropout_p=0.0, seed=0):
+    """Returns (d_query, d_key, d_value)."""
+    return _C.attention_backward(grad_output, probs, query, key, value, int(num_heads),
+                                 float(dropout_p), _check_seed(seed))
+
+
+def cross_entropy(input, target, ignore_index=-100):
+    """Mean cross-entropy of logits (N, C) against class ids (N,); NaN if all are ignored."""
+    return _C.cross_entropy_forward(input, target, int(ignore_index))
+
+
+def cross_entropy_backward(input, target, ignore_index=-100, grad_loss=1.0):
+    return _C.cross_entropy_backward(input, target, int(ignore_index), float(grad_loss))
+
+
+def mse_loss(input, target):
+    return _C.mse_forward(input, target)
+
+
+def mse_loss_backward(input, target, grad_loss=1.0):
+    return _C.mse_backward(input, target, float(grad_loss))
