@@ -79,6 +79,9 @@ void pc_linear_forward(float *out, const float *inp, const float *weight, const 
 void pc_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                         const float *inp, const float *weight, int N, int IC, int OC);
 
+/* dst (C) += Σ_n src[n, :] over N rows of stride ld (threads own whole columns) */
+void pc_column_sums(float *dst, const float *src, int ld, int N, int C);
+
 /* embedding: ids (N) in [0,V) -> out (N,C) = weight[ids]; ids are checked by the caller */
 void pc_embedding_forward(float *out, const int64_t *ids, const float *weight, int N, int C);
 /* dweight (V,C) scatter-add: dweight[ids[n]] += dout[n] (deterministic) */

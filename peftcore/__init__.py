@@ -27,3 +27,6 @@ def from_numpy(array):
 
 __version__ = "0.1.0"
 
+
+from .models import (AutoModel, AutoModelForSequenceClassification, EncoderConfig,  # noqa: E402
+                     Parameter)

@@ -21,18 +21,20 @@ void pc_linear_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *inp, const float *weight, int N, int IC, int OC) {
     if (dinp) pc_sgemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
     if (dweight) pc_sgemm(true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
-    if (dbias) {
-        enum { BLOCK = 64 };
-        int nblocks = (OC + BLOCK - 1) / BLOCK;
-        PC_PARALLEL_FOR((int64_t)N * OC)
-        for (int blk = 0; blk < nblocks; blk++) {
-            int o0 = blk * BLOCK, o1 = o0 + BLOCK < OC ? o0 + BLOCK : OC;
-            float acc[BLOCK] = {0};
-            for (int n = 0; n < N; n++) {
-                const float *row = dout + (int64_t)n * OC;
-                for (int o = o0; o < o1; o++) acc[o - o0] += row[o];
-            }
-            for (int o = o0; o < o1; o++) dbias[o] += acc[o - o0];
+    if (dbias) pc_column_sums(dbias, dout, OC, N, OC);
+}
+
+void pc_column_sums(float *dst, const float *src, int ld, int N, int C) {
+    enum { BLOCK = 64 };
+    int nblocks = (C + BLOCK - 1) / BLOCK;
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int blk = 0; blk < nblocks; blk++) {
+        int c0 = blk * BLOCK, c1 = c0 + BLOCK < C ? c0 + BLOCK : C;
+        float acc[BLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *row = src + (int64_t)n * ld;
+            for (int c = c0; c < c1; c++) acc[c - c0] += row[c];
         }
+        for (int c = c0; c < c1; c++) dst[c] += acc[c - c0];
     }
 }

@@ -56,7 +56,6 @@ PyObject *glue_wrap_tensor(pc_tensor *t);
 pc_tensor *glue_tensor_of(PyObject *obj, const char *what);
 
 extern PyMethodDef glue_functional_methods[];
-extern PyMethodDef glue_model_methods[];
 int glue_register_models(PyObject *module);
 
 #endif

@@ -54,6 +54,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     if (!m) return NULL;
     if (add_functions(m, runtime_methods) < 0 || add_functions(m, glue_functional_methods) < 0)
         goto fail;
+    if (glue_register_models(m) < 0) goto fail;
     if (PyType_Ready(&PcTensorType) < 0) goto fail;
     Py_INCREF(&PcTensorType);
     if (PyModule_AddObject(m, "Tensor", (PyObject *)&PcTensorType) < 0) {

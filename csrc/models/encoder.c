@@ -1,0 +1,794 @@
+/* BERT-family encoder: parameters, forward and backward over the engine's ops.
+ *
+ * Shapes: B sequences of T tokens, N = B·T rows, C = hidden, H heads of D = C/H,
+ * I = intermediate. One encoder layer (post-LayerNorm, as BERT):
+ *   qkv  = x·Wqkvᵀ + bqkv                       (N,3C)  one GEMM, q|k|v side by side
+ *   ctx  = attention(q, k, v, mask)             (N,C)
+ *   r1   = dropout(ctx·Waoᵀ + bao) + x          (N,C)
+ *   h1   = LayerNorm1(r1)                       (N,C)
+ *   pre  = h1·Wiᵀ + bi;  act = gelu(pre)        (N,I)
+ *   r2   = dropout(act·Woᵀ + bo) + h1           (N,C)
+ *   out  = LayerNorm2(r2)                       (N,C)
+ * Any linear may carry a LoRA adapter: y += s·dropout(x)·Aᵀ·Bᵀ.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops/kernels.h"
+#include "../peft/lora.h"
+#include "encoder.h"
+
+enum { SLOT_Q, SLOT_K, SLOT_V, SLOT_AO, SLOT_I, SLOT_O, SLOTS_PER_LAYER };
+
+typedef struct {
+    pc_tensor *qkv_w, *qkv_b;            /* fused (3C,C), (3C): q|k|v */
+    pc_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    pc_linear_slot *slot[SLOTS_PER_LAYER];
+} layer_params;
+
+/* Activations of one layer, saved for the backward. */
+typedef struct {
+    float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
+        *ln2_rstd, *out;
+} layer_acts;
+
+typedef struct {
+    pc_tensor *t;
+    char name[96];
+    bool is_head;
+} named_param;
+
+struct pc_encoder {
+    pc_encoder_config cfg;
+    pc_tensor *word_emb, *pos_emb, *type_emb, *emb_ln_w, *emb_ln_b;
+    layer_params *layer;
+    pc_linear_slot *slots;  /* all linears: 6 per layer, then pooler, then head */
+    int num_slots;
+    pc_linear_slot *pooler, *cls_dense, *cls_out; /* cls_dense only for RoBERTa's head */
+    named_param *params;
+    int num_params, params_cap;
+
+    /* activations: one arena, grown when a batch needs more */
+    float *arena;
+    int64_t arena_floats;
+    int B, T;
+    bool has_forward, training;
+    uint64_t seed;
+    int64_t *ids, *positions, *types; /* copies of the last batch (for embedding backward) */
+    float *key_mask;                  /* (N) or NULL */
+    bool has_mask;
+    float *emb_sum, *emb_mean, *emb_rstd, *emb_out;
+    layer_acts *acts;
+    float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
+    /* gradient scratch */
+    float *d_x, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head;
+};
+
+/* ------------------------------------------------------------ construction */
+
+static pc_tensor *new_param(pc_encoder *enc, const char *name, bool is_head, int ndim, int64_t a,
+                            int64_t b) {
+    int64_t shape[2] = {a, b};
+    pc_tensor *t = pc_tensor_new(PC_FLOAT32, ndim, shape);
+    if (!t) return NULL;
+    t->requires_grad = true;
+    if (enc->num_params == enc->params_cap) {
+        int cap = enc->params_cap ? enc->params_cap * 2 : 64;
+        named_param *p = realloc(enc->params, sizeof *p * cap);
+        if (!p) { pc_tensor_release(t); return NULL; }
+        enc->params = p;
+        enc->params_cap = cap;
+    }
+    named_param *np = &enc->params[enc->num_params++];
+    np->t = t;
+    snprintf(np->name, sizeof np->name, "%s", name);
+    np->is_head = is_head;
+    return t;
+}
+
+/* register a view (q/k/v rows of the fused buffers) under its own name */
+static pc_tensor *new_view_param(pc_encoder *enc, const char *name, pc_tensor *base,
+                                 int64_t offset, int ndim, int64_t a, int64_t b) {
+    int64_t shape[2] = {a, b};
+    pc_tensor *t = pc_tensor_view(base, offset, ndim, shape);
+    if (!t) return NULL;
+    t->requires_grad = true;
+    if (enc->num_params == enc->params_cap) {
+        int cap = enc->params_cap ? enc->params_cap * 2 : 64;
+        named_param *p = realloc(enc->params, sizeof *p * cap);
+        if (!p) { pc_tensor_release(t); return NULL; }
+        enc->params = p;
+        enc->params_cap = cap;
+    }
+    named_param *np = &enc->params[enc->num_params++];
+    np->t = t;
+    snprintf(np->name, sizeof np->name, "%s", name);
+    np->is_head = false;
+    return t;
+}
+
+static pc_linear_slot *init_slot(pc_encoder *enc, int index, const char *name, int layer,
+                                 int in, int out, bool is_head, bool own_params) {
+    pc_linear_slot *s = &enc->slots[index];
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->in = in;
+    s->out = out;
+    s->layer = layer;
+    if (own_params) {
+        char pname[128];
+        snprintf(pname, sizeof pname, "%s.weight", name);
+        s->weight = new_param(enc, pname, is_head, 2, out, in);
+        snprintf(pname, sizeof pname, "%s.bias", name);
+        s->bias = new_param(enc, pname, is_head, 1, out, 0);
+        if (!s->weight || !s->bias) return NULL;
+    }
+    return s;
+}
+
+static const char *check_config(const pc_encoder_config *c) {
+    if (c->vocab_size <= 0 || c->hidden <= 0 || c->layers < 0 || c->heads <= 0 ||
+        c->intermediate <= 0 || c->max_positions <= 0 || c->type_vocab_size <= 0)
+        return "sizes must be positive";
+    if (c->hidden % c->heads) return "hidden_size must be a multiple of num_attention_heads";
+    if (!(c->layer_norm_eps > 0)) return "layer_norm_eps must be > 0";
+    if (!(c->hidden_dropout >= 0 && c->hidden_dropout < 1) ||
+        !(c->attention_dropout >= 0 && c->attention_dropout < 1) ||
+        !(c->classifier_dropout >= 0 && c->classifier_dropout < 1))
+        return "dropout probabilities must be in [0, 1)";
+    if (c->head != PC_HEAD_NONE && c->num_labels <= 0) return "num_labels must be positive";
+    if (c->head == PC_HEAD_BERT && !c->add_pooler) return "a BERT head needs the pooler";
+    return NULL;
+}
+
+pc_encoder *pc_encoder_new(const pc_encoder_config *cfg, const char **err) {
+    *err = check_config(cfg);
+    if (*err) return NULL;
+    pc_encoder *enc = calloc(1, sizeof *enc);
+    if (!enc) { *err = "out of memory"; return NULL; }
+    enc->cfg = *cfg;
+    const int C = cfg->hidden, I = cfg->intermediate, L = cfg->layers;
+    enc->num_slots = L * SLOTS_PER_LAYER + (cfg->add_pooler ? 1 : 0) +
+                     (cfg->head == PC_HEAD_BERT ? 1 : cfg->head == PC_HEAD_ROBERTA ? 2 : 0);
+    enc->slots = calloc((size_t)enc->num_slots + 1, sizeof *enc->slots);
+    enc->layer = calloc((size_t)L + 1, sizeof *enc->layer);
+    if (!enc->slots || !enc->layer) goto oom;
+
+    if (!(enc->word_emb = new_param(enc, "embeddings.word_embeddings.weight", false, 2,
+                                    cfg->vocab_size, C)) ||
+        !(enc->pos_emb = new_param(enc, "embeddings.position_embeddings.weight", false, 2,
+                                   cfg->max_positions, C)) ||
+        !(enc->type_emb = new_param(enc, "embeddings.token_type_embeddings.weight", false, 2,
+                                    cfg->type_vocab_size, C)) ||
+        !(enc->emb_ln_w = new_param(enc, "embeddings.LayerNorm.weight", false, 1, C, 0)) ||
+        !(enc->emb_ln_b = new_param(enc, "embeddings.LayerNorm.bias", false, 1, C, 0)))
+        goto oom;
+
+    static const char *const qkv_names[3] = {"query", "key", "value"};
+    for (int l = 0; l < L; l++) {
+        layer_params *lp = &enc->layer[l];
+        char name[96], pname[128];
+        int64_t fused_w[2] = {3 * (int64_t)C, C}, fused_b[1] = {3 * (int64_t)C};
+        lp->qkv_w = pc_tensor_new(PC_FLOAT32, 2, fused_w);
+        lp->qkv_b = pc_tensor_new(PC_FLOAT32, 1, fused_b);
+        if (!lp->qkv_w || !lp->qkv_b) goto oom;
+        for (int s = 0; s < 3; s++) {
+            snprintf(name, sizeof name, "encoder.layer.%d.attention.self.%s", l, qkv_names[s]);
+            pc_linear_slot *slot = init_slot(enc, l * SLOTS_PER_LAYER + s, name, l, C, C, false, false);
+            snprintf(pname, sizeof pname, "%s.weight", name);
+            slot->weight = new_view_param(enc, pname, lp->qkv_w, (int64_t)s * C * C, 2, C, C);
+            snprintf(pname, sizeof pname, "%s.bias", name);
+            slot->bias = new_view_param(enc, pname, lp->qkv_b, (int64_t)s * C, 1, C, 0);
+            if (!slot->weight || !slot->bias) goto oom;
+            lp->slot[s] = slot;
+        }
+        snprintf(name, sizeof name, "encoder.layer.%d.attention.output.dense", l);
+        if (!(lp->slot[SLOT_AO] = init_slot(enc, l * SLOTS_PER_LAYER + SLOT_AO, name, l, C, C, false, true)))
+            goto oom;
+        snprintf(pname, sizeof pname, "encoder.layer.%d.attention.output.LayerNorm.weight", l);
+        if (!(lp->ln1_w = new_param(enc, pname, false, 1, C, 0))) goto oom;
+        snprintf(pname, sizeof pname, "encoder.layer.%d.attention.output.LayerNorm.bias", l);
+        if (!(lp->ln1_b = new_param(enc, pname, false, 1, C, 0))) goto oom;
+        snprintf(name, sizeof name, "encoder.layer.%d.intermediate.dense", l);
+        if (!(lp->slot[SLOT_I] = init_slot(enc, l * SLOTS_PER_LAYER + SLOT_I, name, l, C, I, false, true)))
+            goto oom;
+        snprintf(name, sizeof name, "encoder.layer.%d.output.dense", l);
+        if (!(lp->slot[SLOT_O] = init_slot(enc, l * SLOTS_PER_LAYER + SLOT_O, name, l, I, C, false, true)))
+            goto oom;
+        snprintf(pname, sizeof pname, "encoder.layer.%d.output.LayerNorm.weight", l);
+        if (!(lp->ln2_w = new_param(enc, pname, false, 1, C, 0))) goto oom;
+        snprintf(pname, sizeof pname, "encoder.layer.%d.output.LayerNorm.bias", l);
+        if (!(lp->ln2_b = new_param(enc, pname, false, 1, C, 0))) goto oom;
+    }
+    int next = L * SLOTS_PER_LAYER;
+    if (cfg->add_pooler && !(enc->pooler = init_slot(enc, next++, "pooler.dense", -1, C, C, false, true)))
+        goto oom;
+    if (cfg->head == PC_HEAD_BERT &&
+        !(enc->cls_out = init_slot(enc, next++, "classifier", -1, C, cfg->num_labels, true, true)))
+        goto oom;
+    if (cfg->head == PC_HEAD_ROBERTA &&
+        (!(enc->cls_dense = init_slot(enc, next++, "classifier.dense", -1, C, C, true, true)) ||
+         !(enc->cls_out = init_slot(enc, next++, "classifier.out_proj", -1, C, cfg->num_labels, true, true))))
+        goto oom;
+    /* LayerNorm weights start at 1 as in transformers; the rest is set by the caller */
+    for (int i = 0; i < enc->num_params; i++) {
+        if (strstr(enc->params[i].name, "LayerNorm.weight")) {
+            float *w = pc_f32(enc->params[i].t);
+            for (int64_t j = 0; j < enc->params[i].t->numel; j++) w[j] = 1.0f;
+        }
+    }
+    return enc;
+oom:
+    pc_encoder_free(enc);
+    *err = "out of memory";
+    return NULL;
+}
+
+void pc_encoder_free(pc_encoder *enc) {
+    if (!enc) return;
+    for (int i = 0; i < enc->num_params; i++) pc_tensor_release(enc->params[i].t);
+    free(enc->params);
+    if (enc->layer)
+        for (int l = 0; l < enc->cfg.layers; l++) {
+            pc_tensor_release(enc->layer[l].qkv_w);
+            pc_tensor_release(enc->layer[l].qkv_b);
+        }
+    if (enc->slots)
+        for (int i = 0; i < enc->num_slots; i++) {
+            pc_tensor_release(enc->slots[i].lora.A);
+            pc_tensor_release(enc->slots[i].lora.B);
+            free(enc->slots[i].lora_u);
+        }
+    free(enc->slots);
+    free(enc->layer);
+    free(enc->acts);
+    free(enc->ids);
+    pc_free(enc->arena);
+    free(enc);
+}
+
+const pc_encoder_config *pc_encoder_get_config(const pc_encoder *enc) { return &enc->cfg; }
+int pc_encoder_num_params(const pc_encoder *enc) { return enc->num_params; }
+
+pc_tensor *pc_encoder_param(const pc_encoder *enc, int i, const char **name, bool *is_head) {
+    if (i < 0 || i >= enc->num_params) return NULL;
+    if (name) *name = enc->params[i].name;
+    if (is_head) *is_head = enc->params[i].is_head;
+    return enc->params[i].t;
+}
+
+int pc_encoder_num_linears(const pc_encoder *enc) { return enc->num_slots; }
+
+pc_linear_slot *pc_encoder_linear(pc_encoder *enc, int i) {
+    return i >= 0 && i < enc->num_slots ? &enc->slots[i] : NULL;
+}
+
+int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B, float scale,
+                        float dropout) {
+    pc_linear_slot *s = pc_encoder_linear(enc, linear);
+    if (!s) return -1;
+    if (A && B) {
+        if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != s->in || B->shape[0] != s->out ||
+            B->shape[1] != A->shape[0] || A->dtype != PC_FLOAT32 || B->dtype != PC_FLOAT32)
+            return -2;
+        pc_tensor_retain(A);
+        pc_tensor_retain(B);
+    }
+    pc_tensor_release(s->lora.A);
+    pc_tensor_release(s->lora.B);
+    s->lora.A = A && B ? A : NULL;
+    s->lora.B = A && B ? B : NULL;
+    s->lora.scale = scale;
+    s->lora.dropout = dropout;
+    enc->has_forward = false; /* a saved forward no longer matches the model */
+    return 0;
+}
+
+/* ------------------------------------------------------------ activations */
+
+static int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* Lay out every activation of a (B,T) batch in one arena, growing it when needed. */
+static int ensure_activations(pc_encoder *enc, int B, int T) {
+    const pc_encoder_config *c = &enc->cfg;
+    const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
+    const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
+    const int64_t per_layer = round_up(N * 3 * C) + round_up(B * H * T * (int64_t)T) +
+                              5 * round_up(N * C) + 2 * round_up(N * I) + 4 * round_up(N);
+    const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) +
+                         L * per_layer + 5 * round_up(B * C) + round_up(B * nl) +
+                         /* gradient scratch */ 3 * round_up(N * C) + round_up(N * 3 * C) +
+                         round_up(N * C) + round_up(N * I) + round_up(B * C) + round_up(N);
+    if (need > enc->arena_floats) {
+        float *arena = pc_alloc(sizeof(float) * (size_t)need);
+        layer_acts *acts = calloc((size_t)L + 1, sizeof *acts);
+        int64_t *ids = malloc(sizeof(int64_t) * 3 * (size_t)N);
+        if (!arena || !acts || !ids) {
+            pc_free(arena); free(acts); free(ids);
+            return -1;
+        }
+        pc_free(enc->arena);
+        free(enc->acts);
+        free(enc->ids);
+        enc->arena = arena;
+        enc->acts = acts;
+        enc->ids = ids;
+        enc->arena_floats = need;
+    } else if (enc->B * enc->T < N) {
+        int64_t *ids = realloc(enc->ids, sizeof(int64_t) * 3 * (size_t)N);
+        if (!ids) return -1;
+        enc->ids = ids;
+    }
+    enc->positions = enc->ids + N;
+    enc->types = enc->ids + 2 * N;
+    float *p = enc->arena;
+#define TAKE(dst, count) do { dst = p; p += round_up(count); } while (0)
+    TAKE(enc->emb_sum, N * C);
+    TAKE(enc->emb_out, N * C);
+    TAKE(enc->emb_mean, N);
+    TAKE(enc->emb_rstd, N);
+    for (int l = 0; l < L; l++) {
+        layer_acts *a = &enc->acts[l];
+        TAKE(a->qkv, N * 3 * C);
+        TAKE(a->probs, B * H * T * (int64_t)T);
+        TAKE(a->ctx, N * C);
+        TAKE(a->r1, N * C);
+        TAKE(a->h1, N * C);
+        TAKE(a->r2, N * C);
+        TAKE(a->out, N * C);
+        TAKE(a->pre, N * I);
+        TAKE(a->act, N * I);
+        TAKE(a->ln1_mean, N);
+        TAKE(a->ln1_rstd, N);
+        TAKE(a->ln2_mean, N);
+        TAKE(a->ln2_rstd, N);
+    }
+    TAKE(enc->cls_in, B * C);
+    TAKE(enc->pooled, B * C);
+    TAKE(enc->head_x1, B * C);
+    TAKE(enc->head_h, B * C);
+    TAKE(enc->head_x2, B * C);
+    TAKE(enc->logits, B * nl);
+    TAKE(enc->d_x, N * C);
+    TAKE(enc->d_h1, N * C);
+    TAKE(enc->d_r, N * C);
+    TAKE(enc->d_qkv, N * 3 * C);
+    TAKE(enc->d_ctx, N * C);
+    TAKE(enc->d_act, N * I);
+    TAKE(enc->d_head, B * C);
+    TAKE(enc->key_mask, N);
+#undef TAKE
+    enc->B = B;
+    enc->T = T;
+    return 0;
+}
+
+int64_t pc_encoder_activation_bytes(const pc_encoder *enc) {
+    return enc->arena_floats * (int64_t)sizeof(float);
+}
+
+/* ------------------------------------------------------------ dropout sites */
+
+enum { SITE_EMB, SITE_ATTN, SITE_AO, SITE_O, SITE_HEAD1, SITE_HEAD2, SITE_LORA };
+
+/* Each dropout site of a step gets its own stream: seed(step, layer, site) */
+static uint64_t site_seed(uint64_t step_seed, int layer, int site) {
+    uint64_t z = step_seed ^ (((uint64_t)(layer + 2) << 32) | (uint64_t)(site + 1) << 8);
+    z = (z ^ (z >> 33)) * 0xff51afd7ed558ccdull;
+    z = (z ^ (z >> 33)) * 0xc4ceb9fe1a85ec53ull;
+    return z ^ (z >> 33);
+}
+
+static void dropout_inplace(float *x, int64_t n, float p, uint64_t seed) {
+    if (p <= 0.0f) return;
+    pc_dropout_forward(x, x, n, p, seed);
+}
+
+/* dx = mask ⊙ dy / (1-p) in place */
+static void dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed) {
+    if (p <= 0.0f) return;
+    float scale = 1.0f / (1.0f - p);
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) d[i] = pc_dropout_keep(seed, (uint64_t)i, p) ? d[i] * scale : 0.0f;
+}
+
+/* ------------------------------------------------------------ linears */
+
+static bool wants_grad(const pc_tensor *t) { return t && t->requires_grad; }
+
+static bool slot_has_trainable(const pc_linear_slot *s) {
+    return wants_grad(s->weight) || wants_grad(s->bias) ||
+           (s->lora.A && (wants_grad(s->lora.A) || wants_grad(s->lora.B)));
+}
+
+static float slot_lora_dropout(const pc_encoder *enc, const pc_linear_slot *s) {
+    return enc->training ? s->lora.dropout : 0.0f;
+}
+
+static uint64_t slot_seed(const pc_encoder *enc, const pc_linear_slot *s) {
+    return site_seed(enc->seed, (int)(s - enc->slots), SITE_LORA);
+}
+
+/* y (N,out) row stride ldy += LoRA(x), x (N,in) row stride ldx */
+static int slot_lora_forward(pc_encoder *enc, pc_linear_slot *s, float *y, int ldy,
+                             const float *x, int ldx, int N) {
+    if (!s->lora.A) return 0;
+    int r = (int)s->lora.A->shape[0];
+    if ((int64_t)N * r > s->lora_u_cap) {
+        float *u = realloc(s->lora_u, sizeof(float) * (size_t)N * r);
+        if (!u) return -1;
+        s->lora_u = u;
+        s->lora_u_cap = (int64_t)N * r;
+    }
+    return pc_lora_forward(y, ldy, s->lora_u, x, ldx, pc_f32(s->lora.A), pc_f32(s->lora.B),
+                           N, s->in, s->out, r, s->lora.scale, slot_lora_dropout(enc, s),
+                           slot_seed(enc, s));
+}
+
+static int slot_forward(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x, int N) {
+    pc_linear_forward(y, x, pc_f32(s->weight), pc_f32(s->bias), N, s->in, s->out);
+    return slot_lora_forward(enc, s, y, s->out, x, s->in, N);
+}
+
+/* Weight, bias and LoRA gradients of one linear, for parameters that want them.
+ * dy (N,out) stride ldy, x (N,in) stride ldx. dx (stride ldx) += LoRA's share when given. */
+static int slot_backward_params(pc_encoder *enc, pc_linear_slot *s, float *dx, int lddx,
+                                const float *dy, int ldy, const float *x, int ldx, int N) {
+    if (wants_grad(s->weight)) {
+        pc_tensor *g = pc_tensor_grad(s->weight);
+        if (!g) return -1;
+        /* dW (out,in) += dyᵀ (out,N) · x (N,in) */
+        pc_sgemm(true, false, s->out, s->in, N, 1.0f, dy, ldy, x, ldx, 1.0f, pc_f32(g), s->in);
+    }
+    if (wants_grad(s->bias)) {
+        pc_tensor *g = pc_tensor_grad(s->bias);
+        if (!g) return -1;
+        pc_column_sums(pc_f32(g), dy, ldy, N, s->out);
+    }
+    if (s->lora.A) {
+        bool gA = wants_grad(s->lora.A), gB = wants_grad(s->lora.B);
+        if (gA || gB || dx) {
+            pc_tensor *dA = gA ? pc_tensor_grad(s->lora.A) : NULL;
+            pc_tensor *dB = gB ? pc_tensor_grad(s->lora.B) : NULL;
+            if ((gA && !dA) || (gB && !dB)) return -1;
+            int r = (int)s->lora.A->shape[0];
+            if (pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, ldy, s->lora_u, x, ldx,
+                                 pc_f32(s->lora.A), pc_f32(s->lora.B), N, s->in, s->out, r,
+                                 s->lora.scale, slot_lora_dropout(enc, s), slot_seed(enc, s)) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* Full backward of a standalone linear: params, then dx (N,in) += dy·W when dx is given. */
+static int slot_backward(pc_encoder *enc, pc_linear_slot *s, float *dx, const float *dy,
+                         const float *x, int N) {
+    if (slot_backward_params(enc, s, dx, s->in, dy, s->out, x, s->in, N) < 0) return -1;
+    if (dx) pc_sgemm(false, false, N, s->in, s->out, 1.0f, dy, s->out, pc_f32(s->weight), s->in,
+                     1.0f, dx, s->in);
+    return 0;
+}
+
+/* ------------------------------------------------------------ forward */
+
+static void activation_forward(const pc_encoder *enc, float *out, const float *inp, int64_t n) {
+    switch (enc->cfg.activation) {
+    case PC_ACT_GELU: pc_gelu_forward(out, inp, n, false); break;
+    case PC_ACT_GELU_TANH: pc_gelu_forward(out, inp, n, true); break;
+    case PC_ACT_RELU: pc_relu_forward(out, inp, n); break;
+    }
+}
+
+static void activation_backward(const pc_encoder *enc, float *dinp, const float *dout,
+                                const float *inp, int64_t n) {
+    switch (enc->cfg.activation) {
+    case PC_ACT_GELU: pc_gelu_backward(dinp, dout, inp, n, false); break;
+    case PC_ACT_GELU_TANH: pc_gelu_backward(dinp, dout, inp, n, true); break;
+    case PC_ACT_RELU: pc_relu_backward(dinp, dout, inp, n); break;
+    }
+}
+
+static void embeddings_forward(pc_encoder *enc, int N) {
+    const int C = enc->cfg.hidden;
+    const float *we = pc_f32(enc->word_emb), *pe = pc_f32(enc->pos_emb), *te = pc_f32(enc->type_emb);
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) {
+        const float *w = we + enc->ids[n] * C, *p = pe + enc->positions[n] * C,
+                    *t = te + enc->types[n] * C;
+        float *o = enc->emb_sum + (int64_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = w[c] + t[c] + p[c];
+    }
+    pc_layernorm_forward(enc->emb_out, enc->emb_mean, enc->emb_rstd, enc->emb_sum,
+                         pc_f32(enc->emb_ln_w), pc_f32(enc->emb_ln_b), N, C, enc->cfg.layer_norm_eps);
+    if (enc->training)
+        dropout_inplace(enc->emb_out, (int64_t)N * C, enc->cfg.hidden_dropout,
+                        site_seed(enc->seed, -1, SITE_EMB));
+}
+
+static int layer_forward(pc_encoder *enc, int l, const float *x) {
+    const pc_encoder_config *c = &enc->cfg;
+    const int B = enc->B, T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
+    layer_params *lp = &enc->layer[l];
+    layer_acts *a = &enc->acts[l];
+    float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
+    float p_attn = enc->training ? c->attention_dropout : 0.0f;
+
+    pc_linear_forward(a->qkv, x, pc_f32(lp->qkv_w), pc_f32(lp->qkv_b), N, C, 3 * C);
+    for (int s = 0; s < 3; s++)
+        if (slot_lora_forward(enc, lp->slot[s], a->qkv + s * C, 3 * C, x, C, N) < 0) return -1;
+    pc_attention_forward(a->ctx, a->probs, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C,
+                         enc->has_mask ? enc->key_mask : NULL, B, T, c->heads, C / c->heads,
+                         p_attn, site_seed(enc->seed, l, SITE_ATTN));
+    if (slot_forward(enc, lp->slot[SLOT_AO], a->r1, a->ctx, N) < 0) return -1;
+    dropout_inplace(a->r1, (int64_t)N * C, p_hidden, site_seed(enc->seed, l, SITE_AO));
+    pc_add_forward(a->r1, a->r1, x, (int64_t)N * C);
+    pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
+                         pc_f32(lp->ln1_b), N, C, c->layer_norm_eps);
+    if (slot_forward(enc, lp->slot[SLOT_I], a->pre, a->h1, N) < 0) return -1;
+    activation_forward(enc, a->act, a->pre, (int64_t)N * I);
+    if (slot_forward(enc, lp->slot[SLOT_O], a->r2, a->act, N) < 0) return -1;
+    dropout_inplace(a->r2, (int64_t)N * C, p_hidden, site_seed(enc->seed, l, SITE_O));
+    pc_add_forward(a->r2, a->r2, a->h1, (int64_t)N * C);
+    pc_layernorm_forward(a->out, a->ln2_mean, a->ln2_rstd, a->r2, pc_f32(lp->ln2_w),
+                         pc_f32(lp->ln2_b), N, C, c->layer_norm_eps);
+    return 0;
+}
+
+void pc_encoder_batch_shape(const pc_encoder *enc, int *B, int *T) {
+    *B = enc->B;
+    *T = enc->T;
+}
+
+const float *pc_encoder_hidden(const pc_encoder *enc) {
+    if (!enc->has_forward) return NULL;
+    return enc->cfg.layers ? enc->acts[enc->cfg.layers - 1].out : enc->emb_out;
+}
+
+const float *pc_encoder_pooled(const pc_encoder *enc) {
+    return enc->has_forward && enc->cfg.add_pooler ? enc->pooled : NULL;
+}
+
+const float *pc_encoder_logits(const pc_encoder *enc) {
+    return enc->has_forward && enc->cfg.head != PC_HEAD_NONE ? enc->logits : NULL;
+}
+
+/* Pooler and head on the first token of each sequence:
+ *   pooler:  pooled = tanh(cls·Wpᵀ + bp)
+ *   BERT:    logits = dropout(pooled)·Wcᵀ + bc
+ *   RoBERTa: logits = dropout(tanh(dropout(cls)·Wdᵀ + bd))·Woᵀ + bo */
+static int head_forward(pc_encoder *enc) {
+    const pc_encoder_config *c = &enc->cfg;
+    const int B = enc->B, T = enc->T, C = c->hidden;
+    const float *hidden = pc_encoder_hidden(enc);
+    for (int b = 0; b < B; b++)
+        memcpy(enc->cls_in + (int64_t)b * C, hidden + (int64_t)b * T * C, sizeof(float) * C);
+    float p = enc->training ? c->classifier_dropout : 0.0f;
+    if (c->add_pooler) {
+        if (slot_forward(enc, enc->pooler, enc->head_h, enc->cls_in, B) < 0) return -1;
+        pc_tanh_forward(enc->pooled, enc->head_h, (int64_t)B * C);
+    }
+    if (c->head == PC_HEAD_BERT) {
+        memcpy(enc->head_x1, enc->pooled, sizeof(float) * B * C);
+        dropout_inplace(enc->head_x1, (int64_t)B * C, p, site_seed(enc->seed, -1, SITE_HEAD1));
+        if (slot_forward(enc, enc->cls_out, enc->logits, enc->head_x1, B) < 0) return -1;
+    } else if (c->head == PC_HEAD_ROBERTA) {
+        memcpy(enc->head_x1, enc->cls_in, sizeof(float) * B * C);
+        dropout_inplace(enc->head_x1, (int64_t)B * C, p, site_seed(enc->seed, -1, SITE_HEAD1));
+        /* head_h is free again once the pooler (if any) has produced pooled */
+        if (slot_forward(enc, enc->cls_dense, enc->head_h, enc->head_x1, B) < 0) return -1;
+        pc_tanh_forward(enc->head_h, enc->head_h, (int64_t)B * C);
+        memcpy(enc->head_x2, enc->head_h, sizeof(float) * B * C);
+        dropout_inplace(enc->head_x2, (int64_t)B * C, p, site_seed(enc->seed, -1, SITE_HEAD2));
+        if (slot_forward(enc, enc->cls_out, enc->logits, enc->head_x2, B) < 0) return -1;
+    }
+    return 0;
+}
+
+int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
+                       const int64_t *token_types, const float *key_mask, int B, int T,
+                       bool training, uint64_t seed) {
+    enc->has_forward = false;
+    if (ensure_activations(enc, B, T) < 0) return -1;
+    const int64_t N = (int64_t)B * T;
+    memcpy(enc->ids, ids, sizeof(int64_t) * N);
+    memcpy(enc->positions, positions, sizeof(int64_t) * N);
+    memcpy(enc->types, token_types, sizeof(int64_t) * N);
+    enc->has_mask = key_mask != NULL;
+    if (key_mask) memcpy(enc->key_mask, key_mask, sizeof(float) * N);
+    enc->training = training;
+    enc->seed = seed;
+    embeddings_forward(enc, (int)N);
+    const float *x = enc->emb_out;
+    for (int l = 0; l < enc->cfg.layers; l++) {
+        if (layer_forward(enc, l, x) < 0) return -1;
+        x = enc->acts[l].out;
+    }
+    enc->has_forward = true;
+    if (head_forward(enc) < 0) {
+        enc->has_forward = false;
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ backward */
+
+static bool layer_has_trainable(const pc_encoder *enc, int l) {
+    const layer_params *lp = &enc->layer[l];
+    for (int s = 0; s < SLOTS_PER_LAYER; s++)
+        if (slot_has_trainable(lp->slot[s])) return true;
+    return wants_grad(lp->ln1_w) || wants_grad(lp->ln1_b) || wants_grad(lp->ln2_w) ||
+           wants_grad(lp->ln2_b);
+}
+
+static bool embeddings_trainable(const pc_encoder *enc) {
+    return wants_grad(enc->word_emb) || wants_grad(enc->pos_emb) || wants_grad(enc->type_emb) ||
+           wants_grad(enc->emb_ln_w) || wants_grad(enc->emb_ln_b);
+}
+
+static float *grad_or_null(pc_tensor *t, int *oom) {
+    if (!wants_grad(t)) return NULL;
+    pc_tensor *g = pc_tensor_grad(t);
+    if (!g) *oom = 1;
+    return pc_f32(g);
+}
+
+/* d_out (N,C) is the gradient of the layer's output; on return d_x (N,C) holds the
+ * gradient of its input when need_dx. Mirrors layer_forward line by line. */
+static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, float *d_x,
+                          bool need_dx) {
+    const pc_encoder_config *c = &enc->cfg;
+    const int B = enc->B, T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
+    const int64_t NC = (int64_t)N * C;
+    layer_params *lp = &enc->layer[l];
+    layer_acts *a = &enc->acts[l];
+    float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
+    float p_attn = enc->training ? c->attention_dropout : 0.0f;
+    int oom = 0;
+
+    /* out = LN2(r2): d_r (N,C) = LN2ᵀ d_out */
+    float *d_r = enc->d_r, *d_h1 = enc->d_h1;
+    memset(d_r, 0, sizeof(float) * NC);
+    pc_layernorm_backward(d_r, grad_or_null(lp->ln2_w, &oom), grad_or_null(lp->ln2_b, &oom),
+                          d_out, a->r2, pc_f32(lp->ln2_w), a->ln2_mean, a->ln2_rstd, N, C);
+    /* r2 = dropout(o) + h1: the residual passes d_r to h1; the branch gets its dropout */
+    memcpy(d_h1, d_r, sizeof(float) * NC);
+    dropout_backward_inplace(d_r, NC, p_hidden, site_seed(enc->seed, l, SITE_O));
+    /* o = act·Woᵀ + bo */
+    memset(enc->d_act, 0, sizeof(float) * (size_t)N * I);
+    if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, N) < 0) return -1;
+    /* act = gelu(pre); act is dead now (Wo's gradients are done), so d_pre reuses it */
+    float *d_pre = a->act;
+    memset(d_pre, 0, sizeof(float) * (size_t)N * I);
+    activation_backward(enc, d_pre, enc->d_act, a->pre, (int64_t)N * I);
+    /* pre = h1·Wiᵀ + bi */
+    if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, N) < 0) return -1;
+    /* h1 = LN1(r1) */
+    memset(d_r, 0, sizeof(float) * NC);
+    pc_layernorm_backward(d_r, grad_or_null(lp->ln1_w, &oom), grad_or_null(lp->ln1_b, &oom),
+                          d_h1, a->r1, pc_f32(lp->ln1_w), a->ln1_mean, a->ln1_rstd, N, C);
+    /* r1 = dropout(ao) + x */
+    if (need_dx) memcpy(d_x, d_r, sizeof(float) * NC);
+    dropout_backward_inplace(d_r, NC, p_hidden, site_seed(enc->seed, l, SITE_AO));
+    /* ao = ctx·Waoᵀ + bao */
+    memset(enc->d_ctx, 0, sizeof(float) * NC);
+    if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, N) < 0) return -1;
+    /* ctx = attention(q, k, v) */
+    memset(enc->d_qkv, 0, sizeof(float) * NC * 3);
+    pc_attention_backward(enc->d_qkv, enc->d_qkv + C, enc->d_qkv + 2 * C, 3 * C, enc->d_ctx,
+                          a->probs, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, B, T, c->heads,
+                          C / c->heads, p_attn, site_seed(enc->seed, l, SITE_ATTN));
+    /* qkv = x·Wqkvᵀ + bqkv: per-slot weight grads, one GEMM for d_x */
+    for (int s = 0; s < 3; s++)
+        if (slot_backward_params(enc, lp->slot[s], need_dx ? d_x : NULL, C, enc->d_qkv + s * C,
+                                 3 * C, x, C, N) < 0)
+            return -1;
+    if (need_dx)
+        pc_sgemm(false, false, N, C, 3 * C, 1.0f, enc->d_qkv, 3 * C, pc_f32(lp->qkv_w), C, 1.0f,
+                 d_x, C);
+    return oom ? -1 : 0;
+}
+
+static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
+    const int N = enc->B * enc->T, C = enc->cfg.hidden;
+    int oom = 0;
+    float *d = enc->d_r;
+    memcpy(d, d_emb, sizeof(float) * (size_t)N * C);
+    if (enc->training)
+        dropout_backward_inplace(d, (int64_t)N * C, enc->cfg.hidden_dropout,
+                                 site_seed(enc->seed, -1, SITE_EMB));
+    float *d_sum = enc->d_h1;
+    memset(d_sum, 0, sizeof(float) * (size_t)N * C);
+    pc_layernorm_backward(d_sum, grad_or_null(enc->emb_ln_w, &oom), grad_or_null(enc->emb_ln_b, &oom),
+                          d, enc->emb_sum, pc_f32(enc->emb_ln_w), enc->emb_mean, enc->emb_rstd, N, C);
+    float *dw = grad_or_null(enc->word_emb, &oom), *dp = grad_or_null(enc->pos_emb, &oom),
+          *dt = grad_or_null(enc->type_emb, &oom);
+    if (oom) return -1;
+    if (dw) pc_embedding_backward(dw, d_sum, enc->ids, N, C);
+    if (dp) pc_embedding_backward(dp, d_sum, enc->positions, N, C);
+    if (dt) pc_embedding_backward(dt, d_sum, enc->types, N, C);
+    return 0;
+}
+
+/* Head backward: d_logits (B,L) → d_pooled / d_cls; returns the (N,C) gradient of the last
+ * hidden state in d_hidden_out (only the first token of each sequence is non-zero). */
+static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_pooled_in,
+                         float *d_hidden_out, bool need_below) {
+    const pc_encoder_config *c = &enc->cfg;
+    const int B = enc->B, T = enc->T, C = c->hidden;
+    const int64_t BC = (int64_t)B * C;
+    float p = enc->training ? c->classifier_dropout : 0.0f;
+    float *d_cls = enc->d_head; /* (B,C) gradient of the first-token features */
+    memset(d_cls, 0, sizeof(float) * BC);
+    float *tmp = enc->d_ctx;    /* (B,C) scratch, free during the head backward */
+    bool via_pooler = false;
+    float *d_pooled = enc->d_act; /* (B,C) scratch */
+    memset(d_pooled, 0, sizeof(float) * BC);
+    if (d_logits && c->head == PC_HEAD_BERT) {
+        if (slot_backward(enc, enc->cls_out, d_pooled, d_logits, enc->head_x1, B) < 0) return -1;
+        dropout_backward_inplace(d_pooled, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
+        via_pooler = true;
+    } else if (d_logits && c->head == PC_HEAD_ROBERTA) {
+        memset(tmp, 0, sizeof(float) * BC);
+        if (slot_backward(enc, enc->cls_out, tmp, d_logits, enc->head_x2, B) < 0) return -1;
+        dropout_backward_inplace(tmp, BC, p, site_seed(enc->seed, -1, SITE_HEAD2));
+        float *d_pre = enc->d_qkv;
+        memset(d_pre, 0, sizeof(float) * BC);
+        pc_tanh_backward(d_pre, tmp, enc->head_h, BC);
+        if (slot_backward(enc, enc->cls_dense, d_cls, d_pre, enc->head_x1, B) < 0) return -1;
+        dropout_backward_inplace(d_cls, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
+    } else if (d_pooled_in) {
+        memcpy(d_pooled, d_pooled_in, sizeof(float) * BC);
+        via_pooler = true;
+    }
+    if (via_pooler) {
+        /* pooled = tanh(cls·Wpᵀ + bp): d_pre_pool = d_pooled ⊙ (1 - pooled²) */
+        float *d_pre = enc->d_qkv;
+        memset(d_pre, 0, sizeof(float) * BC);
+        pc_tanh_backward(d_pre, d_pooled, enc->pooled, BC);
+        if (slot_backward(enc, enc->pooler, need_below ? d_cls : NULL, d_pre, enc->cls_in, B) < 0)
+            return -1;
+    }
+    if (need_below) {
+        memset(d_hidden_out, 0, sizeof(float) * (size_t)B * T * C);
+        for (int b = 0; b < B; b++)
+            memcpy(d_hidden_out + (int64_t)b * T * C, d_cls + (int64_t)b * C, sizeof(float) * C);
+    }
+    return 0;
+}
+
+int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
+                        const float *d_pooled) {
+    if (!enc->has_forward) return -2;
+    const pc_encoder_config *c = &enc->cfg;
+    const int N = enc->B * enc->T, C = c->hidden;
+    /* the lowest part of the model holding anything trainable: below it nothing is needed */
+    int lowest = c->layers; /* = no encoder layer trainable */
+    for (int l = 0; l < c->layers; l++)
+        if (layer_has_trainable(enc, l)) { lowest = l; break; }
+    bool emb = embeddings_trainable(enc);
+    if (emb) lowest = -1;
+    bool need_below_head = lowest < c->layers;
+
+    /* d_out: gradient of the current layer's output, d_in: of its input */
+    float *d_out = enc->d_x;
+    if (d_logits || d_pooled) {
+        if (head_backward(enc, d_logits, d_pooled, d_out, need_below_head) < 0) return -1;
+    } else {
+        memcpy(d_out, d_hidden, sizeof(float) * (size_t)N * C);
+    }
+    if (!need_below_head) return 0;
+    /* Layer l's output is read by nobody once layer l+1's backward is done, so the gradient
+     * of layer l's input is written over it. */
+    for (int l = c->layers - 1; l >= 0 && l >= lowest; l--) {
+        const float *x = l > 0 ? enc->acts[l - 1].out : enc->emb_out;
+        bool need_dx = l > lowest;
+        float *d_in = enc->acts[l].out;
+        if (layer_backward(enc, l, x, d_out, d_in, need_dx) < 0) return -1;
+        d_out = d_in;
+    }
+    enc->has_forward = false; /* activations were overwritten by gradients */
+    if (emb && embeddings_backward(enc, d_out) < 0) return -1;
+    return 0;
+}

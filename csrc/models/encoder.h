@@ -1,0 +1,79 @@
+/* BERT / RoBERTa / MiniLM encoders with optional classification heads, LoRA on any linear.
+ *
+ * Parameters are engine tensors named as transformers names them (without the "bert." /
+ * "roberta." prefix the Python side adds). query/key/value weights are views into one
+ * fused (3C, C) buffer so the QKV projection is a single GEMM.
+ */
+#ifndef PEFTCORE_ENCODER_H
+#define PEFTCORE_ENCODER_H
+
+#include "../engine.h"
+
+typedef enum { PC_ACT_GELU = 0, PC_ACT_GELU_TANH = 1, PC_ACT_RELU = 2 } pc_activation;
+typedef enum { PC_HEAD_NONE = 0, PC_HEAD_BERT = 1, PC_HEAD_ROBERTA = 2 } pc_head_kind;
+
+typedef struct {
+    int vocab_size, hidden, layers, heads, intermediate, max_positions, type_vocab_size;
+    float layer_norm_eps, hidden_dropout, attention_dropout, classifier_dropout;
+    pc_activation activation;
+    bool add_pooler;      /* BertModel / RobertaModel pooler (tanh(dense(h[:,0]))) */
+    pc_head_kind head;    /* sequence-classification head, or none */
+    int num_labels;
+} pc_encoder_config;
+
+/* A LoRA adapter on one linear: y += scale · dropout(x)·Aᵀ·Bᵀ, A (r,in), B (out,r). */
+typedef struct {
+    pc_tensor *A, *B;
+    float scale, dropout;
+} pc_lora;
+
+/* One linear layer of the model, as transformers names it ("encoder.layer.0.attention.self.query"). */
+typedef struct {
+    char name[96];
+    pc_tensor *weight, *bias; /* (out,in), (out,) */
+    int in, out;
+    int layer;                /* encoder layer index; -1 for pooler/head */
+    pc_lora lora;             /* lora.A == NULL: no adapter active */
+    float *lora_u;            /* (N, r) = dropout(x)·Aᵀ saved by the forward */
+    int64_t lora_u_cap;
+} pc_linear_slot;
+
+typedef struct pc_encoder pc_encoder;
+
+/* NULL with a message in *err (static string) on bad config or out of memory. */
+pc_encoder *pc_encoder_new(const pc_encoder_config *cfg, const char **err);
+void pc_encoder_free(pc_encoder *enc);
+const pc_encoder_config *pc_encoder_get_config(const pc_encoder *enc);
+
+/* Parameters in a fixed order; *name is the transformers name, *is_head marks head params. */
+int pc_encoder_num_params(const pc_encoder *enc);
+pc_tensor *pc_encoder_param(const pc_encoder *enc, int i, const char **name, bool *is_head);
+int pc_encoder_num_linears(const pc_encoder *enc);
+pc_linear_slot *pc_encoder_linear(pc_encoder *enc, int i);
+/* Activate LoRA on a linear (A, B retained), or deactivate with A = B = NULL. */
+int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B, float scale,
+                        float dropout);
+
+/* Forward over a (B,T) batch. ids, positions, token_types: (B,T) int64, already checked to
+ * be in range; key_mask (B,T) float 1/0 or NULL. Returns 0, or -1 when out of memory.
+ * Results: hidden (B,T,C), pooled (B,C) or NULL, logits (B,num_labels) or NULL. */
+int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
+                       const int64_t *token_types, const float *key_mask, int B, int T,
+                       bool training, uint64_t seed);
+/* (B, T) of the last forward */
+void pc_encoder_batch_shape(const pc_encoder *enc, int *B, int *T);
+const float *pc_encoder_hidden(const pc_encoder *enc);
+const float *pc_encoder_pooled(const pc_encoder *enc);
+const float *pc_encoder_logits(const pc_encoder *enc);
+
+/* Backward of the last forward: accumulates into .grad of every parameter (and LoRA
+ * tensor) with requires_grad. Give exactly one of d_logits (B,L) (models with a head),
+ * d_pooled (B,C) or d_hidden (B,T,C) (either may be given without a head). Returns 0,
+ * -1 when out of memory, -2 when there was no forward. */
+int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
+                        const float *d_pooled);
+
+/* Bytes held for activations and scratch (for reports). */
+int64_t pc_encoder_activation_bytes(const pc_encoder *enc);
+
+#endif

@@ -1,0 +1,374 @@
+/* peftcore._C.Encoder: a BERT-family encoder owned by the engine. The glue checks inputs
+ * (dtypes, shapes, id ranges) so the engine can trust them. */
+#include "glue.h"
+#include "../models/encoder.h"
+
+typedef struct {
+    PyObject_HEAD
+    pc_encoder *enc;
+    PyObject *lora_refs; /* dict linear index -> (A, B) Tensor objects kept alive */
+} PcEncoderObject;
+
+static int get_int(PyObject *d, const char *key, int *out, int deflt) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v || v == Py_None) { *out = deflt; return deflt == -1 ? -1 : 0; }
+    long x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred()) return -2;
+    if (x < INT32_MIN || x > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "config %s=%ld is out of range", key, x);
+        return -2;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int get_float(PyObject *d, const char *key, float *out, float deflt) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v || v == Py_None) { *out = deflt; return 0; }
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred()) return -1;
+    *out = (float)x;
+    return 0;
+}
+
+/* Encoder(cfg: dict) with keys vocab_size, hidden_size, num_hidden_layers,
+ * num_attention_heads, intermediate_size, max_position_embeddings, type_vocab_size,
+ * layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob, classifier_dropout,
+ * activation (0 gelu, 1 gelu_tanh, 2 relu), add_pooler, head (0 none, 1 bert, 2 roberta),
+ * num_labels. Missing required keys raise KeyError; the Python side fills defaults. */
+static int encoder_init(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"config", NULL};
+    PyObject *d;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!:Encoder", kwlist, &PyDict_Type, &d))
+        return -1;
+    pc_encoder_config c = {0};
+    static const char *required[] = {"vocab_size", "hidden_size", "num_hidden_layers",
+                                     "num_attention_heads", "intermediate_size",
+                                     "max_position_embeddings", "type_vocab_size"};
+    int *slots[] = {&c.vocab_size, &c.hidden, &c.layers, &c.heads, &c.intermediate,
+                    &c.max_positions, &c.type_vocab_size};
+    for (int i = 0; i < 7; i++) {
+        int rc = get_int(d, required[i], slots[i], -1);
+        if (rc == -1) { PyErr_Format(PyExc_KeyError, "config needs '%s'", required[i]); return -1; }
+        if (rc < 0) return -1;
+    }
+    int act = 0, pooler = 1, head = 0, labels = 0;
+    if (get_int(d, "activation", &act, 0) < 0 || get_int(d, "add_pooler", &pooler, 1) < 0 ||
+        get_int(d, "head", &head, 0) < 0 || get_int(d, "num_labels", &labels, 0) < 0 ||
+        get_float(d, "layer_norm_eps", &c.layer_norm_eps, 1e-12f) < 0 ||
+        get_float(d, "hidden_dropout_prob", &c.hidden_dropout, 0.1f) < 0 ||
+        get_float(d, "attention_probs_dropout_prob", &c.attention_dropout, 0.1f) < 0 ||
+        get_float(d, "classifier_dropout", &c.classifier_dropout, c.hidden_dropout) < 0)
+        return -1;
+    if (act < 0 || act > 2 || head < 0 || head > 2) {
+        PyErr_SetString(PyExc_ValueError, "config activation must be 0..2 and head 0..2");
+        return -1;
+    }
+    c.activation = (pc_activation)act;
+    c.add_pooler = pooler != 0;
+    c.head = (pc_head_kind)head;
+    c.num_labels = labels;
+    const char *err = NULL;
+    pc_encoder *enc = pc_encoder_new(&c, &err);
+    if (!enc) {
+        if (err && strcmp(err, "out of memory") == 0) PyErr_NoMemory();
+        else PyErr_Format(PyExc_ValueError, "invalid encoder config: %s", err);
+        return -1;
+    }
+    pc_encoder_free(self->enc);
+    self->enc = enc;
+    Py_XDECREF(self->lora_refs);
+    self->lora_refs = PyDict_New();
+    return self->lora_refs ? 0 : -1;
+}
+
+static void encoder_dealloc(PcEncoderObject *self) {
+    pc_encoder_free(self->enc);
+    Py_XDECREF(self->lora_refs);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int ready(PcEncoderObject *self) {
+    if (self->enc) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "Encoder was not initialised");
+    return -1;
+}
+
+/* params() -> [(name, Tensor, is_head)] */
+static PyObject *encoder_params(PcEncoderObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (ready(self) < 0) return NULL;
+    int n = pc_encoder_num_params(self->enc);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (int i = 0; i < n; i++) {
+        const char *name;
+        bool is_head;
+        pc_tensor *t = pc_encoder_param(self->enc, i, &name, &is_head);
+        PyObject *wrapped = glue_wrap_tensor(t);
+        PyObject *item = wrapped ? Py_BuildValue("(sNO)", name, wrapped, is_head ? Py_True : Py_False) : NULL;
+        if (!item) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+/* linears() -> [(name, in_features, out_features, layer)] */
+static PyObject *encoder_linears(PcEncoderObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (ready(self) < 0) return NULL;
+    int n = pc_encoder_num_linears(self->enc);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (int i = 0; i < n; i++) {
+        pc_linear_slot *s = pc_encoder_linear(self->enc, i);
+        PyObject *item = Py_BuildValue("(siii)", s->name, s->in, s->out, s->layer);
+        if (!item) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+/* set_lora(index, A, B, scale, dropout) or set_lora(index, None, None, 0, 0) */
+static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
+    int index;
+    PyObject *ao, *bo;
+    float scale, dropout;
+    if (!PyArg_ParseTuple(args, "iOOff", &index, &ao, &bo, &scale, &dropout)) return NULL;
+    if (ready(self) < 0) return NULL;
+    if (index < 0 || index >= pc_encoder_num_linears(self->enc)) {
+        PyErr_Format(PyExc_IndexError, "linear index %d out of range", index);
+        return NULL;
+    }
+    PyObject *key = PyLong_FromLong(index);
+    if (!key) return NULL;
+    if (ao == Py_None && bo == Py_None) {
+        pc_encoder_set_lora(self->enc, index, NULL, NULL, 0.0f, 0.0f);
+        if (PyDict_DelItem(self->lora_refs, key) < 0) PyErr_Clear();
+        Py_DECREF(key);
+        Py_RETURN_NONE;
+    }
+    pc_tensor *A = glue_tensor_of(ao, "lora A"), *B = A ? glue_tensor_of(bo, "lora B") : NULL;
+    if (!A || !B) { Py_DECREF(key); return NULL; }
+    if (!(dropout >= 0.0f && dropout < 1.0f)) {
+        Py_DECREF(key);
+        PyErr_Format(PyExc_ValueError, "lora dropout must be in [0, 1), got %g", dropout);
+        return NULL;
+    }
+    int rc = pc_encoder_set_lora(self->enc, index, A, B, scale, dropout);
+    if (rc < 0) {
+        pc_linear_slot *s = pc_encoder_linear(self->enc, index);
+        Py_DECREF(key);
+        PyErr_Format(PyExc_ValueError,
+                     "lora A must be float32 (r, %d) and B (%d, r) for %s", s->in, s->out, s->name);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, ao, bo);
+    int ok = pair ? PyDict_SetItem(self->lora_refs, key, pair) : -1;
+    Py_XDECREF(pair);
+    Py_DECREF(key);
+    if (ok < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyArrayObject *ids_like(PyObject *obj, const char *what, npy_intp B, npy_intp T,
+                               int64_t limit, const char *limit_what) {
+    PyArrayObject *a = glue_ids(obj, what);
+    if (!a) return NULL;
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) != B || PyArray_DIM(a, 1) != T) {
+        char s[64];
+        glue_shape_str(s, sizeof s, a);
+        PyErr_Format(PyExc_ValueError, "%s must have the shape of input_ids (%ld, %ld), got %s",
+                     what, (long)B, (long)T, s);
+        Py_DECREF(a);
+        return NULL;
+    }
+    const int64_t *p = glue_ip(a);
+    for (npy_intp i = 0; i < B * T; i++)
+        if (p[i] < 0 || p[i] >= limit) {
+            PyErr_Format(PyExc_IndexError, "%s contains %lld at position (%ld, %ld); %s is %lld",
+                         what, (long long)p[i], (long)(i / T), (long)(i % T), limit_what,
+                         (long long)limit);
+            Py_DECREF(a);
+            return NULL;
+        }
+    return a;
+}
+
+static PyObject *copy_out(const float *src, int nd, npy_intp *dims) {
+    PyArrayObject *a = glue_zeros(nd, dims);
+    if (!a) return NULL;
+    memcpy(PyArray_DATA(a), src, (size_t)PyArray_NBYTES(a));
+    return (PyObject *)a;
+}
+
+/* forward(input_ids, position_ids, token_type_ids, attention_mask|None, training, seed,
+ *         want_hidden) -> (hidden|None, pooled|None, logits|None) */
+static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
+    PyObject *io, *po, *to, *mo, *result = NULL;
+    int training, want_hidden;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOOOpKp", &io, &po, &to, &mo, &training, &seed, &want_hidden))
+        return NULL;
+    if (ready(self) < 0) return NULL;
+    const pc_encoder_config *c = pc_encoder_get_config(self->enc);
+    PyArrayObject *ids = NULL, *pos = NULL, *types = NULL, *mask = NULL;
+    PyObject *hidden = NULL, *pooled = NULL, *logits = NULL;
+    ids = glue_ids(io, "input_ids");
+    if (!ids) return NULL;
+    if (PyArray_NDIM(ids) != 2 || PyArray_DIM(ids, 0) < 1 || PyArray_DIM(ids, 1) < 1) {
+        char s[64];
+        glue_shape_str(s, sizeof s, ids);
+        PyErr_Format(PyExc_ValueError, "input_ids must be (batch, seq_len) with both >= 1, got %s", s);
+        goto fail;
+    }
+    npy_intp B = PyArray_DIM(ids, 0), T = PyArray_DIM(ids, 1);
+    if (glue_check_int_range((int64_t)B * T * (c->intermediate > 3 * c->hidden ? c->intermediate : 3 * c->hidden),
+                             "batch size x sequence length x width") < 0)
+        goto fail;
+    Py_DECREF(ids);
+    if (!(ids = ids_like(io, "input_ids", B, T, c->vocab_size, "vocab_size"))) goto fail;
+    if (!(pos = ids_like(po, "position_ids", B, T, c->max_positions, "max_position_embeddings")))
+        goto fail;
+    if (!(types = ids_like(to, "token_type_ids", B, T, c->type_vocab_size, "type_vocab_size")))
+        goto fail;
+    if (mo != Py_None) {
+        PyArrayObject *m = glue_ids(mo, "attention_mask");
+        if (!m) goto fail;
+        if (PyArray_NDIM(m) != 2 || PyArray_DIM(m, 0) != B || PyArray_DIM(m, 1) != T) {
+            PyErr_Format(PyExc_ValueError, "attention_mask must have the shape of input_ids (%ld, %ld)",
+                         (long)B, (long)T);
+            Py_DECREF(m);
+            goto fail;
+        }
+        npy_intp dims[2] = {B, T};
+        mask = glue_zeros(2, dims);
+        if (!mask) { Py_DECREF(m); goto fail; }
+        for (npy_intp i = 0; i < B * T; i++) glue_fp(mask)[i] = glue_ip(m)[i] != 0 ? 1.0f : 0.0f;
+        Py_DECREF(m);
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
+                            mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, seed);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) { PyErr_NoMemory(); goto fail; }
+    if (want_hidden) {
+        npy_intp dims[3] = {B, T, c->hidden};
+        if (!(hidden = copy_out(pc_encoder_hidden(self->enc), 3, dims))) goto fail;
+    }
+    if (pc_encoder_pooled(self->enc)) {
+        npy_intp dims[2] = {B, c->hidden};
+        if (!(pooled = copy_out(pc_encoder_pooled(self->enc), 2, dims))) goto fail;
+    }
+    if (pc_encoder_logits(self->enc)) {
+        npy_intp dims[2] = {B, c->num_labels};
+        if (!(logits = copy_out(pc_encoder_logits(self->enc), 2, dims))) goto fail;
+    }
+    result = Py_BuildValue("(OOO)", hidden ? hidden : Py_None, pooled ? pooled : Py_None,
+                           logits ? logits : Py_None);
+fail:
+    Py_XDECREF(ids); Py_XDECREF(pos); Py_XDECREF(types); Py_XDECREF(mask);
+    Py_XDECREF(hidden); Py_XDECREF(pooled); Py_XDECREF(logits);
+    return result;
+}
+
+/* backward(d_logits=None, d_hidden=None, d_pooled=None): exactly one is given */
+static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"d_logits", "d_hidden", "d_pooled", NULL};
+    PyObject *lo = Py_None, *ho = Py_None, *po = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOO:backward", kwlist, &lo, &ho, &po))
+        return NULL;
+    if (ready(self) < 0) return NULL;
+    const pc_encoder_config *c = pc_encoder_get_config(self->enc);
+    const float *hidden = pc_encoder_hidden(self->enc);
+    if (!hidden) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "backward() needs a forward pass first (each forward allows one backward)");
+        return NULL;
+    }
+    int given = (lo != Py_None) + (ho != Py_None) + (po != Py_None);
+    if (given != 1) {
+        PyErr_SetString(PyExc_ValueError, "backward() takes exactly one gradient");
+        return NULL;
+    }
+    /* the batch shape of the saved forward, known from the logits/pooled/hidden sizes */
+    PyObject *obj = lo != Py_None ? lo : ho != Py_None ? ho : po;
+    const char *what = lo != Py_None ? "grad_logits" : ho != Py_None ? "grad_hidden" : "grad_pooled";
+    PyArrayObject *g = glue_f32(obj, what);
+    if (!g) return NULL;
+    int B, T;
+    pc_encoder_batch_shape(self->enc, &B, &T);
+    bool ok;
+    if (lo != Py_None)
+        ok = c->head != PC_HEAD_NONE && PyArray_NDIM(g) == 2 && PyArray_DIM(g, 0) == B &&
+             PyArray_DIM(g, 1) == c->num_labels;
+    else if (ho != Py_None)
+        ok = PyArray_NDIM(g) == 3 && PyArray_DIM(g, 0) == B && PyArray_DIM(g, 1) == T &&
+             PyArray_DIM(g, 2) == c->hidden;
+    else
+        ok = c->add_pooler && PyArray_NDIM(g) == 2 && PyArray_DIM(g, 0) == B &&
+             PyArray_DIM(g, 1) == c->hidden;
+    if (!ok) {
+        char s[64];
+        glue_shape_str(s, sizeof s, g);
+        if (lo != Py_None && c->head == PC_HEAD_NONE)
+            PyErr_SetString(PyExc_ValueError, "this model has no classification head: no logits");
+        else
+            PyErr_Format(PyExc_ValueError, "%s must be (%d, %d%s), got %s", what, B,
+                         lo != Py_None ? c->num_labels : ho != Py_None ? T : c->hidden,
+                         ho != Py_None ? ", hidden" : "", s);
+        Py_DECREF(g);
+        return NULL;
+    }
+    int rc;
+    float *gp = glue_fp(g);
+    Py_BEGIN_ALLOW_THREADS
+    rc = pc_encoder_backward(self->enc, lo != Py_None ? gp : NULL, ho != Py_None ? gp : NULL,
+                             po != Py_None ? gp : NULL);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(g);
+    if (rc == -1) return PyErr_NoMemory();
+    if (rc == -2) {
+        PyErr_SetString(PyExc_RuntimeError, "backward() needs a forward pass first");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *encoder_activation_bytes(PcEncoderObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (ready(self) < 0) return NULL;
+    return PyLong_FromLongLong(pc_encoder_activation_bytes(self->enc));
+}
+
+static PyMethodDef encoder_methods[] = {
+    {"params", (PyCFunction)encoder_params, METH_NOARGS, "[(name, Tensor, is_head)]"},
+    {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
+    {"set_lora", (PyCFunction)encoder_set_lora, METH_VARARGS,
+     "set_lora(index, A, B, scale, dropout); A = B = None removes it"},
+    {"forward", (PyCFunction)encoder_forward, METH_VARARGS,
+     "forward(ids, positions, types, mask, training, seed, want_hidden) -> (hidden, pooled, logits)"},
+    {"backward", (PyCFunction)(void (*)(void))encoder_backward, METH_VARARGS | METH_KEYWORDS,
+     "backward(d_logits=None, d_hidden=None, d_pooled=None)"},
+    {"activation_bytes", (PyCFunction)encoder_activation_bytes, METH_NOARGS,
+     "bytes held for activations"},
+    {NULL, NULL, 0, NULL}};
+
+PyTypeObject PcEncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "peftcore._C.Encoder",
+    .tp_basicsize = sizeof(PcEncoderObject),
+    .tp_dealloc = (destructor)encoder_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Encoder(config): a BERT-family encoder in the C engine.",
+    .tp_methods = encoder_methods,
+    .tp_init = (initproc)encoder_init,
+    .tp_new = PyType_GenericNew,
+};
+
+int glue_register_models(PyObject *module) {
+    if (PyType_Ready(&PcEncoderType) < 0) return -1;
+    Py_INCREF(&PcEncoderType);
+    if (PyModule_AddObject(module, "Encoder", (PyObject *)&PcEncoderType) < 0) {
+        Py_DECREF(&PcEncoderType);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,108 @@
+"""Encoder configuration, read from and written to Hugging Face's config.json."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta")
+
+# transformers' per-architecture defaults, for keys a config.json leaves out
+_DEFAULTS = {
+    "bert": dict(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
+                 layer_norm_eps=1e-12, pad_token_id=0),
+    "roberta": dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                    layer_norm_eps=1e-5, pad_token_id=1),
+}
+
+# hidden_act names transformers uses -> the engine's activation ids
+ACTIVATIONS = {"gelu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "relu": 2}
+
+
+@dataclass
+class EncoderConfig:
+    """BERT / RoBERTa hyper-parameters, with transformers' names and defaults."""
+
+    model_type: str = "bert"
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None
+    num_labels: int = 2
+    problem_type: str | None = None
+    name_or_path: str = ""
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unsupported model_type {self.model_type!r}; peftcore supports "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (MiniLM is 'bert')")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; expected one of "
+                             f"{sorted(ACTIVATIONS)}")
+        for name in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "num_labels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.num_hidden_layers, int) or self.num_hidden_layers < 0:
+            raise ValueError(f"num_hidden_layers must be an int >= 0, got {self.num_hidden_layers!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.classifier_dropout is not None and not 0 <= self.classifier_dropout < 1:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> "EncoderConfig":
+        d = {**d, **overrides}
+        model_type = d.get("model_type")
+        if model_type is None:
+            raise ValueError("config has no 'model_type'")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unsupported model_type {model_type!r}; peftcore supports "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)} (MiniLM is 'bert')")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {**_DEFAULTS[model_type], **{k: v for k, v in d.items() if k in known}}
+        if "num_labels" not in overrides and "id2label" in d and d["id2label"]:
+            values["num_labels"] = len(d["id2label"])
+        values.setdefault("name_or_path", d.get("_name_or_path", ""))
+        extra = {k: v for k, v in d.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides) -> "EncoderConfig":
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"no config.json in {path}")
+        try:
+            d = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{file} must hold a JSON object")
+        return cls.from_dict(d, name_or_path=str(path), **overrides)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **d}
+
+    @property
+    def effective_classifier_dropout(self) -> float:
+        if self.classifier_dropout is None:
+            return self.hidden_dropout_prob
+        return self.classifier_dropout

@@ -1,0 +1,420 @@
+"""BERT-family models on the engine: AutoModel and AutoModelForSequenceClassification."""
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import _C
+from .checkpoint import load_state_dict as read_checkpoint
+from .configuration import ACTIVATIONS, EncoderConfig
+from .modules import Linear, Module, leaf_kind
+from .parameter import Parameter
+
+_HEAD_KIND = {"bert": 1, "roberta": 2}
+_seed_counter = itertools.count()
+
+
+@dataclass
+class BaseModelOutputWithPooling:
+    last_hidden_state: np.ndarray
+    pooler_output: np.ndarray | None = None
+    loss: float | None = None
+
+    def __getitem__(self, i):
+        return (self.last_hidden_state, self.pooler_output)[i]
+
+
+@dataclass
+class SequenceClassifierOutput:
+    loss: float | None
+    logits: np.ndarray
+
+    def __getitem__(self, i):
+        return (self.loss, self.logits)[i] if self.loss is not None else (self.logits,)[i]
+
+
+class EncoderModel(Module):
+    """An encoder in the C engine, named and loaded as transformers' model of that class.
+
+    Sub-classes set `with_head` (classification head) and whether names carry the
+    architecture prefix ("bert." / "roberta.")."""
+
+    with_head = False
+
+    def __init__(self, config: EncoderConfig, seed: int = 0, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.base_model_prefix = config.model_type
+        self.training = False
+        self.add_pooling_layer = bool(add_pooling_layer)
+        self._seed = int(seed)
+        self._pending_grad = None
+        self._engine = _C.Encoder(self._engine_config())
+        self._build_tree()
+        self.init_weights(seed)
+
+    # ------------------------------------------------------------ structure
+
+    def _engine_config(self) -> dict:
+        c = self.config
+        head = _HEAD_KIND[c.model_type] if self.with_head else 0
+        return dict(
+            vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+            num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+            intermediate_size=c.intermediate_size,
+            max_position_embeddings=c.max_position_embeddings,
+            type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps,
+            hidden_dropout_prob=c.hidden_dropout_prob,
+            attention_probs_dropout_prob=c.attention_probs_dropout_prob,
+            classifier_dropout=c.effective_classifier_dropout,
+            activation=ACTIVATIONS[c.hidden_act], add_pooler=int(self._has_pooler()),
+            head=head, num_labels=c.num_labels if self.with_head else 0)
+
+    def _has_pooler(self) -> bool:
+        # BertForSequenceClassification pools; RobertaForSequenceClassification does not
+        if self.with_head:
+            return self.config.model_type == "bert"
+        return self.add_pooling_layer
+
+    def _prefix(self, is_head: bool) -> str:
+        return "" if is_head or not self.with_head else self.base_model_prefix + "."
+
+    def _build_tree(self):
+        """Module tree with transformers' names over the engine's parameters."""
+        self._linear_names = {}
+        self._param_list = []
+        linears = {name: (i, fin, fout) for i, (name, fin, fout, _) in
+                   enumerate(self._engine.linears())}
+        for name, tensor, is_head in self._engine.params():
+            full = self._prefix(is_head) + name
+            module_name, pname = full.rsplit(".", 1)
+            bare_module = module_name[len(self._prefix(is_head)):]
+            module = self._ensure_module(module_name, bare_module, linears)
+            param = Parameter(tensor)
+            module._parameters[pname] = param
+            self._param_list.append((full, param))
+        for bare, (index, _, _) in linears.items():
+            is_head = bare.startswith("classifier")
+            self._linear_names[index] = self._prefix(is_head) + bare
+
+    def _ensure_module(self, module_name, bare_name, linears) -> Module:
+        node = self
+        parts = module_name.split(".")
+        for depth, part in enumerate(parts):
+            if part not in node._modules:
+                is_leaf = depth == len(parts) - 1
+                if is_leaf and bare_name in linears:
+                    index, fin, fout = linears[bare_name]
+                    child = Linear(fin, fout, index)
+                elif is_leaf and leaf_kind(module_name):
+                    child = leaf_kind(module_name)()
+                else:
+                    child = Module()
+                node._modules[part] = child
+            node = node._modules[part]
+        return node
+
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._param_list:
+            yield (f"{prefix}.{name}" if prefix else name), p
+
+    def linear_modules(self):
+        """(transformers name, Linear) for every linear of the model."""
+        for index, name in sorted(self._linear_names.items()):
+            yield name, self.get_submodule(name)
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.size for _, p in self.named_parameters()
+                   if p.requires_grad or not only_trainable)
+
+    def get_input_embeddings(self):
+        return self.get_submodule(self._prefix(False) + "embeddings.word_embeddings")
+
+    # ------------------------------------------------------------ weights
+
+    def init_weights(self, seed: int = 0):
+        """transformers' init: N(0, initializer_range) weights, zero biases, LayerNorm 1/0,
+        the padding row of the word (and, for RoBERTa, position) embeddings zero."""
+        rng = np.random.default_rng(seed)
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if "LayerNorm" in name:
+                p[...] = 1.0 if name.endswith("weight") else 0.0
+            elif name.endswith("bias"):
+                p[...] = 0.0
+            else:
+                p[...] = rng.normal(0.0, std, size=p.shape).astype(np.float32)
+        pad = self.config.pad_token_id
+        emb = self._prefix(False) + "embeddings."
+        params = dict(self.named_parameters())
+        if pad is not None and 0 <= pad < self.config.vocab_size:
+            params[emb + "word_embeddings.weight"][pad] = 0.0
+            if self.config.model_type == "roberta" and pad < self.config.max_position_embeddings:
+                params[emb + "position_embeddings.weight"][pad] = 0.0
+
+    def state_dict(self) -> dict:
+        return {name: np.array(p, copy=True) for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True):
+        """Copy values in; all shapes are checked before anything is written.
+        Returns (missing_keys, unexpected_keys)."""
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {}
+        for k, v in state_dict.items():
+            if k not in params:
+                continue
+            a = np.asarray(v)
+            if a.shape != params[k].shape:
+                raise ValueError(f"load_state_dict: {k} has shape {a.shape}, the model expects "
+                                 f"{params[k].shape}")
+            arrays[k] = a
+        for k, a in arrays.items():
+            params[k][...] = a
+        return missing, unexpected
+
+    def _match_checkpoint_keys(self, checkpoint: dict) -> tuple[dict, list]:
+        """Map checkpoint names to ours: with or without the architecture prefix, and old
+        LayerNorm gamma/beta names. Returns ({our name: array}, unexpected names)."""
+        ours = {name for name, _ in self.named_parameters()}
+        prefix = self.base_model_prefix + "."
+        matched, unexpected = {}, []
+        for key, value in checkpoint.items():
+            k = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            if k.endswith("position_ids"):
+                continue  # a buffer, not a parameter
+            candidates = [k, prefix + k]
+            if k.startswith(prefix):
+                candidates.append(k[len(prefix):])
+            target = next((c for c in candidates if c in ours), None)
+            if target is None:
+                unexpected.append(key)
+            else:
+                matched[target] = value
+        return matched, unexpected
+
+    @classmethod
+    def from_config(cls, config, seed: int = 0, **kwargs):
+        if isinstance(config, dict):
+            config = EncoderConfig.from_dict(config)
+        return cls(config, seed=seed, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, seed: int = 0, **config_overrides):
+        """Load a Hugging Face model folder: config.json and model.safetensors (or
+        pytorch_model.bin, read without torch). Missing weights (e.g. a new head) are
+        initialised fresh and named in one warning; unused checkpoint weights are listed."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {path} does not exist")
+        add_pooling_layer = config_overrides.pop("add_pooling_layer", True)
+        config = EncoderConfig.from_pretrained(folder, **config_overrides)
+        checkpoint = read_checkpoint(folder)
+        model = cls(config, seed=seed, add_pooling_layer=add_pooling_layer)
+        matched, unexpected = model._match_checkpoint_keys(checkpoint)
+        missing = [name for name, _ in model.named_parameters() if name not in matched]
+        model.load_state_dict(matched, strict=False)
+        if missing:
+            warnings.warn(f"Some weights of {cls.__name__} were not initialized from the model "
+                          f"checkpoint at {path} and are newly initialized: {missing}",
+                          stacklevel=2)
+        if unexpected:
+            warnings.warn(f"Some weights of the model checkpoint at {path} were not used when "
+                          f"initializing {cls.__name__}: {unexpected}", stacklevel=2)
+        return model
+
+    # ------------------------------------------------------------ running
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = False):
+        for _, p in self.named_parameters():
+            if set_to_none:
+                p.grad = None
+            else:
+                p.tensor.zero_grad()
+
+    def _prepare_inputs(self, input_ids, attention_mask, token_type_ids, position_ids):
+        ids = np.asarray(input_ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"input_ids must be int32 or int64, got {ids.dtype}")
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty (batch, seq_len) array, got shape {ids.shape}")
+        ids = ids.astype(np.int64, copy=False)
+        B, T = ids.shape
+        c = self.config
+        if attention_mask is not None:
+            mask = np.asarray(attention_mask)
+            if mask.ndim == 1 and mask.shape[0] == T and B == 1:
+                mask = mask[None, :]
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+            if mask.dtype.kind not in "iub":
+                raise TypeError(f"attention_mask must be an int or bool array, got {mask.dtype}")
+            mask = mask.astype(np.int64)
+        else:
+            mask = None
+        if token_type_ids is None:
+            types = np.zeros_like(ids)
+        else:
+            types = np.asarray(token_type_ids)
+            if types.ndim == 1 and B == 1:
+                types = types[None, :]
+            if types.shape != ids.shape:
+                raise ValueError(f"token_type_ids has shape {types.shape}, input_ids {ids.shape}")
+            if types.dtype.kind not in "iu":
+                raise TypeError(f"token_type_ids must be int32 or int64, got {types.dtype}")
+        if position_ids is None:
+            if c.model_type == "roberta":
+                # RoBERTa counts positions from padding_idx + 1 over non-padding tokens
+                not_pad = (ids != c.pad_token_id).astype(np.int64)
+                positions = np.cumsum(not_pad, axis=1) * not_pad + c.pad_token_id
+            else:
+                positions = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))
+        else:
+            positions = np.broadcast_to(np.asarray(position_ids), (B, T))
+        longest = int(positions.max()) + 1
+        if longest > c.max_position_embeddings:
+            raise ValueError(f"sequence length {T} needs position {longest - 1}, but "
+                             f"max_position_embeddings is {c.max_position_embeddings}")
+        return ids, mask, types, np.ascontiguousarray(positions, dtype=np.int64)
+
+    def _run(self, input_ids, attention_mask, token_type_ids, position_ids, want_hidden):
+        ids, mask, types, positions = self._prepare_inputs(input_ids, attention_mask,
+                                                           token_type_ids, position_ids)
+        seed = (self._seed * 0x9E3779B1 + next(_seed_counter)) % 2**64
+        self._pending_grad = None
+        return self._engine.forward(ids, positions, types, mask, self.training, seed,
+                                    want_hidden)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+class AutoModelBase(EncoderModel):
+    """BertModel / RobertaModel: last_hidden_state and pooler_output."""
+
+    with_head = False
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        hidden, pooled, _ = self._run(input_ids, attention_mask, token_type_ids, position_ids,
+                                      True)
+        return BaseModelOutputWithPooling(hidden, pooled)
+
+    def backward(self, grad=None, *, grad_last_hidden_state=None, grad_pooler_output=None):
+        """Backpropagate the gradient of last_hidden_state (B,T,C) or of pooler_output
+        (B,C), computed by the caller from this forward's outputs."""
+        given = [g for g in (grad, grad_last_hidden_state, grad_pooler_output) if g is not None]
+        if len(given) != 1:
+            raise ValueError("backward() takes one gradient: of last_hidden_state or pooler_output")
+        g = np.asarray(given[0])
+        if grad_pooler_output is not None or (grad is not None and g.ndim == 2):
+            self._engine.backward(d_pooled=g)
+        else:
+            self._engine.backward(d_hidden=g)
+
+
+class SequenceClassificationBase(EncoderModel):
+    """BertForSequenceClassification / RobertaForSequenceClassification."""
+
+    with_head = True
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                labels=None):
+        _, _, logits = self._run(input_ids, attention_mask, token_type_ids, position_ids, False)
+        loss = None
+        if labels is not None:
+            loss, self._pending_grad = self._loss_and_grad(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _loss_and_grad(self, logits, labels):
+        labels = np.asarray(labels)
+        B = logits.shape[0]
+        if self.config.num_labels == 1:  # regression (STS-B): MSE
+            target = labels.astype(np.float32).reshape(B, 1) if labels.size == B else None
+            if target is None:
+                raise ValueError(f"labels must hold one value per example ({B}), got shape {labels.shape}")
+            return _C.mse_forward(logits, target), _C.mse_backward(logits, target, 1.0)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be int class ids for num_labels={self.config.num_labels}, "
+                            f"got {labels.dtype}")
+        if labels.shape != (B,):
+            raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
+        bad = (labels != -100) & ((labels < 0) | (labels >= self.config.num_labels))
+        if bad.any():
+            raise ValueError(f"labels must be in [0, {self.config.num_labels}) or -100, got "
+                             f"{labels[bad][0]}")
+        return (_C.cross_entropy_forward(logits, labels, -100),
+                _C.cross_entropy_backward(logits, labels, -100, 1.0))
+
+    def backward(self, grad_logits=None):
+        """Accumulate gradients into .grad of trainable parameters: of the loss of the last
+        forward with labels, or of any loss whose gradient w.r.t. the logits is given."""
+        if grad_logits is None:
+            if self._pending_grad is None:
+                raise RuntimeError("backward() without grad_logits needs a forward with labels first")
+            grad_logits, self._pending_grad = self._pending_grad, None
+        self._engine.backward(d_logits=np.asarray(grad_logits))
+
+
+class BertModel(AutoModelBase):
+    pass
+
+
+class RobertaModel(AutoModelBase):
+    pass
+
+
+class BertForSequenceClassification(SequenceClassificationBase):
+    pass
+
+
+class RobertaForSequenceClassification(SequenceClassificationBase):
+    pass
+
+
+_AUTO = {"bert": BertModel, "roberta": RobertaModel}
+_AUTO_SEQ = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification}
+
+
+def _config_of(path_or_config, overrides):
+    if isinstance(path_or_config, EncoderConfig):
+        return path_or_config
+    if isinstance(path_or_config, dict):
+        return EncoderConfig.from_dict(path_or_config, **overrides)
+    return EncoderConfig.from_pretrained(path_or_config, **overrides)
+
+
+class AutoModel:
+    """Picks BertModel or RobertaModel from config.json's model_type."""
+
+    _mapping = _AUTO
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        overrides = {k: v for k, v in kwargs.items() if k not in ("seed", "add_pooling_layer")}
+        config = _config_of(path, overrides)
+        return cls._mapping[config.model_type].from_pretrained(path, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, seed: int = 0, **kwargs):
+        config = _config_of(config, {})
+        return cls._mapping[config.model_type](config, seed=seed, **kwargs)
+
+
+class AutoModelForSequenceClassification(AutoModel):
+    _mapping = _AUTO_SEQ

@@ -1,0 +1,1 @@
+"""Training utilities: data loading, tokenisation and batching (see ``data``)."""

@@ -1,0 +1,5 @@
+"""LoRA adapter."""
+
+from .config import LoraConfig
+
+__all__ = ["LoraConfig"]

@@ -1,0 +1,328 @@
+"""Runtime and Tensor tests: BLIS kernel choice, threads, and memory sharing with NumPy."""
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import peftcore
+from peftcore import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _run_backend_info(env_updates):
+    """backend_info() of a fresh interpreter with env_updates (None value = unset)."""
+    env = dict(os.environ)
+    for k, v in env_updates.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    code = "import json, peftcore; print(json.dumps(peftcore.backend_info()))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _loaded_blis():
+    """The libblis the extension loaded (read from this process's memory map)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1]
+            if "libblis" in os.path.basename(path) and os.path.isfile(path):
+                return path
+    return None
+
+
+def _blis_arch_id(name):
+    """BLIS_ARCH_TYPE takes the numeric arch id; map a name to it as the runtime does, with
+    bli_arch_string(id). 'generic' is the last x86/arm id, so the scan stops in bounds."""
+    path = _loaded_blis()
+    if path is None:
+        pytest.skip("cannot locate the loaded libblis")
+    lib = ctypes.CDLL(path)
+    lib.bli_arch_string.restype = ctypes.c_char_p
+    lib.bli_arch_string.argtypes = [ctypes.c_int]
+    for i in range(64):
+        s = lib.bli_arch_string(i)
+        if s is None:
+            break
+        if s.decode() == name:
+            return i
+        if s.decode() == "generic":
+            break
+    pytest.skip(f"BLIS arch {name!r} not known to this BLIS")
+
+
+# ------------------------------------------------------------------ backend_info
+
+def test_backend_info_keys_and_types():
+    info = peftcore.backend_info()
+    expected = {"blis_arch": str, "blis_version": str, "num_threads": int, "simd": str,
+                "blis_arch_from_env": bool}
+    for key, typ in expected.items():
+        assert key in info, key
+        assert isinstance(info[key], typ), (key, type(info[key]))
+    assert info["blis_arch"]
+    assert info["blis_version"][0].isdigit()
+    assert info["num_threads"] == peftcore.get_num_threads() >= 1
+
+
+def test_simd_matches_cpuinfo():
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags")
+    simd = set(peftcore.backend_info()["simd"].split())
+    for f in ("avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl"):
+        assert (f in simd) == (f in flags), f
+    assert ("sse4.2" in simd) == ("sse4_2" in flags)
+
+
+def test_blis_arch_not_generic_on_simd_cpu():
+    flags = _cpu_flags()
+    if not ({"avx512f", "avx2"} & flags):
+        pytest.skip("CPU has neither avx512f nor avx2")
+    info = _run_backend_info({"BLIS_ARCH_TYPE": None})
+    assert info["blis_arch_from_env"] is False
+    assert info["blis_arch"] != "generic"
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags:
+        assert info["blis_arch"] == "skx"
+
+
+def test_user_blis_arch_type_is_honoured():
+    generic = _blis_arch_id("generic")
+    info = _run_backend_info({"BLIS_ARCH_TYPE": str(generic)})
+    assert info["blis_arch"] == "generic"
+    assert info["blis_arch_from_env"] is True
+    if "avx2" in _cpu_flags():
+        haswell = _blis_arch_id("haswell")
+        info = _run_backend_info({"BLIS_ARCH_TYPE": str(haswell)})
+        assert info["blis_arch"] == "haswell" and info["blis_arch_from_env"] is True
+
+
+def test_generic_arch_still_computes():
+    """With the user's generic kernels the engine still gives right answers."""
+    env = dict(os.environ, BLIS_ARCH_TYPE=str(_blis_arch_id("generic")))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import numpy as np, peftcore.functional as F\n"
+            "r = np.random.default_rng(0)\n"
+            "x = r.standard_normal((33, 70)).astype(np.float32)\n"
+            "w = r.standard_normal((19, 70)).astype(np.float32)\n"
+            "ref = x.astype(np.float64) @ w.T.astype(np.float64)\n"
+            "print(float(np.abs(F.linear(x, w) - ref).max()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.split()[-1]) < 1e-4
+
+
+# ------------------------------------------------------------------ threads
+
+@pytest.fixture
+def restore_threads():
+    before = peftcore.get_num_threads()
+    yield
+    peftcore.set_num_threads(before)
+
+
+def test_default_threads_are_usable_cores():
+    info = _run_backend_info({})
+    assert info["num_threads"] == len(os.sched_getaffinity(0))
+
+
+def test_set_get_num_threads(restore_threads):
+    for n in (1, 2, 3, 1):
+        peftcore.set_num_threads(n)
+        assert peftcore.get_num_threads() == n
+        assert peftcore.backend_info()["num_threads"] == n
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-1, ValueError), ("2", TypeError),
+                                     (2.5, TypeError), (None, TypeError), (True, TypeError),
+                                     (10**30, (ValueError, OverflowError))])
+def test_set_num_threads_bad_values(bad, exc, restore_threads):
+    peftcore.set_num_threads(2)
+    with pytest.raises(exc):
+        peftcore.set_num_threads(bad)
+    assert peftcore.get_num_threads() == 2
+
+
+def test_set_num_threads_accepts_numpy_int_like_ints_only(restore_threads):
+    peftcore.set_num_threads(1)
+    with pytest.raises(TypeError):
+        peftcore.set_num_threads(np.float64(2.0))
+
+
+# ------------------------------------------------------------------ Tensor
+
+def test_tensor_shares_memory_both_ways():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    t = Tensor(a)
+    v = np.asarray(t)
+    assert np.shares_memory(v, a)
+    assert v.shape == (3, 4) and v.dtype == np.float32
+    assert t.data_ptr == a.ctypes.data
+    a[1, 2] = 100.0
+    assert v[1, 2] == 100.0
+    v[0, 0] = -5.0
+    assert a[0, 0] == -5.0
+    assert np.shares_memory(t.numpy(), a)
+    assert t.shape == (3, 4) and t.ndim == 2 and t.size == 12 and t.dtype == "float32"
+    # memoryview / buffer protocol sees the same memory
+    m = memoryview(t)
+    assert m.shape == (3, 4) and m.format == "f"
+    assert np.frombuffer(m, dtype=np.float32)[0] == -5.0
+
+
+def test_tensor_keeps_array_alive():
+    t = Tensor(np.full((5,), 3.0, np.float32))
+    import gc
+    gc.collect()
+    np.testing.assert_array_equal(np.asarray(t), np.full(5, 3.0, np.float32))
+    v = np.asarray(t)
+    del t
+    gc.collect()
+    np.testing.assert_array_equal(v, np.full(5, 3.0, np.float32))
+
+
+def test_tensor_copy_on_request():
+    a = np.ones((2, 2), np.float32)
+    t = Tensor(a)
+    c = np.array(t, copy=True)
+    assert not np.shares_memory(c, a)
+    d = np.asarray(t, dtype=np.float64)
+    assert d.dtype == np.float64 and np.all(d == 1)
+
+
+@pytest.mark.parametrize("shape", [(0,), (3,), (2, 3), (1, 2, 3, 4)])
+@pytest.mark.parametrize("dtype", ["float32", "int32", "int64"])
+def test_tensor_zeros(shape, dtype):
+    t = Tensor.zeros(shape, dtype=dtype)
+    assert t.shape == shape and t.dtype == dtype
+    v = np.asarray(t)
+    assert v.dtype == np.dtype(dtype) and v.shape == shape and np.all(v == 0)
+    if v.size:
+        v.flat[0] = 7
+        assert np.asarray(t).flat[0] == 7
+    assert Tensor.zeros(list(shape)).dtype == "float32"
+
+
+def test_tensor_zeros_bad():
+    with pytest.raises(TypeError):
+        Tensor.zeros((2,), dtype="float64")
+    with pytest.raises(ValueError):
+        Tensor.zeros((2, -1))
+    with pytest.raises(ValueError):
+        Tensor.zeros((1,) * 9)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_int_tensors(dtype):
+    a = np.arange(6, dtype=dtype).reshape(2, 3)
+    t = Tensor(a)
+    assert t.dtype == np.dtype(dtype).name
+    v = np.asarray(t)
+    assert v.dtype == dtype and np.shares_memory(v, a)
+    np.testing.assert_array_equal(v, a)
+    with pytest.raises(TypeError):
+        t.requires_grad = True
+    assert t.requires_grad is False
+
+
+def test_requires_grad_flag():
+    t = Tensor(np.zeros(3, np.float32))
+    assert t.requires_grad is False
+    t.requires_grad = True
+    assert t.requires_grad is True
+    t.requires_grad = False
+    assert t.requires_grad is False
+    with pytest.raises(TypeError):
+        t.requires_grad = 1
+    assert "requires_grad=False" in repr(t)
+
+
+def test_grad_setter_and_zero_grad():
+    t = Tensor(np.zeros((2, 3), np.float32))
+    assert t.grad is None
+    t.zero_grad()  # no buffer yet: nothing to do
+    assert t.grad is None
+    g = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t.grad = g
+    np.testing.assert_array_equal(t.grad, g)
+    assert not np.shares_memory(t.grad, g)  # values were copied in
+    view = t.grad
+    view[0, 0] = 42.0  # .grad is a view of the gradient buffer
+    assert t.grad[0, 0] == 42.0
+    t.zero_grad()
+    np.testing.assert_array_equal(t.grad, np.zeros((2, 3), np.float32))
+    np.testing.assert_array_equal(view, np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError):
+        t.grad = np.zeros((3, 2), np.float32)
+    with pytest.raises(TypeError):
+        t.grad = np.zeros((2, 3), np.float64)
+    t.grad = None
+    assert t.grad is None
+
+
+def test_tensor_of_tensor_shares():
+    a = np.ones(4, np.float32)
+    t2 = Tensor(Tensor(a))
+    assert np.shares_memory(np.asarray(t2), a)
+
+
+def test_from_numpy():
+    a = np.ones((2, 2), np.float32)
+    t = peftcore.from_numpy(a)
+    assert isinstance(t, Tensor) and np.shares_memory(np.asarray(t), a)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.bool_, np.float16, np.uint8, np.complex64])
+def test_tensor_wrong_dtype(dtype):
+    a = np.zeros((2, 2), dtype)
+    with pytest.raises(TypeError) as e:
+        Tensor(a)
+    msg = str(e.value)
+    assert "float32" in msg and np.dtype(dtype).name in msg
+
+
+def test_tensor_non_contiguous():
+    a = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError) as e:
+        Tensor(a[:, ::2])
+    assert "contiguous" in str(e.value)
+    with pytest.raises(ValueError):
+        Tensor(a.T)
+
+
+def test_tensor_too_many_dims():
+    a = np.zeros((1,) * 9, np.float32)
+    with pytest.raises(ValueError) as e:
+        Tensor(a)
+    msg = str(e.value)
+    assert "8" in msg and "9" in msg
+    Tensor(np.zeros((1,) * 8, np.float32))  # 8 is fine
+
+
+def test_tensor_not_an_array():
+    with pytest.raises(TypeError) as e:
+        Tensor([1.0, 2.0])
+    assert "list" in str(e.value)
+    with pytest.raises(TypeError):
+        Tensor(None)

@@ -1,0 +1,214 @@
+"""Tests for peftcore.utils.io: atomic writes and validated safetensors files."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from peftcore.utils import io
+from peftcore.utils.io import (
+    atomic_write_bytes,
+    load_safetensors,
+    load_safetensors_metadata,
+    save_adapter_files,
+    save_safetensors,
+)
+
+
+def _tensors():
+    rng = np.random.default_rng(0)
+    return {
+        "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight": rng.standard_normal((4, 16)).astype(np.float32),
+        "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight": np.zeros((16, 4), np.float32),
+        "base_model.model.classifier.bias": np.arange(3, dtype=np.float32),
+    }
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_creates_and_replaces(tmp_path):
+    p = tmp_path / "f.bin"
+    atomic_write_bytes(p, b"one")
+    atomic_write_bytes(p, b"two")
+    assert p.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["f.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"old")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(io.os, "replace", boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_bytes(p, b"new content")
+    assert p.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]  # temp file cleaned up
+
+
+def test_atomic_write_keeps_old_file_when_write_fails_midway(tmp_path, monkeypatch):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"old")
+    real_fsync = os.fsync
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        raise KeyboardInterrupt  # even non-Exception interruptions clean up
+
+    monkeypatch.setattr(io.os, "fsync", failing_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(p, b"x" * 100_000)
+    monkeypatch.setattr(io.os, "fsync", real_fsync)
+    assert calls and p.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_atomic_write_bad_data_type(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(p, "not bytes")
+    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def test_safetensors_roundtrip_and_metadata(tmp_path):
+    p = tmp_path / "adapter_model.safetensors"
+    t = _tensors()
+    t["half"] = np.ones((2, 2), np.float16)
+    t["strided"] = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]  # non-contiguous view
+    save_safetensors(p, t)
+    loaded = load_safetensors(p)
+    assert set(loaded) == set(t)
+    for k in t:
+        assert loaded[k].dtype == t[k].dtype
+        np.testing.assert_array_equal(loaded[k], t[k])
+    assert load_safetensors_metadata(p) == {"format": "pt"}  # what HF PEFT writes
+    save_safetensors(p, t, metadata={})
+    assert load_safetensors_metadata(p) == {}
+
+
+def test_safetensors_readable_by_reference_loader(tmp_path):
+    from safetensors import safe_open
+
+    p = tmp_path / "a.safetensors"
+    save_safetensors(p, _tensors())
+    with safe_open(str(p), "np") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert set(f.keys()) == set(_tensors())
+
+
+def test_safetensors_loads_in_torch(tmp_path):
+    pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    p = tmp_path / "a.safetensors"
+    save_safetensors(p, _tensors())
+    loaded = load_file(str(p))
+    for k, v in _tensors().items():
+        np.testing.assert_array_equal(loaded[k].numpy(), v)
+
+
+def test_save_safetensors_rejects_non_arrays(tmp_path):
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        save_safetensors(tmp_path / "a.safetensors", {"x": [1, 2, 3]})
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_safetensors(tmp_path / "nope.safetensors")
+
+
+def _good_bytes(tmp_path):
+    p = tmp_path / "good.safetensors"
+    save_safetensors(p, _tensors())
+    return p.read_bytes()
+
+
+def _with_header(header: dict, body: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + body
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda b: b[:5], "too short"),
+        (lambda b: b[:0], "too short"),
+        (lambda b: b[:-1], "truncated|cover"),
+        (lambda b: b[: len(b) // 2], "truncated|exceeds"),
+        (lambda b: struct.pack("<Q", 10**12) + b[8:], "exceeds"),
+        (lambda b: b[:8] + b"\x00" * (len(b) - 8), "not valid JSON"),
+        (lambda b: b + b"extra", "cover"),
+        (lambda b: _with_header([1, 2], b""), "JSON object"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}}, b"\0" * 8), "outside"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8), "needs 12"),
+        (lambda b: _with_header({"x": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8), "unknown dtype"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8), "invalid shape"),
+        (lambda b: _with_header({"x": {"dtype": "F32"}}, b""), "bad header entry"),
+        (lambda b: _with_header({"__metadata__": {"a": 1}}, b""), "__metadata__"),
+        (lambda b: _with_header({"x": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "Could not load"),
+    ],
+)
+def test_corrupt_safetensors_raise_value_error(tmp_path, mutate, match):
+    p = tmp_path / "adapter_model.safetensors"
+    p.write_bytes(mutate(_good_bytes(tmp_path)))
+    with pytest.raises(ValueError, match=match) as info:
+        load_safetensors(p)
+    assert "adapter_model.safetensors" in str(info.value)
+
+
+def test_empty_tensor_dict_roundtrip(tmp_path):
+    p = tmp_path / "e.safetensors"
+    save_safetensors(p, {})
+    assert load_safetensors(p) == {}
+
+
+# ---------------------------------------------------------------- adapter directory
+
+
+def test_save_adapter_files(tmp_path):
+    from peftcore.tuners import LoraConfig
+
+    d = tmp_path / "out" / "adapter"
+    cfg = LoraConfig(target_modules=["query", "value"], task_type="SEQ_CLS")
+    save_adapter_files(d, cfg.to_dict(), _tensors())
+    assert sorted(os.listdir(d)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((d / "adapter_config.json").read_text()) == cfg.to_dict()
+    assert set(load_safetensors(d / "adapter_model.safetensors")) == set(_tensors())
+    save_adapter_files(d, cfg, _tensors())  # config object accepted, overwrite ok
+    assert sorted(os.listdir(d)) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_save_adapter_files_failure_keeps_previous_files(tmp_path, monkeypatch):
+    d = tmp_path / "adapter"
+    save_adapter_files(d, {"peft_type": "LORA", "r": 8}, _tensors())
+    before = {n: (d / n).read_bytes() for n in os.listdir(d)}
+    monkeypatch.setattr(io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no space")))
+    with pytest.raises(OSError):
+        save_adapter_files(d, {"peft_type": "LORA", "r": 4}, {"w": np.ones(3, np.float32)})
+    assert {n: (d / n).read_bytes() for n in os.listdir(d)} == before
+
+
+def test_adapter_files_load_in_peft(tmp_path):
+    """A directory written by us loads with HF PEFT's config loader and safetensors torch loader."""
+    peft = pytest.importorskip("peft")
+    from peftcore.tuners import LoraConfig
+    from safetensors.torch import load_file
+
+    cfg = LoraConfig(target_modules=["query", "value"], task_type="SEQ_CLS")
+    save_adapter_files(tmp_path, cfg.to_dict(), _tensors())
+    assert peft.PeftConfig.from_pretrained(str(tmp_path)).r == 8
+    assert set(load_file(str(tmp_path / "adapter_model.safetensors"))) == set(_tensors())
