@@ -30,3 +30,9 @@ __version__ = "0.1.0"
 
 from .models import (AutoModel, AutoModelForSequenceClassification, EncoderConfig,  # noqa: E402
                      Parameter)
+from . import optim  # noqa: E402
+from .config import PeftConfig, PeftType, TaskType  # noqa: E402
+from .optim import clip_grad_norm_  # noqa: E402
+from .peft_model import PeftModel, PeftModelForSequenceClassification, get_peft_model  # noqa: E402
+from .tuners.lora.config import LoraConfig  # noqa: E402
+from .utils.random import manual_seed  # noqa: E402

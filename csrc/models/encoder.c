@@ -122,6 +122,8 @@ static pc_linear_slot *init_slot(pc_encoder *enc, int index, const char *name, i
         snprintf(pname, sizeof pname, "%s.bias", name);
         s->bias = new_param(enc, pname, is_head, 1, out, 0);
         if (!s->weight || !s->bias) return NULL;
+        pc_tensor_retain(s->weight); /* the slot's own references */
+        pc_tensor_retain(s->bias);
     }
     return s;
 }
@@ -180,6 +182,8 @@ pc_encoder *pc_encoder_new(const pc_encoder_config *cfg, const char **err) {
             snprintf(pname, sizeof pname, "%s.bias", name);
             slot->bias = new_view_param(enc, pname, lp->qkv_b, (int64_t)s * C, 1, C, 0);
             if (!slot->weight || !slot->bias) goto oom;
+            pc_tensor_retain(slot->weight);
+            pc_tensor_retain(slot->bias);
             lp->slot[s] = slot;
         }
         snprintf(name, sizeof name, "encoder.layer.%d.attention.output.dense", l);
@@ -235,6 +239,8 @@ void pc_encoder_free(pc_encoder *enc) {
         }
     if (enc->slots)
         for (int i = 0; i < enc->num_slots; i++) {
+            pc_tensor_release(enc->slots[i].weight);
+            pc_tensor_release(enc->slots[i].bias);
             pc_tensor_release(enc->slots[i].lora.A);
             pc_tensor_release(enc->slots[i].lora.B);
             free(enc->slots[i].lora_u);
@@ -281,6 +287,22 @@ int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B,
     s->lora.scale = scale;
     s->lora.dropout = dropout;
     enc->has_forward = false; /* a saved forward no longer matches the model */
+    return 0;
+}
+
+int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight, pc_tensor *bias) {
+    pc_linear_slot *s = pc_encoder_linear(enc, linear);
+    if (!s || s->layer >= 0) return -1; /* fused q/k/v and layer linears are not swappable */
+    if (weight->dtype != PC_FLOAT32 || bias->dtype != PC_FLOAT32 ||
+        weight->numel != s->weight->numel || bias->numel != s->bias->numel)
+        return -2;
+    pc_tensor_retain(weight);
+    pc_tensor_retain(bias);
+    pc_tensor_release(s->weight);
+    pc_tensor_release(s->bias);
+    s->weight = weight;
+    s->bias = bias;
+    enc->has_forward = false;
     return 0;
 }
 

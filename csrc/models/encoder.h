@@ -54,6 +54,10 @@ pc_linear_slot *pc_encoder_linear(pc_encoder *enc, int i);
 int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B, float scale,
                         float dropout);
 
+/* Point a linear at other weight/bias tensors of the same shapes (retained), e.g. an
+ * adapter's trainable copy of a head (PEFT's modules_to_save). Returns 0, or -2 on shapes. */
+int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight, pc_tensor *bias);
+
 /* Forward over a (B,T) batch. ids, positions, token_types: (B,T) int64, already checked to
  * be in range; key_mask (B,T) float 1/0 or NULL. Returns 0, or -1 when out of memory.
  * Results: hidden (B,T,C), pooled (B,C) or NULL, logits (B,num_labels) or NULL. */

@@ -37,7 +37,10 @@ void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t 
         for (int64_t i = 0; i < n; i++) {
             float x = inp[i];
             float pdf = INV_SQRT_2PI * pc_expf(-0.5f * x * x);
-            dinp[i] += dout[i] * (pc_normal_cdf(x) + x * pdf);
+            /* pc_expf never reaches 0 (it clamps at -87.3), so x·φ(x) would be ±inf at ±inf;
+             * for |x| >= 13 it is below 1e-35, so drop it (NaN still propagates) */
+            float xpdf = !(fabsf(x) >= 13.0f) ? x * pdf : 0.0f;
+            dinp[i] += dout[i] * (pc_normal_cdf(x) + xpdf);
         }
     }
 }

@@ -56,6 +56,7 @@ PyObject *glue_wrap_tensor(pc_tensor *t);
 pc_tensor *glue_tensor_of(PyObject *obj, const char *what);
 
 extern PyMethodDef glue_functional_methods[];
+extern PyMethodDef glue_optim_methods[];
 int glue_register_models(PyObject *module);
 
 #endif

@@ -169,6 +169,27 @@ static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* set_linear_params(index, weight, bias): swap a head/pooler linear's tensors */
+static PyObject *encoder_set_linear_params(PcEncoderObject *self, PyObject *args) {
+    int index;
+    PyObject *wo, *bo;
+    if (!PyArg_ParseTuple(args, "iOO", &index, &wo, &bo)) return NULL;
+    if (ready(self) < 0) return NULL;
+    pc_tensor *w = glue_tensor_of(wo, "weight"), *b = w ? glue_tensor_of(bo, "bias") : NULL;
+    if (!b) return NULL;
+    int rc = pc_encoder_set_linear_params(self->enc, index, w, b);
+    if (rc == -1) {
+        PyErr_Format(PyExc_ValueError, "linear %d cannot take separate weights (only the pooler "
+                     "and classification head can)", index);
+        return NULL;
+    }
+    if (rc == -2) {
+        PyErr_SetString(PyExc_ValueError, "weight and bias must be float32 with the linear's shapes");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyArrayObject *ids_like(PyObject *obj, const char *what, npy_intp B, npy_intp T,
                                int64_t limit, const char *limit_what) {
     PyArrayObject *a = glue_ids(obj, what);
@@ -344,6 +365,8 @@ static PyMethodDef encoder_methods[] = {
     {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
     {"set_lora", (PyCFunction)encoder_set_lora, METH_VARARGS,
      "set_lora(index, A, B, scale, dropout); A = B = None removes it"},
+    {"set_linear_params", (PyCFunction)encoder_set_linear_params, METH_VARARGS,
+     "set_linear_params(index, weight, bias): use these tensors for a head linear"},
     {"forward", (PyCFunction)encoder_forward, METH_VARARGS,
      "forward(ids, positions, types, mask, training, seed, want_hidden) -> (hidden, pooled, logits)"},
     {"backward", (PyCFunction)(void (*)(void))encoder_backward, METH_VARARGS | METH_KEYWORDS,

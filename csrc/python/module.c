@@ -52,7 +52,8 @@ PyMODINIT_FUNC PyInit__C(void) {
     pc_runtime_init();
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
-    if (add_functions(m, runtime_methods) < 0 || add_functions(m, glue_functional_methods) < 0)
+    if (add_functions(m, runtime_methods) < 0 || add_functions(m, glue_functional_methods) < 0 ||
+        add_functions(m, glue_optim_methods) < 0)
         goto fail;
     if (glue_register_models(m) < 0) goto fail;
     if (PyType_Ready(&PcTensorType) < 0) goto fail;

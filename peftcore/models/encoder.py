@@ -86,7 +86,6 @@ class EncoderModel(Module):
     def _build_tree(self):
         """Module tree with transformers' names over the engine's parameters."""
         self._linear_names = {}
-        self._param_list = []
         linears = {name: (i, fin, fout) for i, (name, fin, fout, _) in
                    enumerate(self._engine.linears())}
         for name, tensor, is_head in self._engine.params():
@@ -96,7 +95,6 @@ class EncoderModel(Module):
             module = self._ensure_module(module_name, bare_module, linears)
             param = Parameter(tensor)
             module._parameters[pname] = param
-            self._param_list.append((full, param))
         for bare, (index, _, _) in linears.items():
             is_head = bare.startswith("classifier")
             self._linear_names[index] = self._prefix(is_head) + bare
@@ -117,10 +115,6 @@ class EncoderModel(Module):
                 node._modules[part] = child
             node = node._modules[part]
         return node
-
-    def named_parameters(self, prefix: str = ""):
-        for name, p in self._param_list:
-            yield (f"{prefix}.{name}" if prefix else name), p
 
     def linear_modules(self):
         """(transformers name, Linear) for every linear of the model."""

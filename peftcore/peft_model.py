@@ -1,0 +1,381 @@
+"""PeftModel and get_peft_model: Hugging Face PEFT's interface over the engine's adapters."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import PeftConfig, PeftType
+from .models.checkpoint import read_torch_bin
+from .models.encoder import EncoderModel
+from .models.modules import Module
+from .tuners.lora.config import LoraConfig
+from .tuners.lora.layer import LoraLinear
+from .tuners.lora.model import LoraModel, plan_lora
+from .tuners.modules_to_save import ModulesToSaveWrapper
+from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
+from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_safetensors, save_adapter_files
+
+_PREFIX = "base_model.model."
+
+
+@dataclass
+class TunerLayerStatus:
+    name: str
+    module_type: str
+    enabled: bool
+    active_adapters: list
+    merged_adapters: list
+    requires_grad: dict
+    available_adapters: list
+    devices: dict = field(default_factory=dict)
+
+
+@dataclass
+class TunerModelStatus:
+    base_model_type: str
+    adapter_model_type: str
+    peft_types: dict
+    trainable_params: int
+    total_params: int
+    num_adapter_layers: int
+    enabled: bool
+    active_adapters: list
+    merged_adapters: list
+    requires_grad: dict
+    available_adapters: list
+    devices: dict = field(default_factory=dict)
+
+
+def _prepare_config(config, base_model: EncoderModel):
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"peftcore supports LoraConfig adapters; got {type(config).__name__}")
+    config = copy.deepcopy(config)
+    task = getattr(config.task_type, "value", config.task_type)
+    extra = TASK_MODULES_TO_SAVE.get(task, [])
+    if extra:
+        current = list(config.modules_to_save or [])
+        config.modules_to_save = current + [m for m in extra if m not in current]
+    if not config.base_model_name_or_path:
+        config.base_model_name_or_path = base_model.config.name_or_path or None
+    return config
+
+
+class PeftModel(Module):
+    """A base model with LoRA adapters; named and saved as Hugging Face PEFT's PeftModel."""
+
+    def __init__(self, model: EncoderModel, peft_config, adapter_name: str = "default"):
+        super().__init__()
+        if isinstance(model, PeftModel):
+            raise ValueError("the model already has adapters: use add_adapter() instead")
+        if not isinstance(model, EncoderModel):
+            raise TypeError(f"get_peft_model expects a peftcore model, got {type(model).__name__}")
+        config = _prepare_config(peft_config, model)
+        self._modules["base_model"] = LoraModel(model, config, adapter_name)
+
+    # ------------------------------------------------------------ adapters
+
+    @property
+    def peft_config(self) -> dict:
+        return self.base_model.peft_config
+
+    @property
+    def active_adapter(self) -> str:
+        return self.base_model.active_adapter
+
+    @property
+    def active_adapters(self) -> list:
+        return [self.active_adapter]
+
+    @property
+    def active_peft_config(self):
+        return self.peft_config[self.active_adapter]
+
+    def get_base_model(self) -> EncoderModel:
+        return self.base_model.model
+
+    def _check_new_name(self, adapter_name: str):
+        if not isinstance(adapter_name, str) or not adapter_name:
+            raise ValueError(f"adapter_name must be a non-empty str, got {adapter_name!r}")
+        if adapter_name in self.peft_config:
+            raise ValueError(f"an adapter named {adapter_name!r} already exists; existing adapters: "
+                             f"{list(self.peft_config)}")
+
+    def add_adapter(self, adapter_name: str, peft_config):
+        """Add a new (inactive, frozen) adapter; activate it with set_adapter()."""
+        self._check_new_name(adapter_name)
+        config = _prepare_config(peft_config, self.get_base_model())
+        plan = plan_lora(self.get_base_model(), config)
+        self.base_model.inject_adapter(adapter_name, plan)
+        self.base_model.set_adapter(self.active_adapter)
+
+    def set_adapter(self, adapter_name: str):
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
+        self.base_model.set_adapter(adapter_name)
+
+    def delete_adapter(self, adapter_name: str):
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
+        if adapter_name == self.active_adapter:
+            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() another one "
+                             f"before deleting it")
+        self.base_model.delete_adapter(adapter_name)
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Run the bare base model inside the block."""
+        self.base_model.set_disabled(True)
+        try:
+            yield
+        finally:
+            self.base_model.set_disabled(False)
+
+    def merge_adapter(self):
+        self.base_model.merge_adapter()
+
+    def unmerge_adapter(self):
+        self.base_model.unmerge_adapter()
+
+    def merge_and_unload(self) -> EncoderModel:
+        """Fold the active adapter into the base weights and return the bare base model."""
+        return self.base_model.unload(merge=True)
+
+    def unload(self) -> EncoderModel:
+        """Remove all adapters without merging and return the bare base model."""
+        return self.base_model.unload(merge=False)
+
+    # ------------------------------------------------------------ parameters and status
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = total = 0
+        for _, p in self.named_parameters():
+            total += p.size
+            if p.requires_grad:
+                trainable += p.size
+        return trainable, total
+
+    def print_trainable_parameters(self):
+        print(format_trainable_parameters(*self.get_nb_trainable_parameters()))
+
+    def get_layer_status(self) -> list:
+        status = []
+        for name, layer in self.base_model.lora_layers():
+            status.append(TunerLayerStatus(
+                name=name, module_type="lora.Linear", enabled=not layer.disabled,
+                active_adapters=[layer.active_adapter] if layer.active_adapter else [],
+                merged_adapters=list(layer.merged_adapters),
+                requires_grad={a: all(p.requires_grad for p in layer.weights(a))
+                               for a in layer.adapter_names()},
+                available_adapters=sorted(layer.adapter_names()),
+                devices={a: ["cpu"] for a in layer.adapter_names()}))
+        return status
+
+    def get_model_status(self) -> TunerModelStatus:
+        layers = self.get_layer_status()
+        trainable, total = self.get_nb_trainable_parameters()
+        requires_grad = {}
+        for layer in layers:
+            for a, flag in layer.requires_grad.items():
+                requires_grad[a] = flag if requires_grad.get(a, flag) == flag else "irregular"
+        merged = sorted({a for layer in layers for a in layer.merged_adapters})
+        return TunerModelStatus(
+            base_model_type=type(self.get_base_model()).__name__,
+            adapter_model_type=type(self.base_model).__name__,
+            peft_types={k: v.peft_type.value for k, v in self.peft_config.items()},
+            trainable_params=trainable, total_params=total, num_adapter_layers=len(layers),
+            enabled=all(layer.enabled for layer in layers),
+            active_adapters=[self.active_adapter], merged_adapters=merged,
+            requires_grad=requires_grad, available_adapters=sorted(self.peft_config),
+            devices={a: ["cpu"] for a in self.peft_config})
+
+    # ------------------------------------------------------------ running
+
+    def __call__(self, *args, **kwargs):
+        return self.get_base_model()(*args, **kwargs)
+
+    forward = __call__
+
+    def backward(self, *args, **kwargs):
+        return self.get_base_model().backward(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self.get_base_model().train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def training(self) -> bool:
+        return self.get_base_model().training
+
+    def zero_grad(self, set_to_none: bool = False):
+        for _, p in self.named_parameters():
+            if set_to_none:
+                p.grad = None
+            else:
+                p.tensor.zero_grad()
+
+    @property
+    def config(self):
+        return self.get_base_model().config
+
+    # ------------------------------------------------------------ files
+
+    def adapter_state_dict(self, adapter_name: str) -> dict:
+        """HF PEFT's saved keys (adapter name removed) -> float32 arrays."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
+        state = {}
+        config = self.peft_config[adapter_name]
+        for name, layer in self.base_model.lora_layers():
+            if adapter_name in layer.adapter_names():
+                A, B = layer.weights(adapter_name)
+                state[f"{_PREFIX}{name}.lora_A.weight"] = np.array(A)
+                state[f"{_PREFIX}{name}.lora_B.weight"] = np.array(B)
+                if config.bias == "lora_only":
+                    state[f"{_PREFIX}{name}.bias"] = np.array(layer.base_layer.bias)
+        for name, wrapper in self.base_model.wrappers():
+            if adapter_name in wrapper.adapter_names():
+                for pname, p in wrapper.modules_to_save[adapter_name].named_parameters():
+                    state[f"{_PREFIX}{name}.{pname}"] = np.array(p)
+        if config.bias == "all":
+            for pname, p in self.get_base_model().named_parameters():
+                if pname.endswith(".bias") and ".modules_to_save." not in pname \
+                        and ".original_module." not in pname:
+                    state[_PREFIX + pname.replace(".base_layer.", ".")] = np.array(p)
+        return state
+
+    def save_pretrained(self, save_directory, selected_adapters=None):
+        """Write each adapter as HF PEFT does: adapter_config.json and
+        adapter_model.safetensors, "default" in save_directory, others in sub-folders."""
+        save_directory = Path(save_directory)
+        if save_directory.is_file():
+            raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        for name in names:
+            if name not in self.peft_config:
+                raise ValueError(f"adapter {name!r} not found; available: {list(self.peft_config)}")
+        for name in names:
+            out = save_directory if name == "default" else save_directory / name
+            config = copy.deepcopy(self.peft_config[name])
+            config.inference_mode = True
+            save_adapter_files(out, config, self.adapter_state_dict(name))
+
+    @staticmethod
+    def _read_adapter(directory):
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"adapter folder {directory} does not exist")
+        config = PeftConfig.from_pretrained(directory)
+        if config.peft_type != PeftType.LORA:
+            raise ValueError(f"{directory / CONFIG_NAME}: peft_type {config.peft_type.value!r} "
+                             f"is not supported by peftcore (LORA is)")
+        weights_file = directory / SAFETENSORS_WEIGHTS_NAME
+        if weights_file.is_file():
+            weights = load_safetensors(weights_file)
+        elif (directory / "adapter_model.bin").is_file():
+            weights = read_torch_bin(directory / "adapter_model.bin")
+        else:
+            raise FileNotFoundError(f"no {SAFETENSORS_WEIGHTS_NAME} (or adapter_model.bin) in {directory}")
+        return config, weights
+
+    def _assign_weights(self, adapter_name: str, weights: dict, plan) -> None:
+        """Check every saved tensor against the planned adapter (names and shapes) and
+        return silently, or raise naming the first tensor that does not fit."""
+        expected = {}
+        for name, (fin, fout, r, _) in plan.targets.items():
+            expected[f"{_PREFIX}{name}.lora_A.weight"] = (r, fin)
+            expected[f"{_PREFIX}{name}.lora_B.weight"] = (fout, r)
+        model = self.get_base_model()
+        for name in plan.modules_to_save:
+            module = model.get_submodule(name)
+            if isinstance(module, ModulesToSaveWrapper):
+                module = module.original_module
+            for pname, p in module.named_parameters():
+                expected[f"{_PREFIX}{name}.{pname}"] = p.shape
+        if plan.config.bias != "none":
+            for pname, p in model.named_parameters():
+                if pname.endswith(".bias"):
+                    clean = pname.replace(".base_layer.", ".").replace(".original_module.", ".")
+                    expected.setdefault(_PREFIX + clean, p.shape)
+        for key, value in weights.items():
+            if key not in expected:
+                raise ValueError(f"adapter tensor {key!r} does not match any module of the base "
+                                 f"model for this adapter config")
+            if tuple(np.shape(value)) != tuple(expected[key]):
+                raise ValueError(f"adapter tensor {key!r} has shape {tuple(np.shape(value))}, the "
+                                 f"base model needs {tuple(expected[key])}")
+        lora_keys = [k for k in expected if ".lora_" in k]
+        missing = [k for k in lora_keys if k not in weights]
+        if missing:
+            raise ValueError(f"adapter file lacks tensors: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+    def _load_into(self, adapter_name: str, weights: dict):
+        """Copy checked tensors into the injected adapter."""
+        model = self.get_base_model()
+        for name, layer in self.base_model.lora_layers():
+            if adapter_name in layer.adapter_names():
+                A, B = layer.weights(adapter_name)
+                A[...] = weights[f"{_PREFIX}{name}.lora_A.weight"]
+                B[...] = weights[f"{_PREFIX}{name}.lora_B.weight"]
+        for name, wrapper in self.base_model.wrappers():
+            if adapter_name in wrapper.adapter_names():
+                for pname, p in wrapper.modules_to_save[adapter_name].named_parameters():
+                    key = f"{_PREFIX}{name}.{pname}"
+                    if key in weights:
+                        p[...] = weights[key]
+        for pname, p in model.named_parameters():
+            key = _PREFIX + pname.replace(".base_layer.", ".")
+            if pname.endswith(".bias") and key in weights and ".modules_to_save." not in pname:
+                p[...] = weights[key]
+
+    @classmethod
+    def from_pretrained(cls, model: EncoderModel, model_id, adapter_name: str = "default",
+                        is_trainable: bool = False, config=None):
+        """Load an adapter saved by peftcore or Hugging Face PEFT onto `model`. Nothing is
+        changed when the files do not fit the model."""
+        file_config, weights = cls._read_adapter(model_id)
+        config = copy.deepcopy(config or file_config)
+        config.inference_mode = not is_trainable
+        prepared = _prepare_config(config, model)
+        plan = plan_lora(model, prepared)
+        probe = object.__new__(cls)
+        Module.__init__(probe)
+        probe._modules["base_model"] = _PlanView(model)
+        cls._assign_weights(probe, adapter_name, weights, plan)
+        peft_model = cls(model, config, adapter_name)
+        peft_model._load_into(adapter_name, weights)
+        return peft_model
+
+    def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False):
+        """Load another saved adapter under `adapter_name` (not activated)."""
+        self._check_new_name(adapter_name)
+        config, weights = self._read_adapter(model_id)
+        config.inference_mode = not is_trainable
+        prepared = _prepare_config(config, self.get_base_model())
+        plan = plan_lora(self.get_base_model(), prepared)
+        self._assign_weights(adapter_name, weights, plan)
+        self.base_model.inject_adapter(adapter_name, plan)
+        self.base_model.set_adapter(self.active_adapter)
+        self._load_into(adapter_name, weights)
+
+
+class _PlanView(Module):
+    """Stands in for a LoraModel while checking a file against a model not yet wrapped."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._modules["model"] = model
+
+
+PeftModelForSequenceClassification = PeftModel
+
+
+def get_peft_model(model: EncoderModel, peft_config, adapter_name: str = "default") -> PeftModel:
+    """Wrap `model` with a new adapter, as peft.get_peft_model."""
+    return PeftModel(model, peft_config, adapter_name)

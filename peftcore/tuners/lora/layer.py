@@ -1,0 +1,126 @@
+"""LoRA on one engine linear, named as HF PEFT's lora.Linear.
+
+For the active adapter the engine computes y = x·Wᵀ + b + s·dropout(x)·Aᵀ·Bᵀ with
+A (r, in), B (out, r), s = alpha/r (alpha/√r with rsLoRA). The parameters live in engine
+tensors; this module only plumbs them and keeps HF's names:
+    <name>.base_layer.weight, <name>.lora_A.<adapter>.weight, <name>.lora_B.<adapter>.weight
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import _C
+from ...models.modules import Linear, Module
+from ...models.parameter import Parameter
+
+
+def new_parameter(shape, values=None) -> Parameter:
+    """A fresh engine tensor wrapped as a Parameter, optionally filled with values."""
+    p = Parameter(_C.Tensor.zeros(tuple(int(s) for s in shape)))
+    if values is not None:
+        p[...] = values
+    return p
+
+
+class ParamHolder(Module):
+    """A leaf holding one `weight` Parameter (HF's per-adapter nn.Linear of lora_A/lora_B)."""
+
+    def __init__(self, weight: Parameter):
+        super().__init__()
+        self._parameters["weight"] = weight
+
+
+class LoraLinear(Module):
+    def __init__(self, base_layer: Linear, engine):
+        super().__init__()
+        self._modules["base_layer"] = base_layer
+        self._modules["lora_dropout"] = Module()
+        self._modules["lora_A"] = Module()
+        self._modules["lora_B"] = Module()
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.index = base_layer.index
+        self._engine = engine
+        self.r, self.lora_alpha, self.scaling, self.dropout_p = {}, {}, {}, {}
+        self.merged_adapters: list[str] = []
+        self.active_adapter: str | None = None
+        self.disabled = False
+
+    @property
+    def base_weight(self) -> Parameter:
+        return self.base_layer.weight
+
+    def update_layer(self, adapter: str, r: int, alpha: float, dropout: float,
+                     init_lora_weights, use_rslora: bool, rng: np.random.Generator):
+        """Create adapter `adapter` with HF's initialisation: A Kaiming-uniform
+        (U(±1/√in)) or N(0, 1/r) for "gaussian", B zero; with init False both random."""
+        A = new_parameter((r, self.in_features))
+        B = new_parameter((self.out_features, r))
+        if init_lora_weights == "gaussian":
+            A[...] = rng.normal(0.0, 1.0 / r, size=A.shape)
+        else:
+            bound = 1.0 / math.sqrt(self.in_features)
+            A[...] = rng.uniform(-bound, bound, size=A.shape)
+        if init_lora_weights is False:
+            bound = 1.0 / math.sqrt(r)
+            B[...] = rng.uniform(-bound, bound, size=B.shape)
+        self.lora_A._modules[adapter] = ParamHolder(A)
+        self.lora_B._modules[adapter] = ParamHolder(B)
+        self.lora_dropout._modules[adapter] = Module()
+        self.r[adapter] = r
+        self.lora_alpha[adapter] = alpha
+        self.scaling[adapter] = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.dropout_p[adapter] = float(dropout)
+
+    def adapter_names(self):
+        return list(self.lora_A._modules)
+
+    def weights(self, adapter: str) -> tuple[Parameter, Parameter]:
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+
+    def delete_adapter(self, adapter: str):
+        for container in (self.lora_A, self.lora_B, self.lora_dropout):
+            container._modules.pop(adapter, None)
+        for d in (self.r, self.lora_alpha, self.scaling, self.dropout_p):
+            d.pop(adapter, None)
+        if self.active_adapter == adapter:
+            self.active_adapter = None
+        self.sync()
+
+    def set_active(self, adapter: str | None):
+        self.active_adapter = adapter
+        self.sync()
+
+    def sync(self):
+        """Tell the engine which low-rank path to run: none when disabled or merged."""
+        a = self.active_adapter
+        if a is None or self.disabled or a in self.merged_adapters or a not in self.r:
+            self._engine.set_lora(self.index, None, None, 0.0, 0.0)
+            return
+        A, B = self.weights(a)
+        self._engine.set_lora(self.index, A.tensor, B.tensor, self.scaling[a], self.dropout_p[a])
+
+    def delta_weight(self, adapter: str) -> np.ndarray:
+        """ΔW (out, in) = s·B·A, in float64 for an exact merge/unmerge round trip."""
+        A, B = self.weights(adapter)
+        return self.scaling[adapter] * (np.asarray(B, np.float64) @ np.asarray(A, np.float64))
+
+    def merge(self, adapter: str):
+        if adapter in self.merged_adapters:
+            return
+        w = self.base_weight
+        w[...] = (np.asarray(w, np.float64) + self.delta_weight(adapter)).astype(np.float32)
+        self.merged_adapters.append(adapter)
+        self.sync()
+
+    def unmerge(self):
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            w = self.base_weight
+            w[...] = (np.asarray(w, np.float64) - self.delta_weight(adapter)).astype(np.float32)
+        self.sync()
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}"

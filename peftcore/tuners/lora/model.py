@@ -1,0 +1,173 @@
+"""LoraModel: finds target linears by name, injects LoRA layers, switches, merges, unloads."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from ...models.modules import Linear, Module
+from ...utils.random import generator
+from ..modules_to_save import ModulesToSaveWrapper
+from ..tuners_utils import check_target_module_exists, get_pattern_key, resolve_target_modules
+from .layer import LoraLinear
+
+_ADAPTER_INFIXES = (".lora_A", ".lora_B", ".lora_dropout", ".base_layer", ".modules_to_save",
+                    ".original_module")
+
+
+@dataclass
+class LoraPlan:
+    """What injecting a config changes: target linear names with (in, out, r, alpha), and
+    the names of modules whose copies are saved with the adapter."""
+    targets: dict
+    modules_to_save: list
+    config: object
+
+
+def _candidate_modules(model: Module):
+    """(name, module) of the model, skipping adapter internals."""
+    for name, module in model.named_modules():
+        if name and not any(infix in name for infix in _ADAPTER_INFIXES):
+            yield name, module
+
+
+def plan_lora(model: Module, config) -> LoraPlan:
+    """Resolve targets of `config` on `model` without changing anything."""
+    config = copy.deepcopy(config)
+    config.target_modules = resolve_target_modules(config, model.config.model_type)
+    modules = dict(_candidate_modules(model))
+    save = []
+    for wanted in config.modules_to_save or ():
+        found = [n for n in modules if n == wanted or n.endswith("." + wanted)]
+        save.extend(n for n in found if n not in save)
+    targets = {}
+    for name, module in modules.items():
+        if name in save or not check_target_module_exists(config, name):
+            continue
+        if not isinstance(module, (Linear, LoraLinear)):
+            raise ValueError(f"Target module {name} ({type(module).__name__}) is not supported: "
+                             f"LoRA applies to Linear layers only")
+        pattern_r = get_pattern_key(config.rank_pattern or {}, name)
+        pattern_a = get_pattern_key(config.alpha_pattern or {}, name)
+        r = (config.rank_pattern or {}).get(pattern_r, config.r)
+        alpha = (config.alpha_pattern or {}).get(pattern_a, config.lora_alpha)
+        targets[name] = (module.in_features, module.out_features, r, alpha)
+    if not targets:
+        linear_names = [n for n, m in modules.items() if isinstance(m, (Linear, LoraLinear))]
+        raise ValueError(f"Target modules {config.target_modules} not found in the base model. "
+                         f"Please check the target modules and try again. The model's linear "
+                         f"modules are: {linear_names}")
+    return LoraPlan(targets, save, config)
+
+
+def _replace(root: Module, name: str, new: Module):
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name)
+    parent._modules[child] = new
+
+
+class LoraModel(Module):
+    """Holds the base model (as child `model`) and its LoRA adapters."""
+
+    prefix = "lora_"
+
+    def __init__(self, model: Module, config, adapter_name: str):
+        super().__init__()
+        self._modules["model"] = model
+        self.peft_config: dict = {}
+        self.active_adapter = adapter_name
+        for _, p in model.named_parameters():
+            p.requires_grad = False
+        self.inject_adapter(adapter_name, plan_lora(model, config))
+        self.set_adapter(adapter_name)
+
+    # ------------------------------------------------------------ structure
+
+    def lora_layers(self):
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLinear)]
+
+    def wrappers(self):
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+
+    def inject_adapter(self, adapter_name: str, plan: LoraPlan):
+        """Add adapter `adapter_name` as planned. The plan was validated, so this succeeds."""
+        engine = self.model._engine
+        config = plan.config
+        rng = generator()
+        for name, (_, _, r, alpha) in plan.targets.items():
+            module = self.model.get_submodule(name)
+            if isinstance(module, Linear):
+                module = LoraLinear(module, engine)
+                _replace(self.model, name, module)
+            module.update_layer(adapter_name, r, alpha, config.lora_dropout,
+                                config.init_lora_weights, config.use_rslora, rng)
+        for name in plan.modules_to_save:
+            module = self.model.get_submodule(name)
+            if not isinstance(module, ModulesToSaveWrapper):
+                module = ModulesToSaveWrapper(module, engine)
+                _replace(self.model, name, module)
+            module.update(adapter_name)
+        self.peft_config[adapter_name] = config
+
+    def set_adapter(self, adapter_name: str):
+        """Make `adapter_name` the one the engine runs and the one that trains."""
+        self.active_adapter = adapter_name
+        for _, layer in self.lora_layers() + self.wrappers():
+            layer.set_active(adapter_name if adapter_name in layer.adapter_names() else None)
+        self._mark_trainable()
+
+    def _mark_trainable(self):
+        name = self.active_adapter
+        config = self.peft_config[name]
+        trainable = not config.inference_mode
+        for pname, p in self.model.named_parameters():
+            p.requires_grad = False
+        for _, layer in self.lora_layers():
+            for adapter in layer.adapter_names():
+                for p in layer.weights(adapter):
+                    p.requires_grad = trainable and adapter == name
+            if trainable and config.bias == "lora_only" and name in layer.adapter_names():
+                layer.base_layer.bias.requires_grad = True
+        for _, wrapper in self.wrappers():
+            for adapter in wrapper.adapter_names():
+                for _, p in wrapper.modules_to_save[adapter].named_parameters():
+                    p.requires_grad = trainable and adapter == name
+        if trainable and config.bias == "all":
+            for pname, p in self.model.named_parameters():
+                if pname.endswith("bias") and ".modules_to_save." not in pname \
+                        and ".original_module." not in pname:
+                    p.requires_grad = True
+
+    def set_disabled(self, disabled: bool):
+        for _, layer in self.lora_layers() + self.wrappers():
+            layer.disabled = disabled
+            layer.sync()
+
+    def delete_adapter(self, adapter_name: str):
+        for _, layer in self.lora_layers() + self.wrappers():
+            layer.delete_adapter(adapter_name)
+        del self.peft_config[adapter_name]
+
+    # ------------------------------------------------------------ merging
+
+    def merge_adapter(self):
+        for _, layer in self.lora_layers():
+            if self.active_adapter in layer.adapter_names():
+                layer.merge(self.active_adapter)
+
+    def unmerge_adapter(self):
+        for _, layer in self.lora_layers():
+            layer.unmerge()
+
+    def unload(self, merge: bool) -> Module:
+        """Remove every LoRA layer (merging the active adapter first when asked) and every
+        modules_to_save wrapper (keeping the active copy's values); return the bare model."""
+        if merge:
+            self.merge_adapter()
+        for name, layer in self.lora_layers():
+            layer.set_active(None)
+            _replace(self.model, name, layer.base_layer)
+        for name, wrapper in self.wrappers():
+            _replace(self.model, name, wrapper.unwrap() if merge else wrapper.original_module)
+            if not merge:
+                wrapper.set_active(None)
+        return self.model

@@ -1,0 +1,80 @@
+"""modules_to_save: a trainable per-adapter copy of a module (e.g. the classification head).
+
+As HF PEFT's ModulesToSaveWrapper: `<name>.original_module.*` keeps the frozen base weights,
+`<name>.modules_to_save.<adapter>.*` holds each adapter's copy. The engine is pointed at the
+active adapter's copy (or at the original when adapters are disabled).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.modules import Linear, Module
+from .lora.layer import new_parameter
+
+
+def _clone(module: Module) -> Module:
+    """A copy of a module tree of Linears with new engine tensors holding the same values."""
+    if isinstance(module, Linear):
+        copy = Linear(module.in_features, module.out_features, module.index)
+    elif module._parameters:
+        raise ValueError(f"modules_to_save supports linear layers and containers of them, "
+                         f"not {type(module).__name__}")
+    else:
+        copy = Module()
+    for name, p in module._parameters.items():
+        copy._parameters[name] = new_parameter(p.shape, np.asarray(p))
+    for name, child in module._modules.items():
+        copy._modules[name] = _clone(child)
+    return copy
+
+
+def _linears(module: Module):
+    return [m for _, m in module.named_modules() if isinstance(m, Linear)]
+
+
+class ModulesToSaveWrapper(Module):
+    def __init__(self, original: Module, engine):
+        super().__init__()
+        if not _linears(original):
+            raise ValueError("modules_to_save supports linear layers and containers of them")
+        self._modules["original_module"] = original
+        self._modules["modules_to_save"] = Module()
+        self._engine = engine
+        self.active_adapter: str | None = None
+        self.disabled = False
+
+    def update(self, adapter: str):
+        self.modules_to_save._modules[adapter] = _clone(self.original_module)
+
+    def adapter_names(self):
+        return list(self.modules_to_save._modules)
+
+    def delete_adapter(self, adapter: str):
+        self.modules_to_save._modules.pop(adapter, None)
+        if self.active_adapter == adapter:
+            self.active_adapter = None
+        self.sync()
+
+    def set_active(self, adapter: str | None):
+        self.active_adapter = adapter
+        self.sync()
+
+    def current(self) -> Module:
+        a = self.active_adapter
+        if a is None or self.disabled or a not in self.modules_to_save._modules:
+            return self.original_module
+        return self.modules_to_save[a]
+
+    def sync(self):
+        for original, live in zip(_linears(self.original_module), _linears(self.current())):
+            self._engine.set_linear_params(original.index, live.weight.tensor, live.bias.tensor)
+
+    def unwrap(self) -> Module:
+        """Make the active copy's values the module's own and point the engine back at them."""
+        live = self.current()
+        for original, copy in zip(_linears(self.original_module), _linears(live)):
+            original.weight[...] = copy.weight
+            original.bias[...] = copy.bias
+        self.active_adapter = None
+        self.sync()
+        return self.original_module
