@@ -36,7 +36,10 @@ def compile_args():
 
 
 blis_include, blis_lib = find_blis()
-engine_sources = sorted(glob.glob("csrc/*.c") + glob.glob("csrc/*/*.c"))
+# the engine (csrc/*.c and its subsystems) plus the CPython glue; csrc/tests is C-only
+ENGINE_DIRS = ["ops", "models", "peft", "optim", "python"]
+engine_sources = sorted(glob.glob("csrc/*.c") +
+                        [f for d in ENGINE_DIRS for f in glob.glob(f"csrc/{d}/*.c")])
 
 setup(
     ext_modules=[

@@ -21,6 +21,7 @@ const char *pc_blis_arch(void);       /* e.g. "skx" */
 const char *pc_blis_version(void);    /* e.g. "0.9.0" */
 const char *pc_cpu_simd(void);        /* e.g. "avx512f avx512dq avx512bw avx512vl avx2 fma" */
 bool pc_blis_arch_from_env(void);     /* true when the user's BLIS_ARCH_TYPE was honoured */
+const char *pc_blis_arch_note(void);  /* why the user's BLIS_ARCH_TYPE was ignored, or "" */
 void pc_set_num_threads(int n);       /* n >= 1: threads for BLIS and our kernels */
 int pc_get_num_threads(void);
 int pc_default_num_threads(void);     /* usable cores */

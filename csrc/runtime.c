@@ -34,13 +34,76 @@ static void detect_simd(void) {
     }
 }
 
+/* Kernel sets compiled into this BLIS (from its configuration macros). */
+__attribute__((noinline)) static bool arch_configured(const char *name) {
+    static const char *const configured[] = {
+#ifdef BLIS_CONFIG_SKX
+        "skx",
+#endif
+#ifdef BLIS_CONFIG_KNL
+        "knl",
+#endif
+#ifdef BLIS_CONFIG_HASWELL
+        "haswell",
+#endif
+#ifdef BLIS_CONFIG_SANDYBRIDGE
+        "sandybridge",
+#endif
+#ifdef BLIS_CONFIG_PENRYN
+        "penryn",
+#endif
+#ifdef BLIS_CONFIG_ZEN3
+        "zen3",
+#endif
+#ifdef BLIS_CONFIG_ZEN2
+        "zen2",
+#endif
+#ifdef BLIS_CONFIG_ZEN
+        "zen",
+#endif
+#ifdef BLIS_CONFIG_EXCAVATOR
+        "excavator",
+#endif
+#ifdef BLIS_CONFIG_STEAMROLLER
+        "steamroller",
+#endif
+#ifdef BLIS_CONFIG_PILEDRIVER
+        "piledriver",
+#endif
+#ifdef BLIS_CONFIG_BULLDOZER
+        "bulldozer",
+#endif
+        "generic"};
+    for (size_t i = 0; i < sizeof configured / sizeof configured[0]; i++)
+        if (strcmp(configured[i], name) == 0) return true;
+    return false;
+}
+
+static bool has_avx512(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+/* Whether this CPU can execute a kernel set (a wrong one dies of an illegal instruction). */
+static bool cpu_runs(const char *name) {
+    if (strcmp(name, "generic") == 0 || strcmp(name, "penryn") == 0) return true;
+    if (strcmp(name, "skx") == 0) return has_avx512();
+    if (strcmp(name, "knl") == 0) return false; /* needs AVX-512 ER/PF, Xeon Phi only */
+    if (strcmp(name, "sandybridge") == 0) return __builtin_cpu_supports("avx");
+    if (strcmp(name, "bulldozer") == 0 || strcmp(name, "piledriver") == 0 ||
+        strcmp(name, "steamroller") == 0 || strcmp(name, "excavator") == 0)
+        return __builtin_cpu_supports("fma4") || __builtin_cpu_supports("fma");
+    /* haswell, zen, zen2, zen3 */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
 /* The kernel set this CPU runs best, or NULL to keep what BLIS detects itself. */
 static const char *best_arch_name(void) {
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        return "skx";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return __builtin_cpu_is("amd") ? "zen3" : "haswell";
+    if (has_avx512() && arch_configured("skx")) return "skx";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        const char *name = __builtin_cpu_is("amd") ? "zen3" : "haswell";
+        if (arch_configured(name)) return name;
+    }
     return NULL;
 }
 
@@ -51,6 +114,26 @@ static int arch_id_by_name(const char *name) {
         if (s && strcmp(s, name) == 0) return id;
     }
     return -1;
+}
+
+static char arch_note[256];
+
+/* The id for the user's BLIS_ARCH_TYPE (a number or a kernel-set name), or -1 with a note
+ * when it names a set this BLIS lacks or this CPU cannot run (BLIS would abort or crash). */
+static int user_arch_id(const char *value) {
+    char *end;
+    long id = strtol(value, &end, 10);
+    bool numeric = end != value && *end == '\0';
+    if (!numeric) id = arch_id_by_name(value);
+    const char *name = id >= 0 && id < BLIS_NUM_ARCHS ? bli_arch_string((arch_t)id) : NULL;
+    if (!name || !arch_configured(name) || !cpu_runs(name)) {
+        snprintf(arch_note, sizeof arch_note,
+                 "BLIS_ARCH_TYPE=%s ignored: %s; using the best kernel set instead", value,
+                 !name ? "no such kernel set" : !arch_configured(name)
+                     ? "this BLIS was built without it" : "this CPU cannot run it");
+        return -1;
+    }
+    return (int)id;
 }
 
 int pc_default_num_threads(void) {
@@ -65,21 +148,26 @@ int pc_default_num_threads(void) {
 int pc_runtime_init(void) {
     if (initialised) return 0;
     detect_simd();
-    const char *user_arch = getenv("BLIS_ARCH_TYPE");
-    arch_from_env = user_arch != NULL && user_arch[0] != '\0';
-    bool we_set = false;
-    if (!arch_from_env) {
+    const char *user_value = getenv("BLIS_ARCH_TYPE");
+    char *user_copy = user_value && user_value[0] ? strdup(user_value) : NULL;
+    int id = user_copy ? user_arch_id(user_copy) : -1;
+    arch_from_env = id >= 0;
+    if (id < 0) {
         const char *name = best_arch_name();
-        int id = name ? arch_id_by_name(name) : -1;
-        if (id >= 0) {
-            char buf[16];
-            snprintf(buf, sizeof buf, "%d", id);
-            setenv("BLIS_ARCH_TYPE", buf, 1);
-            we_set = true;
-        }
+        id = name ? arch_id_by_name(name) : -1;
+    }
+    if (id >= 0) {
+        char buf[16];
+        snprintf(buf, sizeof buf, "%d", id);
+        setenv("BLIS_ARCH_TYPE", buf, 1);
+    } else {
+        unsetenv("BLIS_ARCH_TYPE"); /* let BLIS detect */
     }
     bli_init(); /* reads BLIS_ARCH_TYPE once */
-    if (we_set) unsetenv("BLIS_ARCH_TYPE");
+    /* leave the environment as the user had it */
+    if (user_copy) setenv("BLIS_ARCH_TYPE", user_copy, 1);
+    else unsetenv("BLIS_ARCH_TYPE");
+    free(user_copy);
     pc_set_num_threads(pc_default_num_threads());
     initialised = true;
     return 0;
@@ -89,6 +177,7 @@ const char *pc_blis_arch(void) { return bli_arch_string(bli_arch_query_id()); }
 const char *pc_blis_version(void) { return bli_info_get_version_str(); }
 const char *pc_cpu_simd(void) { return simd_names; }
 bool pc_blis_arch_from_env(void) { return arch_from_env; }
+const char *pc_blis_arch_note(void) { return arch_note; }
 
 void pc_set_num_threads(int n) {
     if (n < 1) n = 1;
@@ -98,12 +187,17 @@ void pc_set_num_threads(int n) {
 
 int pc_get_num_threads(void) { return num_threads; }
 
+/* C = beta·C for an empty product; beta == 0 overwrites (NaN in C does not survive) */
+static void scale_output(float *C, int M, int N, int ldc, float beta) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(int64_t)i * ldc + j];
+}
+
 void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* BLIS would scale C by beta; keep that meaning */
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] *= beta;
+    if (K <= 0) {
+        scale_output(C, M, N, ldc, beta);
         return;
     }
     /* row-major: element (i,p) of A sits at A[i*lda + p], i.e. row stride lda, col stride 1 */
@@ -117,8 +211,7 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
                      int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] *= beta;
+        scale_output(C, M, N, ldc, beta);
         return;
     }
     rntm_t rntm;

@@ -3,6 +3,11 @@ from . import _C
 from . import functional
 from ._C import Tensor
 
+if _C.backend_info()["blis_arch_note"]:
+    import warnings as _warnings
+
+    _warnings.warn(_C.backend_info()["blis_arch_note"], RuntimeWarning, stacklevel=2)
+
 
 def backend_info():
     """BLIS kernel set and version, thread count and the CPU's SIMD features."""

@@ -41,6 +41,8 @@ def embedding_backward(grad_output, input, num_embeddings):
 
 
 def _check_normalized_shape(input, normalized_shape):
+    if not isinstance(input, (np.ndarray, _C.Tensor)):
+        raise TypeError(f"layer_norm: input must be a float32 array, got {type(input).__name__}")
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if len(shape) != 1 or np.shape(input)[-1:] != shape:
         raise ValueError(
@@ -117,7 +119,7 @@ def add(input, other):
 
 def add_backward(grad_output):
     """Both inputs receive the output's gradient."""
-    g = np.array(grad_output, dtype=np.float32, copy=True)
+    g = _C.dropout_forward(grad_output, 0.0, 0)  # a checked float32 copy
     return g, g.copy()
 
 
@@ -129,16 +131,16 @@ def _check_seed(seed):
 
 def dropout(input, p=0.5, training=True, seed=0):
     """Inverted dropout whose mask depends only on (seed, element index)."""
-    if not training or p == 0:
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout: p must be in [0, 1), got {p}")
-        return np.array(input, dtype=np.float32, copy=True)
+    if not training:
+        _C.dropout_forward(np.zeros(0, np.float32), float(p), 0)  # checks p
+        p = 0.0
     return _C.dropout_forward(input, float(p), _check_seed(seed))
 
 
 def dropout_backward(grad_output, p=0.5, training=True, seed=0):
-    if not training or p == 0:
-        return np.array(grad_output, dtype=np.float32, copy=True)
+    if not training:
+        _C.dropout_backward(np.zeros(0, np.float32), float(p), 0)  # checks p
+        p = 0.0
     return _C.dropout_backward(grad_output, float(p), _check_seed(seed))
 
 

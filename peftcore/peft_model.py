@@ -32,6 +32,7 @@ class TunerLayerStatus:
     requires_grad: dict
     available_adapters: list
     devices: dict = field(default_factory=dict)
+    quantization_backend: str | None = None
 
 
 @dataclass
@@ -42,12 +43,23 @@ class TunerModelStatus:
     trainable_params: int
     total_params: int
     num_adapter_layers: int
-    enabled: bool
-    active_adapters: list
-    merged_adapters: list
+    enabled: bool | str
+    active_adapters: list | str
+    merged_adapters: list | str
     requires_grad: dict
     available_adapters: list
     devices: dict = field(default_factory=dict)
+    quantization_backend: str | None = None
+
+
+def _all_or_irregular(flags):
+    """True if all flags are True, False if all are False, else "irregular" (as HF PEFT)."""
+    flags = list(flags)
+    if all(f is True for f in flags):
+        return True
+    if all(f is False for f in flags):
+        return False
+    return "irregular"
 
 
 def _prepare_config(config, base_model: EncoderModel):
@@ -162,35 +174,60 @@ class PeftModel(Module):
         print(format_trainable_parameters(*self.get_nb_trainable_parameters()))
 
     def get_layer_status(self) -> list:
+        """One TunerLayerStatus per adapter layer (LoRA layers and modules_to_save wrappers),
+        named relative to the LoraModel ("model.<...>") and filled in as HF PEFT does."""
         status = []
-        for name, layer in self.base_model.lora_layers():
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, LoraLinear):
+                module_type = "lora.Linear"
+                flags = {a: [p.requires_grad for p in module.weights(a)]
+                         for a in module.adapter_names()}
+                merged = list(module.merged_adapters)
+            elif isinstance(module, ModulesToSaveWrapper):
+                module_type = "ModulesToSaveWrapper"
+                flags = {a: [p.requires_grad for _, p in module.modules_to_save[a].named_parameters()]
+                         for a in module.adapter_names()}
+                merged = []
+            else:
+                continue
             status.append(TunerLayerStatus(
-                name=name, module_type="lora.Linear", enabled=not layer.disabled,
-                active_adapters=[layer.active_adapter] if layer.active_adapter else [],
-                merged_adapters=list(layer.merged_adapters),
-                requires_grad={a: all(p.requires_grad for p in layer.weights(a))
-                               for a in layer.adapter_names()},
-                available_adapters=sorted(layer.adapter_names()),
-                devices={a: ["cpu"] for a in layer.adapter_names()}))
+                name=name, module_type=module_type, enabled=not module.disabled,
+                active_adapters=list(self.active_adapters), merged_adapters=merged,
+                requires_grad={a: _all_or_irregular(v) for a, v in flags.items()},
+                available_adapters=sorted(flags), devices={a: ["cpu"] for a in flags},
+                quantization_backend=None))
+        if not status:
+            raise ValueError("No adapter layers found in the model, please ensure that it's a PEFT "
+                             "model or that you have PEFT adapters injected in the model.")
         return status
 
     def get_model_status(self) -> TunerModelStatus:
         layers = self.get_layer_status()
         trainable, total = self.get_nb_trainable_parameters()
-        requires_grad = {}
+        enabled = {layer.enabled for layer in layers}
+        active = {tuple(layer.active_adapters) for layer in layers}
+        merged_all = set().union(*(layer.merged_adapters for layer in layers))
+        merged = sorted(merged_all)
+        if any((set(layer.available_adapters) - set(layer.merged_adapters)) & merged_all
+               for layer in layers):
+            merged = "irregular"
+        flags, devices = {}, {}
         for layer in layers:
             for a, flag in layer.requires_grad.items():
-                requires_grad[a] = flag if requires_grad.get(a, flag) == flag else "irregular"
-        merged = sorted({a for layer in layers for a in layer.merged_adapters})
+                flags.setdefault(a, []).append(flag)
+            for a, devs in layer.devices.items():
+                devices.setdefault(a, set()).update(devs)
         return TunerModelStatus(
             base_model_type=type(self.get_base_model()).__name__,
             adapter_model_type=type(self.base_model).__name__,
             peft_types={k: v.peft_type.value for k, v in self.peft_config.items()},
             trainable_params=trainable, total_params=total, num_adapter_layers=len(layers),
-            enabled=all(layer.enabled for layer in layers),
-            active_adapters=[self.active_adapter], merged_adapters=merged,
-            requires_grad=requires_grad, available_adapters=sorted(self.peft_config),
-            devices={a: ["cpu"] for a in self.peft_config})
+            enabled=enabled.pop() if len(enabled) == 1 else "irregular",
+            active_adapters=list(active.pop()) if len(active) == 1 else "irregular",
+            merged_adapters=merged,
+            requires_grad={a: _all_or_irregular(v) for a, v in flags.items()},
+            available_adapters=sorted(set().union(*(layer.available_adapters for layer in layers))),
+            devices={a: sorted(d) for a, d in devices.items()}, quantization_backend=None)
 
     # ------------------------------------------------------------ running
 

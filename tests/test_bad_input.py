@@ -624,3 +624,15 @@ def test_mask_of_other_dtypes():
         np.testing.assert_array_equal(F.multi_head_attention(q, q, q, 2, attention_mask=m), ref)
     with pytest.raises((TypeError, ValueError)):
         F.multi_head_attention(q, q, q, 2, attention_mask="not a mask")
+
+
+def test_dropout_p_just_below_one_gives_no_nan():
+    # (float)p rounds to 1.0: nothing is kept and nothing becomes Inf/NaN
+    p = 1 - 1e-9
+    x = np.ones((2, 3, 4), np.float32)
+    assert np.all(F.dropout(x, p, seed=1) == 0)
+    assert np.all(F.dropout_backward(x, p, seed=1) == 0)
+    out, probs = F.multi_head_attention(x, x, x, 2, dropout_p=p, seed=3, return_probs=True)
+    assert np.all(out == 0) and np.all(np.isfinite(probs))
+    for g in F.multi_head_attention_backward(x, probs, x, x, x, 2, p, 3):
+        assert np.all(np.isfinite(g))

@@ -169,7 +169,7 @@ static PyObject *f_layernorm_forward(PyObject *self, PyObject *args) {
     int64_t N = glue_rows(x), C = glue_last(x);
     CHECK(check_vector(w, C, "layer_norm: weight") == 0 && check_vector(b, C, "layer_norm: bias") == 0);
     if (!(eps > 0)) {
-        PyErr_Format(PyExc_ValueError, "layer_norm: eps must be > 0, got %g", eps);
+        glue_value_error_float("layer_norm: eps must be > 0, got", eps);
         goto fail;
     }
     CHECK(glue_check_int_range(N, "layer_norm: rows") == 0 && glue_check_int_range(C, "dim") == 0);
@@ -350,7 +350,9 @@ fail:
 
 static int check_p(double p, const char *what) {
     if (p >= 0.0 && p < 1.0) return 0;
-    PyErr_Format(PyExc_ValueError, "%s: p must be in [0, 1), got %g", what, p);
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: p must be in [0, 1), got", what);
+    glue_value_error_float(msg, p);
     return -1;
 }
 

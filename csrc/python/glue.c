@@ -111,3 +111,9 @@ int glue_check_int_range(int64_t v, const char *what) {
     }
     return 0;
 }
+
+void glue_value_error_float(const char *prefix, double value) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s %g", prefix, value);
+    PyErr_SetString(PyExc_ValueError, buf);
+}

@@ -41,6 +41,8 @@ static inline int64_t glue_last(PyArrayObject *a) {
 static inline float *glue_fp(PyArrayObject *a) { return (float *)PyArray_DATA(a); }
 static inline int64_t *glue_ip(PyArrayObject *a) { return (int64_t *)PyArray_DATA(a); }
 
+/* ValueError "<prefix> <value>" (PyErr_Format has no %g) */
+void glue_value_error_float(const char *prefix, double value);
 /* Sizes passed to the engine as int must fit. */
 int glue_check_int_range(int64_t v, const char *what);
 

@@ -150,7 +150,7 @@ static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
     if (!A || !B) { Py_DECREF(key); return NULL; }
     if (!(dropout >= 0.0f && dropout < 1.0f)) {
         Py_DECREF(key);
-        PyErr_Format(PyExc_ValueError, "lora dropout must be in [0, 1), got %g", dropout);
+        glue_value_error_float("lora dropout must be in [0, 1), got", dropout);
         return NULL;
     }
     int rc = pc_encoder_set_lora(self->enc, index, A, B, scale, dropout);

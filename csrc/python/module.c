@@ -4,10 +4,11 @@
 
 static PyObject *backend_info(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     (void)self;
-    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O}", "blis_arch", pc_blis_arch(), "blis_version",
-                         pc_blis_version(), "num_threads", pc_get_num_threads(), "simd",
-                         pc_cpu_simd(), "blis_arch_from_env",
-                         pc_blis_arch_from_env() ? Py_True : Py_False);
+    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O,s:s}", "blis_arch", pc_blis_arch(),
+                         "blis_version", pc_blis_version(), "num_threads", pc_get_num_threads(),
+                         "simd", pc_cpu_simd(), "blis_arch_from_env",
+                         pc_blis_arch_from_env() ? Py_True : Py_False, "blis_arch_note",
+                         pc_blis_arch_note());
 }
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
