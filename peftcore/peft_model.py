@@ -139,12 +139,14 @@ class PeftModel(Module):
 
     @contextlib.contextmanager
     def disable_adapter(self):
-        """Run the bare base model inside the block."""
+        """Run the bare base model inside the block (blocks may nest)."""
+        was_disabled = self.base_model.disabled
         self.base_model.set_disabled(True)
         try:
             yield
         finally:
-            self.base_model.set_disabled(False)
+            if not was_disabled:
+                self.base_model.set_disabled(False)
 
     def merge_adapter(self):
         self.base_model.merge_adapter()

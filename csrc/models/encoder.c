@@ -411,7 +411,7 @@ static void dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed
     if (p <= 0.0f) return;
     float scale = 1.0f / (1.0f - p);
     PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++) d[i] = pc_dropout_keep(seed, (uint64_t)i, p) ? d[i] * scale : 0.0f;
+    for (int64_t i = 0; i < n; i++) d[i] = pc_keep(seed, (uint64_t)i, p) ? d[i] * scale : 0.0f;
 }
 
 /* ------------------------------------------------------------ linears */

@@ -70,8 +70,10 @@ void pc_relu_backward(float *dinp, const float *dout, const float *inp, int64_t 
 /* one row: y = exp(x - max) / Σ exp(x - max) */
 static inline void softmax_row(float *y, const float *x, int C) {
     float mx = -INFINITY;
+    #pragma omp simd reduction(max : mx)
     for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
     float sum = 0.0f;
+    #pragma omp simd reduction(+ : sum)
     for (int c = 0; c < C; c++) {
         y[c] = pc_expf(x[c] - mx);
         sum += y[c];
@@ -92,6 +94,7 @@ void pc_softmax_backward(float *dinp, const float *dout, const float *out, int N
         const float *y = out + (int64_t)n * C, *dy = dout + (int64_t)n * C;
         float *dx = dinp + (int64_t)n * C;
         float dot = 0.0f;
+        #pragma omp simd reduction(+ : dot)
         for (int c = 0; c < C; c++) dot += dy[c] * y[c];
         for (int c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - dot);
     }

@@ -11,7 +11,7 @@ static void dropout_probs(float *dst, const float *probs, int T, float p, uint64
     float scale = 1.0f / (1.0f - p);
     uint64_t base = (uint64_t)bh * T * T;
     for (int64_t e = 0; e < (int64_t)T * T; e++)
-        dst[e] = pc_dropout_keep(seed, base + e, p) ? probs[e] * scale : 0.0f;
+        dst[e] = pc_keep(seed, base + e, p) ? probs[e] * scale : 0.0f;
 }
 
 void pc_attention_forward(float *out, float *probs, const float *q, const float *k,
@@ -38,7 +38,9 @@ void pc_attention_forward(float *out, float *probs, const float *q, const float 
                     for (int j = 0; j < T; j++) s[j] += m[j] != 0.0f ? 0.0f : -FLT_MAX;
                 }
                 float mx = -INFINITY, sum = 0.0f;
+                #pragma omp simd reduction(max : mx)
                 for (int j = 0; j < T; j++) mx = s[j] > mx ? s[j] : mx;
+                #pragma omp simd reduction(+ : sum)
                 for (int j = 0; j < T; j++) {
                     s[j] = pc_expf(s[j] - mx);
                     sum += s[j];
@@ -94,12 +96,13 @@ void pc_attention_backward(float *dq, float *dk, float *dv, int ld_dqkv, const f
                 float inv_keep = 1.0f / (1.0f - dropout_p);
                 uint64_t base = (uint64_t)bh * T * T;
                 for (int64_t e = 0; e < (int64_t)T * T; e++)
-                    dS[e] = pc_dropout_keep(seed, base + e, dropout_p) ? dS[e] * inv_keep : 0.0f;
+                    dS[e] = pc_keep(seed, base + e, dropout_p) ? dS[e] * inv_keep : 0.0f;
             }
             for (int i = 0; i < T; i++) {
                 float *ds = dS + (int64_t)i * T;
                 const float *p = P + (int64_t)i * T;
                 float dot = 0.0f;
+                #pragma omp simd reduction(+ : dot)
                 for (int j = 0; j < T; j++) dot += ds[j] * p[j];
                 for (int j = 0; j < T; j++) ds[j] = p[j] * (ds[j] - dot);
             }

@@ -19,12 +19,22 @@ static inline int pc_threads_for(int64_t work) {
     return work >= 32768 ? pc_get_num_threads() : 1;
 }
 
+/* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(i+1);
+ * element i is kept iff its top 24 bits, as a uniform in [0,1), are >= p. */
+static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
 /* exp(x) for float, vectorisable: x = n·ln2 + r, exp(r) by a degree-6 polynomial.
  * Relative error ~2 ulp; NaN propagates; underflows to ~0 below -87. */
 static inline float pc_expf(float x) {
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.7f ? 88.7f : x;
-    float n = __builtin_roundf(x * 1.44269504088896341f);
+    float n = nearbyintf(x * 1.44269504088896341f);
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.0f / 720.0f;
@@ -36,9 +46,12 @@ static inline float pc_expf(float x) {
     p = p * r + 1.0f;
     /* n in [-126, 128]: build 2^n in two halves so n = 128 does not overflow the exponent */
     int32_t ni = (int32_t)n;
-    int32_t n1 = ni / 2, n2 = ni - n1;
-    union { uint32_t u; float f; } s1 = {(uint32_t)(n1 + 127) << 23}, s2 = {(uint32_t)(n2 + 127) << 23};
-    return p * s1.f * s2.f;
+    int32_t n1 = ni >> 1, n2 = ni - n1;
+    uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1); /* bit casts the vectoriser understands */
+    memcpy(&s2, &b2, sizeof s2);
+    return p * s1 * s2;
 }
 
 /* Φ(x), the standard normal CDF, via erfc (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7),

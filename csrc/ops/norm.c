@@ -10,9 +10,11 @@ void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
         const float *x = inp + (int64_t)n * C;
         float *y = out + (int64_t)n * C;
         double sum = 0.0;
+        #pragma omp simd reduction(+ : sum)
         for (int c = 0; c < C; c++) sum += x[c];
         float m = (float)(sum / C);
         double sq = 0.0;
+        #pragma omp simd reduction(+ : sq)
         for (int c = 0; c < C; c++) {
             float d = x[c] - m;
             sq += (double)d * d;
@@ -38,6 +40,7 @@ void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const floa
             float *dx = dinp + (int64_t)n * C;
             float m = mean[n], s = rstd[n];
             float g_mean = 0.0f, gx_mean = 0.0f;
+            #pragma omp simd reduction(+ : g_mean, gx_mean)
             for (int c = 0; c < C; c++) {
                 float g = dy[c] * weight[c];
                 g_mean += g;

@@ -13,7 +13,7 @@ static const float *dropped_row(float *buf, const float *x, int n, int in, float
     if (p <= 0.0f) return x;
     float scale = 1.0f / (1.0f - p);
     uint64_t base = (uint64_t)n * in;
-    for (int i = 0; i < in; i++) buf[i] = pc_dropout_keep(seed, base + i, p) ? x[i] * scale : 0.0f;
+    for (int i = 0; i < in; i++) buf[i] = pc_keep(seed, base + i, p) ? x[i] * scale : 0.0f;
     return buf;
 }
 
@@ -108,7 +108,7 @@ int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy,
                         for (int j = 0; j < r; j++) axpy(buf, g[j], A + (int64_t)j * in, in);
                         uint64_t base = (uint64_t)n * in;
                         for (int i = 0; i < in; i++)
-                            if (pc_dropout_keep(seed, base + i, p)) dxn[i] += buf[i] * inv_keep;
+                            if (pc_keep(seed, base + i, p)) dxn[i] += buf[i] * inv_keep;
                     }
                 }
             }

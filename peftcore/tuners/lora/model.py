@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 from ...models.modules import Linear, Module
@@ -75,6 +76,7 @@ class LoraModel(Module):
         self._modules["model"] = model
         self.peft_config: dict = {}
         self.active_adapter = adapter_name
+        self.disabled = False
         for _, p in model.named_parameters():
             p.requires_grad = False
         self.inject_adapter(adapter_name, plan_lora(model, config))
@@ -97,6 +99,7 @@ class LoraModel(Module):
             module = self.model.get_submodule(name)
             if isinstance(module, Linear):
                 module = LoraLinear(module, engine)
+                module.disabled = self.disabled
                 _replace(self.model, name, module)
             module.update_layer(adapter_name, r, alpha, config.lora_dropout,
                                 config.init_lora_weights, config.use_rslora, rng)
@@ -104,16 +107,41 @@ class LoraModel(Module):
             module = self.model.get_submodule(name)
             if not isinstance(module, ModulesToSaveWrapper):
                 module = ModulesToSaveWrapper(module, engine)
+                module.disabled = self.disabled
                 _replace(self.model, name, module)
             module.update(adapter_name)
         self.peft_config[adapter_name] = config
 
     def set_adapter(self, adapter_name: str):
-        """Make `adapter_name` the one the engine runs and the one that trains."""
+        """Make `adapter_name` the one the engine runs and the one that trains. A merged
+        model is unmerged first (with HF PEFT's warning)."""
+        if any(layer.merged_adapters for _, layer in self.lora_layers()):
+            warnings.warn("Adapter cannot be set when the model is merged. Unmerging the model first.",
+                          stacklevel=3)
+            self.unmerge_adapter()
         self.active_adapter = adapter_name
         for _, layer in self.lora_layers() + self.wrappers():
             layer.set_active(adapter_name if adapter_name in layer.adapter_names() else None)
         self._mark_trainable()
+
+    def _adapter_params(self):
+        """(adapter name, Parameter) of every LoRA factor and modules_to_save copy."""
+        for _, layer in self.lora_layers():
+            for adapter in layer.adapter_names():
+                for p in layer.weights(adapter):
+                    yield adapter, p
+        for _, wrapper in self.wrappers():
+            for adapter in wrapper.adapter_names():
+                for _, p in wrapper.modules_to_save[adapter].named_parameters():
+                    yield adapter, p
+
+    def _mark_adapter_params(self):
+        """Only the active adapter's factors and copies train (none in inference mode or
+        while adapters are disabled, as HF PEFT)."""
+        name = self.active_adapter
+        trainable = not self.peft_config[name].inference_mode and not self.disabled
+        for adapter, p in self._adapter_params():
+            p.requires_grad = trainable and adapter == name
 
     def _mark_trainable(self):
         name = self.active_adapter
@@ -121,16 +149,11 @@ class LoraModel(Module):
         trainable = not config.inference_mode
         for pname, p in self.model.named_parameters():
             p.requires_grad = False
-        for _, layer in self.lora_layers():
-            for adapter in layer.adapter_names():
-                for p in layer.weights(adapter):
-                    p.requires_grad = trainable and adapter == name
-            if trainable and config.bias == "lora_only" and name in layer.adapter_names():
-                layer.base_layer.bias.requires_grad = True
-        for _, wrapper in self.wrappers():
-            for adapter in wrapper.adapter_names():
-                for _, p in wrapper.modules_to_save[adapter].named_parameters():
-                    p.requires_grad = trainable and adapter == name
+        self._mark_adapter_params()
+        if trainable and config.bias == "lora_only":
+            for _, layer in self.lora_layers():
+                if name in layer.adapter_names():
+                    layer.base_layer.bias.requires_grad = True
         if trainable and config.bias == "all":
             for pname, p in self.model.named_parameters():
                 if pname.endswith("bias") and ".modules_to_save." not in pname \
@@ -138,9 +161,15 @@ class LoraModel(Module):
                     p.requires_grad = True
 
     def set_disabled(self, disabled: bool):
+        """Run the bare base model (adapter weights frozen meanwhile, as HF PEFT) or not.
+        Merged adapters are unmerged first: disabled means the base weights alone."""
+        if disabled:
+            self.unmerge_adapter()
+        self.disabled = bool(disabled)
         for _, layer in self.lora_layers() + self.wrappers():
-            layer.disabled = disabled
+            layer.disabled = self.disabled
             layer.sync()
+        self._mark_adapter_params()
 
     def delete_adapter(self, adapter_name: str):
         for _, layer in self.lora_layers() + self.wrappers():
