@@ -67,24 +67,9 @@ void pc_relu_backward(float *dinp, const float *dout, const float *inp, int64_t 
     for (int64_t i = 0; i < n; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
 }
 
-/* one row: y = exp(x - max) / Σ exp(x - max) */
-static inline void softmax_row(float *y, const float *x, int C) {
-    float mx = -INFINITY;
-    #pragma omp simd reduction(max : mx)
-    for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
-    float sum = 0.0f;
-    #pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; c++) {
-        y[c] = pc_expf(x[c] - mx);
-        sum += y[c];
-    }
-    float inv = 1.0f / sum;
-    for (int c = 0; c < C; c++) y[c] *= inv;
-}
-
 void pc_softmax_forward(float *out, const float *inp, int N, int C) {
     PC_PARALLEL_FOR((int64_t)N * C)
-    for (int n = 0; n < N; n++) softmax_row(out + (int64_t)n * C, inp + (int64_t)n * C, C);
+    for (int n = 0; n < N; n++) pc_softmax_row(out + (int64_t)n * C, inp + (int64_t)n * C, C);
 }
 
 /* dx = y ⊙ (dy - Σ_c dy·y) */
@@ -93,9 +78,7 @@ void pc_softmax_backward(float *dinp, const float *dout, const float *out, int N
     for (int n = 0; n < N; n++) {
         const float *y = out + (int64_t)n * C, *dy = dout + (int64_t)n * C;
         float *dx = dinp + (int64_t)n * C;
-        float dot = 0.0f;
-        #pragma omp simd reduction(+ : dot)
-        for (int c = 0; c < C; c++) dot += dy[c] * y[c];
+        float dot = pc_dot(dy, y, C);
         for (int c = 0; c < C; c++) dx[c] += y[c] * (dy[c] - dot);
     }
 }

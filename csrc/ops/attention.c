@@ -37,16 +37,7 @@ void pc_attention_forward(float *out, float *probs, const float *q, const float 
                     const float *m = key_mask + (int64_t)b * T;
                     for (int j = 0; j < T; j++) s[j] += m[j] != 0.0f ? 0.0f : -FLT_MAX;
                 }
-                float mx = -INFINITY, sum = 0.0f;
-                #pragma omp simd reduction(max : mx)
-                for (int j = 0; j < T; j++) mx = s[j] > mx ? s[j] : mx;
-                #pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < T; j++) {
-                    s[j] = pc_expf(s[j] - mx);
-                    sum += s[j];
-                }
-                float inv = 1.0f / sum;
-                for (int j = 0; j < T; j++) s[j] *= inv;
+                pc_softmax_row(s, s, T);
             }
             const float *P = S;
             if (use_dropout && dropped) {
@@ -101,9 +92,7 @@ void pc_attention_backward(float *dq, float *dk, float *dv, int ld_dqkv, const f
             for (int i = 0; i < T; i++) {
                 float *ds = dS + (int64_t)i * T;
                 const float *p = P + (int64_t)i * T;
-                float dot = 0.0f;
-                #pragma omp simd reduction(+ : dot)
-                for (int j = 0; j < T; j++) dot += ds[j] * p[j];
+                float dot = pc_dot(ds, p, T);
                 for (int j = 0; j < T; j++) ds[j] = p[j] * (ds[j] - dot);
             }
             pc_sgemm_serial(false, false, T, D, T, scale, dS, T, k + row0, ld_qkv, 1.0f,

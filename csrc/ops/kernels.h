@@ -76,4 +76,28 @@ static inline float pc_tanhf(float x) {
     return a < 0.3f ? small : big;
 }
 
+/* one row in place or out of place: y = exp(x - max) / Σ exp(x - max) */
+static inline void pc_softmax_row(float *y, const float *x, int C) {
+    float mx = -INFINITY;
+    #pragma omp simd reduction(max : mx)
+    for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+    float sum = 0.0f;
+    #pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; c++) {
+        y[c] = pc_expf(x[c] - mx);
+        sum += y[c];
+    }
+    float inv = 1.0f / sum;
+    #pragma omp simd
+    for (int c = 0; c < C; c++) y[c] *= inv;
+}
+
+/* Σ a·b, vectorised (the order is fixed for a given n, so results are reproducible) */
+static inline float pc_dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    #pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
 #endif

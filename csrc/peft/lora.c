@@ -17,13 +17,6 @@ static const float *dropped_row(float *buf, const float *x, int n, int in, float
     return buf;
 }
 
-static float dot(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 static void axpy(float *y, float a, const float *x, int n) {
     #pragma omp simd
     for (int i = 0; i < n; i++) y[i] += a * x[i];
@@ -53,7 +46,7 @@ int pc_lora_forward(float *y, int ldy, float *u, const float *x, int ldx, const 
             if (p > 0.0f && !buf) continue;
             const float *xd = dropped_row(buf, x + (int64_t)n * ldx, n, in, p, seed);
             float *un = u + (int64_t)n * r, *yn = y + (int64_t)n * ldy;
-            for (int j = 0; j < r; j++) un[j] = dot(xd, A + (int64_t)j * in, in);
+            for (int j = 0; j < r; j++) un[j] = pc_dot(xd, A + (int64_t)j * in, in);
             for (int j = 0; j < r; j++) axpy(yn, un[j], Bt + (int64_t)j * out, out);
         }
         free(buf);
@@ -90,7 +83,7 @@ int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy,
             int n1 = (chunk + 1) * CHUNK < N ? (chunk + 1) * CHUNK : N;
             for (int n = chunk * CHUNK; n < n1; n++) {
                 const float *dyn = dy + (int64_t)n * ldy;
-                for (int j = 0; j < r; j++) g[j] = scale * dot(dyn, Bt + (int64_t)j * out, out);
+                for (int j = 0; j < r; j++) g[j] = scale * pc_dot(dyn, Bt + (int64_t)j * out, out);
                 if (dB)
                     for (int j = 0; j < r; j++)
                         axpy(dBt_part + (int64_t)j * out, scale * u[(int64_t)n * r + j], dyn, out);
