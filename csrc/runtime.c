@@ -200,6 +200,11 @@ void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, cons
         scale_output(C, M, N, ldc, beta);
         return;
     }
+    /* small products: thread start-up and barriers cost more than they save */
+    if ((int64_t)M * N * K < ((int64_t)1 << 21) || num_threads == 1) {
+        pc_sgemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     /* row-major: element (i,p) of A sits at A[i*lda + p], i.e. row stride lda, col stride 1 */
     bli_sgemm(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
               trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A, lda,

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +22,8 @@ from .tuners.lora.layer import LoraLinear
 from .tuners.lora.model import LoraModel, plan_lora
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
-from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_safetensors, save_adapter_files
+from .utils import io as _io
+from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_safetensors
 
 _PREFIX = "base_model.model."
 
@@ -62,11 +68,14 @@ def _all_or_irregular(flags):
     return "irregular"
 
 
-def _prepare_config(config, base_model: EncoderModel):
+def _prepare_config(config, base_model: EncoderModel, model_task=None):
+    """A copy of `config` with the task head added to modules_to_save. As in HF PEFT, the
+    head comes from the PeftModel's task (the first adapter's task_type, `model_task`), so
+    every adapter of a SEQ_CLS model saves its own classifier."""
     if not isinstance(config, LoraConfig):
         raise ValueError(f"peftcore supports LoraConfig adapters; got {type(config).__name__}")
     config = copy.deepcopy(config)
-    task = getattr(config.task_type, "value", config.task_type)
+    task = getattr(config.task_type, "value", config.task_type) if model_task is None else model_task
     extra = TASK_MODULES_TO_SAVE.get(task, [])
     if extra:
         current = list(config.modules_to_save or [])
@@ -74,6 +83,13 @@ def _prepare_config(config, base_model: EncoderModel):
     if not config.base_model_name_or_path:
         config.base_model_name_or_path = base_model.config.name_or_path or None
     return config
+
+
+def _remove_adapter_name(key: str, adapter_name: str) -> str:
+    """HF PEFT's checkpoint key of a model key: `<...>.lora_A.<adapter>.weight` ->
+    `<...>.lora_A.weight` (only when the adapter name is the second-to-last part)."""
+    head, _, suffix = key.rpartition(".")
+    return re.sub(re.escape(f".{adapter_name}") + "$", "", head) + "." + suffix
 
 
 class PeftModel(Module):
@@ -86,6 +102,8 @@ class PeftModel(Module):
         if not isinstance(model, EncoderModel):
             raise TypeError(f"get_peft_model expects a peftcore model, got {type(model).__name__}")
         config = _prepare_config(peft_config, model)
+        # the model's task is fixed by its first adapter (HF PEFT picks the PeftModel class by it)
+        self._task_type = getattr(config.task_type, "value", config.task_type) or ""
         self._modules["base_model"] = LoraModel(model, config, adapter_name)
 
     # ------------------------------------------------------------ adapters
@@ -116,10 +134,18 @@ class PeftModel(Module):
             raise ValueError(f"an adapter named {adapter_name!r} already exists; existing adapters: "
                              f"{list(self.peft_config)}")
 
+    def _check_bias(self, config):
+        """As HF PEFT: biases are shared base parameters, so one adapter at most may train them."""
+        if getattr(config, "bias", "none") != "none" and any(
+                c.bias != "none" for c in self.peft_config.values()):
+            raise ValueError("LoraModel supports only 1 adapter with bias. When using multiple "
+                             "adapters, set bias to 'none' for all adapters.")
+
     def add_adapter(self, adapter_name: str, peft_config):
         """Add a new (inactive, frozen) adapter; activate it with set_adapter()."""
         self._check_new_name(adapter_name)
-        config = _prepare_config(peft_config, self.get_base_model())
+        self._check_bias(peft_config)
+        config = _prepare_config(peft_config, self.get_base_model(), self._task_type)
         plan = plan_lora(self.get_base_model(), config)
         self.base_model.inject_adapter(adapter_name, plan)
         self.base_model.set_adapter(self.active_adapter)
@@ -266,7 +292,9 @@ class PeftModel(Module):
     # ------------------------------------------------------------ files
 
     def adapter_state_dict(self, adapter_name: str) -> dict:
-        """HF PEFT's saved keys (adapter name removed) -> float32 arrays."""
+        """HF PEFT's saved keys (adapter name removed) -> float32 arrays. Biases are keyed as
+        HF PEFT saves them: a LoRA layer's as `<name>.base_layer.bias`, and with bias="all"
+        every bias of the model, modules_to_save wrappers' included."""
         if adapter_name not in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
         state = {}
@@ -276,17 +304,19 @@ class PeftModel(Module):
                 A, B = layer.weights(adapter_name)
                 state[f"{_PREFIX}{name}.lora_A.weight"] = np.array(A)
                 state[f"{_PREFIX}{name}.lora_B.weight"] = np.array(B)
-                if config.bias == "lora_only":
-                    state[f"{_PREFIX}{name}.bias"] = np.array(layer.base_layer.bias)
+            if config.bias == "lora_only":  # HF saves the bias of every LoRA layer
+                state[f"{_PREFIX}{name}.base_layer.bias"] = np.array(layer.base_layer.bias)
         for name, wrapper in self.base_model.wrappers():
             if adapter_name in wrapper.adapter_names():
                 for pname, p in wrapper.modules_to_save[adapter_name].named_parameters():
                     state[f"{_PREFIX}{name}.{pname}"] = np.array(p)
         if config.bias == "all":
+            others = [a for a in self.peft_config if a != adapter_name]
             for pname, p in self.get_base_model().named_parameters():
-                if pname.endswith(".bias") and ".modules_to_save." not in pname \
-                        and ".original_module." not in pname:
-                    state[_PREFIX + pname.replace(".base_layer.", ".")] = np.array(p)
+                if not pname.endswith(".bias") or any(f".modules_to_save.{a}." in pname
+                                                      for a in others):
+                    continue
+                state.setdefault(_remove_adapter_name(_PREFIX + pname, adapter_name), np.array(p))
         return state
 
     def save_pretrained(self, save_directory, selected_adapters=None):
@@ -303,7 +333,7 @@ class PeftModel(Module):
             out = save_directory if name == "default" else save_directory / name
             config = copy.deepcopy(self.peft_config[name])
             config.inference_mode = True
-            save_adapter_files(out, config, self.adapter_state_dict(name))
+            _write_adapter_folder(out, config.to_dict(), self.adapter_state_dict(name))
 
     @staticmethod
     def _read_adapter(directory):
@@ -331,24 +361,34 @@ class PeftModel(Module):
             expected[f"{_PREFIX}{name}.lora_A.weight"] = (r, fin)
             expected[f"{_PREFIX}{name}.lora_B.weight"] = (fout, r)
         model = self.get_base_model()
+        aliases = []  # (regex, shape): HF's extra keys of wrapped biases (bias="all")
         for name in plan.modules_to_save:
             module = model.get_submodule(name)
             if isinstance(module, ModulesToSaveWrapper):
                 module = module.original_module
             for pname, p in module.named_parameters():
                 expected[f"{_PREFIX}{name}.{pname}"] = p.shape
+                if pname.endswith("bias") and plan.config.bias == "all":
+                    expected[f"{_PREFIX}{name}.original_module.{pname}"] = p.shape
+                    aliases.append((re.compile(re.escape(f"{_PREFIX}{name}.modules_to_save.")
+                                               + r"(?:[^.]+\.)?" + re.escape(pname) + "$"), p.shape))
         if plan.config.bias != "none":
             for pname, p in model.named_parameters():
-                if pname.endswith(".bias"):
+                if pname.endswith(".bias") and ".modules_to_save." not in pname:
                     clean = pname.replace(".base_layer.", ".").replace(".original_module.", ".")
                     expected.setdefault(_PREFIX + clean, p.shape)
+                    # HF PEFT's key for the bias of a LoRA layer (older peftcore wrote `clean`)
+                    expected.setdefault(f"{_PREFIX}{clean[:-len('.bias')]}.base_layer.bias", p.shape)
         for key, value in weights.items():
-            if key not in expected:
+            shape = expected.get(key)
+            if shape is None:
+                shape = next((s for pattern, s in aliases if pattern.match(key)), None)
+            if shape is None:
                 raise ValueError(f"adapter tensor {key!r} does not match any module of the base "
                                  f"model for this adapter config")
-            if tuple(np.shape(value)) != tuple(expected[key]):
+            if tuple(np.shape(value)) != tuple(shape):
                 raise ValueError(f"adapter tensor {key!r} has shape {tuple(np.shape(value))}, the "
-                                 f"base model needs {tuple(expected[key])}")
+                                 f"base model needs {tuple(shape)}")
         lora_keys = [k for k in expected if ".lora_" in k]
         missing = [k for k in lora_keys if k not in weights]
         if missing:
@@ -365,13 +405,19 @@ class PeftModel(Module):
         for name, wrapper in self.base_model.wrappers():
             if adapter_name in wrapper.adapter_names():
                 for pname, p in wrapper.modules_to_save[adapter_name].named_parameters():
-                    key = f"{_PREFIX}{name}.{pname}"
-                    if key in weights:
-                        p[...] = weights[key]
+                    for key in (f"{_PREFIX}{name}.{pname}", f"{_PREFIX}{name}.modules_to_save.{pname}"):
+                        if key in weights:
+                            p[...] = weights[key]
+                            break
         for pname, p in model.named_parameters():
-            key = _PREFIX + pname.replace(".base_layer.", ".")
-            if pname.endswith(".bias") and key in weights and ".modules_to_save." not in pname:
-                p[...] = weights[key]
+            if not pname.endswith(".bias") or ".modules_to_save." in pname:
+                continue
+            bare = pname.replace(".base_layer.", ".")
+            for key in (_PREFIX + pname, _PREFIX + bare,
+                        f"{_PREFIX}{bare[:-len('.bias')]}.base_layer.bias"):
+                if key in weights:
+                    p[...] = weights[key]
+                    break
 
     @classmethod
     def from_pretrained(cls, model: EncoderModel, model_id, adapter_name: str = "default",
@@ -395,13 +441,70 @@ class PeftModel(Module):
         """Load another saved adapter under `adapter_name` (not activated)."""
         self._check_new_name(adapter_name)
         config, weights = self._read_adapter(model_id)
+        self._check_bias(config)
         config.inference_mode = not is_trainable
-        prepared = _prepare_config(config, self.get_base_model())
+        prepared = _prepare_config(config, self.get_base_model(), self._task_type)
         plan = plan_lora(self.get_base_model(), prepared)
         self._assign_weights(adapter_name, weights, plan)
         self.base_model.inject_adapter(adapter_name, plan)
         self.base_model.set_adapter(self.active_adapter)
         self._load_into(adapter_name, weights)
+
+
+def _write_adapter_folder(directory: Path, config_dict: dict, tensors: dict) -> None:
+    """Write adapter_model.safetensors and adapter_config.json into `directory` as one unit:
+    both are serialised and staged as fsynced temp files first, then renamed into place; if
+    anything fails, files already replaced are restored, so the folder keeps the previous
+    adapter (or none) and no temp file is left."""
+    if directory.is_file():
+        raise ValueError(f"Provided path ({directory}) should be a directory, not a file")
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    payloads = [
+        (SAFETENSORS_WEIGHTS_NAME, lambda: _io.safetensors.numpy.save(
+            arrays, metadata=dict(_io.DEFAULT_SAFETENSORS_METADATA))),
+        (CONFIG_NAME, lambda: json.dumps(config_dict, indent=2, sort_keys=True).encode("utf-8")),
+    ]
+    data = [(name, make()) for name, make in payloads]  # serialisation errors: nothing written
+    directory.mkdir(parents=True, exist_ok=True)
+    staged, backups, replaced = [], {}, []
+    try:
+        for name, blob in data:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            staged.append((tmp, directory / name))
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_io._UMASK)
+        for tmp, final in staged:
+            if final.exists():
+                fd, backup = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".bak", dir=directory)
+                os.close(fd)
+                os.unlink(backup)
+                try:
+                    os.link(final, backup)
+                except OSError:  # no hard links here: copy
+                    shutil.copy2(final, backup)
+                backups[final] = backup
+            os.replace(tmp, final)
+            replaced.append(final)
+    except BaseException:
+        for final in reversed(replaced):  # put the previous files back
+            try:
+                if final in backups:
+                    os.replace(backups.pop(final), final)
+                else:
+                    os.unlink(final)
+            except OSError:
+                pass
+        raise
+    finally:
+        for path in [tmp for tmp, _ in staged] + list(backups.values()):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        _io._fsync_dir(str(directory))
 
 
 class _PlanView(Module):
