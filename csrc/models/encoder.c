@@ -35,7 +35,7 @@ typedef struct {
 
 typedef struct {
     pc_tensor *t;
-    char name[96];
+    char name[128];
     bool is_head;
 } named_param;
 
@@ -67,10 +67,8 @@ struct pc_encoder {
 
 /* ------------------------------------------------------------ construction */
 
-static pc_tensor *new_param(pc_encoder *enc, const char *name, bool is_head, int ndim, int64_t a,
-                            int64_t b) {
-    int64_t shape[2] = {a, b};
-    pc_tensor *t = pc_tensor_new(PC_FLOAT32, ndim, shape);
+/* Add t to the named parameter list (the list owns the reference); NULL when out of memory. */
+static pc_tensor *register_param(pc_encoder *enc, pc_tensor *t, const char *name, bool is_head) {
     if (!t) return NULL;
     t->requires_grad = true;
     if (enc->num_params == enc->params_cap) {
@@ -87,25 +85,17 @@ static pc_tensor *new_param(pc_encoder *enc, const char *name, bool is_head, int
     return t;
 }
 
-/* register a view (q/k/v rows of the fused buffers) under its own name */
+static pc_tensor *new_param(pc_encoder *enc, const char *name, bool is_head, int ndim, int64_t a,
+                            int64_t b) {
+    int64_t shape[2] = {a, b};
+    return register_param(enc, pc_tensor_new(PC_FLOAT32, ndim, shape), name, is_head);
+}
+
+/* a view (q/k/v rows of the fused buffers) registered under its own name */
 static pc_tensor *new_view_param(pc_encoder *enc, const char *name, pc_tensor *base,
                                  int64_t offset, int ndim, int64_t a, int64_t b) {
     int64_t shape[2] = {a, b};
-    pc_tensor *t = pc_tensor_view(base, offset, ndim, shape);
-    if (!t) return NULL;
-    t->requires_grad = true;
-    if (enc->num_params == enc->params_cap) {
-        int cap = enc->params_cap ? enc->params_cap * 2 : 64;
-        named_param *p = realloc(enc->params, sizeof *p * cap);
-        if (!p) { pc_tensor_release(t); return NULL; }
-        enc->params = p;
-        enc->params_cap = cap;
-    }
-    named_param *np = &enc->params[enc->num_params++];
-    np->t = t;
-    snprintf(np->name, sizeof np->name, "%s", name);
-    np->is_head = false;
-    return t;
+    return register_param(enc, pc_tensor_view(base, offset, ndim, shape), name, false);
 }
 
 static pc_linear_slot *init_slot(pc_encoder *enc, int index, const char *name, int layer,
@@ -783,6 +773,9 @@ static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_
 int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
                         const float *d_pooled) {
     if (!enc->has_forward) return -2;
+    /* one backward per forward, whatever part of the model it reaches (and also when it
+     * fails half-way): the layer loop below overwrites activations with gradients */
+    enc->has_forward = false;
     const pc_encoder_config *c = &enc->cfg;
     const int N = enc->B * enc->T, C = c->hidden;
     /* the lowest part of the model holding anything trainable: below it nothing is needed */
@@ -810,7 +803,6 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
         if (layer_backward(enc, l, x, d_out, d_in, need_dx) < 0) return -1;
         d_out = d_in;
     }
-    enc->has_forward = false; /* activations were overwritten by gradients */
     if (emb && embeddings_backward(enc, d_out) < 0) return -1;
     return 0;
 }

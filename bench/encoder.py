@@ -1,0 +1,271 @@
+"""Encoder training step and inference: peftcore beside PyTorch/transformers, side by side.
+
+    python bench/encoder.py [--models minilm,bert-base] [--steps N] [--warmup N]
+                            [--batch 32] [--seq 128] [--threads 2] [--quick]
+
+For each model shape, a transformers BertForSequenceClassification (2 labels) is built with
+a fixed seed and saved to a temporary folder; both frameworks load that folder, so they run
+the same config with the same weights on the same random batch (B × T tokens, no padding).
+
+  train  forward + backward with labels (cross-entropy), full fine-tune, train mode (dropout
+         0.1 as in the config), gradients zeroed each step; no optimizer step.
+  infer  forward only, eval mode (torch under inference_mode).
+
+Each framework × model × mode runs in its own child process, so the peak RSS
+(getrusage(RUSAGE_SELF).ru_maxrss at the end of the child) is that run's alone; it includes
+the interpreter, the imported libraries, the weights, activations and gradients. "load MB"
+is the resident size after loading the model, before the first step. sequences/s counts the
+median timed step (after the warm-up steps). The machine's load average is printed with
+each run: other processes competing for the cores distort the timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODELS = {
+    # all-MiniLM-L6-v2's shapes
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536, vocab_size=30522),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, vocab_size=30522),
+}
+FRAMEWORKS = ("torch", "peftcore")
+MODES = ("train", "infer")
+
+
+# ------------------------------------------------------------------ child side
+
+def rss_mb() -> float:
+    """Current resident set size in MB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def make_batch(args, vocab_size):
+    import numpy as np
+    rng = np.random.default_rng(1234)
+    ids = rng.integers(1000, vocab_size, size=(args.batch, args.seq), dtype=np.int64)
+    ids[:, 0] = 101   # [CLS]
+    ids[:, -1] = 102  # [SEP]
+    mask = np.ones_like(ids)
+    labels = rng.integers(0, 2, size=args.batch, dtype=np.int64)
+    return ids, mask, labels
+
+
+def child_prepare(args):
+    """Build the transformers model with a fixed seed and save it to args.folder."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_labels=2, **MODELS[args.model])
+    model = transformers.BertForSequenceClassification(config)
+    model.save_pretrained(args.folder)
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+def child_torch(args):
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads)
+    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
+    ids, mask, labels = make_batch(args, model.config.vocab_size)
+    ids, mask, labels = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+    load_mb = rss_mb()
+    if args.mode == "train":
+        model.train()
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            out.loss.backward()
+            return float(out.loss)
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                return float(model(input_ids=ids, attention_mask=mask).logits[0, 0])
+    info = {"attn_implementation": model.config._attn_implementation,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+    return run_steps(args, step, load_mb, info)
+
+
+def child_peftcore(args):
+    import warnings
+
+    import peftcore
+    peftcore.set_num_threads(args.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the saved head must load too
+        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    ids, mask, labels = make_batch(args, model.config.vocab_size)
+    load_mb = rss_mb()
+    if args.mode == "train":
+        model.train()
+
+        def step():
+            model.zero_grad()
+            out = model(ids, attention_mask=mask, labels=labels)
+            model.backward()
+            return float(out.loss)
+    else:
+        model.eval()
+
+        def step():
+            return float(model(ids, attention_mask=mask).logits[0, 0])
+    info = {"blis": peftcore.backend_info().get("blis_arch"),
+            "activation_MB": None}
+    result = run_steps(args, step, load_mb, info)
+    result["info"]["activation_MB"] = round(model._engine.activation_bytes() / 2**20, 1)
+    return result
+
+
+def run_steps(args, step, load_mb, info):
+    import math
+    for _ in range(args.warmup):
+        step()
+    times, value = [], None
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        value = step()
+        times.append(time.perf_counter() - t0)
+    assert math.isfinite(value), f"non-finite output {value}"
+    return {"seq_per_s": args.batch / statistics.median(times),
+            "step_s": statistics.median(times), "times": times, "load_mb": load_mb,
+            "peak_mb": peak_rss_mb(), "value": value, "info": info}
+
+
+def child_main(args):
+    if args.child == "prepare":
+        result = child_prepare(args)
+    elif args.child == "torch":
+        result = child_torch(args)
+    else:
+        result = child_peftcore(args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------ parent side
+
+def run_child(kind, args, model, folder, mode="train"):
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--folder", str(folder),
+           "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    load_after = os.getloadavg()[0]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"child {kind} {model} {mode} failed (exit {proc.returncode}):\n"
+                 f"{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["load"] = (load_before, load_after)
+    return result
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="minilm,bert-base",
+                    help=f"comma-separated, from {', '.join(MODELS)} (default: %(default)s)")
+    ap.add_argument("--modes", default="train,infer", help="default: %(default)s")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; quick 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 1)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
+    ap.add_argument("--json", help="also write all results to this file")
+    # child-only options
+    ap.add_argument("--child", choices=("prepare",) + FRAMEWORKS, help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=MODES, default="train", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.quick:
+        args.steps = 1 if args.steps is None else args.steps
+        args.warmup = 0 if args.warmup is None else args.warmup
+        args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
+    args.steps = 5 if args.steps is None else args.steps
+    args.warmup = 1 if args.warmup is None else args.warmup
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1:
+        ap.error("--steps, --batch, --threads must be >= 1, --seq >= 2, --warmup >= 0")
+    if args.child:
+        return args
+    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.model_list if m not in MODELS] + [
+        m for m in args.mode_list if m not in MODES]
+    if bad or not args.model_list or not args.mode_list:
+        ap.error(f"unknown model/mode {bad}; models: {', '.join(MODELS)}; modes: train, infer")
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.child:
+        return child_main(args)
+    print(f"encoder bench: batch {args.batch} x seq {args.seq}, {args.threads} threads, "
+          f"{args.warmup} warm-up + {args.steps} timed steps; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average {load_average()}", flush=True)
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory(prefix="peftcore_bench_") as tmp:
+        for model in args.model_list:
+            folder = Path(tmp) / model
+            prep = run_child("prepare", args, model, folder)
+            print(f"  {model}: {prep['params'] / 1e6:.1f}M parameters", flush=True)
+            for mode in args.mode_list:
+                res = {}
+                for fw in FRAMEWORKS:
+                    res[fw] = run_child(fw, args, model, folder, mode)
+                    r = res[fw]
+                    print(f"    {mode:5s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  step "
+                          f"{r['step_s']:.3f} s  peak {r['peak_mb']:.0f} MB  "
+                          f"(after load {r['load_mb']:.0f} MB)  load avg {r['load'][0]:.1f}->"
+                          f"{r['load'][1]:.1f}  {r['info']}", flush=True)
+                results[f"{model}/{mode}"] = res
+                rows.append((model, mode, res["torch"], res["peftcore"]))
+    print(f"\nload average at the end: {load_average()}\n")
+    header = ("| model | mode | torch seq/s | peftcore seq/s | speed ratio (pc/torch) "
+              "| torch peak MB | peftcore peak MB | RSS ratio (pc/torch) | torch MB after load "
+              "| peftcore MB after load |")
+    print(header)
+    print("|" + "|".join(["---"] * 10) + "|")
+    for model, mode, t, p in rows:
+        print(f"| {model} | {mode} | {t['seq_per_s']:.2f} | {p['seq_per_s']:.2f} | "
+              f"{p['seq_per_s'] / t['seq_per_s']:.2f}x | {t['peak_mb']:.0f} | {p['peak_mb']:.0f} | "
+              f"{p['peak_mb'] / t['peak_mb']:.2f} | {t['load_mb']:.0f} | {p['load_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
+             "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
