@@ -1,5 +1,11 @@
 """peftcore: parameter-efficient fine-tuning on a C engine over BLIS."""
-from . import _C
+import os as _os
+
+# Idle OpenMP threads of the engine should sleep, not spin: spinning steals the cores from
+# BLIS's own threads between kernels (libgomp reads this once, when it is loaded).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _C  # noqa: E402
 from . import functional
 from ._C import Tensor
 

@@ -85,12 +85,6 @@ OPS = {
     "mse_loss_backward": (F.mse_loss_backward, lambda: [f32(3, 5), f32(3, 5)], [0, 1], []),
 }
 
-# Known bugs (reported; strict xfail so a fix shows up as XPASS and the marker is removed):
-# the pure-Python no-op paths of dropout (p == 0 or training=False), dropout_backward and
-# add_backward convert anything with np.array(..., dtype=float32): None becomes a NaN
-# scalar and float64 input is silently accepted.
-NO_TYPECHECK_BUG = {"dropout_eval", "dropout_p0", "dropout_backward_eval", "add_backward"}
-BUG_PY_PATH = "functional.py converts with np.array(x, float32) instead of checking"
 
 
 # ------------------------------------------------------------------ case registry
@@ -457,8 +451,6 @@ def test_no_case_crashes(crashes):
 @pytest.mark.parametrize("name,op,expected,given", DTYPE_CASES,
                          ids=[c[0] for c in DTYPE_CASES])
 def test_wrong_dtype_raises_type_error(crashes, name, op, expected, given, request):
-    if op in NO_TYPECHECK_BUG:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BUG_PY_PATH))
     run = survive(crashes, name)
     with pytest.raises(TypeError) as e:
         run()
@@ -469,12 +461,6 @@ def test_wrong_dtype_raises_type_error(crashes, name, op, expected, given, reque
 
 @pytest.mark.parametrize("name,op", NONE_CASES, ids=[c[0] for c in NONE_CASES])
 def test_none_raises_type_error(crashes, name, op, request):
-    if op in NO_TYPECHECK_BUG:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BUG_PY_PATH))
-    if name == "none:layer_norm:arg0":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="layer_norm's normalized_shape check runs np.shape(None) first "
-                                "and raises ValueError"))
     run = survive(crashes, name)
     with pytest.raises(TypeError):
         run()
@@ -503,16 +489,12 @@ def test_dropout_p_outside_range(crashes, name):
     assert "p must be in [0, 1)" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG csrc/python/functional.c check_p: PyErr_Format has "
-                                       "no %g, the message ends with a literal '%g'")
 def test_dropout_p_message_names_the_value():
     with pytest.raises(ValueError) as e:
         F.dropout(f32(3), 1.5, seed=1)
     assert "1.5" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG csrc/python/functional.c layernorm: PyErr_Format "
-                                       "has no %g, the message ends with a literal '%g'")
 def test_layer_norm_eps_message_names_the_value():
     with pytest.raises(ValueError) as e:
         F.layer_norm(f32(3, 5), 5, f32(5), f32(5), eps=-0.25)
@@ -521,10 +503,6 @@ def test_layer_norm_eps_message_names_the_value():
 
 @pytest.mark.parametrize("name", DROPOUT_EVAL_P)
 def test_dropout_eval_p_validation(crashes, name, request):
-    if "backward" in name:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="dropout_backward(training=False) does not validate p while "
-                                "dropout(training=False) does"))
     run = survive(crashes, name)
     with pytest.raises(ValueError):
         run()

@@ -277,8 +277,6 @@ def _pad_row_grads(model, model_type, ids, mask):
             for name, row in _padding_rows(model_type)]
 
 
-@pytest.mark.xfail(strict=True, reason="masked keys get probability ~1e-38, not 0: the softmax "
-                   "adds -FLT_MAX and pc_expf clamps its input at -87.3 (torch gives exactly 0)")
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_masked_positions_get_exactly_zero_gradient(model_type):
     """Padded positions can't influence the logits, so their embedding rows get exactly 0."""
@@ -289,9 +287,6 @@ def test_masked_positions_get_exactly_zero_gradient(model_type):
     assert leaks == [0.0] * len(leaks)
 
 
-@pytest.mark.xfail(strict=True, reason="engine accumulates gradient into the padding_idx rows of "
-                   "word (and RoBERTa position) embeddings; torch.nn.Embedding(padding_idx) "
-                   "does not")
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_padding_idx_rows_get_no_gradient(model_type):
     """A pad token inside the attended span (attention_mask 1) does reach the loss, but

@@ -719,6 +719,12 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
     if (oom) return -1;
     if (dw) pc_embedding_backward(dw, d_sum, enc->ids, N, C);
     if (dp) pc_embedding_backward(dp, d_sum, enc->positions, N, C);
+    /* as torch's Embedding(padding_idx): the padding row is never updated */
+    const pc_encoder_config *c = &enc->cfg;
+    if (dw && c->word_padding_idx >= 0 && c->word_padding_idx < c->vocab_size)
+        memset(dw + (int64_t)c->word_padding_idx * C, 0, sizeof(float) * C);
+    if (dp && c->position_padding_idx >= 0 && c->position_padding_idx < c->max_positions)
+        memset(dp + (int64_t)c->position_padding_idx * C, 0, sizeof(float) * C);
     if (dt) pc_embedding_backward(dt, d_sum, enc->types, N, C);
     return 0;
 }

@@ -19,6 +19,8 @@ typedef struct {
     bool add_pooler;      /* BertModel / RobertaModel pooler (tanh(dense(h[:,0]))) */
     pc_head_kind head;    /* sequence-classification head, or none */
     int num_labels;
+    int word_padding_idx;     /* embedding row that never gets a gradient, or -1 */
+    int position_padding_idx; /* RoBERTa's padding position, or -1 */
 } pc_encoder_config;
 
 /* A LoRA adapter on one linear: y += scale · dropout(x)·Aᵀ·Bᵀ, A (r,in), B (out,r). */

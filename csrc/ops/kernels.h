@@ -30,9 +30,11 @@ static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
 }
 
 /* exp(x) for float, vectorisable: x = n·ln2 + r, exp(r) by a degree-6 polynomial.
- * Relative error ~2 ulp; NaN propagates; underflows to ~0 below -87. */
+ * Relative error ~2 ulp; NaN propagates; exactly 0 below -87.3 (so masked attention keys
+ * get probability 0, as in torch). */
 static inline float pc_expf(float x) {
-    x = x < -87.3f ? -87.3f : x;
+    const bool underflow = x < -87.3f;
+    x = underflow ? -87.3f : x;
     x = x > 88.7f ? 88.7f : x;
     float n = nearbyintf(x * 1.44269504088896341f);
     float r = x - n * 0.693145751953125f;
@@ -51,7 +53,7 @@ static inline float pc_expf(float x) {
     float s1, s2;
     memcpy(&s1, &b1, sizeof s1); /* bit casts the vectoriser understands */
     memcpy(&s2, &b2, sizeof s2);
-    return p * s1 * s2;
+    return underflow ? 0.0f : p * s1 * s2;
 }
 
 /* Φ(x), the standard normal CDF, via erfc (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7),

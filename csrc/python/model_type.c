@@ -53,7 +53,9 @@ static int encoder_init(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
         if (rc < 0) return -1;
     }
     int act = 0, pooler = 1, head = 0, labels = 0;
-    if (get_int(d, "activation", &act, 0) < 0 || get_int(d, "add_pooler", &pooler, 1) < 0 ||
+    if (get_int(d, "word_padding_idx", &c.word_padding_idx, -2) < 0 ||
+        get_int(d, "position_padding_idx", &c.position_padding_idx, -2) < 0 ||
+        get_int(d, "activation", &act, 0) < 0 || get_int(d, "add_pooler", &pooler, 1) < 0 ||
         get_int(d, "head", &head, 0) < 0 || get_int(d, "num_labels", &labels, 0) < 0 ||
         get_float(d, "layer_norm_eps", &c.layer_norm_eps, 1e-12f) < 0 ||
         get_float(d, "hidden_dropout_prob", &c.hidden_dropout, 0.1f) < 0 ||

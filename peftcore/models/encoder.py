@@ -72,7 +72,9 @@ class EncoderModel(Module):
             attention_probs_dropout_prob=c.attention_probs_dropout_prob,
             classifier_dropout=c.effective_classifier_dropout,
             activation=ACTIVATIONS[c.hidden_act], add_pooler=int(self._has_pooler()),
-            head=head, num_labels=c.num_labels if self.with_head else 0)
+            head=head, num_labels=c.num_labels if self.with_head else 0,
+            word_padding_idx=c.pad_token_id if c.pad_token_id is not None else -1,
+            position_padding_idx=c.pad_token_id if c.model_type == "roberta" else -1)
 
     def _has_pooler(self) -> bool:
         # BertForSequenceClassification pools; RobertaForSequenceClassification does not
