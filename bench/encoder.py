@@ -9,7 +9,7 @@ the same config with the same weights on the same random batch (B × T tokens, n
 
   train  forward + backward with labels (cross-entropy), full fine-tune, train mode (dropout
          0.1 as in the config), gradients zeroed each step; no optimizer step.
-  infer  forward only, eval mode (torch under inference_mode).
+  infer  forward only, eval mode (torch under inference_mode, peftcore under no_grad).
 
 Each framework × model × mode runs in its own child process, so the peak RSS
 (getrusage(RUSAGE_SELF).ru_maxrss at the end of the child) is that run's alone; it includes
@@ -129,7 +129,8 @@ def child_peftcore(args):
         model.eval()
 
         def step():
-            return float(model(ids, attention_mask=mask).logits[0, 0])
+            with peftcore.no_grad():  # as torch.inference_mode on the other side
+                return float(model(ids, attention_mask=mask).logits[0, 0])
     info = {"blis": peftcore.backend_info().get("blis_arch"),
             "activation_MB": None}
     result = run_steps(args, step, load_mb, info)

@@ -42,6 +42,7 @@ __version__ = "0.1.0"
 from .models import (AutoModel, AutoModelForSequenceClassification, EncoderConfig,  # noqa: E402
                      Parameter)
 from . import optim  # noqa: E402
+from .grad_mode import is_grad_enabled, no_grad  # noqa: E402
 from .config import PeftConfig, PeftType, TaskType  # noqa: E402
 from .optim import clip_grad_norm_  # noqa: E402
 from .peft_model import PeftModel, PeftModelForSequenceClassification, get_peft_model  # noqa: E402

@@ -634,3 +634,24 @@ def test_backward_stops_below_lowest_trainable_layer(model_type, trainable):
             np.testing.assert_allclose(p.grad, full[name], rtol=1e-5, atol=1e-9, err_msg=name)
         else:
             assert p.grad is None, f"frozen {name} got a gradient buffer"
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
+    """Under no_grad the logits are identical, the arena is a fraction of the training one,
+    and backward() refuses with a clear error."""
+    import peftcore
+
+    model = _small(model_type).eval()
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    with peftcore.no_grad():
+        light = model(ids, attention_mask=mask).logits
+        light_bytes = model._engine.activation_bytes()
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model.backward(np.ones_like(light))
+    full = model(ids, attention_mask=mask).logits
+    np.testing.assert_array_equal(light, full)
+    fresh = _small(model_type).eval()
+    fresh(ids, attention_mask=mask)
+    assert light_bytes < fresh._engine.activation_bytes()
+    model.backward(np.ones_like(full))  # a normal forward still allows its backward

@@ -54,6 +54,7 @@ struct pc_encoder {
     int64_t arena_floats;
     int B, T;
     bool has_forward, training;
+    bool backward_ready; /* the last forward kept its activations and no backward ran yet */
     uint64_t seed;
     int64_t *ids, *positions, *types; /* copies of the last batch (for embedding backward) */
     float *key_mask;                  /* (N) or NULL */
@@ -301,16 +302,21 @@ int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight,
 static int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* Lay out every activation of a (B,T) batch in one arena, growing it when needed. */
-static int ensure_activations(pc_encoder *enc, int B, int T) {
+/* With keep (a forward that a backward may follow) every layer keeps its activations and
+ * the gradient scratch is laid out too; without, all layers share one set of buffers
+ * (a layer reads its input before it writes its output, so they may alias). */
+static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     const pc_encoder_config *c = &enc->cfg;
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
+    const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
     const int64_t per_layer = round_up(N * 3 * C) + round_up(B * H * T * (int64_t)T) +
                               5 * round_up(N * C) + 2 * round_up(N * I) + 4 * round_up(N);
-    const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) +
-                         L * per_layer + 5 * round_up(B * C) + round_up(B * nl) +
-                         /* gradient scratch */ 3 * round_up(N * C) + round_up(N * 3 * C) +
-                         round_up(N * C) + round_up(N * I) + round_up(B * C) + round_up(N);
+    const int64_t grad_scratch = 3 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
+                                 round_up(N * I) + round_up(B * C);
+    const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
+                         5 * round_up(B * C) + round_up(B * nl) + round_up(N) +
+                         (keep ? grad_scratch : 0);
     if (need > enc->arena_floats) {
         float *arena = pc_alloc(sizeof(float) * (size_t)need);
         layer_acts *acts = calloc((size_t)L + 1, sizeof *acts);
@@ -341,6 +347,10 @@ static int ensure_activations(pc_encoder *enc, int B, int T) {
     TAKE(enc->emb_rstd, N);
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
+        if (!keep && l > 0) {
+            *a = enc->acts[0];
+            continue;
+        }
         TAKE(a->qkv, N * 3 * C);
         TAKE(a->probs, B * H * T * (int64_t)T);
         TAKE(a->ctx, N * C);
@@ -361,6 +371,13 @@ static int ensure_activations(pc_encoder *enc, int B, int T) {
     TAKE(enc->head_h, B * C);
     TAKE(enc->head_x2, B * C);
     TAKE(enc->logits, B * nl);
+    TAKE(enc->key_mask, N);
+    if (!keep) {
+        enc->d_x = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = enc->d_head = NULL;
+        enc->B = B;
+        enc->T = T;
+        return 0;
+    }
     TAKE(enc->d_x, N * C);
     TAKE(enc->d_h1, N * C);
     TAKE(enc->d_r, N * C);
@@ -368,7 +385,6 @@ static int ensure_activations(pc_encoder *enc, int B, int T) {
     TAKE(enc->d_ctx, N * C);
     TAKE(enc->d_act, N * I);
     TAKE(enc->d_head, B * C);
-    TAKE(enc->key_mask, N);
 #undef TAKE
     enc->B = B;
     enc->T = T;
@@ -599,9 +615,10 @@ static int head_forward(pc_encoder *enc) {
 
 int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
                        const int64_t *token_types, const float *key_mask, int B, int T,
-                       bool training, uint64_t seed) {
+                       bool training, bool keep_activations, uint64_t seed) {
     enc->has_forward = false;
-    if (ensure_activations(enc, B, T) < 0) return -1;
+    enc->backward_ready = false;
+    if (ensure_activations(enc, B, T, keep_activations) < 0) return -1;
     const int64_t N = (int64_t)B * T;
     memcpy(enc->ids, ids, sizeof(int64_t) * N);
     memcpy(enc->positions, positions, sizeof(int64_t) * N);
@@ -621,6 +638,7 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
         enc->has_forward = false;
         return -1;
     }
+    enc->backward_ready = keep_activations;
     return 0;
 }
 
@@ -779,9 +797,11 @@ static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_
 int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
                         const float *d_pooled) {
     if (!enc->has_forward) return -2;
+    if (!enc->backward_ready) return -3;
     /* one backward per forward, whatever part of the model it reaches (and also when it
      * fails half-way): the layer loop below overwrites activations with gradients */
     enc->has_forward = false;
+    enc->backward_ready = false;
     const pc_encoder_config *c = &enc->cfg;
     const int N = enc->B * enc->T, C = c->hidden;
     /* the lowest part of the model holding anything trainable: below it nothing is needed */

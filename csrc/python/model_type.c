@@ -227,9 +227,10 @@ static PyObject *copy_out(const float *src, int nd, npy_intp *dims) {
  *         want_hidden) -> (hidden|None, pooled|None, logits|None) */
 static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
     PyObject *io, *po, *to, *mo, *result = NULL;
-    int training, want_hidden;
+    int training, want_hidden, keep = 1;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOOOpKp", &io, &po, &to, &mo, &training, &seed, &want_hidden))
+    if (!PyArg_ParseTuple(args, "OOOOpKp|p", &io, &po, &to, &mo, &training, &seed, &want_hidden,
+                          &keep))
         return NULL;
     if (ready(self) < 0) return NULL;
     const pc_encoder_config *c = pc_encoder_get_config(self->enc);
@@ -271,7 +272,7 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
-                            mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, seed);
+                            mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0, seed);
     Py_END_ALLOW_THREADS
     if (rc < 0) { PyErr_NoMemory(); goto fail; }
     if (want_hidden) {
@@ -354,6 +355,11 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
         PyErr_SetString(PyExc_RuntimeError, "backward() needs a forward pass first");
         return NULL;
     }
+    if (rc == -3) {
+        PyErr_SetString(PyExc_RuntimeError, "the last forward ran under peftcore.no_grad(): "
+                        "it kept no activations to backpropagate through");
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -370,7 +376,8 @@ static PyMethodDef encoder_methods[] = {
     {"set_linear_params", (PyCFunction)encoder_set_linear_params, METH_VARARGS,
      "set_linear_params(index, weight, bias): use these tensors for a head linear"},
     {"forward", (PyCFunction)encoder_forward, METH_VARARGS,
-     "forward(ids, positions, types, mask, training, seed, want_hidden) -> (hidden, pooled, logits)"},
+     "forward(ids, positions, types, mask, training, seed, want_hidden, keep_activations=True)"
+     " -> (hidden, pooled, logits)"},
     {"backward", (PyCFunction)(void (*)(void))encoder_backward, METH_VARARGS | METH_KEYWORDS,
      "backward(d_logits=None, d_hidden=None, d_pooled=None)"},
     {"activation_bytes", (PyCFunction)encoder_activation_bytes, METH_NOARGS,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _C
+from ..grad_mode import is_grad_enabled
 from .checkpoint import load_state_dict as read_checkpoint
 from .configuration import ACTIVATIONS, EncoderConfig
 from .modules import Linear, Module, leaf_kind
@@ -295,7 +296,7 @@ class EncoderModel(Module):
         seed = (self._seed * 0x9E3779B1 + next(_seed_counter)) % 2**64
         self._pending_grad = None
         return self._engine.forward(ids, positions, types, mask, self.training, seed,
-                                    want_hidden)
+                                    want_hidden, is_grad_enabled())
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..grad_mode import no_grad
 from ..optim import AdamW, clip_grad_norm_, get_linear_schedule_with_warmup
 from .data import iterate_batches
 
@@ -55,7 +56,8 @@ def evaluate(model, encodings, labels, batch_size: int = 128) -> dict:
     model.eval()
     predictions = np.empty(len(labels), dtype=np.int64)
     for batch in iterate_batches(encodings, None, batch_size, sort_by_length=True):
-        logits = model(**_model_inputs(batch)).logits
+        with no_grad():
+            logits = model(**_model_inputs(batch)).logits
         predictions[batch["index"]] = logits.argmax(-1)
     model.train(was_training)
     labels = np.asarray(labels)
