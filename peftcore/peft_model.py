@@ -278,13 +278,6 @@ class PeftModel(Module):
     def training(self) -> bool:
         return self.get_base_model().training
 
-    def zero_grad(self, set_to_none: bool = False):
-        for _, p in self.named_parameters():
-            if set_to_none:
-                p.grad = None
-            else:
-                p.tensor.zero_grad()
-
     @property
     def config(self):
         return self.get_base_model().config

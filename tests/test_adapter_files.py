@@ -14,6 +14,7 @@ import pytest
 import safetensors.numpy
 
 import peftcore
+from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401
 from peftcore import LoraConfig, PeftModel, get_peft_model
 from peftcore.optim import AdamW
 from peftcore.tuners.lora.layer import LoraLinear
@@ -25,27 +26,14 @@ CFG = dict(TINY, model_type="bert", max_position_embeddings=24, hidden_dropout_p
 FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run single-threaded (multi-threaded BLIS on tiny matrices stalls on a
-    busy machine)."""
-    old = peftcore.get_num_threads()
-    peftcore.set_num_threads(1)
-    yield
-    peftcore.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ helpers (peftcore only)
 
 def _base(seed=0):
     model = peftcore.AutoModelForSequenceClassification.from_config(CFG, seed=seed)
-    rng = np.random.default_rng(100 + seed)
-    for name, p in model.named_parameters():
-        if "LayerNorm.weight" in name:
-            p[...] = 1 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            p[...] = 0.3 * rng.standard_normal(p.shape)
-    return model.eval()
+    return randomize_parameters(model, seed)
 
 
 def _batch(B=4, T=7, seed=0, vocab=40, low=3):

@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
+from helpers import check_entries_by_finite_differences
+
 from peftcore import AutoModel, AutoModelForSequenceClassification
 
 # a small architecture: big enough for several heads, small enough to run in milliseconds
@@ -476,15 +478,7 @@ def _fd_check(loss_fn, model, names, ids):
             entries.append((int(ids[0, 2]), int(rng.integers(g.shape[1]))))
         else:
             entries.append(tuple(int(rng.integers(n)) for n in g.shape))
-        for idx in entries:
-            old = float(p[idx])
-            p[idx] = old + eps
-            up = loss_fn()
-            p[idx] = old - eps
-            down = loss_fn()
-            p[idx] = old
-            fd = (up - down) / (2 * eps)
-            assert abs(fd - g[idx]) <= 1e-2 * abs(g[idx]) + 3e-5, (name, idx, fd, g[idx])
+        check_entries_by_finite_differences(p, g, entries, loss_fn, eps, 1e-2, 3e-5, name)
         # directional derivative along a random unit direction v: (L(θ+εv) - L(θ-εv)) / 2ε = g·v
         v = rng.standard_normal(g.shape)
         v /= np.linalg.norm(v)

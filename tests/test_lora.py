@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import peftcore
+from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401
 from peftcore import LoraConfig, get_peft_model
 from peftcore.models import encoder as encoder_module
 
@@ -27,14 +28,7 @@ ALL_LINEARS = ["query", "key", "value", "attention.output.dense", "intermediate.
 
 # ------------------------------------------------------------------ helpers
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run single-threaded: on a busy machine multi-threaded BLIS calls on
-    tiny matrices can stall for milliseconds each (the thread test sets its own count)."""
-    old = peftcore.get_num_threads()
-    peftcore.set_num_threads(1)
-    yield
-    peftcore.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _base(seed=0, head=True, **overrides):
@@ -42,13 +36,7 @@ def _base(seed=0, head=True, **overrides):
     cfg = dict(CFG, **overrides)
     cls = peftcore.AutoModelForSequenceClassification if head else peftcore.AutoModel
     model = cls.from_config(cfg, seed=seed)
-    rng = np.random.default_rng(100 + seed)
-    for name, p in model.named_parameters():
-        if "LayerNorm.weight" in name:
-            p[...] = 1 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            p[...] = 0.3 * rng.standard_normal(p.shape)
-    return model.eval()
+    return randomize_parameters(model, seed)
 
 
 def _batch(B=3, T=6, seed=0, vocab=40, num_labels=3):
@@ -298,15 +286,7 @@ def _fd_check(loss_fn, params, grads, names, eps=1e-2, n_entries=3, rtol=1e-2, a
         assert np.isfinite(g).all() and np.abs(g).max() > 1e-4, name
         entries = [np.unravel_index(i, g.shape) for i in np.argsort(-np.abs(g).ravel())[:n_entries]]
         entries.append(tuple(int(rng.integers(k)) for k in g.shape))
-        for idx in entries:
-            old = float(p[idx])
-            p[idx] = old + eps
-            up = loss_fn()
-            p[idx] = old - eps
-            down = loss_fn()
-            p[idx] = old
-            fd = (up - down) / (2 * eps)
-            assert abs(fd - g[idx]) <= rtol * abs(g[idx]) + atol, (name, idx, fd, g[idx])
+        check_entries_by_finite_differences(p, g, entries, loss_fn, eps, rtol, atol, name)
 
 
 def _lora_names(pm, parts):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import peftcore
+from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401
 from peftcore import LoraConfig, PeftModel, get_peft_model
 from peftcore.models.encoder import EncoderModel
 
@@ -28,14 +29,7 @@ MODEL_FIELDS = ["base_model_type", "adapter_model_type", "peft_types", "trainabl
                 "quantization_backend"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run single-threaded (multi-threaded BLIS on tiny matrices stalls on a
-    busy machine)."""
-    old = peftcore.get_num_threads()
-    peftcore.set_num_threads(1)
-    yield
-    peftcore.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ peftcore-only helpers
@@ -44,13 +38,7 @@ def _base(seed=0, head=True, **overrides):
     cfg = dict(CFG, **overrides)
     cls = peftcore.AutoModelForSequenceClassification if head else peftcore.AutoModel
     model = cls.from_config(cfg, seed=seed)
-    rng = np.random.default_rng(100 + seed)
-    for name, p in model.named_parameters():
-        if "LayerNorm.weight" in name:
-            p[...] = 1 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            p[...] = 0.3 * rng.standard_normal(p.shape)
-    return model.eval()
+    return randomize_parameters(model, seed)
 
 
 def _batch(B=3, T=6, seed=0):

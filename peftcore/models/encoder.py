@@ -236,13 +236,6 @@ class EncoderModel(Module):
     def eval(self):
         return self.train(False)
 
-    def zero_grad(self, set_to_none: bool = False):
-        for _, p in self.named_parameters():
-            if set_to_none:
-                p.grad = None
-            else:
-                p.tensor.zero_grad()
-
     def _prepare_inputs(self, input_ids, attention_mask, token_type_ids, position_ids):
         ids = np.asarray(input_ids)
         if ids.dtype.kind not in "iu":

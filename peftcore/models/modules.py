@@ -45,6 +45,14 @@ class Module:
     def parameters(self):
         return (p for _, p in self.named_parameters())
 
+    def zero_grad(self, set_to_none: bool = False):
+        """Zero every parameter's gradient (or drop the buffers with set_to_none)."""
+        for _, p in self.named_parameters():
+            if set_to_none:
+                p.grad = None
+            else:
+                p.tensor.zero_grad()
+
     def get_submodule(self, target: str) -> "Module":
         module = self
         for part in target.split(".") if target else []:

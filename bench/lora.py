@@ -1,0 +1,458 @@
+"""LoRA training step and merged-adapter inference: peftcore beside torch + transformers + peft.
+
+    python bench/lora.py [--models minilm,bert-base] [--modes lora,full,merged,bare]
+                         [--steps N] [--warmup N] [--batch 32] [--seq 128] [--threads 2]
+                         [--torch-modes ...] [--quick] [--json FILE]
+
+For each model shape a transformers BertForSequenceClassification (2 labels) is built with
+torch.manual_seed(0) and saved (save_pretrained) to a temporary folder; both frameworks load
+that folder, so they run the same config and weights on the same random batch (B × T tokens,
+no padding). The LoRA config is the same in both: r=8, lora_alpha=16, target_modules
+query+value, lora_dropout=0.1, task_type SEQ_CLS (so the classifier is trained and saved too).
+
+  lora    LoRA training step: forward with labels (cross-entropy) + backward + AdamW step
+          (lr 1e-4, weight decay 0.01, over the trainable parameters) + zero_grad; train mode
+          (dropout 0.1 in the encoder and on the LoRA input).
+  full    the same step as a full fine-tune: every parameter trainable, the same AdamW.
+  merged  inference (eval mode; torch under inference_mode) of the LoRA model after
+          merge_and_unload(). The LoRA factors are first set to seeded random values (the
+          same in both frameworks; a fresh B is zero) and the merged logits are checked
+          against the unmerged model's.
+  bare    inference of the model as loaded, without any adapter.
+
+Each framework × model × mode runs in its own child process, so the peak RSS
+(getrusage(RUSAGE_SELF).ru_maxrss at the end of the child) is that run's alone: interpreter,
+libraries, weights, activations, gradients and optimizer state. "after load" is the resident
+size once the model is ready (LoRA injected / merged), before the first step. sequences/s is
+the batch over the median timed step (after the warm-up steps, which also create AdamW's
+state). The load average is printed with every run: other processes competing for the
+cores distort the timings.
+
+Targets: peftcore LoRA step / full step <= 0.72 (the ideal is 2/3: no weight gradients of the
+frozen base), peftcore merged inference within 3 % of the bare model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODELS = {
+    # all-MiniLM-L6-v2's shapes
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                   intermediate_size=1536, vocab_size=30522),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, vocab_size=30522),
+}
+FRAMEWORKS = ("peftcore", "torch")
+MODES = ("lora", "full", "merged", "bare")
+TRAIN_MODES = ("lora", "full")
+LORA = dict(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"],
+            lora_dropout=0.1)
+ADAMW = dict(lr=1e-4, weight_decay=0.01)
+CHECK_ROWS = 2  # rows of the batch used to check merged against unmerged logits
+
+
+# ------------------------------------------------------------------ child side
+
+def rss_mb() -> float:
+    """Current resident set size in MB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def make_batch(args, vocab_size):
+    import numpy as np
+    rng = np.random.default_rng(1234)
+    ids = rng.integers(1000, vocab_size, size=(args.batch, args.seq), dtype=np.int64)
+    ids[:, 0] = 101   # [CLS]
+    ids[:, -1] = 102  # [SEP]
+    mask = np.ones_like(ids)
+    labels = rng.integers(0, 2, size=args.batch, dtype=np.int64)
+    return ids, mask, labels
+
+
+_LORA_NAME = re.compile(r"\.lora_[AB]\.default\.weight$")
+
+
+def lora_values(name, shape):
+    """Seeded values for one LoRA factor, keyed by its (HF PEFT) parameter name, so both
+    frameworks get the same adapter. Scaled so the merged delta is small but not negligible."""
+    import numpy as np
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+
+def child_prepare(args):
+    """Build the transformers model with a fixed seed and save it to args.folder."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_labels=2, **MODELS[args.model])
+    model = transformers.BertForSequenceClassification(config)
+    model.save_pretrained(args.folder)
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+def child_torch(args):
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads)
+    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
+    info = {"attn": model.config._attn_implementation, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+    if args.mode in ("lora", "merged"):
+        import peft
+        info["peft"] = peft.__version__
+        model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
+    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
+    ids, mask, labels = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+    check = None
+    if args.mode == "merged":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if _LORA_NAME.search(name):
+                    p.copy_(torch.from_numpy(lora_values(name, tuple(p.shape))))
+        model.eval()
+        with torch.inference_mode():
+            before = model(input_ids=ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits
+        model = model.merge_and_unload()
+        with torch.inference_mode():
+            after = model(input_ids=ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits
+        check = float((before - after).abs().max())
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    info["trainable"] = sum(p.numel() for p in trainable)
+    info["total"] = sum(p.numel() for p in params)
+    load_mb = rss_mb()
+    if args.mode in TRAIN_MODES:
+        if args.mode == "full":
+            assert info["trainable"] == info["total"], "full fine-tune: some parameters frozen"
+        opt = torch.optim.AdamW(trainable, **ADAMW)
+        model.train()
+
+        def step(phases):
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            t1 = time.perf_counter()
+            out.loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            opt.zero_grad()
+            t3 = time.perf_counter()
+            phases.append((t1 - t0, t2 - t1, t3 - t2))
+            return float(out.loss)
+    else:
+        model.eval()
+
+        def step(phases):
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=mask).logits[0].tolist()
+    result = run_steps(args, step, load_mb, info)
+    result["merge_check"] = check
+    return result
+
+
+def child_peftcore(args):
+    import warnings
+
+    import numpy as np
+
+    import peftcore
+    peftcore.set_num_threads(args.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the saved head must load too
+        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    info = {"blis": peftcore.backend_info().get("blis_arch")}
+    if args.mode in ("lora", "merged"):
+        model = peftcore.get_peft_model(model, peftcore.LoraConfig(**LORA))
+    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
+    check = None
+    if args.mode == "merged":
+        for name, p in model.named_parameters():
+            if _LORA_NAME.search(name):
+                p[...] = lora_values(name, p.shape)
+        model.eval()
+        before = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
+        model = model.merge_and_unload()
+        model.eval()
+        after = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
+        check = float(np.abs(before - after).max())
+    named = list(model.named_parameters())
+    trainable = [p for _, p in named if p.requires_grad]
+    info["trainable"] = sum(p.size for p in trainable)
+    info["total"] = sum(p.size for _, p in named)
+    load_mb = rss_mb()
+    if args.mode in TRAIN_MODES:
+        if args.mode == "full":
+            assert info["trainable"] == info["total"], "full fine-tune: some parameters frozen"
+        opt = peftcore.optim.AdamW(trainable, **ADAMW)
+        model.train()
+
+        def step(phases):
+            t0 = time.perf_counter()
+            out = model(ids, attention_mask=mask, labels=labels)
+            t1 = time.perf_counter()
+            model.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            opt.zero_grad()
+            t3 = time.perf_counter()
+            phases.append((t1 - t0, t2 - t1, t3 - t2))
+            return float(out.loss)
+    else:
+        model.eval()
+
+        def step(phases):
+            return np.asarray(model(ids, attention_mask=mask).logits)[0].tolist()
+    result = run_steps(args, step, load_mb, info)
+    result["merge_check"] = check
+    engine = getattr(model, "get_base_model", lambda: model)()._engine
+    if hasattr(engine, "activation_bytes"):
+        result["info"]["activation_MB"] = round(engine.activation_bytes() / 2**20, 1)
+    return result
+
+
+def run_steps(args, step, load_mb, info):
+    phases = []
+    for _ in range(args.warmup):
+        step(phases)
+    phases.clear()
+    times, value = [], None
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        value = step(phases)
+        times.append(time.perf_counter() - t0)
+    flat = value if isinstance(value, list) else [value]
+    assert all(math.isfinite(v) for v in flat), f"non-finite output {value}"
+    median = statistics.median(times)
+    result = {"seq_per_s": args.batch / median, "step_s": median, "times": times,
+              "load_mb": load_mb, "peak_mb": peak_rss_mb(), "value": value, "info": info}
+    if phases:  # median forward / backward / optimizer (step + zero_grad) times
+        result["phases"] = [statistics.median(p[i] for p in phases) for i in range(3)]
+    return result
+
+
+def child_main(args):
+    if args.child == "prepare":
+        result = child_prepare(args)
+    elif args.child == "torch":
+        result = child_torch(args)
+    else:
+        result = child_peftcore(args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------ parent side
+
+def run_child(kind, args, model, folder, mode="bare"):
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--folder", str(folder),
+           "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - t0
+    load_after = os.getloadavg()[0]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"child {kind} {model} {mode} failed (exit {proc.returncode}):\n"
+                 f"{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["load"] = (load_before, load_after)
+    result["wall_s"] = wall
+    return result
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def parse_list(text, allowed, what, ap):
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in items if m not in allowed]
+    if bad:
+        ap.error(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated, from {', '.join(MODELS)} (default: all; quick: minilm)")
+    ap.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
+    ap.add_argument("--torch-modes", default=None,
+                    help="modes also run in torch (default: all; quick: lora,bare)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 6; quick 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test (< 1 min): minilm, batch 4 x seq 32, 1 + 2 steps, "
+                         "torch only for lora and bare")
+    ap.add_argument("--json", help="also write all results to this file")
+    # child-only options
+    ap.add_argument("--child", choices=("prepare",) + FRAMEWORKS, help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=MODES, default="bare", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.quick:
+        args.steps = 2 if args.steps is None else args.steps
+        args.warmup = 1 if args.warmup is None else args.warmup
+        args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
+        args.models = args.models or "minilm"
+        args.torch_modes = args.torch_modes or "lora,bare"
+    args.steps = 6 if args.steps is None else args.steps
+    args.warmup = 2 if args.warmup is None else args.warmup
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1:
+        ap.error("--steps, --batch, --threads must be >= 1, --seq >= 2, --warmup >= 0")
+    if args.child:
+        return args
+    args.model_list = parse_list(args.models or ",".join(MODELS), MODELS, "model", ap)
+    args.mode_list = parse_list(args.modes, MODES, "mode", ap)
+    args.torch_list = parse_list(args.torch_modes or ",".join(MODES), MODES, "torch mode", ap)
+    if not args.model_list or not args.mode_list:
+        ap.error("no model or no mode selected")
+    return args
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def describe(fw, mode, r):
+    text = (f"    {mode:6s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  step {r['step_s']:.3f} s")
+    if "phases" in r:
+        f, b, o = r["phases"]
+        text += f" (fwd {f:.3f} bwd {b:.3f} adamw {o:.3f})"
+    text += (f"  peak {r['peak_mb']:.0f} MB (after load {r['load_mb']:.0f})  trainable "
+             f"{r['info']['trainable']:,}/{r['info']['total']:,}")
+    if r.get("merge_check") is not None:
+        text += f"  |merged-unmerged| {r['merge_check']:.1e}"
+    text += f"  load avg {r['load'][0]:.1f}->{r['load'][1]:.1f}  wall {r['wall_s']:.0f} s"
+    return text
+
+
+def main():
+    args = parse_args()
+    if args.child:
+        return child_main(args)
+    print(f"LoRA bench: batch {args.batch} x seq {args.seq}, {args.threads} threads, "
+          f"{args.warmup} warm-up + {args.steps} timed steps (median); LoRA {LORA}; AdamW "
+          f"{ADAMW}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"load average {load_average()}", flush=True)
+    results, problems = {}, []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="peftcore_lora_bench_") as tmp:
+        for model in args.model_list:
+            folder = Path(tmp) / model
+            prep = run_child("prepare", args, model, folder)
+            print(f"  {model}: {prep['params'] / 1e6:.1f}M parameters", flush=True)
+            for mode in args.mode_list:
+                res = results.setdefault(model, {}).setdefault(mode, {})
+                for fw in FRAMEWORKS:
+                    if fw == "torch" and mode not in args.torch_list:
+                        continue
+                    res[fw] = r = run_child(fw, args, model, folder, mode)
+                    print(describe(fw, mode, r), flush=True)
+                    if fw == "peftcore" and mode == "bare":
+                        info = r["info"]
+                        print(f"             peftcore info {info}", flush=True)
+                    if fw == "torch" and mode in ("lora", "merged"):
+                        print(f"             torch info {r['info']}", flush=True)
+                    if r.get("merge_check") is not None and r["merge_check"] > 1e-4:
+                        problems.append(f"{model} {fw}: merged logits differ from unmerged by "
+                                        f"{r['merge_check']:.2e}")
+                if mode == "lora" and len(res) == 2 and \
+                        res["peftcore"]["info"]["trainable"] != res["torch"]["info"]["trainable"]:
+                    problems.append(f"{model}: trainable LoRA parameters differ: peftcore "
+                                    f"{res['peftcore']['info']['trainable']}, torch "
+                                    f"{res['torch']['info']['trainable']}")
+                if mode in ("merged", "bare") and len(res) == 2:
+                    diff = max(abs(a - b) for a, b in zip(res["peftcore"]["value"],
+                                                          res["torch"]["value"]))
+                    res["logit_diff"] = diff
+                    if diff > 1e-3:
+                        problems.append(f"{model} {mode}: peftcore and torch logits differ by "
+                                        f"{diff:.2e}")
+    print(f"\ntotal wall {time.perf_counter() - start:.0f} s; load average at the end: "
+          f"{load_average()}\n")
+
+    print("| model | mode | peftcore seq/s | torch seq/s | ratio (pc/torch) | peftcore RSS MB "
+          "| torch RSS MB | RSS ratio (pc/torch) |")
+    print("|" + "|".join(["---"] * 8) + "|")
+    labels = {"lora": "LoRA train step", "full": "full fine-tune step",
+              "merged": "infer, merged LoRA", "bare": "infer, bare model"}
+    for model, modes in results.items():
+        for mode, res in modes.items():
+            p, t = res.get("peftcore"), res.get("torch")
+            ratio = p["seq_per_s"] / t["seq_per_s"] if p and t else None
+            rss = p["peak_mb"] / t["peak_mb"] if p and t else None
+            print(f"| {model} | {labels[mode]} | {fmt(p and p['seq_per_s'], '.2f')} | "
+                  f"{fmt(t and t['seq_per_s'], '.2f')} | {fmt(ratio, '.2f')} | "
+                  f"{fmt(p and p['peak_mb'], '.0f')} | {fmt(t and t['peak_mb'], '.0f')} | "
+                  f"{fmt(rss, '.2f')} |")
+    print()
+    for model, modes in results.items():
+        lora, full = modes.get("lora", {}), modes.get("full", {})
+        if "peftcore" in lora and "peftcore" in full:
+            ratio = lora["peftcore"]["step_s"] / full["peftcore"]["step_s"]
+            line = (f"{model}: peftcore LoRA step / full step = {lora['peftcore']['step_s']:.3f} s"
+                    f" / {full['peftcore']['step_s']:.3f} s = {ratio:.3f} (target <= 0.72, "
+                    f"ideal 0.667): {'met' if ratio <= 0.72 else 'MISSED'}")
+            if "torch" in lora and "torch" in full:
+                line += (f"; torch+peft for reference: "
+                         f"{lora['torch']['step_s'] / full['torch']['step_s']:.3f}")
+            print(line)
+        merged, bare = modes.get("merged", {}), modes.get("bare", {})
+        if "peftcore" in merged and "peftcore" in bare:
+            ratio = merged["peftcore"]["seq_per_s"] / bare["peftcore"]["seq_per_s"]
+            line = (f"{model}: peftcore merged / bare inference = "
+                    f"{merged['peftcore']['seq_per_s']:.2f} / {bare['peftcore']['seq_per_s']:.2f}"
+                    f" seq/s = {ratio:.3f} (target within 3 %): "
+                    f"{'met' if abs(ratio - 1) <= 0.03 else 'MISSED'}; peak RSS merged / bare = "
+                    f"{merged['peftcore']['peak_mb'] / bare['peftcore']['peak_mb']:.3f}")
+            if "torch" in merged and "torch" in bare:
+                line += (f"; torch for reference: "
+                         f"{merged['torch']['seq_per_s'] / bare['torch']['seq_per_s']:.3f}")
+            print(line)
+        for mode in ("merged", "bare"):
+            if "logit_diff" in modes.get(mode, {}):
+                print(f"{model}: {mode} logits, max |peftcore - torch| over row 0 = "
+                      f"{modes[mode]['logit_diff']:.1e}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
+             "results": results, "problems": problems}, indent=1))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Helpers shared by the test files: random tiny models and finite differences."""
+import numpy as np
+import pytest
+
+import peftcore
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run single-threaded (multi-threaded BLIS on tiny matrices stalls on a
+    busy machine); the previous thread count is restored."""
+    old = peftcore.get_num_threads()
+    peftcore.set_num_threads(1)
+    yield
+    peftcore.set_num_threads(old)
+
+
+def randomize_parameters(model, seed=0):
+    """Give every weight, bias and LayerNorm affine a random value so each one matters."""
+    rng = np.random.default_rng(100 + seed)
+    for name, p in model.named_parameters():
+        if "LayerNorm.weight" in name:
+            p[...] = 1 + 0.2 * rng.standard_normal(p.shape)
+        else:
+            p[...] = 0.3 * rng.standard_normal(p.shape)
+    return model.eval()
+
+
+def check_entries_by_finite_differences(p, g, entries, loss_fn, eps, rtol, atol, name=""):
+    """Central differences of loss_fn over p[idx] for idx in entries must match g[idx]."""
+    for idx in entries:
+        old = float(p[idx])
+        p[idx] = old + eps
+        up = loss_fn()
+        p[idx] = old - eps
+        down = loss_fn()
+        p[idx] = old
+        fd = (up - down) / (2 * eps)
+        assert abs(fd - g[idx]) <= rtol * abs(g[idx]) + atol, (name, idx, fd, g[idx])
