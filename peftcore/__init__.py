@@ -38,6 +38,14 @@ def from_numpy(array):
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "Tensor", "from_numpy", "functional", "backend_info", "set_num_threads", "get_num_threads",
+    "AutoModel", "AutoModelForSequenceClassification", "EncoderConfig", "Parameter", "optim",
+    "no_grad", "is_grad_enabled", "PeftConfig", "PeftType", "TaskType", "clip_grad_norm_",
+    "PeftModel", "PeftModelForSequenceClassification", "get_peft_model", "LoraConfig",
+    "manual_seed",
+]
+
 
 from .models import (AutoModel, AutoModelForSequenceClassification, EncoderConfig,  # noqa: E402
                      Parameter)

@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +18,7 @@ from .tuners.lora.layer import LoraLinear
 from .tuners.lora.model import LoraModel, plan_lora
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
-from .utils import io as _io
-from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_safetensors
+from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_safetensors, save_adapter_files
 
 _PREFIX = "base_model.model."
 
@@ -326,7 +321,7 @@ class PeftModel(Module):
             out = save_directory if name == "default" else save_directory / name
             config = copy.deepcopy(self.peft_config[name])
             config.inference_mode = True
-            _write_adapter_folder(out, config.to_dict(), self.adapter_state_dict(name))
+            save_adapter_files(out, config.to_dict(), self.adapter_state_dict(name))
 
     @staticmethod
     def _read_adapter(directory):
@@ -442,62 +437,6 @@ class PeftModel(Module):
         self.base_model.inject_adapter(adapter_name, plan)
         self.base_model.set_adapter(self.active_adapter)
         self._load_into(adapter_name, weights)
-
-
-def _write_adapter_folder(directory: Path, config_dict: dict, tensors: dict) -> None:
-    """Write adapter_model.safetensors and adapter_config.json into `directory` as one unit:
-    both are serialised and staged as fsynced temp files first, then renamed into place; if
-    anything fails, files already replaced are restored, so the folder keeps the previous
-    adapter (or none) and no temp file is left."""
-    if directory.is_file():
-        raise ValueError(f"Provided path ({directory}) should be a directory, not a file")
-    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    payloads = [
-        (SAFETENSORS_WEIGHTS_NAME, lambda: _io.safetensors.numpy.save(
-            arrays, metadata=dict(_io.DEFAULT_SAFETENSORS_METADATA))),
-        (CONFIG_NAME, lambda: json.dumps(config_dict, indent=2, sort_keys=True).encode("utf-8")),
-    ]
-    data = [(name, make()) for name, make in payloads]  # serialisation errors: nothing written
-    directory.mkdir(parents=True, exist_ok=True)
-    staged, backups, replaced = [], {}, []
-    try:
-        for name, blob in data:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-            staged.append((tmp, directory / name))
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_io._UMASK)
-        for tmp, final in staged:
-            if final.exists():
-                fd, backup = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".bak", dir=directory)
-                os.close(fd)
-                os.unlink(backup)
-                try:
-                    os.link(final, backup)
-                except OSError:  # no hard links here: copy
-                    shutil.copy2(final, backup)
-                backups[final] = backup
-            os.replace(tmp, final)
-            replaced.append(final)
-    except BaseException:
-        for final in reversed(replaced):  # put the previous files back
-            try:
-                if final in backups:
-                    os.replace(backups.pop(final), final)
-                else:
-                    os.unlink(final)
-            except OSError:
-                pass
-        raise
-    finally:
-        for path in [tmp for tmp, _ in staged] + list(backups.values()):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        _io._fsync_dir(str(directory))
 
 
 class _PlanView(Module):

@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy
 
 import peftcore
-from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401
+from helpers import one_thread, randomize_parameters  # noqa: F401  (one_thread: a fixture)
 from peftcore import LoraConfig, PeftModel, get_peft_model
 from peftcore.optim import AdamW
 from peftcore.tuners.lora.layer import LoraLinear

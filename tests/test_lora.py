@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import peftcore
-from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401
+from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401,E501
 from peftcore import LoraConfig, get_peft_model
 from peftcore.models import encoder as encoder_module
 

@@ -6,7 +6,9 @@ import json
 import math
 import os
 import struct
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -173,20 +175,60 @@ def load_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     return dict(_parse_header(data, path).get("__metadata__", {}))
 
 
-def save_adapter_files(
-    directory: str | os.PathLike,
-    config_dict: Mapping[str, Any],
-    tensors: Mapping[str, np.ndarray],
-) -> None:
-    """Write `adapter_model.safetensors` then `adapter_config.json` into `directory`, each atomically.
-
-    `config_dict` may also be a config object with a `to_dict()` method.
-    """
-    directory = os.fspath(directory)
-    if os.path.isfile(directory):
-        raise ValueError(f"Provided path ({directory}) should be a directory, not a file")
-    os.makedirs(directory, exist_ok=True)
+def save_adapter_files(directory, config_dict, tensors: Mapping[str, np.ndarray]) -> None:
+    """Write adapter_model.safetensors and adapter_config.json into `directory` as one unit:
+    both are serialised and staged as fsynced temp files first, then renamed into place; if
+    anything fails, files already replaced are restored, so the folder keeps the previous
+    adapter (or none) and no temp file is left."""
+    directory = Path(directory)
     if hasattr(config_dict, "to_dict"):
         config_dict = config_dict.to_dict()
-    save_safetensors(os.path.join(directory, SAFETENSORS_WEIGHTS_NAME), tensors)
-    atomic_write_json(os.path.join(directory, CONFIG_NAME), dict(config_dict))
+    if directory.is_file():
+        raise ValueError(f"Provided path ({directory}) should be a directory, not a file")
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    payloads = [
+        (SAFETENSORS_WEIGHTS_NAME, lambda: safetensors.numpy.save(
+            arrays, metadata=dict(DEFAULT_SAFETENSORS_METADATA))),
+        (CONFIG_NAME, lambda: json.dumps(config_dict, indent=2, sort_keys=True).encode("utf-8")),
+    ]
+    data = [(name, make()) for name, make in payloads]  # serialisation errors: nothing written
+    directory.mkdir(parents=True, exist_ok=True)
+    staged, backups, replaced = [], {}, []
+    try:
+        for name, blob in data:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            staged.append((tmp, directory / name))
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        for tmp, final in staged:
+            if final.exists():
+                fd, backup = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".bak", dir=directory)
+                os.close(fd)
+                os.unlink(backup)
+                try:
+                    os.link(final, backup)
+                except OSError:  # no hard links here: copy
+                    shutil.copy2(final, backup)
+                backups[final] = backup
+            os.replace(tmp, final)
+            replaced.append(final)
+    except BaseException:
+        for final in reversed(replaced):  # put the previous files back
+            try:
+                if final in backups:
+                    os.replace(backups.pop(final), final)
+                else:
+                    os.unlink(final)
+            except OSError:
+                pass
+        raise
+    finally:
+        for path in [tmp for tmp, _ in staged] + list(backups.values()):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        _fsync_dir(str(directory))
