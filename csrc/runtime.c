@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <blis.h>
+#include <omp.h>
 
 #include "engine.h"
 
@@ -193,6 +194,10 @@ static void scale_output(float *C, int M, int N, int ldc, float beta) {
         for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(int64_t)i * ldc + j];
 }
 
+/* Multi-threaded GEMM: our threads split C into row (or column) blocks and each runs
+ * single-threaded BLIS on its block. Every element of C is computed by one thread in the
+ * same order whatever the thread count, and idle threads sleep (OMP_WAIT_POLICY=passive)
+ * instead of spinning in BLIS's barriers, which collapses when the cores are oversubscribed. */
 void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -200,15 +205,35 @@ void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, cons
         scale_output(C, M, N, ldc, beta);
         return;
     }
-    /* small products: thread start-up and barriers cost more than they save */
-    if ((int64_t)M * N * K < ((int64_t)1 << 21) || num_threads == 1) {
+    const int nt = num_threads;
+    /* small products: thread start-up costs more than it saves */
+    if ((int64_t)M * N * K < ((int64_t)1 << 21) || nt == 1) {
         pc_sgemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    /* row-major: element (i,p) of A sits at A[i*lda + p], i.e. row stride lda, col stride 1 */
-    bli_sgemm(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
-              trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A, lda,
-              1, (float *)B, ldb, 1, &beta, C, ldc, 1);
+    const bool split_rows = M >= N;
+    const int extent = split_rows ? M : N;
+    const int align = 32; /* block edges on whole micro-panels */
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        int per = (extent + n - 1) / n;
+        per = (per + align - 1) / align * align;
+        int begin = t * per, end = begin + per < extent ? begin + per : extent;
+        if (begin < end) {
+            if (split_rows) {
+                /* rows [begin, end) of op(A) and of C */
+                const float *Ablk = trans_a ? A + begin : A + (int64_t)begin * lda;
+                pc_sgemm_serial(trans_a, trans_b, end - begin, N, K, alpha, Ablk, lda, B, ldb,
+                                beta, C + (int64_t)begin * ldc, ldc);
+            } else {
+                /* columns [begin, end) of op(B) and of C */
+                const float *Bblk = trans_b ? B + (int64_t)begin * ldb : B + begin;
+                pc_sgemm_serial(trans_a, trans_b, M, end - begin, K, alpha, A, lda, Bblk, ldb,
+                                beta, C + begin, ldc);
+            }
+        }
+    }
 }
 
 void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
