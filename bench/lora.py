@@ -227,7 +227,8 @@ def child_peftcore(args):
         model.eval()
 
         def step(phases):
-            return np.asarray(model(ids, attention_mask=mask).logits)[0].tolist()
+            with peftcore.no_grad():  # as torch.inference_mode on the other side
+                return np.asarray(model(ids, attention_mask=mask).logits)[0].tolist()
     result = run_steps(args, step, load_mb, info)
     result["merge_check"] = check
     engine = getattr(model, "get_base_model", lambda: model)()._engine
@@ -256,6 +257,8 @@ def child_interleaved(args):
     bare.eval()
     merged.eval()
     ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
+    no_grad = peftcore.no_grad()
+    no_grad.__enter__()  # inference only, as torch.inference_mode
     for _ in range(args.warmup):
         bare(ids, attention_mask=mask)
         merged(ids, attention_mask=mask)
