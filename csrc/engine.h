@@ -120,20 +120,26 @@ void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uin
 /* keep-or-drop of element i (the same mask the functions above use) */
 bool pc_dropout_keep(uint64_t seed, uint64_t i, float p);
 
-/* multi-head scaled-dot-product attention, heads inside the kernel.
- * q, k, v: (B,T,H·D) row-major with row stride ld_qkv (3·H·D for a fused QKV buffer).
- * key_mask: (B,T) 1 = attend, 0 = padding, or NULL. Masked keys get the additive bias
- * -FLT_MAX as transformers does (a fully masked row becomes uniform).
- * probs (B,H,T,T): softmax(QKᵀ/√D + bias) saved for the backward (before dropout).
- * out (B,T,H·D) row stride H·D = dropout(probs)·V. */
+/* Multi-head scaled-dot-product attention, heads inside the kernel. Each of B sequences has
+ * Tq queries and Tk keys/values; Tq < Tk serves a layer that only needs some positions'
+ * outputs (the first token's, for a classification head).
+ * q: (B,Tq,H·D) row stride ld_q; k, v: (B,Tk,H·D) row stride ld_kv (3·H·D for a fused QKV
+ * buffer). key_mask: (B,Tk) 1 = attend, 0 = padding, or NULL. Masked keys get the additive
+ * bias -FLT_MAX as transformers does (a fully masked row becomes uniform).
+ * probs (B,H,Tq,Tk): softmax(QKᵀ/√D + bias), saved for the backward (before dropout).
+ * out (B,Tq,H·D) row stride H·D = dropout(probs)·V. */
+typedef struct {
+    int B, Tq, Tk, H, D;
+    int ld_q, ld_kv;
+} pc_attention_dims;
+
 void pc_attention_forward(float *out, float *probs, const float *q, const float *k,
-                          const float *v, int ld_qkv, const float *key_mask, int B, int T,
-                          int H, int D, float dropout_p, uint64_t seed);
-/* dq, dk, dv (row stride ld_dqkv) += gradients; any of them may be NULL only together. */
-void pc_attention_backward(float *dq, float *dk, float *dv, int ld_dqkv, const float *dout,
+                          const float *v, const float *key_mask, const pc_attention_dims *dims,
+                          float dropout_p, uint64_t seed);
+/* dq, dk, dv (the row strides of q, k, v) += gradients, given dout (B,Tq,H·D). */
+void pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                            const float *probs, const float *q, const float *k, const float *v,
-                           int ld_qkv, int B, int T, int H, int D, float dropout_p,
-                           uint64_t seed);
+                           const pc_attention_dims *dims, float dropout_p, uint64_t seed);
 
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */

@@ -148,9 +148,10 @@ def multi_head_attention(query, key, value, num_heads, attention_mask=None, drop
                          seed=0, return_probs=False):
     """Scaled-dot-product attention over heads packed in the last dim.
 
-    query/key/value: (B, T, H·D); attention_mask: (B, T) with 1 = attend, 0 = padding.
-    Returns out (B, T, H·D) and, with return_probs, the softmax probabilities (B, H, T, T)
-    the backward needs."""
+    query: (B, Tq, H·D); key/value: (B, Tk, H·D) (Tq = Tk for self-attention; fewer queries
+    when only some positions' outputs are needed); attention_mask: (B, Tk) with 1 = attend,
+    0 = padding. Returns out (B, Tq, H·D) and, with return_probs, the softmax probabilities
+    (B, H, Tq, Tk) the backward needs."""
     out, probs = _C.attention_forward(query, key, value, int(num_heads), attention_mask,
                                       float(dropout_p), _check_seed(seed))
     return (out, probs) if return_probs else out

@@ -649,3 +649,39 @@ def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
     fresh(ids, attention_mask=mask)
     assert light_bytes < fresh._engine.activation_bytes()
     model.backward(np.ones_like(full))  # a normal forward still allows its backward
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
+    """A classification forward computes the last layer at the first tokens only; logits and
+    every gradient equal those of the full last layer (which the engine still runs when the
+    hidden states are asked for), up to float rounding of the differently-shaped GEMMs."""
+    import peftcore
+
+    model = _small(model_type).eval()
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal((ids.shape[0], 2)).astype(np.float32)
+    if no_grad:
+        with peftcore.no_grad():
+            compact = model(ids, attention_mask=mask).logits
+            hidden, _, full = model._run(ids, mask, None, None, True)
+        assert hidden.shape == ids.shape + (TINY["hidden_size"],)
+        np.testing.assert_allclose(compact, full, rtol=1e-5, atol=1e-6)
+        return
+    hidden, _, full = model._run(ids, mask, None, None, True)
+    model.backward(g)
+    full_grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    compact = model(ids, attention_mask=mask).logits
+    np.testing.assert_allclose(compact, full, rtol=1e-5, atol=1e-6)
+    model.backward(g)
+    for n, p in model.named_parameters():
+        scale = max(np.abs(full_grads[n]).max(), 1e-6)
+        np.testing.assert_allclose(p.grad, full_grads[n], rtol=1e-4, atol=1e-5 * scale, err_msg=n)
+    # the last layer's hidden states do not exist after such a forward
+    model(ids, attention_mask=mask)
+    with pytest.raises(RuntimeError, match="hidden"):
+        model._engine.backward(d_hidden=np.zeros(hidden.shape, np.float32))
+    model.backward(g)  # the refused call changed nothing: the forward's backward still runs

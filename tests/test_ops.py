@@ -122,13 +122,14 @@ def ref_softmax(x):
 
 def ref_attention(q, k, v, H, mask=None, keep=None, p=0.0):
     """transformers' eager attention: scores + (1 - mask)·finfo(float32).min, softmax,
-    dropout (keep: (B,H,T,T) 0/1 mask, scaled 1/(1-p)), times V. Returns (out, probs)."""
+    dropout (keep: (B,H,Tq,Tk) 0/1 mask, scaled 1/(1-p)), times V. q (B,Tq,C), k and v
+    (B,Tk,C). Returns (out, probs)."""
     q, k, v = f64(q), f64(k), f64(v)
     B, T, C = q.shape
     D = C // H
 
     def heads(a):
-        return a.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        return a.reshape(B, a.shape[1], H, D).transpose(0, 2, 1, 3)
 
     s = heads(q) @ heads(k).transpose(0, 1, 3, 2) / math.sqrt(D)
     if mask is not None:
@@ -500,6 +501,40 @@ def test_attention_backward_fd(B, T, H, D, mask_kind):
           **TOL_GRAD, what="dk")
     close(dv, fd_grad(lambda a: np.sum(ref_attention(q, k, a, H, mask)[0] * R), v),
           **TOL_GRAD, what="dv")
+
+
+@pytest.mark.parametrize("B,Tq,Tk,H,D", [(1, 1, 1, 1, 2), (2, 1, 5, 3, 2), (3, 2, 7, 2, 3)])
+@pytest.mark.parametrize("mask_kind", [None, "padding"])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_attention_fewer_queries(B, Tq, Tk, H, D, mask_kind, p):
+    """Tq < Tk (the classification layer's first-token queries): forward against NumPy with
+    the kernel's own dropout mask, backward against finite differences."""
+    rng = rng_for("attn_q", B, Tq, Tk, H, D, mask_kind, p)
+    C, seed = H * D, 77
+    q, k, v = randn(rng, B, Tq, C), randn(rng, B, Tk, C), randn(rng, B, Tk, C)
+    mask = _mask(rng, B, Tk, mask_kind)
+    out, probs = F.multi_head_attention(q, k, v, H, attention_mask=mask, dropout_p=p, seed=seed,
+                                        return_probs=True)
+    assert out.shape == (B, Tq, C) and probs.shape == (B, H, Tq, Tk)
+    # the dropout mask depends on the seed and positions only; read it back with uniform
+    # probabilities and V = identity per head (D = Tk), where out = dropout(P)
+    eye = np.tile(np.eye(Tk, dtype=np.float32), (1, H))[None].repeat(B, 0)
+    zq, zk = np.zeros((B, Tq, H * Tk), np.float32), np.zeros((B, Tk, H * Tk), np.float32)
+    pd = F.multi_head_attention(zq, zk, eye, H, dropout_p=p, seed=seed)
+    keep = pd.reshape(B, Tq, H, Tk).transpose(0, 2, 1, 3) != 0
+    ref_out, ref_probs = ref_attention(q, k, v, H, mask, keep if p else None, p)
+    close(probs, ref_probs, **TOL_RED, what="probs")
+    close(out, ref_out, **TOL_RED, what="out")
+    R = randn(rng, B, Tq, C)
+    dq, dk, dv = F.multi_head_attention_backward(R, probs, q, k, v, H, dropout_p=p, seed=seed)
+    assert dq.shape == q.shape and dk.shape == dv.shape == k.shape
+
+    def loss(qq, kk, vv):
+        return np.sum(ref_attention(qq, kk, vv, H, mask, keep if p else None, p)[0] * R)
+
+    close(dq, fd_grad(lambda a: loss(a, k, v), q), **TOL_GRAD, what="dq")
+    close(dk, fd_grad(lambda a: loss(q, a, v), k), **TOL_GRAD, what="dk")
+    close(dv, fd_grad(lambda a: loss(q, k, a), v), **TOL_GRAD, what="dv")
 
 
 def _attention_dropout_keep(B, T, H, p, seed):

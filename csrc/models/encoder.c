@@ -10,6 +10,11 @@
  *   r2   = dropout(act·Woᵀ + bo) + h1           (N,C)
  *   out  = LayerNorm2(r2)                       (N,C)
  * Any linear may carry a LoRA adapter: y += s·dropout(x)·Aᵀ·Bᵀ.
+ *
+ * A classification forward needs only the first token of each sequence from the last layer:
+ * there (first_token_only) k and v are computed for all N rows but the queries, attention
+ * output, FFN and LayerNorms for the B first-token rows only, with the same result for
+ * those rows and about 10/12 of the layer's work saved.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +59,7 @@ struct pc_encoder {
     int64_t arena_floats;
     int B, T;
     bool has_forward, training;
+    bool first_token_only; /* the last layer of the last forward ran on first tokens only */
     bool backward_ready; /* the last forward kept its activations and no backward ran yet */
     uint64_t seed;
     int64_t *ids, *positions, *types; /* copies of the last batch (for embedding backward) */
@@ -61,6 +67,7 @@ struct pc_encoder {
     bool has_mask;
     float *emb_sum, *emb_mean, *emb_rstd, *emb_out;
     layer_acts *acts;
+    float *first_x;        /* (B,C) the last layer's input at the first tokens */
     float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
     /* gradient scratch */
     float *d_x, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head;
@@ -315,7 +322,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     const int64_t grad_scratch = 3 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
-                         5 * round_up(B * C) + round_up(B * nl) + round_up(N) +
+                         6 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
     if (need > enc->arena_floats) {
         float *arena = pc_alloc(sizeof(float) * (size_t)need);
@@ -365,6 +372,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
         TAKE(a->ln2_mean, N);
         TAKE(a->ln2_rstd, N);
     }
+    TAKE(enc->first_x, B * C);
     TAKE(enc->cls_in, B * C);
     TAKE(enc->pooled, B * C);
     TAKE(enc->head_x1, B * C);
@@ -534,6 +542,48 @@ static void embeddings_forward(pc_encoder *enc, int N) {
                         site_seed(enc->seed, -1, SITE_EMB));
 }
 
+/* Which rows of layer l compute queries and outputs: all N (Tq = T), or, in the last layer of
+ * a first-token-only forward, the B first tokens (Tq = 1). q, k, v point into the layer's
+ * qkv buffer: fused (N,3C) rows q|k|v, or k|v (N,2C) followed by q (B,C). */
+typedef struct {
+    bool first_tokens;
+    int Nq, Tq;
+    const float *xq;       /* (Nq,C) the layer's input at the query rows */
+    float *q, *k, *v;      /* the same offsets address the gradients in d_qkv */
+    int ld_q, ld_kv;
+} layer_rows;
+
+static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *qkv) {
+    const int B = enc->B, T = enc->T, N = B * T, C = enc->cfg.hidden;
+    layer_rows r;
+    r.first_tokens = enc->first_token_only && l == enc->cfg.layers - 1;
+    if (!r.first_tokens) {
+        r.Nq = N; r.Tq = T; r.xq = x;
+        r.q = qkv; r.k = qkv + C; r.v = qkv + 2 * C;
+        r.ld_q = r.ld_kv = 3 * C;
+    } else {
+        r.Nq = B; r.Tq = 1; r.xq = enc->first_x;
+        r.k = qkv; r.v = qkv + C; r.q = qkv + (int64_t)N * 2 * C;
+        r.ld_q = C; r.ld_kv = 2 * C;
+    }
+    return r;
+}
+
+static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows *r) {
+    pc_attention_dims d = {enc->B, r->Tq, enc->T, enc->cfg.heads, enc->cfg.hidden / enc->cfg.heads,
+                           r->ld_q, r->ld_kv};
+    return d;
+}
+
+/* slot s ∈ {q, k, v}: where its output lives and which input rows feed it */
+static void qkv_slot_view(const layer_rows *r, int s, const float *x, int N, float **y, int *ldy,
+                          const float **in, int *rows) {
+    *y = s == SLOT_Q ? r->q : s == SLOT_K ? r->k : r->v;
+    *ldy = s == SLOT_Q ? r->ld_q : r->ld_kv;
+    *in = s == SLOT_Q ? r->xq : x;
+    *rows = s == SLOT_Q ? r->Nq : N;
+}
+
 static int layer_forward(pc_encoder *enc, int l, const float *x) {
     const pc_encoder_config *c = &enc->cfg;
     const int B = enc->B, T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
@@ -541,25 +591,39 @@ static int layer_forward(pc_encoder *enc, int l, const float *x) {
     layer_acts *a = &enc->acts[l];
     float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
     float p_attn = enc->training ? c->attention_dropout : 0.0f;
+    const layer_rows r = rows_of(enc, l, x, a->qkv);
+    const int Nq = r.Nq;
+    const float *wqkv = pc_f32(lp->qkv_w), *bqkv = pc_f32(lp->qkv_b);
 
-    pc_linear_forward(a->qkv, x, pc_f32(lp->qkv_w), pc_f32(lp->qkv_b), N, C, 3 * C);
-    for (int s = 0; s < 3; s++)
-        if (slot_lora_forward(enc, lp->slot[s], a->qkv + s * C, 3 * C, x, C, N) < 0) return -1;
-    pc_attention_forward(a->ctx, a->probs, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C,
-                         enc->has_mask ? enc->key_mask : NULL, B, T, c->heads, C / c->heads,
-                         p_attn, site_seed(enc->seed, l, SITE_ATTN));
-    if (slot_forward(enc, lp->slot[SLOT_AO], a->r1, a->ctx, N) < 0) return -1;
-    dropout_inplace(a->r1, (int64_t)N * C, p_hidden, site_seed(enc->seed, l, SITE_AO));
-    pc_add_forward(a->r1, a->r1, x, (int64_t)N * C);
+    if (!r.first_tokens) {
+        pc_linear_forward(a->qkv, x, wqkv, bqkv, N, C, 3 * C);
+    } else {
+        for (int b = 0; b < B; b++)
+            memcpy(enc->first_x + (int64_t)b * C, x + (int64_t)b * T * C, sizeof(float) * C);
+        /* k|v (N,2C) = x·[Wk;Wv]ᵀ + [bk;bv];  q (B,C) = x_first·Wqᵀ + bq */
+        pc_linear_forward(r.k, x, wqkv + (int64_t)C * C, bqkv + C, N, C, 2 * C);
+        pc_linear_forward(r.q, r.xq, wqkv, bqkv, B, C, C);
+    }
+    for (int s = SLOT_Q; s <= SLOT_V; s++) {
+        float *y; const float *in; int ldy, rows;
+        qkv_slot_view(&r, s, x, N, &y, &ldy, &in, &rows);
+        if (slot_lora_forward(enc, lp->slot[s], y, ldy, in, C, rows) < 0) return -1;
+    }
+    const pc_attention_dims dims = attention_dims(enc, &r);
+    pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, enc->has_mask ? enc->key_mask : NULL,
+                         &dims, p_attn, site_seed(enc->seed, l, SITE_ATTN));
+    if (slot_forward(enc, lp->slot[SLOT_AO], a->r1, a->ctx, Nq) < 0) return -1;
+    dropout_inplace(a->r1, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_AO));
+    pc_add_forward(a->r1, a->r1, r.xq, (int64_t)Nq * C);
     pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
-                         pc_f32(lp->ln1_b), N, C, c->layer_norm_eps);
-    if (slot_forward(enc, lp->slot[SLOT_I], a->pre, a->h1, N) < 0) return -1;
-    activation_forward(enc, a->act, a->pre, (int64_t)N * I);
-    if (slot_forward(enc, lp->slot[SLOT_O], a->r2, a->act, N) < 0) return -1;
-    dropout_inplace(a->r2, (int64_t)N * C, p_hidden, site_seed(enc->seed, l, SITE_O));
-    pc_add_forward(a->r2, a->r2, a->h1, (int64_t)N * C);
+                         pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
+    if (slot_forward(enc, lp->slot[SLOT_I], a->pre, a->h1, Nq) < 0) return -1;
+    activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
+    if (slot_forward(enc, lp->slot[SLOT_O], a->r2, a->act, Nq) < 0) return -1;
+    dropout_inplace(a->r2, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_O));
+    pc_add_forward(a->r2, a->r2, a->h1, (int64_t)Nq * C);
     pc_layernorm_forward(a->out, a->ln2_mean, a->ln2_rstd, a->r2, pc_f32(lp->ln2_w),
-                         pc_f32(lp->ln2_b), N, C, c->layer_norm_eps);
+                         pc_f32(lp->ln2_b), Nq, C, c->layer_norm_eps);
     return 0;
 }
 
@@ -568,9 +632,22 @@ void pc_encoder_batch_shape(const pc_encoder *enc, int *B, int *T) {
     *T = enc->T;
 }
 
-const float *pc_encoder_hidden(const pc_encoder *enc) {
-    if (!enc->has_forward) return NULL;
+/* the last hidden state, (B,T,C) or, after a first-token-only forward, (B,C) */
+static const float *last_hidden(const pc_encoder *enc) {
     return enc->cfg.layers ? enc->acts[enc->cfg.layers - 1].out : enc->emb_out;
+}
+
+/* row stride between the first tokens of consecutive sequences in last_hidden() */
+static int64_t first_token_stride(const pc_encoder *enc) {
+    bool compact = enc->first_token_only && enc->cfg.layers > 0;
+    return (int64_t)(compact ? 1 : enc->T) * enc->cfg.hidden;
+}
+
+bool pc_encoder_has_forward(const pc_encoder *enc) { return enc->has_forward; }
+
+const float *pc_encoder_hidden(const pc_encoder *enc) {
+    if (!enc->has_forward || (enc->first_token_only && enc->cfg.layers > 0)) return NULL;
+    return last_hidden(enc);
 }
 
 const float *pc_encoder_pooled(const pc_encoder *enc) {
@@ -587,10 +664,11 @@ const float *pc_encoder_logits(const pc_encoder *enc) {
  *   RoBERTa: logits = dropout(tanh(dropout(cls)·Wdᵀ + bd))·Woᵀ + bo */
 static int head_forward(pc_encoder *enc) {
     const pc_encoder_config *c = &enc->cfg;
-    const int B = enc->B, T = enc->T, C = c->hidden;
-    const float *hidden = pc_encoder_hidden(enc);
+    const int B = enc->B, C = c->hidden;
+    const float *hidden = last_hidden(enc);
+    const int64_t stride = first_token_stride(enc);
     for (int b = 0; b < B; b++)
-        memcpy(enc->cls_in + (int64_t)b * C, hidden + (int64_t)b * T * C, sizeof(float) * C);
+        memcpy(enc->cls_in + (int64_t)b * C, hidden + b * stride, sizeof(float) * C);
     float p = enc->training ? c->classifier_dropout : 0.0f;
     if (c->add_pooler) {
         if (slot_forward(enc, enc->pooler, enc->head_h, enc->cls_in, B) < 0) return -1;
@@ -615,7 +693,8 @@ static int head_forward(pc_encoder *enc) {
 
 int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
                        const int64_t *token_types, const float *key_mask, int B, int T,
-                       bool training, bool keep_activations, uint64_t seed) {
+                       bool training, bool keep_activations, bool first_token_only,
+                       uint64_t seed) {
     enc->has_forward = false;
     enc->backward_ready = false;
     if (ensure_activations(enc, B, T, keep_activations) < 0) return -1;
@@ -626,6 +705,7 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     enc->has_mask = key_mask != NULL;
     if (key_mask) memcpy(enc->key_mask, key_mask, sizeof(float) * N);
     enc->training = training;
+    enc->first_token_only = first_token_only;
     enc->seed = seed;
     embeddings_forward(enc, (int)N);
     const float *x = enc->emb_out;
@@ -664,59 +744,85 @@ static float *grad_or_null(pc_tensor *t, int *oom) {
     return pc_f32(g);
 }
 
-/* d_out (N,C) is the gradient of the layer's output; on return d_x (N,C) holds the
+/* d_out (Nq,C) is the gradient of the layer's output rows; on return d_x (N,C) holds the
  * gradient of its input when need_dx. Mirrors layer_forward line by line. */
 static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, float *d_x,
                           bool need_dx) {
     const pc_encoder_config *c = &enc->cfg;
     const int B = enc->B, T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
-    const int64_t NC = (int64_t)N * C;
     layer_params *lp = &enc->layer[l];
     layer_acts *a = &enc->acts[l];
     float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
     float p_attn = enc->training ? c->attention_dropout : 0.0f;
     int oom = 0;
+    const layer_rows r = rows_of(enc, l, x, a->qkv);
+    const layer_rows dr = rows_of(enc, l, x, enc->d_qkv); /* the same layout for gradients */
+    const int Nq = r.Nq;
+    const int64_t NqC = (int64_t)Nq * C;
 
-    /* out = LN2(r2): d_r (N,C) = LN2ᵀ d_out */
+    /* out = LN2(r2): d_r (Nq,C) = LN2ᵀ d_out */
     float *d_r = enc->d_r, *d_h1 = enc->d_h1;
-    memset(d_r, 0, sizeof(float) * NC);
+    memset(d_r, 0, sizeof(float) * NqC);
     pc_layernorm_backward(d_r, grad_or_null(lp->ln2_w, &oom), grad_or_null(lp->ln2_b, &oom),
-                          d_out, a->r2, pc_f32(lp->ln2_w), a->ln2_mean, a->ln2_rstd, N, C);
+                          d_out, a->r2, pc_f32(lp->ln2_w), a->ln2_mean, a->ln2_rstd, Nq, C);
     /* r2 = dropout(o) + h1: the residual passes d_r to h1; the branch gets its dropout */
-    memcpy(d_h1, d_r, sizeof(float) * NC);
-    dropout_backward_inplace(d_r, NC, p_hidden, site_seed(enc->seed, l, SITE_O));
+    memcpy(d_h1, d_r, sizeof(float) * NqC);
+    dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
     /* o = act·Woᵀ + bo */
-    memset(enc->d_act, 0, sizeof(float) * (size_t)N * I);
-    if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, N) < 0) return -1;
+    memset(enc->d_act, 0, sizeof(float) * (size_t)Nq * I);
+    if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, Nq) < 0) return -1;
     /* act = gelu(pre); act is dead now (Wo's gradients are done), so d_pre reuses it */
     float *d_pre = a->act;
-    memset(d_pre, 0, sizeof(float) * (size_t)N * I);
-    activation_backward(enc, d_pre, enc->d_act, a->pre, (int64_t)N * I);
+    memset(d_pre, 0, sizeof(float) * (size_t)Nq * I);
+    activation_backward(enc, d_pre, enc->d_act, a->pre, (int64_t)Nq * I);
     /* pre = h1·Wiᵀ + bi */
-    if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, N) < 0) return -1;
+    if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq) < 0) return -1;
     /* h1 = LN1(r1) */
-    memset(d_r, 0, sizeof(float) * NC);
+    memset(d_r, 0, sizeof(float) * NqC);
     pc_layernorm_backward(d_r, grad_or_null(lp->ln1_w, &oom), grad_or_null(lp->ln1_b, &oom),
-                          d_h1, a->r1, pc_f32(lp->ln1_w), a->ln1_mean, a->ln1_rstd, N, C);
-    /* r1 = dropout(ao) + x */
-    if (need_dx) memcpy(d_x, d_r, sizeof(float) * NC);
-    dropout_backward_inplace(d_r, NC, p_hidden, site_seed(enc->seed, l, SITE_AO));
+                          d_h1, a->r1, pc_f32(lp->ln1_w), a->ln1_mean, a->ln1_rstd, Nq, C);
+    /* r1 = dropout(ao) + xq: the residual's share of d_x (at the first tokens only, when
+     * only those rows were computed) */
+    if (need_dx) {
+        if (!r.first_tokens) {
+            memcpy(d_x, d_r, sizeof(float) * NqC);
+        } else {
+            memset(d_x, 0, sizeof(float) * (size_t)N * C);
+            for (int b = 0; b < B; b++)
+                memcpy(d_x + (int64_t)b * T * C, d_r + (int64_t)b * C, sizeof(float) * C);
+        }
+    }
+    dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
     /* ao = ctx·Waoᵀ + bao */
-    memset(enc->d_ctx, 0, sizeof(float) * NC);
-    if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, N) < 0) return -1;
+    memset(enc->d_ctx, 0, sizeof(float) * NqC);
+    if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq) < 0) return -1;
     /* ctx = attention(q, k, v) */
-    memset(enc->d_qkv, 0, sizeof(float) * NC * 3);
-    pc_attention_backward(enc->d_qkv, enc->d_qkv + C, enc->d_qkv + 2 * C, 3 * C, enc->d_ctx,
-                          a->probs, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, B, T, c->heads,
-                          C / c->heads, p_attn, site_seed(enc->seed, l, SITE_ATTN));
-    /* qkv = x·Wqkvᵀ + bqkv: per-slot weight grads, one GEMM for d_x */
-    for (int s = 0; s < 3; s++)
-        if (slot_backward_params(enc, lp->slot[s], need_dx ? d_x : NULL, C, enc->d_qkv + s * C,
-                                 3 * C, x, C, N) < 0)
+    memset(enc->d_qkv, 0, sizeof(float) * ((size_t)N * 2 * C + (size_t)Nq * C));
+    const pc_attention_dims dims = attention_dims(enc, &r);
+    pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims, p_attn,
+                          site_seed(enc->seed, l, SITE_ATTN));
+    /* q, k, v = x·Wᵀ + b: per-slot weight grads (a query row's input gradient belongs to
+     * d_x's row of that token: stride T·C between first tokens) */
+    const int ld_dxq = r.first_tokens ? T * C : C;
+    for (int s = SLOT_Q; s <= SLOT_V; s++) {
+        float *dy; const float *in; int ldy, rows;
+        qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
+        if (slot_backward_params(enc, lp->slot[s], need_dx ? d_x : NULL,
+                                 s == SLOT_Q ? ld_dxq : C, dy, ldy, in, C, rows) < 0)
             return -1;
-    if (need_dx)
-        pc_sgemm(false, false, N, C, 3 * C, 1.0f, enc->d_qkv, 3 * C, pc_f32(lp->qkv_w), C, 1.0f,
-                 d_x, C);
+    }
+    if (need_dx) {
+        const float *w = pc_f32(lp->qkv_w);
+        if (!r.first_tokens) {
+            /* d_x (N,C) += d_qkv (N,3C) · Wqkv (3C,C) */
+            pc_sgemm(false, false, N, C, 3 * C, 1.0f, enc->d_qkv, 3 * C, w, C, 1.0f, d_x, C);
+        } else {
+            /* d_x += d_kv (N,2C) · [Wk;Wv] (2C,C); first-token rows += d_q (B,C) · Wq */
+            pc_sgemm(false, false, N, C, 2 * C, 1.0f, dr.k, 2 * C, w + (int64_t)C * C, C, 1.0f,
+                     d_x, C);
+            pc_sgemm(false, false, B, C, C, 1.0f, dr.q, C, w, C, 1.0f, d_x, ld_dxq);
+        }
+    }
     return oom ? -1 : 0;
 }
 
@@ -747,8 +853,9 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
     return 0;
 }
 
-/* Head backward: d_logits (B,L) → d_pooled / d_cls; returns the (N,C) gradient of the last
- * hidden state in d_hidden_out (only the first token of each sequence is non-zero). */
+/* Head backward: d_logits (B,L) → d_pooled / d_cls; returns the gradient of the last hidden
+ * state in d_hidden_out: (N,C) with only the first token of each sequence non-zero, or (B,C)
+ * after a first-token-only forward. */
 static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_pooled_in,
                          float *d_hidden_out, bool need_below) {
     const pc_encoder_config *c = &enc->cfg;
@@ -787,9 +894,10 @@ static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_
             return -1;
     }
     if (need_below) {
-        memset(d_hidden_out, 0, sizeof(float) * (size_t)B * T * C);
+        const int64_t stride = first_token_stride(enc);
+        if (stride != C) memset(d_hidden_out, 0, sizeof(float) * (size_t)B * T * C);
         for (int b = 0; b < B; b++)
-            memcpy(d_hidden_out + (int64_t)b * T * C, d_cls + (int64_t)b * C, sizeof(float) * C);
+            memcpy(d_hidden_out + b * stride, d_cls + (int64_t)b * C, sizeof(float) * C);
     }
     return 0;
 }
@@ -798,6 +906,7 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
                         const float *d_pooled) {
     if (!enc->has_forward) return -2;
     if (!enc->backward_ready) return -3;
+    if (d_hidden && enc->first_token_only && enc->cfg.layers > 0) return -4;
     /* one backward per forward, whatever part of the model it reaches (and also when it
      * fails half-way): the layer loop below overwrites activations with gradients */
     enc->has_forward = false;

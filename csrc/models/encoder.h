@@ -60,14 +60,20 @@ int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B,
  * adapter's trainable copy of a head (PEFT's modules_to_save). Returns 0, or -2 on shapes. */
 int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight, pc_tensor *bias);
 
-/* Forward over a (B,T) batch (keep_activations: a backward may follow). ids, positions, token_types: (B,T) int64, already checked to
- * be in range; key_mask (B,T) float 1/0 or NULL. Returns 0, or -1 when out of memory.
+/* Forward over a (B,T) batch. ids, positions, token_types: (B,T) int64, already checked to
+ * be in range; key_mask (B,T) float 1/0 or NULL. keep_activations: a backward may follow.
+ * first_token_only: the last layer computes only each sequence's first token (all a pooler
+ * or classification head reads); the last hidden state is then not available.
+ * Returns 0, or -1 when out of memory.
  * Results: hidden (B,T,C), pooled (B,C) or NULL, logits (B,num_labels) or NULL. */
 int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
                        const int64_t *token_types, const float *key_mask, int B, int T,
-                       bool training, bool keep_activations, uint64_t seed);
+                       bool training, bool keep_activations, bool first_token_only,
+                       uint64_t seed);
+bool pc_encoder_has_forward(const pc_encoder *enc);
 /* (B, T) of the last forward */
 void pc_encoder_batch_shape(const pc_encoder *enc, int *B, int *T);
+/* NULL without a forward, or after a first-token-only one */
 const float *pc_encoder_hidden(const pc_encoder *enc);
 const float *pc_encoder_pooled(const pc_encoder *enc);
 const float *pc_encoder_logits(const pc_encoder *enc);
@@ -76,7 +82,8 @@ const float *pc_encoder_logits(const pc_encoder *enc);
  * tensor) with requires_grad. Give exactly one of d_logits (B,L) (models with a head),
  * d_pooled (B,C) or d_hidden (B,T,C) (either may be given without a head). Returns 0,
  * -1 when out of memory, -2 when there was no forward, -3 when the forward did not keep its
- * activations (keep_activations false: inference, one set of buffers for all layers). */
+ * activations (keep_activations false: inference, one set of buffers for all layers), -4 for
+ * d_hidden after a first-token-only forward. */
 int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
                         const float *d_pooled);
 

@@ -380,12 +380,20 @@ fail:
 static PyObject *f_dropout_forward(PyObject *s, PyObject *a) { (void)s; return dropout_call(a, false); }
 static PyObject *f_dropout_backward(PyObject *s, PyObject *a) { (void)s; return dropout_call(a, true); }
 
-/* q, k, v (B,T,C) with C = H·D; mask (B,T) or None */
+/* q (B,Tq,C), k and v (B,Tk,C) with C = H·D */
 static int check_attention_inputs(PyArrayObject *q, PyArrayObject *k, PyArrayObject *v,
                                   int H) {
     if (glue_check_ndim(q, 3, "attention: query") < 0) return -1;
-    if (glue_check_same_shape(q, k, "query", "key") < 0) return -1;
-    if (glue_check_same_shape(q, v, "query", "value") < 0) return -1;
+    if (glue_check_ndim(k, 3, "attention: key") < 0) return -1;
+    if (glue_check_same_shape(k, v, "key", "value") < 0) return -1;
+    if (PyArray_DIM(k, 0) != PyArray_DIM(q, 0) || PyArray_DIM(k, 2) != PyArray_DIM(q, 2)) {
+        PyErr_Format(PyExc_ValueError,
+                     "attention: key must be (%lld, Tk, %lld) like query's batch and width, got "
+                     "(%lld, %lld, %lld)", (long long)PyArray_DIM(q, 0), (long long)PyArray_DIM(q, 2),
+                     (long long)PyArray_DIM(k, 0), (long long)PyArray_DIM(k, 1),
+                     (long long)PyArray_DIM(k, 2));
+        return -1;
+    }
     int64_t C = PyArray_DIM(q, 2);
     if (H <= 0 || C % H != 0) {
         PyErr_Format(PyExc_ValueError,
@@ -393,12 +401,21 @@ static int check_attention_inputs(PyArrayObject *q, PyArrayObject *k, PyArrayObj
                      (long long)C, H);
         return -1;
     }
-    int64_t bhtt = PyArray_DIM(q, 0) * H * PyArray_DIM(q, 1) * PyArray_DIM(q, 1);
+    int64_t bhtt = PyArray_DIM(q, 0) * H * PyArray_DIM(q, 1) * PyArray_DIM(k, 1);
     if (bhtt > ((int64_t)1 << 40)) {
-        PyErr_SetString(PyExc_ValueError, "attention: batch·heads·T² is too large");
+        PyErr_SetString(PyExc_ValueError, "attention: batch·heads·Tq·Tk is too large");
         return -1;
     }
+    if (glue_check_int_range(PyArray_DIM(k, 0) * PyArray_DIM(k, 1) * C, "attention: size") < 0)
+        return -1;
     return glue_check_int_range(PyArray_DIM(q, 0) * PyArray_DIM(q, 1) * C, "attention: size");
+}
+
+static pc_attention_dims attention_dims(PyArrayObject *q, PyArrayObject *k, int H) {
+    int C = (int)PyArray_DIM(q, 2);
+    pc_attention_dims d = {(int)PyArray_DIM(q, 0), (int)PyArray_DIM(q, 1), (int)PyArray_DIM(k, 1),
+                           H, C / H, C, C};
+    return d;
 }
 
 /* attention_forward(q, k, v, num_heads, mask|None, dropout_p, seed) -> (out, probs) */
@@ -415,7 +432,8 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
     CHECK(k = glue_f32(ko, "attention: key"));
     CHECK(v = glue_f32(vo, "attention: value"));
     CHECK(check_attention_inputs(q, k, v, H) == 0);
-    int64_t B = PyArray_DIM(q, 0), T = PyArray_DIM(q, 1), C = PyArray_DIM(q, 2);
+    const pc_attention_dims dims = attention_dims(q, k, H);
+    const int64_t B = dims.B, T = dims.Tk;
     if (mo != Py_None) {
         PyObject *mf = PyArray_FromAny(mo, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
                                        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST,
@@ -428,13 +446,12 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
             goto fail;
         }
     }
-    npy_intp pdims[4] = {(npy_intp)B, H, (npy_intp)T, (npy_intp)T};
+    npy_intp pdims[4] = {(npy_intp)B, H, (npy_intp)dims.Tq, (npy_intp)T};
     CHECK(out = glue_zeros(3, PyArray_DIMS(q)));
     CHECK(probs = glue_zeros(4, pdims));
     Py_BEGIN_ALLOW_THREADS
     pc_attention_forward(glue_fp(out), glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v),
-                         (int)C, m ? glue_fp(m) : NULL, (int)B, (int)T, H, (int)(C / H),
-                         (float)p, seed);
+                         m ? glue_fp(m) : NULL, &dims, (float)p, seed);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("(OO)", out, probs);
 fail:
@@ -462,20 +479,19 @@ static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
     CHECK(v = glue_f32(vo, "attention_backward: value"));
     CHECK(check_attention_inputs(q, k, v, H) == 0);
     CHECK(glue_check_same_shape(q, dout, "query", "grad_output") == 0);
-    int64_t B = PyArray_DIM(q, 0), T = PyArray_DIM(q, 1), C = PyArray_DIM(q, 2);
-    if (PyArray_NDIM(probs) != 4 || PyArray_DIM(probs, 0) != B || PyArray_DIM(probs, 1) != H ||
-        PyArray_DIM(probs, 2) != T || PyArray_DIM(probs, 3) != T) {
-        PyErr_Format(PyExc_ValueError, "attention_backward: probs must be (%lld, %d, %lld, %lld)",
-                     (long long)B, H, (long long)T, (long long)T);
+    const pc_attention_dims dims = attention_dims(q, k, H);
+    if (PyArray_NDIM(probs) != 4 || PyArray_DIM(probs, 0) != dims.B || PyArray_DIM(probs, 1) != H ||
+        PyArray_DIM(probs, 2) != dims.Tq || PyArray_DIM(probs, 3) != dims.Tk) {
+        PyErr_Format(PyExc_ValueError, "attention_backward: probs must be (%d, %d, %d, %d)",
+                     dims.B, H, dims.Tq, dims.Tk);
         goto fail;
     }
     CHECK(dq = glue_zeros(3, PyArray_DIMS(q)));
-    CHECK(dk = glue_zeros(3, PyArray_DIMS(q)));
-    CHECK(dv = glue_zeros(3, PyArray_DIMS(q)));
+    CHECK(dk = glue_zeros(3, PyArray_DIMS(k)));
+    CHECK(dv = glue_zeros(3, PyArray_DIMS(k)));
     Py_BEGIN_ALLOW_THREADS
-    pc_attention_backward(glue_fp(dq), glue_fp(dk), glue_fp(dv), (int)C, glue_fp(dout),
-                          glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v), (int)C, (int)B,
-                          (int)T, H, (int)(C / H), (float)p, seed);
+    pc_attention_backward(glue_fp(dq), glue_fp(dk), glue_fp(dv), glue_fp(dout), glue_fp(probs),
+                          glue_fp(q), glue_fp(k), glue_fp(v), &dims, (float)p, seed);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("(OOO)", dq, dk, dv);
 fail:

@@ -272,7 +272,8 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
-                            mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0, seed);
+                            mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0,
+                            !want_hidden, seed);
     Py_END_ALLOW_THREADS
     if (rc < 0) { PyErr_NoMemory(); goto fail; }
     if (want_hidden) {
@@ -303,8 +304,7 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
         return NULL;
     if (ready(self) < 0) return NULL;
     const pc_encoder_config *c = pc_encoder_get_config(self->enc);
-    const float *hidden = pc_encoder_hidden(self->enc);
-    if (!hidden) {
+    if (!pc_encoder_has_forward(self->enc)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "backward() needs a forward pass first (each forward allows one backward)");
         return NULL;
@@ -358,6 +358,11 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
     if (rc == -3) {
         PyErr_SetString(PyExc_RuntimeError, "the last forward ran under peftcore.no_grad(): "
                         "it kept no activations to backpropagate through");
+        return NULL;
+    }
+    if (rc == -4) {
+        PyErr_SetString(PyExc_RuntimeError, "grad_hidden needs a forward that returned the hidden "
+                        "states; the last one computed only the first tokens the head reads");
         return NULL;
     }
     Py_RETURN_NONE;

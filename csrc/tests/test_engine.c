@@ -217,16 +217,17 @@ static void test_softmax(int N, int C) {
 
 /* ------------------------------------------------------------------ attention */
 
-/* q, k, v live in one (B,T,3C) buffer (fused QKV, row stride 3C) when fused, else in
- * three (B,T,C) buffers. */
-static void test_attention(int B, int T, int H, int D, bool masked, float p, bool fused) {
+/* k, v: (B,T) rows; q: (B,Tq) rows. q, k, v live in one (B,T,3C) buffer (fused QKV, row
+ * stride 3C, Tq = T) when fused, else in three buffers of row stride C. */
+static void test_attention(int B, int Tq, int T, int H, int D, bool masked, float p, bool fused) {
     char name[160];
     const int C = H * D, ld = fused ? 3 * C : C;
     const uint64_t seed = 1234567;
-    size_t nqkv = (size_t)B * T * ld;
-    float *qbuf = frand(nqkv, 1), *kbuf = fused ? qbuf : frand(nqkv, 1),
-          *vbuf = fused ? qbuf : frand(nqkv, 1);
+    size_t nkv = (size_t)B * T * ld, nq = fused ? nkv : (size_t)B * Tq * C;
+    float *qbuf = frand(nq, 1), *kbuf = fused ? qbuf : frand(nkv, 1),
+          *vbuf = fused ? qbuf : frand(nkv, 1);
     const float *q = qbuf, *k = kbuf + (fused ? C : 0), *v = vbuf + (fused ? 2 * C : 0);
+    const pc_attention_dims dims = {B, Tq, T, H, D, ld, ld};
     float *mask = NULL;
     if (masked) {
         mask = pc_alloc((size_t)B * T * sizeof(float));
@@ -234,24 +235,25 @@ static void test_attention(int B, int T, int H, int D, bool masked, float p, boo
             for (int t = 0; t < T; t++) mask[b * T + t] = (b == 0 || t < T - 1 - b) ? 1.0f : 0.0f;
         if (B > 1) for (int t = 0; t < T; t++) mask[(B - 1) * T + t] = 0.0f; /* all padding */
     }
-    float *out = frand((size_t)B * T * C, 100), *probs = frand((size_t)B * H * T * T, 100);
-    pc_attention_forward(out, probs, q, k, v, ld, mask, B, T, H, D, p, seed);
+    const size_t nout = (size_t)B * Tq * C, nprobs = (size_t)B * H * Tq * T;
+    float *out = frand(nout, 100), *probs = frand(nprobs, 100);
+    pc_attention_forward(out, probs, q, k, v, mask, &dims, p, seed);
 
     /* naive reference in double */
-    double *rP = dzeros((size_t)B * H * T * T), *rPd = dzeros((size_t)B * H * T * T);
-    double *rout = dzeros((size_t)B * T * C);
+    double *rP = dzeros(nprobs), *rPd = dzeros(nprobs), *rout = dzeros(nout);
     const double scale = 1.0 / sqrt((double)D), keep_scale = 1.0 / (1.0 - p);
+#define QAT(b, i, c) q[((size_t)(b) * Tq + (i)) * ld + (c)]
+#define KVAT(m, b, j, c) m[((size_t)(b) * T + (j)) * ld + (c)]
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
-            for (int i = 0; i < T; i++) {
-                double *P = rP + (((size_t)b * H + h) * T + i) * T;
-                double *Pd = rPd + (((size_t)b * H + h) * T + i) * T;
+            for (int i = 0; i < Tq; i++) {
+                double *P = rP + (((size_t)b * H + h) * Tq + i) * T;
+                double *Pd = rPd + (((size_t)b * H + h) * Tq + i) * T;
                 double mx = -INFINITY, sum = 0;
                 for (int j = 0; j < T; j++) {
                     double s = 0;
                     for (int d = 0; d < D; d++)
-                        s += (double)q[((size_t)b * T + i) * ld + h * D + d] *
-                             k[((size_t)b * T + j) * ld + h * D + d];
+                        s += (double)QAT(b, i, h * D + d) * KVAT(k, b, j, h * D + d);
                     s *= scale;
                     if (mask && mask[b * T + j] == 0.0f) s += -FLT_MAX;
                     P[j] = s;
@@ -260,45 +262,45 @@ static void test_attention(int B, int T, int H, int D, bool masked, float p, boo
                 for (int j = 0; j < T; j++) sum += (P[j] = exp(P[j] - mx));
                 for (int j = 0; j < T; j++) {
                     P[j] /= sum;
-                    uint64_t idx = (((uint64_t)b * H + h) * T + i) * T + j;
+                    uint64_t idx = (((uint64_t)b * H + h) * Tq + i) * T + j;
                     Pd[j] = p > 0 ? (pc_dropout_keep(seed, idx, p) ? P[j] * keep_scale : 0.0)
                                   : P[j];
                 }
                 for (int d = 0; d < D; d++) {
                     double s = 0;
-                    for (int j = 0; j < T; j++) s += Pd[j] * v[((size_t)b * T + j) * ld + h * D + d];
-                    rout[((size_t)b * T + i) * C + h * D + d] = s;
+                    for (int j = 0; j < T; j++) s += Pd[j] * KVAT(v, b, j, h * D + d);
+                    rout[((size_t)b * Tq + i) * C + h * D + d] = s;
                 }
             }
-    snprintf(name, sizeof name, "attention_forward B=%d T=%d H=%d D=%d mask=%d p=%.1f fused=%d",
-             B, T, H, D, masked, p, fused);
-    check_part(name, "out", out, rout, (size_t)B * T * C);
-    check_part(name, "probs", probs, rP, (size_t)B * H * T * T);
+    snprintf(name, sizeof name, "attention_forward B=%d Tq=%d T=%d H=%d D=%d mask=%d p=%.1f fused=%d",
+             B, Tq, T, H, D, masked, p, fused);
+    check_part(name, "out", out, rout, nout);
+    check_part(name, "probs", probs, rP, nprobs);
 
-    /* backward: gradients accumulate into pre-filled buffers with the same row stride */
-    float *dout = frand((size_t)B * T * C, 1);
-    float *dqbuf = frand(nqkv, 1), *dkbuf = fused ? dqbuf : frand(nqkv, 1),
-          *dvbuf = fused ? dqbuf : frand(nqkv, 1);
+    /* backward: gradients accumulate into pre-filled buffers with the same row strides */
+    float *dout = frand(nout, 1);
+    float *dqbuf = frand(nq, 1), *dkbuf = fused ? dqbuf : frand(nkv, 1),
+          *dvbuf = fused ? dqbuf : frand(nkv, 1);
     float *dq = dqbuf, *dk = dkbuf + (fused ? C : 0), *dv = dvbuf + (fused ? 2 * C : 0);
-    double *rdq = dfrom(dqbuf, nqkv), *rdk = fused ? rdq : dfrom(dkbuf, nqkv),
-           *rdv = fused ? rdq : dfrom(dvbuf, nqkv);
+    double *rdq = dfrom(dqbuf, nq), *rdk = fused ? rdq : dfrom(dkbuf, nkv),
+           *rdv = fused ? rdq : dfrom(dvbuf, nkv);
     double *rdqv = rdq, *rdkv = rdk + (fused ? C : 0), *rdvv = rdv + (fused ? 2 * C : 0);
     double *dP = dzeros(T);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
-            for (int i = 0; i < T; i++) {
-                const double *P = rP + (((size_t)b * H + h) * T + i) * T;
-                const double *Pd = rPd + (((size_t)b * H + h) * T + i) * T;
-                const float *dO = dout + ((size_t)b * T + i) * C + h * D;
+            for (int i = 0; i < Tq; i++) {
+                const double *P = rP + (((size_t)b * H + h) * Tq + i) * T;
+                const double *Pd = rPd + (((size_t)b * H + h) * Tq + i) * T;
+                const float *dO = dout + ((size_t)b * Tq + i) * C + h * D;
                 double dot = 0;
                 for (int j = 0; j < T; j++) {
                     double s = 0;
                     for (int d = 0; d < D; d++) {
-                        s += (double)dO[d] * v[((size_t)b * T + j) * ld + h * D + d];
-                        rdvv[((size_t)b * T + j) * ld + h * D + d] += Pd[j] * dO[d];
+                        s += (double)dO[d] * KVAT(v, b, j, h * D + d);
+                        KVAT(rdvv, b, j, h * D + d) += Pd[j] * dO[d];
                     }
                     if (p > 0) {
-                        uint64_t idx = (((uint64_t)b * H + h) * T + i) * T + j;
+                        uint64_t idx = (((uint64_t)b * H + h) * Tq + i) * T + j;
                         s = pc_dropout_keep(seed, idx, p) ? s * keep_scale : 0.0;
                     }
                     dP[j] = s;
@@ -307,20 +309,20 @@ static void test_attention(int B, int T, int H, int D, bool masked, float p, boo
                 for (int j = 0; j < T; j++) {
                     double dS = P[j] * (dP[j] - dot) * scale;
                     for (int d = 0; d < D; d++) {
-                        rdqv[((size_t)b * T + i) * ld + h * D + d] +=
-                            dS * k[((size_t)b * T + j) * ld + h * D + d];
-                        rdkv[((size_t)b * T + j) * ld + h * D + d] +=
-                            dS * q[((size_t)b * T + i) * ld + h * D + d];
+                        rdqv[((size_t)b * Tq + i) * ld + h * D + d] += dS * KVAT(k, b, j, h * D + d);
+                        KVAT(rdkv, b, j, h * D + d) += dS * QAT(b, i, h * D + d);
                     }
                 }
             }
-    pc_attention_backward(dq, dk, dv, ld, dout, probs, q, k, v, ld, B, T, H, D, p, seed);
-    snprintf(name, sizeof name, "attention_backward B=%d T=%d H=%d D=%d mask=%d p=%.1f fused=%d (+=)",
-             B, T, H, D, masked, p, fused);
-    check_part(name, fused ? "dqkv" : "dq", dqbuf, rdq, nqkv);
+#undef QAT
+#undef KVAT
+    pc_attention_backward(dq, dk, dv, dout, probs, q, k, v, &dims, p, seed);
+    snprintf(name, sizeof name, "attention_backward B=%d Tq=%d T=%d H=%d D=%d mask=%d p=%.1f fused=%d (+=)",
+             B, Tq, T, H, D, masked, p, fused);
+    check_part(name, fused ? "dqkv" : "dq", dqbuf, rdq, nq);
     if (!fused) {
-        check_part(name, "dk", dkbuf, rdk, nqkv);
-        check_part(name, "dv", dvbuf, rdv, nqkv);
+        check_part(name, "dk", dkbuf, rdk, nkv);
+        check_part(name, "dv", dvbuf, rdv, nkv);
     }
 
     pc_free(qbuf);
@@ -341,15 +343,16 @@ static void test_thread_determinism(void) {
           *v = frand((size_t)B * T * C, 1);
     float *o1 = pc_alloc((size_t)B * T * C * 4), *o2 = pc_alloc((size_t)B * T * C * 4);
     float *p1 = pc_alloc((size_t)B * H * T * T * 4), *p2 = pc_alloc((size_t)B * H * T * T * 4);
+    const pc_attention_dims dims = {B, T, T, H, D, C, C};
     int before = pc_get_num_threads();
     pc_set_num_threads(1);
     pc_linear_forward(y1, x, w, bias, N, IC, OC);
     pc_linear_backward(NULL, NULL, db1, y1, x, w, N, IC, OC);
-    pc_attention_forward(o1, p1, q, k, v, C, NULL, B, T, H, D, 0.1f, 99);
+    pc_attention_forward(o1, p1, q, k, v, NULL, &dims, 0.1f, 99);
     pc_set_num_threads(2);
     pc_linear_forward(y2, x, w, bias, N, IC, OC);
     pc_linear_backward(NULL, NULL, db2, y2, x, w, N, IC, OC);
-    pc_attention_forward(o2, p2, q, k, v, C, NULL, B, T, H, D, 0.1f, 99);
+    pc_attention_forward(o2, p2, q, k, v, NULL, &dims, 0.1f, 99);
     check_true("threads: get_num_threads after set(2)", pc_get_num_threads() == 2);
     pc_set_num_threads(before);
     check_true("threads: linear_forward 1 vs 2 threads bitwise equal",
@@ -413,11 +416,14 @@ int main(void) {
                                 {3, 7, 3, 5}, {2, 16, 4, 8}};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
         for (int masked = 0; masked < 2; masked++) {
-            test_attention(at[i][0], at[i][1], at[i][2], at[i][3], masked, 0.0f, false);
-            test_attention(at[i][0], at[i][1], at[i][2], at[i][3], masked, 0.3f, false);
+            test_attention(at[i][0], at[i][1], at[i][1], at[i][2], at[i][3], masked, 0.0f, false);
+            test_attention(at[i][0], at[i][1], at[i][1], at[i][2], at[i][3], masked, 0.3f, false);
+            /* fewer queries than keys (one per sequence, as the classification layer) */
+            test_attention(at[i][0], 1, at[i][1], at[i][2], at[i][3], masked, 0.3f, false);
         }
-    test_attention(2, 6, 3, 4, true, 0.0f, true);
-    test_attention(2, 6, 3, 4, true, 0.2f, true);
+    test_attention(3, 2, 5, 2, 3, true, 0.0f, false);
+    test_attention(2, 6, 6, 3, 4, true, 0.0f, true);
+    test_attention(2, 6, 6, 3, 4, true, 0.2f, true);
 
     test_thread_determinism();
     known_issue_sgemm_k0();
