@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from peftcore.models.checkpoint import (
-    CheckpointError, UnsafeCheckpointError, find_installed_model, load_state_dict,
+    CheckpointError, LazyTensor, UnsafeCheckpointError, find_installed_model, load_state_dict,
     read_safetensors, read_torch_bin,
 )
 
@@ -96,6 +96,33 @@ def test_safetensors_round_trip(tmp_path):
         else:
             assert got.dtype == expected.dtype, name
             np.testing.assert_array_equal(got, expected)
+
+
+def test_lazy_safetensors_read_on_demand_equal_eager(tmp_path):
+    """lazy=True checks the header now and reads each tensor when copied out: the values
+    equal an eager load, float32 goes straight into the destination's memory, other
+    dtypes are converted, and a wrong destination shape is refused."""
+    rng = np.random.default_rng(3)
+    tensors = {"f32": rng.standard_normal((3, 4)).astype(np.float32),
+               "f16": rng.standard_normal((5,)).astype(np.float16),
+               "i64": np.arange(6, dtype=np.int64).reshape(2, 3)}
+    _save_safetensors(tmp_path / "model.safetensors", tensors)
+    eager = load_state_dict(tmp_path)
+    lazy = load_state_dict(tmp_path, lazy=True)
+    assert set(lazy) == set(eager)
+    for name, value in lazy.items():
+        assert isinstance(value, LazyTensor) and value.shape == eager[name].shape
+        np.testing.assert_array_equal(np.asarray(value), eager[name])
+        dst = np.full(value.shape, 7, dtype=eager[name].dtype)
+        value.copy_into(dst)
+        np.testing.assert_array_equal(dst, eager[name])
+    with pytest.raises(ValueError, match="shape"):
+        lazy["f32"].copy_into(np.zeros((4, 3), np.float32))
+    # a corrupt header is still reported at load time, not at first use
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(raw[:-8])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_state_dict(tmp_path, lazy=True)
 
 
 def test_safetensors_bf16_is_widened_to_float32(tmp_path):

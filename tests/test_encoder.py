@@ -572,6 +572,22 @@ def test_dropout_train_vs_eval():
     np.testing.assert_array_equal(model.eval()(ids, attention_mask=mask).logits, eval1)
 
 
+def test_dropout_stream_is_per_model_and_reproducible():
+    """A model's dropout masks come from its own seed and forward count: rebuilding it
+    replays the same masks, whatever other models ran in between."""
+    ids, mask = _batch("bert", TINY["vocab_size"])
+    first = _small().train()
+    run1 = [first(ids, attention_mask=mask).logits for _ in range(2)]
+    other = _small().train()
+    for _ in range(3):
+        other(ids, attention_mask=mask)
+    again = _small().train()
+    run2 = [again(ids, attention_mask=mask).logits for _ in range(2)]
+    for a, b in zip(run1, run2):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(run1[0], run1[1])
+
+
 def test_train_mode_without_dropout_equals_eval():
     model = _small(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ids, mask = _batch("bert", TINY["vocab_size"])

@@ -16,7 +16,6 @@ import pytest
 import peftcore
 from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401,E501
 from peftcore import LoraConfig, get_peft_model
-from peftcore.models import encoder as encoder_module
 
 # a tiny architecture without hidden/attention dropout, so only LoRA dropout is random
 CFG = dict(model_type="bert", vocab_size=40, hidden_size=32, num_hidden_layers=2,
@@ -314,13 +313,13 @@ def test_lora_grads_finite_differences():
 
 
 def test_train_mode_dropout_backward_matches_finite_differences(monkeypatch):
-    """The engine draws each forward's dropout seed from a counter; pinning the counter
+    """A model draws each forward's dropout seed from its own counter; pinning the counter
     makes the train-mode forward a deterministic function, so its backward can be checked
     against finite differences with the same masks."""
-    monkeypatch.setattr(encoder_module, "_seed_counter", itertools.repeat(12345))
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "output.dense"],
                         lora_dropout=0.4, task_type="SEQ_CLS", init_lora_weights=False)
     pm = _peft(config).train()
+    monkeypatch.setattr(pm.get_base_model(), "_forward_counter", itertools.repeat(12345))
     ids, mask, labels = _batch(B=3, T=6, seed=4)
 
     def loss():
@@ -453,11 +452,9 @@ def test_thread_count_does_not_change_lora_grads(dropout):
     try:
         for threads in (1, 2):
             peftcore.set_num_threads(threads)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(encoder_module, "_seed_counter", itertools.repeat(99))
-                pm = _peft(config).train()
-                out = pm(ids, attention_mask=mask, labels=labels)
-                pm.backward()
+            pm = _peft(config).train()  # a fresh model: the same dropout masks
+            out = pm(ids, attention_mask=mask, labels=labels)
+            pm.backward()
             results.append((out.logits.copy(), _lora_grads(pm)))
     finally:
         peftcore.set_num_threads(old)

@@ -32,7 +32,8 @@ typedef struct {
     pc_linear_slot *slot[SLOTS_PER_LAYER];
 } layer_params;
 
-/* Activations of one layer, saved for the backward. */
+/* Activations of one layer, saved for the backward. act (N,I) = gelu(pre) is not saved: all
+ * layers share one buffer for it, and the backward recomputes it from pre. */
 typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
@@ -68,6 +69,7 @@ struct pc_encoder {
     float *emb_sum, *emb_mean, *emb_rstd, *emb_out;
     layer_acts *acts;
     float *first_x;        /* (B,C) the last layer's input at the first tokens */
+    float *act;            /* (N,I) every layer's activation output, then its gradient */
     float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
     /* gradient scratch */
     float *d_x, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head;
@@ -318,10 +320,11 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
     const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
     const int64_t per_layer = round_up(N * 3 * C) + round_up(B * H * T * (int64_t)T) +
-                              5 * round_up(N * C) + 2 * round_up(N * I) + 4 * round_up(N);
+                              5 * round_up(N * C) + round_up(N * I) + 4 * round_up(N);
     const int64_t grad_scratch = 3 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
+                         round_up(N * I) +
                          6 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
     if (need > enc->arena_floats) {
@@ -352,6 +355,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     TAKE(enc->emb_out, N * C);
     TAKE(enc->emb_mean, N);
     TAKE(enc->emb_rstd, N);
+    TAKE(enc->act, N * I);
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
         if (!keep && l > 0) {
@@ -366,7 +370,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
         TAKE(a->r2, N * C);
         TAKE(a->out, N * C);
         TAKE(a->pre, N * I);
-        TAKE(a->act, N * I);
+        a->act = enc->act;
         TAKE(a->ln1_mean, N);
         TAKE(a->ln1_rstd, N);
         TAKE(a->ln2_mean, N);
@@ -768,7 +772,9 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* r2 = dropout(o) + h1: the residual passes d_r to h1; the branch gets its dropout */
     memcpy(d_h1, d_r, sizeof(float) * NqC);
     dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
-    /* o = act·Woᵀ + bo */
+    /* o = act·Woᵀ + bo; act is recomputed when Wo's gradients need it */
+    if (slot_has_trainable(lp->slot[SLOT_O]))
+        activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
     memset(enc->d_act, 0, sizeof(float) * (size_t)Nq * I);
     if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, Nq) < 0) return -1;
     /* act = gelu(pre); act is dead now (Wo's gradients are done), so d_pre reuses it */

@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -73,13 +74,15 @@ class UnsafeCheckpointError(pickle.UnpicklingError, CheckpointError):
 # Folder level
 
 
-def load_state_dict(folder: str | os.PathLike) -> StateDict:
+def load_state_dict(folder: str | os.PathLike, lazy: bool = False) -> StateDict:
     """Load every tensor of the Hugging Face model folder ``folder``.
 
     Returns ``{name: array}`` with floating tensors as C-contiguous float32
     and integer tensors in their own integer dtype.  Raises FileNotFoundError
     when the folder or every weight file is missing, ValueError when a weight
-    file is truncated, corrupt or (for pickles) unsafe.
+    file is truncated, corrupt or (for pickles) unsafe.  With ``lazy``, tensors of
+    safetensors files are `LazyTensor`s, read only when copied out (headers are still
+    checked here), so a model loads with one tensor in flight instead of two copies.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -95,9 +98,10 @@ def load_state_dict(folder: str | os.PathLike) -> StateDict:
             f"no weights in {str(folder)!r}: looked for {', '.join(WEIGHT_FILES)}"
         )
     if name.endswith(".index.json"):
-        reader = read_safetensors if name.startswith("model.") else read_torch_bin
-        return _read_sharded(path, reader)
-    return read_safetensors(path) if name.endswith(".safetensors") else read_torch_bin(path)
+        if name.startswith("model."):
+            return _read_sharded(path, lambda shard: read_safetensors(shard, lazy=lazy))
+        return _read_sharded(path, read_torch_bin)
+    return read_safetensors(path, lazy=lazy) if name.endswith(".safetensors") else read_torch_bin(path)
 
 
 def _read_sharded(index_path: Path, reader: Callable[[Path], StateDict]) -> StateDict:
@@ -167,16 +171,63 @@ class _SafetensorsEntry(NamedTuple):
     end: int
 
 
-def read_safetensors(path: str | os.PathLike) -> StateDict:
-    """Load one ``.safetensors`` file; ValueError names the file and the fault."""
+def read_safetensors(path: str | os.PathLike, lazy: bool = False) -> StateDict:
+    """Load one ``.safetensors`` file; ValueError names the file and the fault.
+    With ``lazy``, the values are `LazyTensor`s (the header is checked now)."""
     path = Path(path)
     with open(path, "rb") as f:
         entries, data_start = _read_safetensors_header(f, path)
+        if lazy:
+            return {name: LazyTensor(path, name, entry, data_start)
+                    for name, entry in entries.items()}
         state = {}
         for name, entry in entries.items():
             f.seek(data_start + entry.begin)
             state[name] = _read_safetensors_tensor(f, path, name, entry)
     return state
+
+
+class LazyTensor:
+    """One tensor of a checked safetensors file, read when needed: `shape`, `read()`,
+    `copy_into(dst)` (straight from the file into dst's memory for float32), or
+    ``np.asarray(lazy)``."""
+
+    __slots__ = ("path", "name", "entry", "data_start")
+
+    def __init__(self, path: Path, name: str, entry: _SafetensorsEntry, data_start: int):
+        self.path, self.name, self.entry, self.data_start = path, name, entry, data_start
+
+    @property
+    def shape(self) -> tuple:
+        return self.entry.shape
+
+    def read(self) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + self.entry.begin)
+            return _read_safetensors_tensor(f, self.path, self.name, self.entry)
+
+    def copy_into(self, dst: np.ndarray) -> None:
+        """dst[...] = this tensor; dst must have its shape."""
+        if dst.shape != self.shape:
+            raise ValueError(f"{self.path}: tensor {self.name!r} has shape {self.shape}, "
+                             f"the destination {dst.shape}")
+        plain = dst.view(np.ndarray)
+        if self.entry.dtype == "F32" and plain.dtype == np.float32 and plain.flags.c_contiguous:
+            with open(self.path, "rb") as f:
+                f.seek(self.data_start + self.entry.begin)
+                if f.readinto(plain.reshape(-1).view(np.uint8)) != self.entry.end - self.entry.begin:
+                    raise CheckpointError(f"{self.path}: file ended inside tensor {self.name!r}")
+            if sys.byteorder != "little":
+                plain.byteswap(inplace=True)
+        else:
+            plain[...] = self.read()
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.read()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.entry.dtype})"
 
 
 def _read_safetensors_header(f, path: Path) -> tuple[dict, int]:

@@ -10,13 +10,13 @@ import numpy as np
 
 from .. import _C
 from ..grad_mode import is_grad_enabled
+from .checkpoint import LazyTensor
 from .checkpoint import load_state_dict as read_checkpoint
 from .configuration import ACTIVATIONS, EncoderConfig
 from .modules import Linear, Module, leaf_kind
 from .parameter import Parameter
 
 _HEAD_KIND = {"bert": 1, "roberta": 2}
-_seed_counter = itertools.count()
 
 
 @dataclass
@@ -46,17 +46,22 @@ class EncoderModel(Module):
 
     with_head = False
 
-    def __init__(self, config: EncoderConfig, seed: int = 0, add_pooling_layer: bool = True):
+    def __init__(self, config: EncoderConfig, seed: int = 0, add_pooling_layer: bool = True,
+                 _init_weights: bool = True):
         super().__init__()
         self.config = config
         self.base_model_prefix = config.model_type
         self.training = False
         self.add_pooling_layer = bool(add_pooling_layer)
         self._seed = int(seed)
+        # dropout masks: one stream per model, from its seed, advanced by each forward, so a
+        # run is reproducible whatever else the process has run before
+        self._forward_counter = itertools.count()
         self._pending_grad = None
         self._engine = _C.Encoder(self._engine_config())
         self._build_tree()
-        self.init_weights(seed)
+        if _init_weights:
+            self.init_weights(seed)
 
     # ------------------------------------------------------------ structure
 
@@ -133,25 +138,33 @@ class EncoderModel(Module):
 
     # ------------------------------------------------------------ weights
 
-    def init_weights(self, seed: int = 0):
+    def init_weights(self, seed: int = 0, names=None):
         """transformers' init: N(0, initializer_range) weights, zero biases, LayerNorm 1/0,
-        the padding row of the word (and, for RoBERTa, position) embeddings zero."""
+        the padding row of the word (and, for RoBERTa, position) embeddings zero. One
+        seeded stream over the parameters in order, drawn in chunks (no full-size float64
+        temporary); `names` limits the init to those parameters."""
         rng = np.random.default_rng(seed)
         std = self.config.initializer_range
+        pad = self.config.pad_token_id
+        emb = self._prefix(False) + "embeddings."
+        padded = {emb + "word_embeddings.weight"}
+        if self.config.model_type == "roberta":
+            padded.add(emb + "position_embeddings.weight")
+        chunk = 1 << 20
         for name, p in self.named_parameters():
+            if names is not None and name not in names:
+                continue
             if "LayerNorm" in name:
                 p[...] = 1.0 if name.endswith("weight") else 0.0
             elif name.endswith("bias"):
                 p[...] = 0.0
             else:
-                p[...] = rng.normal(0.0, std, size=p.shape).astype(np.float32)
-        pad = self.config.pad_token_id
-        emb = self._prefix(False) + "embeddings."
-        params = dict(self.named_parameters())
-        if pad is not None and 0 <= pad < self.config.vocab_size:
-            params[emb + "word_embeddings.weight"][pad] = 0.0
-            if self.config.model_type == "roberta" and pad < self.config.max_position_embeddings:
-                params[emb + "position_embeddings.weight"][pad] = 0.0
+                flat = p.view(np.ndarray).reshape(-1)
+                for start in range(0, flat.size, chunk):  # the same draws as one call
+                    stop = min(start + chunk, flat.size)
+                    flat[start:stop] = rng.normal(0.0, std, size=stop - start)
+                if name in padded and pad is not None and 0 <= pad < p.shape[0]:
+                    p[pad] = 0.0
 
     def state_dict(self) -> dict:
         return {name: np.array(p, copy=True) for name, p in self.named_parameters()}
@@ -168,13 +181,16 @@ class EncoderModel(Module):
         for k, v in state_dict.items():
             if k not in params:
                 continue
-            a = np.asarray(v)
-            if a.shape != params[k].shape:
-                raise ValueError(f"load_state_dict: {k} has shape {a.shape}, the model expects "
-                                 f"{params[k].shape}")
+            a = v if isinstance(v, LazyTensor) else np.asarray(v)  # lazy: read when copied
+            if tuple(a.shape) != params[k].shape:
+                raise ValueError(f"load_state_dict: {k} has shape {tuple(a.shape)}, the model "
+                                 f"expects {params[k].shape}")
             arrays[k] = a
         for k, a in arrays.items():
-            params[k][...] = a
+            if isinstance(a, LazyTensor):
+                a.copy_into(params[k])
+            else:
+                params[k][...] = a
         return missing, unexpected
 
     def _match_checkpoint_keys(self, checkpoint: dict) -> tuple[dict, list]:
@@ -213,10 +229,11 @@ class EncoderModel(Module):
             raise FileNotFoundError(f"model folder {path} does not exist")
         add_pooling_layer = config_overrides.pop("add_pooling_layer", True)
         config = EncoderConfig.from_pretrained(folder, **config_overrides)
-        checkpoint = read_checkpoint(folder)
-        model = cls(config, seed=seed, add_pooling_layer=add_pooling_layer)
+        checkpoint = read_checkpoint(folder, lazy=True)  # one tensor in memory at a time
+        model = cls(config, seed=seed, add_pooling_layer=add_pooling_layer, _init_weights=False)
         matched, unexpected = model._match_checkpoint_keys(checkpoint)
         missing = [name for name, _ in model.named_parameters() if name not in matched]
+        model.init_weights(seed, names=set(missing))
         model.load_state_dict(matched, strict=False)
         if missing:
             warnings.warn(f"Some weights of {cls.__name__} were not initialized from the model "
@@ -286,7 +303,7 @@ class EncoderModel(Module):
     def _run(self, input_ids, attention_mask, token_type_ids, position_ids, want_hidden):
         ids, mask, types, positions = self._prepare_inputs(input_ids, attention_mask,
                                                            token_type_ids, position_ids)
-        seed = (self._seed * 0x9E3779B1 + next(_seed_counter)) % 2**64
+        seed = (self._seed * 0x9E3779B1 + next(self._forward_counter)) % 2**64
         self._pending_grad = None
         return self._engine.forward(ids, positions, types, mask, self.training, seed,
                                     want_hidden, is_grad_enabled())
