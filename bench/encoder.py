@@ -116,6 +116,7 @@ def child_peftcore(args):
         warnings.simplefilter("error")  # the saved head must load too
         model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
     ids, mask, labels = make_batch(args, model.config.vocab_size)
+    model.inference_rows = args.inference_rows
     load_mb = rss_mb()
     if args.mode == "train":
         model.train()
@@ -171,6 +172,8 @@ def run_child(kind, args, model, folder, mode="train"):
     cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--folder", str(folder),
            "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+    if args.inference_rows:
+        cmd += ["--inference-rows", str(args.inference_rows)]
     load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     load_after = os.getloadavg()[0]
@@ -202,6 +205,8 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
+    ap.add_argument("--inference-rows", type=int, default=None,
+                    help="peftcore inference in groups of about this many tokens (less memory)")
     ap.add_argument("--json", help="also write all results to this file")
     # child-only options
     ap.add_argument("--child", choices=("prepare",) + FRAMEWORKS, help=argparse.SUPPRESS)

@@ -701,3 +701,28 @@ def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
     with pytest.raises(RuntimeError, match="hidden"):
         model._engine.backward(d_hidden=np.zeros(hidden.shape, np.float32))
     model.backward(g)  # the refused call changed nothing: the forward's backward still runs
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_grouped_inference_equals_whole_batch(model_type):
+    """inference_rows splits a no_grad forward into groups of sequences: the outputs equal
+    the whole batch's, and the activation buffers shrink to one group's."""
+    import peftcore
+
+    ids, mask = _batch(model_type, TINY["vocab_size"], B=5, T=6)
+    for head in (True, False):
+        cfg = dict(TINY, model_type=model_type, num_labels=2)
+        if model_type == "roberta":
+            cfg.update(pad_token_id=1, type_vocab_size=1, max_position_embeddings=26)
+        cls = AutoModelForSequenceClassification if head else AutoModel
+        whole, grouped = cls.from_config(cfg, seed=3).eval(), cls.from_config(cfg, seed=3).eval()
+        grouped.inference_rows = 12  # two sequences of 6 tokens per group: 2, 2, 1
+        with peftcore.no_grad():
+            a, b = whole(ids, attention_mask=mask), grouped(ids, attention_mask=mask)
+        for x, y in zip(a.__dict__.values(), b.__dict__.values()):
+            if x is not None:
+                np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
+        assert grouped._engine.activation_bytes() < whole._engine.activation_bytes()
+        if head:  # with gradients on, the batch runs whole and a backward may follow
+            grouped(ids, attention_mask=mask)
+            grouped.backward(np.ones((5, 2), np.float32))

@@ -324,7 +324,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     const int64_t grad_scratch = 3 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
-                         round_up(N * I) +
+                         (keep ? round_up(N * I) : 0) +
                          6 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
     if (need > enc->arena_floats) {
@@ -355,7 +355,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     TAKE(enc->emb_out, N * C);
     TAKE(enc->emb_mean, N);
     TAKE(enc->emb_rstd, N);
-    TAKE(enc->act, N * I);
+    if (keep) TAKE(enc->act, N * I); /* else gelu runs in place over pre */
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
         if (!keep && l > 0) {
@@ -370,7 +370,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
         TAKE(a->r2, N * C);
         TAKE(a->out, N * C);
         TAKE(a->pre, N * I);
-        a->act = enc->act;
+        a->act = keep ? enc->act : a->pre;
         TAKE(a->ln1_mean, N);
         TAKE(a->ln1_rstd, N);
         TAKE(a->ln2_mean, N);

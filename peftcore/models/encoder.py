@@ -45,6 +45,10 @@ class EncoderModel(Module):
     architecture prefix ("bert." / "roberta.")."""
 
     with_head = False
+    # With a number, a forward under no_grad runs the batch through the engine in groups of
+    # at most about that many tokens: activation memory stays bounded whatever the batch
+    # size (bert-base, 1024: ~50 MB instead of ~190 MB for 32×128) at a few % of speed.
+    inference_rows: int | None = None
 
     def __init__(self, config: EncoderConfig, seed: int = 0, add_pooling_layer: bool = True,
                  _init_weights: bool = True):
@@ -303,10 +307,24 @@ class EncoderModel(Module):
     def _run(self, input_ids, attention_mask, token_type_ids, position_ids, want_hidden):
         ids, mask, types, positions = self._prepare_inputs(input_ids, attention_mask,
                                                            token_type_ids, position_ids)
-        seed = (self._seed * 0x9E3779B1 + next(self._forward_counter)) % 2**64
         self._pending_grad = None
-        return self._engine.forward(ids, positions, types, mask, self.training, seed,
-                                    want_hidden, is_grad_enabled())
+        keep = is_grad_enabled()
+        B, T = ids.shape
+        rows = self.inference_rows
+        groups = 1 if keep or rows is None else min(B, -(-B * T // max(int(rows), T)))
+        # balanced groups, the first one the largest (the buffers never grow mid-batch)
+        bounds = [-(-B * g // groups) for g in range(groups + 1)]
+        outputs = []
+        for start, stop in zip(bounds, bounds[1:]):  # no backward follows: bounded buffers
+            part = slice(start, stop)
+            seed = (self._seed * 0x9E3779B1 + next(self._forward_counter)) % 2**64
+            outputs.append(self._engine.forward(
+                ids[part], positions[part], types[part], None if mask is None else mask[part],
+                self.training, seed, want_hidden, keep))
+        if len(outputs) == 1:
+            return outputs[0]
+        return tuple(None if part is None else np.concatenate([o[i] for o in outputs])
+                     for i, part in enumerate(outputs[0]))
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
