@@ -32,8 +32,9 @@ typedef struct {
     pc_linear_slot *slot[SLOTS_PER_LAYER];
 } layer_params;
 
-/* Activations of one layer, saved for the backward. act (N,I) = gelu(pre) is not saved: all
- * layers share one buffer for it, and the backward recomputes it from pre. */
+/* Activations of one layer, saved for the backward. Not saved, but shared by all layers and
+ * recomputed by the backward when needed (bit for bit, by the same code): the attention
+ * probabilities (from q, k), h1 = LN1(r1) (from r1 and its statistics) and act = gelu(pre). */
 typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
@@ -70,6 +71,7 @@ struct pc_encoder {
     layer_acts *acts;
     float *first_x;        /* (B,C) the last layer's input at the first tokens */
     float *act;            /* (N,I) every layer's activation output, then its gradient */
+    float *probs, *h1;     /* (B,H,T,T), (N,C) every layer's, recomputed by the backward */
     float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
     /* gradient scratch */
     float *d_x, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head;
@@ -319,12 +321,13 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
     const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
-    const int64_t per_layer = round_up(N * 3 * C) + round_up(B * H * T * (int64_t)T) +
-                              5 * round_up(N * C) + round_up(N * I) + 4 * round_up(N);
+    const int64_t per_layer = round_up(N * 3 * C) + 4 * round_up(N * C) + round_up(N * I) +
+                              4 * round_up(N);
+    const int64_t shared = round_up(B * H * T * (int64_t)T) + round_up(N * C);
     const int64_t grad_scratch = 3 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
-                         (keep ? round_up(N * I) : 0) +
+                         (keep ? round_up(N * I) : 0) + shared +
                          6 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
     if (need > enc->arena_floats) {
@@ -356,6 +359,8 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     TAKE(enc->emb_mean, N);
     TAKE(enc->emb_rstd, N);
     if (keep) TAKE(enc->act, N * I); /* else gelu runs in place over pre */
+    TAKE(enc->probs, B * H * T * (int64_t)T);
+    TAKE(enc->h1, N * C);
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
         if (!keep && l > 0) {
@@ -363,10 +368,10 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
             continue;
         }
         TAKE(a->qkv, N * 3 * C);
-        TAKE(a->probs, B * H * T * (int64_t)T);
+        a->probs = enc->probs;
         TAKE(a->ctx, N * C);
         TAKE(a->r1, N * C);
-        TAKE(a->h1, N * C);
+        a->h1 = enc->h1;
         TAKE(a->r2, N * C);
         TAKE(a->out, N * C);
         TAKE(a->pre, N * I);
@@ -781,7 +786,10 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     float *d_pre = a->act;
     memset(d_pre, 0, sizeof(float) * (size_t)Nq * I);
     activation_backward(enc, d_pre, enc->d_act, a->pre, (int64_t)Nq * I);
-    /* pre = h1·Wiᵀ + bi */
+    /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's gradients need it */
+    if (slot_has_trainable(lp->slot[SLOT_I]))
+        pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
+                             pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
     if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq) < 0) return -1;
     /* h1 = LN1(r1) */
     memset(d_r, 0, sizeof(float) * NqC);
@@ -805,6 +813,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* ctx = attention(q, k, v) */
     memset(enc->d_qkv, 0, sizeof(float) * ((size_t)N * 2 * C + (size_t)Nq * C));
     const pc_attention_dims dims = attention_dims(enc, &r);
+    pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims);
     pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims, p_attn,
                           site_seed(enc->seed, l, SITE_ATTN));
     /* q, k, v = x·Wᵀ + b: per-slot weight grads (a query row's input gradient belongs to

@@ -15,13 +15,36 @@ static void dropout_probs(float *dst, const float *probs, int64_t count, float p
         dst[e] = pc_keep(seed, base + e, p) ? probs[e] * scale : 0.0f;
 }
 
+/* S (Tq,Tk) of pair bh = softmax(Q·Kᵀ/√D + mask bias), row by row */
+static void pair_probs(float *S, const float *q, const float *k, const float *key_mask,
+                       const pc_attention_dims *d, int64_t bh) {
+    const int Tq = d->Tq, Tk = d->Tk, b = (int)(bh / d->H), h = (int)(bh % d->H);
+    const float *Q = q + (int64_t)b * Tq * d->ld_q + (int64_t)h * d->D;
+    const float *K = k + (int64_t)b * Tk * d->ld_kv + (int64_t)h * d->D;
+    pc_sgemm_serial(false, true, Tq, Tk, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, K,
+                    d->ld_kv, 0.0f, S, Tk);
+    const float *m = key_mask ? key_mask + (int64_t)b * Tk : NULL;
+    for (int i = 0; i < Tq; i++) {
+        float *row = S + (int64_t)i * Tk;
+        if (m)
+            for (int j = 0; j < Tk; j++) row[j] += m[j] != 0.0f ? 0.0f : -FLT_MAX;
+        pc_softmax_row(row, row, Tk);
+    }
+}
+
+void pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
+                        const pc_attention_dims *dims) {
+    const int64_t pair = (int64_t)dims->Tq * dims->Tk, pairs = (int64_t)dims->B * dims->H;
+    #pragma omp parallel for schedule(static) num_threads(pc_threads_for(pairs * pair))
+    for (int64_t bh = 0; bh < pairs; bh++) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh);
+}
+
 void pc_attention_forward(float *out, float *probs, const float *q, const float *k,
                           const float *v, const float *key_mask, const pc_attention_dims *dims,
                           float dropout_p, uint64_t seed) {
     const int B = dims->B, Tq = dims->Tq, Tk = dims->Tk, H = dims->H, D = dims->D;
-    const int C = H * D, ld_q = dims->ld_q, ld_kv = dims->ld_kv;
+    const int C = H * D, ld_kv = dims->ld_kv;
     const int64_t pair = (int64_t)Tq * Tk;
-    const float scale = 1.0f / sqrtf((float)D);
     const bool use_dropout = dropout_p > 0.0f;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
@@ -29,19 +52,9 @@ void pc_attention_forward(float *out, float *probs, const float *q, const float 
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
             int b = (int)(bh / H), h = (int)(bh % H);
-            const float *Q = q + (int64_t)b * Tq * ld_q + (int64_t)h * D;
-            const float *K = k + (int64_t)b * Tk * ld_kv + (int64_t)h * D;
             const float *V = v + (int64_t)b * Tk * ld_kv + (int64_t)h * D;
             float *S = probs + bh * pair;
-            /* S (Tq,Tk) = Q (Tq,D) · K (Tk,D)ᵀ / √D */
-            pc_sgemm_serial(false, true, Tq, Tk, D, scale, Q, ld_q, K, ld_kv, 0.0f, S, Tk);
-            const float *m = key_mask ? key_mask + (int64_t)b * Tk : NULL;
-            for (int i = 0; i < Tq; i++) {
-                float *s = S + (int64_t)i * Tk;
-                if (m)
-                    for (int j = 0; j < Tk; j++) s[j] += m[j] != 0.0f ? 0.0f : -FLT_MAX;
-                pc_softmax_row(s, s, Tk);
-            }
+            pair_probs(S, q, k, key_mask, dims, bh);
             const float *P = S;
             if (use_dropout && dropped) {
                 dropout_probs(dropped, S, pair, dropout_p, seed, bh);

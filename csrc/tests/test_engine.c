@@ -276,6 +276,12 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
              B, Tq, T, H, D, masked, p, fused);
     check_part(name, "out", out, rout, nout);
     check_part(name, "probs", probs, rP, nprobs);
+    float *again = frand(nprobs, 100);
+    pc_attention_probs(again, q, k, mask, &dims);
+    snprintf(name, sizeof name, "attention_probs B=%d Tq=%d T=%d H=%d D=%d mask=%d: the forward's bits",
+             B, Tq, T, H, D, masked);
+    check_true(name, memcmp(again, probs, nprobs * sizeof(float)) == 0);
+    pc_free(again);
 
     /* backward: gradients accumulate into pre-filled buffers with the same row strides */
     float *dout = frand(nout, 1);
