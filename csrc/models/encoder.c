@@ -34,7 +34,9 @@ typedef struct {
 
 /* Activations of one layer, saved for the backward. Not saved, but shared by all layers and
  * recomputed by the backward when needed (bit for bit, by the same code): the attention
- * probabilities (from q, k), h1 = LN1(r1) (from r1 and its statistics) and act = gelu(pre). */
+ * probabilities (from q, k), h1 = LN1(r1) (from r1 and its statistics), act = gelu(pre)
+ * and out = LN2(r2) (layer outputs alternate between two buffers; the backward rebuilds
+ * the next layer's input from r2). */
 typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
@@ -72,9 +74,11 @@ struct pc_encoder {
     float *first_x;        /* (B,C) the last layer's input at the first tokens */
     float *act;            /* (N,I) every layer's activation output, then its gradient */
     float *probs, *h1;     /* (B,H,T,T), (N,C) every layer's, recomputed by the backward */
+    float *out_buf[2];     /* (N,C) layer l's output in out_buf[l % 2] (one buffer without
+                              a backward: a layer reads its input before writing its output) */
     float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
     /* gradient scratch */
-    float *d_x, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head;
+    float *d_x, *d_y, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head; /* d_x, d_y: ping-pong */
 };
 
 /* ------------------------------------------------------------ construction */
@@ -321,10 +325,10 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
     const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
-    const int64_t per_layer = round_up(N * 3 * C) + 4 * round_up(N * C) + round_up(N * I) +
+    const int64_t per_layer = round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
                               4 * round_up(N);
-    const int64_t shared = round_up(B * H * T * (int64_t)T) + round_up(N * C);
-    const int64_t grad_scratch = 3 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
+    const int64_t shared = round_up(B * H * T * (int64_t)T) + (keep ? 3 : 2) * round_up(N * C);
+    const int64_t grad_scratch = 4 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
                          (keep ? round_up(N * I) : 0) + shared +
@@ -361,6 +365,11 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     if (keep) TAKE(enc->act, N * I); /* else gelu runs in place over pre */
     TAKE(enc->probs, B * H * T * (int64_t)T);
     TAKE(enc->h1, N * C);
+    TAKE(enc->out_buf[0], N * C);
+    if (keep)
+        TAKE(enc->out_buf[1], N * C);
+    else
+        enc->out_buf[1] = enc->out_buf[0];
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
         if (!keep && l > 0) {
@@ -373,7 +382,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
         TAKE(a->r1, N * C);
         a->h1 = enc->h1;
         TAKE(a->r2, N * C);
-        TAKE(a->out, N * C);
+        a->out = enc->out_buf[l % 2];
         TAKE(a->pre, N * I);
         a->act = keep ? enc->act : a->pre;
         TAKE(a->ln1_mean, N);
@@ -390,12 +399,14 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     TAKE(enc->logits, B * nl);
     TAKE(enc->key_mask, N);
     if (!keep) {
-        enc->d_x = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = enc->d_head = NULL;
+        enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
+        enc->d_head = NULL;
         enc->B = B;
         enc->T = T;
         return 0;
     }
     TAKE(enc->d_x, N * C);
+    TAKE(enc->d_y, N * C);
     TAKE(enc->d_h1, N * C);
     TAKE(enc->d_r, N * C);
     TAKE(enc->d_qkv, N * 3 * C);
@@ -944,12 +955,18 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
         memcpy(d_out, d_hidden, sizeof(float) * (size_t)N * C);
     }
     if (!need_below_head) return 0;
-    /* Layer l's output is read by nobody once layer l+1's backward is done, so the gradient
-     * of layer l's input is written over it. */
     for (int l = c->layers - 1; l >= 0 && l >= lowest; l--) {
-        const float *x = l > 0 ? enc->acts[l - 1].out : enc->emb_out;
+        /* the layer's input: the embeddings, or the layer below's LN2(r2) rebuilt in place */
+        const float *x = enc->emb_out;
+        if (l > 0) {
+            layer_acts *below = &enc->acts[l - 1];
+            const layer_params *bp = &enc->layer[l - 1];
+            pc_layernorm_forward(below->out, below->ln2_mean, below->ln2_rstd, below->r2,
+                                 pc_f32(bp->ln2_w), pc_f32(bp->ln2_b), N, C, c->layer_norm_eps);
+            x = below->out;
+        }
         bool need_dx = l > lowest;
-        float *d_in = enc->acts[l].out;
+        float *d_in = d_out == enc->d_x ? enc->d_y : enc->d_x;
         if (layer_backward(enc, l, x, d_out, d_in, need_dx) < 0) return -1;
         d_out = d_in;
     }
