@@ -103,9 +103,16 @@ class LoraLinear(Module):
         self._engine.set_lora(self.index, A.tensor, B.tensor, self.scaling[a], self.dropout_p[a])
 
     def delta_weight(self, adapter: str) -> np.ndarray:
-        """ΔW (out, in) = s·B·A, in float64 for an exact merge/unmerge round trip."""
+        """ΔW (out, in) = s·B·A, in float64 for an exact merge/unmerge round trip.
+
+        Summed as r outer products rather than with `@`: NumPy's BLAS would start its own
+        thread pool, whose idle threads then compete with the engine's for the cores."""
         A, B = self.weights(adapter)
-        return self.scaling[adapter] * (np.asarray(B, np.float64) @ np.asarray(A, np.float64))
+        A64, B64 = np.asarray(A, np.float64), np.asarray(B, np.float64)
+        delta = np.zeros((B64.shape[0], A64.shape[1]))
+        for j in range(A64.shape[0]):
+            delta += np.multiply.outer(B64[:, j], A64[j])
+        return self.scaling[adapter] * delta
 
     def merge(self, adapter: str):
         if adapter in self.merged_adapters:
