@@ -33,10 +33,13 @@ typedef struct {
 } layer_params;
 
 /* Activations of one layer, saved for the backward. Not saved, but shared by all layers and
- * recomputed by the backward when needed (bit for bit, by the same code): the attention
- * probabilities (from q, k), h1 = LN1(r1) (from r1 and its statistics), act = gelu(pre)
- * and out = LN2(r2) (layer outputs alternate between two buffers; the backward rebuilds
- * the next layer's input from r2). */
+ * recomputed by the backward when needed (bit for bit, by the same code): h1 = LN1(r1)
+ * (from r1 and its statistics), act = gelu(pre) and out = LN2(r2) (layer outputs alternate
+ * between two buffers; the backward rebuilds the next layer's input from r2). The attention
+ * probabilities are recomputed from q and k when dense weights train (full fine-tuning,
+ * where gradients and optimizer state already weigh 3× the model and the recompute is ~3 %
+ * of a step) and kept per layer when only adapters or heads train (the recompute would
+ * cost ~6 % of that cheaper step, and memory is small anyway). */
 typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
@@ -64,6 +67,7 @@ struct pc_encoder {
     int B, T;
     bool has_forward, training;
     bool first_token_only; /* the last layer of the last forward ran on first tokens only */
+    bool probs_per_layer;  /* the last forward kept every layer's attention probabilities */
     bool backward_ready; /* the last forward kept its activations and no backward ran yet */
     uint64_t seed;
     int64_t *ids, *positions, *types; /* copies of the last batch (for embedding backward) */
@@ -320,14 +324,15 @@ static int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }
 /* With keep (a forward that a backward may follow) every layer keeps its activations and
  * the gradient scratch is laid out too; without, all layers share one set of buffers
  * (a layer reads its input before it writes its output, so they may alias). */
-static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
+static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool probs_per_layer) {
     const pc_encoder_config *c = &enc->cfg;
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
     const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
+    const int64_t probs = round_up(B * H * T * (int64_t)T);
     const int64_t per_layer = round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
-                              4 * round_up(N);
-    const int64_t shared = round_up(B * H * T * (int64_t)T) + (keep ? 3 : 2) * round_up(N * C);
+                              4 * round_up(N) + (probs_per_layer ? probs : 0);
+    const int64_t shared = (probs_per_layer ? 0 : probs) + (keep ? 3 : 2) * round_up(N * C);
     const int64_t grad_scratch = 4 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
@@ -363,7 +368,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
     TAKE(enc->emb_mean, N);
     TAKE(enc->emb_rstd, N);
     if (keep) TAKE(enc->act, N * I); /* else gelu runs in place over pre */
-    TAKE(enc->probs, B * H * T * (int64_t)T);
+    if (!probs_per_layer) TAKE(enc->probs, B * H * T * (int64_t)T);
     TAKE(enc->h1, N * C);
     TAKE(enc->out_buf[0], N * C);
     if (keep)
@@ -377,7 +382,10 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep) {
             continue;
         }
         TAKE(a->qkv, N * 3 * C);
-        a->probs = enc->probs;
+        if (probs_per_layer)
+            TAKE(a->probs, B * H * T * (int64_t)T);
+        else
+            a->probs = enc->probs;
         TAKE(a->ctx, N * C);
         TAKE(a->r1, N * C);
         a->h1 = enc->h1;
@@ -717,7 +725,14 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
                        uint64_t seed) {
     enc->has_forward = false;
     enc->backward_ready = false;
-    if (ensure_activations(enc, B, T, keep_activations) < 0) return -1;
+    /* keep the attention probabilities per layer unless dense weights train */
+    bool dense_trains = false;
+    for (int l = 0; l < enc->cfg.layers; l++)
+        for (int s = 0; s < SLOTS_PER_LAYER; s++)
+            dense_trains = dense_trains || wants_grad(enc->layer[l].slot[s]->weight);
+    const bool probs_per_layer = keep_activations && !dense_trains;
+    if (ensure_activations(enc, B, T, keep_activations, probs_per_layer) < 0) return -1;
+    enc->probs_per_layer = probs_per_layer;
     const int64_t N = (int64_t)B * T;
     memcpy(enc->ids, ids, sizeof(int64_t) * N);
     memcpy(enc->positions, positions, sizeof(int64_t) * N);
@@ -824,7 +839,8 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* ctx = attention(q, k, v) */
     memset(enc->d_qkv, 0, sizeof(float) * ((size_t)N * 2 * C + (size_t)Nq * C));
     const pc_attention_dims dims = attention_dims(enc, &r);
-    pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims);
+    if (!enc->probs_per_layer)
+        pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims);
     pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims, p_attn,
                           site_seed(enc->seed, l, SITE_ATTN));
     /* q, k, v = x·Wᵀ + b: per-slot weight grads (a query row's input gradient belongs to
