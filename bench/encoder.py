@@ -24,61 +24,18 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+from harness import (MODELS, child_prepare, load_average, make_batch, print_result, rss_mb,
+                     run_steps, train_step)
 
-MODELS = {
-    # all-MiniLM-L6-v2's shapes
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536, vocab_size=30522),
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072, vocab_size=30522),
-}
 FRAMEWORKS = ("torch", "peftcore")
 MODES = ("train", "infer")
 
 
 # ------------------------------------------------------------------ child side
-
-def rss_mb() -> float:
-    """Current resident set size in MB."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
-def make_batch(args, vocab_size):
-    import numpy as np
-    rng = np.random.default_rng(1234)
-    ids = rng.integers(1000, vocab_size, size=(args.batch, args.seq), dtype=np.int64)
-    ids[:, 0] = 101   # [CLS]
-    ids[:, -1] = 102  # [SEP]
-    mask = np.ones_like(ids)
-    labels = rng.integers(0, 2, size=args.batch, dtype=np.int64)
-    return ids, mask, labels
-
-
-def child_prepare(args):
-    """Build the transformers model with a fixed seed and save it to args.folder."""
-    import torch
-    import transformers
-    torch.manual_seed(0)
-    config = transformers.BertConfig(num_labels=2, **MODELS[args.model])
-    model = transformers.BertForSequenceClassification(config)
-    model.save_pretrained(args.folder)
-    return {"params": sum(p.numel() for p in model.parameters())}
-
 
 def child_torch(args):
     import torch
@@ -91,15 +48,15 @@ def child_torch(args):
     if args.mode == "train":
         model.train()
 
-        def step():
+        def forward():
             model.zero_grad(set_to_none=True)
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            out.loss.backward()
-            return float(out.loss)
+            return model(input_ids=ids, attention_mask=mask, labels=labels)
+
+        step = train_step(forward, lambda out: out.loss.backward())
     else:
         model.eval()
 
-        def step():
+        def step(phases):
             with torch.inference_mode():
                 return float(model(input_ids=ids, attention_mask=mask).logits[0, 0])
     info = {"attn_implementation": model.config._attn_implementation,
@@ -121,15 +78,15 @@ def child_peftcore(args):
     if args.mode == "train":
         model.train()
 
-        def step():
+        def forward():
             model.zero_grad()
-            out = model(ids, attention_mask=mask, labels=labels)
-            model.backward()
-            return float(out.loss)
+            return model(ids, attention_mask=mask, labels=labels)
+
+        step = train_step(forward, lambda out: model.backward())
     else:
         model.eval()
 
-        def step():
+        def step(phases):
             with peftcore.no_grad():  # as torch.inference_mode on the other side
                 return float(model(ids, attention_mask=mask).logits[0, 0])
     info = {"blis": peftcore.backend_info().get("blis_arch"),
@@ -139,21 +96,6 @@ def child_peftcore(args):
     return result
 
 
-def run_steps(args, step, load_mb, info):
-    import math
-    for _ in range(args.warmup):
-        step()
-    times, value = [], None
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        value = step()
-        times.append(time.perf_counter() - t0)
-    assert math.isfinite(value), f"non-finite output {value}"
-    return {"seq_per_s": args.batch / statistics.median(times),
-            "step_s": statistics.median(times), "times": times, "load_mb": load_mb,
-            "peak_mb": peak_rss_mb(), "value": value, "info": info}
-
-
 def child_main(args):
     if args.child == "prepare":
         result = child_prepare(args)
@@ -161,36 +103,14 @@ def child_main(args):
         result = child_torch(args)
     else:
         result = child_peftcore(args)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 # ------------------------------------------------------------------ parent side
 
 def run_child(kind, args, model, folder, mode="train"):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--folder", str(folder),
-           "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
-    if args.inference_rows:
-        cmd += ["--inference-rows", str(args.inference_rows)]
-    load_before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    load_after = os.getloadavg()[0]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"child {kind} {model} {mode} failed (exit {proc.returncode}):\n"
-                 f"{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["load"] = (load_before, load_after)
-    return result
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
+    extra = ["--inference-rows", str(args.inference_rows)] if args.inference_rows else []
+    return harness.run_child(__file__, kind, args, model, folder, mode, extra)
 
 
 def parse_args():

@@ -14,7 +14,8 @@ import os
 import platform
 import statistics
 import sys
-import time
+
+from harness import time_calls
 
 SHAPES = [(4096, 768, 768), (4096, 3072, 768), (4096, 384, 384), (4096, 8, 768)]
 
@@ -36,17 +37,6 @@ def parse_args():
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         ap.error("--threads and --repeats must be >= 1, --warmup >= 0")
     return args
-
-
-def time_calls(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> int:

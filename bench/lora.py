@@ -40,28 +40,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+from harness import (MODELS, child_prepare, load_average, make_batch, print_result, rss_mb,
+                     run_steps, train_step)
 
-MODELS = {
-    # all-MiniLM-L6-v2's shapes
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536, vocab_size=30522),
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072, vocab_size=30522),
-}
 FRAMEWORKS = ("peftcore", "torch")
 MODES = ("lora", "full", "merged", "bare")
 TRAIN_MODES = ("lora", "full")
@@ -73,28 +65,6 @@ CHECK_ROWS = 2  # rows of the batch used to check merged against unmerged logits
 
 # ------------------------------------------------------------------ child side
 
-def rss_mb() -> float:
-    """Current resident set size in MB."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
-def make_batch(args, vocab_size):
-    import numpy as np
-    rng = np.random.default_rng(1234)
-    ids = rng.integers(1000, vocab_size, size=(args.batch, args.seq), dtype=np.int64)
-    ids[:, 0] = 101   # [CLS]
-    ids[:, -1] = 102  # [SEP]
-    mask = np.ones_like(ids)
-    labels = rng.integers(0, 2, size=args.batch, dtype=np.int64)
-    return ids, mask, labels
-
-
 _LORA_NAME = re.compile(r"\.lora_[AB]\.default\.weight$")
 
 
@@ -104,17 +74,6 @@ def lora_values(name, shape):
     import numpy as np
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     return (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-
-def child_prepare(args):
-    """Build the transformers model with a fixed seed and save it to args.folder."""
-    import torch
-    import transformers
-    torch.manual_seed(0)
-    config = transformers.BertConfig(num_labels=2, **MODELS[args.model])
-    model = transformers.BertForSequenceClassification(config)
-    model.save_pretrained(args.folder)
-    return {"params": sum(p.numel() for p in model.parameters())}
 
 
 def child_torch(args):
@@ -154,17 +113,8 @@ def child_torch(args):
         opt = torch.optim.AdamW(trainable, **ADAMW)
         model.train()
 
-        def step(phases):
-            t0 = time.perf_counter()
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            t1 = time.perf_counter()
-            out.loss.backward()
-            t2 = time.perf_counter()
-            opt.step()
-            opt.zero_grad()
-            t3 = time.perf_counter()
-            phases.append((t1 - t0, t2 - t1, t3 - t2))
-            return float(out.loss)
+        step = train_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels),
+                          lambda out: out.loss.backward(), opt)
     else:
         model.eval()
 
@@ -212,17 +162,8 @@ def child_peftcore(args):
         opt = peftcore.optim.AdamW(trainable, **ADAMW)
         model.train()
 
-        def step(phases):
-            t0 = time.perf_counter()
-            out = model(ids, attention_mask=mask, labels=labels)
-            t1 = time.perf_counter()
-            model.backward()
-            t2 = time.perf_counter()
-            opt.step()
-            opt.zero_grad()
-            t3 = time.perf_counter()
-            phases.append((t1 - t0, t2 - t1, t3 - t2))
-            return float(out.loss)
+        step = train_step(lambda: model(ids, attention_mask=mask, labels=labels),
+                          lambda out: model.backward(), opt)
     else:
         model.eval()
 
@@ -275,26 +216,6 @@ def child_interleaved(args):
             "merged_seq_per_s": args.batch / statistics.median(times["merged"])}
 
 
-def run_steps(args, step, load_mb, info):
-    phases = []
-    for _ in range(args.warmup):
-        step(phases)
-    phases.clear()
-    times, value = [], None
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        value = step(phases)
-        times.append(time.perf_counter() - t0)
-    flat = value if isinstance(value, list) else [value]
-    assert all(math.isfinite(v) for v in flat), f"non-finite output {value}"
-    median = statistics.median(times)
-    result = {"seq_per_s": args.batch / median, "step_s": median, "times": times,
-              "load_mb": load_mb, "peak_mb": peak_rss_mb(), "value": value, "info": info}
-    if phases:  # median forward / backward / optimizer (step + zero_grad) times
-        result["phases"] = [statistics.median(p[i] for p in phases) for i in range(3)]
-    return result
-
-
 def child_main(args):
     if args.child == "prepare":
         result = child_prepare(args)
@@ -304,59 +225,13 @@ def child_main(args):
         result = child_interleaved(args)
     else:
         result = child_peftcore(args)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 # ------------------------------------------------------------------ parent side
 
-def cpu_busy_seconds() -> float | None:
-    """CPU seconds spent busy by the whole machine since boot (all cores, /proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_child(kind, args, model, folder, mode="bare"):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--folder", str(folder),
-           "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
-    load_before = os.getloadavg()[0]
-    busy0, own0 = cpu_busy_seconds(), children_cpu_seconds()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - t0
-    busy1, own1 = cpu_busy_seconds(), children_cpu_seconds()
-    load_after = os.getloadavg()[0]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"child {kind} {model} {mode} failed (exit {proc.returncode}):\n"
-                 f"{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["load"] = (load_before, load_after)
-    result["wall_s"] = wall
-    # cores kept busy by everything else on the machine while this child ran (our own
-    # parent is idle, waiting): 0 on a quiet machine
-    result["others_cores"] = (None if busy0 is None else
-                              max(0.0, (busy1 - busy0 - (own1 - own0)) / max(wall, 1e-9)))
-    return result
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
+    return harness.run_child(__file__, kind, args, model, folder, mode)
 
 
 def parse_list(text, allowed, what, ap):

@@ -30,26 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import peftcore  # noqa: E402
 import peftcore.functional as F  # noqa: E402
-
-MODELS = {
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536, vocab_size=30522),
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072, vocab_size=30522),
-}
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
+from harness import MODELS, median_time  # noqa: E402
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -101,12 +82,12 @@ def main():
             bwd_times.append(t2 - t1)
     fwd, bwd = statistics.median(fwd_times), statistics.median(bwd_times)
     model.eval()
-    infer = timed(lambda: model(ids, attention_mask=mask), args.repeats)
+    infer = median_time(lambda: model(ids, attention_mask=mask), args.repeats)
     step = fwd + bwd
     print(f"measured: train forward {fwd * 1e3:.1f} ms + backward {bwd * 1e3:.1f} ms = step "
           f"{step * 1e3:.1f} ms ({B / step:.2f} seq/s); eval forward {infer * 1e3:.1f} ms "
           f"({B / infer:.2f} seq/s)\n")
-    del model
+    model = None  # free the engine's buffers before the ops run alone
 
     # ---------------------------------------------------------------- ops alone
     def f32(*shape, scale=1.0):
@@ -116,7 +97,7 @@ def main():
     rows = []  # (category, op, shape, seconds per call, calls per step, flops per call)
 
     def add(category, op, shape, fn, calls, flops=0.0):
-        rows.append((category, op, shape, timed(fn, args.repeats), calls, flops))
+        rows.append((category, op, shape, median_time(fn, args.repeats), calls, flops))
 
     linears = [("qkv", C, 3 * C, x_c), ("attn.out", C, C, x_c), ("intermediate", C, I, x_c),
                ("output", I, C, x_i)]
@@ -124,8 +105,8 @@ def main():
         w, b, dy = f32(fout, fin, scale=0.02), f32(fout), f32(N, fout)
         flops = 2.0 * N * fin * fout
         add("GEMM fwd", name, f"{N}x{fin} -> {fout}", lambda: F.linear(x, w, b), L, flops)
-        t_dx = timed(lambda: F.linear_backward(dy, x, w, False, False), args.repeats)
-        t_all = timed(lambda: F.linear_backward(dy, x, w, True, True), args.repeats)
+        t_dx = median_time(lambda: F.linear_backward(dy, x, w, False, False), args.repeats)
+        t_all = median_time(lambda: F.linear_backward(dy, x, w, True, True), args.repeats)
         rows.append(("GEMM bwd dX", name, f"{N}x{fout} -> {fin}", t_dx, L, flops))
         rows.append(("GEMM bwd dW+db", name, f"{fout}x{fin} over {N}", max(t_all - t_dx, 0.0),
                      L, flops))
@@ -153,7 +134,7 @@ def main():
     add("dropout", "bwd", f"{N}x{C}", lambda: F.dropout_backward(x_c, p_drop, True, 3),
         2 * L + 1)
     add("residual add", "fwd", f"{N}x{C}", lambda: F.add(x_c, x_c), 2 * L)
-    word, pos = f32(V, C, scale=0.02), f32(512, C, scale=0.02)
+    word = f32(V, C, scale=0.02)
     pos_ids = np.broadcast_to(np.arange(T), (B, T)).copy()
     add("embedding", "fwd (word+pos+type)", f"{N}x{C}", lambda: F.embedding(ids, word), 3)
     dy_emb = f32(B, T, C)

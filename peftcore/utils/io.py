@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -215,20 +216,18 @@ def save_adapter_files(directory, config_dict, tensors: Mapping[str, np.ndarray]
                 backups[final] = backup
             os.replace(tmp, final)
             replaced.append(final)
-    except BaseException:
+    except BaseException as exc:
         for final in reversed(replaced):  # put the previous files back
             try:
                 if final in backups:
                     os.replace(backups.pop(final), final)
                 else:
                     os.unlink(final)
-            except OSError:
-                pass
+            except OSError as undo_error:  # report it with the error that caused the undo
+                exc.add_note(f"could not restore {final}: {undo_error}")
         raise
     finally:
         for path in [tmp for tmp, _ in staged] + list(backups.values()):
-            try:
+            with contextlib.suppress(FileNotFoundError):  # renamed into place already
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         _fsync_dir(str(directory))
