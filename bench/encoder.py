@@ -73,7 +73,8 @@ def child_peftcore(args):
         warnings.simplefilter("error")  # the saved head must load too
         model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
     ids, mask, labels = make_batch(args, model.config.vocab_size)
-    model.inference_rows = args.inference_rows
+    if args.inference_rows is not None:  # else peftcore's default
+        model.inference_rows = args.inference_rows or None
     load_mb = rss_mb()
     if args.mode == "train":
         model.train()
@@ -109,7 +110,7 @@ def child_main(args):
 # ------------------------------------------------------------------ parent side
 
 def run_child(kind, args, model, folder, mode="train"):
-    extra = ["--inference-rows", str(args.inference_rows)] if args.inference_rows else []
+    extra = [] if args.inference_rows is None else ["--inference-rows", str(args.inference_rows)]
     return harness.run_child(__file__, kind, args, model, folder, mode, extra)
 
 
@@ -126,7 +127,8 @@ def parse_args():
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
     ap.add_argument("--inference-rows", type=int, default=None,
-                    help="peftcore inference in groups of about this many tokens (less memory)")
+                    help="peftcore's model.inference_rows: eval forwards in groups of about this "
+                         "many tokens; 0 = the whole batch at once (default: peftcore's, 2048)")
     ap.add_argument("--json", help="also write all results to this file")
     # child-only options
     ap.add_argument("--child", choices=("prepare",) + FRAMEWORKS, help=argparse.SUPPRESS)

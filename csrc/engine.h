@@ -133,9 +133,11 @@ typedef struct {
     int ld_q, ld_kv;
 } pc_attention_dims;
 
-void pc_attention_forward(float *out, float *probs, const float *q, const float *k,
-                          const float *v, const float *key_mask, const pc_attention_dims *dims,
-                          float dropout_p, uint64_t seed);
+/* probs may be NULL when no backward follows (each thread then keeps one pair's in
+ * scratch); -1 when that scratch cannot be allocated. */
+int pc_attention_forward(float *out, float *probs, const float *q, const float *k,
+                         const float *v, const float *key_mask, const pc_attention_dims *dims,
+                         float dropout_p, uint64_t seed);
 /* probs alone, bit for bit as the forward computes them (for a backward that recomputes
  * them instead of keeping them). */
 void pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,

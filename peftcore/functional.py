@@ -152,8 +152,9 @@ def multi_head_attention(query, key, value, num_heads, attention_mask=None, drop
     when only some positions' outputs are needed); attention_mask: (B, Tk) with 1 = attend,
     0 = padding. Returns out (B, Tq, H·D) and, with return_probs, the softmax probabilities
     (B, H, Tq, Tk) the backward needs."""
+    # without return_probs the engine keeps each pair's probabilities in scratch only
     out, probs = _C.attention_forward(query, key, value, int(num_heads), attention_mask,
-                                      float(dropout_p), _check_seed(seed))
+                                      float(dropout_p), _check_seed(seed), bool(return_probs))
     return (out, probs) if return_probs else out
 
 

@@ -716,6 +716,7 @@ def test_grouped_inference_equals_whole_batch(model_type):
             cfg.update(pad_token_id=1, type_vocab_size=1, max_position_embeddings=26)
         cls = AutoModelForSequenceClassification if head else AutoModel
         whole, grouped = cls.from_config(cfg, seed=3).eval(), cls.from_config(cfg, seed=3).eval()
+        whole.inference_rows = None
         grouped.inference_rows = 12  # two sequences of 6 tokens per group: 2, 2, 1
         with peftcore.no_grad():
             a, b = whole(ids, attention_mask=mask), grouped(ids, attention_mask=mask)
@@ -726,3 +727,29 @@ def test_grouped_inference_equals_whole_batch(model_type):
         if head:  # with gradients on, the batch runs whole and a backward may follow
             grouped(ids, attention_mask=mask)
             grouped.backward(np.ones((5, 2), np.float32))
+
+
+def test_inference_scratch_is_one_hidden_state_and_one_layer_region():
+    """An eval forward under no_grad holds the hidden state (N,C) plus one layer's scratch,
+    (max(4C, I) + C) floats per row of a group, where a forward with gradients keeps every
+    layer's activations; the two give the same logits."""
+    import peftcore
+
+    B, T, C, I = 6, 20, TINY["hidden_size"], TINY["intermediate_size"]
+    ids, mask = _batch("bert", TINY["vocab_size"], B=B, T=T)
+    per_row = max(4 * C, I) + C
+    for rows, group in ((None, B), (2 * T, 2)):  # a fresh model each: buffers only grow
+        model = AutoModelForSequenceClassification.from_config(dict(TINY, model_type="bert"),
+                                                               seed=1).eval()
+        model.inference_rows = rows
+        with peftcore.no_grad():
+            logits = model(ids, attention_mask=mask).logits
+        scratch = model._engine.activation_bytes() / 4
+        # the slack: ids, masks, LayerNorm statistics and the head's (B,C) buffers
+        least = B * T * C + group * T * per_row
+        assert least <= scratch <= least + 12 * B * T + 8 * B * C + 64 * 16
+        kept = AutoModelForSequenceClassification.from_config(dict(TINY, model_type="bert"),
+                                                              seed=1).eval()
+        np.testing.assert_allclose(kept(ids, attention_mask=mask).logits, logits, rtol=1e-6,
+                                   atol=1e-7)
+        assert kept._engine.activation_bytes() > 3 * model._engine.activation_bytes()

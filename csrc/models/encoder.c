@@ -65,6 +65,8 @@ struct pc_encoder {
     float *arena;
     int64_t arena_floats;
     int B, T;
+    int group;             /* sequences per group in the layers of the last forward */
+    int64_t inference_rows; /* eval forwards without a backward: tokens per group (0: all) */
     bool has_forward, training;
     bool first_token_only; /* the last layer of the last forward ran on first tokens only */
     bool probs_per_layer;  /* the last forward kept every layer's attention probabilities */
@@ -79,7 +81,8 @@ struct pc_encoder {
     float *act;            /* (N,I) every layer's activation output, then its gradient */
     float *probs, *h1;     /* (B,H,T,T), (N,C) every layer's, recomputed by the backward */
     float *out_buf[2];     /* (N,C) layer l's output in out_buf[l % 2] (one buffer without
-                              a backward: a layer reads its input before writing its output) */
+                              a backward: a layer reads its input before writing its output,
+                              and the embeddings are summed and normalised in it too) */
     float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
     /* gradient scratch */
     float *d_x, *d_y, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head; /* d_x, d_y: ping-pong */
@@ -320,23 +323,34 @@ int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight,
 
 static int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }
 
-/* Lay out every activation of a (B,T) batch in one arena, growing it when needed. */
-/* With keep (a forward that a backward may follow) every layer keeps its activations and
- * the gradient scratch is laid out too; without, all layers share one set of buffers
- * (a layer reads its input before it writes its output, so they may alias). */
-static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool probs_per_layer) {
+/* Lay out every activation of a (B,T) batch in one arena, growing it when needed.
+ * With keep (a forward that a backward may follow) every layer keeps its activations and
+ * the gradient scratch is laid out too. Without, only the hidden state (N,C) spans the
+ * batch: the embeddings and every layer work in place in it (a layer reads its input before
+ * it writes its output), and the layers' scratch is shared and sized for one group of
+ * `group` sequences, the layers running group by group. */
+static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool probs_per_layer,
+                              int group) {
     const pc_encoder_config *c = &enc->cfg;
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
+    if (keep) group = B;
+    const int64_t Ng = (int64_t)group * T; /* rows of the layer scratch */
+    /* without keep one scratch region serves a layer's steps in turn, (W + C)·Ng floats
+     * with W = max(4C, I): q|k|v (3C) and ctx (C), then pre (I) over both, and r1 = h1
+     * (LayerNorm in place) behind; r2 is summed in the output rows (their input is consumed
+     * by then) and the probabilities live in per-thread scratch */
+    const int64_t wide = 4 * C > I ? 4 * C : I;
+    const int64_t probs = keep ? round_up(group * H * T * (int64_t)T) : 0;
+    const int64_t per_layer = keep ? round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
+                                         4 * round_up(N) + (probs_per_layer ? probs : 0)
+                                   : round_up(Ng * (wide + C)) + 4 * round_up(Ng);
     const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
-    const int64_t probs = round_up(B * H * T * (int64_t)T);
-    const int64_t per_layer = round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
-                              4 * round_up(N) + (probs_per_layer ? probs : 0);
-    const int64_t shared = (probs_per_layer ? 0 : probs) + (keep ? 3 : 2) * round_up(N * C);
+    const int64_t shared = (probs_per_layer ? 0 : probs) + (keep ? 3 : 1) * round_up(N * C);
     const int64_t grad_scratch = 4 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
-    const int64_t need = round_up(N * C) * 2 + 2 * round_up(N) + stored_layers * per_layer +
-                         (keep ? round_up(N * I) : 0) + shared +
+    const int64_t need = (keep ? 2 * round_up(N * C) : 0) + 2 * round_up(N) +
+                         stored_layers * per_layer + (keep ? round_up(N * I) : 0) + shared +
                          6 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
     if (need > enc->arena_floats) {
@@ -363,22 +377,43 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     enc->types = enc->ids + 2 * N;
     float *p = enc->arena;
 #define TAKE(dst, count) do { dst = p; p += round_up(count); } while (0)
-    TAKE(enc->emb_sum, N * C);
-    TAKE(enc->emb_out, N * C);
+    TAKE(enc->out_buf[0], N * C);
+    if (keep) {
+        TAKE(enc->out_buf[1], N * C);
+        TAKE(enc->emb_sum, N * C);
+        TAKE(enc->emb_out, N * C);
+    } else {
+        enc->out_buf[1] = enc->emb_sum = enc->emb_out = enc->out_buf[0];
+    }
     TAKE(enc->emb_mean, N);
     TAKE(enc->emb_rstd, N);
-    if (keep) TAKE(enc->act, N * I); /* else gelu runs in place over pre */
-    if (!probs_per_layer) TAKE(enc->probs, B * H * T * (int64_t)T);
-    TAKE(enc->h1, N * C);
-    TAKE(enc->out_buf[0], N * C);
-    if (keep)
-        TAKE(enc->out_buf[1], N * C);
-    else
-        enc->out_buf[1] = enc->out_buf[0];
+    if (keep) {
+        TAKE(enc->act, N * I);
+        if (!probs_per_layer) TAKE(enc->probs, B * H * T * (int64_t)T);
+        TAKE(enc->h1, N * C);
+    } else {
+        enc->act = enc->probs = enc->h1 = NULL;
+    }
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
-        if (!keep && l > 0) {
-            *a = enc->acts[0];
+        if (!keep) {
+            if (l == 0) {
+                float *region = p;
+                p += round_up(Ng * (wide + C));
+                a->qkv = region;
+                a->ctx = region + Ng * 3 * C;
+                a->pre = a->act = region; /* gelu in place */
+                a->r1 = a->h1 = region + Ng * wide;
+                a->r2 = NULL; /* the layer's output rows */
+                a->probs = NULL;
+                a->out = enc->out_buf[0];
+                TAKE(a->ln1_mean, Ng);
+                TAKE(a->ln1_rstd, Ng);
+                TAKE(a->ln2_mean, Ng);
+                TAKE(a->ln2_rstd, Ng);
+            } else {
+                *a = enc->acts[0];
+            }
             continue;
         }
         TAKE(a->qkv, N * 3 * C);
@@ -392,7 +427,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
         TAKE(a->r2, N * C);
         a->out = enc->out_buf[l % 2];
         TAKE(a->pre, N * I);
-        a->act = keep ? enc->act : a->pre;
+        a->act = enc->act;
         TAKE(a->ln1_mean, N);
         TAKE(a->ln1_rstd, N);
         TAKE(a->ln2_mean, N);
@@ -406,11 +441,12 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     TAKE(enc->head_x2, B * C);
     TAKE(enc->logits, B * nl);
     TAKE(enc->key_mask, N);
+    enc->B = B;
+    enc->T = T;
+    enc->group = group;
     if (!keep) {
         enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
         enc->d_head = NULL;
-        enc->B = B;
-        enc->T = T;
         return 0;
     }
     TAKE(enc->d_x, N * C);
@@ -422,9 +458,11 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     TAKE(enc->d_act, N * I);
     TAKE(enc->d_head, B * C);
 #undef TAKE
-    enc->B = B;
-    enc->T = T;
     return 0;
+}
+
+void pc_encoder_set_inference_rows(pc_encoder *enc, int64_t rows) {
+    enc->inference_rows = rows > 0 ? rows : 0;
 }
 
 int64_t pc_encoder_activation_bytes(const pc_encoder *enc) {
@@ -581,8 +619,10 @@ typedef struct {
     int ld_q, ld_kv;
 } layer_rows;
 
-static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *qkv) {
-    const int B = enc->B, T = enc->T, N = B * T, C = enc->cfg.hidden;
+/* B sequences from x on; first_x receives their first tokens' rows in the last layer */
+static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *qkv, int B,
+                          float *first_x) {
+    const int T = enc->T, N = B * T, C = enc->cfg.hidden;
     layer_rows r;
     r.first_tokens = enc->first_token_only && l == enc->cfg.layers - 1;
     if (!r.first_tokens) {
@@ -590,15 +630,15 @@ static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *q
         r.q = qkv; r.k = qkv + C; r.v = qkv + 2 * C;
         r.ld_q = r.ld_kv = 3 * C;
     } else {
-        r.Nq = B; r.Tq = 1; r.xq = enc->first_x;
+        r.Nq = B; r.Tq = 1; r.xq = first_x;
         r.k = qkv; r.v = qkv + C; r.q = qkv + (int64_t)N * 2 * C;
         r.ld_q = C; r.ld_kv = 2 * C;
     }
     return r;
 }
 
-static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows *r) {
-    pc_attention_dims d = {enc->B, r->Tq, enc->T, enc->cfg.heads, enc->cfg.hidden / enc->cfg.heads,
+static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows *r, int B) {
+    pc_attention_dims d = {B, r->Tq, enc->T, enc->cfg.heads, enc->cfg.hidden / enc->cfg.heads,
                            r->ld_q, r->ld_kv};
     return d;
 }
@@ -612,22 +652,30 @@ static void qkv_slot_view(const layer_rows *r, int s, const float *x, int N, flo
     *rows = s == SLOT_Q ? r->Nq : N;
 }
 
-static int layer_forward(pc_encoder *enc, int l, const float *x) {
+/* Layer l on sequences [b0, b0 + B) of the batch: reads their rows of x (B·T rows from
+ * x + b0·T·C) and writes their rows of out (from out + b0·T·C, or in a first-token-only last
+ * layer B rows from out + b0·C). The layer's scratch (acts[l]) holds these B sequences. */
+static int layer_forward(pc_encoder *enc, int l, const float *x_batch, float *out_batch,
+                         int b0, int B) {
     const pc_encoder_config *c = &enc->cfg;
-    const int B = enc->B, T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
+    const int T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
     layer_params *lp = &enc->layer[l];
     layer_acts *a = &enc->acts[l];
+    const float *x = x_batch + (int64_t)b0 * T * C;
+    const float *key_mask = enc->has_mask ? enc->key_mask + (int64_t)b0 * T : NULL;
     float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
     float p_attn = enc->training ? c->attention_dropout : 0.0f;
-    const layer_rows r = rows_of(enc, l, x, a->qkv);
+    float *first_x = enc->first_x + (int64_t)b0 * C;
+    const layer_rows r = rows_of(enc, l, x, a->qkv, B, first_x);
     const int Nq = r.Nq;
+    float *out = out_batch + (int64_t)b0 * (r.first_tokens ? 1 : T) * C;
     const float *wqkv = pc_f32(lp->qkv_w), *bqkv = pc_f32(lp->qkv_b);
 
     if (!r.first_tokens) {
         pc_linear_forward(a->qkv, x, wqkv, bqkv, N, C, 3 * C);
     } else {
         for (int b = 0; b < B; b++)
-            memcpy(enc->first_x + (int64_t)b * C, x + (int64_t)b * T * C, sizeof(float) * C);
+            memcpy(first_x + (int64_t)b * C, x + (int64_t)b * T * C, sizeof(float) * C);
         /* k|v (N,2C) = x·[Wk;Wv]ᵀ + [bk;bv];  q (B,C) = x_first·Wqᵀ + bq */
         pc_linear_forward(r.k, x, wqkv + (int64_t)C * C, bqkv + C, N, C, 2 * C);
         pc_linear_forward(r.q, r.xq, wqkv, bqkv, B, C, C);
@@ -637,9 +685,10 @@ static int layer_forward(pc_encoder *enc, int l, const float *x) {
         qkv_slot_view(&r, s, x, N, &y, &ldy, &in, &rows);
         if (slot_lora_forward(enc, lp->slot[s], y, ldy, in, C, rows) < 0) return -1;
     }
-    const pc_attention_dims dims = attention_dims(enc, &r);
-    pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, enc->has_mask ? enc->key_mask : NULL,
-                         &dims, p_attn, site_seed(enc->seed, l, SITE_ATTN));
+    const pc_attention_dims dims = attention_dims(enc, &r, B);
+    if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
+                             site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        return -1;
     if (slot_forward(enc, lp->slot[SLOT_AO], a->r1, a->ctx, Nq) < 0) return -1;
     dropout_inplace(a->r1, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_AO));
     pc_add_forward(a->r1, a->r1, r.xq, (int64_t)Nq * C);
@@ -647,10 +696,11 @@ static int layer_forward(pc_encoder *enc, int l, const float *x) {
                          pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
     if (slot_forward(enc, lp->slot[SLOT_I], a->pre, a->h1, Nq) < 0) return -1;
     activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
-    if (slot_forward(enc, lp->slot[SLOT_O], a->r2, a->act, Nq) < 0) return -1;
-    dropout_inplace(a->r2, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_O));
-    pc_add_forward(a->r2, a->r2, a->h1, (int64_t)Nq * C);
-    pc_layernorm_forward(a->out, a->ln2_mean, a->ln2_rstd, a->r2, pc_f32(lp->ln2_w),
+    float *r2 = a->r2 ? a->r2 : out;
+    if (slot_forward(enc, lp->slot[SLOT_O], r2, a->act, Nq) < 0) return -1;
+    dropout_inplace(r2, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_O));
+    pc_add_forward(r2, r2, a->h1, (int64_t)Nq * C);
+    pc_layernorm_forward(out, a->ln2_mean, a->ln2_rstd, r2, pc_f32(lp->ln2_w),
                          pc_f32(lp->ln2_b), Nq, C, c->layer_norm_eps);
     return 0;
 }
@@ -731,7 +781,14 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
         for (int s = 0; s < SLOTS_PER_LAYER; s++)
             dense_trains = dense_trains || wants_grad(enc->layer[l].slot[s]->weight);
     const bool probs_per_layer = keep_activations && !dense_trains;
-    if (ensure_activations(enc, B, T, keep_activations, probs_per_layer) < 0) return -1;
+    /* eval forwards without a backward run the layers group by group (fewer scratch rows);
+     * dropout counts its elements over the whole batch, so training forwards never do */
+    int group = B;
+    if (!keep_activations && !training && enc->inference_rows > 0) {
+        int64_t per = enc->inference_rows / T;
+        group = per < 1 ? 1 : per < B ? (int)per : B;
+    }
+    if (ensure_activations(enc, B, T, keep_activations, probs_per_layer, group) < 0) return -1;
     enc->probs_per_layer = probs_per_layer;
     const int64_t N = (int64_t)B * T;
     memcpy(enc->ids, ids, sizeof(int64_t) * N);
@@ -745,7 +802,9 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     embeddings_forward(enc, (int)N);
     const float *x = enc->emb_out;
     for (int l = 0; l < enc->cfg.layers; l++) {
-        if (layer_forward(enc, l, x) < 0) return -1;
+        for (int b0 = 0; b0 < B; b0 += group)
+            if (layer_forward(enc, l, x, enc->acts[l].out, b0, B - b0 < group ? B - b0 : group) < 0)
+                return -1;
         x = enc->acts[l].out;
     }
     enc->has_forward = true;
@@ -790,8 +849,8 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
     float p_attn = enc->training ? c->attention_dropout : 0.0f;
     int oom = 0;
-    const layer_rows r = rows_of(enc, l, x, a->qkv);
-    const layer_rows dr = rows_of(enc, l, x, enc->d_qkv); /* the same layout for gradients */
+    const layer_rows r = rows_of(enc, l, x, a->qkv, B, enc->first_x);
+    const layer_rows dr = rows_of(enc, l, x, enc->d_qkv, B, enc->first_x); /* same layout */
     const int Nq = r.Nq;
     const int64_t NqC = (int64_t)Nq * C;
 
@@ -838,7 +897,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq) < 0) return -1;
     /* ctx = attention(q, k, v) */
     memset(enc->d_qkv, 0, sizeof(float) * ((size_t)N * 2 * C + (size_t)Nq * C));
-    const pc_attention_dims dims = attention_dims(enc, &r);
+    const pc_attention_dims dims = attention_dims(enc, &r, B);
     if (!enc->probs_per_layer)
         pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims);
     pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims, p_attn,

@@ -87,6 +87,11 @@ const float *pc_encoder_logits(const pc_encoder *enc);
 int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
                         const float *d_pooled);
 
+/* Eval forwards without a backward run the layers in groups of whole sequences of about
+ * rows tokens each (at least one sequence), bounding their scratch; 0 (the default): the
+ * whole batch at once. The outputs are the same either way. */
+void pc_encoder_set_inference_rows(pc_encoder *enc, int64_t rows);
+
 /* Bytes held for activations and scratch (for reports). */
 int64_t pc_encoder_activation_bytes(const pc_encoder *enc);
 

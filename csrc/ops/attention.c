@@ -39,24 +39,29 @@ void pc_attention_probs(float *probs, const float *q, const float *k, const floa
     for (int64_t bh = 0; bh < pairs; bh++) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh);
 }
 
-void pc_attention_forward(float *out, float *probs, const float *q, const float *k,
-                          const float *v, const float *key_mask, const pc_attention_dims *dims,
-                          float dropout_p, uint64_t seed) {
+int pc_attention_forward(float *out, float *probs, const float *q, const float *k,
+                         const float *v, const float *key_mask, const pc_attention_dims *dims,
+                         float dropout_p, uint64_t seed) {
     const int B = dims->B, Tq = dims->Tq, Tk = dims->Tk, H = dims->H, D = dims->D;
     const int C = H * D, ld_kv = dims->ld_kv;
     const int64_t pair = (int64_t)Tq * Tk;
     const bool use_dropout = dropout_p > 0.0f;
+    bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
+        /* without probs (no backward follows) each thread keeps its pair's in scratch */
+        float *scratch = probs ? NULL : malloc(sizeof(float) * (size_t)pair);
         float *dropped = use_dropout ? malloc(sizeof(float) * (size_t)pair) : NULL;
+        const bool ready = (probs || scratch) && (!use_dropout || dropped);
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
+            if (!ready) continue;
             int b = (int)(bh / H), h = (int)(bh % H);
             const float *V = v + (int64_t)b * Tk * ld_kv + (int64_t)h * D;
-            float *S = probs + bh * pair;
+            float *S = probs ? probs + bh * pair : scratch;
             pair_probs(S, q, k, key_mask, dims, bh);
             const float *P = S;
-            if (use_dropout && dropped) {
+            if (use_dropout) {
                 dropout_probs(dropped, S, pair, dropout_p, seed, bh);
                 P = dropped;
             }
@@ -64,8 +69,11 @@ void pc_attention_forward(float *out, float *probs, const float *q, const float 
             pc_sgemm_serial(false, false, Tq, D, Tk, 1.0f, P, Tk, V, ld_kv, 0.0f,
                             out + (int64_t)b * Tq * C + (int64_t)h * D, C);
         }
+        if (!ready) failed = true;
+        free(scratch);
         free(dropped);
     }
+    return failed ? -1 : 0;
 }
 
 /* Backward of one pair, mirroring the forward:

@@ -425,8 +425,10 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
     int H;
     double p = 0.0;
     unsigned long long seed = 0;
+    int want_probs = 1;
     PyArrayObject *q = NULL, *k = NULL, *v = NULL, *m = NULL, *out = NULL, *probs = NULL;
-    if (!PyArg_ParseTuple(args, "OOOi|OdK", &qo, &ko, &vo, &H, &mo, &p, &seed)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOi|OdKp", &qo, &ko, &vo, &H, &mo, &p, &seed, &want_probs))
+        return NULL;
     CHECK(check_p(p, "attention") == 0);
     CHECK(q = glue_f32(qo, "attention: query"));
     CHECK(k = glue_f32(ko, "attention: key"));
@@ -448,12 +450,17 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
     }
     npy_intp pdims[4] = {(npy_intp)B, H, (npy_intp)dims.Tq, (npy_intp)T};
     CHECK(out = glue_zeros(3, PyArray_DIMS(q)));
-    CHECK(probs = glue_zeros(4, pdims));
+    if (want_probs) CHECK(probs = glue_zeros(4, pdims));
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    pc_attention_forward(glue_fp(out), glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v),
-                         m ? glue_fp(m) : NULL, &dims, (float)p, seed);
+    rc = pc_attention_forward(glue_fp(out), probs ? glue_fp(probs) : NULL, glue_fp(q),
+                              glue_fp(k), glue_fp(v), m ? glue_fp(m) : NULL, &dims, (float)p, seed);
     Py_END_ALLOW_THREADS
-    result = Py_BuildValue("(OO)", out, probs);
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = Py_BuildValue("(OO)", out, probs ? (PyObject *)probs : Py_None);
 fail:
     Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v); Py_XDECREF(m);
     Py_XDECREF(out); Py_XDECREF(probs);

@@ -373,6 +373,18 @@ static PyObject *encoder_activation_bytes(PcEncoderObject *self, PyObject *Py_UN
     return PyLong_FromLongLong(pc_encoder_activation_bytes(self->enc));
 }
 
+static PyObject *encoder_set_inference_rows(PcEncoderObject *self, PyObject *arg) {
+    if (ready(self) < 0) return NULL;
+    long long rows = PyLong_AsLongLong(arg);
+    if (rows == -1 && PyErr_Occurred()) return NULL;
+    if (rows < 0) {
+        PyErr_Format(PyExc_ValueError, "inference_rows must be >= 0 (0: whole batch), got %lld", rows);
+        return NULL;
+    }
+    pc_encoder_set_inference_rows(self->enc, (int64_t)rows);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef encoder_methods[] = {
     {"params", (PyCFunction)encoder_params, METH_NOARGS, "[(name, Tensor, is_head)]"},
     {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
@@ -385,6 +397,9 @@ static PyMethodDef encoder_methods[] = {
      " -> (hidden, pooled, logits)"},
     {"backward", (PyCFunction)(void (*)(void))encoder_backward, METH_VARARGS | METH_KEYWORDS,
      "backward(d_logits=None, d_hidden=None, d_pooled=None)"},
+    {"set_inference_rows", (PyCFunction)encoder_set_inference_rows, METH_O,
+     "set_inference_rows(rows): eval forwards without a backward run the layers in groups of"
+     " about rows tokens (0: the whole batch)"},
     {"activation_bytes", (PyCFunction)encoder_activation_bytes, METH_NOARGS,
      "bytes held for activations"},
     {NULL, NULL, 0, NULL}};
