@@ -140,12 +140,13 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
                          float dropout_p, uint64_t seed);
 /* probs alone, bit for bit as the forward computes them (for a backward that recomputes
  * them instead of keeping them). */
-void pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
-                        const pc_attention_dims *dims);
-/* dq, dk, dv (the row strides of q, k, v) += gradients, given dout (B,Tq,H·D). */
-void pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                           const float *probs, const float *q, const float *k, const float *v,
-                           const pc_attention_dims *dims, float dropout_p, uint64_t seed);
+int pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
+                       const pc_attention_dims *dims);
+/* dq, dk, dv (the row strides of q, k, v) += gradients, given dout (B,Tq,H·D).
+ * Like the forward, both return -1 when their per-thread scratch cannot be allocated. */
+int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                          const float *probs, const float *q, const float *k, const float *v,
+                          const pc_attention_dims *dims, float dropout_p, uint64_t seed);
 
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */

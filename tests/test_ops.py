@@ -453,6 +453,8 @@ ATTN_CASES = [  # B, T, H, D
     (2, 5, 1, 4),
     (2, 5, 3, 2),
     (3, 7, 3, 5),
+    (2, 37, 2, 16),  # register-tiled pair products: partial row and column tiles
+    (1, 20, 1, 32),
 ]
 
 

@@ -898,10 +898,12 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* ctx = attention(q, k, v) */
     memset(enc->d_qkv, 0, sizeof(float) * ((size_t)N * 2 * C + (size_t)Nq * C));
     const pc_attention_dims dims = attention_dims(enc, &r, B);
-    if (!enc->probs_per_layer)
-        pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims);
-    pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims, p_attn,
-                          site_seed(enc->seed, l, SITE_ATTN));
+    if (!enc->probs_per_layer &&
+        pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims) < 0)
+        return -1;
+    if (pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
+                              p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        return -1;
     /* q, k, v = x·Wᵀ + b: per-slot weight grads (a query row's input gradient belongs to
      * d_x's row of that token: stride T·C between first tokens) */
     const int ld_dxq = r.first_tokens ? T * C : C;

@@ -1,10 +1,143 @@
 /* Multi-head scaled-dot-product attention. One (batch, head) pair is one unit of work:
- * the pairs run in parallel, each with single-threaded BLIS GEMMs on strided views.
- * Per pair: Q (Tq,D), K and V (Tk,D), scores and probabilities (Tq,Tk). */
+ * the pairs run in parallel, each with single-threaded products on strided views.
+ * Per pair: Q (Tq,D), K and V (Tk,D), scores and probabilities (Tq,Tk).
+ *
+ * The per-pair products are small (128×128×32 for MiniLM), where a BLIS call spends as much
+ * time setting up and packing as multiplying. When the output's width is a multiple of 16
+ * they run in pair_gemm below, register tiles over unpacked operands; products whose rows
+ * are the keys (Q·Kᵀ, dO·Vᵀ) first transpose K or V into per-thread scratch. */
 #include <float.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels.h"
+
+/* 16 floats; the compiler maps it onto whatever vector registers the target has */
+typedef float vec16 __attribute__((vector_size(64), aligned(4)));
+
+static inline vec16 load16(const float *p) {
+    vec16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+
+enum { TILE_ROWS = 8 }; /* 8 rows × 2 vectors: 16 accumulators */
+
+/* ISO C (-std=c11) keeps a·b + c as two roundings; the tiles want the fused multiply-add */
+#define PC_FUSED_MULTIPLY_ADD __attribute__((optimize("fp-contract=fast")))
+
+/* Store a finished accumulator: beta == 0 overwrites, so whatever C held (NaN included)
+ * does not leak in. */
+static inline void store_tile_row(float *c, vec16 acc, float alpha, float beta) {
+    store16(c, beta == 0.0f ? alpha * acc : alpha * acc + beta * load16(c));
+}
+
+/* The full tile: TILE_ROWS × 32 columns of C = alpha·op(A)·B + beta·C, where
+ * op(A)[i][k] = A[i·a_row + k·a_col] and B (K,32) has row stride ldb. */
+static __attribute__((noinline)) PC_FUSED_MULTIPLY_ADD void pair_tile_full(int K, float alpha, const float *A,
+                                                 int64_t a_row, int64_t a_col, const float *B,
+                                                 int ldb, float beta, float *C, int ldc) {
+    vec16 acc0[TILE_ROWS], acc1[TILE_ROWS];
+    for (int r = 0; r < TILE_ROWS; r++) acc0[r] = acc1[r] = (vec16){0};
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;
+        const vec16 b0 = load16(b), b1 = load16(b + 16);
+        for (int r = 0; r < TILE_ROWS; r++) {
+            const float s = a[r * a_row];
+            acc0[r] += s * b0;
+            acc1[r] += s * b1;
+        }
+    }
+    for (int r = 0; r < TILE_ROWS; r++) {
+        store_tile_row(C + (int64_t)r * ldc, acc0[r], alpha, beta);
+        store_tile_row(C + (int64_t)r * ldc + 16, acc1[r], alpha, beta);
+    }
+}
+
+/* A narrow tile: rows (<= TILE_ROWS, a constant where inlined) × 16 columns. */
+static inline __attribute__((always_inline)) PC_FUSED_MULTIPLY_ADD void pair_tile_narrow(
+    int rows, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
+    const float *B, int ldb, float beta, float *C, int ldc) {
+    vec16 acc[TILE_ROWS];
+    for (int r = 0; r < TILE_ROWS; r++) acc[r] = (vec16){0};
+    for (int k = 0; k < K; k++) {
+        const float *a = A + k * a_col;
+        const vec16 b0 = load16(B + (int64_t)k * ldb);
+        for (int r = 0; r < rows; r++) acc[r] += a[r * a_row] * b0;
+    }
+    for (int r = 0; r < rows; r++) store_tile_row(C + (int64_t)r * ldc, acc[r], alpha, beta);
+}
+
+/* C (M,N) = alpha·op(A)·B + beta·C with B (K,N) row-major (row stride ldb) and op(A) either
+ * A (M,K) row stride lda or, trans_a, the transpose of a stored (K,M) A. Each element sums
+ * over k in order, whatever the tile, so the same inputs give the same bits. */
+static PC_FUSED_MULTIPLY_ADD void pair_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
+    const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
+    const int n32 = N / 32 * 32, n16 = N / 16 * 16;
+    for (int i = 0; i < M; i += TILE_ROWS) {
+        const int rows = M - i < TILE_ROWS ? M - i : TILE_ROWS;
+        const float *Ai = A + i * a_row;
+        float *Ci = C + (int64_t)i * ldc;
+        if (rows == TILE_ROWS) {
+            for (int j = 0; j < n32; j += 32)
+                pair_tile_full(K, alpha, Ai, a_row, a_col, B + j, ldb, beta, Ci + j, ldc);
+            if (n16 > n32)
+                pair_tile_narrow(TILE_ROWS, K, alpha, Ai, a_row, a_col, B + n32, ldb, beta,
+                                 Ci + n32, ldc);
+        } else {
+            /* a constant row count per case keeps the accumulators in registers */
+            for (int j = 0; j < n16; j += 16) {
+#define PARTIAL_TILE(R) \
+    case R: pair_tile_narrow(R, K, alpha, Ai, a_row, a_col, B + j, ldb, beta, Ci + j, ldc); break;
+                switch (rows) {
+                    PARTIAL_TILE(1) PARTIAL_TILE(2) PARTIAL_TILE(3) PARTIAL_TILE(4)
+                    PARTIAL_TILE(5) PARTIAL_TILE(6) PARTIAL_TILE(7)
+                }
+#undef PARTIAL_TILE
+            }
+        }
+        for (int r = 0; r < rows; r++) /* columns past the last multiple of 16 */
+            for (int j = n16; j < N; j++) {
+                float sum = 0.0f;
+                for (int k = 0; k < K; k++) sum += Ai[r * a_row + k * a_col] * B[(int64_t)k * ldb + j];
+                float *c = Ci + (int64_t)r * ldc + j;
+                *c = beta == 0.0f ? alpha * sum : alpha * sum + beta * *c;
+            }
+    }
+}
+
+/* dst (D,T) = src (T,D) with row stride ld: a head's keys or values as columns */
+static void transpose_head(float *dst, const float *src, int T, int D, int ld) {
+    for (int d = 0; d < D; d++)
+        for (int t = 0; t < T; t++) dst[(int64_t)d * T + t] = src[(int64_t)t * ld + d];
+}
+
+/* the per-pair products go to pair_gemm when their widths (Tk for scores, D for outputs)
+ * hold at least one 16-float vector, else to BLIS */
+static bool use_pair_gemm(int width) { return width >= 16; }
+
+/* C (Tq,Tk) = alpha·X (Tq,D)·Yᵀ for Y (Tk,D): through Yᵀ in scratch (D·Tk floats) */
+static void times_keys_transposed(int Tq, int Tk, int D, float alpha, const float *X, int ldx,
+                                  const float *Y, int ldy, float *scratch, float *C) {
+    if (use_pair_gemm(Tk) && scratch) {
+        transpose_head(scratch, Y, Tk, D, ldy);
+        pair_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, Tk, 0.0f, C, Tk);
+    } else {
+        pc_sgemm_serial(false, true, Tq, Tk, D, alpha, X, ldx, Y, ldy, 0.0f, C, Tk);
+    }
+}
+
+/* C (M,D) = alpha·op(A)·Y + beta·C for Y (K,D) row stride ldy (a head's slice) */
+static void times_head(bool trans_a, int M, int D, int K, float alpha, const float *A, int lda,
+                       const float *Y, int ldy, float beta, float *C, int ldc) {
+    if (use_pair_gemm(D))
+        pair_gemm(trans_a, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
+    else
+        pc_sgemm_serial(trans_a, false, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
+}
 
 /* dropout on the probabilities of pair bh: element (i,j) has index bh·Tq·Tk + i·Tk + j */
 static void dropout_probs(float *dst, const float *probs, int64_t count, float p, uint64_t seed,
@@ -17,12 +150,12 @@ static void dropout_probs(float *dst, const float *probs, int64_t count, float p
 
 /* S (Tq,Tk) of pair bh = softmax(Q·Kᵀ/√D + mask bias), row by row */
 static void pair_probs(float *S, const float *q, const float *k, const float *key_mask,
-                       const pc_attention_dims *d, int64_t bh) {
+                       const pc_attention_dims *d, int64_t bh, float *kt_scratch) {
     const int Tq = d->Tq, Tk = d->Tk, b = (int)(bh / d->H), h = (int)(bh % d->H);
     const float *Q = q + (int64_t)b * Tq * d->ld_q + (int64_t)h * d->D;
     const float *K = k + (int64_t)b * Tk * d->ld_kv + (int64_t)h * d->D;
-    pc_sgemm_serial(false, true, Tq, Tk, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, K,
-                    d->ld_kv, 0.0f, S, Tk);
+    times_keys_transposed(Tq, Tk, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, K, d->ld_kv,
+                          kt_scratch, S);
     const float *m = key_mask ? key_mask + (int64_t)b * Tk : NULL;
     for (int i = 0; i < Tq; i++) {
         float *row = S + (int64_t)i * Tk;
@@ -32,11 +165,20 @@ static void pair_probs(float *S, const float *q, const float *k, const float *ke
     }
 }
 
-void pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
-                        const pc_attention_dims *dims) {
+int pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
+                       const pc_attention_dims *dims) {
     const int64_t pair = (int64_t)dims->Tq * dims->Tk, pairs = (int64_t)dims->B * dims->H;
-    #pragma omp parallel for schedule(static) num_threads(pc_threads_for(pairs * pair))
-    for (int64_t bh = 0; bh < pairs; bh++) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh);
+    bool failed = false;
+    #pragma omp parallel num_threads(pc_threads_for(pairs * pair))
+    {
+        float *kt = malloc(sizeof(float) * (size_t)dims->D * (size_t)dims->Tk);
+        if (!kt) failed = true; /* benign race: every writer stores true */
+        #pragma omp for schedule(static)
+        for (int64_t bh = 0; bh < pairs; bh++)
+            if (kt) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh, kt);
+        free(kt);
+    }
+    return failed ? -1 : 0;
 }
 
 int pc_attention_forward(float *out, float *probs, const float *q, const float *k,
@@ -49,29 +191,30 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
-        /* without probs (no backward follows) each thread keeps its pair's in scratch */
-        float *scratch = probs ? NULL : malloc(sizeof(float) * (size_t)pair);
-        float *dropped = use_dropout ? malloc(sizeof(float) * (size_t)pair) : NULL;
-        const bool ready = (probs || scratch) && (!use_dropout || dropped);
+        /* per thread: Kᵀ (D,Tk); without probs (no backward follows) the pair's
+         * probabilities; with dropout the dropped ones */
+        const int64_t floats = (int64_t)D * Tk + (probs ? 0 : pair) + (use_dropout ? pair : 0);
+        float *kt = malloc(sizeof(float) * (size_t)floats);
+        float *own_probs = kt ? kt + (int64_t)D * Tk : NULL;
+        float *dropped = own_probs ? own_probs + (probs ? 0 : pair) : NULL;
+        if (!kt) failed = true;
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
-            if (!ready) continue;
+            if (!kt) continue;
             int b = (int)(bh / H), h = (int)(bh % H);
             const float *V = v + (int64_t)b * Tk * ld_kv + (int64_t)h * D;
-            float *S = probs ? probs + bh * pair : scratch;
-            pair_probs(S, q, k, key_mask, dims, bh);
+            float *S = probs ? probs + bh * pair : own_probs;
+            pair_probs(S, q, k, key_mask, dims, bh, kt);
             const float *P = S;
             if (use_dropout) {
                 dropout_probs(dropped, S, pair, dropout_p, seed, bh);
                 P = dropped;
             }
             /* out (Tq,D) = P (Tq,Tk) · V (Tk,D) */
-            pc_sgemm_serial(false, false, Tq, D, Tk, 1.0f, P, Tk, V, ld_kv, 0.0f,
-                            out + (int64_t)b * Tq * C + (int64_t)h * D, C);
+            times_head(false, Tq, D, Tk, 1.0f, P, Tk, V, ld_kv, 0.0f,
+                       out + (int64_t)b * Tq * C + (int64_t)h * D, C);
         }
-        if (!ready) failed = true;
-        free(scratch);
-        free(dropped);
+        free(kt);
     }
     return failed ? -1 : 0;
 }
@@ -80,21 +223,26 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
  *   dP' (Tq,Tk) = dO · Vᵀ          dV += P'ᵀ · dO        (P' = dropout(P))
  *   dP = dropout_backward(dP')     dS = P ⊙ (dP - rowsum(dP ⊙ P))
  *   dQ += dS · K / √D              dK += dSᵀ · Q / √D */
-void pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                           const float *probs, const float *q, const float *k, const float *v,
-                           const pc_attention_dims *dims, float dropout_p, uint64_t seed) {
+int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                          const float *probs, const float *q, const float *k, const float *v,
+                          const pc_attention_dims *dims, float dropout_p, uint64_t seed) {
     const int B = dims->B, Tq = dims->Tq, Tk = dims->Tk, H = dims->H, D = dims->D;
     const int C = H * D, ld_q = dims->ld_q, ld_kv = dims->ld_kv;
     const int64_t pair = (int64_t)Tq * Tk;
     const float scale = 1.0f / sqrtf((float)D);
     const bool use_dropout = dropout_p > 0.0f;
+    bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
-        float *dS = malloc(sizeof(float) * (size_t)pair);
-        float *dropped = use_dropout ? malloc(sizeof(float) * (size_t)pair) : NULL;
+        /* per thread: dS (Tq,Tk), Vᵀ (D,Tk), and with dropout the dropped probabilities */
+        const int64_t floats = pair + (int64_t)D * Tk + (use_dropout ? pair : 0);
+        float *dS = malloc(sizeof(float) * (size_t)floats);
+        float *vt = dS ? dS + pair : NULL;
+        float *dropped = vt ? vt + (int64_t)D * Tk : NULL;
+        if (!dS) failed = true;
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
-            if (!dS || (use_dropout && !dropped)) continue;
+            if (!dS) continue;
             int b = (int)(bh / H), h = (int)(bh % H);
             int64_t q0 = (int64_t)b * Tq * ld_q + (int64_t)h * D;
             int64_t kv0 = (int64_t)b * Tk * ld_kv + (int64_t)h * D;
@@ -105,8 +253,8 @@ void pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                 dropout_probs(dropped, P, pair, dropout_p, seed, bh);
                 Pd = dropped;
             }
-            pc_sgemm_serial(false, true, Tq, Tk, D, 1.0f, dO, C, v + kv0, ld_kv, 0.0f, dS, Tk);
-            pc_sgemm_serial(true, false, Tk, D, Tq, 1.0f, Pd, Tk, dO, C, 1.0f, dv + kv0, ld_kv);
+            times_keys_transposed(Tq, Tk, D, 1.0f, dO, C, v + kv0, ld_kv, vt, dS);
+            times_head(true, Tk, D, Tq, 1.0f, Pd, Tk, dO, C, 1.0f, dv + kv0, ld_kv);
             if (use_dropout) {
                 float inv_keep = 1.0f / (1.0f - dropout_p);
                 uint64_t base = (uint64_t)bh * (uint64_t)pair;
@@ -119,12 +267,10 @@ void pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                 float dot = pc_dot(ds, p, Tk);
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
-            pc_sgemm_serial(false, false, Tq, D, Tk, scale, dS, Tk, k + kv0, ld_kv, 1.0f,
-                            dq + q0, ld_q);
-            pc_sgemm_serial(true, false, Tk, D, Tq, scale, dS, Tk, q + q0, ld_q, 1.0f,
-                            dk + kv0, ld_kv);
+            times_head(false, Tq, D, Tk, scale, dS, Tk, k + kv0, ld_kv, 1.0f, dq + q0, ld_q);
+            times_head(true, Tk, D, Tq, scale, dS, Tk, q + q0, ld_q, 1.0f, dk + kv0, ld_kv);
         }
         free(dS);
-        free(dropped);
     }
+    return failed ? -1 : 0;
 }

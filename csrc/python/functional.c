@@ -496,10 +496,16 @@ static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
     CHECK(dq = glue_zeros(3, PyArray_DIMS(q)));
     CHECK(dk = glue_zeros(3, PyArray_DIMS(k)));
     CHECK(dv = glue_zeros(3, PyArray_DIMS(k)));
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    pc_attention_backward(glue_fp(dq), glue_fp(dk), glue_fp(dv), glue_fp(dout), glue_fp(probs),
-                          glue_fp(q), glue_fp(k), glue_fp(v), &dims, (float)p, seed);
+    rc = pc_attention_backward(glue_fp(dq), glue_fp(dk), glue_fp(dv), glue_fp(dout),
+                               glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v), &dims,
+                               (float)p, seed);
     Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     result = Py_BuildValue("(OOO)", dq, dk, dv);
 fail:
     Py_XDECREF(dout); Py_XDECREF(probs); Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v);

@@ -419,7 +419,10 @@ int main(void) {
     for (size_t i = 0; i < sizeof sm / sizeof sm[0]; i++) test_softmax(sm[i][0], sm[i][1]);
 
     static const int at[][4] = {{1, 1, 1, 1}, {1, 1, 3, 2}, {2, 5, 1, 4}, {2, 5, 3, 2},
-                                {3, 7, 3, 5}, {2, 16, 4, 8}};
+                                {3, 7, 3, 5}, {2, 16, 4, 8},
+                                /* register-tiled pair products: full and partial tiles of
+                                 * rows and of 32, 16 and fewer columns */
+                                {2, 37, 2, 16}, {1, 40, 1, 48}, {2, 24, 3, 32}};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
         for (int masked = 0; masked < 2; masked++) {
             test_attention(at[i][0], at[i][1], at[i][1], at[i][2], at[i][3], masked, 0.0f, false);
@@ -430,6 +433,7 @@ int main(void) {
     test_attention(3, 2, 5, 2, 3, true, 0.0f, false);
     test_attention(2, 6, 6, 3, 4, true, 0.0f, true);
     test_attention(2, 6, 6, 3, 4, true, 0.2f, true);
+    test_attention(2, 33, 33, 2, 32, true, 0.2f, true);
 
     test_thread_determinism();
     known_issue_sgemm_k0();
