@@ -532,6 +532,33 @@ static int slot_forward(pc_encoder *enc, pc_linear_slot *s, float *y, const floa
     return slot_lora_forward(enc, s, y, s->out, x, s->in, N);
 }
 
+/* y = x·Wᵀ (+ LoRA) without the bias, which the pass after the GEMM adds on its way
+ * (bias_dropout_residual, bias_activation): one pass over y instead of two */
+static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x,
+                                 int N) {
+    pc_linear_forward(y, x, pc_f32(s->weight), NULL, N, s->in, s->out);
+    return slot_lora_forward(enc, s, y, s->out, x, s->in, N);
+}
+
+/* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
+ * (element n·C + c, as dropout_inplace counts) and the skip connection in one pass */
+static void bias_dropout_residual(float *y, const float *bias, const float *residual, int N,
+                                  int C, float p, uint64_t seed) {
+    const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) {
+        float *row = y + (int64_t)n * C;
+        const float *res = residual + (int64_t)n * C;
+        if (p > 0.0f) {
+            const uint64_t first = (uint64_t)n * (uint64_t)C;
+            for (int c = 0; c < C; c++)
+                row[c] = (pc_keep(seed, first + c, p) ? (row[c] + bias[c]) * scale : 0.0f) + res[c];
+        } else {
+            for (int c = 0; c < C; c++) row[c] = (row[c] + bias[c]) + res[c];
+        }
+    }
+}
+
 /* Weight, bias and LoRA gradients of one linear, for parameters that want them.
  * dy (N,out) stride ldy, x (N,in) stride ldx. dx (stride ldx) += LoRA's share when given. */
 static int slot_backward_params(pc_encoder *enc, pc_linear_slot *s, float *dx, int lddx,
@@ -579,6 +606,28 @@ static void activation_forward(const pc_encoder *enc, float *out, const float *i
     case PC_ACT_GELU: pc_gelu_forward(out, inp, n, false); break;
     case PC_ACT_GELU_TANH: pc_gelu_forward(out, inp, n, true); break;
     case PC_ACT_RELU: pc_relu_forward(out, inp, n); break;
+    }
+}
+
+/* pre (N,I) += bias, act = activation(pre) in one pass (act may be pre: in place) */
+static void bias_activation(const pc_encoder *enc, float *act, float *pre, const float *bias,
+                            int N, int I) {
+    const int kind = enc->cfg.activation;
+    PC_PARALLEL_FOR((int64_t)N * I)
+    for (int n = 0; n < N; n++) {
+        float *x = pre + (int64_t)n * I, *y = act + (int64_t)n * I;
+        for (int i = 0; i < I; i++) x[i] += bias[i];
+        switch (kind) {
+        case PC_ACT_GELU:
+            for (int i = 0; i < I; i++) y[i] = pc_gelu(x[i], false);
+            break;
+        case PC_ACT_GELU_TANH:
+            for (int i = 0; i < I; i++) y[i] = pc_gelu(x[i], true);
+            break;
+        case PC_ACT_RELU:
+            for (int i = 0; i < I; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
+            break;
+        }
     }
 }
 
@@ -689,17 +738,18 @@ static int layer_forward(pc_encoder *enc, int l, const float *x_batch, float *ou
     if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
                              site_seed(enc->seed, l, SITE_ATTN)) < 0)
         return -1;
-    if (slot_forward(enc, lp->slot[SLOT_AO], a->r1, a->ctx, Nq) < 0) return -1;
-    dropout_inplace(a->r1, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_AO));
-    pc_add_forward(a->r1, a->r1, r.xq, (int64_t)Nq * C);
+    pc_linear_slot *ao = lp->slot[SLOT_AO], *inter = lp->slot[SLOT_I], *o = lp->slot[SLOT_O];
+    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq) < 0) return -1;
+    bias_dropout_residual(a->r1, pc_f32(ao->bias), r.xq, Nq, C, p_hidden,
+                          site_seed(enc->seed, l, SITE_AO));
     pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                          pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
-    if (slot_forward(enc, lp->slot[SLOT_I], a->pre, a->h1, Nq) < 0) return -1;
-    activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
+    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq) < 0) return -1;
+    bias_activation(enc, a->act, a->pre, pc_f32(inter->bias), Nq, I);
     float *r2 = a->r2 ? a->r2 : out;
-    if (slot_forward(enc, lp->slot[SLOT_O], r2, a->act, Nq) < 0) return -1;
-    dropout_inplace(r2, (int64_t)Nq * C, p_hidden, site_seed(enc->seed, l, SITE_O));
-    pc_add_forward(r2, r2, a->h1, (int64_t)Nq * C);
+    if (slot_forward_unbiased(enc, o, r2, a->act, Nq) < 0) return -1;
+    bias_dropout_residual(r2, pc_f32(o->bias), a->h1, Nq, C, p_hidden,
+                          site_seed(enc->seed, l, SITE_O));
     pc_layernorm_forward(out, a->ln2_mean, a->ln2_rstd, r2, pc_f32(lp->ln2_w),
                          pc_f32(lp->ln2_b), Nq, C, c->layer_norm_eps);
     return 0;

@@ -1,22 +1,16 @@
 /* Elementwise activations, softmax and the residual add. */
 #include "kernels.h"
 
-#define SQRT_2_OVER_PI 0.7978845608028654f
-#define GELU_TANH_COEF 0.044715f
 #define INV_SQRT_2PI 0.3989422804014327f
 
 /* exact: gelu(x) = x·Φ(x);  tanh form: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
 void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) {
     if (tanh_approx) {
         PC_PARALLEL_FOR(n)
-        for (int64_t i = 0; i < n; i++) {
-            float x = inp[i];
-            float u = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x);
-            out[i] = 0.5f * x * (1.0f + pc_tanhf(u));
-        }
+        for (int64_t i = 0; i < n; i++) out[i] = pc_gelu(inp[i], true);
     } else {
         PC_PARALLEL_FOR(n)
-        for (int64_t i = 0; i < n; i++) out[i] = inp[i] * pc_normal_cdf(inp[i]);
+        for (int64_t i = 0; i < n; i++) out[i] = pc_gelu(inp[i], false);
     }
 }
 
@@ -27,9 +21,9 @@ void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t 
         PC_PARALLEL_FOR(n)
         for (int64_t i = 0; i < n; i++) {
             float x = inp[i];
-            float u = SQRT_2_OVER_PI * (x + GELU_TANH_COEF * x * x * x);
+            float u = PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x);
             float t = pc_tanhf(u);
-            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_TANH_COEF * x * x);
+            float du = PC_SQRT_2_OVER_PI * (1.0f + 3.0f * PC_GELU_TANH_COEF * x * x);
             dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
         }
     } else {

@@ -3,9 +3,10 @@
  * Per pair: Q (Tq,D), K and V (Tk,D), scores and probabilities (Tq,Tk).
  *
  * The per-pair products are small (128×128×32 for MiniLM), where a BLIS call spends as much
- * time setting up and packing as multiplying. When the output's width is a multiple of 16
- * they run in pair_gemm below, register tiles over unpacked operands; products whose rows
- * are the keys (Q·Kᵀ, dO·Vᵀ) first transpose K or V into per-thread scratch. */
+ * time setting up and packing as multiplying. When the output is at least 16 floats wide
+ * they run in pair_gemm below, register tiles over unpacked operands (columns past the last
+ * multiple of 16 in a scalar loop); products whose rows are the keys (Q·Kᵀ, dO·Vᵀ) first
+ * transpose K or V into per-thread scratch. Narrower ones stay with BLIS. */
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>

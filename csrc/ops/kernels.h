@@ -78,6 +78,16 @@ static inline float pc_tanhf(float x) {
     return a < 0.3f ? small : big;
 }
 
+#define PC_SQRT_2_OVER_PI 0.7978845608028654f
+#define PC_GELU_TANH_COEF 0.044715f
+
+/* gelu(x) = x·Φ(x), or with tanh_approx 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
+static inline float pc_gelu(float x, bool tanh_approx) {
+    if (tanh_approx)
+        return 0.5f * x * (1.0f + pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x)));
+    return x * pc_normal_cdf(x);
+}
+
 /* one row in place or out of place: y = exp(x - max) / Σ exp(x - max) */
 static inline void pc_softmax_row(float *y, const float *x, int C) {
     float mx = -INFINITY;
