@@ -1,7 +1,7 @@
 """Encoder training step and inference: peftcore beside PyTorch/transformers, side by side.
 
     python bench/encoder.py [--models minilm,bert-base] [--steps N] [--warmup N]
-                            [--batch 32] [--seq 128] [--threads 2] [--quick]
+                            [--batch 32] [--seq 128] [--threads 2] [--rounds 3] [--quick]
 
 For each model shape, a transformers BertForSequenceClassification (2 labels) is built with
 a fixed seed and saved to a temporary folder; both frameworks load that folder, so they run
@@ -16,7 +16,9 @@ Each framework × model × mode runs in its own child process, so the peak RSS
 the interpreter, the imported libraries, the weights, activations and gradients. "load MB"
 is the resident size after loading the model, before the first step. sequences/s counts the
 median timed step (after the warm-up steps). The machine's load average is printed with
-each run: other processes competing for the cores distort the timings.
+each run: other processes competing for the cores distort the timings. Each framework runs
+--rounds times, taking turns to go first; the table gives the median speed and the largest
+peak RSS of its runs, as this machine's speed drifts by tens of % over minutes.
 """
 from __future__ import annotations
 
@@ -124,6 +126,9 @@ def parse_args():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs of each framework, alternating (reported: the median speed, "
+                         "the largest peak RSS; default %(default)s, quick 1)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
     ap.add_argument("--inference-rows", type=int, default=None,
@@ -140,10 +145,12 @@ def parse_args():
         args.steps = 1 if args.steps is None else args.steps
         args.warmup = 0 if args.warmup is None else args.warmup
         args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
+        args.rounds = 1
     args.steps = 5 if args.steps is None else args.steps
     args.warmup = 1 if args.warmup is None else args.warmup
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1:
-        ap.error("--steps, --batch, --threads must be >= 1, --seq >= 2, --warmup >= 0")
+    if (args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1
+            or args.rounds < 1):
+        ap.error("--steps, --batch, --threads, --rounds must be >= 1, --seq >= 2, --warmup >= 0")
     if args.child:
         return args
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -169,14 +176,18 @@ def main():
             prep = run_child("prepare", args, model, folder)
             print(f"  {model}: {prep['params'] / 1e6:.1f}M parameters", flush=True)
             for mode in args.mode_list:
-                res = {}
-                for fw in FRAMEWORKS:
-                    res[fw] = run_child(fw, args, model, folder, mode)
-                    r = res[fw]
-                    print(f"    {mode:5s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  step "
-                          f"{r['step_s']:.3f} s  peak {r['peak_mb']:.0f} MB  "
-                          f"(after load {r['load_mb']:.0f} MB)  load avg {r['load'][0]:.1f}->"
-                          f"{r['load'][1]:.1f}  {r['info']}", flush=True)
+                runs = {fw: [] for fw in FRAMEWORKS}
+                for rnd in range(args.rounds):
+                    # alternate who goes first: a machine whose speed drifts over minutes
+                    # then favours neither side
+                    for fw in (FRAMEWORKS if rnd % 2 == 0 else FRAMEWORKS[::-1]):
+                        r = run_child(fw, args, model, folder, mode)
+                        runs[fw].append(r)
+                        print(f"    {mode:5s} {fw:8s} round {rnd + 1}: {r['seq_per_s']:8.2f} seq/s  "
+                              f"step {r['step_s']:.3f} s  peak {r['peak_mb']:.0f} MB  "
+                              f"(after load {r['load_mb']:.0f} MB)  load avg {r['load'][0]:.1f}->"
+                              f"{r['load'][1]:.1f}  {r['info']}", flush=True)
+                res = {fw: harness.combine_rounds(runs[fw]) for fw in FRAMEWORKS}
                 results[f"{model}/{mode}"] = res
                 rows.append((model, mode, res["torch"], res["peftcore"]))
     print(f"\nload average at the end: {load_average()}\n")

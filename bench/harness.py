@@ -162,6 +162,22 @@ def run_child(script, kind, args, model, folder, mode, extra=()):
     return result
 
 
+def combine_rounds(runs):
+    """One child result from several runs of the same measurement: the median speed (and
+    its step time), the largest peak and after-load RSS, every run's speed under
+    'rounds'."""
+    import statistics
+    speeds = [r["seq_per_s"] for r in runs]
+    mid = sorted(runs, key=lambda r: r["seq_per_s"])[(len(runs) - 1) // 2]
+    out = dict(mid)
+    out["seq_per_s"] = statistics.median(speeds)
+    out["step_s"] = statistics.median(r["step_s"] for r in runs)
+    out["peak_mb"] = max(r["peak_mb"] for r in runs)
+    out["load_mb"] = max(r["load_mb"] for r in runs)
+    out["rounds"] = speeds
+    return out
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())

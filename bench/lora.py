@@ -2,7 +2,7 @@
 
     python bench/lora.py [--models minilm,bert-base] [--modes lora,full,merged,bare]
                          [--steps N] [--warmup N] [--batch 32] [--seq 128] [--threads 2]
-                         [--torch-modes ...] [--quick] [--json FILE]
+                         [--rounds 2] [--torch-modes ...] [--quick] [--json FILE]
 
 For each model shape a transformers BertForSequenceClassification (2 labels) is built with
 torch.manual_seed(0) and saved (save_pretrained) to a temporary folder; both frameworks load
@@ -254,6 +254,9 @@ def parse_args():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="runs of each framework per mode, taking turns to go first (reported: "
+                         "the median speed, the largest RSS; default %(default)s, quick 1)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test (< 1 min): minilm, batch 4 x seq 32, 1 + 1 steps, "
                          "torch only for lora and bare")
@@ -272,10 +275,12 @@ def parse_args():
         args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
         args.models = args.models or "minilm"
         args.torch_modes = args.torch_modes or "lora,bare"
+        args.rounds = 1
     args.steps = 6 if args.steps is None else args.steps
     args.warmup = 2 if args.warmup is None else args.warmup
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1:
-        ap.error("--steps, --batch, --threads must be >= 1, --seq >= 2, --warmup >= 0")
+    if (args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1
+            or args.rounds < 1):
+        ap.error("--steps, --batch, --threads, --rounds must be >= 1, --seq >= 2, --warmup >= 0")
     if args.child:
         return args
     args.model_list = parse_list(args.models or ",".join(MODELS), MODELS, "model", ap)
@@ -325,10 +330,17 @@ def main():
             print(f"  {model}: {prep['params'] / 1e6:.1f}M parameters", flush=True)
             for mode in args.mode_list:
                 res = results.setdefault(model, {}).setdefault(mode, {})
-                for fw in FRAMEWORKS:
+                runs = {}
+                # each framework --rounds times, taking turns to go first (the machine's
+                # speed drifts over minutes); reported: the median speed, the largest RSS
+                order = [fw for rnd in range(args.rounds)
+                         for fw in (FRAMEWORKS if rnd % 2 == 0 else FRAMEWORKS[::-1])]
+                for fw in order:
                     if fw == "torch" and mode not in args.torch_list:
                         continue
-                    res[fw] = r = run_child(fw, args, model, folder, mode)
+                    r = run_child(fw, args, model, folder, mode)
+                    runs.setdefault(fw, []).append(r)
+                    res[fw] = harness.combine_rounds(runs[fw])
                     print(describe(fw, mode, r), flush=True)
                     if fw == "peftcore" and mode == "bare":
                         info = r["info"]
