@@ -753,3 +753,22 @@ def test_inference_scratch_is_one_hidden_state_and_one_layer_region():
         np.testing.assert_allclose(kept(ids, attention_mask=mask).logits, logits, rtol=1e-6,
                                    atol=1e-7)
         assert kept._engine.activation_bytes() > 3 * model._engine.activation_bytes()
+
+
+@pytest.mark.parametrize("rows", [0, -5, 2.5, "64", True])
+def test_inference_rows_must_be_a_positive_int(rows):
+    """A bad inference_rows is refused at the forward with what was given; the model still
+    runs once it is fixed."""
+    import peftcore
+
+    ids, mask = _batch("bert", TINY["vocab_size"], B=3, T=6)
+    model = AutoModelForSequenceClassification.from_config(dict(TINY, model_type="bert"),
+                                                           seed=2).eval()
+    with peftcore.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+        model.inference_rows = rows
+        with pytest.raises(ValueError, match=f"inference_rows must be None or a positive int.*{rows!r}"):
+            model(ids, attention_mask=mask)
+        model.inference_rows = 6
+        np.testing.assert_allclose(model(ids, attention_mask=mask).logits, expected, rtol=1e-6,
+                                   atol=1e-7)
