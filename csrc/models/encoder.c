@@ -65,7 +65,6 @@ struct pc_encoder {
     float *arena;
     int64_t arena_floats;
     int B, T;
-    int group;             /* sequences per group in the layers of the last forward */
     int64_t inference_rows; /* eval forwards without a backward: tokens per group (0: all) */
     bool has_forward, training;
     bool first_token_only; /* the last layer of the last forward ran on first tokens only */
@@ -443,7 +442,6 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     TAKE(enc->key_mask, N);
     enc->B = B;
     enc->T = T;
-    enc->group = group;
     if (!keep) {
         enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
         enc->d_head = NULL;
