@@ -13,59 +13,65 @@
 
 #include "kernels.h"
 
-/* 16 floats; the compiler maps it onto whatever vector registers the target has */
-typedef float vec16 __attribute__((vector_size(64), aligned(4)));
-
-static inline vec16 load16(const float *p) {
-    vec16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+/* The tiles want fused multiply-adds, and so does the softmax's exponential (ISO C mode keeps
+ * a·b + c as two roundings unless told otherwise) */
+#pragma GCC optimize("fp-contract=fast")
 
 enum { TILE_ROWS = 8 }; /* 8 rows × 2 vectors: 16 accumulators */
 
-/* ISO C (-std=c11) keeps a·b + c as two roundings; the tiles want the fused multiply-add */
-#define PC_FUSED_MULTIPLY_ADD __attribute__((optimize("fp-contract=fast")))
-
 /* Store a finished accumulator: beta == 0 overwrites, so whatever C held (NaN included)
  * does not leak in. */
-static inline void store_tile_row(float *c, vec16 acc, float alpha, float beta) {
-    store16(c, beta == 0.0f ? alpha * acc : alpha * acc + beta * load16(c));
+static inline void store_tile_row(float *c, pc_vec16 acc, float alpha, float beta) {
+    pc_store16(c, beta == 0.0f ? alpha * acc : alpha * acc + beta * pc_load16(c));
 }
 
 /* The full tile: TILE_ROWS × 32 columns of C = alpha·op(A)·B + beta·C, where
- * op(A)[i][k] = A[i·a_row + k·a_col] and B (K,32) has row stride ldb. */
-static __attribute__((noinline)) PC_FUSED_MULTIPLY_ADD void pair_tile_full(int K, float alpha, const float *A,
-                                                 int64_t a_row, int64_t a_col, const float *B,
-                                                 int ldb, float beta, float *C, int ldc) {
-    vec16 acc0[TILE_ROWS], acc1[TILE_ROWS];
-    for (int r = 0; r < TILE_ROWS; r++) acc0[r] = acc1[r] = (vec16){0};
-    for (int k = 0; k < K; k++) {
-        const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;
-        const vec16 b0 = load16(b), b1 = load16(b + 16);
-        for (int r = 0; r < TILE_ROWS; r++) {
-            const float s = a[r * a_row];
-            acc0[r] += s * b0;
-            acc1[r] += s * b1;
-        }
+ * op(A)[i][k] = A[i·a_row + k·a_col] and B (K,32) has row stride ldb. One copy overwrites
+ * C (beta == 0), one updates it: a store without the branch keeps the accumulators in
+ * registers to the end. */
+#define PAIR_TILE_FULL(name, STORE)                                                           \
+    static __attribute__((noinline)) void name(                         \
+        int K, float alpha, const float *A, int64_t a_row, int64_t a_col, const float *B,     \
+        int ldb, float beta, float *C, int ldc) {                                             \
+        pc_vec16 acc[TILE_ROWS][2];                                                           \
+        for (int r = 0; r < TILE_ROWS; r++) acc[r][0] = acc[r][1] = (pc_vec16){0};            \
+        for (int k = 0; k < K; k++) {                                                         \
+            const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;                        \
+            const pc_vec16 b0 = pc_load16(b), b1 = pc_load16(b + 16);                         \
+            for (int r = 0; r < TILE_ROWS; r++) {                                             \
+                const float s = a[r * a_row];                                                 \
+                acc[r][0] += s * b0;                                                          \
+                acc[r][1] += s * b1;                                                          \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < TILE_ROWS; r++)                                                   \
+            for (int half = 0; half < 2; half++) {                                            \
+                float *c = C + (int64_t)r * ldc + 16 * half;                                  \
+                STORE;                                                                        \
+            }                                                                                 \
     }
-    for (int r = 0; r < TILE_ROWS; r++) {
-        store_tile_row(C + (int64_t)r * ldc, acc0[r], alpha, beta);
-        store_tile_row(C + (int64_t)r * ldc + 16, acc1[r], alpha, beta);
-    }
+PAIR_TILE_FULL(pair_tile_overwrite, pc_store16(c, alpha * acc[r][half]))
+PAIR_TILE_FULL(pair_tile_update, pc_store16(c, alpha * acc[r][half] + beta * pc_load16(c)))
+#undef PAIR_TILE_FULL
+
+static inline void pair_tile_full(int K, float alpha, const float *A, int64_t a_row,
+                                  int64_t a_col, const float *B, int ldb, float beta, float *C,
+                                  int ldc) {
+    if (beta == 0.0f)
+        pair_tile_overwrite(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
+    else
+        pair_tile_update(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
 }
 
 /* A narrow tile: rows (<= TILE_ROWS, a constant where inlined) × 16 columns. */
-static inline __attribute__((always_inline)) PC_FUSED_MULTIPLY_ADD void pair_tile_narrow(
+static inline __attribute__((always_inline)) void pair_tile_narrow(
     int rows, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
     const float *B, int ldb, float beta, float *C, int ldc) {
-    vec16 acc[TILE_ROWS];
-    for (int r = 0; r < TILE_ROWS; r++) acc[r] = (vec16){0};
+    pc_vec16 acc[TILE_ROWS];
+    for (int r = 0; r < TILE_ROWS; r++) acc[r] = (pc_vec16){0};
     for (int k = 0; k < K; k++) {
         const float *a = A + k * a_col;
-        const vec16 b0 = load16(B + (int64_t)k * ldb);
+        const pc_vec16 b0 = pc_load16(B + (int64_t)k * ldb);
         for (int r = 0; r < rows; r++) acc[r] += a[r * a_row] * b0;
     }
     for (int r = 0; r < rows; r++) store_tile_row(C + (int64_t)r * ldc, acc[r], alpha, beta);
@@ -74,7 +80,7 @@ static inline __attribute__((always_inline)) PC_FUSED_MULTIPLY_ADD void pair_til
 /* C (M,N) = alpha·op(A)·B + beta·C with B (K,N) row-major (row stride ldb) and op(A) either
  * A (M,K) row stride lda or, trans_a, the transpose of a stored (K,M) A. Each element sums
  * over k in order, whatever the tile, so the same inputs give the same bits. */
-static PC_FUSED_MULTIPLY_ADD void pair_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
+static void pair_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc) {
     const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
     const int n32 = N / 32 * 32, n16 = N / 16 * 16;
@@ -140,29 +146,43 @@ static void times_head(bool trans_a, int M, int D, int K, float alpha, const flo
         pc_sgemm_serial(trans_a, false, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
 }
 
-/* dropout on the probabilities of pair bh: element (i,j) has index bh·Tq·Tk + i·Tk + j */
-static void dropout_probs(float *dst, const float *probs, int64_t count, float p, uint64_t seed,
-                          int64_t bh) {
+/* dropout on the probabilities of pair bh: element (i,j) has index bh·Tq·Tk + i·Tk + j.
+ * keep (count bytes, or NULL) receives the mask for the backward's second use of it. */
+static void dropout_probs(float *dst, uint8_t *keep, const float *probs, int64_t count,
+                          float p, uint64_t seed, int64_t bh) {
     float scale = 1.0f / (1.0f - p);
     uint64_t base = (uint64_t)bh * (uint64_t)count;
-    for (int64_t e = 0; e < count; e++)
-        dst[e] = pc_keep(seed, base + e, p) ? probs[e] * scale : 0.0f;
+    if (!keep) {
+        for (int64_t e = 0; e < count; e++)
+            dst[e] = pc_keep(seed, base + e, p) ? probs[e] * scale : 0.0f;
+        return;
+    }
+    for (int64_t e = 0; e < count; e++) keep[e] = pc_keep(seed, base + e, p);
+    for (int64_t e = 0; e < count; e++) dst[e] = keep[e] ? probs[e] * scale : 0.0f;
+}
+
+/* per-thread scratch of pair_probs: Kᵀ (D,Tk), then the mask's bias row (Tk) */
+static int64_t probs_scratch_floats(const pc_attention_dims *d) {
+    return (int64_t)(d->D + 1) * d->Tk;
 }
 
 /* S (Tq,Tk) of pair bh = softmax(Q·Kᵀ/√D + mask bias), row by row */
 static void pair_probs(float *S, const float *q, const float *k, const float *key_mask,
-                       const pc_attention_dims *d, int64_t bh, float *kt_scratch) {
+                       const pc_attention_dims *d, int64_t bh, float *scratch) {
     const int Tq = d->Tq, Tk = d->Tk, b = (int)(bh / d->H), h = (int)(bh % d->H);
     const float *Q = q + (int64_t)b * Tq * d->ld_q + (int64_t)h * d->D;
     const float *K = k + (int64_t)b * Tk * d->ld_kv + (int64_t)h * d->D;
     times_keys_transposed(Tq, Tk, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, K, d->ld_kv,
-                          kt_scratch, S);
-    const float *m = key_mask ? key_mask + (int64_t)b * Tk : NULL;
+                          scratch, S);
+    float *bias = NULL;
+    if (key_mask) {
+        const float *m = key_mask + (int64_t)b * Tk;
+        bias = scratch + (int64_t)d->D * Tk;
+        for (int j = 0; j < Tk; j++) bias[j] = m[j] != 0.0f ? 0.0f : -FLT_MAX;
+    }
     for (int i = 0; i < Tq; i++) {
         float *row = S + (int64_t)i * Tk;
-        if (m)
-            for (int j = 0; j < Tk; j++) row[j] += m[j] != 0.0f ? 0.0f : -FLT_MAX;
-        pc_softmax_row(row, row, Tk);
+        pc_softmax_row_biased(row, row, bias, Tk);
     }
 }
 
@@ -172,12 +192,12 @@ int pc_attention_probs(float *probs, const float *q, const float *k, const float
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for(pairs * pair))
     {
-        float *kt = malloc(sizeof(float) * (size_t)dims->D * (size_t)dims->Tk);
-        if (!kt) failed = true; /* benign race: every writer stores true */
+        float *scratch = malloc(sizeof(float) * (size_t)probs_scratch_floats(dims));
+        if (!scratch) failed = true; /* benign race: every writer stores true */
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < pairs; bh++)
-            if (kt) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh, kt);
-        free(kt);
+            if (scratch) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh, scratch);
+        free(scratch);
     }
     return failed ? -1 : 0;
 }
@@ -192,11 +212,12 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
-        /* per thread: Kᵀ (D,Tk); without probs (no backward follows) the pair's
+        /* per thread: pair_probs' scratch; without probs (no backward follows) the pair's
          * probabilities; with dropout the dropped ones */
-        const int64_t floats = (int64_t)D * Tk + (probs ? 0 : pair) + (use_dropout ? pair : 0);
+        const int64_t own = probs_scratch_floats(dims);
+        const int64_t floats = own + (probs ? 0 : pair) + (use_dropout ? pair : 0);
         float *kt = malloc(sizeof(float) * (size_t)floats);
-        float *own_probs = kt ? kt + (int64_t)D * Tk : NULL;
+        float *own_probs = kt ? kt + own : NULL;
         float *dropped = own_probs ? own_probs + (probs ? 0 : pair) : NULL;
         if (!kt) failed = true;
         #pragma omp for schedule(static)
@@ -208,7 +229,7 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
             pair_probs(S, q, k, key_mask, dims, bh, kt);
             const float *P = S;
             if (use_dropout) {
-                dropout_probs(dropped, S, pair, dropout_p, seed, bh);
+                dropout_probs(dropped, NULL, S, pair, dropout_p, seed, bh);
                 P = dropped;
             }
             /* out (Tq,D) = P (Tq,Tk) · V (Tk,D) */
@@ -235,11 +256,13 @@ int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
-        /* per thread: dS (Tq,Tk), Vᵀ (D,Tk), and with dropout the dropped probabilities */
-        const int64_t floats = pair + (int64_t)D * Tk + (use_dropout ? pair : 0);
+        /* per thread: dS (Tq,Tk), Vᵀ (D,Tk), and with dropout the dropped probabilities
+         * and the keep mask (Tq·Tk bytes) */
+        const int64_t floats = pair + (int64_t)D * Tk + (use_dropout ? pair + (pair + 3) / 4 : 0);
         float *dS = malloc(sizeof(float) * (size_t)floats);
         float *vt = dS ? dS + pair : NULL;
         float *dropped = vt ? vt + (int64_t)D * Tk : NULL;
+        uint8_t *keep = use_dropout && dropped ? (uint8_t *)(dropped + pair) : NULL;
         if (!dS) failed = true;
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
@@ -251,16 +274,14 @@ int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
             const float *P = probs + bh * pair;
             const float *Pd = P;
             if (use_dropout) {
-                dropout_probs(dropped, P, pair, dropout_p, seed, bh);
+                dropout_probs(dropped, keep, P, pair, dropout_p, seed, bh);
                 Pd = dropped;
             }
             times_keys_transposed(Tq, Tk, D, 1.0f, dO, C, v + kv0, ld_kv, vt, dS);
             times_head(true, Tk, D, Tq, 1.0f, Pd, Tk, dO, C, 1.0f, dv + kv0, ld_kv);
             if (use_dropout) {
                 float inv_keep = 1.0f / (1.0f - dropout_p);
-                uint64_t base = (uint64_t)bh * (uint64_t)pair;
-                for (int64_t e = 0; e < pair; e++)
-                    dS[e] = pc_keep(seed, base + e, dropout_p) ? dS[e] * inv_keep : 0.0f;
+                for (int64_t e = 0; e < pair; e++) dS[e] = keep[e] ? dS[e] * inv_keep : 0.0f;
             }
             for (int i = 0; i < Tq; i++) {
                 float *ds = dS + (int64_t)i * Tk;

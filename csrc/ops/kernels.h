@@ -88,27 +88,111 @@ static inline float pc_gelu(float x, bool tanh_approx) {
     return x * pc_normal_cdf(x);
 }
 
-/* one row in place or out of place: y = exp(x - max) / Σ exp(x - max) */
-static inline void pc_softmax_row(float *y, const float *x, int C) {
-    float mx = -INFINITY;
-    #pragma omp simd reduction(max : mx)
-    for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
-    float sum = 0.0f;
-    #pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; c++) {
-        y[c] = pc_expf(x[c] - mx);
-        sum += y[c];
-    }
-    float inv = 1.0f / sum;
-    #pragma omp simd
-    for (int c = 0; c < C; c++) y[c] *= inv;
+/* ---- 16-float vectors (GCC vector extensions: AVX-512 registers where the target has
+ * them, pairs or quadruples of narrower ones elsewhere) */
+typedef float pc_vec16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t pc_ivec16 __attribute__((vector_size(64), aligned(4)));
+
+static inline pc_vec16 pc_load16(const float *p) {
+    pc_vec16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* Σ a·b, vectorised (the order is fixed for a given n, so results are reproducible) */
+static inline void pc_store16(float *p, pc_vec16 v) { memcpy(p, &v, sizeof v); }
+
+static inline pc_vec16 pc_splat16(float x) { return (pc_vec16){0} + x; }
+
+/* lanes of a where mask (all ones or all zeros per lane) is set, else of b */
+static inline pc_vec16 pc_select16(pc_ivec16 mask, pc_vec16 a, pc_vec16 b) {
+    return (pc_vec16)((mask & (pc_ivec16)a) | (~mask & (pc_ivec16)b));
+}
+
+/* lane-wise max; a NaN lane in a yields b's lane, as the scalar x > m ? x : m */
+static inline pc_vec16 pc_max16(pc_vec16 a, pc_vec16 b) { return pc_select16(a > b, a, b); }
+
+/* horizontal sum and max in a fixed tree order (halves, then quarters, ...) */
+static inline float pc_hsum16(pc_vec16 v) {
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+    return v[0] + v[1];
+}
+
+static inline float pc_hmax16(pc_vec16 v) {
+    v = pc_max16(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    v = pc_max16(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = pc_max16(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1));
+    return v[0] > v[1] ? v[0] : v[1];
+}
+
+/* exp(x) on 16 lanes for x <= 0 (softmax's shifted scores), as pc_expf: x = n·ln2 + r,
+ * exp(r) by the degree-6 polynomial, 2^n (n in [-126, 0]) built in the exponent field;
+ * exactly 0 below -87.3, NaN propagates. */
+static inline pc_vec16 pc_exp16_nonpositive(pc_vec16 x) {
+    const pc_ivec16 underflow = x < -87.3f;
+    /* round x·log2(e) to an integer: adding and subtracting 1.5·2^23 is exact here */
+    const pc_vec16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    pc_vec16 r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187045e-06f;
+    pc_vec16 p = pc_splat16(1.0f / 720.0f);
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const pc_ivec16 ni = __builtin_convertvector(n, pc_ivec16);
+    const pc_vec16 two_n = (pc_vec16)((ni + 127) << 23);
+    return pc_select16(underflow, pc_splat16(0.0f), p * two_n);
+}
+
+/* One row in place or out of place: y = exp(z - max z) / Σ exp(z - max z) with
+ * z = x + bias (bias (C), e.g. an attention mask's 0 / -FLT_MAX, or NULL). Whole vectors
+ * first, the last C mod 16 lanes one by one. */
+static inline void pc_softmax_row_biased(float *y, const float *x, const float *bias, int C) {
+    const int c16 = C / 16 * 16;
+    pc_vec16 mv = pc_splat16(-INFINITY);
+    for (int c = 0; c < c16; c += 16)
+        mv = pc_max16(pc_load16(x + c) + (bias ? pc_load16(bias + c) : pc_splat16(0.0f)), mv);
+    float mx = pc_hmax16(mv);
+    for (int c = c16; c < C; c++) {
+        float z = x[c] + (bias ? bias[c] : 0.0f);
+        mx = z > mx ? z : mx;
+    }
+    pc_vec16 sv = pc_splat16(0.0f);
+    for (int c = 0; c < c16; c += 16) {
+        pc_vec16 z = pc_load16(x + c) + (bias ? pc_load16(bias + c) : pc_splat16(0.0f));
+        pc_vec16 e = pc_exp16_nonpositive(z - mx);
+        pc_store16(y + c, e);
+        sv += e;
+    }
+    float sum = pc_hsum16(sv);
+    for (int c = c16; c < C; c++) {
+        y[c] = pc_expf(x[c] + (bias ? bias[c] : 0.0f) - mx);
+        sum += y[c];
+    }
+    const float inv = 1.0f / sum;
+    for (int c = 0; c < c16; c += 16) pc_store16(y + c, pc_load16(y + c) * inv);
+    for (int c = c16; c < C; c++) y[c] *= inv;
+}
+
+static inline void pc_softmax_row(float *y, const float *x, int C) {
+    pc_softmax_row_biased(y, x, NULL, C);
+}
+
+/* Σ a·b: two vector accumulators, then the lanes in a fixed tree, then the tail in order
+ * (the order is fixed for a given n, so results are reproducible) */
 static inline float pc_dot(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    const int n32 = n / 32 * 32, n16 = n / 16 * 16;
+    pc_vec16 s0 = pc_splat16(0.0f), s1 = pc_splat16(0.0f);
+    for (int i = 0; i < n32; i += 32) {
+        s0 += pc_load16(a + i) * pc_load16(b + i);
+        s1 += pc_load16(a + i + 16) * pc_load16(b + i + 16);
+    }
+    if (n16 > n32) s0 += pc_load16(a + n32) * pc_load16(b + n32);
+    float s = pc_hsum16(s0 + s1);
+    for (int i = n16; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
