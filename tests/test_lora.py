@@ -30,6 +30,11 @@ ALL_LINEARS = ["query", "key", "value", "attention.output.dense", "intermediate.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+# widths through every path of the LoRA row kernels: a 64-wide register block, a 16-float
+# vector and a scalar tail (80 = 64 + 16, 100 = 64 + 32 + 4)
+WIDE = dict(hidden_size=80, num_attention_heads=4, intermediate_size=100, num_labels=5)
+
+
 def _base(seed=0, head=True, **overrides):
     """A random bare model where every weight, bias and LayerNorm affine matters."""
     cfg = dict(CFG, **overrides)
@@ -312,13 +317,14 @@ def test_lora_grads_finite_differences():
     _fd_check(loss, params, grads, names)
 
 
-def test_train_mode_dropout_backward_matches_finite_differences(monkeypatch):
+@pytest.mark.parametrize("sizes", [{}, WIDE], ids=["small", "wide"])
+def test_train_mode_dropout_backward_matches_finite_differences(monkeypatch, sizes):
     """A model draws each forward's dropout seed from its own counter; pinning the counter
     makes the train-mode forward a deterministic function, so its backward can be checked
     against finite differences with the same masks."""
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "output.dense"],
                         lora_dropout=0.4, task_type="SEQ_CLS", init_lora_weights=False)
-    pm = _peft(config).train()
+    pm = _peft(config, **sizes).train()
     monkeypatch.setattr(pm.get_base_model(), "_forward_counter", itertools.repeat(12345))
     ids, mask, labels = _batch(B=3, T=6, seed=4)
 
@@ -413,16 +419,19 @@ def test_backward_stops_below_lowest_lora_layer():
 ODD = dict(hidden_size=15, num_attention_heads=3, intermediate_size=37, num_labels=5)
 
 
-@pytest.mark.parametrize("r", [1, 4, 8, 16])
-def test_kernels_odd_sizes_against_chain_rule(r):
-    """Odd in/out sizes (15, 37, 5) and 185 rows (two 128-row reduction chunks): logits
-    against the merged NumPy weights, LoRA grads against s·Bᵀ·G and s·G·Aᵀ with G the
-    engine's gradient of the merged weight."""
+@pytest.mark.parametrize("sizes", [ODD, WIDE], ids=["odd", "wide"])
+@pytest.mark.parametrize("r", [1, 4, 8, 12, 16])
+def test_kernels_odd_sizes_against_chain_rule(r, sizes):
+    """Odd in/out sizes (15, 37, 5, or 80, 100) and 185 rows (three 64-row reduction
+    chunks, the last partial), ranks in whole sweeps of 8 and not: logits against the merged
+    NumPy weights, LoRA grads against s·Bᵀ·G and s·G·Aᵀ with G the engine's gradient of the
+    merged weight."""
     alpha = 3 * r + 1
     targets = ALL_LINEARS + ["classifier"]
     pm = _peft(LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
-                          init_lora_weights=False), lora_std=0.5 / math.sqrt(r), **ODD)
-    ref, factors = _merged_reference(pm, scale_of=lambda n, l: alpha / r, **ODD)
+                          init_lora_weights=False),
+               lora_std=0.5 * math.sqrt(15 / sizes["hidden_size"] / r), **sizes)
+    ref, factors = _merged_reference(pm, scale_of=lambda n, l: alpha / r, **sizes)
     assert len(factors) == 2 * 6 + 1
     ids, mask, labels = _batch(B=5, T=37, seed=r, num_labels=5)
     mask[1, 20:] = 0

@@ -4,117 +4,19 @@
  *
  * The per-pair products are small (128×128×32 for MiniLM), where a BLIS call spends as much
  * time setting up and packing as multiplying. When the output is at least 16 floats wide
- * they run in pair_gemm below, register tiles over unpacked operands (columns past the last
- * multiple of 16 in a scalar loop); products whose rows are the keys (Q·Kᵀ, dO·Vᵀ) first
- * transpose K or V into per-thread scratch. Narrower ones stay with BLIS. */
+ * they run in pc_tile_gemm (tiles.c), register tiles over unpacked operands; products whose
+ * rows are the keys (Q·Kᵀ, dO·Vᵀ) first transpose K or V into per-thread scratch. Narrower
+ * ones stay with BLIS. */
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
+#include "tiles.h"
 
-/* The tiles want fused multiply-adds, and so does the softmax's exponential (ISO C mode keeps
- * a·b + c as two roundings unless told otherwise) */
+/* the softmax's exponential wants fused multiply-adds (ISO C mode keeps a·b + c as two
+ * roundings unless told otherwise) */
 #pragma GCC optimize("fp-contract=fast")
-
-enum { TILE_ROWS = 8 }; /* 8 rows × 2 vectors: 16 accumulators */
-
-/* Store a finished accumulator: beta == 0 overwrites, so whatever C held (NaN included)
- * does not leak in. */
-static inline void store_tile_row(float *c, pc_vec16 acc, float alpha, float beta) {
-    pc_store16(c, beta == 0.0f ? alpha * acc : alpha * acc + beta * pc_load16(c));
-}
-
-/* The full tile: TILE_ROWS × 32 columns of C = alpha·op(A)·B + beta·C, where
- * op(A)[i][k] = A[i·a_row + k·a_col] and B (K,32) has row stride ldb. One copy overwrites
- * C (beta == 0), one updates it: a store without the branch keeps the accumulators in
- * registers to the end. */
-#define PAIR_TILE_FULL(name, STORE)                                                           \
-    static __attribute__((noinline)) void name(                         \
-        int K, float alpha, const float *A, int64_t a_row, int64_t a_col, const float *B,     \
-        int ldb, float beta, float *C, int ldc) {                                             \
-        pc_vec16 acc[TILE_ROWS][2];                                                           \
-        for (int r = 0; r < TILE_ROWS; r++) acc[r][0] = acc[r][1] = (pc_vec16){0};            \
-        for (int k = 0; k < K; k++) {                                                         \
-            const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;                        \
-            const pc_vec16 b0 = pc_load16(b), b1 = pc_load16(b + 16);                         \
-            for (int r = 0; r < TILE_ROWS; r++) {                                             \
-                const float s = a[r * a_row];                                                 \
-                acc[r][0] += s * b0;                                                          \
-                acc[r][1] += s * b1;                                                          \
-            }                                                                                 \
-        }                                                                                     \
-        for (int r = 0; r < TILE_ROWS; r++)                                                   \
-            for (int half = 0; half < 2; half++) {                                            \
-                float *c = C + (int64_t)r * ldc + 16 * half;                                  \
-                STORE;                                                                        \
-            }                                                                                 \
-    }
-PAIR_TILE_FULL(pair_tile_overwrite, pc_store16(c, alpha * acc[r][half]))
-PAIR_TILE_FULL(pair_tile_update, pc_store16(c, alpha * acc[r][half] + beta * pc_load16(c)))
-#undef PAIR_TILE_FULL
-
-static inline void pair_tile_full(int K, float alpha, const float *A, int64_t a_row,
-                                  int64_t a_col, const float *B, int ldb, float beta, float *C,
-                                  int ldc) {
-    if (beta == 0.0f)
-        pair_tile_overwrite(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
-    else
-        pair_tile_update(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
-}
-
-/* A narrow tile: rows (<= TILE_ROWS, a constant where inlined) × 16 columns. */
-static inline __attribute__((always_inline)) void pair_tile_narrow(
-    int rows, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
-    const float *B, int ldb, float beta, float *C, int ldc) {
-    pc_vec16 acc[TILE_ROWS];
-    for (int r = 0; r < TILE_ROWS; r++) acc[r] = (pc_vec16){0};
-    for (int k = 0; k < K; k++) {
-        const float *a = A + k * a_col;
-        const pc_vec16 b0 = pc_load16(B + (int64_t)k * ldb);
-        for (int r = 0; r < rows; r++) acc[r] += a[r * a_row] * b0;
-    }
-    for (int r = 0; r < rows; r++) store_tile_row(C + (int64_t)r * ldc, acc[r], alpha, beta);
-}
-
-/* C (M,N) = alpha·op(A)·B + beta·C with B (K,N) row-major (row stride ldb) and op(A) either
- * A (M,K) row stride lda or, trans_a, the transpose of a stored (K,M) A. Each element sums
- * over k in order, whatever the tile, so the same inputs give the same bits. */
-static void pair_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, int ldb, float beta, float *C, int ldc) {
-    const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
-    const int n32 = N / 32 * 32, n16 = N / 16 * 16;
-    for (int i = 0; i < M; i += TILE_ROWS) {
-        const int rows = M - i < TILE_ROWS ? M - i : TILE_ROWS;
-        const float *Ai = A + i * a_row;
-        float *Ci = C + (int64_t)i * ldc;
-        if (rows == TILE_ROWS) {
-            for (int j = 0; j < n32; j += 32)
-                pair_tile_full(K, alpha, Ai, a_row, a_col, B + j, ldb, beta, Ci + j, ldc);
-            if (n16 > n32)
-                pair_tile_narrow(TILE_ROWS, K, alpha, Ai, a_row, a_col, B + n32, ldb, beta,
-                                 Ci + n32, ldc);
-        } else {
-            /* a constant row count per case keeps the accumulators in registers */
-            for (int j = 0; j < n16; j += 16) {
-#define PARTIAL_TILE(R) \
-    case R: pair_tile_narrow(R, K, alpha, Ai, a_row, a_col, B + j, ldb, beta, Ci + j, ldc); break;
-                switch (rows) {
-                    PARTIAL_TILE(1) PARTIAL_TILE(2) PARTIAL_TILE(3) PARTIAL_TILE(4)
-                    PARTIAL_TILE(5) PARTIAL_TILE(6) PARTIAL_TILE(7)
-                }
-#undef PARTIAL_TILE
-            }
-        }
-        for (int r = 0; r < rows; r++) /* columns past the last multiple of 16 */
-            for (int j = n16; j < N; j++) {
-                float sum = 0.0f;
-                for (int k = 0; k < K; k++) sum += Ai[r * a_row + k * a_col] * B[(int64_t)k * ldb + j];
-                float *c = Ci + (int64_t)r * ldc + j;
-                *c = beta == 0.0f ? alpha * sum : alpha * sum + beta * *c;
-            }
-    }
-}
 
 /* dst (D,T) = src (T,D) with row stride ld: a head's keys or values as columns */
 static void transpose_head(float *dst, const float *src, int T, int D, int ld) {
@@ -122,16 +24,16 @@ static void transpose_head(float *dst, const float *src, int T, int D, int ld) {
         for (int t = 0; t < T; t++) dst[(int64_t)d * T + t] = src[(int64_t)t * ld + d];
 }
 
-/* the per-pair products go to pair_gemm when their widths (Tk for scores, D for outputs)
+/* the per-pair products go to pc_tile_gemm when their widths (Tk for scores, D for outputs)
  * hold at least one 16-float vector, else to BLIS */
-static bool use_pair_gemm(int width) { return width >= 16; }
+static bool use_pc_tile_gemm(int width) { return width >= 16; }
 
 /* C (Tq,Tk) = alpha·X (Tq,D)·Yᵀ for Y (Tk,D): through Yᵀ in scratch (D·Tk floats) */
 static void times_keys_transposed(int Tq, int Tk, int D, float alpha, const float *X, int ldx,
                                   const float *Y, int ldy, float *scratch, float *C) {
-    if (use_pair_gemm(Tk) && scratch) {
+    if (use_pc_tile_gemm(Tk) && scratch) {
         transpose_head(scratch, Y, Tk, D, ldy);
-        pair_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, Tk, 0.0f, C, Tk);
+        pc_tile_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, Tk, 0.0f, C, Tk);
     } else {
         pc_sgemm_serial(false, true, Tq, Tk, D, alpha, X, ldx, Y, ldy, 0.0f, C, Tk);
     }
@@ -140,8 +42,8 @@ static void times_keys_transposed(int Tq, int Tk, int D, float alpha, const floa
 /* C (M,D) = alpha·op(A)·Y + beta·C for Y (K,D) row stride ldy (a head's slice) */
 static void times_head(bool trans_a, int M, int D, int K, float alpha, const float *A, int lda,
                        const float *Y, int ldy, float beta, float *C, int ldc) {
-    if (use_pair_gemm(D))
-        pair_gemm(trans_a, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
+    if (use_pc_tile_gemm(D))
+        pc_tile_gemm(trans_a, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
     else
         pc_sgemm_serial(trans_a, false, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
 }

@@ -1,25 +1,82 @@
-/* LoRA's low-rank path, fused row by row: each row of x and dy is read once, the rank-r
- * factors stay in cache. (BLIS runs these rank-r GEMMs memory-bound at a few GFLOP/s.) */
+/* LoRA's low-rank path, fused row by row so rank-r products never go through BLIS (which
+ * runs them memory-bound at a few GFLOP/s): every row of x, y, dy and dx is read once and
+ * written at most once, and the rank-r factors stay in cache.
+ *
+ * Per row: the r dot products u = xd·Aᵀ (and g = s·dy·B) share one sweep over the row; the
+ * update y += u·(sBᵀ) (and dx += g·A) keeps a block of 64 outputs in registers over all r
+ * ranks. The sums over rows (dB, dA) run per chunk of rows in register tiles (tiles.c), the
+ * chunks' partial sums then added in chunk order, so no result depends on the thread count. */
 #include <stdlib.h>
 
 #include "../ops/kernels.h"
+#include "../ops/tiles.h"
 #include "lora.h"
 
-enum { CHUNK = 128 }; /* rows per reduction chunk of the backward */
+/* fused multiply-adds in the vector loops (ISO C mode would round a·b + c twice) */
+#pragma GCC optimize("fp-contract=fast")
 
-/* xd = dropout(x row n) into buf, or x itself when p == 0 */
-static const float *dropped_row(float *buf, const float *x, int n, int in, float p,
-                                uint64_t seed) {
-    if (p <= 0.0f) return x;
-    float scale = 1.0f / (1.0f - p);
-    uint64_t base = (uint64_t)n * in;
-    for (int i = 0; i < in; i++) buf[i] = pc_keep(seed, base + i, p) ? x[i] * scale : 0.0f;
-    return buf;
+enum { CHUNK = 64 };      /* rows per chunk of the backward's sums over rows */
+enum { RANKS = 8 };       /* ranks per sweep of the dot products */
+enum { COLUMNS = 64 };    /* outputs per register block of the row updates (4 vectors) */
+
+/* out[j] = Σ_i x[i]·M[j·n + i] for j < r: RANKS dot products per sweep over x */
+static void row_dots(float *out, const float *x, const float *M, int r, int n) {
+    const int n16 = n / 16 * 16;
+    int j0 = 0;
+    for (; j0 + RANKS <= r; j0 += RANKS) {
+        const float *m = M + (int64_t)j0 * n;
+        pc_vec16 acc[RANKS];
+        for (int j = 0; j < RANKS; j++) acc[j] = pc_splat16(0.0f);
+        for (int i = 0; i < n16; i += 16) {
+            const pc_vec16 xv = pc_load16(x + i);
+            for (int j = 0; j < RANKS; j++) acc[j] += xv * pc_load16(m + (int64_t)j * n + i);
+        }
+        for (int j = 0; j < RANKS; j++) {
+            float s = pc_hsum16(acc[j]);
+            for (int i = n16; i < n; i++) s += x[i] * m[(int64_t)j * n + i];
+            out[j0 + j] = s;
+        }
+    }
+    for (int j = j0; j < r; j++) out[j] = pc_dot(x, M + (int64_t)j * n, n);
 }
 
-static void axpy(float *y, float a, const float *x, int n) {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+/* y[i] += keep[i]·Σ_j c[j]·M[j·n + i] for i < n (keep (n) a dropout row of 0 and 1/(1-p),
+ * or NULL for all ones): COLUMNS outputs at a time stay in registers over the r ranks */
+static void row_update(float *y, const float *c, const float *M, int r, int n,
+                       const float *keep) {
+    int i = 0;
+    for (; i + COLUMNS <= n; i += COLUMNS) {
+        pc_vec16 acc[COLUMNS / 16];
+        for (int v = 0; v < COLUMNS / 16; v++) acc[v] = pc_splat16(0.0f);
+        for (int j = 0; j < r; j++) {
+            const float *m = M + (int64_t)j * n + i;
+            for (int v = 0; v < COLUMNS / 16; v++) acc[v] += c[j] * pc_load16(m + 16 * v);
+        }
+        for (int v = 0; v < COLUMNS / 16; v++) {
+            pc_vec16 sum = acc[v];
+            if (keep) {
+                const pc_vec16 k = pc_load16(keep + i + 16 * v);
+                sum = pc_select16(k != 0.0f, sum * k, pc_splat16(0.0f)); /* dropped: exactly 0 */
+            }
+            pc_store16(y + i + 16 * v, pc_load16(y + i + 16 * v) + sum);
+        }
+    }
+    for (; i < n; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < r; j++) s += c[j] * M[(int64_t)j * n + i];
+        y[i] += !keep ? s : keep[i] != 0.0f ? keep[i] * s : 0.0f;
+    }
+}
+
+/* keep (in) = 1/(1-p) or 0 per element of row n (dropout's mask, keyed on n·in + i), and
+ * xd (in) = x ⊙ keep with dropped elements exactly 0 (whatever x holds there) */
+static void dropout_row(float *keep, float *xd, const float *x, int n, int in, float p,
+                        uint64_t seed) {
+    const float scale = 1.0f / (1.0f - p);
+    const uint64_t base = (uint64_t)n * in;
+    for (int i = 0; i < in; i++) keep[i] = pc_keep(seed, base + i, p) ? scale : 0.0f;
+    if (xd)
+        for (int i = 0; i < in; i++) xd[i] = keep[i] != 0.0f ? x[i] * keep[i] : 0.0f;
 }
 
 /* Bt (r,out) = scale · Bᵀ, so the rank-r updates run along contiguous rows */
@@ -39,17 +96,22 @@ int pc_lora_forward(float *y, int ldy, float *u, const float *x, int ldx, const 
     int failed = 0;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)N * (in + out) * r / 8))
     {
-        float *buf = p > 0.0f ? malloc(sizeof(float) * (size_t)in) : NULL;
-        if (p > 0.0f && !buf) failed = 1;
+        /* per thread with dropout: the row's keep factors and dropped input */
+        float *keep = p > 0.0f ? malloc(sizeof(float) * 2 * (size_t)in) : NULL;
+        if (p > 0.0f && !keep) failed = 1;
         #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
-            if (p > 0.0f && !buf) continue;
-            const float *xd = dropped_row(buf, x + (int64_t)n * ldx, n, in, p, seed);
-            float *un = u + (int64_t)n * r, *yn = y + (int64_t)n * ldy;
-            for (int j = 0; j < r; j++) un[j] = pc_dot(xd, A + (int64_t)j * in, in);
-            for (int j = 0; j < r; j++) axpy(yn, un[j], Bt + (int64_t)j * out, out);
+            if (p > 0.0f && !keep) continue;
+            const float *xn = x + (int64_t)n * ldx;
+            if (p > 0.0f) {
+                dropout_row(keep, keep + in, xn, n, in, p, seed);
+                xn = keep + in;
+            }
+            float *un = u + (int64_t)n * r;
+            row_dots(un, xn, A, r, in);
+            row_update(y + (int64_t)n * ldy, un, Bt, r, out, NULL);
         }
-        free(buf);
+        free(keep);
     }
     free(Bt);
     return failed ? -1 : 0;
@@ -60,53 +122,54 @@ int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy,
                      int N, int in, int out, int r, float scale, float p, uint64_t seed) {
     const int nchunks = (N + CHUNK - 1) / CHUNK;
     float *Bt = scaled_transpose(B, out, r, 1.0f);
-    /* per-chunk partial sums: dBt (r,out) and dA (r,in) */
+    /* per-chunk partial sums: dBt (r,out) and dA (r,in), each written whole by its chunk */
     const int64_t part = (int64_t)r * (out + in);
-    float *partials = (dA || dB) ? calloc((size_t)nchunks * part, sizeof(float)) : NULL;
+    float *partials = (dA || dB) ? malloc(sizeof(float) * (size_t)nchunks * part) : NULL;
     if (!Bt || ((dA || dB) && !partials)) {
         free(Bt);
         free(partials);
         return -1;
     }
-    const float inv_keep = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+    const bool dropout = p > 0.0f;
     int failed = 0;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)N * (in + out) * r / 8))
     {
-        float *buf = malloc(sizeof(float) * ((size_t)in + r));
-        if (!buf) failed = 1;
+        /* per thread: g (CHUNK,r); with dropout one row's keep factors; for dA with dropout
+         * the chunk's dropped input (CHUNK,in) */
+        const bool keep_xd = dA && dropout;
+        const size_t floats = (size_t)CHUNK * r + (dropout ? (size_t)in : 0) +
+                              (keep_xd ? (size_t)CHUNK * in : 0);
+        float *g = malloc(sizeof(float) * floats);
+        float *keep = g && dropout ? g + (size_t)CHUNK * r : NULL;
+        float *xd = keep && keep_xd ? keep + in : NULL;
+        if (!g) failed = 1;
         #pragma omp for schedule(static)
         for (int chunk = 0; chunk < nchunks; chunk++) {
-            if (!buf) continue;
-            float *g = buf + in;
+            if (!g) continue;
+            const int n0 = chunk * CHUNK, rows = N - n0 < CHUNK ? N - n0 : CHUNK;
+            for (int m = 0; m < rows; m++) {
+                const int n = n0 + m;
+                float *gn = g + (int64_t)m * r;
+                /* g = s·dy·B */
+                row_dots(gn, dy + (int64_t)n * ldy, Bt, r, out);
+                for (int j = 0; j < r; j++) gn[j] *= scale;
+                if (dropout && (dx || xd))
+                    dropout_row(keep, xd ? xd + (int64_t)m * in : NULL, x + (int64_t)n * ldx,
+                                n, in, p, seed);
+                /* dx += dropout_backward(g·A) */
+                if (dx) row_update(dx + (int64_t)n * lddx, gn, A, r, in, dropout ? keep : NULL);
+            }
             float *dBt_part = partials ? partials + chunk * part : NULL;
             float *dA_part = partials ? dBt_part + (int64_t)r * out : NULL;
-            int n1 = (chunk + 1) * CHUNK < N ? (chunk + 1) * CHUNK : N;
-            for (int n = chunk * CHUNK; n < n1; n++) {
-                const float *dyn = dy + (int64_t)n * ldy;
-                for (int j = 0; j < r; j++) g[j] = scale * pc_dot(dyn, Bt + (int64_t)j * out, out);
-                if (dB)
-                    for (int j = 0; j < r; j++)
-                        axpy(dBt_part + (int64_t)j * out, scale * u[(int64_t)n * r + j], dyn, out);
-                if (dA) {
-                    const float *xd = dropped_row(buf, x + (int64_t)n * ldx, n, in, p, seed);
-                    for (int j = 0; j < r; j++) axpy(dA_part + (int64_t)j * in, g[j], xd, in);
-                }
-                if (dx) {
-                    float *dxn = dx + (int64_t)n * lddx;
-                    if (p <= 0.0f) {
-                        for (int j = 0; j < r; j++) axpy(dxn, g[j], A + (int64_t)j * in, in);
-                    } else {
-                        /* dx = mask ⊙ (g·A) / (1-p), through buf */
-                        for (int i = 0; i < in; i++) buf[i] = 0.0f;
-                        for (int j = 0; j < r; j++) axpy(buf, g[j], A + (int64_t)j * in, in);
-                        uint64_t base = (uint64_t)n * in;
-                        for (int i = 0; i < in; i++)
-                            if (pc_keep(seed, base + i, p)) dxn[i] += buf[i] * inv_keep;
-                    }
-                }
-            }
+            /* dBt (r,out) = s·uᵀ·dy and dA (r,in) = gᵀ·xd over the chunk's rows */
+            if (dB)
+                pc_tile_gemm(true, r, out, rows, scale, u + (int64_t)n0 * r, r,
+                             dy + (int64_t)n0 * ldy, ldy, 0.0f, dBt_part, out);
+            if (dA)
+                pc_tile_gemm(true, r, in, rows, 1.0f, g, r, xd ? xd : x + (int64_t)n0 * ldx,
+                             xd ? in : ldx, 0.0f, dA_part, in);
         }
-        free(buf);
+        free(g);
     }
     if (partials && !failed) {
         /* sum the chunks in order; threads own columns of the (r, out+in) partial layout */

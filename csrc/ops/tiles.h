@@ -1,0 +1,13 @@
+/* Register-tiled small products (tiles.c). */
+#ifndef PEFTCORE_TILES_H
+#define PEFTCORE_TILES_H
+
+#include <stdbool.h>
+
+/* C (M,N) = alpha·op(A)·B + beta·C (beta == 0 overwrites C, NaN included) with B (K,N)
+ * row-major (row stride ldb) and op(A) either A (M,K) with row stride lda or, trans_a, the
+ * transpose of a stored (K,M) A with row stride lda. */
+void pc_tile_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+
+#endif
