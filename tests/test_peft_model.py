@@ -159,19 +159,12 @@ def test_named_parameters_match_peft(hf_models, case):
     theirs, ours = _pair(hf_models, *case)
     t, o = _described(theirs), _described(ours)
     assert sorted(o) == sorted(t)
-    if case[0] == "bert":
-        assert o == t  # same order too
-    else:
-        # transformers 5 registers RoBERTa's position_embeddings after LayerNorm; apart from
-        # the base embeddings' order the lists agree
-        assert [x for x in o if ".embeddings." not in x[0]] == \
-            [x for x in t if ".embeddings." not in x[0]]
+    assert o == t  # same order too
 
 
-@pytest.mark.xfail(reason="peftcore lists RoBERTa's embeddings as word, position, token_type, "
-                          "LayerNorm; transformers 5 as word, token_type, LayerNorm, position",
-                   strict=False)
 def test_roberta_parameter_order_matches_transformers(hf_models):
+    """transformers 5 registers RoBERTa's position_embeddings after the embeddings'
+    LayerNorm (BERT's before token_type_embeddings); the lists follow each model's order."""
     theirs, ours = _pair(hf_models, "roberta", True, [("default", dict(task_type="SEQ_CLS"))])
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
 
