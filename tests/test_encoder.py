@@ -169,14 +169,17 @@ def test_names_and_shapes_match_transformers(seqcls_pair):
         np.testing.assert_array_equal(p, _as_np(hf.get_parameter(name)), err_msg=name)
 
 
-def test_seqcls_logits_loss_and_grads(seqcls_pair):
+@pytest.mark.parametrize("B,T", [(4, 10), (6, 16)])
+def test_seqcls_logits_loss_and_grads(seqcls_pair, B, T):
+    """(6, 16): 96 rows, enough for the engine to take q, k and v's weight gradients from one
+    fused GEMM (rows·intermediate >= 3·hidden²); (4, 10) has them one by one."""
     model_type, hf, folder = seqcls_pair
     pc = _load(folder, head=True)
-    ids, mask = _batch(model_type, TINY["vocab_size"])
-    labels = np.array([0, 2, 1, 2])
+    ids, mask = _batch(model_type, TINY["vocab_size"], B=B, T=T)
+    labels = np.array([0, 2, 1, 2, 1, 0])[:B]
     out = pc(ids, attention_mask=mask, labels=labels)
     ref = _hf_run(hf, ids, mask, labels=labels)
-    assert out.logits.shape == (4, 3) and out.logits.dtype == np.float32
+    assert out.logits.shape == (B, 3) and out.logits.dtype == np.float32
     np.testing.assert_allclose(out.logits, _as_np(ref.logits), rtol=0, atol=LOGIT_ATOL)
     assert abs(out.loss - ref.loss.item()) < LOGIT_ATOL
     pc.backward()
