@@ -147,6 +147,12 @@ int pc_attention_probs(float *probs, const float *q, const float *k, const float
 int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                           const float *probs, const float *q, const float *k, const float *v,
                           const pc_attention_dims *dims, float dropout_p, uint64_t seed);
+/* The same, but dq, dk, dv receive the gradients (what they held is never read): every
+ * element of their B·Tq (or B·Tk) rows and H·D columns is written. */
+int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dout,
+                               const float *probs, const float *q, const float *k,
+                               const float *v, const pc_attention_dims *dims, float dropout_p,
+                               uint64_t seed);
 
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */

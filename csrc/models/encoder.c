@@ -590,13 +590,13 @@ static int slot_backward_params(pc_encoder *enc, pc_linear_slot *s, float *dx, i
     return 0;
 }
 
-/* Full backward of a standalone linear: params, then dx (N,in) += dy·W when dx is given. */
+/* Full backward of a standalone linear: dx (N,in) += dy·W when dx is given (dx = dy·W when
+ * overwrite_dx: whatever dx held is not read), then the params (and LoRA's share of dx). */
 static int slot_backward(pc_encoder *enc, pc_linear_slot *s, float *dx, const float *dy,
-                         const float *x, int N) {
-    if (slot_backward_params(enc, s, dx, s->in, dy, s->out, x, s->in, N, false) < 0) return -1;
+                         const float *x, int N, bool overwrite_dx) {
     if (dx) pc_sgemm(false, false, N, s->in, s->out, 1.0f, dy, s->out, pc_f32(s->weight), s->in,
-                     1.0f, dx, s->in);
-    return 0;
+                     overwrite_dx ? 0.0f : 1.0f, dx, s->in);
+    return slot_backward_params(enc, s, dx, s->in, dy, s->out, x, s->in, N, false);
 }
 
 /* ------------------------------------------------------------ forward */
@@ -631,12 +631,25 @@ static void bias_activation(const pc_encoder *enc, float *act, float *pre, const
     }
 }
 
-static void activation_backward(const pc_encoder *enc, float *dinp, const float *dout,
-                                const float *inp, int64_t n) {
+/* d (n) ⊙= activation'(inp): the gradient of the activation's output becomes its input's */
+static void activation_backward_inplace(const pc_encoder *enc, float *d, const float *inp,
+                                        int64_t n) {
     switch (enc->cfg.activation) {
-    case PC_ACT_GELU: pc_gelu_backward(dinp, dout, inp, n, false); break;
-    case PC_ACT_GELU_TANH: pc_gelu_backward(dinp, dout, inp, n, true); break;
-    case PC_ACT_RELU: pc_relu_backward(dinp, dout, inp, n); break;
+    case PC_ACT_GELU: {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) d[i] *= pc_gelu_derivative(inp[i], false);
+        break;
+    }
+    case PC_ACT_GELU_TANH: {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) d[i] *= pc_gelu_derivative(inp[i], true);
+        break;
+    }
+    case PC_ACT_RELU: {
+        PC_PARALLEL_FOR(n)
+        for (int64_t i = 0; i < n; i++) d[i] = inp[i] > 0.0f ? d[i] : 0.0f;
+        break;
+    }
     }
 }
 
@@ -915,17 +928,15 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* o = act·Woᵀ + bo; act is recomputed when Wo's gradients need it */
     if (slot_has_trainable(lp->slot[SLOT_O]))
         activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
-    memset(enc->d_act, 0, sizeof(float) * (size_t)Nq * I);
-    if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, Nq) < 0) return -1;
-    /* act = gelu(pre); act is dead now (Wo's gradients are done), so d_pre reuses it */
-    float *d_pre = a->act;
-    memset(d_pre, 0, sizeof(float) * (size_t)Nq * I);
-    activation_backward(enc, d_pre, enc->d_act, a->pre, (int64_t)Nq * I);
+    if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, Nq, true) < 0) return -1;
+    /* act = gelu(pre): d_pre = d_act ⊙ gelu'(pre), in place */
+    float *d_pre = enc->d_act;
+    activation_backward_inplace(enc, d_pre, a->pre, (int64_t)Nq * I);
     /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's gradients need it */
     if (slot_has_trainable(lp->slot[SLOT_I]))
         pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                              pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
-    if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq) < 0) return -1;
+    if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq, false) < 0) return -1;
     /* h1 = LN1(r1) */
     memset(d_r, 0, sizeof(float) * NqC);
     pc_layernorm_backward(d_r, grad_or_null(lp->ln1_w, &oom), grad_or_null(lp->ln1_b, &oom),
@@ -943,16 +954,14 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     }
     dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
     /* ao = ctx·Waoᵀ + bao */
-    memset(enc->d_ctx, 0, sizeof(float) * NqC);
-    if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq) < 0) return -1;
+    if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq, true) < 0) return -1;
     /* ctx = attention(q, k, v) */
-    memset(enc->d_qkv, 0, sizeof(float) * ((size_t)N * 2 * C + (size_t)Nq * C));
     const pc_attention_dims dims = attention_dims(enc, &r, B);
     if (!enc->probs_per_layer &&
         pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims) < 0)
         return -1;
-    if (pc_attention_backward(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
-                              p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+    if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
+                                   p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
         return -1;
     /* q, k, v = x·Wᵀ + b: when all three weights train and every row has a query, their
      * gradients come from one GEMM (3C,C) = d_qkvᵀ·x into scratch (d_act is free by now),
@@ -1039,17 +1048,17 @@ static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_
     float *d_pooled = enc->d_act; /* (B,C) scratch */
     memset(d_pooled, 0, sizeof(float) * BC);
     if (d_logits && c->head == PC_HEAD_BERT) {
-        if (slot_backward(enc, enc->cls_out, d_pooled, d_logits, enc->head_x1, B) < 0) return -1;
+        if (slot_backward(enc, enc->cls_out, d_pooled, d_logits, enc->head_x1, B, false) < 0) return -1;
         dropout_backward_inplace(d_pooled, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
         via_pooler = true;
     } else if (d_logits && c->head == PC_HEAD_ROBERTA) {
         memset(tmp, 0, sizeof(float) * BC);
-        if (slot_backward(enc, enc->cls_out, tmp, d_logits, enc->head_x2, B) < 0) return -1;
+        if (slot_backward(enc, enc->cls_out, tmp, d_logits, enc->head_x2, B, false) < 0) return -1;
         dropout_backward_inplace(tmp, BC, p, site_seed(enc->seed, -1, SITE_HEAD2));
         float *d_pre = enc->d_qkv;
         memset(d_pre, 0, sizeof(float) * BC);
         pc_tanh_backward(d_pre, tmp, enc->head_h, BC);
-        if (slot_backward(enc, enc->cls_dense, d_cls, d_pre, enc->head_x1, B) < 0) return -1;
+        if (slot_backward(enc, enc->cls_dense, d_cls, d_pre, enc->head_x1, B, false) < 0) return -1;
         dropout_backward_inplace(d_cls, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
     } else if (d_pooled_in) {
         memcpy(d_pooled, d_pooled_in, sizeof(float) * BC);
@@ -1060,7 +1069,7 @@ static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_
         float *d_pre = enc->d_qkv;
         memset(d_pre, 0, sizeof(float) * BC);
         pc_tanh_backward(d_pre, d_pooled, enc->pooled, BC);
-        if (slot_backward(enc, enc->pooler, need_below ? d_cls : NULL, d_pre, enc->cls_in, B) < 0)
+        if (slot_backward(enc, enc->pooler, need_below ? d_cls : NULL, d_pre, enc->cls_in, B, false) < 0)
             return -1;
     }
     if (need_below) {

@@ -1,8 +1,6 @@
 /* Elementwise activations, softmax and the residual add. */
 #include "kernels.h"
 
-#define INV_SQRT_2PI 0.3989422804014327f
-
 /* exact: gelu(x) = x·Φ(x);  tanh form: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
 void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) {
     if (tanh_approx) {
@@ -14,28 +12,15 @@ void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) 
     }
 }
 
-/* exact: d/dx = Φ(x) + x·φ(x);  tanh form: 0.5(1+t) + 0.5x(1-t²)·√(2/π)(1 + 3·0.044715x²) */
+/* dinp += dout · gelu'(inp) */
 void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
                       bool tanh_approx) {
     if (tanh_approx) {
         PC_PARALLEL_FOR(n)
-        for (int64_t i = 0; i < n; i++) {
-            float x = inp[i];
-            float u = PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x);
-            float t = pc_tanhf(u);
-            float du = PC_SQRT_2_OVER_PI * (1.0f + 3.0f * PC_GELU_TANH_COEF * x * x);
-            dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
-        }
+        for (int64_t i = 0; i < n; i++) dinp[i] += dout[i] * pc_gelu_derivative(inp[i], true);
     } else {
         PC_PARALLEL_FOR(n)
-        for (int64_t i = 0; i < n; i++) {
-            float x = inp[i];
-            float pdf = INV_SQRT_2PI * pc_expf(-0.5f * x * x);
-            /* pc_expf never reaches 0 (it clamps at -87.3), so x·φ(x) would be ±inf at ±inf;
-             * for |x| >= 13 it is below 1e-35, so drop it (NaN still propagates) */
-            float xpdf = !(fabsf(x) >= 13.0f) ? x * pdf : 0.0f;
-            dinp[i] += dout[i] * (pc_normal_cdf(x) + xpdf);
-        }
+        for (int64_t i = 0; i < n; i++) dinp[i] += dout[i] * pc_gelu_derivative(inp[i], false);
     }
 }
 

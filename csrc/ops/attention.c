@@ -147,9 +147,10 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
  *   dP' (Tq,Tk) = dO · Vᵀ          dV += P'ᵀ · dO        (P' = dropout(P))
  *   dP = dropout_backward(dP')     dS = P ⊙ (dP - rowsum(dP ⊙ P))
  *   dQ += dS · K / √D              dK += dSᵀ · Q / √D */
-int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                          const float *probs, const float *q, const float *k, const float *v,
-                          const pc_attention_dims *dims, float dropout_p, uint64_t seed) {
+static int attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                              const float *probs, const float *q, const float *k,
+                              const float *v, const pc_attention_dims *dims, float dropout_p,
+                              uint64_t seed, float beta) {
     const int B = dims->B, Tq = dims->Tq, Tk = dims->Tk, H = dims->H, D = dims->D;
     const int C = H * D, ld_q = dims->ld_q, ld_kv = dims->ld_kv;
     const int64_t pair = (int64_t)Tq * Tk;
@@ -180,7 +181,7 @@ int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                 Pd = dropped;
             }
             times_keys_transposed(Tq, Tk, D, 1.0f, dO, C, v + kv0, ld_kv, vt, dS);
-            times_head(true, Tk, D, Tq, 1.0f, Pd, Tk, dO, C, 1.0f, dv + kv0, ld_kv);
+            times_head(true, Tk, D, Tq, 1.0f, Pd, Tk, dO, C, beta, dv + kv0, ld_kv);
             if (use_dropout) {
                 float inv_keep = 1.0f / (1.0f - dropout_p);
                 for (int64_t e = 0; e < pair; e++) dS[e] = keep[e] ? dS[e] * inv_keep : 0.0f;
@@ -191,10 +192,23 @@ int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                 float dot = pc_dot(ds, p, Tk);
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
-            times_head(false, Tq, D, Tk, scale, dS, Tk, k + kv0, ld_kv, 1.0f, dq + q0, ld_q);
-            times_head(true, Tk, D, Tq, scale, dS, Tk, q + q0, ld_q, 1.0f, dk + kv0, ld_kv);
+            times_head(false, Tq, D, Tk, scale, dS, Tk, k + kv0, ld_kv, beta, dq + q0, ld_q);
+            times_head(true, Tk, D, Tq, scale, dS, Tk, q + q0, ld_q, beta, dk + kv0, ld_kv);
         }
         free(dS);
     }
     return failed ? -1 : 0;
+}
+
+int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                          const float *probs, const float *q, const float *k, const float *v,
+                          const pc_attention_dims *dims, float dropout_p, uint64_t seed) {
+    return attention_backward(dq, dk, dv, dout, probs, q, k, v, dims, dropout_p, seed, 1.0f);
+}
+
+int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dout,
+                               const float *probs, const float *q, const float *k,
+                               const float *v, const pc_attention_dims *dims, float dropout_p,
+                               uint64_t seed) {
+    return attention_backward(dq, dk, dv, dout, probs, q, k, v, dims, dropout_p, seed, 0.0f);
 }

@@ -57,15 +57,17 @@ static inline float pc_expf(float x) {
 }
 
 /* Φ(x), the standard normal CDF, via erfc (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7),
- * keeping relative accuracy in the lower tail. */
-static inline float pc_normal_cdf(float x) {
+ * keeping relative accuracy in the lower tail; e = exp(-x²/2), which the density shares. */
+static inline float pc_normal_cdf_with(float x, float e) {
     float z = fabsf(x) * 0.70710678118654752f;
     float t = 1.0f / (1.0f + 0.3275911f * z);
     float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
                  t * (-1.453152027f + t * 1.061405429f))));
-    float half_erfc = 0.5f * poly * pc_expf(-z * z);
+    float half_erfc = 0.5f * poly * e;
     return x < 0.0f ? half_erfc : 1.0f - half_erfc;
 }
+
+static inline float pc_normal_cdf(float x) { return pc_normal_cdf_with(x, pc_expf(-0.5f * x * x)); }
 
 /* tanh(x): odd Taylor polynomial near 0, 1 - 2/(e^{2|x|}+1) elsewhere. */
 static inline float pc_tanhf(float x) {
@@ -86,6 +88,23 @@ static inline float pc_gelu(float x, bool tanh_approx) {
     if (tanh_approx)
         return 0.5f * x * (1.0f + pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x)));
     return x * pc_normal_cdf(x);
+}
+
+#define PC_INV_SQRT_2PI 0.3989422804014327f
+
+/* gelu'(x): exact Φ(x) + x·φ(x), one exponential serving both; tanh form
+ * 0.5(1+t) + 0.5x(1-t²)·√(2/π)(1 + 3·0.044715x²) with t = tanh(√(2/π)(x + 0.044715x³)) */
+static inline float pc_gelu_derivative(float x, bool tanh_approx) {
+    if (tanh_approx) {
+        float t = pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x));
+        float du = PC_SQRT_2_OVER_PI * (1.0f + 3.0f * PC_GELU_TANH_COEF * x * x);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    }
+    float e = pc_expf(-0.5f * x * x);
+    /* pc_expf never reaches 0 from here (it clamps at -87.3), so x·φ(x) would be ±inf at
+     * ±inf; for |x| >= 13 it is below 1e-35, so drop it (NaN still propagates) */
+    float xpdf = !(fabsf(x) >= 13.0f) ? x * PC_INV_SQRT_2PI * e : 0.0f;
+    return pc_normal_cdf_with(x, e) + xpdf;
 }
 
 /* ---- 16-float vectors (GCC vector extensions: AVX-512 registers where the target has

@@ -291,6 +291,7 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
     double *rdq = dfrom(dqbuf, nq), *rdk = fused ? rdq : dfrom(dkbuf, nkv),
            *rdv = fused ? rdq : dfrom(dvbuf, nkv);
     double *rdqv = rdq, *rdkv = rdk + (fused ? C : 0), *rdvv = rdv + (fused ? 2 * C : 0);
+    double *init_q = dfrom(dqbuf, nq), *init_k = dfrom(dkbuf, nkv), *init_v = dfrom(dvbuf, nkv);
     double *dP = dzeros(T);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
@@ -330,6 +331,21 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
         check_part(name, "dk", dkbuf, rdk, nkv);
         check_part(name, "dv", dvbuf, rdv, nkv);
     }
+    if (!fused) {
+        /* _into writes every element and reads none: NaN-filled outputs get the bare gradients */
+        for (size_t e = 0; e < nq; e++) { rdq[e] -= init_q[e]; dqbuf[e] = NAN; }
+        for (size_t e = 0; e < nkv; e++) {
+            rdk[e] -= init_k[e]; dkbuf[e] = NAN;
+            rdv[e] -= init_v[e]; dvbuf[e] = NAN;
+        }
+        pc_attention_backward_into(dq, dk, dv, dout, probs, q, k, v, &dims, p, seed);
+        snprintf(name, sizeof name, "attention_backward_into B=%d Tq=%d T=%d H=%d D=%d mask=%d p=%.1f",
+                 B, Tq, T, H, D, masked, p);
+        check_part(name, "dq", dqbuf, rdq, nq);
+        check_part(name, "dk", dkbuf, rdk, nkv);
+        check_part(name, "dv", dvbuf, rdv, nkv);
+    }
+    free(init_q); free(init_k); free(init_v);
 
     pc_free(qbuf);
     if (!fused) { pc_free(kbuf); pc_free(vbuf); pc_free(dkbuf); pc_free(dvbuf); free(rdk); free(rdv); }
