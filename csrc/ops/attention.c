@@ -26,12 +26,12 @@ static void transpose_head(float *dst, const float *src, int T, int D, int ld) {
 
 /* the per-pair products go to pc_tile_gemm when their widths (Tk for scores, D for outputs)
  * hold at least one 16-float vector, else to BLIS */
-static bool use_pc_tile_gemm(int width) { return width >= 16; }
+static bool use_tiles(int width) { return width >= 16; }
 
 /* C (Tq,Tk) = alpha·X (Tq,D)·Yᵀ for Y (Tk,D): through Yᵀ in scratch (D·Tk floats) */
 static void times_keys_transposed(int Tq, int Tk, int D, float alpha, const float *X, int ldx,
                                   const float *Y, int ldy, float *scratch, float *C) {
-    if (use_pc_tile_gemm(Tk) && scratch) {
+    if (use_tiles(Tk) && scratch) {
         transpose_head(scratch, Y, Tk, D, ldy);
         pc_tile_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, Tk, 0.0f, C, Tk);
     } else {
@@ -42,7 +42,7 @@ static void times_keys_transposed(int Tq, int Tk, int D, float alpha, const floa
 /* C (M,D) = alpha·op(A)·Y + beta·C for Y (K,D) row stride ldy (a head's slice) */
 static void times_head(bool trans_a, int M, int D, int K, float alpha, const float *A, int lda,
                        const float *Y, int ldy, float beta, float *C, int ldc) {
-    if (use_pc_tile_gemm(D))
+    if (use_tiles(D))
         pc_tile_gemm(trans_a, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
     else
         pc_sgemm_serial(trans_a, false, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);

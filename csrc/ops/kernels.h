@@ -29,6 +29,14 @@ static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
     return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
+/* exp's two halves, for a float or a pc_vec16: r = x - n·ln2 (ln2 in a high part exact in
+ * float and a low part), then exp(r) for |r| <= ln2/2 by its degree-6 Taylor polynomial */
+#define PC_LOG2_E 1.44269504088896341f
+#define PC_EXP_REDUCE(x, n) (((x) - (n) * 0.693145751953125f) - (n) * 1.428606765330187045e-06f)
+#define PC_EXP_POLY(r)                                                                       \
+    ((((((1.0f / 720.0f * (r) + 1.0f / 120.0f) * (r) + 1.0f / 24.0f) * (r) + 1.0f / 6.0f) * \
+         (r) + 0.5f) * (r) + 1.0f) * (r) + 1.0f)
+
 /* exp(x) for float, vectorisable: x = n·ln2 + r, exp(r) by a degree-6 polynomial.
  * Relative error ~2 ulp; NaN propagates; exactly 0 below -87.3 (so masked attention keys
  * get probability 0, as in torch). */
@@ -36,16 +44,8 @@ static inline float pc_expf(float x) {
     const bool underflow = x < -87.3f;
     x = underflow ? -87.3f : x;
     x = x > 88.7f ? 88.7f : x;
-    float n = nearbyintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float n = nearbyintf(x * PC_LOG2_E);
+    float p = PC_EXP_POLY(PC_EXP_REDUCE(x, n));
     /* n in [-126, 128]: build 2^n in two halves so n = 128 does not overflow the exponent */
     int32_t ni = (int32_t)n;
     int32_t n1 = ni >> 1, n2 = ni - n1;
@@ -101,8 +101,8 @@ static inline float pc_gelu_derivative(float x, bool tanh_approx) {
         return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
     }
     float e = pc_expf(-0.5f * x * x);
-    /* pc_expf never reaches 0 from here (it clamps at -87.3), so x·φ(x) would be ±inf at
-     * ±inf; for |x| >= 13 it is below 1e-35, so drop it (NaN still propagates) */
+    /* at ±inf x·φ(x) would be ±inf·0 = NaN; for |x| >= 13 it is below 1e-35, so drop it
+     * (a NaN x still propagates through Φ) */
     float xpdf = !(fabsf(x) >= 13.0f) ? x * PC_INV_SQRT_2PI * e : 0.0f;
     return pc_normal_cdf_with(x, e) + xpdf;
 }
@@ -151,16 +151,8 @@ static inline float pc_hmax16(pc_vec16 v) {
 static inline pc_vec16 pc_exp16_nonpositive(pc_vec16 x) {
     const pc_ivec16 underflow = x < -87.3f;
     /* round x·log2(e) to an integer: adding and subtracting 1.5·2^23 is exact here */
-    const pc_vec16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    pc_vec16 r = x - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187045e-06f;
-    pc_vec16 p = pc_splat16(1.0f / 720.0f);
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const pc_vec16 n = (x * PC_LOG2_E + 12582912.0f) - 12582912.0f;
+    const pc_vec16 p = PC_EXP_POLY(PC_EXP_REDUCE(x, n));
     const pc_ivec16 ni = __builtin_convertvector(n, pc_ivec16);
     const pc_vec16 two_n = (pc_vec16)((ni + 127) << 23);
     return pc_select16(underflow, pc_splat16(0.0f), p * two_n);
