@@ -758,6 +758,44 @@ def test_inference_scratch_is_one_hidden_state_and_one_layer_region():
         assert kept._engine.activation_bytes() > 3 * model._engine.activation_bytes()
 
 
+def test_default_inference_rows_fill_the_scratch_budget():
+    """By default a group holds as many tokens as fit INFERENCE_SCRATCH_BYTES of layer
+    scratch: twice as many for a model half as wide, and a batch that fits runs in one group
+    while a larger one is split and its scratch stays within the budget."""
+    import peftcore
+    from peftcore.models.encoder import BertForSequenceClassification
+
+    def rows_of(hidden, inter):
+        cfg = dict(TINY, model_type="bert", hidden_size=hidden, intermediate_size=inter)
+        return AutoModelForSequenceClassification.from_config(cfg, seed=0)
+
+    narrow, wide = rows_of(384, 1536), rows_of(768, 3072)
+    budget = BertForSequenceClassification.INFERENCE_SCRATCH_BYTES
+    assert narrow.inference_rows == budget // (4 * (1536 + 384 + 4)) == 4359
+    assert wide.inference_rows == budget // (4 * (3072 + 768 + 4)) == 2182
+    # a small budget on the tiny model: per token (max(4C, I) + C + 4) floats
+    C, I = TINY["hidden_size"], TINY["intermediate_size"]
+    per_token = 4 * (max(4 * C, I) + C + 4)
+    B, T = 6, 16
+
+    class Small(BertForSequenceClassification):
+        INFERENCE_SCRATCH_BYTES = 3 * T * per_token
+
+    ids, mask = _batch("bert", TINY["vocab_size"], B=B, T=T)
+    small = Small.from_config(dict(TINY, model_type="bert"), seed=4).eval()
+    assert small.inference_rows == 3 * T
+    whole = AutoModelForSequenceClassification.from_config(dict(TINY, model_type="bert"),
+                                                           seed=4).eval()
+    whole.inference_rows = None
+    with peftcore.no_grad():
+        np.testing.assert_allclose(small(ids, attention_mask=mask).logits,
+                                   whole(ids, attention_mask=mask).logits, rtol=1e-6, atol=1e-7)
+    hidden_state = 4 * B * T * C
+    slack = 4 * (8 * B * T + 8 * B * C + 64 * 16)  # ids, masks, the head's (B,C) buffers
+    assert small._engine.activation_bytes() <= hidden_state + small.INFERENCE_SCRATCH_BYTES + slack
+    assert whole._engine.activation_bytes() > hidden_state + B * T * per_token
+
+
 @pytest.mark.parametrize("rows", [0, -5, 2.5, "64", True])
 def test_inference_rows_must_be_a_positive_int(rows):
     """A bad inference_rows is refused at the forward with what was given; the model still

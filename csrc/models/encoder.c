@@ -322,6 +322,17 @@ int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight,
 
 static int64_t round_up(int64_t n) { return (n + 15) / 16 * 16; }
 
+/* floats per token of the grouped inference scratch region: max(4C, I) + C (see below) */
+static int64_t group_scratch_width(const pc_encoder_config *c) {
+    const int64_t C = c->hidden, I = c->intermediate;
+    return (4 * C > I ? 4 * C : I) + C;
+}
+
+int64_t pc_encoder_inference_bytes_per_token(const pc_encoder *enc) {
+    /* the region, plus the two LayerNorms' mean and rstd */
+    return (int64_t)sizeof(float) * (group_scratch_width(&enc->cfg) + 4);
+}
+
 /* Lay out every activation of a (B,T) batch in one arena, growing it when needed.
  * With keep (a forward that a backward may follow) every layer keeps its activations and
  * the gradient scratch is laid out too. Without, only the hidden state (N,C) spans the
@@ -339,7 +350,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
      * with W = max(4C, I): q|k|v (3C) and ctx (C), then pre (I) over both, and r1 = h1
      * (LayerNorm in place) behind; r2 is summed in the output rows (their input is consumed
      * by then) and the probabilities live in per-thread scratch */
-    const int64_t wide = 4 * C > I ? 4 * C : I;
+    const int64_t wide = group_scratch_width(c) - C;
     const int64_t probs = keep ? round_up(group * H * T * (int64_t)T) : 0;
     const int64_t per_layer = keep ? round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
                                          4 * round_up(N) + (probs_per_layer ? probs : 0)

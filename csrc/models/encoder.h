@@ -92,6 +92,9 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
  * whole batch at once. The outputs are the same either way. */
 void pc_encoder_set_inference_rows(pc_encoder *enc, int64_t rows);
 
+/* Scratch bytes a grouped inference forward holds per token of a group (for choosing rows). */
+int64_t pc_encoder_inference_bytes_per_token(const pc_encoder *enc);
+
 /* Bytes held for activations and scratch (for reports). */
 int64_t pc_encoder_activation_bytes(const pc_encoder *enc);
 

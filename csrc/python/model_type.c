@@ -373,6 +373,12 @@ static PyObject *encoder_activation_bytes(PcEncoderObject *self, PyObject *Py_UN
     return PyLong_FromLongLong(pc_encoder_activation_bytes(self->enc));
 }
 
+static PyObject *encoder_inference_bytes_per_token(PcEncoderObject *self,
+                                                   PyObject *Py_UNUSED(ignored)) {
+    if (ready(self) < 0) return NULL;
+    return PyLong_FromLongLong(pc_encoder_inference_bytes_per_token(self->enc));
+}
+
 static PyObject *encoder_set_inference_rows(PcEncoderObject *self, PyObject *arg) {
     if (ready(self) < 0) return NULL;
     long long rows = PyLong_AsLongLong(arg);
@@ -400,6 +406,8 @@ static PyMethodDef encoder_methods[] = {
     {"set_inference_rows", (PyCFunction)encoder_set_inference_rows, METH_O,
      "set_inference_rows(rows): eval forwards without a backward run the layers in groups of"
      " about rows tokens (0: the whole batch)"},
+    {"inference_bytes_per_token", (PyCFunction)encoder_inference_bytes_per_token, METH_NOARGS,
+     "scratch bytes per token of a group in a grouped eval forward"},
     {"activation_bytes", (PyCFunction)encoder_activation_bytes, METH_NOARGS,
      "bytes held for activations"},
     {NULL, NULL, 0, NULL}};

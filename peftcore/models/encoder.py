@@ -46,10 +46,13 @@ class EncoderModel(Module):
 
     with_head = False
     # An eval forward under no_grad runs each layer over groups of whole sequences of at
-    # most about this many tokens (at least one sequence), so its scratch memory is bounded
-    # whatever the batch size (bert-base: ~45 MB at 2048 tokens; ~75 MB for a 32×128 batch
-    # in one go); the outputs are the same. None: the whole batch at once.
-    inference_rows: int | None = 2048
+    # most about `inference_rows` tokens (at least one sequence), so its scratch memory is
+    # bounded whatever the batch size; the outputs are the same. None: the whole batch at
+    # once. The default is as many tokens as fit INFERENCE_SCRATCH_BYTES of layer scratch:
+    # 2182 for bert-base (15 KB a token), 4359 for MiniLM-L6 (7.5 KB a token), so a 32×128
+    # MiniLM batch runs in one group, where its GEMMs are longest.
+    INFERENCE_SCRATCH_BYTES = 32 << 20
+    inference_rows: int | None
 
     def __init__(self, config: EncoderConfig, seed: int = 0, add_pooling_layer: bool = True,
                  _init_weights: bool = True):
@@ -64,6 +67,8 @@ class EncoderModel(Module):
         self._forward_counter = itertools.count()
         self._pending_grad = None
         self._engine = _C.Encoder(self._engine_config())
+        self.inference_rows = max(1, self.INFERENCE_SCRATCH_BYTES //
+                                  self._engine.inference_bytes_per_token())
         self._build_tree()
         if _init_weights:
             self.init_weights(seed)
