@@ -100,6 +100,10 @@ void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const floa
 void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx);
 void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
                       bool tanh_approx);
+/* out = gelu(inp) on the calling thread alone (out may be inp), for callers' own loops */
+void pc_gelu_span(float *out, const float *inp, int64_t n, bool tanh_approx);
+/* d ⊙= gelu'(inp): the gradient of GELU's output becomes its input's, in place */
+void pc_gelu_grad_inplace(float *d, const float *inp, int64_t n, bool tanh_approx);
 void pc_tanh_forward(float *out, const float *inp, int64_t n);
 void pc_tanh_backward(float *dinp, const float *dout, const float *out, int64_t n);
 void pc_relu_forward(float *out, const float *inp, int64_t n);

@@ -309,6 +309,19 @@ def test_gelu(shape, approximate):
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_does_not_depend_on_position(approximate):
+    """Whole 16-float vectors, the tail of an array and a lone element compute an element
+    the same way: every element of a 4133-float array (chunks of 4096 on two threads, a
+    tail of 5) equals GELU of that element alone, bit for bit, forward and backward."""
+    rng = rng_for("gelu_position", approximate)
+    x, dy = randn(rng, 4133, scale=3.0), randn(rng, 4133)
+    y, dx = F.gelu(x, approximate=approximate), F.gelu_backward(dy, x, approximate=approximate)
+    for i in list(range(0, 40)) + list(range(4080, 4133)):
+        assert F.gelu(x[i:i + 1], approximate=approximate)[0] == y[i], i
+        assert F.gelu_backward(dy[i:i + 1], x[i:i + 1], approximate=approximate)[0] == dx[i], i
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_wide_range(approximate):
     x = np.linspace(-12, 12, 4801, dtype=np.float32)
     ref = ref_gelu if approximate == "none" else ref_gelu_tanh

@@ -630,10 +630,8 @@ static void bias_activation(const pc_encoder *enc, float *act, float *pre, const
         for (int i = 0; i < I; i++) x[i] += bias[i];
         switch (kind) {
         case PC_ACT_GELU:
-            for (int i = 0; i < I; i++) y[i] = pc_gelu(x[i], false);
-            break;
         case PC_ACT_GELU_TANH:
-            for (int i = 0; i < I; i++) y[i] = pc_gelu(x[i], true);
+            pc_gelu_span(y, x, I, kind == PC_ACT_GELU_TANH);
             break;
         case PC_ACT_RELU:
             for (int i = 0; i < I; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
@@ -646,16 +644,10 @@ static void bias_activation(const pc_encoder *enc, float *act, float *pre, const
 static void activation_backward_inplace(const pc_encoder *enc, float *d, const float *inp,
                                         int64_t n) {
     switch (enc->cfg.activation) {
-    case PC_ACT_GELU: {
-        PC_PARALLEL_FOR(n)
-        for (int64_t i = 0; i < n; i++) d[i] *= pc_gelu_derivative(inp[i], false);
+    case PC_ACT_GELU:
+    case PC_ACT_GELU_TANH:
+        pc_gelu_grad_inplace(d, inp, n, enc->cfg.activation == PC_ACT_GELU_TANH);
         break;
-    }
-    case PC_ACT_GELU_TANH: {
-        PC_PARALLEL_FOR(n)
-        for (int64_t i = 0; i < n; i++) d[i] *= pc_gelu_derivative(inp[i], true);
-        break;
-    }
     case PC_ACT_RELU: {
         PC_PARALLEL_FOR(n)
         for (int64_t i = 0; i < n; i++) d[i] = inp[i] > 0.0f ? d[i] : 0.0f;

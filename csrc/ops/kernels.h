@@ -56,19 +56,6 @@ static inline float pc_expf(float x) {
     return underflow ? 0.0f : p * s1 * s2;
 }
 
-/* Φ(x), the standard normal CDF, via erfc (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7),
- * keeping relative accuracy in the lower tail; e = exp(-x²/2), which the density shares. */
-static inline float pc_normal_cdf_with(float x, float e) {
-    float z = fabsf(x) * 0.70710678118654752f;
-    float t = 1.0f / (1.0f + 0.3275911f * z);
-    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
-                 t * (-1.453152027f + t * 1.061405429f))));
-    float half_erfc = 0.5f * poly * e;
-    return x < 0.0f ? half_erfc : 1.0f - half_erfc;
-}
-
-static inline float pc_normal_cdf(float x) { return pc_normal_cdf_with(x, pc_expf(-0.5f * x * x)); }
-
 /* tanh(x): odd Taylor polynomial near 0, 1 - 2/(e^{2|x|}+1) elsewhere. */
 static inline float pc_tanhf(float x) {
     float a = fabsf(x);
@@ -83,28 +70,17 @@ static inline float pc_tanhf(float x) {
 #define PC_SQRT_2_OVER_PI 0.7978845608028654f
 #define PC_GELU_TANH_COEF 0.044715f
 
-/* gelu(x) = x·Φ(x), or with tanh_approx 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
-static inline float pc_gelu(float x, bool tanh_approx) {
-    if (tanh_approx)
-        return 0.5f * x * (1.0f + pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x)));
-    return x * pc_normal_cdf(x);
+/* GELU's tanh form: 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³) (the exact form,
+ * x·Φ(x), runs on 16 lanes: pc_gelu16) */
+static inline float pc_gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x)));
 }
 
-#define PC_INV_SQRT_2PI 0.3989422804014327f
-
-/* gelu'(x): exact Φ(x) + x·φ(x), one exponential serving both; tanh form
- * 0.5(1+t) + 0.5x(1-t²)·√(2/π)(1 + 3·0.044715x²) with t = tanh(√(2/π)(x + 0.044715x³)) */
-static inline float pc_gelu_derivative(float x, bool tanh_approx) {
-    if (tanh_approx) {
-        float t = pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x));
-        float du = PC_SQRT_2_OVER_PI * (1.0f + 3.0f * PC_GELU_TANH_COEF * x * x);
-        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
-    }
-    float e = pc_expf(-0.5f * x * x);
-    /* at ±inf x·φ(x) would be ±inf·0 = NaN; for |x| >= 13 it is below 1e-35, so drop it
-     * (a NaN x still propagates through Φ) */
-    float xpdf = !(fabsf(x) >= 13.0f) ? x * PC_INV_SQRT_2PI * e : 0.0f;
-    return pc_normal_cdf_with(x, e) + xpdf;
+/* its derivative 0.5(1+t) + 0.5x(1-t²)·√(2/π)(1 + 3·0.044715x²) with t = tanh(u) */
+static inline float pc_gelu_tanh_derivative(float x) {
+    float t = pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x));
+    float du = PC_SQRT_2_OVER_PI * (1.0f + 3.0f * PC_GELU_TANH_COEF * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
 }
 
 /* ---- 16-float vectors (GCC vector extensions: AVX-512 registers where the target has
@@ -156,6 +132,40 @@ static inline pc_vec16 pc_exp16_nonpositive(pc_vec16 x) {
     const pc_ivec16 ni = __builtin_convertvector(n, pc_ivec16);
     const pc_vec16 two_n = (pc_vec16)((ni + 127) << 23);
     return pc_select16(underflow, pc_splat16(0.0f), p * two_n);
+}
+
+/* erfc(z)·exp(z²) for z = |x|/√2 >= 0 (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7):
+ * t·P(t) with t = 1/(1 + 0.3275911z) */
+static inline pc_vec16 pc_erfc_scaled16(pc_vec16 z) {
+    const pc_vec16 t = 1.0f / (1.0f + 0.3275911f * z);
+    return t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
+                t * (-1.453152027f + t * 1.061405429f))));
+}
+
+/* Φ(x), the standard normal CDF, on 16 lanes via erfc, keeping relative accuracy in the
+ * lower tail; e = exp(-x²/2), which the density shares */
+static inline pc_vec16 pc_normal_cdf16_with(pc_vec16 x, pc_vec16 e) {
+    const pc_vec16 z = pc_select16(x < 0.0f, -x, x) * 0.70710678118654752f;
+    const pc_vec16 half_erfc = 0.5f * pc_erfc_scaled16(z) * e;
+    return pc_select16(x < 0.0f, half_erfc, 1.0f - half_erfc);
+}
+
+/* gelu(x) = x·Φ(x) on 16 lanes (exact form; exp(-x²/2) <= 1 needs only the non-positive
+ * exponential) */
+static inline pc_vec16 pc_gelu16(pc_vec16 x) {
+    return x * pc_normal_cdf16_with(x, pc_exp16_nonpositive(-0.5f * x * x));
+}
+
+#define PC_INV_SQRT_2PI 0.3989422804014327f
+
+/* gelu'(x) = Φ(x) + x·φ(x) on 16 lanes, one exponential serving both. At ±inf x·φ(x) would
+ * be ±inf·0 = NaN; for |x| >= 13 it is below 1e-35, so it is dropped (a NaN x still
+ * propagates through Φ). */
+static inline pc_vec16 pc_gelu_derivative16(pc_vec16 x) {
+    const pc_vec16 e = pc_exp16_nonpositive(-0.5f * x * x);
+    const pc_ivec16 finite_tail = (pc_vec16){0} + 13.0f > pc_select16(x < 0.0f, -x, x);
+    const pc_vec16 xpdf = pc_select16(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat16(0.0f));
+    return pc_normal_cdf16_with(x, e) + xpdf;
 }
 
 /* One row in place or out of place: y = exp(z - max z) / Σ exp(z - max z) with
