@@ -68,6 +68,7 @@ struct pc_encoder {
     int64_t inference_rows; /* eval forwards without a backward: tokens per group (0: all) */
     bool has_forward, training;
     bool first_token_only; /* the last layer of the last forward ran on first tokens only */
+    bool keeping;          /* the forward in progress keeps its activations for a backward */
     bool probs_per_layer;  /* the last forward kept every layer's attention probabilities */
     bool backward_ready; /* the last forward kept its activations and no backward ran yet */
     uint64_t seed;
@@ -678,11 +679,26 @@ static void embeddings_forward(pc_encoder *enc, int N) {
  * qkv buffer: fused (N,3C) rows q|k|v, or k|v (N,2C) followed by q (B,C). */
 typedef struct {
     bool first_tokens;
+    bool folded; /* first tokens without a backward: keys and values folded into attention */
     int Nq, Tq;
     const float *xq;       /* (Nq,C) the layer's input at the query rows */
     float *q, *k, *v;      /* the same offsets address the gradients in d_qkv */
     int ld_q, ld_kv;
 } layer_rows;
+
+/* The last layer of an eval first-token forward that no backward follows folds the key and
+ * value projections into attention (pc_attention_first_query_folded) when neither carries a
+ * LoRA adapter and the fold's scratch fits where k|v (N,2C) would be: H·(2C + T) + T <= 2·T·C,
+ * which also means it is cheaper (it needs about T >= H). */
+static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
+    const layer_params *lp = &enc->layer[l];
+    const pc_encoder_config *c = &enc->cfg;
+    const int64_t T = enc->T, C = c->hidden, H = c->heads;
+    const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C)};
+    return !enc->keeping && !enc->training && !lp->slot[SLOT_K]->lora.A &&
+           !lp->slot[SLOT_V]->lora.A &&
+           pc_attention_folded_scratch_floats(&dims) <= (int64_t)B * T * 2 * C;
+}
 
 /* B sequences from x on; first_x receives their first tokens' rows in the last layer */
 static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *qkv, int B,
@@ -690,6 +706,7 @@ static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *q
     const int T = enc->T, N = B * T, C = enc->cfg.hidden;
     layer_rows r;
     r.first_tokens = enc->first_token_only && l == enc->cfg.layers - 1;
+    r.folded = r.first_tokens && can_fold_keys_values(enc, l, B);
     if (!r.first_tokens) {
         r.Nq = N; r.Tq = T; r.xq = x;
         r.q = qkv; r.k = qkv + C; r.v = qkv + 2 * C;
@@ -741,19 +758,25 @@ static int layer_forward(pc_encoder *enc, int l, const float *x_batch, float *ou
     } else {
         for (int b = 0; b < B; b++)
             memcpy(first_x + (int64_t)b * C, x + (int64_t)b * T * C, sizeof(float) * C);
-        /* k|v (N,2C) = x·[Wk;Wv]ᵀ + [bk;bv];  q (B,C) = x_first·Wqᵀ + bq */
-        pc_linear_forward(r.k, x, wqkv + (int64_t)C * C, bqkv + C, N, C, 2 * C);
+        /* k|v (N,2C) = x·[Wk;Wv]ᵀ + [bk;bv] (unless folded);  q (B,C) = x_first·Wqᵀ + bq */
+        if (!r.folded) pc_linear_forward(r.k, x, wqkv + (int64_t)C * C, bqkv + C, N, C, 2 * C);
         pc_linear_forward(r.q, r.xq, wqkv, bqkv, B, C, C);
     }
-    for (int s = SLOT_Q; s <= SLOT_V; s++) {
+    for (int s = SLOT_Q; s <= (r.folded ? SLOT_Q : SLOT_V); s++) {
         float *y; const float *in; int ldy, rows;
         qkv_slot_view(&r, s, x, N, &y, &ldy, &in, &rows);
         if (slot_lora_forward(enc, lp->slot[s], y, ldy, in, C, rows) < 0) return -1;
     }
     const pc_attention_dims dims = attention_dims(enc, &r, B);
-    if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
-                             site_seed(enc->seed, l, SITE_ATTN)) < 0)
+    if (r.folded) {
+        /* the scratch takes the place of k|v */
+        pc_attention_first_query_folded(a->ctx, r.q, x, wqkv + (int64_t)C * C,
+                                        wqkv + (int64_t)2 * C * C, bqkv + 2 * C, key_mask,
+                                        &dims, a->qkv);
+    } else if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
+                                    site_seed(enc->seed, l, SITE_ATTN)) < 0) {
         return -1;
+    }
     pc_linear_slot *ao = lp->slot[SLOT_AO], *inter = lp->slot[SLOT_I], *o = lp->slot[SLOT_O];
     if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq) < 0) return -1;
     bias_dropout_residual(a->r1, pc_f32(ao->bias), r.xq, Nq, C, p_hidden,
@@ -864,6 +887,7 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     if (key_mask) memcpy(enc->key_mask, key_mask, sizeof(float) * N);
     enc->training = training;
     enc->first_token_only = first_token_only;
+    enc->keeping = keep_activations;
     enc->seed = seed;
     embeddings_forward(enc, (int)N);
     const float *x = enc->emb_out;

@@ -63,6 +63,13 @@ static void dropout_probs(float *dst, uint8_t *keep, const float *probs, int64_t
     for (int64_t e = 0; e < count; e++) dst[e] = keep[e] ? probs[e] * scale : 0.0f;
 }
 
+/* bias (Tk) = the additive bias of a sequence's key mask m (Tk): 0 where m != 0, else
+ * -FLT_MAX; returns bias */
+static float *mask_bias(float *bias, const float *m, int Tk) {
+    for (int j = 0; j < Tk; j++) bias[j] = m[j] != 0.0f ? 0.0f : -FLT_MAX;
+    return bias;
+}
+
 /* per-thread scratch of pair_probs: Kᵀ (D,Tk), then the mask's bias row (Tk) */
 static int64_t probs_scratch_floats(const pc_attention_dims *d) {
     return (int64_t)(d->D + 1) * d->Tk;
@@ -76,12 +83,8 @@ static void pair_probs(float *S, const float *q, const float *k, const float *ke
     const float *K = k + (int64_t)b * Tk * d->ld_kv + (int64_t)h * d->D;
     times_keys_transposed(Tq, Tk, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, K, d->ld_kv,
                           scratch, S);
-    float *bias = NULL;
-    if (key_mask) {
-        const float *m = key_mask + (int64_t)b * Tk;
-        bias = scratch + (int64_t)d->D * Tk;
-        for (int j = 0; j < Tk; j++) bias[j] = m[j] != 0.0f ? 0.0f : -FLT_MAX;
-    }
+    float *bias = key_mask ? mask_bias(scratch + (int64_t)d->D * Tk, key_mask + (int64_t)b * Tk, Tk)
+                           : NULL;
     for (int i = 0; i < Tq; i++) {
         float *row = S + (int64_t)i * Tk;
         pc_softmax_row_biased(row, row, bias, Tk);
@@ -141,6 +144,52 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
         free(kt);
     }
     return failed ? -1 : 0;
+}
+
+int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d) {
+    const int64_t C = (int64_t)d->H * d->D;
+    return (int64_t)d->B * (d->H * (2 * C + d->Tk) + d->Tk);
+}
+
+/* Per head h, Wk_h and Wv_h being rows h·D ... h·D + D - 1 of Wk and Wv:
+ *   U (B,H,C):   u_bh = Wk_hᵀ q_bh / √D            (per head, (B,D)·(D,C))
+ *   S (B,H,Tk):  s_bh = softmax(U_b · x_bᵀ + mask bias)   (per sequence, (H,C)·(C,Tk))
+ *   X̄ (B,H,C):   x̄_bh = Σ_j s_bh,j x_bj          (per sequence, (H,Tk)·(Tk,C))
+ *   out_bh = Wv_h x̄_bh + bv_h                     (per head, (B,C)·(C,D)) */
+void pc_attention_first_query_folded(float *out, const float *q, const float *x,
+                                     const float *wk, const float *wv, const float *bv,
+                                     const float *key_mask, const pc_attention_dims *d,
+                                     float *scratch) {
+    const int B = d->B, Tk = d->Tk, H = d->H, D = d->D, C = H * D;
+    float *U = scratch, *S = U + (int64_t)B * H * C, *Xbar = S + (int64_t)B * H * Tk;
+    float *biases = Xbar + (int64_t)B * H * C;
+    const float scale = 1.0f / sqrtf((float)D);
+    PC_PARALLEL_FOR((int64_t)B * C * C)
+    for (int h = 0; h < H; h++)
+        pc_sgemm_serial(false, false, B, C, D, scale, q + (int64_t)h * D, d->ld_q,
+                        wk + (int64_t)h * D * C, C, 0.0f, U + (int64_t)h * C, H * C);
+    PC_PARALLEL_FOR((int64_t)B * H * Tk * C)
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (int64_t)b * Tk * C;
+        float *Sb = S + (int64_t)b * H * Tk;
+        pc_sgemm_serial(false, true, H, Tk, C, 1.0f, U + (int64_t)b * H * C, C, xb, C, 0.0f,
+                        Sb, Tk);
+        const float *bias = key_mask ? mask_bias(biases + (int64_t)b * Tk,
+                                                 key_mask + (int64_t)b * Tk, Tk)
+                                     : NULL;
+        for (int h = 0; h < H; h++)
+            pc_softmax_row_biased(Sb + (int64_t)h * Tk, Sb + (int64_t)h * Tk, bias, Tk);
+        pc_sgemm_serial(false, false, H, C, Tk, 1.0f, Sb, Tk, xb, C, 0.0f,
+                        Xbar + (int64_t)b * H * C, C);
+    }
+    PC_PARALLEL_FOR((int64_t)B * C * C)
+    for (int h = 0; h < H; h++) {
+        float *out_h = out + (int64_t)h * D;
+        pc_sgemm_serial(false, true, B, D, C, 1.0f, Xbar + (int64_t)h * C, H * C,
+                        wv + (int64_t)h * D * C, C, 0.0f, out_h, C);
+        for (int b = 0; b < B; b++)
+            for (int e = 0; e < D; e++) out_h[(int64_t)b * C + e] += bv[(int64_t)h * D + e];
+    }
 }
 
 /* Backward of one pair, mirroring the forward:
