@@ -59,23 +59,24 @@ static void gelu_grad_span(float *d, const float *inp, int64_t n, bool tanh_appr
 /* threads take whole chunks of this many floats (a multiple of 16) */
 enum { SPAN_CHUNK = 4096 };
 
-/* exact: gelu(x) = x·Φ(x);  tanh form: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
-void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) {
+/* span(y + i, x + i, len, tanh_approx) over [0, n) in chunks shared among the threads */
+static void over_chunks(void (*span)(float *, const float *, int64_t, bool), float *y,
+                        const float *x, int64_t n, bool tanh_approx) {
     const int64_t chunks = (n + SPAN_CHUNK - 1) / SPAN_CHUNK;
     PC_PARALLEL_FOR(n)
     for (int64_t c = 0; c < chunks; c++) {
         const int64_t i = c * SPAN_CHUNK;
-        pc_gelu_span(out + i, inp + i, n - i < SPAN_CHUNK ? n - i : SPAN_CHUNK, tanh_approx);
+        span(y + i, x + i, n - i < SPAN_CHUNK ? n - i : SPAN_CHUNK, tanh_approx);
     }
 }
 
+/* exact: gelu(x) = x·Φ(x);  tanh form: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) */
+void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) {
+    over_chunks(pc_gelu_span, out, inp, n, tanh_approx);
+}
+
 void pc_gelu_grad_inplace(float *d, const float *inp, int64_t n, bool tanh_approx) {
-    const int64_t chunks = (n + SPAN_CHUNK - 1) / SPAN_CHUNK;
-    PC_PARALLEL_FOR(n)
-    for (int64_t c = 0; c < chunks; c++) {
-        const int64_t i = c * SPAN_CHUNK;
-        gelu_grad_span(d + i, inp + i, n - i < SPAN_CHUNK ? n - i : SPAN_CHUNK, tanh_approx);
-    }
+    over_chunks(gelu_grad_span, d, inp, n, tanh_approx);
 }
 
 /* dinp += dout · gelu'(inp) */

@@ -163,7 +163,7 @@ static inline pc_vec16 pc_gelu16(pc_vec16 x) {
  * propagates through Φ). */
 static inline pc_vec16 pc_gelu_derivative16(pc_vec16 x) {
     const pc_vec16 e = pc_exp16_nonpositive(-0.5f * x * x);
-    const pc_ivec16 finite_tail = (pc_vec16){0} + 13.0f > pc_select16(x < 0.0f, -x, x);
+    const pc_ivec16 finite_tail = pc_splat16(13.0f) > pc_select16(x < 0.0f, -x, x);
     const pc_vec16 xpdf = pc_select16(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat16(0.0f));
     return pc_normal_cdf16_with(x, e) + xpdf;
 }
