@@ -24,6 +24,9 @@ bool pc_blis_arch_from_env(void);     /* true when the user's BLIS_ARCH_TYPE was
 const char *pc_blis_arch_note(void);  /* why the user's BLIS_ARCH_TYPE was ignored, or "" */
 void pc_set_num_threads(int n);       /* n >= 1: threads for BLIS and our kernels */
 int pc_get_num_threads(void);
+/* Threads the engine's ops use when called from here: pc_get_num_threads(), or 1 on a
+ * thread of an active parallel region (a worker running its own share of a batch). */
+int pc_threads_here(void);
 int pc_default_num_threads(void);     /* usable cores */
 
 /* C(M,N) = alpha * op(A) * op(B) + beta * C, row-major with leading dimensions.

@@ -188,6 +188,8 @@ void pc_set_num_threads(int n) {
 
 int pc_get_num_threads(void) { return num_threads; }
 
+int pc_threads_here(void) { return omp_in_parallel() ? 1 : num_threads; }
+
 /* C = beta·C for an empty product; beta == 0 overwrites (NaN in C does not survive) */
 static void scale_output(float *C, int M, int N, int ldc, float beta) {
     for (int i = 0; i < M; i++)
@@ -205,7 +207,7 @@ void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, cons
         scale_output(C, M, N, ldc, beta);
         return;
     }
-    const int nt = num_threads;
+    const int nt = pc_threads_here();
     /* small products: thread start-up costs more than it saves */
     if ((int64_t)M * N * K < ((int64_t)1 << 21) || nt == 1) {
         pc_sgemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

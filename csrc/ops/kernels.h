@@ -16,7 +16,7 @@
     PC_PRAGMA(omp parallel for schedule(static) num_threads(pc_threads_for(work)))
 
 static inline int pc_threads_for(int64_t work) {
-    return work >= 32768 ? pc_get_num_threads() : 1;
+    return work >= 32768 ? pc_threads_here() : 1;
 }
 
 /* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(i+1);

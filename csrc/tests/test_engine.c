@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "engine.h"
 
 #ifndef RTOL
@@ -440,6 +442,37 @@ static void test_thread_determinism(void) {
     check_true("threads: attention 1 vs 2 threads bitwise equal",
                memcmp(o1, o2, (size_t)B * T * C * 4) == 0 &&
                memcmp(p1, p2, (size_t)B * H * T * T * 4) == 0);
+    /* called from the threads of a parallel region (workers, each on its own share of a
+     * batch), the ops run on the calling thread alone, with the same bits */
+    pc_set_num_threads(2);
+    float *yw[2], *ow[2];
+    int here[2] = {0, 0};
+    for (int t = 0; t < 2; t++) {
+        yw[t] = pc_alloc((size_t)N * OC * 4);
+        ow[t] = pc_alloc((size_t)B * T * C * 4);
+    }
+    #pragma omp parallel num_threads(2)
+    {
+        int t = omp_get_thread_num();
+        if (t < 2) {
+            here[t] = pc_threads_here();
+            pc_linear_forward(yw[t], x, w, bias, N, IC, OC);
+            pc_attention_forward(ow[t], NULL, q, k, v, NULL, &dims, 0.0f, 0);
+        }
+    }
+    pc_attention_forward(o2, NULL, q, k, v, NULL, &dims, 0.0f, 0);
+    check_true("threads: threads_here is all threads outside, 1 in a parallel region",
+               pc_threads_here() == 2 && here[0] == 1 && here[1] == 1);
+    check_true("threads: ops inside a parallel region equal the all-threads result bitwise",
+               memcmp(yw[0], y1, (size_t)N * OC * 4) == 0 &&
+               memcmp(yw[1], y1, (size_t)N * OC * 4) == 0 &&
+               memcmp(ow[0], o2, (size_t)B * T * C * 4) == 0 &&
+               memcmp(ow[1], o2, (size_t)B * T * C * 4) == 0);
+    pc_set_num_threads(before);
+    for (int t = 0; t < 2; t++) {
+        pc_free(yw[t]);
+        pc_free(ow[t]);
+    }
     pc_free(x); pc_free(w); pc_free(bias); pc_free(y1); pc_free(y2); pc_free(db1); pc_free(db2);
     pc_free(q); pc_free(k); pc_free(v); pc_free(o1); pc_free(o2); pc_free(p1); pc_free(p2);
 }
