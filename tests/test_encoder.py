@@ -670,6 +670,28 @@ def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
     model.backward(np.ones_like(full))  # a normal forward still allows its backward
 
 
+@pytest.mark.parametrize("head", [True, False])
+def test_training_forward_under_no_grad_equals_with_grad(head):
+    """A train-mode forward under no_grad (dropout on, nothing kept for a backward) runs the
+    whole batch at once, as dropout numbers its elements over the batch: its outputs equal
+    those of the same forward with gradients on, dropout masks included."""
+    import peftcore
+
+    ids, mask = _batch("bert", TINY["vocab_size"], B=5, T=8)
+    cls = AutoModelForSequenceClassification if head else AutoModel
+    light, full = (cls.from_config(dict(TINY, model_type="bert"), seed=2).train()
+                   for _ in range(2))
+    light.inference_rows = 8  # groups apply to eval forwards only
+    with peftcore.no_grad():
+        got = light(ids, attention_mask=mask)
+    want = full(ids, attention_mask=mask)
+    for name, x in want.__dict__.items():
+        if x is not None:
+            np.testing.assert_array_equal(getattr(got, name), x, err_msg=name)
+    key = "logits" if head else "last_hidden_state"  # dropout really ran
+    assert np.abs(getattr(full.eval()(ids, attention_mask=mask), key) - getattr(want, key)).max() > 1e-3
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 @pytest.mark.parametrize("no_grad", [False, True])
 def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
@@ -730,6 +752,57 @@ def test_grouped_inference_equals_whole_batch(model_type):
         if head:  # with gradients on, the batch runs whole and a backward may follow
             grouped(ids, attention_mask=mask)
             grouped.backward(np.ones((5, 2), np.float32))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("adapted", [False, True])
+def test_inference_workers_equal_one_thread(threads, adapted):
+    """A no_grad eval forward splits the batch among one worker per thread, each running every
+    layer on its own sequences with single-threaded ops, and the sequences left over (5 or 6
+    among 2, 3 or 4 workers) run after with all threads on each op: every output is bit for
+    bit that of one thread, in groups or whole, with and without a head, and with unmerged
+    LoRA adapters on every linear (their intermediates are per row of the batch)."""
+    import peftcore
+    from peftcore import LoraConfig, get_peft_model
+
+    T = 7
+    before = peftcore.get_num_threads()
+    for head in (True, False):
+        def build():
+            cls = AutoModelForSequenceClassification if head else AutoModel
+            model = cls.from_config(dict(TINY, model_type="bert", num_labels=2), seed=5)
+            if adapted:
+                targets = ["query", "key", "value", "attention.output.dense",
+                           "intermediate.dense", "output.dense"]
+                model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False,
+                                                         target_modules=targets))
+            return model.eval()
+
+        for B in (5, 6):
+            ids, mask = _batch("bert", TINY["vocab_size"], B=B, T=T)
+            model = build()
+            base = model.base_model.model if adapted else model
+            try:
+                peftcore.set_num_threads(1)
+                base.inference_rows = None
+                with peftcore.no_grad():
+                    want = model(ids, attention_mask=mask)
+                peftcore.set_num_threads(threads)
+                # repeated: two workers sharing any buffer would show up as a race
+                for rows in (None, T, 2 * threads * T) * 4:
+                    base.inference_rows = rows
+                    with peftcore.no_grad():
+                        got = model(ids, attention_mask=mask)
+                    for name, x in want.__dict__.items():
+                        if x is not None:
+                            np.testing.assert_array_equal(getattr(got, name), x,
+                                                          err_msg=f"{name} B={B} rows={rows}")
+                if head:  # then a forward with gradients and its backward, as ever
+                    out = model(ids, attention_mask=mask)
+                    np.testing.assert_allclose(out.logits, want.logits, rtol=1e-6, atol=1e-7)
+                    model.backward(np.ones((B, 2), np.float32))
+            finally:
+                peftcore.set_num_threads(before)
 
 
 def test_inference_scratch_is_one_hidden_state_and_one_layer_region():

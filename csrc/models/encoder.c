@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "../ops/kernels.h"
 #include "../peft/lora.h"
 #include "encoder.h"
@@ -65,7 +67,7 @@ struct pc_encoder {
     float *arena;
     int64_t arena_floats;
     int B, T;
-    int64_t inference_rows; /* eval forwards without a backward: tokens per group (0: all) */
+    int64_t inference_rows; /* eval forwards without a backward: tokens of scratch (0: all) */
     bool has_forward, training;
     bool first_token_only; /* the last layer of the last forward ran on first tokens only */
     bool keeping;          /* the forward in progress keeps its activations for a backward */
@@ -77,7 +79,10 @@ struct pc_encoder {
     bool has_mask;
     float *emb_sum, *emb_mean, *emb_rstd, *emb_out;
     layer_acts *acts;
+    layer_acts *workers;   /* without a backward: each worker's layer scratch (one group) */
+    int workers_cap;
     float *first_x;        /* (B,C) the last layer's input at the first tokens */
+    float *first_out;      /* (B,C) without a backward: a first-token-only last layer's output */
     float *act;            /* (N,I) every layer's activation output, then its gradient */
     float *probs, *h1;     /* (B,H,T,T), (N,C) every layer's, recomputed by the backward */
     float *out_buf[2];     /* (N,C) layer l's output in out_buf[l % 2] (one buffer without
@@ -261,6 +266,7 @@ void pc_encoder_free(pc_encoder *enc) {
     free(enc->slots);
     free(enc->layer);
     free(enc->acts);
+    free(enc->workers);
     free(enc->ids);
     pc_free(enc->arena);
     free(enc);
@@ -338,15 +344,19 @@ int64_t pc_encoder_inference_bytes_per_token(const pc_encoder *enc) {
  * With keep (a forward that a backward may follow) every layer keeps its activations and
  * the gradient scratch is laid out too. Without, only the hidden state (N,C) spans the
  * batch: the embeddings and every layer work in place in it (a layer reads its input before
- * it writes its output), and the layers' scratch is shared and sized for one group of
- * `group` sequences, the layers running group by group. */
+ * it writes its output; a first-token-only last layer writes first_out), and each of
+ * `workers` workers has one layer scratch region sized for a group of `group` sequences,
+ * through which it runs its groups of sequences. */
 static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool probs_per_layer,
-                              int group) {
+                              int workers, int group, bool first_token_only) {
     const pc_encoder_config *c = &enc->cfg;
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
-    if (keep) group = B;
-    const int64_t Ng = (int64_t)group * T; /* rows of the layer scratch */
+    if (keep) {
+        group = B;
+        workers = 1;
+    }
+    const int64_t Ng = (int64_t)group * T; /* rows of a worker's layer scratch */
     /* without keep one scratch region serves a layer's steps in turn, (W + C)·Ng floats
      * with W = max(4C, I): q|k|v (3C) and ctx (C), then pre (I) over both, and r1 = h1
      * (LayerNorm in place) behind; r2 is summed in the output rows (their input is consumed
@@ -356,14 +366,21 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     const int64_t per_layer = keep ? round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
                                          4 * round_up(N) + (probs_per_layer ? probs : 0)
                                    : round_up(Ng * (wide + C)) + 4 * round_up(Ng);
-    const int64_t stored_layers = keep ? L : (L > 0 ? 1 : 0);
+    const int64_t stored_layers = keep ? L : (L > 0 ? workers : 0);
     const int64_t shared = (probs_per_layer ? 0 : probs) + (keep ? 3 : 1) * round_up(N * C);
     const int64_t grad_scratch = 4 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = (keep ? 2 * round_up(N * C) : 0) + 2 * round_up(N) +
                          stored_layers * per_layer + (keep ? round_up(N * I) : 0) + shared +
-                         6 * round_up(B * C) + round_up(B * nl) + round_up(N) +
+                         7 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
+    if (workers > enc->workers_cap) {
+        layer_acts *w = calloc((size_t)workers, sizeof *w);
+        if (!w) return -1;
+        free(enc->workers);
+        enc->workers = w;
+        enc->workers_cap = workers;
+    }
     if (need > enc->arena_floats) {
         float *arena = pc_alloc(sizeof(float) * (size_t)need);
         layer_acts *acts = calloc((size_t)L + 1, sizeof *acts);
@@ -405,26 +422,29 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     } else {
         enc->act = enc->probs = enc->h1 = NULL;
     }
+    TAKE(enc->first_out, B * C);
+    for (int w = 0; w < (keep ? 0 : stored_layers); w++) {
+        layer_acts *a = &enc->workers[w];
+        float *region = p;
+        p += round_up(Ng * (wide + C));
+        a->qkv = region;
+        a->ctx = region + Ng * 3 * C;
+        a->pre = a->act = region; /* gelu in place */
+        a->r1 = a->h1 = region + Ng * wide;
+        a->r2 = NULL; /* the layer's output rows */
+        a->probs = NULL;
+        a->out = NULL;
+        TAKE(a->ln1_mean, Ng);
+        TAKE(a->ln1_rstd, Ng);
+        TAKE(a->ln2_mean, Ng);
+        TAKE(a->ln2_rstd, Ng);
+    }
     for (int l = 0; l < L; l++) {
         layer_acts *a = &enc->acts[l];
         if (!keep) {
-            if (l == 0) {
-                float *region = p;
-                p += round_up(Ng * (wide + C));
-                a->qkv = region;
-                a->ctx = region + Ng * 3 * C;
-                a->pre = a->act = region; /* gelu in place */
-                a->r1 = a->h1 = region + Ng * wide;
-                a->r2 = NULL; /* the layer's output rows */
-                a->probs = NULL;
-                a->out = enc->out_buf[0];
-                TAKE(a->ln1_mean, Ng);
-                TAKE(a->ln1_rstd, Ng);
-                TAKE(a->ln2_mean, Ng);
-                TAKE(a->ln2_rstd, Ng);
-            } else {
-                *a = enc->acts[0];
-            }
+            /* only the output: the scratch is the worker's */
+            memset(a, 0, sizeof *a);
+            a->out = first_token_only && l == L - 1 ? enc->first_out : enc->out_buf[0];
             continue;
         }
         TAKE(a->qkv, N * 3 * C);
@@ -521,33 +541,42 @@ static uint64_t slot_seed(const pc_encoder *enc, const pc_linear_slot *s) {
     return site_seed(enc->seed, (int)(s - enc->slots), SITE_LORA);
 }
 
-/* y (N,out) row stride ldy += LoRA(x), x (N,in) row stride ldx */
-static int slot_lora_forward(pc_encoder *enc, pc_linear_slot *s, float *y, int ldy,
-                             const float *x, int ldx, int N) {
+/* The slot's LoRA intermediate u = x·Aᵀ has room for `rows` rows (it grows, never shrinks) */
+static int reserve_lora_rows(pc_linear_slot *s, int64_t rows) {
     if (!s->lora.A) return 0;
+    const int64_t need = rows * s->lora.A->shape[0];
+    if (need <= s->lora_u_cap) return 0;
+    float *u = realloc(s->lora_u, sizeof(float) * (size_t)need);
+    if (!u) return -1;
+    s->lora_u = u;
+    s->lora_u_cap = need;
+    return 0;
+}
+
+/* y (N,out) row stride ldy += LoRA(x), x (N,in) row stride ldx. The rank-r intermediate
+ * x·Aᵀ (which the backward reads) fills rows [u_row, u_row + N) of the slot's u, so workers
+ * on disjoint rows of a batch never share it (their rows are reserved before they start). */
+static int slot_lora_forward(pc_encoder *enc, pc_linear_slot *s, float *y, int ldy,
+                             const float *x, int ldx, int N, int64_t u_row) {
+    if (!s->lora.A) return 0;
+    if (reserve_lora_rows(s, u_row + N) < 0) return -1;
     int r = (int)s->lora.A->shape[0];
-    if ((int64_t)N * r > s->lora_u_cap) {
-        float *u = realloc(s->lora_u, sizeof(float) * (size_t)N * r);
-        if (!u) return -1;
-        s->lora_u = u;
-        s->lora_u_cap = (int64_t)N * r;
-    }
-    return pc_lora_forward(y, ldy, s->lora_u, x, ldx, pc_f32(s->lora.A), pc_f32(s->lora.B),
-                           N, s->in, s->out, r, s->lora.scale, slot_lora_dropout(enc, s),
-                           slot_seed(enc, s));
+    return pc_lora_forward(y, ldy, s->lora_u + u_row * r, x, ldx, pc_f32(s->lora.A),
+                           pc_f32(s->lora.B), N, s->in, s->out, r, s->lora.scale,
+                           slot_lora_dropout(enc, s), slot_seed(enc, s));
 }
 
 static int slot_forward(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x, int N) {
     pc_linear_forward(y, x, pc_f32(s->weight), pc_f32(s->bias), N, s->in, s->out);
-    return slot_lora_forward(enc, s, y, s->out, x, s->in, N);
+    return slot_lora_forward(enc, s, y, s->out, x, s->in, N, 0);
 }
 
 /* y = x·Wᵀ (+ LoRA) without the bias, which the pass after the GEMM adds on its way
  * (bias_dropout_residual, bias_activation): one pass over y instead of two */
 static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x,
-                                 int N) {
+                                 int N, int64_t u_row) {
     pc_linear_forward(y, x, pc_f32(s->weight), NULL, N, s->in, s->out);
-    return slot_lora_forward(enc, s, y, s->out, x, s->in, N);
+    return slot_lora_forward(enc, s, y, s->out, x, s->in, N, u_row);
 }
 
 /* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
@@ -736,13 +765,14 @@ static void qkv_slot_view(const layer_rows *r, int s, const float *x, int N, flo
 
 /* Layer l on sequences [b0, b0 + B) of the batch: reads their rows of x (B·T rows from
  * x + b0·T·C) and writes their rows of out (from out + b0·T·C, or in a first-token-only last
- * layer B rows from out + b0·C). The layer's scratch (acts[l]) holds these B sequences. */
-static int layer_forward(pc_encoder *enc, int l, const float *x_batch, float *out_batch,
-                         int b0, int B) {
+ * layer B rows from out + b0·C). The scratch `a` (acts[l], or a worker's) holds these B
+ * sequences; LoRA intermediates go to the rows of the batch's, from b0·T. */
+static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_batch,
+                         float *out_batch, int b0, int B) {
     const pc_encoder_config *c = &enc->cfg;
     const int T = enc->T, N = B * T, C = c->hidden, I = c->intermediate;
+    const int64_t u_row = (int64_t)b0 * T;
     layer_params *lp = &enc->layer[l];
-    layer_acts *a = &enc->acts[l];
     const float *x = x_batch + (int64_t)b0 * T * C;
     const float *key_mask = enc->has_mask ? enc->key_mask + (int64_t)b0 * T : NULL;
     float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
@@ -765,7 +795,7 @@ static int layer_forward(pc_encoder *enc, int l, const float *x_batch, float *ou
     for (int s = SLOT_Q; s <= (r.folded ? SLOT_Q : SLOT_V); s++) {
         float *y; const float *in; int ldy, rows;
         qkv_slot_view(&r, s, x, N, &y, &ldy, &in, &rows);
-        if (slot_lora_forward(enc, lp->slot[s], y, ldy, in, C, rows) < 0) return -1;
+        if (slot_lora_forward(enc, lp->slot[s], y, ldy, in, C, rows, u_row) < 0) return -1;
     }
     const pc_attention_dims dims = attention_dims(enc, &r, B);
     if (r.folded) {
@@ -778,15 +808,15 @@ static int layer_forward(pc_encoder *enc, int l, const float *x_batch, float *ou
         return -1;
     }
     pc_linear_slot *ao = lp->slot[SLOT_AO], *inter = lp->slot[SLOT_I], *o = lp->slot[SLOT_O];
-    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq) < 0) return -1;
+    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row) < 0) return -1;
     bias_dropout_residual(a->r1, pc_f32(ao->bias), r.xq, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_AO));
     pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                          pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
-    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq) < 0) return -1;
+    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row) < 0) return -1;
     bias_activation(enc, a->act, a->pre, pc_f32(inter->bias), Nq, I);
     float *r2 = a->r2 ? a->r2 : out;
-    if (slot_forward_unbiased(enc, o, r2, a->act, Nq) < 0) return -1;
+    if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row) < 0) return -1;
     bias_dropout_residual(r2, pc_f32(o->bias), a->h1, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_O));
     pc_layernorm_forward(out, a->ln2_mean, a->ln2_rstd, r2, pc_f32(lp->ln2_w),
@@ -858,6 +888,47 @@ static int head_forward(pc_encoder *enc) {
     return 0;
 }
 
+/* Every layer on sequences [begin, end), `group` sequences at a time, in the scratch `worker`
+ * (NULL: each layer's own, acts[l]) */
+static int layers_forward(pc_encoder *enc, layer_acts *worker, int begin, int end, int group) {
+    for (int b0 = begin; b0 < end; b0 += group) {
+        const int n = end - b0 < group ? end - b0 : group;
+        const float *x = enc->emb_out;
+        for (int l = 0; l < enc->cfg.layers; l++) {
+            if (layer_forward(enc, l, worker ? worker : &enc->acts[l], x, enc->acts[l].out, b0,
+                              n) < 0)
+                return -1;
+            x = enc->acts[l].out;
+        }
+    }
+    return 0;
+}
+
+/* Eval forwards without a backward split the batch among W workers, one per thread: worker
+ * w runs every layer on sequences [w·S, (w+1)·S), S = ⌊B/W⌋, with single-threaded ops,
+ * `group` sequences at a time in its own scratch, so the threads meet once per forward
+ * instead of after every op. The B mod W sequences left over then run with all threads on
+ * each op. Each row's result is the same either way. */
+static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
+    const int share = workers > 1 ? B / workers : 0;
+    if (workers > 1) {
+        /* the LoRA intermediates of the whole batch, before the workers write their rows */
+        for (int i = 0; i < enc->num_slots; i++)
+            if (reserve_lora_rows(&enc->slots[i], (int64_t)B * enc->T) < 0) return -1;
+        int failed = 0;
+        #pragma omp parallel num_threads(workers)
+        {
+            for (int w = omp_get_thread_num(); w < workers; w += omp_get_num_threads())
+                if (layers_forward(enc, &enc->workers[w], w * share, (w + 1) * share, group) < 0) {
+                    #pragma omp atomic write
+                    failed = 1;
+                }
+        }
+        if (failed) return -1;
+    }
+    return layers_forward(enc, &enc->workers[0], workers * share, B, group);
+}
+
 int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
                        const int64_t *token_types, const float *key_mask, int B, int T,
                        bool training, bool keep_activations, bool first_token_only,
@@ -870,14 +941,24 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
         for (int s = 0; s < SLOTS_PER_LAYER; s++)
             dense_trains = dense_trains || wants_grad(enc->layer[l].slot[s]->weight);
     const bool probs_per_layer = keep_activations && !dense_trains;
-    /* eval forwards without a backward run the layers group by group (fewer scratch rows);
-     * dropout counts its elements over the whole batch, so training forwards never do */
-    int group = B;
-    if (!keep_activations && !training && enc->inference_rows > 0) {
-        int64_t per = enc->inference_rows / T;
-        group = per < 1 ? 1 : per < B ? (int)per : B;
+    /* eval forwards without a backward run on workers (workers_forward), each through its
+     * groups of sequences, the scratch of all workers together for at most inference_rows
+     * tokens (but one sequence each); dropout counts its elements over the whole batch, so
+     * training forwards run whole */
+    const bool split = !keep_activations && !training;
+    int workers = 1, group = B;
+    if (split) {
+        const int threads = pc_threads_here();
+        workers = threads < B ? threads : B;
+        group = B / workers;
+        if (enc->inference_rows > 0) {
+            const int64_t per = enc->inference_rows / workers / T;
+            group = per < 1 ? 1 : per < group ? (int)per : group;
+        }
     }
-    if (ensure_activations(enc, B, T, keep_activations, probs_per_layer, group) < 0) return -1;
+    if (ensure_activations(enc, B, T, keep_activations, probs_per_layer, workers, group,
+                           first_token_only) < 0)
+        return -1;
     enc->probs_per_layer = probs_per_layer;
     const int64_t N = (int64_t)B * T;
     memcpy(enc->ids, ids, sizeof(int64_t) * N);
@@ -890,13 +971,9 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     enc->keeping = keep_activations;
     enc->seed = seed;
     embeddings_forward(enc, (int)N);
-    const float *x = enc->emb_out;
-    for (int l = 0; l < enc->cfg.layers; l++) {
-        for (int b0 = 0; b0 < B; b0 += group)
-            if (layer_forward(enc, l, x, enc->acts[l].out, b0, B - b0 < group ? B - b0 : group) < 0)
-                return -1;
-        x = enc->acts[l].out;
-    }
+    if (split ? workers_forward(enc, B, workers, group) < 0
+              : layers_forward(enc, keep_activations ? NULL : &enc->workers[0], 0, B, B) < 0)
+        return -1;
     enc->has_forward = true;
     if (head_forward(enc) < 0) {
         enc->has_forward = false;

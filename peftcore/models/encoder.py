@@ -45,12 +45,14 @@ class EncoderModel(Module):
     architecture prefix ("bert." / "roberta.")."""
 
     with_head = False
-    # An eval forward under no_grad runs each layer over groups of whole sequences of at
-    # most about `inference_rows` tokens (at least one sequence), so its scratch memory is
-    # bounded whatever the batch size; the outputs are the same. None: the whole batch at
-    # once. The default is as many tokens as fit INFERENCE_SCRATCH_BYTES of layer scratch:
-    # 2182 for bert-base (15 KB a token), 4359 for MiniLM-L6 (7.5 KB a token), so a 32×128
-    # MiniLM batch runs in one group, where its GEMMs are longest.
+    # An eval forward under no_grad splits the batch among one worker per thread, and each
+    # worker runs every layer over groups of its whole sequences, the groups of all workers
+    # together at most about `inference_rows` tokens (at least one sequence each), so its
+    # scratch memory is bounded whatever the batch size; the outputs are the same. None:
+    # each worker's share at once. The default is as many tokens as fit
+    # INFERENCE_SCRATCH_BYTES of layer scratch: 2182 for bert-base (15 KB a token), 4359 for
+    # MiniLM-L6 (7.5 KB a token), so a 32×128 MiniLM batch runs in one group per worker,
+    # where its GEMMs are longest.
     INFERENCE_SCRATCH_BYTES = 32 << 20
     inference_rows: int | None
 
