@@ -132,8 +132,9 @@ def parse_args():
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
     ap.add_argument("--inference-rows", type=int, default=None,
-                    help="peftcore's model.inference_rows: eval forwards in groups of about this "
-                         "many tokens; 0 = the whole batch at once (default: peftcore's, 2048)")
+                    help="peftcore's model.inference_rows: eval forwards hold layer scratch for "
+                         "about this many tokens over all threads' workers; 0 = each worker's "
+                         "share of the batch at once (default: peftcore's, 32 MiB of scratch)")
     ap.add_argument("--json", help="also write all results to this file")
     # child-only options
     ap.add_argument("--child", choices=("prepare",) + FRAMEWORKS, help=argparse.SUPPRESS)
