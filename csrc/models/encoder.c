@@ -949,7 +949,7 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     int workers = 1, group = B;
     if (split) {
         const int threads = pc_threads_here();
-        workers = threads < B ? threads : B;
+        workers = threads < B ? threads : B > 1 ? B : 1;
         group = B / workers;
         if (enc->inference_rows > 0) {
             const int64_t per = enc->inference_rows / workers / T;
