@@ -366,12 +366,13 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     const int64_t per_layer = keep ? round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
                                          4 * round_up(N) + (probs_per_layer ? probs : 0)
                                    : round_up(Ng * (wide + C)) + 4 * round_up(Ng);
-    const int64_t stored_layers = keep ? L : (L > 0 ? workers : 0);
+    /* layer scratch regions: every layer's with keep, else one per worker */
+    const int64_t regions = keep ? L : (L > 0 ? workers : 0);
     const int64_t shared = (probs_per_layer ? 0 : probs) + (keep ? 3 : 1) * round_up(N * C);
     const int64_t grad_scratch = 4 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
                                  round_up(N * I) + round_up(B * C);
     const int64_t need = (keep ? 2 * round_up(N * C) : 0) + 2 * round_up(N) +
-                         stored_layers * per_layer + (keep ? round_up(N * I) : 0) + shared +
+                         regions * per_layer + (keep ? round_up(N * I) : 0) + shared +
                          7 * round_up(B * C) + round_up(B * nl) + round_up(N) +
                          (keep ? grad_scratch : 0);
     if (workers > enc->workers_cap) {
@@ -423,7 +424,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
         enc->act = enc->probs = enc->h1 = NULL;
     }
     TAKE(enc->first_out, B * C);
-    for (int w = 0; w < (keep ? 0 : stored_layers); w++) {
+    for (int w = 0; !keep && w < regions; w++) {
         layer_acts *a = &enc->workers[w];
         float *region = p;
         p += round_up(Ng * (wide + C));
@@ -910,22 +911,21 @@ static int layers_forward(pc_encoder *enc, layer_acts *worker, int begin, int en
  * instead of after every op. The B mod W sequences left over then run with all threads on
  * each op. Each row's result is the same either way. */
 static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
-    const int share = workers > 1 ? B / workers : 0;
-    if (workers > 1) {
-        /* the LoRA intermediates of the whole batch, before the workers write their rows */
-        for (int i = 0; i < enc->num_slots; i++)
-            if (reserve_lora_rows(&enc->slots[i], (int64_t)B * enc->T) < 0) return -1;
-        int failed = 0;
-        #pragma omp parallel num_threads(workers)
-        {
-            for (int w = omp_get_thread_num(); w < workers; w += omp_get_num_threads())
-                if (layers_forward(enc, &enc->workers[w], w * share, (w + 1) * share, group) < 0) {
-                    #pragma omp atomic write
-                    failed = 1;
-                }
-        }
-        if (failed) return -1;
+    if (workers == 1) return layers_forward(enc, &enc->workers[0], 0, B, group);
+    const int share = B / workers;
+    /* the LoRA intermediates of the whole batch, before the workers write their rows */
+    for (int i = 0; i < enc->num_slots; i++)
+        if (reserve_lora_rows(&enc->slots[i], (int64_t)B * enc->T) < 0) return -1;
+    int failed = 0;
+    #pragma omp parallel num_threads(workers)
+    {
+        for (int w = omp_get_thread_num(); w < workers; w += omp_get_num_threads())
+            if (layers_forward(enc, &enc->workers[w], w * share, (w + 1) * share, group) < 0) {
+                #pragma omp atomic write
+                failed = 1;
+            }
     }
+    if (failed) return -1;
     return layers_forward(enc, &enc->workers[0], workers * share, B, group);
 }
 
@@ -971,8 +971,8 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     enc->keeping = keep_activations;
     enc->seed = seed;
     embeddings_forward(enc, (int)N);
-    if (split ? workers_forward(enc, B, workers, group) < 0
-              : layers_forward(enc, keep_activations ? NULL : &enc->workers[0], 0, B, B) < 0)
+    if (keep_activations ? layers_forward(enc, NULL, 0, B, B) < 0
+                         : workers_forward(enc, B, workers, group) < 0)
         return -1;
     enc->has_forward = true;
     if (head_forward(enc) < 0) {
