@@ -146,10 +146,12 @@ def child_peftcore(args):
             if _LORA_NAME.search(name):
                 p[...] = lora_values(name, p.shape)
         model.eval()
-        before = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
+        with peftcore.no_grad():  # as torch.inference_mode: no activations kept for a backward
+            before = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
         model = model.merge_and_unload()
         model.eval()
-        after = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
+        with peftcore.no_grad():
+            after = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
         check = float(np.abs(before - after).max())
     named = list(model.named_parameters())
     trainable = [p for _, p in named if p.requires_grad]
