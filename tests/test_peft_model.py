@@ -434,6 +434,31 @@ def test_merge_unmerge_and_merge_and_unload(task_type):
     assert _close(_logits(merged, batch), adapted)
 
 
+def test_merged_weight_is_base_plus_scaled_b_times_a_rounded_once():
+    """merge writes fl32(W + s·B·A) with the sum in float64, for every row, including the
+    rows of a last partial block (intermediate_size 37 is not a multiple of the 32-row block);
+    unmerge comes back to W within one float32 rounding of each step"""
+    base = _base(intermediate_size=37)
+    pm = get_peft_model(base, LoraConfig(r=3, lora_alpha=5, target_modules=["intermediate.dense"],
+                                         init_lora_weights=False))
+    _randomize_adapter(pm, "default", seed=4)
+    params = dict(pm.named_parameters())
+    prefix = "base_model.model.bert.encoder.layer.1.intermediate.dense."
+    w = np.array(params[prefix + "base_layer.weight"], copy=True)
+    a = np.asarray(params[prefix + "lora_A.default.weight"], np.float64)
+    b = np.asarray(params[prefix + "lora_B.default.weight"], np.float64)
+    assert w.shape == (37, CFG["hidden_size"])
+    expected = (w.astype(np.float64) + (5 / 3) * (b @ a)).astype(np.float32)
+    pm.merge_adapter()
+    merged = np.asarray(params[prefix + "base_layer.weight"])
+    ulp = np.spacing(np.abs(expected))
+    assert np.all(np.abs(merged - expected) <= ulp)  # b @ a sums in another order
+    assert not np.array_equal(merged, w)
+    pm.unmerge_adapter()
+    restored = np.asarray(params[prefix + "base_layer.weight"])
+    assert np.all(np.abs(restored - w) <= 2 * np.spacing(np.abs(w)) + 2 * ulp)
+
+
 def test_set_adapter_while_merged_unmerges_first():
     batch = _batch()
     pm = get_peft_model(_base(), LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))

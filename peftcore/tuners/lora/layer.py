@@ -102,31 +102,41 @@ class LoraLinear(Module):
         A, B = self.weights(a)
         self._engine.set_lora(self.index, A.tensor, B.tensor, self.scaling[a], self.dropout_p[a])
 
-    def delta_weight(self, adapter: str) -> np.ndarray:
-        """ΔW (out, in) = s·B·A, in float64 for an exact merge/unmerge round trip.
+    # rows of W updated per block by merge/unmerge: the float64 temporaries are a few
+    # (32, in) blocks instead of several whole (out, in) copies
+    _MERGE_ROWS = 32
+
+    def delta_weight(self, adapter: str, rows: slice = slice(None)) -> np.ndarray:
+        """ΔW (out, in) = s·B·A, or its rows `rows`, in float64 for an exact merge/unmerge
+        round trip.
 
         Summed as r outer products rather than with `@`: NumPy's BLAS would start its own
         thread pool, whose idle threads then compete with the engine's for the cores."""
         A, B = self.weights(adapter)
-        A64, B64 = np.asarray(A, np.float64), np.asarray(B, np.float64)
+        A64, B64 = np.asarray(A, np.float64), np.asarray(B[rows], np.float64)
         delta = np.zeros((B64.shape[0], A64.shape[1]))
         for j in range(A64.shape[0]):
             delta += np.multiply.outer(B64[:, j], A64[j])
         return self.scaling[adapter] * delta
 
+    def _add_delta(self, adapter: str, sign: float):
+        """W += sign·ΔW, block of rows by block of rows, each sum rounded once to float32"""
+        w = self.base_weight
+        for r0 in range(0, w.shape[0], self._MERGE_ROWS):
+            rows = slice(r0, r0 + self._MERGE_ROWS)
+            w[rows] = (np.asarray(w[rows], np.float64)
+                       + sign * self.delta_weight(adapter, rows)).astype(np.float32)
+
     def merge(self, adapter: str):
         if adapter in self.merged_adapters:
             return
-        w = self.base_weight
-        w[...] = (np.asarray(w, np.float64) + self.delta_weight(adapter)).astype(np.float32)
+        self._add_delta(adapter, 1.0)
         self.merged_adapters.append(adapter)
         self.sync()
 
     def unmerge(self):
         while self.merged_adapters:
-            adapter = self.merged_adapters.pop()
-            w = self.base_weight
-            w[...] = (np.asarray(w, np.float64) - self.delta_weight(adapter)).astype(np.float32)
+            self._add_delta(self.merged_adapters.pop(), -1.0)
         self.sync()
 
     def extra_repr(self):
