@@ -459,6 +459,26 @@ def test_merged_weight_is_base_plus_scaled_b_times_a_rounded_once():
     assert np.all(np.abs(restored - w) <= 2 * np.spacing(np.abs(w)) + 2 * ulp)
 
 
+def test_merge_that_fails_midway_leaves_the_weight_unchanged(monkeypatch):
+    pm = get_peft_model(_base(intermediate_size=37),
+                        LoraConfig(r=2, target_modules=["intermediate.dense"], init_lora_weights=False))
+    _randomize_adapter(pm, "default", seed=5)
+    layer = pm.base_model.model.bert.encoder.layer[0].intermediate.dense
+    w = np.array(layer.base_weight, copy=True)
+    real, calls = type(layer).delta_weight, []
+
+    def failing_on_second_block(self, adapter, rows=slice(None)):
+        calls.append(rows)
+        if len(calls) == 2:
+            raise MemoryError("simulated")
+        return real(self, adapter, rows)
+
+    monkeypatch.setattr(type(layer), "delta_weight", failing_on_second_block)
+    with pytest.raises(MemoryError):
+        layer.merge("default")
+    assert np.array_equal(layer.base_weight, w) and layer.merged_adapters == []
+
+
 def test_set_adapter_while_merged_unmerges_first():
     batch = _batch()
     pm = get_peft_model(_base(), LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))

@@ -120,12 +120,18 @@ class LoraLinear(Module):
         return self.scaling[adapter] * delta
 
     def _add_delta(self, adapter: str, sign: float):
-        """W += sign·ΔW, block of rows by block of rows, each sum rounded once to float32"""
+        """W += sign·ΔW, block of rows by block of rows, each sum rounded once to float32;
+        W is unchanged if any block fails (out of memory, interrupted)"""
         w = self.base_weight
-        for r0 in range(0, w.shape[0], self._MERGE_ROWS):
-            rows = slice(r0, r0 + self._MERGE_ROWS)
-            w[rows] = (np.asarray(w[rows], np.float64)
-                       + sign * self.delta_weight(adapter, rows)).astype(np.float32)
+        before = np.array(w, copy=True)
+        try:
+            for r0 in range(0, w.shape[0], self._MERGE_ROWS):
+                rows = slice(r0, r0 + self._MERGE_ROWS)
+                w[rows] = (np.asarray(w[rows], np.float64)
+                           + sign * self.delta_weight(adapter, rows)).astype(np.float32)
+        except BaseException:
+            w[...] = before
+            raise
 
     def merge(self, adapter: str):
         if adapter in self.merged_adapters:
