@@ -107,8 +107,8 @@ class LoraLinear(Module):
     _MERGE_ROWS = 32
 
     def delta_weight(self, adapter: str, rows: slice = slice(None)) -> np.ndarray:
-        """ΔW (out, in) = s·B·A, or its rows `rows`, in float64 for an exact merge/unmerge
-        round trip.
+        """ΔW (out, in) = s·B·A, or its rows `rows`, in float64, so that W + ΔW is rounded to
+        float32 once (merge then unmerge restores W to within that rounding).
 
         Summed as r outer products rather than with `@`: NumPy's BLAS would start its own
         thread pool, whose idle threads then compete with the engine's for the cores."""
