@@ -707,11 +707,11 @@ def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
     if no_grad:
         with peftcore.no_grad():
             compact = model(ids, attention_mask=mask).logits
-            hidden, _, full = model._run(ids, mask, None, None, True)
+            hidden, _, full = model._run(model._prepare_inputs(ids, mask, None, None), True)
         assert hidden.shape == ids.shape + (TINY["hidden_size"],)
         np.testing.assert_allclose(compact, full, rtol=1e-5, atol=1e-6)
         return
-    hidden, _, full = model._run(ids, mask, None, None, True)
+    hidden, _, full = model._run(model._prepare_inputs(ids, mask, None, None), True)
     model.backward(g)
     full_grads = {n: p.grad.copy() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -871,18 +871,18 @@ def test_default_inference_rows_fill_the_scratch_budget():
 
 @pytest.mark.parametrize("rows", [0, -5, 2.5, "64", True])
 def test_inference_rows_must_be_a_positive_int(rows):
-    """A bad inference_rows is refused at the forward with what was given; the model still
-    runs once it is fixed."""
+    """A bad inference_rows is refused when it is set, naming what was given; the setting
+    before it stays and the model runs as before."""
     import peftcore
 
     ids, mask = _batch("bert", TINY["vocab_size"], B=3, T=6)
     model = AutoModelForSequenceClassification.from_config(dict(TINY, model_type="bert"),
                                                            seed=2).eval()
+    model.inference_rows = 6
     with peftcore.no_grad():
         expected = model(ids, attention_mask=mask).logits
-        model.inference_rows = rows
         with pytest.raises(ValueError, match=f"inference_rows must be None or a positive int.*{rows!r}"):
-            model(ids, attention_mask=mask)
-        model.inference_rows = 6
+            model.inference_rows = rows
+        assert model.inference_rows == 6
         np.testing.assert_allclose(model(ids, attention_mask=mask).logits, expected, rtol=1e-6,
                                    atol=1e-7)

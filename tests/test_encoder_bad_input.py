@@ -115,6 +115,15 @@ CASES = {
     "mask_shape": (_cls, _fwd(attention_mask=mask0[:, :5]), ValueError),
     "mask_transposed": (_cls, _fwd(attention_mask=np.ones((6, 2), np.int64)), ValueError),
     "mask_batch": (_cls, _fwd(attention_mask=mask0[:1]), ValueError),
+    "mask_value_2": (_cls, _fwd(attention_mask=mask0 * 2), ValueError),
+    "mask_negative": (_cls, _fwd(attention_mask=-mask0), ValueError),
+    "ids_uint64_past_int64": (_cls, _fwd(input_ids=np.where(ids0 == 7, 2**63 + 5, ids0)
+                                         .astype(np.uint64)), IndexError),
+    "positions_float": (_cls, _fwd(position_ids=np.arange(6, dtype=np.float64)), TypeError),
+    "positions_strings": (_cls, _fwd(position_ids=np.array(list("abcdef"))), TypeError),
+    "positions_shape": (_cls, _fwd(position_ids=np.arange(5)), ValueError),
+    "positions_batch": (_cls, _fwd(position_ids=np.zeros((3, 6), np.int64)), ValueError),
+    "positions_negative": (_cls, _fwd(position_ids=np.arange(6) - 1), IndexError),
     "types_shape": (_cls, _fwd(token_type_ids=np.zeros((2, 7), np.int64)), ValueError),
     "types_float": (_cls, _fwd(token_type_ids=np.zeros((2, 6), np.float32)), TypeError),
     "types_out_of_range": (_cls, _fwd(token_type_ids=np.full((2, 6), 2)), IndexError),
@@ -127,6 +136,10 @@ CASES = {
     "label_2d": (_cls, _fwd(labels=np.array([[1], [0]])), ValueError),
     "mse_label_count": (lambda: _cls(dict(CONFIG, num_labels=1)),
                         _fwd(labels=np.array([0.5, 1.0, 2.0], np.float32)), ValueError),
+    "mse_label_strings": (lambda: _cls(dict(CONFIG, num_labels=1)),
+                          _fwd(labels=np.array(["0.5", "x"])), TypeError),
+    "inference_rows_zero": (_cls, lambda m: setattr(m, "inference_rows", 0), ValueError),
+    "inference_rows_float": (_cls, lambda m: setattr(m, "inference_rows", 64.0), ValueError),
     # backward
     "backward_before_forward": (_cls, lambda m: m.backward(), RuntimeError),
     "backward_grad_before_forward": (_cls, lambda m: m.backward(np.ones((2, 3), np.float32)),
@@ -236,6 +249,39 @@ def test_error_messages_name_the_problem():
         model(ids, attention_mask=mask, labels=np.array([3, 0]))
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=mask[:, :5])
+    with pytest.raises(ValueError, match=r"attention_mask must hold 1 .* or 0 .*, got 2"):
+        model(ids, attention_mask=mask * 2)
+    with pytest.raises(TypeError, match="position_ids must be int"):
+        model(ids, attention_mask=mask, position_ids=np.arange(6.0))
+    with pytest.raises(ValueError, match=r"position_ids has shape \(5,\), input_ids \(2, 6\)"):
+        model(ids, attention_mask=mask, position_ids=np.arange(5))
+    with pytest.raises(IndexError, match=str(2**63 + 5)):
+        model(np.full((1, 3), 2**63 + 5, np.uint64))
+
+
+@pytest.mark.parametrize("bad_call", [
+    lambda m, ids, mask: m(ids, attention_mask=mask, labels=np.array([3, 0])),
+    lambda m, ids, mask: m(ids, attention_mask=mask, labels=np.array([1.5, 0.0])),
+    lambda m, ids, mask: m(ids, attention_mask=mask * 2, labels=LABELS),
+    lambda m, ids, mask: m(ids[:, :5], attention_mask=mask, labels=LABELS),
+], ids=["label_range", "label_dtype", "mask_value", "mask_shape"])
+def test_refused_forward_keeps_the_pending_backward(bad_call):
+    """A forward refused for its arguments must not run: the previous forward's activations
+    and loss gradient stay, so backward() afterwards gives the gradients of that forward."""
+    ids, mask = _batch()
+    plain, refused = _cls().train(), _cls().train()  # same seed: same dropout masks
+    plain(ids, attention_mask=mask, labels=LABELS)
+    plain.backward()
+
+    refused(ids, attention_mask=mask, labels=LABELS)
+    with pytest.raises((ValueError, TypeError)):
+        bad_call(refused, ids, mask)
+    refused.backward()
+    for n, p in refused.named_parameters():
+        np.testing.assert_array_equal(p.grad, plain.get_parameter(n).grad, err_msg=n)
+    # nor did it draw a dropout mask: the next forwards of both match too
+    np.testing.assert_array_equal(refused(ids, attention_mask=mask).logits,
+                                  plain(ids, attention_mask=mask).logits)
 
 
 def test_sequence_at_the_position_limit_works():

@@ -54,7 +54,6 @@ class EncoderModel(Module):
     # MiniLM-L6 (7.5 KB a token), so a 32×128 MiniLM batch runs in one group per worker,
     # where its GEMMs are longest.
     INFERENCE_SCRATCH_BYTES = 32 << 20
-    inference_rows: int | None
 
     def __init__(self, config: EncoderConfig, seed: int = 0, add_pooling_layer: bool = True,
                  _init_weights: bool = True):
@@ -74,6 +73,14 @@ class EncoderModel(Module):
         self._build_tree()
         if _init_weights:
             self.init_weights(seed)
+
+    @property
+    def inference_rows(self) -> int | None:
+        return self._inference_rows
+
+    @inference_rows.setter
+    def inference_rows(self, rows):
+        self._inference_rows = None if rows is None else _check_rows(rows)
 
     # ------------------------------------------------------------ structure
 
@@ -284,7 +291,7 @@ class EncoderModel(Module):
             ids = ids[None, :]
         if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
             raise ValueError(f"input_ids must be a non-empty (batch, seq_len) array, got shape {ids.shape}")
-        ids = ids.astype(np.int64, copy=False)
+        ids = _as_int64(ids, "input_ids")
         B, T = ids.shape
         c = self.config
         if attention_mask is not None:
@@ -295,6 +302,9 @@ class EncoderModel(Module):
                 raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
             if mask.dtype.kind not in "iub":
                 raise TypeError(f"attention_mask must be an int or bool array, got {mask.dtype}")
+            if mask.dtype.kind != "b" and ((mask != 0) & (mask != 1)).any():
+                bad = mask[(mask != 0) & (mask != 1)][0]
+                raise ValueError(f"attention_mask must hold 1 (attend) or 0 (padding), got {bad}")
             mask = mask.astype(np.int64)
         else:
             mask = None
@@ -308,6 +318,7 @@ class EncoderModel(Module):
                 raise ValueError(f"token_type_ids has shape {types.shape}, input_ids {ids.shape}")
             if types.dtype.kind not in "iu":
                 raise TypeError(f"token_type_ids must be int32 or int64, got {types.dtype}")
+            types = _as_int64(types, "token_type_ids")
         if position_ids is None:
             if c.model_type == "roberta":
                 # RoBERTa counts positions from padding_idx + 1 over non-padding tokens
@@ -316,24 +327,29 @@ class EncoderModel(Module):
             else:
                 positions = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))
         else:
-            positions = np.broadcast_to(np.asarray(position_ids), (B, T))
+            positions = np.asarray(position_ids)
+            if positions.dtype.kind not in "iu":
+                raise TypeError(f"position_ids must be int32 or int64, got {positions.dtype}")
+            if positions.shape not in ((T,), (1, T), (B, T)):
+                raise ValueError(f"position_ids has shape {positions.shape}, input_ids {ids.shape} "
+                                 f"(expected ({T},), (1, {T}) or ({B}, {T}))")
+            positions = np.broadcast_to(_as_int64(positions, "position_ids"), (B, T))
         longest = int(positions.max()) + 1
         if longest > c.max_position_embeddings:
             raise ValueError(f"sequence length {T} needs position {longest - 1}, but "
                              f"max_position_embeddings is {c.max_position_embeddings}")
         return ids, mask, types, np.ascontiguousarray(positions, dtype=np.int64)
 
-    def _run(self, input_ids, attention_mask, token_type_ids, position_ids, want_hidden):
-        ids, mask, types, positions = self._prepare_inputs(input_ids, attention_mask,
-                                                           token_type_ids, position_ids)
+    def _run(self, inputs, want_hidden):
+        """The engine forward on checked inputs (from _prepare_inputs). Everything that can
+        be refused is refused before the engine runs, so a bad call leaves the last forward's
+        activations and pending gradient in place."""
+        ids, mask, types, positions = inputs
         self._pending_grad = None
-        keep = is_grad_enabled()
-        B, T = ids.shape
-        rows = self.inference_rows
-        self._engine.set_inference_rows(0 if rows is None else _check_rows(rows))
+        self._engine.set_inference_rows(self._inference_rows or 0)
         seed = (self._seed * 0x9E3779B1 + next(self._forward_counter)) % 2**64
         return self._engine.forward(ids, positions, types, mask, self.training, seed,
-                                    want_hidden, keep)
+                                    want_hidden, is_grad_enabled())
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -345,8 +361,8 @@ class AutoModelBase(EncoderModel):
     with_head = False
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
-        hidden, pooled, _ = self._run(input_ids, attention_mask, token_type_ids, position_ids,
-                                      True)
+        inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        hidden, pooled, _ = self._run(inputs, True)
         return BaseModelOutputWithPooling(hidden, pooled)
 
     def backward(self, grad=None, *, grad_last_hidden_state=None, grad_pooler_output=None):
@@ -369,20 +385,29 @@ class SequenceClassificationBase(EncoderModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 labels=None):
-        _, _, logits = self._run(input_ids, attention_mask, token_type_ids, position_ids, False)
+        inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        target = None if labels is None else self._check_labels(labels, inputs[0].shape[0])
+        _, _, logits = self._run(inputs, False)
         loss = None
-        if labels is not None:
-            loss, self._pending_grad = self._loss_and_grad(logits, labels)
+        if target is not None:
+            if self.config.num_labels == 1:  # regression (STS-B): MSE
+                loss = _C.mse_forward(logits, target)
+                self._pending_grad = _C.mse_backward(logits, target, 1.0)
+            else:
+                loss = _C.cross_entropy_forward(logits, target, -100)
+                self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-    def _loss_and_grad(self, logits, labels):
+    def _check_labels(self, labels, B):
+        """labels as the loss takes them: (B, 1) float32 targets for num_labels == 1 (MSE),
+        else (B,) int class ids in [0, num_labels) or -100 (ignored)."""
         labels = np.asarray(labels)
-        B = logits.shape[0]
-        if self.config.num_labels == 1:  # regression (STS-B): MSE
-            target = labels.astype(np.float32).reshape(B, 1) if labels.size == B else None
-            if target is None:
+        if self.config.num_labels == 1:
+            if labels.size != B:
                 raise ValueError(f"labels must hold one value per example ({B}), got shape {labels.shape}")
-            return _C.mse_forward(logits, target), _C.mse_backward(logits, target, 1.0)
+            if labels.dtype.kind not in "iuf":
+                raise TypeError(f"labels must be numbers for num_labels=1 (regression), got {labels.dtype}")
+            return labels.astype(np.float32).reshape(B, 1)
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must be int class ids for num_labels={self.config.num_labels}, "
                             f"got {labels.dtype}")
@@ -392,8 +417,7 @@ class SequenceClassificationBase(EncoderModel):
         if bad.any():
             raise ValueError(f"labels must be in [0, {self.config.num_labels}) or -100, got "
                              f"{labels[bad][0]}")
-        return (_C.cross_entropy_forward(logits, labels, -100),
-                _C.cross_entropy_backward(logits, labels, -100, 1.0))
+        return labels
 
     def backward(self, grad_logits=None):
         """Accumulate gradients into .grad of trainable parameters: of the loss of the last
@@ -423,6 +447,13 @@ class RobertaForSequenceClassification(SequenceClassificationBase):
 
 _AUTO = {"bert": BertModel, "roberta": RobertaModel}
 _AUTO_SEQ = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification}
+
+
+def _as_int64(array, name):
+    """An int array as int64; uint64 values past int64's range raise rather than wrap."""
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"{name} contains {array.max()}, past the int64 range of ids")
+    return array.astype(np.int64, copy=False)
 
 
 def _check_rows(rows) -> int:

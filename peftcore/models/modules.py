@@ -61,6 +61,14 @@ class Module:
             module = module._modules[part]
         return module
 
+    def get_parameter(self, target: str):
+        """The parameter at a dotted name, e.g. "bert.pooler.dense.weight"."""
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        if name not in module._parameters:
+            raise AttributeError(f"no parameter {target!r}")
+        return module._parameters[name]
+
     def extra_repr(self) -> str:
         return ""
 
