@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
@@ -40,6 +41,11 @@ def _is_int(x) -> bool:
 
 def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_positive_number(x) -> bool:
+    """A finite real > 0 (a NaN or infinite scale would poison every output)."""
+    return _is_real(x) and math.isfinite(x) and x > 0
 
 
 def _str_collection(name: str, value, *, as_set: bool):
@@ -108,8 +114,8 @@ class LoraConfig(PeftConfig):
 
         if not _is_int(self.r) or self.r <= 0:
             raise ValueError(f"`r` must be a positive int, got {self.r!r}")
-        if not _is_real(self.lora_alpha) or self.lora_alpha <= 0:
-            raise ValueError(f"`lora_alpha` must be a number > 0, got {self.lora_alpha!r}")
+        if not _is_positive_number(self.lora_alpha):
+            raise ValueError(f"`lora_alpha` must be a finite number > 0, got {self.lora_alpha!r}")
         if not _is_real(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"`lora_dropout` must be a float in [0, 1), got {self.lora_dropout!r}")
         if self.bias not in _BIAS_VALUES:
@@ -149,8 +155,8 @@ class LoraConfig(PeftConfig):
             if not isinstance(key, str) or not _is_int(value) or value <= 0:
                 raise ValueError(f"`rank_pattern` must map str to positive ints, got {key!r}: {value!r}")
         for key, value in self.alpha_pattern.items():
-            if not isinstance(key, str) or not _is_real(value) or value <= 0:
-                raise ValueError(f"`alpha_pattern` must map str to numbers > 0, got {key!r}: {value!r}")
+            if not isinstance(key, str) or not _is_positive_number(value):
+                raise ValueError(f"`alpha_pattern` must map str to finite numbers > 0, got {key!r}: {value!r}")
 
 
 register_config(PeftType.LORA, LoraConfig)
