@@ -353,12 +353,32 @@ def test_failed_add_adapter_leaves_model_unchanged():
     batch = _batch()
     pm = get_peft_model(_base(), LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
     before, names = _logits(pm, batch), _described(pm)
-    for bad in (LoraConfig(target_modules=["nothing"]), LoraConfig(target_modules=["LayerNorm"])):
+    for bad in (LoraConfig(target_modules=["nothing"]), LoraConfig(target_modules=["LayerNorm"]),
+                # the targets are fine; the module to save is refused (it is no linear)
+                LoraConfig(target_modules=["value"], modules_to_save=["embeddings"]),
+                LoraConfig(target_modules=["value"], modules_to_save=["LayerNorm"])):
         with pytest.raises(ValueError):
             pm.add_adapter("bad", bad)
     assert list(pm.peft_config) == ["default"]
     assert _described(pm) == names
     np.testing.assert_array_equal(_logits(pm, batch), before)
+
+
+@pytest.mark.parametrize("config, match", [
+    (LoraConfig(target_modules=["nothing"]), "not found in the base model"),
+    (LoraConfig(target_modules=["value"], modules_to_save=["word_embeddings"]),
+     "modules_to_save supports linear layers.*word_embeddings is a Embedding"),
+])
+def test_failed_get_peft_model_leaves_base_model_unchanged(config, match):
+    """Nothing is frozen, wrapped or copied before the config is known to apply."""
+    batch = _batch()
+    base = _base()
+    before, names = _logits(base, batch), _described(base)
+    with pytest.raises(ValueError, match=match):
+        get_peft_model(base, config)
+    assert _described(base) == names
+    assert all(p.requires_grad for p in base.parameters())
+    np.testing.assert_array_equal(_logits(base, batch), before)
 
 
 def test_disable_adapter_runs_bare_base():

@@ -12,13 +12,22 @@ from ..models.modules import Linear, Module
 from .lora.layer import new_parameter
 
 
+def check_saveable(name: str, module: Module):
+    """modules_to_save copies linear layers, alone or in containers holding nothing else."""
+    if isinstance(module, ModulesToSaveWrapper):
+        return
+    other = [(n, m) for n, m in module.named_modules()
+             if m._parameters and not isinstance(m, Linear)]
+    if other or not _linears(module):
+        what = (f"{name}.{other[0][0]}".rstrip(".") + f" is a {type(other[0][1]).__name__}"
+                if other else f"{name} holds no linear layer")
+        raise ValueError(f"modules_to_save supports linear layers and containers of them: {what}")
+
+
 def _clone(module: Module) -> Module:
     """A copy of a module tree of Linears with new engine tensors holding the same values."""
     if isinstance(module, Linear):
         copy = Linear(module.in_features, module.out_features, module.index)
-    elif module._parameters:
-        raise ValueError(f"modules_to_save supports linear layers and containers of them, "
-                         f"not {type(module).__name__}")
     else:
         copy = Module()
     for name, p in module._parameters.items():
@@ -33,10 +42,9 @@ def _linears(module: Module):
 
 
 class ModulesToSaveWrapper(Module):
-    def __init__(self, original: Module, engine):
+    def __init__(self, original: Module, engine, name: str = "module"):
         super().__init__()
-        if not _linears(original):
-            raise ValueError("modules_to_save supports linear layers and containers of them")
+        check_saveable(name, original)
         self._modules["original_module"] = original
         self._modules["modules_to_save"] = Module()
         self._engine = engine

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ...models.modules import Linear, Module
 from ...utils.random import generator
-from ..modules_to_save import ModulesToSaveWrapper
+from ..modules_to_save import ModulesToSaveWrapper, check_saveable
 from ..tuners_utils import check_target_module_exists, get_pattern_key, resolve_target_modules
 from .layer import LoraLinear
 
@@ -40,6 +40,8 @@ def plan_lora(model: Module, config) -> LoraPlan:
     for wanted in config.modules_to_save or ():
         found = [n for n in modules if n == wanted or n.endswith("." + wanted)]
         save.extend(n for n in found if n not in save)
+    for name in save:
+        check_saveable(name, modules[name])
     targets = {}
     for name, module in modules.items():
         if name in save or not check_target_module_exists(config, name):
@@ -77,9 +79,10 @@ class LoraModel(Module):
         self.peft_config: dict = {}
         self.active_adapter = adapter_name
         self.disabled = False
+        plan = plan_lora(model, config)  # may refuse the config: before anything changes
         for _, p in model.named_parameters():
             p.requires_grad = False
-        self.inject_adapter(adapter_name, plan_lora(model, config))
+        self.inject_adapter(adapter_name, plan)
         self.set_adapter(adapter_name)
 
     # ------------------------------------------------------------ structure
@@ -106,7 +109,7 @@ class LoraModel(Module):
         for name in plan.modules_to_save:
             module = self.model.get_submodule(name)
             if not isinstance(module, ModulesToSaveWrapper):
-                module = ModulesToSaveWrapper(module, engine)
+                module = ModulesToSaveWrapper(module, engine, name)
                 module.disabled = self.disabled
                 _replace(self.model, name, module)
             module.update(adapter_name)
