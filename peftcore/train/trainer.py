@@ -26,14 +26,42 @@ class TrainingArguments:
     time_budget: float | None = None      # stop training after this many seconds
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.num_train_epochs <= 0 and self.max_steps is None:
-            raise ValueError("num_train_epochs must be > 0")
+        _check(self.learning_rate, "learning_rate", "a finite number > 0", _is_number, lambda v: v > 0)
+        _check(self.per_device_train_batch_size, "per_device_train_batch_size", "an int >= 1",
+               _is_int, lambda v: v >= 1)
+        _check(self.per_device_eval_batch_size, "per_device_eval_batch_size", "an int >= 1",
+               _is_int, lambda v: v >= 1)
+        _check(self.warmup_ratio, "warmup_ratio", "a number in [0, 1]", _is_number,
+               lambda v: 0 <= v <= 1)
+        _check(self.weight_decay, "weight_decay", "a finite number >= 0", _is_number,
+               lambda v: v >= 0)
+        _check(self.seed, "seed", "an int", _is_int, lambda v: True)
+        for name, what in (("max_steps", "None or an int >= 1"),
+                           ("eval_steps", "None or an int >= 1")):
+            _check(getattr(self, name), name, what, _is_int, lambda v: v >= 1, optional=True)
+        _check(self.max_grad_norm, "max_grad_norm", "None, 0 (no clipping) or a finite number > 0",
+               _is_number, lambda v: v >= 0, optional=True)
+        _check(self.time_budget, "time_budget", "None or a finite number of seconds > 0",
+               _is_number, lambda v: v > 0, optional=True)
+        if self.max_steps is None:
+            _check(self.num_train_epochs, "num_train_epochs", "a finite number > 0 (or set max_steps)",
+                   _is_number, lambda v: v > 0)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and bool(np.isfinite(v))
+
+
+def _check(value, name, what, kind, ok, optional=False):
+    if value is None and optional:
+        return
+    if not kind(value) or not ok(value):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 @dataclass
@@ -78,12 +106,18 @@ def train(model, train_encodings, train_labels, args: TrainingArguments, eval_se
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    n = len(train_labels)
+    if n == 0:
+        raise ValueError("no training examples: train_labels is empty")
+    rows = {k: len(v) for k, v in train_encodings.items()}
+    if set(rows.values()) != {n}:
+        raise ValueError(f"train_encodings and train_labels must have the same number of rows, "
+                         f"got {rows} and {n} labels")
     decay = [p for n, p in params if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in params if n.endswith("bias") or "LayerNorm" in n]
     groups = [g for g in ({"params": decay, "weight_decay": args.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     optimizer = AdamW(groups, lr=args.learning_rate)
-    n = len(train_labels)
     steps_per_epoch = -(-n // args.per_device_train_batch_size)
     total = args.max_steps or max(1, int(steps_per_epoch * args.num_train_epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total), total)
@@ -99,7 +133,8 @@ def train(model, train_encodings, train_labels, args: TrainingArguments, eval_se
                                      seed=args.seed + epoch):
             out = model(**_model_inputs(batch), labels=batch["labels"])
             model.backward()
-            clip_grad_norm_(params, args.max_grad_norm)
+            if args.max_grad_norm:
+                clip_grad_norm_([p for _, p in params], args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
