@@ -17,6 +17,35 @@ def _tensor_of(p):
     raise TypeError(f"optimizer parameters must be peftcore Parameters, got {type(p).__name__}")
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
+        and math.isfinite(x)
+
+
+def _checked_hyper_parameters(group: dict, where: str) -> dict:
+    """The AdamW settings found in `group`, checked (torch's messages); betas as a tuple."""
+    checked = {}
+    if "lr" in group:
+        if not (_finite(group["lr"]) and group["lr"] >= 0):
+            raise ValueError(f"Invalid learning rate{where}: {group['lr']!r}")
+        checked["lr"] = group["lr"]
+    if "betas" in group:
+        betas = group["betas"]
+        try:
+            pair = tuple(betas)
+        except TypeError:
+            pair = ()
+        if len(pair) != 2 or not all(_finite(b) and 0.0 <= b < 1.0 for b in pair):
+            raise ValueError(f"Invalid betas{where}: {betas!r}; expected two numbers in [0, 1)")
+        checked["betas"] = pair
+    for key, label in (("eps", "epsilon value"), ("weight_decay", "weight_decay value")):
+        if key in group:
+            if not (_finite(group[key]) and group[key] >= 0):
+                raise ValueError(f"Invalid {label}{where}: {group[key]!r}")
+            checked[key] = group[key]
+    return checked
+
+
 class AdamW:
     """torch.optim.AdamW's algorithm and interface (decoupled weight decay).
 
@@ -25,24 +54,34 @@ class AdamW:
     exists only for parameters with requires_grad, created on their first step."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        if not lr >= 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid betas: {betas}; each must be in [0, 1)")
-        if not eps >= 0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        self.defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        self.defaults = _checked_hyper_parameters(
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), "")
+        if isinstance(params, (Parameter, _C.Tensor, dict)):
+            raise TypeError(f"params must be an iterable of Parameters or of param-group dicts, "
+                            f"got a single {type(params).__name__}")
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
-        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        is_group = [isinstance(p, dict) for p in params]
+        if any(is_group) and not all(is_group):
+            raise TypeError("params must be all Parameters or all param-group dicts, not a mix")
+        groups = params if is_group[0] else [{"params": params}]
         self.param_groups = []
-        for group in groups:
-            group = {**self.defaults, **group}
-            group["params"] = [_tensor_of(p[1] if isinstance(p, tuple) else p)
-                               for p in group["params"]]
+        seen = set()
+        for n, group in enumerate(groups):
+            if "params" not in group:
+                raise ValueError(f"param group {n} has no 'params' entry")
+            where = f" in param group {n}"
+            group = {**self.defaults, **group, **_checked_hyper_parameters(group, where)}
+            members = group["params"]
+            if isinstance(members, (Parameter, _C.Tensor)):
+                members = [members]
+            group["params"] = [_tensor_of(p[1] if isinstance(p, tuple) else p) for p in members]
+            for tensor in group["params"]:
+                if id(tensor) in seen:
+                    raise ValueError(f"a parameter appears more than once{where} or in an "
+                                     f"earlier group; each may be given once")
+                seen.add(id(tensor))
             group.setdefault("initial_lr", group["lr"])
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}  # id(tensor) -> {"step", "exp_avg", "exp_avg_sq"}
@@ -92,31 +131,43 @@ class AdamW:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict):
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups) or any(
-                len(g["params"]) != len(s["params"]) for g, s in zip(groups, self.param_groups)):
-            raise ValueError("loaded state dict has a different number of parameter groups or "
-                             "parameters than this optimizer")
-        tensors = {}
-        for saved, group in zip(groups, self.param_groups):
-            for i, tensor in zip(saved["params"], group["params"]):
-                tensors[i] = tensor
-        new_state = {}
-        for i, st in state_dict["state"].items():
-            tensor = tensors[int(i)]
-            m, v = np.asarray(st["exp_avg"], np.float32), np.asarray(st["exp_avg_sq"], np.float32)
-            if m.shape != tuple(tensor.shape) or v.shape != tuple(tensor.shape):
-                raise ValueError(f"state for parameter {i} has shape {m.shape}, the parameter "
-                                 f"{tuple(tensor.shape)}")
-            mt, vt = _C.Tensor.zeros(tensor.shape), _C.Tensor.zeros(tensor.shape)
-            np.asarray(mt)[...] = m
-            np.asarray(vt)[...] = v
-            new_state[id(tensor)] = {"step": int(st["step"]), "exp_avg": mt, "exp_avg_sq": vt,
-                                     "param": tensor}
-        for saved, group in zip(groups, self.param_groups):
-            for k, v in saved.items():
-                if k != "params":
-                    group[k] = tuple(v) if k == "betas" else v
+        """Take state and group settings from state_dict() output; checked in full first, so
+        a refused one changes nothing."""
+        try:
+            groups, saved_state = state_dict["param_groups"], state_dict["state"]
+            if len(groups) != len(self.param_groups) or any(
+                    len(g["params"]) != len(s["params"]) for g, s in zip(groups, self.param_groups)):
+                raise ValueError("loaded state dict has a different number of parameter groups "
+                                 "or parameters than this optimizer")
+            tensors = {}
+            for saved, group in zip(groups, self.param_groups):
+                for i, tensor in zip(saved["params"], group["params"]):
+                    tensors[int(i)] = tensor
+            settings = [_checked_hyper_parameters(saved, f" in loaded param group {n}")
+                        for n, saved in enumerate(groups)]
+            new_state = {}
+            for i, st in saved_state.items():
+                if int(i) not in tensors:
+                    raise ValueError(f"state for parameter {i}, which no param group lists")
+                tensor = tensors[int(i)]
+                m = np.asarray(st["exp_avg"], np.float32)
+                v = np.asarray(st["exp_avg_sq"], np.float32)
+                if m.shape != tuple(tensor.shape) or v.shape != tuple(tensor.shape):
+                    raise ValueError(f"state for parameter {i} has shape {m.shape}, the parameter "
+                                     f"{tuple(tensor.shape)}")
+                step = st["step"]
+                if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+                    raise ValueError(f"state for parameter {i} has step {step!r}; expected an int >= 0")
+                mt, vt = _C.Tensor.zeros(tensor.shape), _C.Tensor.zeros(tensor.shape)
+                np.asarray(mt)[...] = m
+                np.asarray(vt)[...] = v
+                new_state[id(tensor)] = {"step": int(step), "exp_avg": mt, "exp_avg_sq": vt,
+                                         "param": tensor}
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an optimizer state dict (from AdamW.state_dict()): "
+                             f"{type(exc).__name__}: {exc}") from exc
+        for saved, group, checked in zip(groups, self.param_groups, settings):
+            group.update({k: v for k, v in saved.items() if k != "params"}, **checked)
         self.state = new_state
 
 
@@ -124,18 +175,24 @@ class LambdaLR:
     """Sets each group's lr to initial_lr · lr_lambda(step) (as torch's LambdaLR)."""
 
     def __init__(self, optimizer, lr_lambda):
+        if not callable(lr_lambda):
+            raise TypeError(f"lr_lambda must be a function of the step, got {type(lr_lambda).__name__}")
         self.optimizer = optimizer
         self.lr_lambda = lr_lambda
         self.last_epoch = 0
-        self._apply()
+        self._apply(0)
 
-    def _apply(self):
+    def _apply(self, step):
+        """Set the lrs for `step`; a factor that is not a finite number >= 0 changes nothing."""
+        factor = self.lr_lambda(step)
+        if not (_finite(factor) and factor >= 0):
+            raise ValueError(f"lr_lambda({step}) returned {factor!r}; expected a finite number >= 0")
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.lr_lambda(self.last_epoch)
+            group["lr"] = group["initial_lr"] * factor
+        self.last_epoch = step
 
     def step(self):
-        self.last_epoch += 1
-        self._apply()
+        self._apply(self.last_epoch + 1)
 
     def get_last_lr(self):
         return [g["lr"] for g in self.optimizer.param_groups]
@@ -144,8 +201,7 @@ class LambdaLR:
         return {"last_epoch": self.last_epoch}
 
     def load_state_dict(self, state):
-        self.last_epoch = int(state["last_epoch"])
-        self._apply()
+        self._apply(int(state["last_epoch"]))
 
 
 def get_linear_schedule_with_warmup(optimizer, num_warmup_steps, num_training_steps):
@@ -163,6 +219,8 @@ def get_linear_schedule_with_warmup(optimizer, num_warmup_steps, num_training_st
 
 def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     """Scale gradients so their global L2 norm is at most max_norm; returns the norm before."""
+    if not (_finite(max_norm) and max_norm >= 0):
+        raise ValueError(f"max_norm must be a finite number >= 0, got {max_norm!r}")
     tensors = [_tensor_of(p[1] if isinstance(p, tuple) else p) for p in parameters]
     norm = math.sqrt(_C.grad_sum_squares(tensors))
     coef = float(max_norm) / (norm + eps)

@@ -9,7 +9,7 @@ import pytest
 
 import peftcore
 from peftcore import Parameter, _C
-from peftcore.optim import AdamW, get_linear_schedule_with_warmup
+from peftcore.optim import AdamW, LambdaLR, clip_grad_norm_, get_linear_schedule_with_warmup
 
 SHAPES = [(5, 3), (7,), (2, 3, 4), (1,)]
 
@@ -182,6 +182,79 @@ def test_bad_hyper_parameters_raise(kwargs):
 def test_empty_parameter_list_raises():
     with pytest.raises(ValueError):
         AdamW([])
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda ps: AdamW(ps, betas=(0.9,)), ValueError, r"Invalid betas: \(0.9,\); expected two numbers"),
+    (lambda ps: AdamW(ps, betas=0.9), ValueError, "Invalid betas: 0.9"),
+    (lambda ps: AdamW(ps, lr=float("inf")), ValueError, "Invalid learning rate: inf"),
+    (lambda ps: AdamW(ps, eps=float("nan")), ValueError, "Invalid epsilon value: nan"),
+    (lambda ps: AdamW(ps, lr="1e-3"), ValueError, "Invalid learning rate: '1e-3'"),
+    (lambda ps: AdamW([{"params": ps[:1], "lr": float("nan")}]), ValueError,
+     "Invalid learning rate in param group 0: nan"),
+    (lambda ps: AdamW([{"params": ps[:1]}, {"params": ps[1:], "betas": (0.9, 1.0)}]), ValueError,
+     "Invalid betas in param group 1"),
+    (lambda ps: AdamW([{"lr": 1e-3}]), ValueError, "param group 0 has no 'params' entry"),
+    (lambda ps: AdamW([{"params": ps[:1]}, ps[1]]), TypeError, "not a mix"),
+    (lambda ps: AdamW(ps + ps[:1]), ValueError, "appears more than once"),
+    (lambda ps: AdamW([{"params": ps[:2]}, {"params": ps[1:]}]), ValueError,
+     "appears more than once in param group 1"),
+    (lambda ps: AdamW(ps[0]), TypeError, "got a single Parameter"),
+], ids=["betas_one", "betas_scalar", "lr_inf", "eps_nan", "lr_str", "group_lr_nan",
+        "group_betas", "group_without_params", "mixed", "duplicate", "duplicate_across_groups",
+        "single_parameter"])
+def test_bad_optimizer_arguments_name_the_problem(make, error, match):
+    with pytest.raises(error, match=match):
+        make(_fresh())
+
+
+def test_a_refused_load_state_dict_changes_nothing():
+    params = _fresh()
+    for p, g in zip(params, _grads(0)):
+        p.grad = g
+    opt = AdamW(params, lr=1e-2)
+    opt.step()
+    good = opt.state_dict()
+    before = {k: (v["step"], np.array(v["exp_avg"])) for k, v in opt.state.items()}
+    lr = opt.param_groups[0]["lr"]
+    bad_cases = [
+        {"state": good["state"]},                                     # no param_groups
+        {**good, "param_groups": [{**good["param_groups"][0], "lr": float("nan")}]},
+        {**good, "state": {0: {**good["state"][0], "step": -1}}},
+        {**good, "state": {0: {**good["state"][0], "exp_avg": np.zeros(1)}}},
+        {**good, "state": {99: good["state"][0]}},
+        [1, 2],
+    ]
+    for bad in bad_cases:
+        with pytest.raises(ValueError):
+            opt.load_state_dict(bad)
+        assert opt.param_groups[0]["lr"] == lr
+        assert {k: (v["step"], np.array(v["exp_avg"])) for k, v in opt.state.items()}.keys() == before.keys()
+        for k, (step, m) in before.items():
+            assert opt.state[k]["step"] == step
+            np.testing.assert_array_equal(np.array(opt.state[k]["exp_avg"]), m)
+
+
+def test_clip_grad_norm_refuses_a_negative_or_nan_max_norm():
+    params = _fresh()
+    for p, g in zip(params, _grads(0)):
+        p.grad = g
+    for bad in (-1.0, float("nan"), None):
+        with pytest.raises(ValueError, match="max_norm must be a finite number >= 0"):
+            clip_grad_norm_(params, bad)
+    for p, g in zip(params, _grads(0)):  # untouched: no sign flip from a negative scale
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_schedule_refuses_a_bad_factor_and_keeps_its_step():
+    opt = AdamW(_fresh(), lr=1e-2)
+    with pytest.raises(TypeError, match="lr_lambda must be a function"):
+        LambdaLR(opt, 0.5)
+    sched = LambdaLR(opt, lambda step: 1.0 if step < 2 else float("nan"))
+    sched.step()
+    with pytest.raises(ValueError, match=r"lr_lambda\(2\) returned nan"):
+        sched.step()
+    assert sched.last_epoch == 1 and sched.get_last_lr() == [1e-2]
 
 
 # ------------------------------------------------------------------ schedule
