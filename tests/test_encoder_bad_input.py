@@ -138,6 +138,19 @@ CASES = {
                         _fwd(labels=np.array([0.5, 1.0, 2.0], np.float32)), ValueError),
     "mse_label_strings": (lambda: _cls(dict(CONFIG, num_labels=1)),
                           _fwd(labels=np.array(["0.5", "x"])), TypeError),
+    # load_state_dict / init_weights: refused whole, before any value is written
+    "load_state_dict_list": (_cls, lambda m: m.load_state_dict([("classifier.bias", 0)]), TypeError),
+    "load_state_dict_strings": (_cls, lambda m: m.load_state_dict(
+        {"classifier.bias": np.zeros(3), "classifier.weight": np.full((3, 16), "x")}, strict=False),
+        TypeError),
+    "load_state_dict_complex": (_cls, lambda m: m.load_state_dict(
+        {"classifier.weight": np.ones((3, 16), np.complex64)}, strict=False), TypeError),
+    "load_state_dict_shape_after_good_key": (_cls, lambda m: m.load_state_dict(
+        {"classifier.bias": np.ones(3), "classifier.weight": np.ones((16, 3))}, strict=False),
+        ValueError),
+    "init_weights_unknown_name": (_cls, lambda m: m.init_weights(names=["classifier.bias", "nope"]),
+                                  KeyError),
+    "init_weights_negative_seed": (_cls, lambda m: m.init_weights(seed=-1), ValueError),
     "inference_rows_zero": (_cls, lambda m: setattr(m, "inference_rows", 0), ValueError),
     "inference_rows_float": (_cls, lambda m: setattr(m, "inference_rows", 64.0), ValueError),
     # backward

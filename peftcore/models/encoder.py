@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,13 @@ class EncoderModel(Module):
         the padding row of the word (and, for RoBERTa, position) embeddings zero. One
         seeded stream over the parameters in order, drawn in chunks (no full-size float64
         temporary); `names` limits the init to those parameters."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if names is not None:
+            names = {names} if isinstance(names, str) else set(names)
+            unknown = sorted(names - {n for n, _ in self.named_parameters()})
+            if unknown:
+                raise KeyError(f"init_weights: no parameters named {unknown}")
         rng = np.random.default_rng(seed)
         std = self.config.initializer_range
         pad = self.config.pad_token_id
@@ -202,6 +210,9 @@ class EncoderModel(Module):
     def load_state_dict(self, state_dict: dict, strict: bool = True):
         """Copy values in; all shapes are checked before anything is written.
         Returns (missing_keys, unexpected_keys)."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict expects a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in params]
@@ -212,6 +223,8 @@ class EncoderModel(Module):
             if k not in params:
                 continue
             a = v if isinstance(v, LazyTensor) else np.asarray(v)  # lazy: read when copied
+            if not isinstance(a, LazyTensor) and a.dtype.kind not in "fiu":
+                raise TypeError(f"load_state_dict: {k} must hold real numbers, got dtype {a.dtype}")
             if tuple(a.shape) != params[k].shape:
                 raise ValueError(f"load_state_dict: {k} has shape {tuple(a.shape)}, the model "
                                  f"expects {params[k].shape}")
