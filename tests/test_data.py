@@ -94,6 +94,9 @@ def test_malformed_rows_name_the_line(tmp_path):
         read_glue_tsv(bad, "SST-2")
     with pytest.raises(FileNotFoundError):
         read_glue_tsv(tmp_path / "absent.tsv", "SST-2")
+    bad.write_bytes(b"sentence\tlabel\nfine\t1\n\xff\xfe latin-1?\t0\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv:3: not UTF-8 text \(invalid start byte\)"):
+        read_glue_tsv(bad, "SST-2")
 
 
 def test_quotes_are_literal(tmp_path):

@@ -82,6 +82,23 @@ def read_glue_tsv(path, task):
     path, spec = Path(path), get_task(task)
     if not path.is_file():
         raise FileNotFoundError(f"GLUE file not found: {path}")
+    try:
+        return _read_glue_rows(path, spec)
+    except UnicodeDecodeError as exc:
+        with open(path, "rb") as f:
+            line = next(n for n, raw in enumerate(f, 1) if not _decodes(raw))
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_glue_rows(path, spec):
     label_ids = {s: i for i, s in enumerate(spec.labels)}
     texts_a, texts_b, labels = [], [], []
     with open(path, encoding="utf-8-sig", newline="") as f:
