@@ -117,3 +117,23 @@ void glue_value_error_float(const char *prefix, double value) {
     snprintf(buf, sizeof buf, "%s %g", prefix, value);
     PyErr_SetString(PyExc_ValueError, buf);
 }
+
+static PyThread_type_lock engine_lock;
+
+int glue_engine_lock_init(void) {
+    engine_lock = PyThread_allocate_lock();
+    if (!engine_lock) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+void glue_engine_lock(void) {
+    if (PyThread_acquire_lock(engine_lock, NOWAIT_LOCK)) return;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(engine_lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+}
+
+void glue_engine_unlock(void) { PyThread_release_lock(engine_lock); }

@@ -58,6 +58,17 @@ PyObject *glue_wrap_tensor(pc_tensor *t);
 pc_tensor *glue_tensor_of(PyObject *obj, const char *what);
 
 extern PyMethodDef glue_functional_methods[];
+/* The engine lock. Threads may share a model: a forward on one while another runs a
+ * backward, swaps an adapter or drops a gradient would free or resize memory in use. So every
+ * call that reads or replaces engine-held state (an encoder's tensors and activations, a
+ * tensor's gradient) runs between glue_engine_lock() and glue_engine_unlock(), with no Python
+ * code in between (convert arguments before, build results and raise after), so a thread
+ * never waits for the lock while holding it. Locking is called with the GIL held and waits
+ * with the GIL released. */
+int glue_engine_lock_init(void);
+void glue_engine_lock(void);
+void glue_engine_unlock(void);
+
 extern PyMethodDef glue_optim_methods[];
 int glue_register_models(PyObject *module);
 

@@ -6,7 +6,8 @@
 typedef struct {
     PyObject_HEAD
     pc_encoder *enc;
-    PyObject *lora_refs; /* dict linear index -> (A, B) Tensor objects kept alive */
+    PyObject *refs; /* ("lora" | "linear", index) -> the (A, B) / (weight, bias) Tensor
+                     * objects the engine points at, kept alive while it does */
 } PcEncoderObject;
 
 static int get_int(PyObject *d, const char *key, int *out, int deflt) {
@@ -79,14 +80,14 @@ static int encoder_init(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
     }
     pc_encoder_free(self->enc);
     self->enc = enc;
-    Py_XDECREF(self->lora_refs);
-    self->lora_refs = PyDict_New();
-    return self->lora_refs ? 0 : -1;
+    Py_XDECREF(self->refs);
+    self->refs = PyDict_New();
+    return self->refs ? 0 : -1;
 }
 
 static void encoder_dealloc(PcEncoderObject *self) {
     pc_encoder_free(self->enc);
-    Py_XDECREF(self->lora_refs);
+    Py_XDECREF(self->refs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -140,11 +141,13 @@ static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
         PyErr_Format(PyExc_IndexError, "linear index %d out of range", index);
         return NULL;
     }
-    PyObject *key = PyLong_FromLong(index);
+    PyObject *key = Py_BuildValue("(si)", "lora", index);
     if (!key) return NULL;
     if (ao == Py_None && bo == Py_None) {
+        glue_engine_lock();
         pc_encoder_set_lora(self->enc, index, NULL, NULL, 0.0f, 0.0f);
-        if (PyDict_DelItem(self->lora_refs, key) < 0) PyErr_Clear();
+        glue_engine_unlock();
+        if (PyDict_DelItem(self->refs, key) < 0) PyErr_Clear();
         Py_DECREF(key);
         Py_RETURN_NONE;
     }
@@ -155,7 +158,9 @@ static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
         glue_value_error_float("lora dropout must be in [0, 1), got", dropout);
         return NULL;
     }
+    glue_engine_lock();
     int rc = pc_encoder_set_lora(self->enc, index, A, B, scale, dropout);
+    glue_engine_unlock();
     if (rc < 0) {
         pc_linear_slot *s = pc_encoder_linear(self->enc, index);
         Py_DECREF(key);
@@ -164,7 +169,7 @@ static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *pair = PyTuple_Pack(2, ao, bo);
-    int ok = pair ? PyDict_SetItem(self->lora_refs, key, pair) : -1;
+    int ok = pair ? PyDict_SetItem(self->refs, key, pair) : -1;
     Py_XDECREF(pair);
     Py_DECREF(key);
     if (ok < 0) return NULL;
@@ -179,7 +184,16 @@ static PyObject *encoder_set_linear_params(PcEncoderObject *self, PyObject *args
     if (ready(self) < 0) return NULL;
     pc_tensor *w = glue_tensor_of(wo, "weight"), *b = w ? glue_tensor_of(bo, "bias") : NULL;
     if (!b) return NULL;
+    /* kept alive with the engine's use: a Tensor over a NumPy array owns no memory itself */
+    PyObject *key = Py_BuildValue("(si)", "linear", index), *pair = PyTuple_Pack(2, wo, bo);
+    if (!key || !pair) { Py_XDECREF(key); Py_XDECREF(pair); return NULL; }
+    glue_engine_lock();
     int rc = pc_encoder_set_linear_params(self->enc, index, w, b);
+    glue_engine_unlock();
+    int kept = rc == 0 ? PyDict_SetItem(self->refs, key, pair) : 0;
+    Py_DECREF(key);
+    Py_DECREF(pair);
+    if (kept < 0) return NULL;
     if (rc == -1) {
         PyErr_Format(PyExc_ValueError, "linear %d cannot take separate weights (only the pooler "
                      "and classification head can)", index);
@@ -216,11 +230,9 @@ static PyArrayObject *ids_like(PyObject *obj, const char *what, npy_intp B, npy_
     return a;
 }
 
-static PyObject *copy_out(const float *src, int nd, npy_intp *dims) {
-    PyArrayObject *a = glue_zeros(nd, dims);
-    if (!a) return NULL;
-    memcpy(PyArray_DATA(a), src, (size_t)PyArray_NBYTES(a));
-    return (PyObject *)a;
+/* an output array (if asked for) takes the engine's values (if it has them) */
+static void copy_out(PyObject *out, const float *src) {
+    if (out && src) memcpy(PyArray_DATA((PyArrayObject *)out), src, (size_t)PyArray_NBYTES((PyArrayObject *)out));
 }
 
 /* forward(input_ids, position_ids, token_type_ids, attention_mask|None, training, seed,
@@ -269,25 +281,27 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         for (npy_intp i = 0; i < B * T; i++) glue_fp(mask)[i] = glue_ip(m)[i] != 0 ? 1.0f : 0.0f;
         Py_DECREF(m);
     }
+    /* the outputs are allocated before the engine runs: no Python code under the lock */
+    npy_intp hidden_dims[3] = {B, T, c->hidden}, pooled_dims[2] = {B, c->hidden},
+             logits_dims[2] = {B, c->num_labels};
+    if ((want_hidden && !(hidden = (PyObject *)glue_zeros(3, hidden_dims))) ||
+        (c->add_pooler && !(pooled = (PyObject *)glue_zeros(2, pooled_dims))) ||
+        (c->head != PC_HEAD_NONE && !(logits = (PyObject *)glue_zeros(2, logits_dims))))
+        goto fail;
     int rc;
+    glue_engine_lock();
     Py_BEGIN_ALLOW_THREADS
     rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
                             mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0,
                             !want_hidden, seed);
+    if (rc == 0) {
+        copy_out(hidden, pc_encoder_hidden(self->enc));
+        copy_out(pooled, pc_encoder_pooled(self->enc));
+        copy_out(logits, pc_encoder_logits(self->enc));
+    }
     Py_END_ALLOW_THREADS
+    glue_engine_unlock();
     if (rc < 0) { PyErr_NoMemory(); goto fail; }
-    if (want_hidden) {
-        npy_intp dims[3] = {B, T, c->hidden};
-        if (!(hidden = copy_out(pc_encoder_hidden(self->enc), 3, dims))) goto fail;
-    }
-    if (pc_encoder_pooled(self->enc)) {
-        npy_intp dims[2] = {B, c->hidden};
-        if (!(pooled = copy_out(pc_encoder_pooled(self->enc), 2, dims))) goto fail;
-    }
-    if (pc_encoder_logits(self->enc)) {
-        npy_intp dims[2] = {B, c->num_labels};
-        if (!(logits = copy_out(pc_encoder_logits(self->enc), 2, dims))) goto fail;
-    }
     result = Py_BuildValue("(OOO)", hidden ? hidden : Py_None, pooled ? pooled : Py_None,
                            logits ? logits : Py_None);
 fail:
@@ -304,51 +318,63 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
         return NULL;
     if (ready(self) < 0) return NULL;
     const pc_encoder_config *c = pc_encoder_get_config(self->enc);
-    if (!pc_encoder_has_forward(self->enc)) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "backward() needs a forward pass first (each forward allows one backward)");
-        return NULL;
-    }
     int given = (lo != Py_None) + (ho != Py_None) + (po != Py_None);
     if (given != 1) {
         PyErr_SetString(PyExc_ValueError, "backward() takes exactly one gradient");
         return NULL;
     }
-    /* the batch shape of the saved forward, known from the logits/pooled/hidden sizes */
     PyObject *obj = lo != Py_None ? lo : ho != Py_None ? ho : po;
     const char *what = lo != Py_None ? "grad_logits" : ho != Py_None ? "grad_hidden" : "grad_pooled";
     PyArrayObject *g = glue_f32(obj, what);
     if (!g) return NULL;
-    int B, T;
-    pc_encoder_batch_shape(self->enc, &B, &T);
-    bool ok;
-    if (lo != Py_None)
-        ok = c->head != PC_HEAD_NONE && PyArray_NDIM(g) == 2 && PyArray_DIM(g, 0) == B &&
-             PyArray_DIM(g, 1) == c->num_labels;
-    else if (ho != Py_None)
-        ok = PyArray_NDIM(g) == 3 && PyArray_DIM(g, 0) == B && PyArray_DIM(g, 1) == T &&
-             PyArray_DIM(g, 2) == c->hidden;
-    else
-        ok = c->add_pooler && PyArray_NDIM(g) == 2 && PyArray_DIM(g, 0) == B &&
-             PyArray_DIM(g, 1) == c->hidden;
-    if (!ok) {
+    /* Under the lock: the saved forward's batch shape (another thread may have run a forward
+     * since this one) checked against the gradient's, then the backward. Errors after. */
+    enum { RAN, NO_FORWARD, BAD_SHAPE } outcome = RAN;
+    int B = 0, T = 0, rc = 0;
+    float *gp = glue_fp(g);
+    glue_engine_lock();
+    if (!pc_encoder_has_forward(self->enc)) {
+        outcome = NO_FORWARD;
+    } else {
+        pc_encoder_batch_shape(self->enc, &B, &T);
+        bool ok;
+        if (lo != Py_None)
+            ok = c->head != PC_HEAD_NONE && PyArray_NDIM(g) == 2 && PyArray_DIM(g, 0) == B &&
+                 PyArray_DIM(g, 1) == c->num_labels;
+        else if (ho != Py_None)
+            ok = PyArray_NDIM(g) == 3 && PyArray_DIM(g, 0) == B && PyArray_DIM(g, 1) == T &&
+                 PyArray_DIM(g, 2) == c->hidden;
+        else
+            ok = c->add_pooler && PyArray_NDIM(g) == 2 && PyArray_DIM(g, 0) == B &&
+                 PyArray_DIM(g, 1) == c->hidden;
+        if (!ok) {
+            outcome = BAD_SHAPE;
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            rc = pc_encoder_backward(self->enc, lo != Py_None ? gp : NULL,
+                                     ho != Py_None ? gp : NULL, po != Py_None ? gp : NULL);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    glue_engine_unlock();
+    if (outcome == NO_FORWARD) {
+        Py_DECREF(g);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "backward() needs a forward pass first (each forward allows one backward)");
+        return NULL;
+    }
+    if (outcome == BAD_SHAPE) {
         char s[64];
         glue_shape_str(s, sizeof s, g);
+        Py_DECREF(g);
         if (lo != Py_None && c->head == PC_HEAD_NONE)
             PyErr_SetString(PyExc_ValueError, "this model has no classification head: no logits");
         else
             PyErr_Format(PyExc_ValueError, "%s must be (%d, %d%s), got %s", what, B,
                          lo != Py_None ? c->num_labels : ho != Py_None ? T : c->hidden,
                          ho != Py_None ? ", hidden" : "", s);
-        Py_DECREF(g);
         return NULL;
     }
-    int rc;
-    float *gp = glue_fp(g);
-    Py_BEGIN_ALLOW_THREADS
-    rc = pc_encoder_backward(self->enc, lo != Py_None ? gp : NULL, ho != Py_None ? gp : NULL,
-                             po != Py_None ? gp : NULL);
-    Py_END_ALLOW_THREADS
     Py_DECREF(g);
     if (rc == -1) return PyErr_NoMemory();
     if (rc == -2) {
@@ -370,7 +396,10 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
 
 static PyObject *encoder_activation_bytes(PcEncoderObject *self, PyObject *Py_UNUSED(ignored)) {
     if (ready(self) < 0) return NULL;
-    return PyLong_FromLongLong(pc_encoder_activation_bytes(self->enc));
+    glue_engine_lock();
+    long long bytes = pc_encoder_activation_bytes(self->enc);
+    glue_engine_unlock();
+    return PyLong_FromLongLong(bytes);
 }
 
 static PyObject *encoder_inference_bytes_per_token(PcEncoderObject *self,
@@ -387,7 +416,9 @@ static PyObject *encoder_set_inference_rows(PcEncoderObject *self, PyObject *arg
         PyErr_Format(PyExc_ValueError, "inference_rows must be >= 0 (0: whole batch), got %lld", rows);
         return NULL;
     }
+    glue_engine_lock();
     pc_encoder_set_inference_rows(self->enc, (int64_t)rows);
+    glue_engine_unlock();
     Py_RETURN_NONE;
 }
 

@@ -50,6 +50,7 @@ static int add_functions(PyObject *module, PyMethodDef *defs) {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
+    if (glue_engine_lock_init() < 0) return NULL;
     pc_runtime_init();
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;

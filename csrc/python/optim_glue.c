@@ -26,12 +26,22 @@ static PyObject *adamw_step(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "adamw_step: step must be >= 1, got %lld", t);
         return NULL;
     }
-    if (!p->grad) Py_RETURN_NONE;
-    Py_BEGIN_ALLOW_THREADS
-    pc_adamw_step(pc_f32(p), pc_f32(p->grad), pc_f32(m), pc_f32(v), p->numel, t, lr, b1, b2,
-                  eps, wd);
-    Py_END_ALLOW_THREADS
+    glue_engine_lock();
+    if (p->grad) {
+        Py_BEGIN_ALLOW_THREADS
+        pc_adamw_step(pc_f32(p), pc_f32(p->grad), pc_f32(m), pc_f32(v), p->numel, t, lr, b1,
+                      b2, eps, wd);
+        Py_END_ALLOW_THREADS
+    }
+    glue_engine_unlock();
     Py_RETURN_NONE;
+}
+
+/* TypeError unless every item of the (PySequence_Fast) sequence is a Tensor */
+static int check_tensors(PyObject *seq) {
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++)
+        if (!glue_tensor_of(PySequence_Fast_GET_ITEM(seq, i), "parameter")) return -1;
+    return 0;
 }
 
 /* grad_sum_squares([Tensor]) -> Σ over their gradients of g² (tensors without grad skipped) */
@@ -39,12 +49,14 @@ static PyObject *grad_sum_squares(PyObject *self, PyObject *arg) {
     (void)self;
     PyObject *seq = PySequence_Fast(arg, "grad_sum_squares expects a sequence of Tensors");
     if (!seq) return NULL;
+    if (check_tensors(seq) < 0) { Py_DECREF(seq); return NULL; }
     double total = 0.0;
+    glue_engine_lock();
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        pc_tensor *t = glue_tensor_of(PySequence_Fast_GET_ITEM(seq, i), "parameter");
-        if (!t) { Py_DECREF(seq); return NULL; }
+        pc_tensor *t = ((PcTensorObject *)PySequence_Fast_GET_ITEM(seq, i))->t;
         if (t->grad) total += pc_sum_squares(pc_f32(t->grad), t->grad->numel);
     }
+    glue_engine_unlock();
     Py_DECREF(seq);
     return PyFloat_FromDouble(total);
 }
@@ -57,11 +69,13 @@ static PyObject *scale_grads(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Of", &list, &factor)) return NULL;
     PyObject *seq = PySequence_Fast(list, "scale_grads expects a sequence of Tensors");
     if (!seq) return NULL;
+    if (check_tensors(seq) < 0) { Py_DECREF(seq); return NULL; }
+    glue_engine_lock();
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        pc_tensor *t = glue_tensor_of(PySequence_Fast_GET_ITEM(seq, i), "parameter");
-        if (!t) { Py_DECREF(seq); return NULL; }
+        pc_tensor *t = ((PcTensorObject *)PySequence_Fast_GET_ITEM(seq, i))->t;
         if (t->grad) pc_scale(pc_f32(t->grad), t->grad->numel, factor);
     }
+    glue_engine_unlock();
     Py_DECREF(seq);
     Py_RETURN_NONE;
 }

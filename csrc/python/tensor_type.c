@@ -215,7 +215,9 @@ static int tensor_set_requires_grad(PcTensorObject *self, PyObject *v, void *c) 
                      dtype_str(self->t->dtype));
         return -1;
     }
+    glue_engine_lock();
     self->t->requires_grad = v == Py_True;
+    glue_engine_unlock();
     return 0;
 }
 /* .grad: a NumPy view of the gradient buffer, or None when there is none yet */
@@ -232,8 +234,10 @@ static PyObject *tensor_get_grad(PcTensorObject *self, void *c) {
 static int tensor_set_grad(PcTensorObject *self, PyObject *v, void *c) {
     (void)c;
     if (!v || v == Py_None) {
+        glue_engine_lock();
         pc_tensor_release(self->t->grad);
         self->t->grad = NULL;
+        glue_engine_unlock();
         return 0;
     }
     PyArrayObject *arr = glue_f32(v, "grad");
@@ -245,15 +249,19 @@ static int tensor_set_grad(PcTensorObject *self, PyObject *v, void *c) {
         PyErr_SetString(PyExc_ValueError, "grad must have the tensor's shape");
         return -1;
     }
+    glue_engine_lock();
     pc_tensor *g = pc_tensor_grad(self->t);
-    if (!g) { Py_DECREF(arr); PyErr_NoMemory(); return -1; }
-    memcpy(g->data, PyArray_DATA(arr), sizeof(float) * (size_t)g->numel);
+    if (g) memcpy(g->data, PyArray_DATA(arr), sizeof(float) * (size_t)g->numel);
+    glue_engine_unlock();
     Py_DECREF(arr);
+    if (!g) { PyErr_NoMemory(); return -1; }
     return 0;
 }
 
 static PyObject *tensor_zero_grad(PcTensorObject *self, PyObject *Py_UNUSED(ignored)) {
+    glue_engine_lock();
     if (self->t->grad) memset(self->t->grad->data, 0, sizeof(float) * (size_t)self->t->numel);
+    glue_engine_unlock();
     Py_RETURN_NONE;
 }
 

@@ -1,0 +1,117 @@
+"""Threads sharing a model. The engine releases the GIL while it computes, so a notebook's
+background thread can run a forward while another trains, swaps adapters or drops gradients.
+Every engine call is atomic (one engine lock): results are those of some order of the calls,
+and nothing frees memory another call is using. Each scenario runs in a child interpreter,
+so a crash fails the test instead of killing the suite."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+PRELUDE = """
+import threading, time, warnings
+import numpy as np
+import peftcore
+from peftcore import LoraConfig, get_peft_model
+warnings.simplefilter("ignore")
+CFG = dict(model_type="bert", vocab_size=100, hidden_size=64, num_hidden_layers=3,
+           num_attention_heads=4, intermediate_size=256, max_position_embeddings=64)
+rng = np.random.default_rng(0)
+ids = rng.integers(2, 100, (16, 48))
+labels = rng.integers(0, 2, 16)
+model = peftcore.AutoModelForSequenceClassification.from_config(CFG, seed=3).eval()
+stop = threading.Event()
+failures, expected_errors = [], []
+
+def loop(body):
+    def run():
+        while not stop.is_set():
+            try:
+                body()
+            except (RuntimeError, ValueError) as exc:  # another thread's forward came between
+                expected_errors.append(str(exc))
+            except Exception as exc:  # noqa: BLE001
+                failures.append(repr(exc))
+    return threading.Thread(target=run)
+
+def run_for(seconds, *bodies):
+    threads = [loop(b) for b in bodies]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+"""
+
+SCENARIOS = {
+    # each eval forward is atomic: every thread sees exactly the single-threaded logits
+    "forwards_agree": """
+with peftcore.no_grad():
+    reference = model(ids).logits
+wrong = []
+def forward():
+    n = int(rng.integers(1, 17))
+    with peftcore.no_grad():
+        got = model(ids[:n]).logits
+    if not np.array_equal(got, reference[:n]):
+        wrong.append(np.abs(got - reference[:n]).max())
+run_for(1.5, forward, forward, forward)
+assert not wrong, wrong[:3]
+""",
+    "forward_beside_training": """
+model.train()
+def step():
+    model(ids, labels=labels)
+    model.backward()
+def forward():
+    with peftcore.no_grad():
+        model(ids[: int(rng.integers(1, 17))])
+def drop_grads():
+    for p in model.parameters():
+        p.grad = None
+run_for(1.5, step, step, forward, drop_grads)
+""",
+    "adapters_churn_beside_forwards": """
+peft = get_peft_model(model, LoraConfig(target_modules=["query", "value"],
+                                        init_lora_weights=False))
+count = [0]
+def churn():
+    name = f"extra{count[0]}"
+    count[0] += 1
+    peft.add_adapter(name, LoraConfig(target_modules=["query", "key"], modules_to_save=["pooler"]))
+    peft.set_adapter(name)
+    peft.set_adapter("default")
+    peft.delete_adapter(name)
+    peft.merge_adapter()
+    peft.unmerge_adapter()
+def forward():
+    with peftcore.no_grad():
+        peft(ids)
+def train():
+    peft.train()
+    peft(ids, labels=labels)
+    peft.backward()
+optimizer = peftcore.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-3)
+def optimize():
+    peftcore.clip_grad_norm_([p for p in peft.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+run_for(2.0, churn, forward, forward, train, optimize)
+assert count[0] > 0
+""",
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_threads_sharing_a_model(name):
+    script = PRELUDE + textwrap.dedent(SCENARIOS[name]) + "\nprint('DONE')\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0 and "DONE" in proc.stdout, (
+        f"exit code {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
