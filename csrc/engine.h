@@ -22,8 +22,13 @@ const char *pc_blis_version(void);    /* e.g. "0.9.0" */
 const char *pc_cpu_simd(void);        /* e.g. "avx512f avx512dq avx512bw avx512vl avx2 fma" */
 bool pc_blis_arch_from_env(void);     /* true when the user's BLIS_ARCH_TYPE was honoured */
 const char *pc_blis_arch_note(void);  /* why the user's BLIS_ARCH_TYPE was ignored, or "" */
-void pc_set_num_threads(int n);       /* n >= 1: threads for BLIS and our kernels */
+/* n >= 1: threads for BLIS and our kernels; returns the count now in use, which is 1 in a
+ * process forked after the engine ran threads (see pc_fork_note) */
+int pc_set_num_threads(int n);
 int pc_get_num_threads(void);
+/* GNU OpenMP cannot start threads in a child forked after its parent ran a parallel region
+ * (the child hangs), so the engine runs single-threaded there and says so here; "" else. */
+const char *pc_fork_note(void);
 /* Threads the engine's ops use when called from here: pc_get_num_threads(), or 1 on a
  * thread of an active parallel region (a worker running its own share of a batch). */
 int pc_threads_here(void);

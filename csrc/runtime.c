@@ -1,5 +1,6 @@
 /* BLIS set-up (kernel choice, threads), GEMM wrappers and aligned allocation. */
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,9 @@
 static bool initialised = false;
 static bool arch_from_env = false;
 static int num_threads = 1;
+/* threads were handed to a parallel region; a child forked after that is held to one */
+static bool threads_started = false;
+static bool forked_single = false;
 static char simd_names[256];
 
 /* What the CPU offers, by the names compilers use. */
@@ -146,8 +150,24 @@ int pc_default_num_threads(void) {
     return 1;
 }
 
+static void after_fork_in_child(void) {
+    if (threads_started) {
+        forked_single = true;
+        num_threads = 1;
+    }
+}
+
+const char *pc_fork_note(void) {
+    return forked_single
+               ? "this process was forked after peftcore ran threads in its parent; GNU OpenMP "
+                 "cannot start threads again in a forked child, so peftcore runs on 1 thread "
+                 "here (start workers with multiprocessing's 'spawn' or 'forkserver' for more)"
+               : "";
+}
+
 int pc_runtime_init(void) {
     if (initialised) return 0;
+    pthread_atfork(NULL, NULL, after_fork_in_child);
     detect_simd();
     const char *user_value = getenv("BLIS_ARCH_TYPE");
     char *user_copy = user_value && user_value[0] ? strdup(user_value) : NULL;
@@ -180,15 +200,20 @@ const char *pc_cpu_simd(void) { return simd_names; }
 bool pc_blis_arch_from_env(void) { return arch_from_env; }
 const char *pc_blis_arch_note(void) { return arch_note; }
 
-void pc_set_num_threads(int n) {
-    if (n < 1) n = 1;
+int pc_set_num_threads(int n) {
+    if (n < 1 || forked_single) n = 1;
     num_threads = n;
     bli_thread_set_num_threads(n);
+    return n;
 }
 
 int pc_get_num_threads(void) { return num_threads; }
 
-int pc_threads_here(void) { return omp_in_parallel() ? 1 : num_threads; }
+int pc_threads_here(void) {
+    if (omp_in_parallel()) return 1;
+    if (num_threads > 1) threads_started = true;
+    return num_threads;
+}
 
 /* C = beta·C for an empty product; beta == 0 overwrites (NaN in C does not survive) */
 static void scale_output(float *C, int M, int N, int ldc, float beta) {

@@ -14,9 +14,13 @@ if _C.backend_info()["blis_arch_note"]:
 
     _warnings.warn(_C.backend_info()["blis_arch_note"], RuntimeWarning, stacklevel=2)
 
+# a thread of the parent may hold the engine lock at fork; the child gets a fresh one
+_os.register_at_fork(after_in_child=_C._after_fork_in_child)
+
 
 def backend_info():
-    """BLIS kernel set and version, thread count and the CPU's SIMD features."""
+    """BLIS kernel set and version, thread count and the CPU's SIMD features (and, in a
+    forked child held to one thread, why: fork_note)."""
     return _C.backend_info()
 
 
@@ -24,7 +28,10 @@ def set_num_threads(n):
     """Threads used by BLIS and the engine's own kernels (default: usable cores)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads expects an int, got {type(n).__name__}")
-    _C.set_num_threads(n)
+    if _C.set_num_threads(n) < n:
+        import warnings
+
+        warnings.warn(_C.backend_info()["fork_note"], RuntimeWarning, stacklevel=2)
 
 
 def get_num_threads():

@@ -115,3 +115,89 @@ def test_threads_sharing_a_model(name):
                           timeout=300, cwd=REPO)
     assert proc.returncode == 0 and "DONE" in proc.stdout, (
         f"exit code {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+
+
+FORK_PRELUDE = """
+import multiprocessing as mp, os, sys, threading, time, warnings
+import numpy as np
+import peftcore
+CFG = dict(model_type="bert", vocab_size=100, hidden_size=64, num_hidden_layers=2,
+           num_attention_heads=4, intermediate_size=256, max_position_embeddings=64)
+ids = np.random.default_rng(0).integers(2, 100, (32, 48))
+
+def logits(seed):
+    model = peftcore.AutoModelForSequenceClassification.from_config(CFG, seed=seed)
+    with peftcore.no_grad():
+        return model(ids).logits
+
+def in_child(seed):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peftcore.set_num_threads(2)
+    info = peftcore.backend_info()
+    return logits(seed), info["num_threads"], info["fork_note"], [str(w.message) for w in caught]
+"""
+
+FORK_SCENARIOS = {
+    # GNU OpenMP hangs in a child forked after its parent ran threads: held to one thread
+    "after_threads": """
+peftcore.set_num_threads(2)
+expected = [logits(s) for s in range(3)]
+with mp.get_context("fork").Pool(2) as pool:
+    results = pool.map(in_child, range(3))
+for (got, threads, note, warned), want in zip(results, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert threads == 1 and "forked" in note, (threads, note)
+    assert warned == [note]
+""",
+    # nothing ran threads before the fork: the child keeps them
+    "before_threads": """
+peftcore.set_num_threads(2)
+with mp.get_context("fork").Pool(1) as pool:
+    got, threads, note, warned = pool.apply(in_child, (4,))
+assert (threads, note, warned) == (2, "", [])
+np.testing.assert_allclose(got, logits(4), rtol=1e-5, atol=1e-6)
+""",
+    # another thread holds the engine lock when the fork happens
+    "while_a_thread_computes": """
+peftcore.set_num_threads(1)
+model = peftcore.AutoModelForSequenceClassification.from_config(CFG, seed=1)
+stop = threading.Event()
+def busy():
+    while not stop.is_set():
+        with peftcore.no_grad():
+            model(ids)
+worker = threading.Thread(target=busy)
+worker.start()
+time.sleep(0.2)
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        ok = np.isfinite(logits(2)).all()
+        os._exit(0 if ok else 1)
+    deadline = time.time() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        assert time.time() < deadline, "the forked child hung"
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+stop.set()
+worker.join()
+""",
+}
+
+
+@pytest.mark.parametrize("name", list(FORK_SCENARIOS))
+def test_forked_children_run(name):
+    """Sweeps fork worker processes (multiprocessing's default on Linux) from a parent that
+    already used the engine; the children must run, not hang."""
+    script = FORK_PRELUDE + textwrap.dedent(FORK_SCENARIOS[name]) + "\nprint('DONE')\n"
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=180, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{name}: hung (no result in 180 s)")
+    assert proc.returncode == 0 and "DONE" in proc.stdout, (
+        f"exit code {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")

@@ -4,11 +4,11 @@
 
 static PyObject *backend_info(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     (void)self;
-    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O,s:s}", "blis_arch", pc_blis_arch(),
+    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O,s:s,s:s}", "blis_arch", pc_blis_arch(),
                          "blis_version", pc_blis_version(), "num_threads", pc_get_num_threads(),
                          "simd", pc_cpu_simd(), "blis_arch_from_env",
                          pc_blis_arch_from_env() ? Py_True : Py_False, "blis_arch_note",
-                         pc_blis_arch_note());
+                         pc_blis_arch_note(), "fork_note", pc_fork_note());
 }
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
@@ -19,7 +19,14 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_ValueError, "set_num_threads expects an int in [1, 1024], got %ld", n);
         return NULL;
     }
-    pc_set_num_threads((int)n);
+    return PyLong_FromLong(pc_set_num_threads((int)n));
+}
+
+/* os.register_at_fork(after_in_child=...): a thread of the parent may have held the engine
+ * lock when it forked; the child, where that thread does not exist, starts with a new one */
+static PyObject *after_fork_in_child(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    if (glue_engine_lock_init() < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -32,6 +39,7 @@ static PyMethodDef runtime_methods[] = {
     {"backend_info", backend_info, METH_NOARGS, "BLIS kernel set, version, threads, SIMD."},
     {"set_num_threads", set_num_threads, METH_O, "Threads for BLIS and the engine's kernels."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Current thread count."},
+    {"_after_fork_in_child", after_fork_in_child, METH_NOARGS, "Reset the engine lock in a child."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "peftcore._C",

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <omp.h>
 
@@ -477,6 +479,36 @@ static void test_thread_determinism(void) {
     pc_free(q); pc_free(k); pc_free(v); pc_free(o1); pc_free(o2); pc_free(p1); pc_free(p2);
 }
 
+/* A child forked after the engine ran threads: GNU OpenMP would hang starting a team
+ * there, so the engine holds the child to one thread (and says why). The child runs a
+ * linear big enough to be split across threads; an alarm turns a hang into a failure. */
+static void test_fork_after_threads(void) {
+    const int N = 512, IC = 96, OC = 80; /* M·N·K above pc_sgemm's serial cut-off */
+    float *x = frand((size_t)N * IC, 3), *w = frand((size_t)OC * IC, 4);
+    float *y = pc_alloc((size_t)N * OC * 4), *y_child = pc_alloc((size_t)N * OC * 4);
+    int before = pc_get_num_threads();
+    pc_set_num_threads(2);
+    pc_linear_forward(y, x, w, NULL, N, IC, OC); /* threads started in this process */
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60);
+        bool held = pc_get_num_threads() == 1 && pc_set_num_threads(2) == 1 &&
+                    pc_fork_note()[0] != '\0';
+        pc_linear_forward(y_child, x, w, NULL, N, IC, OC);
+        bool same = memcmp(y, y_child, (size_t)N * OC * 4) == 0;
+        _exit(held && same ? 0 : 1);
+    }
+    int status = 0;
+    bool forked = pid > 0 && waitpid(pid, &status, 0) == pid;
+    check_true("fork: a child forked after threads ran runs on one thread, same bits",
+               forked && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    check_true("fork: the parent keeps its threads and no note",
+               pc_get_num_threads() == 2 && pc_fork_note()[0] == '\0');
+    pc_set_num_threads(before);
+    pc_free(x); pc_free(w); pc_free(y); pc_free(y_child);
+}
+
 /* ------------------------------------------------------------------ runtime */
 
 static void test_runtime(void) {
@@ -546,6 +578,7 @@ int main(void) {
             test_folded_attention(folded[i][0], folded[i][1], folded[i][2], folded[i][3], masked);
 
     test_thread_determinism();
+    test_fork_after_threads();
     known_issue_sgemm_k0();
 
     printf("%d passed, %d failed\n", n_passed, n_failed);
