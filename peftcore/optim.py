@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _C
 from .models.parameter import Parameter
+from .utils.checks import is_finite_real
 
 
 def _tensor_of(p):
@@ -17,16 +18,11 @@ def _tensor_of(p):
     raise TypeError(f"optimizer parameters must be peftcore Parameters, got {type(p).__name__}")
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
-        and math.isfinite(x)
-
-
 def _checked_hyper_parameters(group: dict, where: str) -> dict:
     """The AdamW settings found in `group`, checked (torch's messages); betas as a tuple."""
     checked = {}
     if "lr" in group:
-        if not (_finite(group["lr"]) and group["lr"] >= 0):
+        if not (is_finite_real(group["lr"]) and group["lr"] >= 0):
             raise ValueError(f"Invalid learning rate{where}: {group['lr']!r}")
         checked["lr"] = group["lr"]
     if "betas" in group:
@@ -35,12 +31,12 @@ def _checked_hyper_parameters(group: dict, where: str) -> dict:
             pair = tuple(betas)
         except TypeError:
             pair = ()
-        if len(pair) != 2 or not all(_finite(b) and 0.0 <= b < 1.0 for b in pair):
+        if len(pair) != 2 or not all(is_finite_real(b) and 0.0 <= b < 1.0 for b in pair):
             raise ValueError(f"Invalid betas{where}: {betas!r}; expected two numbers in [0, 1)")
         checked["betas"] = pair
     for key, label in (("eps", "epsilon value"), ("weight_decay", "weight_decay value")):
         if key in group:
-            if not (_finite(group[key]) and group[key] >= 0):
+            if not (is_finite_real(group[key]) and group[key] >= 0):
                 raise ValueError(f"Invalid {label}{where}: {group[key]!r}")
             checked[key] = group[key]
     return checked
@@ -185,7 +181,7 @@ class LambdaLR:
     def _apply(self, step):
         """Set the lrs for `step`; a factor that is not a finite number >= 0 changes nothing."""
         factor = self.lr_lambda(step)
-        if not (_finite(factor) and factor >= 0):
+        if not (is_finite_real(factor) and factor >= 0):
             raise ValueError(f"lr_lambda({step}) returned {factor!r}; expected a finite number >= 0")
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
@@ -219,7 +215,7 @@ def get_linear_schedule_with_warmup(optimizer, num_warmup_steps, num_training_st
 
 def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     """Scale gradients so their global L2 norm is at most max_norm; returns the norm before."""
-    if not (_finite(max_norm) and max_norm >= 0):
+    if not (is_finite_real(max_norm) and max_norm >= 0):
         raise ValueError(f"max_norm must be a finite number >= 0, got {max_norm!r}")
     tensors = [_tensor_of(p[1] if isinstance(p, tuple) else p) for p in parameters]
     norm = math.sqrt(_C.grad_sum_squares(tensors))

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..grad_mode import no_grad
 from ..optim import AdamW, clip_grad_norm_, get_linear_schedule_with_warmup
+from ..utils.checks import is_finite_real, is_int
 from .data import iterate_batches
 
 
@@ -26,35 +27,26 @@ class TrainingArguments:
     time_budget: float | None = None      # stop training after this many seconds
 
     def __post_init__(self):
-        _check(self.learning_rate, "learning_rate", "a finite number > 0", _is_number, lambda v: v > 0)
+        _check(self.learning_rate, "learning_rate", "a finite number > 0", is_finite_real, lambda v: v > 0)
         _check(self.per_device_train_batch_size, "per_device_train_batch_size", "an int >= 1",
-               _is_int, lambda v: v >= 1)
+               is_int, lambda v: v >= 1)
         _check(self.per_device_eval_batch_size, "per_device_eval_batch_size", "an int >= 1",
-               _is_int, lambda v: v >= 1)
-        _check(self.warmup_ratio, "warmup_ratio", "a number in [0, 1]", _is_number,
+               is_int, lambda v: v >= 1)
+        _check(self.warmup_ratio, "warmup_ratio", "a number in [0, 1]", is_finite_real,
                lambda v: 0 <= v <= 1)
-        _check(self.weight_decay, "weight_decay", "a finite number >= 0", _is_number,
+        _check(self.weight_decay, "weight_decay", "a finite number >= 0", is_finite_real,
                lambda v: v >= 0)
-        _check(self.seed, "seed", "an int", _is_int, lambda v: True)
+        _check(self.seed, "seed", "an int", is_int, lambda v: True)
         for name, what in (("max_steps", "None or an int >= 1"),
                            ("eval_steps", "None or an int >= 1")):
-            _check(getattr(self, name), name, what, _is_int, lambda v: v >= 1, optional=True)
+            _check(getattr(self, name), name, what, is_int, lambda v: v >= 1, optional=True)
         _check(self.max_grad_norm, "max_grad_norm", "None, 0 (no clipping) or a finite number > 0",
-               _is_number, lambda v: v >= 0, optional=True)
+               is_finite_real, lambda v: v >= 0, optional=True)
         _check(self.time_budget, "time_budget", "None or a finite number of seconds > 0",
-               _is_number, lambda v: v > 0, optional=True)
+               is_finite_real, lambda v: v > 0, optional=True)
         if self.max_steps is None:
             _check(self.num_train_epochs, "num_train_epochs", "a finite number > 0 (or set max_steps)",
-                   _is_number, lambda v: v > 0)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-        and bool(np.isfinite(v))
+                   is_finite_real, lambda v: v > 0)
 
 
 def _check(value, name, what, kind, ok, optional=False):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from ...config import PeftConfig, PeftType, register_config
+from ...utils.checks import is_finite_real, is_int
 
 _BIAS_VALUES = ("none", "all", "lora_only")
 
@@ -33,19 +32,6 @@ _UNSUPPORTED_FIELDS = (
     "kasa_config",
     "ensure_weight_tying",
 )
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _is_positive_number(x) -> bool:
-    """A finite real > 0 (a NaN or infinite scale would poison every output)."""
-    return _is_real(x) and math.isfinite(x) and x > 0
 
 
 def _str_collection(name: str, value, *, as_set: bool):
@@ -112,11 +98,11 @@ class LoraConfig(PeftConfig):
             if value:
                 raise ValueError(f"`{name}={value!r}` is not supported by peftcore; leave it at its default")
 
-        if not _is_int(self.r) or self.r <= 0:
+        if not is_int(self.r) or self.r <= 0:
             raise ValueError(f"`r` must be a positive int, got {self.r!r}")
-        if not _is_positive_number(self.lora_alpha):
+        if not (is_finite_real(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"`lora_alpha` must be a finite number > 0, got {self.lora_alpha!r}")
-        if not _is_real(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
+        if not is_finite_real(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"`lora_dropout` must be a float in [0, 1), got {self.lora_dropout!r}")
         if self.bias not in _BIAS_VALUES:
             raise ValueError(f"`bias` must be one of {list(_BIAS_VALUES)}, got {self.bias!r}")
@@ -136,10 +122,10 @@ class LoraConfig(PeftConfig):
 
         ltt = self.layers_to_transform
         if isinstance(ltt, (list, tuple)):
-            if not all(_is_int(i) and i >= 0 for i in ltt):
+            if not all(is_int(i) and i >= 0 for i in ltt):
                 raise ValueError(f"`layers_to_transform` must be an int or a list of ints >= 0, got {ltt!r}")
             self.layers_to_transform = [int(i) for i in ltt]
-        elif ltt is not None and not (_is_int(ltt) and ltt >= 0):
+        elif ltt is not None and not (is_int(ltt) and ltt >= 0):
             raise ValueError(f"`layers_to_transform` must be an int or a list of ints >= 0, got {ltt!r}")
 
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
@@ -152,10 +138,10 @@ class LoraConfig(PeftConfig):
         self.rank_pattern = dict(self.rank_pattern or {})
         self.alpha_pattern = dict(self.alpha_pattern or {})
         for key, value in self.rank_pattern.items():
-            if not isinstance(key, str) or not _is_int(value) or value <= 0:
+            if not isinstance(key, str) or not is_int(value) or value <= 0:
                 raise ValueError(f"`rank_pattern` must map str to positive ints, got {key!r}: {value!r}")
         for key, value in self.alpha_pattern.items():
-            if not isinstance(key, str) or not _is_positive_number(value):
+            if not isinstance(key, str) or not (is_finite_real(value) and value > 0):
                 raise ValueError(f"`alpha_pattern` must map str to finite numbers > 0, got {key!r}: {value!r}")
 
 
