@@ -14,8 +14,10 @@ if _C.backend_info()["blis_arch_note"]:
 
     _warnings.warn(_C.backend_info()["blis_arch_note"], RuntimeWarning, stacklevel=2)
 
-# a thread of the parent may hold the engine lock at fork; the child gets a fresh one
-_os.register_at_fork(after_in_child=_C._after_fork_in_child)
+# no thread may be inside the engine (or BLIS) when the process forks: a child cannot undo
+# a mutex held by a thread it does not have
+_os.register_at_fork(before=_C._before_fork, after_in_parent=_C._after_fork_in_parent,
+                     after_in_child=_C._after_fork_in_child)
 
 
 def backend_info():

@@ -163,14 +163,16 @@ np.testing.assert_allclose(got, logits(4), rtol=1e-5, atol=1e-6)
 peftcore.set_num_threads(1)
 model = peftcore.AutoModelForSequenceClassification.from_config(CFG, seed=1)
 stop = threading.Event()
+x, w = np.ones((512, 256), np.float32), np.ones((256, 256), np.float32)
 def busy():
     while not stop.is_set():
         with peftcore.no_grad():
             model(ids)
-worker = threading.Thread(target=busy)
+        peftcore.functional.linear(x, w)
+worker = threading.Thread(target=busy, daemon=True)  # a hung child fails fast, not at timeout
 worker.start()
 time.sleep(0.2)
-for _ in range(3):
+for _ in range(12):
     pid = os.fork()
     if pid == 0:
         ok = np.isfinite(logits(2)).all()

@@ -38,10 +38,10 @@ static PyObject *f_linear_forward(PyObject *self, PyObject *args) {
     for (int i = 0; i < PyArray_NDIM(x) - 1; i++) dims[i] = PyArray_DIM(x, i);
     dims[PyArray_NDIM(x) - 1] = (npy_intp)OC;
     CHECK(y = glue_zeros(PyArray_NDIM(x), dims));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_linear_forward(glue_fp(y), glue_fp(x), glue_fp(w), b ? glue_fp(b) : NULL, (int)N,
                       (int)IC, (int)OC);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)y;
     y = NULL;
 fail:
@@ -75,10 +75,10 @@ static PyObject *f_linear_backward(PyObject *self, PyObject *args) {
     if (need_dw) CHECK(dw = glue_zeros(2, PyArray_DIMS(w)));
     npy_intp odims[1] = {(npy_intp)OC};
     if (need_db) CHECK(db = glue_zeros(1, odims));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_linear_backward(glue_fp(dx), dw ? glue_fp(dw) : NULL, db ? glue_fp(db) : NULL,
                        glue_fp(dy), glue_fp(x), glue_fp(w), (int)N, (int)IC, (int)OC);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = Py_BuildValue("(OOO)", dx, dw ? (PyObject *)dw : Py_None,
                            db ? (PyObject *)db : Py_None);
 fail:
@@ -106,9 +106,9 @@ static PyObject *f_embedding_forward(PyObject *self, PyObject *args) {
     for (int i = 0; i < PyArray_NDIM(ids); i++) dims[i] = PyArray_DIM(ids, i);
     dims[PyArray_NDIM(ids)] = (npy_intp)C;
     CHECK(y = glue_zeros(PyArray_NDIM(ids) + 1, dims));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_embedding_forward(glue_fp(y), glue_ip(ids), glue_fp(w), (int)N, (int)C);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)y;
     y = NULL;
 fail:
@@ -135,9 +135,9 @@ static PyObject *f_embedding_backward(PyObject *self, PyObject *args) {
     CHECK(glue_check_ids_range(ids, V, "embedding_backward") == 0);
     npy_intp dims[2] = {(npy_intp)V, (npy_intp)C};
     CHECK(dw = glue_zeros(2, dims));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_embedding_backward(glue_fp(dw), glue_fp(dy), glue_ip(ids), (int)N, (int)C);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)dw;
     dw = NULL;
 fail:
@@ -177,10 +177,10 @@ static PyObject *f_layernorm_forward(PyObject *self, PyObject *args) {
     CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
     CHECK(mean = glue_zeros(1, ndims));
     CHECK(rstd = glue_zeros(1, ndims));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_layernorm_forward(glue_fp(y), glue_fp(mean), glue_fp(rstd), glue_fp(x), glue_fp(w),
                          glue_fp(b), (int)N, (int)C, (float)eps);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = Py_BuildValue("(OOO)", y, mean, rstd);
 fail:
     Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b);
@@ -211,10 +211,10 @@ static PyObject *f_layernorm_backward(PyObject *self, PyObject *args) {
     CHECK(dx = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
     CHECK(dw = glue_zeros(1, cdims));
     CHECK(db = glue_zeros(1, cdims));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_layernorm_backward(glue_fp(dx), glue_fp(dw), glue_fp(db), glue_fp(dy), glue_fp(x),
                           glue_fp(w), glue_fp(m), glue_fp(r), (int)N, (int)C);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = Py_BuildValue("(OOO)", dx, dw, db);
 fail:
     Py_XDECREF(dy); Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(m); Py_XDECREF(r);
@@ -233,9 +233,9 @@ static PyObject *unary_forward(PyObject *args, const char *name, unary_fn fn) {
     CHECK(x = glue_f32(xo, name));
     CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
     int64_t n = PyArray_SIZE(x);
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     fn(glue_fp(y), glue_fp(x), n);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)y;
     y = NULL;
 fail:
@@ -252,9 +252,9 @@ static PyObject *unary_backward(PyObject *args, const char *name, unary_bwd_fn f
     CHECK(glue_check_same_shape(s, dy, "the saved tensor", "grad_output") == 0);
     CHECK(dx = glue_zeros(PyArray_NDIM(s), PyArray_DIMS(s)));
     int64_t n = PyArray_SIZE(s);
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     fn(glue_fp(dx), glue_fp(dy), glue_fp(s), n);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)dx;
     dx = NULL;
 fail:
@@ -296,9 +296,9 @@ static PyObject *f_softmax_forward(PyObject *self, PyObject *args) {
     int64_t N = glue_rows(x), C = glue_last(x);
     CHECK(glue_check_int_range(N, "softmax: rows") == 0 && glue_check_int_range(C, "dim") == 0);
     CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_softmax_forward(glue_fp(y), glue_fp(x), (int)N, (int)C);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)y;
     y = NULL;
 fail:
@@ -318,9 +318,9 @@ static PyObject *f_softmax_backward(PyObject *self, PyObject *args) {
     int64_t N = glue_rows(y), C = glue_last(y);
     CHECK(glue_check_int_range(N, "softmax: rows") == 0 && glue_check_int_range(C, "dim") == 0);
     CHECK(dx = glue_zeros(PyArray_NDIM(y), PyArray_DIMS(y)));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_softmax_backward(glue_fp(dx), glue_fp(dy), glue_fp(y), (int)N, (int)C);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)dx;
     dx = NULL;
 fail:
@@ -338,9 +338,9 @@ static PyObject *f_add_forward(PyObject *self, PyObject *args) {
     CHECK(glue_check_same_shape(a, b, "input", "other") == 0);
     CHECK(y = glue_zeros(PyArray_NDIM(a), PyArray_DIMS(a)));
     int64_t n = PyArray_SIZE(a);
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_add_forward(glue_fp(y), glue_fp(a), glue_fp(b), n);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)y;
     y = NULL;
 fail:
@@ -367,10 +367,10 @@ static PyObject *dropout_call(PyObject *args, bool backward) {
     CHECK(x = glue_f32(xo, "dropout: input"));
     CHECK(y = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
     int64_t n = PyArray_SIZE(x);
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     if (backward) pc_dropout_backward(glue_fp(y), glue_fp(x), n, (float)p, seed);
     else pc_dropout_forward(glue_fp(y), glue_fp(x), n, (float)p, seed);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)y;
     y = NULL;
 fail:
@@ -452,10 +452,10 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
     CHECK(out = glue_zeros(3, PyArray_DIMS(q)));
     if (want_probs) CHECK(probs = glue_zeros(4, pdims));
     int rc;
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     rc = pc_attention_forward(glue_fp(out), probs ? glue_fp(probs) : NULL, glue_fp(q),
                               glue_fp(k), glue_fp(v), m ? glue_fp(m) : NULL, &dims, (float)p, seed);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     if (rc < 0) {
         PyErr_NoMemory();
         goto fail;
@@ -497,11 +497,11 @@ static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
     CHECK(dk = glue_zeros(3, PyArray_DIMS(k)));
     CHECK(dv = glue_zeros(3, PyArray_DIMS(k)));
     int rc;
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     rc = pc_attention_backward(glue_fp(dq), glue_fp(dk), glue_fp(dv), glue_fp(dout),
                                glue_fp(probs), glue_fp(q), glue_fp(k), glue_fp(v), &dims,
                                (float)p, seed);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     if (rc < 0) {
         PyErr_NoMemory();
         goto fail;
@@ -544,10 +544,10 @@ static PyObject *f_cross_entropy_forward(PyObject *self, PyObject *args) {
     CHECK(check_ce(l, t, ignore_index) == 0);
     float loss;
     int count;
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     loss = pc_cross_entropy_forward(glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
                                     (int)PyArray_DIM(l, 1), ignore_index, &count);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = PyFloat_FromDouble(loss);
 fail:
     Py_XDECREF(l); Py_XDECREF(t);
@@ -565,10 +565,10 @@ static PyObject *f_cross_entropy_backward(PyObject *self, PyObject *args) {
     CHECK(t = glue_ids(to, "cross_entropy_backward: target"));
     CHECK(check_ce(l, t, ignore_index) == 0);
     CHECK(dl = glue_zeros(2, PyArray_DIMS(l)));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_cross_entropy_backward(glue_fp(dl), glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
                               (int)PyArray_DIM(l, 1), ignore_index, (float)dloss);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)dl;
     dl = NULL;
 fail:
@@ -587,16 +587,16 @@ static PyObject *mse_call(PyObject *args, bool backward) {
     int64_t n = PyArray_SIZE(x);
     if (!backward) {
         float loss;
-        Py_BEGIN_ALLOW_THREADS
+        GLUE_COMPUTE_BEGIN
         loss = pc_mse_forward(glue_fp(x), glue_fp(t), n);
-        Py_END_ALLOW_THREADS
+        GLUE_COMPUTE_END
         result = PyFloat_FromDouble(loss);
         goto fail;
     }
     CHECK(dx = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     pc_mse_backward(glue_fp(dx), glue_fp(x), glue_fp(t), n, (float)dloss);
-    Py_END_ALLOW_THREADS
+    GLUE_COMPUTE_END
     result = (PyObject *)dx;
     dx = NULL;
 fail:

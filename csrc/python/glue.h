@@ -68,6 +68,11 @@ extern PyMethodDef glue_functional_methods[];
 int glue_engine_lock_init(void);
 void glue_engine_lock(void);
 void glue_engine_unlock(void);
+/* Engine compute on converted arguments: under the engine lock, without the GIL. Every
+ * call into the engine's kernels goes through these, so when peftcore's fork hook holds the
+ * lock no thread is inside the engine or BLIS (whose own mutexes a child could not undo). */
+#define GLUE_COMPUTE_BEGIN glue_engine_lock(); Py_BEGIN_ALLOW_THREADS
+#define GLUE_COMPUTE_END Py_END_ALLOW_THREADS glue_engine_unlock();
 
 extern PyMethodDef glue_optim_methods[];
 int glue_register_models(PyObject *module);

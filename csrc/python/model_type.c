@@ -289,8 +289,7 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         (c->head != PC_HEAD_NONE && !(logits = (PyObject *)glue_zeros(2, logits_dims))))
         goto fail;
     int rc;
-    glue_engine_lock();
-    Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
     rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
                             mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0,
                             !want_hidden, seed);
@@ -299,8 +298,7 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         copy_out(pooled, pc_encoder_pooled(self->enc));
         copy_out(logits, pc_encoder_logits(self->enc));
     }
-    Py_END_ALLOW_THREADS
-    glue_engine_unlock();
+    GLUE_COMPUTE_END
     if (rc < 0) { PyErr_NoMemory(); goto fail; }
     result = Py_BuildValue("(OOO)", hidden ? hidden : Py_None, pooled ? pooled : Py_None,
                            logits ? logits : Py_None);

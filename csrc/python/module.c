@@ -19,11 +19,27 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_ValueError, "set_num_threads expects an int in [1, 1024], got %ld", n);
         return NULL;
     }
-    return PyLong_FromLong(pc_set_num_threads((int)n));
+    glue_engine_lock(); /* not while another thread's forward has sized its work */
+    int used = pc_set_num_threads((int)n);
+    glue_engine_unlock();
+    return PyLong_FromLong(used);
 }
 
-/* os.register_at_fork(after_in_child=...): a thread of the parent may have held the engine
- * lock when it forked; the child, where that thread does not exist, starts with a new one */
+/* os.register_at_fork hooks. Before a fork the forking thread takes the engine lock, so no
+ * other thread is inside the engine or BLIS (holding their mutexes) at the fork; the parent
+ * then releases it and the child, which has only the forking thread, starts with a new one. */
+static PyObject *before_fork(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    glue_engine_lock();
+    Py_RETURN_NONE;
+}
+
+static PyObject *after_fork_in_parent(PyObject *self, PyObject *Py_UNUSED(ignored)) {
+    (void)self;
+    glue_engine_unlock();
+    Py_RETURN_NONE;
+}
+
 static PyObject *after_fork_in_child(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     (void)self;
     if (glue_engine_lock_init() < 0) return NULL;
@@ -39,7 +55,9 @@ static PyMethodDef runtime_methods[] = {
     {"backend_info", backend_info, METH_NOARGS, "BLIS kernel set, version, threads, SIMD."},
     {"set_num_threads", set_num_threads, METH_O, "Threads for BLIS and the engine's kernels."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Current thread count."},
-    {"_after_fork_in_child", after_fork_in_child, METH_NOARGS, "Reset the engine lock in a child."},
+    {"_before_fork", before_fork, METH_NOARGS, "Take the engine lock for a fork."},
+    {"_after_fork_in_parent", after_fork_in_parent, METH_NOARGS, "Release it after the fork."},
+    {"_after_fork_in_child", after_fork_in_child, METH_NOARGS, "A new engine lock in the child."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "peftcore._C",

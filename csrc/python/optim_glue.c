@@ -26,14 +26,11 @@ static PyObject *adamw_step(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "adamw_step: step must be >= 1, got %lld", t);
         return NULL;
     }
-    glue_engine_lock();
-    if (p->grad) {
-        Py_BEGIN_ALLOW_THREADS
+    GLUE_COMPUTE_BEGIN
+    if (p->grad)
         pc_adamw_step(pc_f32(p), pc_f32(p->grad), pc_f32(m), pc_f32(v), p->numel, t, lr, b1,
                       b2, eps, wd);
-        Py_END_ALLOW_THREADS
-    }
-    glue_engine_unlock();
+    GLUE_COMPUTE_END
     Py_RETURN_NONE;
 }
 
