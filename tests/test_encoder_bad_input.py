@@ -9,6 +9,7 @@ abort shows up as a failing test naming the case instead of killing the suite.
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -461,3 +462,58 @@ def test_failed_load_leaves_loaded_model_working(tmp_path):
     with pytest.raises(ValueError):
         AutoModelForSequenceClassification.from_pretrained(bad)
     np.testing.assert_array_equal(model(ids, attention_mask=mask).logits, before)
+
+
+def _torch_bin_folder(folder: Path) -> Path:
+    """A model folder whose weights are a torch.save zip (pytorch_model.bin) only."""
+    torch = pytest.importorskip("torch")
+    folder = _save_folder(folder)
+    state = AutoModelForSequenceClassification.from_pretrained(folder).state_dict()
+    (folder / "model.safetensors").unlink()
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_damaged_weight_files_raise_checkpoint_errors(tmp_path, weights):
+    """Seeded random damage (bytes changed, cut out or put in): each load either works (the
+    damage hit tensor values) or raises CheckpointError naming the file, never another
+    exception from the file formats' readers."""
+    from peftcore.models.checkpoint import CheckpointError
+
+    folder = (_save_folder(tmp_path / "m") if weights == "model.safetensors"
+              else _torch_bin_folder(tmp_path / "m"))
+    path = folder / weights
+    good = path.read_bytes()
+    rng = np.random.default_rng(7)
+    refused = 0
+    for _ in range(150):
+        data = bytearray(good)
+        for _ in range(int(rng.choice([1, 2, 4, 16]))):
+            i, kind = int(rng.integers(len(data))), int(rng.integers(3))
+            if kind == 0:
+                data[i] = int(rng.integers(256))
+            elif kind == 1:
+                del data[i:i + int(rng.integers(1, 64))]
+            else:
+                data[i:i] = rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+        try:
+            AutoModelForSequenceClassification.from_pretrained(folder)
+        except CheckpointError as exc:
+            assert str(path) in str(exc)
+            refused += 1
+    assert refused > 50  # the damage really was seen
+
+
+def test_zip_end_record_that_makes_zipfile_raise(tmp_path):
+    """A ZIP64 locator claiming several disks makes zipfile.is_zipfile raise, not say no."""
+    from peftcore.models.checkpoint import CheckpointError
+
+    folder = _torch_bin_folder(tmp_path / "m")
+    path = folder / "pytorch_model.bin"
+    good = path.read_bytes()
+    end = good.rindex(b"PK\x05\x06")  # the end of central directory record
+    path.write_bytes(good[:end] + struct.pack("<4sIQI", b"PK\x06\x07", 1, 0, 2) + good[end:])
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*span multiple disks"):
+        AutoModelForSequenceClassification.from_pretrained(folder)

@@ -443,7 +443,8 @@ def read_torch_bin(path: str | os.PathLike) -> StateDict:
                 state = _TorchUnpickler(pkl, archive, prefix, byteorder, path).load()
     except CheckpointError:
         raise  # already names the file (includes UnsafeCheckpointError)
-    except (zipfile.BadZipFile, zlib.error, EOFError, pickle.UnpicklingError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, pickle.UnpicklingError, OSError) as exc:
+        # OSError: a seek to a negative offset, from a corrupt zip directory
         raise CheckpointError(f"{path}: corrupt torch checkpoint ({exc})") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError,
             NotImplementedError) as exc:
@@ -460,7 +461,11 @@ def _check_is_torch_zip(path: Path) -> None:
             f"{path}: legacy (pre-1.6, non-zip) torch serialization format is "
             "unsupported; re-save it with torch.save() from torch >= 1.6 or as safetensors"
         )
-    if not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as exc:  # a corrupt end record can raise instead of saying no
+        raise CheckpointError(f"{path}: corrupt torch checkpoint ({exc})") from None
+    if not is_zip:
         problem = "truncated or corrupt zip archive" if head.startswith(b"PK") else (
             "not a torch zip checkpoint")
         raise CheckpointError(f"{path}: {problem}")
