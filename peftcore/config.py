@@ -88,6 +88,8 @@ def get_config_class(peft_type: Any, source: Optional[str] = None) -> type:
     if peft_type is None:
         raise ValueError(f"Missing 'peft_type'{where}; cannot tell which adapter config to build")
     key = peft_type.value if isinstance(peft_type, enum.Enum) else peft_type
+    if not isinstance(key, str):
+        raise ValueError(f"peft_type{where} must be a string such as 'LORA', got {peft_type!r}")
     if key not in _CONFIG_REGISTRY:
         try:  # built-in tuners register themselves on import
             import peftcore.tuners  # noqa: F401

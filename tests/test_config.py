@@ -147,6 +147,11 @@ def test_load_ignores_unknown_keys_keeps_known(tmp_path):
         ('{"peft_type": "LORA", "r": 8', "not valid JSON"),
         ("\xff\xfe garbage", "not valid JSON"),
         ("[1, 2]", "JSON object"),
+        ('{"peft_type": ["LORA"]}', r"peft_type in .* must be a string such as 'LORA', got \['LORA'\]"),
+        ('{"peft_type": {"a": 1}}', "must be a string"),
+        ('{"peft_type": "LORA", "use_rslora": "yes"}', "`use_rslora` must be True or False, got 'yes'"),
+        ('{"peft_type": "LORA", "fan_in_fan_out": 1}', "`fan_in_fan_out` must be True or False"),
+        ('{"peft_type": "LORA", "inference_mode": null}', "`inference_mode` must be True or False"),
     ],
 )
 def test_load_errors(tmp_path, content, match):

@@ -561,3 +561,17 @@ def test_targeting_non_linear_raises(target):
         get_peft_model(base, LoraConfig(target_modules=target))
     assert all(not isinstance(m, peftcore.tuners.lora.layer.LoraLinear) for m in base.modules())
     np.testing.assert_array_equal(_logits(base, batch), before)
+
+
+def test_fan_in_fan_out_is_switched_off_with_hf_peft_s_warning():
+    """Our targets are Linear layers, stored (out, in): as HF PEFT does for nn.Linear, a
+    fan_in_fan_out=True config warns and is applied (and saved) with False."""
+    batch = _batch()
+    peftcore.manual_seed(0)  # the same random LoRA weights for both
+    plain = get_peft_model(_base(), LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    peftcore.manual_seed(0)
+    with pytest.warns(UserWarning, match="fan_in_fan_out is set to True.*Setting fan_in_fan_out to False"):
+        flipped = get_peft_model(_base(), LoraConfig(r=2, target_modules=["query"],
+                                                     init_lora_weights=False, fan_in_fan_out=True))
+    assert flipped.peft_config["default"].fan_in_fan_out is False
+    np.testing.assert_array_equal(_logits(flipped, batch), _logits(plain, batch))

@@ -104,6 +104,9 @@ class LoraConfig(PeftConfig):
             raise ValueError(f"`lora_alpha` must be a finite number > 0, got {self.lora_alpha!r}")
         if not is_finite_real(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"`lora_dropout` must be a float in [0, 1), got {self.lora_dropout!r}")
+        for name in ("fan_in_fan_out", "use_rslora", "inference_mode"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
         if self.bias not in _BIAS_VALUES:
             raise ValueError(f"`bias` must be one of {list(_BIAS_VALUES)}, got {self.bias!r}")
         if not (isinstance(self.init_lora_weights, bool) or self.init_lora_weights == "gaussian"):

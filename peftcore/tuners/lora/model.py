@@ -34,6 +34,10 @@ def _candidate_modules(model: Module):
 def plan_lora(model: Module, config) -> LoraPlan:
     """Resolve targets of `config` on `model` without changing anything."""
     config = copy.deepcopy(config)
+    if config.fan_in_fan_out:  # HF PEFT's warning and fix: it describes Conv1D weights
+        warnings.warn("fan_in_fan_out is set to True but the target modules are Linear layers "
+                      "(weights stored (out, in)). Setting fan_in_fan_out to False.", stacklevel=3)
+        config.fan_in_fan_out = False
     config.target_modules = resolve_target_modules(config, model.config.model_type)
     modules = dict(_candidate_modules(model))
     save = []
