@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _C
 from .models.parameter import Parameter
-from .utils.checks import is_finite_real
+from .utils.checks import is_finite_real, is_int
 
 
 def _tensor_of(p):
@@ -152,7 +152,7 @@ class AdamW:
                     raise ValueError(f"state for parameter {i} has shape {m.shape}, the parameter "
                                      f"{tuple(tensor.shape)}")
                 step = st["step"]
-                if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+                if not is_int(step) or step < 0:
                     raise ValueError(f"state for parameter {i} has step {step!r}; expected an int >= 0")
                 mt, vt = _C.Tensor.zeros(tensor.shape), _C.Tensor.zeros(tensor.shape)
                 np.asarray(mt)[...] = m
