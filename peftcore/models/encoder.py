@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _C
 from ..grad_mode import is_grad_enabled
+from ..utils.checks import is_int
 from .checkpoint import LazyTensor
 from .checkpoint import load_state_dict as read_checkpoint
 from .configuration import ACTIVATIONS, EncoderConfig
@@ -174,7 +175,7 @@ class EncoderModel(Module):
         the padding row of the word (and, for RoBERTa, position) embeddings zero. One
         seeded stream over the parameters in order, drawn in chunks (no full-size float64
         temporary); `names` limits the init to those parameters."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         if names is not None:
             names = {names} if isinstance(names, str) else set(names)
@@ -471,7 +472,7 @@ def _as_int64(array, name):
 
 def _check_rows(rows) -> int:
     """inference_rows as the engine takes it: a positive int."""
-    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+    if not is_int(rows) or rows < 1:
         raise ValueError(f"inference_rows must be None or a positive int (tokens per group), "
                          f"got {rows!r}")
     return int(rows)
