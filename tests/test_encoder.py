@@ -7,6 +7,7 @@ check the engine's gradients against float64 central differences of its own loss
 """
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -553,7 +554,7 @@ def test_finite_differences_automodel():
 # ------------------------------------------------------------------ training mechanics (no torch)
 
 def _small(model_type="bert", **overrides):
-    cfg = dict(TINY, model_type=model_type, num_labels=2, **overrides)
+    cfg = dict(TINY, model_type=model_type, **{"num_labels": 2, **overrides})
     if model_type == "roberta":
         cfg.update(pad_token_id=1, type_vocab_size=1, max_position_embeddings=26)
     return AutoModelForSequenceClassification.from_config(cfg, seed=3)
@@ -886,3 +887,76 @@ def test_inference_rows_must_be_a_positive_int(rows):
         assert model.inference_rows == 6
         np.testing.assert_allclose(model(ids, attention_mask=mask).logits, expected, rtol=1e-6,
                                    atol=1e-7)
+
+
+# ------------------------------------------------------------------ save_pretrained
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+@pytest.mark.parametrize("head", [True, False])
+def test_save_pretrained_round_trip(tmp_path, model_type, head):
+    """A saved folder loads back into the same model: every parameter and the outputs."""
+    model = _small(model_type, num_labels=3)
+    if not head:
+        model = AutoModel.from_config(dict(model.config.to_dict()), seed=4)
+    model.save_pretrained(tmp_path / "saved")
+    cls = AutoModelForSequenceClassification if head else AutoModel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing missing, nothing unexpected
+        back = cls.from_pretrained(tmp_path / "saved")
+    assert type(back) is type(model) and back.config.num_labels == model.config.num_labels
+    saved, loaded = model.state_dict(), back.state_dict()
+    assert saved.keys() == loaded.keys()
+    for k in saved:
+        np.testing.assert_array_equal(loaded[k], saved[k], err_msg=k)
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    a, b = model.eval()(ids, attention_mask=mask), back.eval()(ids, attention_mask=mask)
+    np.testing.assert_array_equal(a.logits if head else a.last_hidden_state,
+                                  b.logits if head else b.last_hidden_state)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_saved_folder_loads_in_transformers(tmp_path, model_type):
+    """transformers reads the folder as its own: same class, labels and logits."""
+    torch = _torch()
+    import transformers
+
+    model = _small(model_type, num_labels=3).eval()
+    model.save_pretrained(tmp_path / "saved")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    assert type(hf).__name__ == type(model).__name__ and hf.config.num_labels == 3
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_allclose(model(ids, attention_mask=mask).logits, ref, rtol=0,
+                               atol=LOGIT_ATOL)
+
+
+def test_merged_lora_model_saves_as_a_plain_model(tmp_path):
+    """HF's flow: merge_and_unload(), then save_pretrained() of the merged base model."""
+    import peftcore
+
+    model = _small("bert")
+    ids, mask = _batch("bert", TINY["vocab_size"])
+    peft = peftcore.get_peft_model(model, peftcore.LoraConfig(
+        target_modules=["query", "value"], init_lora_weights=False))
+    adapted = peft.eval()(ids, attention_mask=mask).logits
+    merged = peft.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    back = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    np.testing.assert_allclose(back(ids, attention_mask=mask).logits, adapted, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_save_pretrained_refuses_a_file_and_keeps_labels(tmp_path):
+    model = _small("bert", num_labels=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        model.save_pretrained(tmp_path / "file")
+    # label names read from a config.json are written back while their count fits
+    model.config.extra["id2label"] = {"0": "negative", "1": "positive"}
+    model.save_pretrained(tmp_path / "named")
+    saved = json.loads((tmp_path / "named" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    assert saved["label2id"] == {"negative": 0, "positive": 1}
+    assert saved["architectures"] == ["BertForSequenceClassification"]
+    assert "num_labels" not in saved and "name_or_path" not in saved

@@ -101,6 +101,21 @@ class EncoderConfig:
         extra = d.pop("extra")
         return {**extra, **d}
 
+    def to_hf_dict(self, architecture: str) -> dict:
+        """config.json as transformers writes it: labels as id2label/label2id (the file's own
+        names kept when their count still fits), the class in `architectures`, no path."""
+        d = self.to_dict()
+        d.pop("name_or_path")
+        d.pop("_name_or_path", None)
+        num_labels = d.pop("num_labels")
+        id2label = d.get("id2label")
+        if not (isinstance(id2label, dict) and len(id2label) == num_labels):
+            id2label = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+        d["id2label"] = {str(k): v for k, v in id2label.items()}
+        d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
+        d["architectures"] = [architecture]
+        return d
+
     @property
     def effective_classifier_dropout(self) -> float:
         if self.classifier_dropout is None:

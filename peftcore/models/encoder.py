@@ -205,6 +205,19 @@ class EncoderModel(Module):
                 if name in padded and pad is not None and 0 <= pad < p.shape[0]:
                     p[pad] = 0.0
 
+    def save_pretrained(self, save_directory):
+        """Write a Hugging Face model folder, config.json and model.safetensors (each file
+        atomically), that transformers and from_pretrained load: e.g. the result of a PEFT
+        model's merge_and_unload()."""
+        from ..utils.io import atomic_write_json, save_safetensors
+
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"save_pretrained needs a folder, and {folder} is a file")
+        folder.mkdir(parents=True, exist_ok=True)
+        save_safetensors(folder / "model.safetensors", self.state_dict(), metadata={"format": "pt"})
+        atomic_write_json(folder / "config.json", self.config.to_hf_dict(type(self).__name__))
+
     def state_dict(self) -> dict:
         return {name: np.array(p, copy=True) for name, p in self.named_parameters()}
 
