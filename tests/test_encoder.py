@@ -960,3 +960,35 @@ def test_save_pretrained_refuses_a_file_and_keeps_labels(tmp_path):
     assert saved["label2id"] == {"negative": 0, "positive": 1}
     assert saved["architectures"] == ["BertForSequenceClassification"]
     assert "num_labels" not in saved and "name_or_path" not in saved
+
+
+# ------------------------------------------------------------------ copies
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_deepcopy_and_pickle_make_an_independent_model(how, model_type):
+    """A copy has its own engine model: same weights, flags, mode and dropout stream, and
+    changing one leaves the other alone."""
+    import copy
+    import pickle
+
+    import peftcore
+
+    model = _small(model_type).train()
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    model(ids, attention_mask=mask)  # the dropout stream moves on
+    frozen = f"{model_type}.embeddings.word_embeddings.weight"
+    model.get_parameter(frozen).requires_grad = False
+    clone = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert type(clone) is type(model) and clone.training
+    assert not clone.get_parameter(frozen).requires_grad
+    np.testing.assert_array_equal(clone(ids, attention_mask=mask).logits,
+                                  model(ids, attention_mask=mask).logits)  # same dropout masks
+    head = "classifier.weight" if model_type == "bert" else "classifier.out_proj.weight"
+    clone.get_parameter(head)[...] = 0
+    model.eval()
+    assert not np.array_equal(clone.eval()(ids, attention_mask=mask).logits,
+                              model(ids, attention_mask=mask).logits)
+    peft = peftcore.get_peft_model(model, peftcore.LoraConfig(target_modules=["query"]))
+    with pytest.raises(TypeError, match="holds adapter layers"):
+        copy.deepcopy(peft)

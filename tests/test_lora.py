@@ -7,7 +7,6 @@ dL/dA = s·Bᵀ·G and dL/dB = s·G·Aᵀ; plus float64 central differences of t
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -338,17 +337,18 @@ def test_lora_grads_finite_differences():
 
 
 @pytest.mark.parametrize("sizes", [{}, WIDE], ids=["small", "wide"])
-def test_train_mode_dropout_backward_matches_finite_differences(monkeypatch, sizes):
-    """A model draws each forward's dropout seed from its own counter; pinning the counter
-    makes the train-mode forward a deterministic function, so its backward can be checked
-    against finite differences with the same masks."""
+def test_train_mode_dropout_backward_matches_finite_differences(sizes):
+    """A model draws each forward's dropout seed from its own count of forwards; pinning
+    the count makes the train-mode forward a deterministic function, so its backward can be
+    checked against finite differences with the same masks."""
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "output.dense"],
                         lora_dropout=0.4, task_type="SEQ_CLS", init_lora_weights=False)
     pm = _peft(config, **sizes).train()
-    monkeypatch.setattr(pm.get_base_model(), "_forward_counter", itertools.repeat(12345))
+    base = pm.get_base_model()
     ids, mask, labels = _batch(B=3, T=6, seed=4)
 
     def loss():
+        base._forwards = 12345  # every forward draws the same masks
         return float(pm(ids, attention_mask=mask, labels=labels).loss)
 
     l1, l2 = loss(), loss()
@@ -356,6 +356,7 @@ def test_train_mode_dropout_backward_matches_finite_differences(monkeypatch, siz
     pm.eval()
     assert abs(loss() - l1) > 1e-4  # ... and dropout really is applied in train mode
     pm.train()
+    base._forwards = 12345
     pm(ids, attention_mask=mask, labels=labels)
     pm.backward()
     params = dict(pm.named_parameters())

@@ -1,7 +1,6 @@
 """BERT-family models on the engine: AutoModel and AutoModelForSequenceClassification."""
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ class EncoderModel(Module):
         self._seed = int(seed)
         # dropout masks: one stream per model, from its seed, advanced by each forward, so a
         # run is reproducible whatever else the process has run before
-        self._forward_counter = itertools.count()
+        self._forwards = 0
         self._pending_grad = None
         self._engine = _C.Encoder(self._engine_config())
         self.inference_rows = max(1, self.INFERENCE_SCRATCH_BYTES //
@@ -204,6 +203,20 @@ class EncoderModel(Module):
                     flat[start:stop] = rng.normal(0.0, std, size=stop - start)
                 if name in padded and pad is not None and 0 <= pad < p.shape[0]:
                     p[pad] = 0.0
+
+    def __reduce__(self):
+        """pickle and copy.deepcopy: a new engine model with this one's config, weights,
+        requires_grad flags, mode and dropout stream (gradients are not carried over)."""
+        adapter_parts = (".base_layer.", ".lora_", ".original_module.", ".modules_to_save.")
+        if any(part in name for name, _ in self.named_parameters() for part in adapter_parts):
+            raise TypeError(f"cannot copy or pickle a {type(self).__name__} that holds adapter "
+                            f"layers; copy the model before get_peft_model(), or save the "
+                            f"adapter with save_pretrained() and load it into a copy")
+        state = dict(training=self.training, inference_rows=self.inference_rows,
+                     _forwards=self._forwards,
+                     trainable={n: bool(p.requires_grad) for n, p in self.named_parameters()})
+        return (_rebuild_model, (type(self), self.config, self._seed, self.add_pooling_layer,
+                                 self.state_dict(), state))
 
     def save_pretrained(self, save_directory):
         """Write a Hugging Face model folder, config.json and model.safetensors (each file
@@ -374,7 +387,8 @@ class EncoderModel(Module):
         ids, mask, types, positions = inputs
         self._pending_grad = None
         self._engine.set_inference_rows(self._inference_rows or 0)
-        seed = (self._seed * 0x9E3779B1 + next(self._forward_counter)) % 2**64
+        seed = (self._seed * 0x9E3779B1 + self._forwards) % 2**64
+        self._forwards += 1
         return self._engine.forward(ids, positions, types, mask, self.training, seed,
                                     want_hidden, is_grad_enabled())
 
@@ -474,6 +488,17 @@ class RobertaForSequenceClassification(SequenceClassificationBase):
 
 _AUTO = {"bert": BertModel, "roberta": RobertaModel}
 _AUTO_SEQ = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification}
+
+
+def _rebuild_model(cls, config, seed, add_pooling_layer, weights, state):
+    """The inverse of EncoderModel.__reduce__."""
+    model = cls(config, seed=seed, add_pooling_layer=add_pooling_layer, _init_weights=False)
+    model.load_state_dict(weights)
+    for name, p in model.named_parameters():
+        p.requires_grad = state["trainable"][name]
+    model.training, model.inference_rows = state["training"], state["inference_rows"]
+    model._forwards = state["_forwards"]
+    return model
 
 
 def _as_int64(array, name):
