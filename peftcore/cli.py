@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .utils.checks import is_finite_real
+
 
 def _load_data(args):
     """(train_a, train_b, train_y, dev_a, dev_b, dev_y, source description)"""
@@ -163,7 +165,7 @@ def _checked(kind, what, ok):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if kind is float and not np.isfinite(value) or not ok(value):
+        if kind is float and not is_finite_real(value) or not ok(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse

@@ -52,6 +52,10 @@ PyArrayObject *glue_zeros(int ndim, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
 }
 
+PyArrayObject *glue_empty(int ndim, const npy_intp *dims) {
+    return (PyArrayObject *)PyArray_EMPTY(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+}
+
 void glue_shape_str(char *buf, size_t n, PyArrayObject *a) {
     size_t used = (size_t)snprintf(buf, n, "(");
     for (int i = 0; i < PyArray_NDIM(a) && used < n; i++)

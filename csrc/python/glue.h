@@ -20,6 +20,8 @@ PyArrayObject *glue_f32(PyObject *obj, const char *what);
 PyArrayObject *glue_ids(PyObject *obj, const char *what);
 /* New zeroed float32 array. */
 PyArrayObject *glue_zeros(int ndim, const npy_intp *dims);
+/* New float32 array left uninitialised, for outputs written in full. */
+PyArrayObject *glue_empty(int ndim, const npy_intp *dims);
 /* "(2, 3)" for messages */
 void glue_shape_str(char *buf, size_t n, PyArrayObject *a);
 /* Raise ValueError unless a has exactly ndim dims (ndim < 0: at least 1). */

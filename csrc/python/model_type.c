@@ -230,9 +230,12 @@ static PyArrayObject *ids_like(PyObject *obj, const char *what, npy_intp B, npy_
     return a;
 }
 
-/* an output array (if asked for) takes the engine's values (if it has them) */
+/* an output array (if asked for) takes the engine's values (zeros if it has none) */
 static void copy_out(PyObject *out, const float *src) {
-    if (out && src) memcpy(PyArray_DATA((PyArrayObject *)out), src, (size_t)PyArray_NBYTES((PyArrayObject *)out));
+    if (!out) return;
+    size_t bytes = (size_t)PyArray_NBYTES((PyArrayObject *)out);
+    if (src) memcpy(PyArray_DATA((PyArrayObject *)out), src, bytes);
+    else memset(PyArray_DATA((PyArrayObject *)out), 0, bytes);
 }
 
 /* forward(input_ids, position_ids, token_type_ids, attention_mask|None, training, seed,
@@ -281,12 +284,13 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         for (npy_intp i = 0; i < B * T; i++) glue_fp(mask)[i] = glue_ip(m)[i] != 0 ? 1.0f : 0.0f;
         Py_DECREF(m);
     }
-    /* the outputs are allocated before the engine runs: no Python code under the lock */
+    /* the outputs are allocated before the engine runs (no Python code under the lock);
+     * a successful forward has each of them in full, so they start uninitialised */
     npy_intp hidden_dims[3] = {B, T, c->hidden}, pooled_dims[2] = {B, c->hidden},
              logits_dims[2] = {B, c->num_labels};
-    if ((want_hidden && !(hidden = (PyObject *)glue_zeros(3, hidden_dims))) ||
-        (c->add_pooler && !(pooled = (PyObject *)glue_zeros(2, pooled_dims))) ||
-        (c->head != PC_HEAD_NONE && !(logits = (PyObject *)glue_zeros(2, logits_dims))))
+    if ((want_hidden && !(hidden = (PyObject *)glue_empty(3, hidden_dims))) ||
+        (c->add_pooler && !(pooled = (PyObject *)glue_empty(2, pooled_dims))) ||
+        (c->head != PC_HEAD_NONE && !(logits = (PyObject *)glue_empty(2, logits_dims))))
         goto fail;
     int rc;
     GLUE_COMPUTE_BEGIN
