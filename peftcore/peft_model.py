@@ -18,7 +18,7 @@ from .tuners.lora.layer import LoraLinear
 from .tuners.lora.model import LoraModel, plan_lora
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
-from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_safetensors, save_adapter_files
+from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, read_safetensors, save_adapter_files
 
 _PREFIX = "base_model.model."
 
@@ -334,7 +334,7 @@ class PeftModel(Module):
                              f"is not supported by peftcore (LORA is)")
         weights_file = directory / SAFETENSORS_WEIGHTS_NAME
         if weights_file.is_file():
-            weights = load_safetensors(weights_file)
+            weights = read_safetensors(weights_file)
         elif (directory / "adapter_model.bin").is_file():
             weights = read_torch_bin(directory / "adapter_model.bin")
         else:

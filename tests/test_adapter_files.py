@@ -457,6 +457,43 @@ def test_failed_first_save_leaves_no_files(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ bad files
 
+def _write_safetensors_by_hand(path, arrays: dict, dtype_code: str, bits_of):
+    """A safetensors file whose tensors are stored as dtype_code, their bytes bits_of(array)."""
+    header, chunks, offset = {}, [], 0
+    for name, array in arrays.items():
+        raw = bits_of(array).tobytes()
+        header[name] = {"dtype": dtype_code, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(chunks))
+
+
+@pytest.mark.parametrize("dtype_code", ["BF16", "F16", "F64"])
+def test_adapter_saved_in_lower_or_higher_precision_loads(tmp_path, dtype_code):
+    """Adapters trained in bf16/fp16 (HF PEFT with autocast_adapter_dtype=False) or saved in
+    float64 load, each weight as the float32 nearest the stored value."""
+    folder = _good_folder(tmp_path)
+    weights = safetensors.numpy.load_file(folder / "adapter_model.safetensors")
+    if dtype_code == "BF16":  # bf16 = the top 16 bits of the float32
+        bits_of = lambda a: (a.astype("<f4").view("<u4") >> 16).astype("<u2")  # noqa: E731
+        stored = {n: (bits_of(a).astype(np.uint32) << 16).view(np.float32) for n, a in weights.items()}
+    else:
+        numpy_dtype = {"F16": "<f2", "F64": "<f8"}[dtype_code]
+        bits_of = lambda a: a.astype(numpy_dtype)  # noqa: E731
+        stored = {n: a.astype(numpy_dtype).astype(np.float32) for n, a in weights.items()}
+    _write_safetensors_by_hand(folder / "adapter_model.safetensors", weights, dtype_code, bits_of)
+    pm = PeftModel.from_pretrained(_base(), folder)
+    state = pm.adapter_state_dict("default")
+    assert set(state) == set(stored)
+    for name, value in stored.items():
+        assert state[name].dtype == np.float32
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+    if dtype_code != "F64":  # the rounding really happened
+        assert any(not np.array_equal(stored[n], weights[n]) for n in weights)
+
+
 def _good_folder(tmp_path, r=4):
     pm = get_peft_model(_base(), LoraConfig(r=r, target_modules=["query", "value"],
                                             task_type="SEQ_CLS", init_lora_weights=False))

@@ -9,9 +9,10 @@ import pytest
 
 from peftcore.utils import io
 from peftcore.utils.io import (
+    CheckpointError,
     atomic_write_bytes,
-    load_safetensors,
-    load_safetensors_metadata,
+    read_safetensors,
+    read_safetensors_metadata,
     save_adapter_files,
     save_safetensors,
 )
@@ -89,14 +90,17 @@ def test_safetensors_roundtrip_and_metadata(tmp_path):
     t["half"] = np.ones((2, 2), np.float16)
     t["strided"] = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]  # non-contiguous view
     save_safetensors(p, t)
-    loaded = load_safetensors(p)
+    loaded = read_safetensors(p, float32=False)
     assert set(loaded) == set(t)
     for k in t:
         assert loaded[k].dtype == t[k].dtype
         np.testing.assert_array_equal(loaded[k], t[k])
-    assert load_safetensors_metadata(p) == {"format": "pt"}  # what HF PEFT writes
+    widened = read_safetensors(p)  # the default: floating tensors as float32
+    assert widened["half"].dtype == np.float32
+    np.testing.assert_array_equal(widened["half"], t["half"])
+    assert read_safetensors_metadata(p) == {"format": "pt"}  # what HF PEFT writes
     save_safetensors(p, t, metadata={})
-    assert load_safetensors_metadata(p) == {}
+    assert read_safetensors_metadata(p) == {}
 
 
 def test_safetensors_readable_by_reference_loader(tmp_path):
@@ -128,7 +132,7 @@ def test_save_safetensors_rejects_non_arrays(tmp_path):
 
 def test_load_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
-        load_safetensors(tmp_path / "nope.safetensors")
+        read_safetensors(tmp_path / "nope.safetensors")
 
 
 def _good_bytes(tmp_path):
@@ -147,33 +151,52 @@ def _with_header(header: dict, body: bytes) -> bytes:
     [
         (lambda b: b[:5], "too short"),
         (lambda b: b[:0], "too short"),
-        (lambda b: b[:-1], "truncated|cover"),
-        (lambda b: b[: len(b) // 2], "truncated|exceeds"),
-        (lambda b: struct.pack("<Q", 10**12) + b[8:], "exceeds"),
+        (lambda b: b[:-1], "truncated"),
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: struct.pack("<Q", 10**12) + b[8:], "bad safetensors header length 1000000000000"),
         (lambda b: b[:8] + b"\x00" * (len(b) - 8), "not valid JSON"),
-        (lambda b: b + b"extra", "cover"),
+        (lambda b: b + b"extra", "cover .*\\(trailing bytes\\)"),
         (lambda b: _with_header([1, 2], b""), "JSON object"),
-        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}}, b"\0" * 8), "outside"),
-        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8), "needs 12"),
-        (lambda b: _with_header({"x": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8), "unknown dtype"),
-        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8), "invalid shape"),
-        (lambda b: _with_header({"x": {"dtype": "F32"}}, b""), "bad header entry"),
-        (lambda b: _with_header({"__metadata__": {"a": 1}}, b""), "__metadata__"),
-        (lambda b: _with_header({"x": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "Could not load"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}}, b"\0" * 8), "do not match"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8), "has only 8 bytes"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8), r"\(12 bytes\)"),
+        (lambda b: _with_header({"x": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8), "unsupported dtype 'Q7'"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8), "malformed shape"),
+        (lambda b: _with_header({"x": {"dtype": "F32"}}, b""), "malformed header entry"),
+        (lambda b: _with_header({"__metadata__": {"a": 1}}, b""), "__metadata__ must map strings to strings"),
+        # two tensors over the same bytes, and a gap before the first
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                 "y": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 16),
+         "'y' starts at byte 0 .* expected 8"),
+        (lambda b: _with_header({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+         "'x' starts at byte 4 .* expected 0"),
     ],
 )
 def test_corrupt_safetensors_raise_value_error(tmp_path, mutate, match):
     p = tmp_path / "adapter_model.safetensors"
     p.write_bytes(mutate(_good_bytes(tmp_path)))
     with pytest.raises(ValueError, match=match) as info:
-        load_safetensors(p)
+        read_safetensors(p)
     assert "adapter_model.safetensors" in str(info.value)
+    assert isinstance(info.value, CheckpointError)
+
+
+def test_bf16_safetensors_read_as_float32(tmp_path):
+    values = np.array([1.0, -2.5, 0.15625, 65280.0], dtype=np.float32)  # exact in bf16
+    bits = (values.view(np.uint32) >> 16).astype("<u2")
+    p = tmp_path / "adapter_model.safetensors"
+    p.write_bytes(_with_header({"x": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}},
+                               bits.tobytes()))
+    for float32 in (True, False):  # NumPy has no bfloat16: widened either way
+        got = read_safetensors(p, float32=float32)["x"]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, values)
 
 
 def test_empty_tensor_dict_roundtrip(tmp_path):
     p = tmp_path / "e.safetensors"
     save_safetensors(p, {})
-    assert load_safetensors(p) == {}
+    assert read_safetensors(p) == {}
 
 
 # ---------------------------------------------------------------- adapter directory
@@ -187,7 +210,7 @@ def test_save_adapter_files(tmp_path):
     save_adapter_files(d, cfg.to_dict(), _tensors())
     assert sorted(os.listdir(d)) == ["adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((d / "adapter_config.json").read_text()) == cfg.to_dict()
-    assert set(load_safetensors(d / "adapter_model.safetensors")) == set(_tensors())
+    assert set(read_safetensors(d / "adapter_model.safetensors")) == set(_tensors())
     save_adapter_files(d, cfg, _tensors())  # config object accepted, overwrite ok
     assert sorted(os.listdir(d)) == ["adapter_config.json", "adapter_model.safetensors"]
 

@@ -8,13 +8,11 @@ this order:
     pytorch_model.bin                  a torch.save() zip archive
     pytorch_model.bin.index.json       same index format, .bin shards
 
-Both file formats are parsed here by hand, so neither torch nor the
-safetensors package is needed at run time:
+Both file formats are parsed by hand, so neither torch nor the safetensors
+package is needed to read them:
 
-* safetensors: 8-byte little-endian u64 header length N, N bytes of UTF-8 JSON
-  ``{name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}}``
-  (plus an optional ``"__metadata__"`` entry), then the raw little-endian data;
-  offsets count from the first byte after the header.
+* safetensors: by `peftcore.utils.io.read_safetensors`, which also reads adapter
+  files.
 * torch zip (torch >= 1.6): ``<prefix>/data.pkl`` is a pickle of the state
   dict whose tensors reference storages ``<prefix>/data/<key>`` (raw bytes)
   through persistent ids.  The pickle is read by a restricted unpickler that
@@ -32,8 +30,6 @@ import importlib.metadata
 import json
 import os
 import pickle
-import struct
-import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -41,9 +37,12 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..utils.io import CheckpointError, LazyTensor, as_native, bf16_to_float32, read_safetensors
+
 __all__ = [
     "WEIGHT_FILES",
     "CheckpointError",
+    "LazyTensor",
     "UnsafeCheckpointError",
     "find_installed_model",
     "load_state_dict",
@@ -60,10 +59,6 @@ WEIGHT_FILES = (
 )
 
 StateDict = dict[str, np.ndarray]
-
-
-class CheckpointError(ValueError):
-    """A weight file is truncated, corrupt, unsafe or in an unsupported format."""
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, CheckpointError):
@@ -134,173 +129,6 @@ def _shard_path(index_path: Path, shard_name: object) -> Path:
 
 
 # --------------------------------------------------------------------------
-# dtype helpers shared by both formats
-
-
-def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) -> float32: bf16 is the top half of an f32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-def _as_output(array: np.ndarray) -> np.ndarray:
-    """Floating -> C-contiguous native float32; other dtypes -> native order."""
-    # np.asarray, not np.ascontiguousarray: the latter turns 0-d into shape (1,)
-    if array.dtype.kind == "f":
-        return np.asarray(array, dtype=np.float32, order="C")
-    return np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
-
-
-# --------------------------------------------------------------------------
-# safetensors
-
-# safetensors dtype code -> NumPy storage dtype (all little-endian).  BF16 is
-# read as raw uint16 bits and widened by _bf16_to_f32.  F8_* is not supported.
-_ST_DTYPES = {
-    "BOOL": "|b1", "U8": "|u1", "I8": "|i1",
-    "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
-    "U64": "<u8", "I64": "<i8",
-    "F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8",
-}
-_ST_MAX_HEADER = 100_000_000  # the safetensors library's own limit
-
-
-class _SafetensorsEntry(NamedTuple):
-    dtype: str  # safetensors code, e.g. "F32"
-    shape: tuple
-    begin: int  # byte offsets into the data section
-    end: int
-
-
-def read_safetensors(path: str | os.PathLike, lazy: bool = False) -> StateDict:
-    """Load one ``.safetensors`` file; ValueError names the file and the fault.
-    With ``lazy``, the values are `LazyTensor`s (the header is checked now)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        entries, data_start = _read_safetensors_header(f, path)
-        if lazy:
-            return {name: LazyTensor(path, name, entry, data_start)
-                    for name, entry in entries.items()}
-        state = {}
-        for name, entry in entries.items():
-            f.seek(data_start + entry.begin)
-            state[name] = _read_safetensors_tensor(f, path, name, entry)
-    return state
-
-
-class LazyTensor:
-    """One tensor of a checked safetensors file, read when needed: `shape`, `read()`,
-    `copy_into(dst)` (straight from the file into dst's memory for float32), or
-    ``np.asarray(lazy)``."""
-
-    __slots__ = ("path", "name", "entry", "data_start")
-
-    def __init__(self, path: Path, name: str, entry: _SafetensorsEntry, data_start: int):
-        self.path, self.name, self.entry, self.data_start = path, name, entry, data_start
-
-    @property
-    def shape(self) -> tuple:
-        return self.entry.shape
-
-    def read(self) -> np.ndarray:
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + self.entry.begin)
-            return _read_safetensors_tensor(f, self.path, self.name, self.entry)
-
-    def copy_into(self, dst: np.ndarray) -> None:
-        """dst[...] = this tensor; dst must have its shape."""
-        if dst.shape != self.shape:
-            raise ValueError(f"{self.path}: tensor {self.name!r} has shape {self.shape}, "
-                             f"the destination {dst.shape}")
-        plain = dst.view(np.ndarray)
-        if self.entry.dtype == "F32" and plain.dtype == np.float32 and plain.flags.c_contiguous:
-            with open(self.path, "rb") as f:
-                f.seek(self.data_start + self.entry.begin)
-                if f.readinto(plain.reshape(-1).view(np.uint8)) != self.entry.end - self.entry.begin:
-                    raise CheckpointError(f"{self.path}: file ended inside tensor {self.name!r}")
-            if sys.byteorder != "little":
-                plain.byteswap(inplace=True)
-        else:
-            plain[...] = self.read()
-
-    def __array__(self, dtype=None, copy=None):
-        array = self.read()
-        return array if dtype is None else array.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.entry.dtype})"
-
-
-def _read_safetensors_header(f, path: Path) -> tuple[dict, int]:
-    """Parse and validate the header; returns ({name: entry}, data_start)."""
-    file_size = os.fstat(f.fileno()).st_size
-    prefix = f.read(8)
-    if len(prefix) < 8:
-        raise CheckpointError(f"{path}: truncated safetensors file ({file_size} bytes, no header)")
-    (header_len,) = struct.unpack("<Q", prefix)
-    if header_len == 0 or header_len > _ST_MAX_HEADER or 8 + header_len > file_size:
-        raise CheckpointError(
-            f"{path}: bad safetensors header length {header_len} for a file of "
-            f"{file_size} bytes (truncated or not a safetensors file)"
-        )
-    try:
-        header = json.loads(f.read(header_len).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_size = file_size - 8 - header_len
-    entries = {name: _check_entry(path, name, raw, data_size) for name, raw in header.items()}
-    return entries, 8 + header_len
-
-
-def _check_entry(path: Path, name: str, raw: object, data_size: int) -> _SafetensorsEntry:
-    """Validate one header entry: known dtype, sane shape, offsets in bounds."""
-    try:
-        dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    except (TypeError, KeyError):
-        raise CheckpointError(
-            f"{path}: malformed header entry for tensor {name!r}: {raw!r:.200}"
-        ) from None
-    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
-        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
-    if not (_is_int_list(shape) and _is_int_list(offsets) and len(offsets) == 2):
-        raise CheckpointError(
-            f"{path}: tensor {name!r} has a malformed shape or data_offsets: {raw!r:.200}"
-        )
-    begin, end = offsets
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_ST_DTYPES[dtype]).itemsize
-    if begin > end or end - begin != nbytes:
-        raise CheckpointError(
-            f"{path}: tensor {name!r} data_offsets {offsets} do not match "
-            f"shape {shape} of dtype {dtype} ({nbytes} bytes)"
-        )
-    if end > data_size:
-        raise CheckpointError(
-            f"{path}: tensor {name!r} data_offsets end at byte {end} but the data "
-            f"section has only {data_size} bytes (file truncated?)"
-        )
-    return _SafetensorsEntry(dtype, tuple(shape), begin, end)
-
-
-def _is_int_list(value: object) -> bool:
-    """A JSON list of non-negative integers (JSON true/false excluded)."""
-    return isinstance(value, list) and all(
-        type(v) is int and v >= 0 for v in value
-    )
-
-
-def _read_safetensors_tensor(f, path: Path, name: str, entry: _SafetensorsEntry) -> np.ndarray:
-    """Read one tensor at the current file position into its output dtype."""
-    array = np.empty(entry.shape, dtype=_ST_DTYPES[entry.dtype])
-    if f.readinto(array.reshape(-1).view(np.uint8)) != entry.end - entry.begin:
-        raise CheckpointError(f"{path}: file ended inside tensor {name!r}")
-    if entry.dtype == "BF16":
-        array = _bf16_to_f32(array)
-    return _as_output(array)
-
-
-# --------------------------------------------------------------------------
 # pytorch_model.bin (torch zip format), without torch
 
 # First bytes of a legacy (torch < 1.6) checkpoint: pickle protocol 2 of the
@@ -362,7 +190,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_requires_grad_ho
             storage.data[offset:], shape, tuple(s * itemsize for s in strides), writeable=False
         )
         array = np.array(view, order="C", copy=True)  # own, C-contiguous memory
-    return _bf16_to_f32(array) if storage.bf16 else array
+    return bf16_to_float32(array) if storage.bf16 else array
 
 
 def _rebuild_parameter(data, _requires_grad, _backward_hooks, *_ignored):
@@ -497,7 +325,7 @@ def _check_torch_state(path: Path, state: object) -> StateDict:
             raise CheckpointError(
                 f"{path}: entry {name!r:.100} is not a tensor ({type(value).__name__})"
             )
-        out[name] = _as_output(value)
+        out[name] = as_native(value)
     return out
 
 

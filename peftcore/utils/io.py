@@ -8,9 +8,10 @@ import math
 import os
 import struct
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 import safetensors.numpy
@@ -19,14 +20,6 @@ CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 # HF PEFT always writes this metadata into adapter_model.safetensors.
 DEFAULT_SAFETENSORS_METADATA = {"format": "pt"}
-
-# Bytes per element for every dtype name the safetensors format defines.
-_DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}
 
 # Read the process umask once so atomically written files get normal permissions.
 _UMASK = os.umask(0)
@@ -98,82 +91,212 @@ def save_safetensors(
     atomic_write_bytes(path, data)
 
 
-def _parse_header(data: bytes, path: str) -> dict:
-    """Validate the safetensors framing (header length, JSON header, data offsets) and return the header."""
-    if len(data) < 8:
-        raise ValueError(f"Corrupt safetensors file {path!r}: {len(data)} bytes is too short for the 8-byte header length")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise ValueError(
-            f"Corrupt or truncated safetensors file {path!r}: header length {header_len} exceeds "
-            f"the {len(data) - 8} bytes after the length prefix"
-        )
-    try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"Corrupt safetensors file {path!r}: header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"Corrupt safetensors file {path!r}: header must be a JSON object")
-
-    body_len = len(data) - 8 - header_len
-    covered = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
-                raise ValueError(f"Corrupt safetensors file {path!r}: __metadata__ must map str to str")
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(f"Corrupt safetensors file {path!r}: bad header entry for tensor {name!r}") from None
-        if dtype not in _DTYPE_SIZES:
-            raise ValueError(f"Corrupt safetensors file {path!r}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ValueError(f"Corrupt safetensors file {path!r}: tensor {name!r} has invalid shape {shape!r}")
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= body_len):
-            raise ValueError(
-                f"Corrupt or truncated safetensors file {path!r}: tensor {name!r} has data offsets "
-                f"[{begin!r}, {end!r}] outside the {body_len}-byte data section"
-            )
-        expected = math.prod(shape) * _DTYPE_SIZES[dtype]
-        if end - begin != expected:
-            raise ValueError(
-                f"Corrupt safetensors file {path!r}: tensor {name!r} spans {end - begin} bytes "
-                f"but dtype {dtype} with shape {shape} needs {expected}"
-            )
-        covered += end - begin
-    if covered != body_len:
-        raise ValueError(
-            f"Corrupt safetensors file {path!r}: tensors cover {covered} bytes but the data section has {body_len}"
-        )
-    return header
+class CheckpointError(ValueError):
+    """A weight file (a model checkpoint or an adapter) is truncated, corrupt, unsafe or in
+    an unsupported format; the message names the file."""
 
 
-def _read_file(path: str | os.PathLike) -> tuple[str, bytes]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such safetensors file: {path!r}")
+def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32: bf16 is the top half of an f32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def as_native(array: np.ndarray, float32: bool = True) -> np.ndarray:
+    """C-contiguous in native byte order; floating -> float32 unless ``float32`` is False."""
+    # np.asarray, not np.ascontiguousarray: the latter turns 0-d into shape (1,)
+    if float32 and array.dtype.kind == "f":
+        return np.asarray(array, dtype=np.float32, order="C")
+    return np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
+
+
+# --------------------------------------------------------------------------
+# safetensors reading, by hand (the safetensors package is only used to write):
+# 8-byte little-endian u64 header length N, N bytes of UTF-8 JSON
+# {name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}} (plus an optional
+# "__metadata__": {str: str}), then the little-endian data; offsets count from the first
+# byte after the header and the tensors tile the data section in order.
+
+# safetensors dtype code -> NumPy storage dtype (all little-endian).  BF16 is read as raw
+# uint16 bits and widened by bf16_to_float32.  F8_* is not supported.
+_ST_DTYPES = {
+    "BOOL": "|b1", "U8": "|u1", "I8": "|i1",
+    "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
+    "U64": "<u8", "I64": "<i8",
+    "F16": "<f2", "BF16": "<u2", "F32": "<f4", "F64": "<f8",
+}
+_ST_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+class _SafetensorsEntry(NamedTuple):
+    dtype: str  # safetensors code, e.g. "F32"
+    shape: tuple
+    begin: int  # byte offsets into the data section
+    end: int
+
+
+class _SafetensorsHeader(NamedTuple):
+    entries: dict  # name -> _SafetensorsEntry, in file order
+    metadata: dict  # str -> str
+    data_start: int  # file offset of the data section
+
+
+def read_safetensors(path: str | os.PathLike, lazy: bool = False,
+                     float32: bool = True) -> dict:
+    """Load one ``.safetensors`` file into NumPy arrays; `CheckpointError` (a ValueError)
+    names the file and the fault, FileNotFoundError a missing file.
+
+    Floating tensors come back as C-contiguous float32 (``float32=False`` keeps float16 and
+    float64; bfloat16, which NumPy lacks, is always widened to float32); integer and bool
+    tensors keep their dtype. With ``lazy``, the values are `LazyTensor`s (the header is
+    checked now, the data read when needed)."""
+    path = Path(path)
     with open(path, "rb") as f:
-        return path, f.read()
+        header = _read_safetensors_header(f, path)
+        if lazy:
+            return {name: LazyTensor(path, name, entry, header.data_start)
+                    for name, entry in header.entries.items()}
+        state = {}
+        for name, entry in header.entries.items():
+            f.seek(header.data_start + entry.begin)
+            state[name] = _read_safetensors_tensor(f, path, name, entry, float32)
+    return state
 
 
-def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load a safetensors file into numpy arrays.
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file ({} when absent); the header is checked."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        return dict(_read_safetensors_header(f, path).metadata)
 
-    Raises `FileNotFoundError` if missing and `ValueError` (naming the file) if truncated or corrupt.
-    """
-    path, data = _read_file(path)
-    _parse_header(data, path)
+
+class LazyTensor:
+    """One tensor of a checked safetensors file, read when needed: `shape`, `read()`,
+    `copy_into(dst)` (straight from the file into dst's memory for float32), or
+    ``np.asarray(lazy)``."""
+
+    __slots__ = ("path", "name", "entry", "data_start")
+
+    def __init__(self, path: Path, name: str, entry: _SafetensorsEntry, data_start: int):
+        self.path, self.name, self.entry, self.data_start = path, name, entry, data_start
+
+    @property
+    def shape(self) -> tuple:
+        return self.entry.shape
+
+    def read(self) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + self.entry.begin)
+            return _read_safetensors_tensor(f, self.path, self.name, self.entry, True)
+
+    def copy_into(self, dst: np.ndarray) -> None:
+        """dst[...] = this tensor; dst must have its shape."""
+        if dst.shape != self.shape:
+            raise ValueError(f"{self.path}: tensor {self.name!r} has shape {self.shape}, "
+                             f"the destination {dst.shape}")
+        plain = dst.view(np.ndarray)
+        if self.entry.dtype == "F32" and plain.dtype == np.float32 and plain.flags.c_contiguous:
+            with open(self.path, "rb") as f:
+                f.seek(self.data_start + self.entry.begin)
+                if f.readinto(plain.reshape(-1).view(np.uint8)) != self.entry.end - self.entry.begin:
+                    raise CheckpointError(f"{self.path}: file ended inside tensor {self.name!r}")
+            if sys.byteorder != "little":
+                plain.byteswap(inplace=True)
+        else:
+            plain[...] = self.read()
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.read()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.entry.dtype})"
+
+
+def _read_safetensors_header(f, path: Path) -> _SafetensorsHeader:
+    """Parse and validate the header: its length and JSON, every entry (known dtype, sane
+    shape, offsets matching it), the metadata, and the tensors tiling the data section."""
+    file_size = os.fstat(f.fileno()).st_size
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file ({file_size} bytes, too "
+                              f"short for the 8-byte header length: no header)")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len == 0 or header_len > _ST_MAX_HEADER or 8 + header_len > file_size:
+        raise CheckpointError(
+            f"{path}: bad safetensors header length {header_len} for a file of "
+            f"{file_size} bytes (truncated or not a safetensors file)"
+        )
     try:
-        return safetensors.numpy.load(data)
-    except Exception as exc:  # SafetensorError, unsupported dtype (e.g. BF16 in numpy), ...
-        raise ValueError(f"Could not load safetensors file {path!r}: {exc}") from exc
+        header = json.loads(f.read(header_len).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(f"{path}: safetensors __metadata__ must map strings to strings, "
+                              f"got {metadata!r:.200}")
+    data_size = file_size - 8 - header_len
+    entries = {name: _check_entry(path, name, raw, data_size) for name, raw in header.items()}
+    covered = 0
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != covered:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} starts at byte {entry.begin} of the data section, "
+                f"expected {covered} (tensors must tile the data section in order)"
+            )
+        covered = entry.end
+    if covered != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {covered} bytes but the data "
+                              f"section has {data_size} (trailing bytes)")
+    return _SafetensorsHeader(entries, metadata, 8 + header_len)
 
 
-def load_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """Return the `__metadata__` dict of a safetensors file ({} when absent)."""
-    path, data = _read_file(path)
-    return dict(_parse_header(data, path).get("__metadata__", {}))
+def _check_entry(path: Path, name: str, raw: object, data_size: int) -> _SafetensorsEntry:
+    """Validate one header entry: known dtype, sane shape, offsets in bounds."""
+    try:
+        dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+    except (TypeError, KeyError):
+        raise CheckpointError(
+            f"{path}: malformed header entry for tensor {name!r}: {raw!r:.200}"
+        ) from None
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not (_is_int_list(shape) and _is_int_list(offsets) and len(offsets) == 2):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has a malformed shape or data_offsets: {raw!r:.200}"
+        )
+    begin, end = offsets
+    nbytes = math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize
+    if begin > end or end - begin != nbytes:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} data_offsets {offsets} do not match "
+            f"shape {shape} of dtype {dtype} ({nbytes} bytes)"
+        )
+    if end > data_size:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} data_offsets end at byte {end} but the data "
+            f"section has only {data_size} bytes (file truncated?)"
+        )
+    return _SafetensorsEntry(dtype, tuple(shape), begin, end)
+
+
+def _is_int_list(value: object) -> bool:
+    """A JSON list of non-negative integers (JSON true/false excluded)."""
+    return isinstance(value, list) and all(
+        type(v) is int and v >= 0 for v in value
+    )
+
+
+def _read_safetensors_tensor(f, path: Path, name: str, entry: _SafetensorsEntry,
+                             float32: bool) -> np.ndarray:
+    """Read one tensor at the current file position into its output dtype."""
+    array = np.empty(entry.shape, dtype=_ST_DTYPES[entry.dtype])
+    if f.readinto(array.reshape(-1).view(np.uint8)) != entry.end - entry.begin:
+        raise CheckpointError(f"{path}: file ended inside tensor {name!r}")
+    if entry.dtype == "BF16":
+        array = bf16_to_float32(array)
+    return as_native(array, float32)
 
 
 def save_adapter_files(directory, config_dict, tensors: Mapping[str, np.ndarray]) -> None:
