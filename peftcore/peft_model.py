@@ -87,6 +87,15 @@ def _remove_adapter_name(key: str, adapter_name: str) -> str:
     return re.sub(re.escape(f".{adapter_name}") + "$", "", head) + "." + suffix
 
 
+# the class HF PEFT's get_peft_model returns for a task type (repr shows it)
+_PEFT_MODEL_NAMES = {
+    "SEQ_CLS": "PeftModelForSequenceClassification", "SEQ_2_SEQ_LM": "PeftModelForSeq2SeqLM",
+    "CAUSAL_LM": "PeftModelForCausalLM", "TOKEN_CLS": "PeftModelForTokenClassification",
+    "QUESTION_ANS": "PeftModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "PeftModelForFeatureExtraction",
+}
+
+
 class PeftModel(Module):
     """A base model with LoRA adapters; named and saved as Hugging Face PEFT's PeftModel."""
 
@@ -100,6 +109,7 @@ class PeftModel(Module):
         # the model's task is fixed by its first adapter (HF PEFT picks the PeftModel class by it)
         self._task_type = getattr(config.task_type, "value", config.task_type) or ""
         self._modules["base_model"] = LoraModel(model, config, adapter_name)
+        self.display_name = _PEFT_MODEL_NAMES.get(self._task_type, "PeftModel")
 
     # ------------------------------------------------------------ adapters
 

@@ -37,3 +37,22 @@ def check_entries_by_finite_differences(p, g, entries, loss_fn, eps, rtol, atol,
         p[idx] = old
         fd = (up - down) / (2 * eps)
         assert abs(fd - g[idx]) <= rtol * abs(g[idx]) + atol, (name, idx, fd, g[idx])
+
+
+# Modules transformers and HF PEFT hold that peftcore's module tree leaves out: the engine
+# applies dropout and activations itself, and peftcore's LoRA has no embedding or DoRA parts.
+UNMODELLED_MODULES = ("dropout", "intermediate_act_fn", "activation", "lora_embedding_A",
+                      "lora_embedding_B", "lora_magnitude_vector")
+
+
+def torch_repr_as_peftcore(text: str) -> str:
+    """torch's repr of a transformers / HF PEFT model without the one-line entries of
+    UNMODELLED_MODULES: what peftcore's repr of the same model must print."""
+    kept = []
+    for line in text.splitlines():
+        name = line.strip().partition(")")[0].lstrip("(")
+        if line.strip().startswith("(") and name in UNMODELLED_MODULES:
+            assert line.endswith(")"), f"not a one-line entry: {line!r}"
+            continue
+        kept.append(line)
+    return "\n".join(kept)

@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy
 
 import peftcore
-from helpers import one_thread, randomize_parameters  # noqa: F401  (one_thread: a fixture)
+from helpers import one_thread, randomize_parameters, torch_repr_as_peftcore  # noqa: F401  (one_thread: a fixture)
 from peftcore import LoraConfig, PeftModel, get_peft_model
 from peftcore.optim import AdamW
 from peftcore.tuners.lora.layer import LoraLinear
@@ -183,6 +183,8 @@ def test_saved_files_match_peft(hf_models, case, tmp_path):
                           adapter_name=name0)
     for name, kw in rest:
         ours.add_adapter(name, LoraConfig(**copy.deepcopy(kw)))
+    # print(model) shows HF PEFT's tree (less the dropouts and activations the engine applies)
+    assert repr(ours) == torch_repr_as_peftcore(repr(theirs))
     ours.save_pretrained(tmp_path / "pc")
 
     hf_tree = [f for f in _tree(tmp_path / "hf") if not f.endswith("README.md")]

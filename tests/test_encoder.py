@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import check_entries_by_finite_differences
+from helpers import check_entries_by_finite_differences, torch_repr_as_peftcore
 
 from peftcore import AutoModel, AutoModelForSequenceClassification
 
@@ -157,6 +157,16 @@ def seqcls_pair(request, tmp_path_factory):
     hf = _hf_model(model_type, head=True, num_labels=3)
     folder = _save(hf, tmp_path_factory.mktemp(f"{model_type}_cls"))
     return model_type, hf, folder
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+@pytest.mark.parametrize("head", [True, False])
+def test_repr_matches_transformers(model_type, head, tmp_path):
+    """print(model) shows transformers' tree: its class names, names, shapes and settings
+    (padding_idx, eps), leaving out only the dropouts and activations the engine applies."""
+    hf = _hf_model(model_type, head=head)
+    pc = _load(_save(hf, tmp_path), head=head)
+    assert repr(pc) == torch_repr_as_peftcore(repr(hf))
 
 
 def test_names_and_shapes_match_transformers(seqcls_pair):

@@ -14,7 +14,7 @@ from ..utils.checks import is_int
 from .checkpoint import LazyTensor
 from .checkpoint import load_state_dict as read_checkpoint
 from .configuration import ACTIVATIONS, EncoderConfig
-from .modules import Linear, Module, leaf_kind
+from .modules import Embedding, LayerNorm, Linear, Module, ModuleList, leaf_kind
 from .parameter import Parameter
 
 _HEAD_KIND = {"bert": 1, "roberta": 2}
@@ -37,6 +37,24 @@ class SequenceClassifierOutput:
 
     def __getitem__(self, i):
         return (self.loss, self.logits)[i] if self.loss is not None else (self.logits,)[i]
+
+
+def _container_name(model_type: str, parts: list[str]) -> str | None:
+    """transformers' class name for the container at the dotted path `parts` of a BERT-family
+    model (e.g. bert.encoder.layer.0.attention.output -> BertSelfOutput)."""
+    family = {"bert": "Bert", "roberta": "Roberta"}.get(model_type, model_type.capitalize())
+    last, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
+    if len(parts) == 1 and last == model_type:
+        return f"{family}Model"
+    if parent == "layer" and last.isdigit():
+        return f"{family}Layer"
+    if last == "output":
+        return f"{family}SelfOutput" if parent == "attention" else f"{family}Output"
+    if last == "classifier":  # a container only where the head has two linears
+        return f"{family}ClassificationHead"
+    kinds = {"embeddings": "Embeddings", "encoder": "Encoder", "attention": "Attention",
+             "self": "SelfAttention", "intermediate": "Intermediate", "pooler": "Pooler"}
+    return family + kinds[last] if last in kinds else None
 
 
 class EncoderModel(Module):
@@ -147,10 +165,22 @@ class EncoderModel(Module):
                 if is_leaf and bare_name in linears:
                     index, fin, fout = linears[bare_name]
                     child = Linear(fin, fout, index)
+                elif is_leaf and leaf_kind(module_name) is LayerNorm:
+                    child = LayerNorm(self.config.layer_norm_eps)
+                elif is_leaf and leaf_kind(module_name) is Embedding:
+                    # the embeddings transformers builds with padding_idx (its row gets no
+                    # gradient there; peftcore's engine does the same)
+                    padded = part == "word_embeddings" or (
+                        part == "position_embeddings" and self.config.model_type == "roberta")
+                    child = Embedding(self.config.pad_token_id if padded else None)
                 elif is_leaf and leaf_kind(module_name):
                     child = leaf_kind(module_name)()
+                elif part == "layer":
+                    child = ModuleList()
                 else:
                     child = Module()
+                    child.display_name = _container_name(self.config.model_type,
+                                                         parts[:depth + 1])
                 node._modules[part] = child
             node = node._modules[part]
         return node

@@ -7,6 +7,10 @@ from collections import OrderedDict
 class Module:
     """A named node; leaves hold Parameters. Children are kept in insertion order."""
 
+    #: what repr calls this module: transformers' or HF PEFT's class name where the module
+    #: stands for one of theirs (set per instance), else the Python class's name
+    display_name: str | None = None
+
     def __init__(self):
         self._modules: "OrderedDict[str, Module]" = OrderedDict()
         self._parameters: "OrderedDict[str, object]" = OrderedDict()
@@ -73,11 +77,42 @@ class Module:
         return ""
 
     def __repr__(self):
-        lines = [f"{type(self).__name__}({self.extra_repr()}"]
-        for name, child in self._modules.items():
-            body = repr(child).replace("\n", "\n  ")
-            lines.append(f"  ({name}): {body}")
-        return "\n".join(lines) + ")" if len(lines) > 1 else lines[0] + ")"
+        """torch's layout: ``Name(extra)`` for a leaf, else the extra line and then one
+        ``(child): ...`` per child, indented, with the closing parenthesis on its own line."""
+        name = self.display_name or type(self).__name__
+        extra = self.extra_repr()
+        children = [f"({child_name}): {child!r}" for child_name, child in self._modules.items()]
+        if not children:
+            return f"{name}({extra})"
+        body = "\n".join(([extra] if extra else []) + children).replace("\n", "\n  ")
+        return f"{name}(\n  {body}\n)"
+
+
+class ModuleList(Module):
+    """Children named 0, 1, …; repr shows a run of equal children once, as torch does:
+    ``(0-5): 6 x BertLayer(...)``."""
+
+    def __repr__(self):
+        runs = []  # [first index, last index, repr]
+        for index, child in enumerate(self._modules.values()):
+            text = repr(child)
+            if runs and runs[-1][2] == text:
+                runs[-1][1] = index
+            else:
+                runs.append([index, index, text])
+        if not runs:
+            return "ModuleList()"
+        entries = [f"({first}): {text}" if first == last else
+                   f"({first}-{last}): {last - first + 1} x {text}"
+                   for first, last, text in runs]
+        return "ModuleList(\n  " + "\n".join(entries).replace("\n", "\n  ") + "\n)"
+
+
+def named_container(display_name: str) -> Module:
+    """An empty container module that repr shows as `display_name`."""
+    module = Module()
+    module.display_name = display_name
+    return module
 
 
 class Linear(Module):
@@ -90,19 +125,35 @@ class Linear(Module):
         self.index = index
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={'bias' in self._parameters}")
 
 
 class Embedding(Module):
+    def __init__(self, padding_idx: int | None = None):
+        super().__init__()
+        self.padding_idx = padding_idx
+
     def extra_repr(self):
         w = self._parameters.get("weight")
-        return "" if w is None else f"{w.shape[0]}, {w.shape[1]}"
+        if w is None:
+            return ""
+        padding = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{w.shape[0]}, {w.shape[1]}{padding}"
 
 
 class LayerNorm(Module):
+    def __init__(self, eps: float | None = None):
+        super().__init__()
+        self.eps = eps
+
     def extra_repr(self):
         w = self._parameters.get("weight")
-        return "" if w is None else f"({w.shape[0]},)"
+        if w is None:
+            return ""
+        eps = "" if self.eps is None else f", eps={self.eps:g}"
+        bias = "bias" in self._parameters
+        return f"({w.shape[0]},){eps}, elementwise_affine=True, bias={bias}"
 
 
 def leaf_kind(module_name: str):

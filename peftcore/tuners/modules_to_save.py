@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.modules import Linear, Module
+from ..models.modules import Linear, Module, named_container
 from .lora.layer import new_parameter
 
 
@@ -30,6 +30,7 @@ def _clone(module: Module) -> Module:
         copy = Linear(module.in_features, module.out_features, module.index)
     else:
         copy = Module()
+        copy.display_name = module.display_name
     for name, p in module._parameters.items():
         copy._parameters[name] = new_parameter(p.shape, np.asarray(p))
     for name, child in module._modules.items():
@@ -46,7 +47,7 @@ class ModulesToSaveWrapper(Module):
         super().__init__()
         check_saveable(name, original)
         self._modules["original_module"] = original
-        self._modules["modules_to_save"] = Module()
+        self._modules["modules_to_save"] = named_container("ModuleDict")
         self._engine = engine
         self.active_adapter: str | None = None
         self.disabled = False

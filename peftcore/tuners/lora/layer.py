@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ... import _C
-from ...models.modules import Linear, Module
+from ...models.modules import Linear, Module, named_container
 from ...models.parameter import Parameter
 
 
@@ -27,18 +27,39 @@ def new_parameter(shape, values=None) -> Parameter:
 class ParamHolder(Module):
     """A leaf holding one `weight` Parameter (HF's per-adapter nn.Linear of lora_A/lora_B)."""
 
+    display_name = "Linear"
+
     def __init__(self, weight: Parameter):
         super().__init__()
         self._parameters["weight"] = weight
 
+    def extra_repr(self):
+        out_features, in_features = self.weight.shape
+        return f"in_features={in_features}, out_features={out_features}, bias=False"
+
+
+class AdapterDropout(Module):
+    """Where HF PEFT keeps an adapter's dropout (an nn.Dropout, or nn.Identity for p = 0);
+    the engine applies it, this shows it."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.display_name = "Dropout" if p > 0 else "Identity"
+
+    def extra_repr(self):
+        return f"p={self.p:g}, inplace=False" if self.p > 0 else ""
+
 
 class LoraLinear(Module):
+    display_name = "lora.Linear"
+
     def __init__(self, base_layer: Linear, engine):
         super().__init__()
         self._modules["base_layer"] = base_layer
-        self._modules["lora_dropout"] = Module()
-        self._modules["lora_A"] = Module()
-        self._modules["lora_B"] = Module()
+        self._modules["lora_dropout"] = named_container("ModuleDict")
+        self._modules["lora_A"] = named_container("ModuleDict")
+        self._modules["lora_B"] = named_container("ModuleDict")
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
         self.index = base_layer.index
@@ -68,7 +89,7 @@ class LoraLinear(Module):
             B[...] = rng.uniform(-bound, bound, size=B.shape)
         self.lora_A._modules[adapter] = ParamHolder(A)
         self.lora_B._modules[adapter] = ParamHolder(B)
-        self.lora_dropout._modules[adapter] = Module()
+        self.lora_dropout._modules[adapter] = AdapterDropout(float(dropout))
         self.r[adapter] = r
         self.lora_alpha[adapter] = alpha
         self.scaling[adapter] = alpha / math.sqrt(r) if use_rslora else alpha / r
@@ -145,5 +166,3 @@ class LoraLinear(Module):
             self._add_delta(self.merged_adapters.pop(), -1.0)
         self.sync()
 
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}"
