@@ -18,7 +18,8 @@ is the resident size after loading the model, before the first step. sequences/s
 median timed step (after the warm-up steps). The machine's load average is printed with
 each run: other processes competing for the cores distort the timings. Each framework runs
 --rounds times, taking turns to go first; the table gives the median speed and the largest
-peak RSS of its runs, as this machine's speed drifts by tens of % over minutes.
+peak RSS of its runs, as this machine's speed drifts by tens of % over minutes, and the
+lowest and highest ratio of the two sides' runs of the same round.
 """
 from __future__ import annotations
 
@@ -193,13 +194,16 @@ def main():
                 rows.append((model, mode, res["torch"], res["peftcore"]))
     print(f"\nload average at the end: {load_average()}\n")
     header = ("| model | mode | torch seq/s | peftcore seq/s | speed ratio (pc/torch) "
-              "| torch peak MB | peftcore peak MB | RSS ratio (pc/torch) | torch MB after load "
+              "| ratio by round (min-max) | torch peak MB | peftcore peak MB | RSS ratio (pc/torch) | torch MB after load "
               "| peftcore MB after load |")
     print(header)
-    print("|" + "|".join(["---"] * 10) + "|")
+    print("|" + "|".join(["---"] * 11) + "|")
     for model, mode, t, p in rows:
+        # round k of each side ran back to back: their ratio shows how far the machine moved
+        by_round = [pc / th for th, pc in zip(t["rounds"], p["rounds"])]
         print(f"| {model} | {mode} | {t['seq_per_s']:.2f} | {p['seq_per_s']:.2f} | "
-              f"{p['seq_per_s'] / t['seq_per_s']:.2f}x | {t['peak_mb']:.0f} | {p['peak_mb']:.0f} | "
+              f"{p['seq_per_s'] / t['seq_per_s']:.2f}x | "
+              f"{min(by_round):.2f}-{max(by_round):.2f}x | {t['peak_mb']:.0f} | {p['peak_mb']:.0f} | "
               f"{p['peak_mb'] / t['peak_mb']:.2f} | {t['load_mb']:.0f} | {p['load_mb']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(
