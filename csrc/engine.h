@@ -42,6 +42,14 @@ void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
 void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta,
                      float *C, int ldc);
+/* The same product through our own packing and BLIS's micro-kernel (gemm_packed.c), where
+ * that is faster (BLIS's skx kernels in an AVX-512 build; PEFTCORE_GEMM=blis turns it off):
+ * false, with C untouched, where it is not available. M, N, K >= 1. */
+bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc);
+bool pc_gemm_packed_enabled(void);
+void pc_gemm_packed_init(void); /* by pc_runtime_init, after BLIS's */
 
 /* Aligned, zeroed allocation for engine buffers (64-byte alignment). */
 void *pc_alloc(size_t bytes);

@@ -185,6 +185,7 @@ int pc_runtime_init(void) {
         unsetenv("BLIS_ARCH_TYPE"); /* let BLIS detect */
     }
     bli_init(); /* reads BLIS_ARCH_TYPE once */
+    pc_gemm_packed_init();
     /* leave the environment as the user had it */
     if (user_copy) setenv("BLIS_ARCH_TYPE", user_copy, 1);
     else unsetenv("BLIS_ARCH_TYPE");
@@ -271,6 +272,7 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
         scale_output(C, M, N, ldc, beta);
         return;
     }
+    if (pc_sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
     rntm_t rntm;
     bli_rntm_init(&rntm);
     bli_rntm_set_num_threads(1, &rntm);

@@ -22,7 +22,9 @@ _os.register_at_fork(before=_C._before_fork, after_in_parent=_C._after_fork_in_p
 
 def backend_info():
     """BLIS kernel set and version, thread count and the CPU's SIMD features (and, in a
-    forked child held to one thread, why: fork_note)."""
+    forked child held to one thread, why: fork_note). `gemm` says who packs the operands of
+    matrix products: peftcore, feeding BLIS's own micro-kernel (BLIS's skx kernels in an
+    AVX-512 build), or BLIS itself (elsewhere, or with PEFTCORE_GEMM=blis set)."""
     return _C.backend_info()
 
 

@@ -117,6 +117,59 @@ def test_user_blis_arch_type_is_honoured():
         assert info["blis_arch"] == "haswell" and info["blis_arch_from_env"] is True
 
 
+PACKED = "peftcore packing + BLIS micro-kernel"
+
+
+def test_gemm_packing_where_blis_runs_skx():
+    """peftcore packs GEMM operands itself for BLIS's skx micro-kernel (AVX-512); any other
+    kernel set, and PEFTCORE_GEMM=blis, leave the whole product to BLIS."""
+    info = _run_backend_info({"BLIS_ARCH_TYPE": None, "PEFTCORE_GEMM": None})
+    assert info["gemm"] == (PACKED if info["blis_arch"] == "skx" else "BLIS"), info
+    assert _run_backend_info({"PEFTCORE_GEMM": "blis"})["gemm"] == "BLIS"
+    assert _run_backend_info({"BLIS_ARCH_TYPE": "generic", "PEFTCORE_GEMM": None})["gemm"] == "BLIS"
+
+
+_GEMM_PROBE = """
+import json, numpy as np, peftcore
+cfg = dict(model_type="bert", vocab_size=120, hidden_size=96, num_hidden_layers=2,
+           num_attention_heads=4, intermediate_size=400, max_position_embeddings=64, num_labels=3)
+m = peftcore.AutoModelForSequenceClassification.from_config(cfg, seed=3)
+m.eval()
+rng = np.random.default_rng(0)
+ids = rng.integers(0, 120, size=(5, 37))
+out = m(ids, labels=np.array([0, 1, 2, 1, 0]))
+m.backward()
+grads = {n: p.grad.tolist() for n, p in m.named_parameters() if "layer.0" in n or "classifier" in n}
+print(json.dumps({"gemm": peftcore.backend_info()["gemm"], "logits": out.logits.tolist(),
+                  "grads": grads}))
+"""
+
+
+def test_packed_gemm_matches_blis_in_a_model():
+    """A forward and backward whose GEMMs have edges on every block (37-token sequences,
+    widths 96 / 400) give the same logits and gradients, to float rounding, whoever packs."""
+    results = {}
+    for choice in (None, "blis"):
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("PEFTCORE_GEMM", None)
+        if choice:
+            env["PEFTCORE_GEMM"] = choice
+        proc = subprocess.run([sys.executable, "-c", _GEMM_PROBE], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=str(REPO))
+        assert proc.returncode == 0, proc.stderr
+        results[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours, blis = results[None], results["blis"]
+    assert blis["gemm"] == "BLIS"
+    np.testing.assert_allclose(ours["logits"], blis["logits"], rtol=1e-5, atol=1e-6)
+    assert ours["grads"].keys() == blis["grads"].keys() and len(ours["grads"]) > 10
+    # the scale of all gradients: the key bias's is zero in exact arithmetic (the softmax
+    # ignores it), rounding noise either way
+    scale = max(np.abs(np.asarray(g)).max() for g in blis["grads"].values())
+    for name in ours["grads"]:
+        a, b = np.asarray(ours["grads"][name]), np.asarray(blis["grads"][name])
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale, err_msg=name)
+
+
 def test_user_blis_arch_type_by_name():
     """A kernel-set name is mapped to its id (BLIS itself would read it as 0)."""
     info = _run_backend_info({"BLIS_ARCH_TYPE": "generic"})

@@ -509,6 +509,78 @@ static void test_fork_after_threads(void) {
     pc_free(x); pc_free(w); pc_free(y); pc_free(y_child);
 }
 
+/* ------------------------------------------------------------------ packed GEMM */
+
+/* got within float rounding of ref, whose terms' absolute values sum to scale[i]: a wrong
+ * or missing term is off by far more */
+static void check_rounding(const char *what, const float *got, const double *ref,
+                           const double *scale, size_t n) {
+    size_t bad = 0, worst = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)got[i] - ref[i]) <= 1e-6 + 4 * FLT_EPSILON * scale[i])) {
+            if (!bad) worst = i;
+            bad++;
+        }
+    if (!bad) { n_passed++; printf("ok    %s\n", what); return; }
+    n_failed++;
+    printf("FAIL  %s: %zu of %zu elements off, e.g. [%zu] got %.9g want %.9g\n", what, bad, n,
+           worst, got[worst], ref[worst]);
+}
+
+/* pc_sgemm_packed against a double-precision reference: every transpose case, padded
+ * leading dimensions, alpha and beta (beta = 0 must overwrite a NaN-filled C), shapes on
+ * both sides of the kernel's MR = 32 / NR = 12 and of BLIS's KC = 384 and MC = 480 blocks.
+ * Where the packed path is not available it must say so and leave C alone. */
+static void test_sgemm_packed(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {32, 12, 16}, {33, 13, 17},
+                                    {31, 11, 383}, {64, 24, 385}, {481, 25, 40},
+                                    {100, 700, 769}, {7, 3100, 20}, {129, 384, 1536}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int trans = 0; trans < 4; trans++) {
+            const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            const bool ta = trans & 1, tb = trans & 2;
+            const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+            const float alpha = trans == 3 ? -0.5f : 1.0f, beta = (s % 3 == 0) ? 0.0f : 0.75f;
+            float *A = frand((size_t)(ta ? K : M) * lda, 1), *B = frand((size_t)(tb ? N : K) * ldb, 1);
+            float *C = frand((size_t)M * ldc, 1);
+            double *ref = dzeros((size_t)M * ldc), *scale = dzeros((size_t)M * ldc);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < ldc; j++) {
+                    double sum = 0, abs_sum = 0;
+                    for (int k = 0; j < N && k < K; k++) {
+                        const double term =
+                            (double)(ta ? A[(int64_t)k * lda + i] : A[(int64_t)i * lda + k]) *
+                            (tb ? B[(int64_t)j * ldb + k] : B[(int64_t)k * ldb + j]);
+                        sum += term;
+                        abs_sum += fabs(term);
+                    }
+                    const double old = C[(int64_t)i * ldc + j];
+                    ref[(int64_t)i * ldc + j] = j < N ? alpha * sum + (beta == 0 ? 0 : beta * old)
+                                                      : old; /* padding untouched */
+                    scale[(int64_t)i * ldc + j] = fabs(alpha) * abs_sum + fabs(beta * old);
+                }
+            if (beta == 0.0f)
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] = NAN;
+            char name[128];
+            snprintf(name, sizeof name, "sgemm_packed %dx%dx%d trans_a=%d trans_b=%d beta=%g",
+                     M, N, K, ta, tb, beta);
+            if (pc_gemm_packed_enabled()) {
+                bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                check_true(name, done);
+                check_rounding(name, C, ref, scale, (size_t)M * ldc);
+            } else {
+                float *before = pc_alloc((size_t)M * ldc * sizeof(float));
+                memcpy(before, C, (size_t)M * ldc * sizeof(float));
+                bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                check_true(name, !done && memcmp(before, C, (size_t)M * ldc * sizeof(float)) == 0);
+                pc_free(before);
+            }
+            pc_free(A); pc_free(B); pc_free(C); free(ref); free(scale);
+        }
+    printf("      packed GEMM %s\n", pc_gemm_packed_enabled() ? "on" : "off (BLIS only)");
+}
+
 /* ------------------------------------------------------------------ runtime */
 
 static void test_runtime(void) {
@@ -545,6 +617,7 @@ static void known_issue_sgemm_k0(void) {
 int main(void) {
     pc_runtime_init();
     test_runtime();
+    test_sgemm_packed();
 
     static const int lin[][3] = {{1, 1, 1}, {3, 5, 7}, {91, 17, 5}, {1, 64, 65}, {33, 70, 19}};
     for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++)
