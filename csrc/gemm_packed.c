@@ -152,6 +152,8 @@ static void pack_panel(float *p, int width, int rows, int kc, const float *s, in
             p[(int64_t)k * width + i] = i < rows ? s[(int64_t)i * rs + (int64_t)k * cs] : 0.0f;
 }
 
+static inline int64_t round_to_line(int64_t floats) { return (floats + 15) / 16 * 16; }
+
 /* Column-major C' (m, n) (element (i, j) at c[i + j·ldc]) = alpha·A'·B' + beta·C' with
  * A'(i, k) = a[i·ars + k·acs] (m, k) and B'(k, j) = b[k·brs + j·bcs] (k, n). */
 static bool gemm_columns(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
@@ -159,7 +161,9 @@ static bool gemm_columns(int64_t m, int64_t n, int64_t k, float alpha, const flo
                          float beta, float *c, int64_t ldc) {
     const int64_t nc_max = n < block_n ? n : block_n, kc_max = k < block_k ? k : block_k;
     const int64_t mc_max = m < block_m ? m : block_m;
-    const int64_t panel_b = NR * kc_max; /* floats per packed B micro-panel */
+    /* floats per packed B micro-panel, rounded up so every panel starts on a cache line
+     * (an A panel, MR·kc floats, always does) */
+    const int64_t panel_b = round_to_line(NR * kc_max);
     pack_buffers *buf = thread_buffers((size_t)((mc_max + MR - 1) / MR * MR * kc_max),
                                        (size_t)((nc_max + NR - 1) / NR * panel_b));
     if (!buf) return false;
@@ -172,7 +176,7 @@ static bool gemm_columns(int64_t m, int64_t n, int64_t k, float alpha, const flo
         for (int64_t pc = 0; pc < k; pc += block_k) {
             const int kc = (int)(k - pc < block_k ? k - pc : block_k);
             const float beta_here = pc == 0 ? beta : 1.0f;
-            const int64_t ps_b = (int64_t)NR * kc;
+            const int64_t ps_b = round_to_line((int64_t)NR * kc);
             for (int64_t jr = 0; jr < nc; jr += NR)
                 pack_panel(buf->b + jr / NR * ps_b, NR, (int)(nc - jr < NR ? nc - jr : NR), kc,
                            b + (jc + jr) * bcs + pc * brs, bcs, brs);
