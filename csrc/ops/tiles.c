@@ -33,17 +33,21 @@ static inline void store_tile_row(float *c, pc_vec16 acc, float alpha, float bet
         int K, float alpha, const float *A, int64_t a_row, int64_t a_col, const float *B,     \
         int ldb, float beta, float *C, int ldc) {                                             \
         pc_vec16 acc[TILE_ROWS][2];                                                           \
+        _Pragma("GCC unroll 8")                                                               \
         for (int r = 0; r < TILE_ROWS; r++) acc[r][0] = acc[r][1] = (pc_vec16){0};            \
         for (int k = 0; k < K; k++) {                                                         \
             const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;                        \
             const pc_vec16 b0 = pc_load16(b), b1 = pc_load16(b + 16);                         \
+            _Pragma("GCC unroll 8")                                                           \
             for (int r = 0; r < TILE_ROWS; r++) {                                             \
                 const float s = a[r * a_row];                                                 \
                 acc[r][0] += s * b0;                                                          \
                 acc[r][1] += s * b1;                                                          \
             }                                                                                 \
         }                                                                                     \
+        _Pragma("GCC unroll 8")                                                               \
         for (int r = 0; r < TILE_ROWS; r++)                                                   \
+            _Pragma("GCC unroll 2")                                                           \
             for (int half = 0; half < 2; half++) {                                            \
                 float *c = C + (int64_t)r * ldc + 16 * half;                                  \
                 STORE;                                                                        \
