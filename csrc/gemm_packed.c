@@ -6,14 +6,15 @@
  * Packing reads the operands across their contiguous dimension whenever that dimension is
  * k, and every linear layer here is such a case: y = x·Wᵀ with x (N, IC) and W (OC, IC)
  * both contiguous in k = IC. Debian's BLIS 0.9 packs those with scalar loads and stores
- * (about one float per cycle), which costs 20 % of a one-sequence forward, whose GEMMs
+ * (about one float per cycle), which cost over 20 % of a one-sequence forward, whose GEMMs
  * have few rows and whose time goes into packing the weights.
  *
  * So for BLIS's `skx` kernel set (MR = 32, NR = 12, column-preferring) this file does the
  * loops and the packing itself, transposing 16×16 tiles in AVX-512 registers, and leaves
  * the multiply-adds to BLIS's own micro-kernel (bli_cntx_get_l3_nat_ukr_dt), with BLIS's
- * blocksizes. Each element of C is summed in the same k order as BLIS would, so results
- * match BLIS to rounding, and they do not depend on how callers split C among threads.
+ * blocksizes. The micro-kernel sums each element of C over k in order, KC at a time, the
+ * same wherever the element sits in a tile, so the bits do not depend on how callers split
+ * C among threads or workers; they match BLIS's own GEMM to rounding.
  * Other kernel sets, other CPUs and builds without AVX-512 use bli_sgemm_ex unchanged
  * (PEFTCORE_GEMM=blis forces that path). */
 #include <pthread.h>
