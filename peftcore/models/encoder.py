@@ -162,19 +162,18 @@ class EncoderModel(Module):
         for depth, part in enumerate(parts):
             if part not in node._modules:
                 is_leaf = depth == len(parts) - 1
+                kind = leaf_kind(module_name) if is_leaf else None
                 if is_leaf and bare_name in linears:
                     index, fin, fout = linears[bare_name]
                     child = Linear(fin, fout, index)
-                elif is_leaf and leaf_kind(module_name) is LayerNorm:
+                elif kind is LayerNorm:
                     child = LayerNorm(self.config.layer_norm_eps)
-                elif is_leaf and leaf_kind(module_name) is Embedding:
+                elif kind is Embedding:
                     # the embeddings transformers builds with padding_idx (its row gets no
                     # gradient there; peftcore's engine does the same)
                     padded = part == "word_embeddings" or (
                         part == "position_embeddings" and self.config.model_type == "roberta")
                     child = Embedding(self.config.pad_token_id if padded else None)
-                elif is_leaf and leaf_kind(module_name):
-                    child = leaf_kind(module_name)()
                 elif part == "layer":
                     child = ModuleList()
                 else:
