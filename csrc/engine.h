@@ -22,6 +22,16 @@ const char *pc_blis_version(void);    /* e.g. "0.9.0" */
 const char *pc_cpu_simd(void);        /* e.g. "avx512f avx512dq avx512bw avx512vl avx2 fma" */
 bool pc_blis_arch_from_env(void);     /* true when the user's BLIS_ARCH_TYPE was honoured */
 const char *pc_blis_arch_note(void);  /* why the user's BLIS_ARCH_TYPE was ignored, or "" */
+/* Instruction sets the kernels are compiled for (dispatch.c): on x86-64 all three, elsewhere
+ * the portable build only. pc_runtime_init picks the best one this CPU runs, or the one the
+ * environment variable PEFTCORE_ISA names (baseline, avx2 or avx512) when the CPU runs it. */
+typedef enum { PC_ISA_BASELINE = 0, PC_ISA_AVX2 = 1, PC_ISA_AVX512 = 2, PC_ISA_COUNT = 3 } pc_isa;
+pc_isa pc_isa_select(void);           /* by pc_runtime_init; returns the set picked */
+pc_isa pc_isa_active(void);
+bool pc_isa_runs(pc_isa isa);         /* compiled into this build and run by this CPU */
+const char *pc_isa_name(pc_isa isa);  /* "baseline", "avx2", "avx512" */
+const char *pc_isa_available(void);   /* the sets this build and CPU run, e.g. "baseline avx2" */
+const char *pc_isa_note(void);        /* why PEFTCORE_ISA was ignored, or "" */
 /* n >= 1: threads for BLIS and our kernels; returns the count now in use, which is 1 in a
  * process forked after the engine ran threads (see pc_fork_note) */
 int pc_set_num_threads(int n);

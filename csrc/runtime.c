@@ -21,15 +21,15 @@ static char simd_names[256];
 
 /* What the CPU offers, by the names compilers use. */
 static void detect_simd(void) {
-    static const char *const features[] = {"sse4.2", "avx", "avx2", "fma", "avx512f",
-                                           "avx512dq", "avx512bw", "avx512vl"};
+    static const char *const features[] = {"ssse3", "sse4.2", "avx", "avx2", "fma",
+                                           "avx512f", "avx512dq", "avx512bw", "avx512vl"};
     simd_names[0] = '\0';
     __builtin_cpu_init();
     for (size_t i = 0; i < sizeof features / sizeof features[0]; i++) {
         bool has = false;
 #define FEATURE(name) else if (strcmp(features[i], name) == 0) has = __builtin_cpu_supports(name);
         if (0) {}
-        FEATURE("sse4.2") FEATURE("avx") FEATURE("avx2") FEATURE("fma") FEATURE("avx512f")
+        FEATURE("ssse3") FEATURE("sse4.2") FEATURE("avx") FEATURE("avx2") FEATURE("fma") FEATURE("avx512f")
         FEATURE("avx512dq") FEATURE("avx512bw") FEATURE("avx512vl")
 #undef FEATURE
         if (has) {
@@ -91,7 +91,8 @@ static bool has_avx512(void) {
 
 /* Whether this CPU can execute a kernel set (a wrong one dies of an illegal instruction). */
 static bool cpu_runs(const char *name) {
-    if (strcmp(name, "generic") == 0 || strcmp(name, "penryn") == 0) return true;
+    if (strcmp(name, "generic") == 0) return true;
+    if (strcmp(name, "penryn") == 0) return __builtin_cpu_supports("ssse3");
     if (strcmp(name, "skx") == 0) return has_avx512();
     if (strcmp(name, "knl") == 0) return false; /* needs AVX-512 ER/PF, Xeon Phi only */
     if (strcmp(name, "sandybridge") == 0) return __builtin_cpu_supports("avx");
@@ -102,13 +103,18 @@ static bool cpu_runs(const char *name) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-/* The kernel set this CPU runs best, or NULL to keep what BLIS detects itself. */
-static const char *best_arch_name(void) {
-    if (has_avx512() && arch_configured("skx")) return "skx";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+/* The BLIS kernel set that goes with the engine's instruction set, or NULL to keep what
+ * BLIS detects itself: BLIS's kernels use no more of the CPU than ours do (so forcing
+ * PEFTCORE_ISA=avx2 on an AVX-512 CPU runs what an AVX2 CPU runs). */
+static const char *best_arch_name(pc_isa isa) {
+    if (isa == PC_ISA_AVX512 && has_avx512() && arch_configured("skx")) return "skx";
+    if (isa >= PC_ISA_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         const char *name = __builtin_cpu_is("amd") ? "zen3" : "haswell";
         if (arch_configured(name)) return name;
+        if (arch_configured("haswell")) return "haswell";
     }
+    if (isa == PC_ISA_BASELINE)
+        return arch_configured("penryn") && cpu_runs("penryn") ? "penryn" : "generic";
     return NULL;
 }
 
@@ -169,12 +175,13 @@ int pc_runtime_init(void) {
     if (initialised) return 0;
     pthread_atfork(NULL, NULL, after_fork_in_child);
     detect_simd();
+    const pc_isa isa = pc_isa_select();
     const char *user_value = getenv("BLIS_ARCH_TYPE");
     char *user_copy = user_value && user_value[0] ? strdup(user_value) : NULL;
     int id = user_copy ? user_arch_id(user_copy) : -1;
     arch_from_env = id >= 0;
     if (id < 0) {
-        const char *name = best_arch_name();
+        const char *name = best_arch_name(isa);
         id = name ? arch_id_by_name(name) : -1;
     }
     if (id >= 0) {
@@ -276,6 +283,7 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
     rntm_t rntm;
     bli_rntm_init(&rntm);
     bli_rntm_set_num_threads(1, &rntm);
+    bli_rntm_disable_l3_sup(&rntm);
     bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
                  trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A,
                  lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL, &rntm);

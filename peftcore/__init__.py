@@ -9,10 +9,11 @@ from . import _C  # noqa: E402
 from . import functional
 from ._C import Tensor
 
-if _C.backend_info()["blis_arch_note"]:
-    import warnings as _warnings
+for _note in ("isa_note", "blis_arch_note"):  # PEFTCORE_ISA / BLIS_ARCH_TYPE ignored
+    if _C.backend_info()[_note]:
+        import warnings as _warnings
 
-    _warnings.warn(_C.backend_info()["blis_arch_note"], RuntimeWarning, stacklevel=2)
+        _warnings.warn(_C.backend_info()[_note], RuntimeWarning, stacklevel=2)
 
 # no thread may be inside the engine (or BLIS) when the process forks: a child cannot undo
 # a mutex held by a thread it does not have
@@ -21,10 +22,11 @@ _os.register_at_fork(before=_C._before_fork, after_in_parent=_C._after_fork_in_p
 
 
 def backend_info():
-    """BLIS kernel set and version, thread count and the CPU's SIMD features (and, in a
-    forked child held to one thread, why: fork_note). `gemm` says who packs the operands of
-    matrix products: peftcore, feeding BLIS's own micro-kernel (BLIS's skx kernels in an
-    AVX-512 build), or BLIS itself (elsewhere, or with PEFTCORE_GEMM=blis set)."""
+    """The engine's instruction set (`isa`: baseline, avx2 or avx512, the best this CPU runs
+    unless PEFTCORE_ISA names another; `isa_available`: all it runs), BLIS kernel set and
+    version, thread count and the CPU's SIMD features (and, in a forked child held to one
+    thread, why: fork_note). `gemm` says who packs the operands of matrix products:
+    peftcore, feeding BLIS's own micro-kernel, or BLIS itself (PEFTCORE_GEMM=blis)."""
     return _C.backend_info()
 
 

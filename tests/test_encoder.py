@@ -492,7 +492,9 @@ def _fd_check(loss_fn, model, names, ids):
             entries.append((int(ids[0, 2]), int(rng.integers(g.shape[1]))))
         else:
             entries.append(tuple(int(rng.integers(n)) for n in g.shape))
-        check_entries_by_finite_differences(p, g, entries, loss_fn, eps, 1e-2, 3e-5, name)
+        # atol: the float32 loss's rounding over 2·eps (the baseline set's sums, without
+        # fused multiply-adds, sit ~5e-5 off on entries whose gradient is near 0)
+        check_entries_by_finite_differences(p, g, entries, loss_fn, eps, 1e-2, 1e-4, name)
         # directional derivative along a random unit direction v: (L(θ+εv) - L(θ-εv)) / 2ε = g·v
         v = rng.standard_normal(g.shape)
         v /= np.linalg.norm(v)

@@ -202,12 +202,13 @@ def test_init_true_kaiming_uniform_a_zero_b():
 
 def test_init_gaussian():
     r = 4
+    peftcore.manual_seed(0)  # a fixed draw: the bounds below are 4 standard errors wide
     pm = get_peft_model(_base(), LoraConfig(r=r, target_modules=ALL_LINEARS,
                                             init_lora_weights="gaussian"))
     a = np.concatenate([np.asarray(A).ravel() for _, A, B, _ in _lora_factors(pm)])
     assert all(not np.asarray(B).any() for _, _, B, _ in _lora_factors(pm))
     assert abs(a.std() - 1 / r) < 0.05 / r  # N(0, 1/r): std 1/r (HF's normal_(std=1/r))
-    assert abs(a.mean()) < 0.05 / r
+    assert abs(a.mean()) < 4 * (1 / r) / np.sqrt(a.size)
     assert np.abs(a).max() > 2.5 / r  # tails, not a bounded distribution
 
 

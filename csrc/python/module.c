@@ -4,13 +4,15 @@
 
 static PyObject *backend_info(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     (void)self;
-    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O,s:s,s:s,s:s}", "blis_arch", pc_blis_arch(),
-                         "blis_version", pc_blis_version(), "num_threads", pc_get_num_threads(),
-                         "simd", pc_cpu_simd(), "blis_arch_from_env",
+    return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O,s:s,s:s,s:s,s:s,s:s,s:s}", "blis_arch",
+                         pc_blis_arch(), "blis_version", pc_blis_version(), "num_threads",
+                         pc_get_num_threads(), "simd", pc_cpu_simd(), "blis_arch_from_env",
                          pc_blis_arch_from_env() ? Py_True : Py_False, "blis_arch_note",
                          pc_blis_arch_note(), "fork_note", pc_fork_note(), "gemm",
                          pc_gemm_packed_enabled() ? "peftcore packing + BLIS micro-kernel"
-                                                  : "BLIS");
+                                                  : "BLIS",
+                         "isa", pc_isa_name(pc_isa_active()), "isa_available",
+                         pc_isa_available(), "isa_note", pc_isa_note());
 }
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {

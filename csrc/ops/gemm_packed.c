@@ -23,7 +23,7 @@
 
 #include <blis.h>
 
-#include "engine.h"
+#include "../engine.h"
 
 #ifdef __AVX512F__
 #include <immintrin.h>
