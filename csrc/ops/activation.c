@@ -1,20 +1,7 @@
 /* Elementwise activations, softmax and the residual add. */
 #include "kernels.h"
 
-/* the first `count` (< 16) floats of p as lanes, the rest 0; and back */
-static inline pc_vec16 load_head16(const float *p, int64_t count) {
-    float lanes[16] = {0};
-    memcpy(lanes, p, sizeof(float) * (size_t)count);
-    return pc_load16(lanes);
-}
-
-static inline void store_head16(float *p, pc_vec16 v, int64_t count) {
-    float lanes[16];
-    pc_store16(lanes, v);
-    memcpy(p, lanes, sizeof(float) * (size_t)count);
-}
-
-/* Exact GELU and its gradient over n floats, 16 lanes at a time; the last n mod 16 go
+/* Exact GELU and its gradient over n floats, a vector at a time; the last n mod PC_VW go
  * through the same lane code, so an element's result does not depend on where it sits.
  * Their polynomials want fused multiply-adds, which ISO C mode leaves as two roundings
  * unless told (and only here: an auto-vectorised loop may contract its body and not its
@@ -22,19 +9,19 @@ static inline void store_head16(float *p, pc_vec16 v, int64_t count) {
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 static void gelu_exact_span(float *out, const float *inp, int64_t n) {
-    const int64_t n16 = n / 16 * 16;
-    for (int64_t i = 0; i < n16; i += 16) pc_store16(out + i, pc_gelu16(pc_load16(inp + i)));
-    if (n16 < n) store_head16(out + n16, pc_gelu16(load_head16(inp + n16, n - n16)), n - n16);
+    const int64_t nv = n / PC_VW * PC_VW;
+    for (int64_t i = 0; i < nv; i += PC_VW) pc_storev(out + i, pc_gelu_v(pc_loadv(inp + i)));
+    if (nv < n) pc_store_head(out + nv, pc_gelu_v(pc_load_head(inp + nv, n - nv)), n - nv);
 }
 
 static void gelu_exact_grad_span(float *d, const float *inp, int64_t n) {
-    const int64_t n16 = n / 16 * 16;
-    for (int64_t i = 0; i < n16; i += 16)
-        pc_store16(d + i, pc_load16(d + i) * pc_gelu_derivative16(pc_load16(inp + i)));
-    if (n16 < n) {
-        const int64_t rest = n - n16;
-        store_head16(d + n16, load_head16(d + n16, rest) *
-                                  pc_gelu_derivative16(load_head16(inp + n16, rest)), rest);
+    const int64_t nv = n / PC_VW * PC_VW;
+    for (int64_t i = 0; i < nv; i += PC_VW)
+        pc_storev(d + i, pc_loadv(d + i) * pc_gelu_derivative_v(pc_loadv(inp + i)));
+    if (nv < n) {
+        const int64_t rest = n - nv;
+        pc_store_head(d + nv, pc_load_head(d + nv, rest) *
+                                  pc_gelu_derivative_v(pc_load_head(inp + nv, rest)), rest);
     }
 }
 #pragma GCC pop_options
@@ -56,7 +43,7 @@ static void gelu_grad_span(float *d, const float *inp, int64_t n, bool tanh_appr
     for (int64_t i = 0; i < n; i++) d[i] *= pc_gelu_tanh_derivative(inp[i]);
 }
 
-/* threads take whole chunks of this many floats (a multiple of 16) */
+/* threads take whole chunks of this many floats (a multiple of every PC_VW) */
 enum { SPAN_CHUNK = 4096 };
 
 /* span(y + i, x + i, len, tanh_approx) over [0, n) in chunks shared among the threads */

@@ -29,7 +29,7 @@ static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
     return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
-/* exp's two halves, for a float or a pc_vec16: r = x - n·ln2 (ln2 in a high part exact in
+/* exp's two halves, for a float or a pc_vec: r = x - n·ln2 (ln2 in a high part exact in
  * float and a low part), then exp(r) for |r| <= ln2/2 by its degree-6 Taylor polynomial */
 #define PC_LOG2_E 1.44269504088896341f
 #define PC_EXP_REDUCE(x, n) (((x) - (n) * 0.693145751953125f) - (n) * 1.428606765330187045e-06f)
@@ -71,7 +71,7 @@ static inline float pc_tanhf(float x) {
 #define PC_GELU_TANH_COEF 0.044715f
 
 /* GELU's tanh form: 0.5·x·(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³) (the exact form,
- * x·Φ(x), runs on 16 lanes: pc_gelu16) */
+ * x·Φ(x), runs on vectors: pc_gelu_v) */
 static inline float pc_gelu_tanh(float x) {
     return 0.5f * x * (1.0f + pc_tanhf(PC_SQRT_2_OVER_PI * (x + PC_GELU_TANH_COEF * x * x * x)));
 }
@@ -83,118 +83,162 @@ static inline float pc_gelu_tanh_derivative(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
 }
 
-/* ---- 16-float vectors (GCC vector extensions: AVX-512 registers where the target has
- * them, pairs or quadruples of narrower ones elsewhere) */
-typedef float pc_vec16 __attribute__((vector_size(64), aligned(4)));
-typedef int32_t pc_ivec16 __attribute__((vector_size(64), aligned(4)));
+/* ---- native vectors of PC_VW floats: 16 in the AVX-512 build of a kernel, 8 in the AVX2
+ * build, 4 elsewhere (GCC vector extensions; wider vectors than the target's registers
+ * would be split, and their comparisons and conversions done lane by lane). The results of
+ * a set do not depend on the thread count or on where an element sits; they differ between
+ * sets by rounding (other lane counts sum in other orders). */
+#if defined(__AVX512F__)
+#define PC_VW 16
+#elif defined(__AVX2__)
+#define PC_VW 8
+#else
+#define PC_VW 4
+#endif
+typedef float pc_vec __attribute__((vector_size(4 * PC_VW), aligned(4)));
+typedef int32_t pc_ivec __attribute__((vector_size(4 * PC_VW), aligned(4)));
 
-static inline pc_vec16 pc_load16(const float *p) {
-    pc_vec16 v;
+static inline pc_vec pc_loadv(const float *p) {
+    pc_vec v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline void pc_store16(float *p, pc_vec16 v) { memcpy(p, &v, sizeof v); }
+static inline void pc_storev(float *p, pc_vec v) { memcpy(p, &v, sizeof v); }
 
-static inline pc_vec16 pc_splat16(float x) { return (pc_vec16){0} + x; }
+static inline pc_vec pc_splat(float x) { return (pc_vec){0} + x; }
+
+/* the first `count` (< PC_VW) floats of p as lanes, the rest 0; and back */
+static inline pc_vec pc_load_head(const float *p, int64_t count) {
+    float lanes[PC_VW] = {0};
+    memcpy(lanes, p, sizeof(float) * (size_t)count);
+    return pc_loadv(lanes);
+}
+
+static inline void pc_store_head(float *p, pc_vec v, int64_t count) {
+    float lanes[PC_VW];
+    pc_storev(lanes, v);
+    memcpy(p, lanes, sizeof(float) * (size_t)count);
+}
 
 /* lanes of a where mask (all ones or all zeros per lane) is set, else of b */
-static inline pc_vec16 pc_select16(pc_ivec16 mask, pc_vec16 a, pc_vec16 b) {
-    return (pc_vec16)((mask & (pc_ivec16)a) | (~mask & (pc_ivec16)b));
+static inline pc_vec pc_select(pc_ivec mask, pc_vec a, pc_vec b) {
+    return (pc_vec)((mask & (pc_ivec)a) | (~mask & (pc_ivec)b));
 }
 
 /* lane-wise max; a NaN lane in a yields b's lane, as the scalar x > m ? x : m */
-static inline pc_vec16 pc_max16(pc_vec16 a, pc_vec16 b) { return pc_select16(a > b, a, b); }
+static inline pc_vec pc_vmax(pc_vec a, pc_vec b) { return pc_select(a > b, a, b); }
 
-/* horizontal sum and max in a fixed tree order (halves, then quarters, ...) */
-static inline float pc_hsum16(pc_vec16 v) {
-    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
-    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+/* v's upper half folded onto its lower half, by op (+ or max): the fixed tree of the
+ * horizontal reductions below (halves, then quarters, ...) */
+#if PC_VW == 16
+#define PC_FOLD(v, fold)                                                                      \
+    do {                                                                                      \
+        v = fold(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, \
+                                            5, 6, 7));                                        \
+        v = fold(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, \
+                                            3));                                              \
+        v = fold(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, \
+                                            1));                                              \
+    } while (0)
+#elif PC_VW == 8
+#define PC_FOLD(v, fold)                                                                      \
+    do {                                                                                      \
+        v = fold(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));                   \
+        v = fold(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1));                   \
+    } while (0)
+#else
+#define PC_FOLD(v, fold)                                                                      \
+    do {                                                                                      \
+        v = fold(v, __builtin_shufflevector(v, v, 2, 3, 0, 1));                               \
+    } while (0)
+#endif
+#define PC_ADD(a, b) ((a) + (b))
+
+static inline float pc_hsum(pc_vec v) {
+    PC_FOLD(v, PC_ADD);
     return v[0] + v[1];
 }
 
-static inline float pc_hmax16(pc_vec16 v) {
-    v = pc_max16(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-    v = pc_max16(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3));
-    v = pc_max16(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1));
+static inline float pc_hmax(pc_vec v) {
+    PC_FOLD(v, pc_vmax);
     return v[0] > v[1] ? v[0] : v[1];
 }
 
-/* exp(x) on 16 lanes for x <= 0 (softmax's shifted scores), as pc_expf: x = n·ln2 + r,
+/* exp(x) on a vector for x <= 0 (softmax's shifted scores), as pc_expf: x = n·ln2 + r,
  * exp(r) by the degree-6 polynomial, 2^n (n in [-126, 0]) built in the exponent field;
  * exactly 0 below -87.3, NaN propagates. */
-static inline pc_vec16 pc_exp16_nonpositive(pc_vec16 x) {
-    const pc_ivec16 underflow = x < -87.3f;
+static inline pc_vec pc_exp_nonpositive(pc_vec x) {
+    const pc_ivec underflow = x < -87.3f;
     /* round x·log2(e) to an integer: adding and subtracting 1.5·2^23 is exact here */
-    const pc_vec16 n = (x * PC_LOG2_E + 12582912.0f) - 12582912.0f;
-    const pc_vec16 p = PC_EXP_POLY(PC_EXP_REDUCE(x, n));
-    const pc_ivec16 ni = __builtin_convertvector(n, pc_ivec16);
-    const pc_vec16 two_n = (pc_vec16)((ni + 127) << 23);
-    return pc_select16(underflow, pc_splat16(0.0f), p * two_n);
+    const pc_vec n = (x * PC_LOG2_E + 12582912.0f) - 12582912.0f;
+    const pc_vec p = PC_EXP_POLY(PC_EXP_REDUCE(x, n));
+    const pc_ivec ni = __builtin_convertvector(n, pc_ivec);
+    const pc_vec two_n = (pc_vec)((ni + 127) << 23);
+    return pc_select(underflow, pc_splat(0.0f), p * two_n);
 }
 
 /* erfc(z)·exp(z²) for z = |x|/√2 >= 0 (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7):
  * t·P(t) with t = 1/(1 + 0.3275911z) */
-static inline pc_vec16 pc_erfc_scaled16(pc_vec16 z) {
-    const pc_vec16 t = 1.0f / (1.0f + 0.3275911f * z);
+static inline pc_vec pc_erfc_scaled(pc_vec z) {
+    const pc_vec t = 1.0f / (1.0f + 0.3275911f * z);
     return t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
                 t * (-1.453152027f + t * 1.061405429f))));
 }
 
-/* Φ(x), the standard normal CDF, on 16 lanes via erfc, keeping relative accuracy in the
+/* Φ(x), the standard normal CDF, on a vector via erfc, keeping relative accuracy in the
  * lower tail; e = exp(-x²/2), which the density shares */
-static inline pc_vec16 pc_normal_cdf16_with(pc_vec16 x, pc_vec16 e) {
-    const pc_vec16 z = pc_select16(x < 0.0f, -x, x) * 0.70710678118654752f;
-    const pc_vec16 half_erfc = 0.5f * pc_erfc_scaled16(z) * e;
-    return pc_select16(x < 0.0f, half_erfc, 1.0f - half_erfc);
+static inline pc_vec pc_normal_cdf_with(pc_vec x, pc_vec e) {
+    const pc_vec z = pc_select(x < 0.0f, -x, x) * 0.70710678118654752f;
+    const pc_vec half_erfc = 0.5f * pc_erfc_scaled(z) * e;
+    return pc_select(x < 0.0f, half_erfc, 1.0f - half_erfc);
 }
 
-/* gelu(x) = x·Φ(x) on 16 lanes (exact form; exp(-x²/2) <= 1 needs only the non-positive
+/* gelu(x) = x·Φ(x) on a vector (exact form; exp(-x²/2) <= 1 needs only the non-positive
  * exponential) */
-static inline pc_vec16 pc_gelu16(pc_vec16 x) {
-    return x * pc_normal_cdf16_with(x, pc_exp16_nonpositive(-0.5f * x * x));
+static inline pc_vec pc_gelu_v(pc_vec x) {
+    return x * pc_normal_cdf_with(x, pc_exp_nonpositive(-0.5f * x * x));
 }
 
 #define PC_INV_SQRT_2PI 0.3989422804014327f
 
-/* gelu'(x) = Φ(x) + x·φ(x) on 16 lanes, one exponential serving both. At ±inf x·φ(x) would
+/* gelu'(x) = Φ(x) + x·φ(x) on a vector, one exponential serving both. At ±inf x·φ(x) would
  * be ±inf·0 = NaN; for |x| >= 13 it is below 1e-35, so it is dropped (a NaN x still
  * propagates through Φ). */
-static inline pc_vec16 pc_gelu_derivative16(pc_vec16 x) {
-    const pc_vec16 e = pc_exp16_nonpositive(-0.5f * x * x);
-    const pc_ivec16 finite_tail = pc_splat16(13.0f) > pc_select16(x < 0.0f, -x, x);
-    const pc_vec16 xpdf = pc_select16(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat16(0.0f));
-    return pc_normal_cdf16_with(x, e) + xpdf;
+static inline pc_vec pc_gelu_derivative_v(pc_vec x) {
+    const pc_vec e = pc_exp_nonpositive(-0.5f * x * x);
+    const pc_ivec finite_tail = pc_splat(13.0f) > pc_select(x < 0.0f, -x, x);
+    const pc_vec xpdf = pc_select(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat(0.0f));
+    return pc_normal_cdf_with(x, e) + xpdf;
 }
 
 /* One row in place or out of place: y = exp(z - max z) / Σ exp(z - max z) with
  * z = x + bias (bias (C), e.g. an attention mask's 0 / -FLT_MAX, or NULL). Whole vectors
- * first, the last C mod 16 lanes one by one. */
+ * first, the last C mod PC_VW lanes one by one. */
 static inline void pc_softmax_row_biased(float *y, const float *x, const float *bias, int C) {
-    const int c16 = C / 16 * 16;
-    pc_vec16 mv = pc_splat16(-INFINITY);
-    for (int c = 0; c < c16; c += 16)
-        mv = pc_max16(pc_load16(x + c) + (bias ? pc_load16(bias + c) : pc_splat16(0.0f)), mv);
-    float mx = pc_hmax16(mv);
+    const int c16 = C / PC_VW * PC_VW;
+    pc_vec mv = pc_splat(-INFINITY);
+    for (int c = 0; c < c16; c += PC_VW)
+        mv = pc_vmax(pc_loadv(x + c) + (bias ? pc_loadv(bias + c) : pc_splat(0.0f)), mv);
+    float mx = pc_hmax(mv);
     for (int c = c16; c < C; c++) {
         float z = x[c] + (bias ? bias[c] : 0.0f);
         mx = z > mx ? z : mx;
     }
-    pc_vec16 sv = pc_splat16(0.0f);
-    for (int c = 0; c < c16; c += 16) {
-        pc_vec16 z = pc_load16(x + c) + (bias ? pc_load16(bias + c) : pc_splat16(0.0f));
-        pc_vec16 e = pc_exp16_nonpositive(z - mx);
-        pc_store16(y + c, e);
+    pc_vec sv = pc_splat(0.0f);
+    for (int c = 0; c < c16; c += PC_VW) {
+        pc_vec z = pc_loadv(x + c) + (bias ? pc_loadv(bias + c) : pc_splat(0.0f));
+        pc_vec e = pc_exp_nonpositive(z - mx);
+        pc_storev(y + c, e);
         sv += e;
     }
-    float sum = pc_hsum16(sv);
+    float sum = pc_hsum(sv);
     for (int c = c16; c < C; c++) {
         y[c] = pc_expf(x[c] + (bias ? bias[c] : 0.0f) - mx);
         sum += y[c];
     }
     const float inv = 1.0f / sum;
-    for (int c = 0; c < c16; c += 16) pc_store16(y + c, pc_load16(y + c) * inv);
+    for (int c = 0; c < c16; c += PC_VW) pc_storev(y + c, pc_loadv(y + c) * inv);
     for (int c = c16; c < C; c++) y[c] *= inv;
 }
 
@@ -205,14 +249,14 @@ static inline void pc_softmax_row(float *y, const float *x, int C) {
 /* Σ a·b: two vector accumulators, then the lanes in a fixed tree, then the tail in order
  * (the order is fixed for a given n, so results are reproducible) */
 static inline float pc_dot(const float *a, const float *b, int n) {
-    const int n32 = n / 32 * 32, n16 = n / 16 * 16;
-    pc_vec16 s0 = pc_splat16(0.0f), s1 = pc_splat16(0.0f);
-    for (int i = 0; i < n32; i += 32) {
-        s0 += pc_load16(a + i) * pc_load16(b + i);
-        s1 += pc_load16(a + i + 16) * pc_load16(b + i + 16);
+    const int n32 = n / (2 * PC_VW) * (2 * PC_VW), n16 = n / PC_VW * PC_VW;
+    pc_vec s0 = pc_splat(0.0f), s1 = pc_splat(0.0f);
+    for (int i = 0; i < n32; i += 2 * PC_VW) {
+        s0 += pc_loadv(a + i) * pc_loadv(b + i);
+        s1 += pc_loadv(a + i + PC_VW) * pc_loadv(b + i + PC_VW);
     }
-    if (n16 > n32) s0 += pc_load16(a + n32) * pc_load16(b + n32);
-    float s = pc_hsum16(s0 + s1);
+    if (n16 > n32) s0 += pc_loadv(a + n32) * pc_loadv(b + n32);
+    float s = pc_hsum(s0 + s1);
     for (int i = n16; i < n; i++) s += a[i] * b[i];
     return s;
 }

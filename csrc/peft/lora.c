@@ -17,23 +17,23 @@
 
 enum { CHUNK = 64 };      /* rows per chunk of the backward's sums over rows */
 enum { RANKS = 8 };       /* ranks per sweep of the dot products */
-enum { COLUMNS = 64 };    /* outputs per register block of the row updates (4 vectors) */
+enum { COLUMNS = 4 * PC_VW }; /* outputs per register block of the row updates (4 vectors) */
 
 /* out[j] = Σ_i x[i]·M[j·n + i] for j < r: RANKS dot products per sweep over x */
 static void row_dots(float *out, const float *x, const float *M, int r, int n) {
-    const int n16 = n / 16 * 16;
+    const int nv = n / PC_VW * PC_VW;
     int j0 = 0;
     for (; j0 + RANKS <= r; j0 += RANKS) {
         const float *m = M + (int64_t)j0 * n;
-        pc_vec16 acc[RANKS];
-        for (int j = 0; j < RANKS; j++) acc[j] = pc_splat16(0.0f);
-        for (int i = 0; i < n16; i += 16) {
-            const pc_vec16 xv = pc_load16(x + i);
-            for (int j = 0; j < RANKS; j++) acc[j] += xv * pc_load16(m + (int64_t)j * n + i);
+        pc_vec acc[RANKS];
+        for (int j = 0; j < RANKS; j++) acc[j] = pc_splat(0.0f);
+        for (int i = 0; i < nv; i += PC_VW) {
+            const pc_vec xv = pc_loadv(x + i);
+            for (int j = 0; j < RANKS; j++) acc[j] += xv * pc_loadv(m + (int64_t)j * n + i);
         }
         for (int j = 0; j < RANKS; j++) {
-            float s = pc_hsum16(acc[j]);
-            for (int i = n16; i < n; i++) s += x[i] * m[(int64_t)j * n + i];
+            float s = pc_hsum(acc[j]);
+            for (int i = nv; i < n; i++) s += x[i] * m[(int64_t)j * n + i];
             out[j0 + j] = s;
         }
     }
@@ -46,19 +46,19 @@ static void row_update(float *y, const float *c, const float *M, int r, int n,
                        const float *keep) {
     int i = 0;
     for (; i + COLUMNS <= n; i += COLUMNS) {
-        pc_vec16 acc[COLUMNS / 16];
-        for (int v = 0; v < COLUMNS / 16; v++) acc[v] = pc_splat16(0.0f);
+        pc_vec acc[COLUMNS / PC_VW];
+        for (int v = 0; v < COLUMNS / PC_VW; v++) acc[v] = pc_splat(0.0f);
         for (int j = 0; j < r; j++) {
             const float *m = M + (int64_t)j * n + i;
-            for (int v = 0; v < COLUMNS / 16; v++) acc[v] += c[j] * pc_load16(m + 16 * v);
+            for (int v = 0; v < COLUMNS / PC_VW; v++) acc[v] += c[j] * pc_loadv(m + PC_VW * v);
         }
-        for (int v = 0; v < COLUMNS / 16; v++) {
-            pc_vec16 sum = acc[v];
+        for (int v = 0; v < COLUMNS / PC_VW; v++) {
+            pc_vec sum = acc[v];
             if (keep) {
-                const pc_vec16 k = pc_load16(keep + i + 16 * v);
-                sum = pc_select16(k != 0.0f, sum * k, pc_splat16(0.0f)); /* dropped: exactly 0 */
+                const pc_vec k = pc_loadv(keep + i + PC_VW * v);
+                sum = pc_select(k != 0.0f, sum * k, pc_splat(0.0f)); /* dropped: exactly 0 */
             }
-            pc_store16(y + i + 16 * v, pc_load16(y + i + 16 * v) + sum);
+            pc_storev(y + i + PC_VW * v, pc_loadv(y + i + PC_VW * v) + sum);
         }
     }
     for (; i < n; i++) {
