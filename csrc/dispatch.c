@@ -49,13 +49,6 @@ static const char *const isa_features[PC_ISA_COUNT][6] = {
     [PC_ISA_AVX512] = {"avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl"},
 };
 
-static bool cpu_has(const char *feature) {
-#define FEATURE(f) if (strcmp(feature, f) == 0) return __builtin_cpu_supports(f);
-    FEATURE("avx") FEATURE("avx2") FEATURE("fma") FEATURE("avx512f") FEATURE("avx512dq")
-    FEATURE("avx512bw") FEATURE("avx512vl")
-#undef FEATURE
-    return false;
-}
 #endif
 
 static pc_isa active_isa = PC_ISA_BASELINE;
@@ -67,9 +60,8 @@ bool pc_isa_runs(pc_isa isa) {
     if (isa == PC_ISA_BASELINE) return true;
 #ifdef PC_X86_SETS
     if (isa < 0 || isa >= PC_ISA_COUNT) return false;
-    __builtin_cpu_init();
     for (int i = 0; i < 6 && isa_features[isa][i]; i++)
-        if (!cpu_has(isa_features[isa][i])) return false;
+        if (!pc_cpu_has(isa_features[isa][i])) return false;
     return true;
 #else
     return false;
@@ -81,7 +73,7 @@ static void missing_features(pc_isa isa, char *out, size_t size) {
     out[0] = '\0';
 #ifdef PC_X86_SETS
     for (int i = 0; i < 6 && isa_features[isa][i]; i++)
-        if (!cpu_has(isa_features[isa][i])) {
+        if (!pc_cpu_has(isa_features[isa][i])) {
             if (out[0]) strncat(out, " ", size - strlen(out) - 1);
             strncat(out, isa_features[isa][i], size - strlen(out) - 1);
         }

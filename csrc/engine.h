@@ -19,7 +19,11 @@
 int pc_runtime_init(void);
 const char *pc_blis_arch(void);       /* e.g. "skx" */
 const char *pc_blis_version(void);    /* e.g. "0.9.0" */
-const char *pc_cpu_simd(void);        /* e.g. "avx512f avx512dq avx512bw avx512vl avx2 fma" */
+const char *pc_cpu_simd(void);        /* e.g. "ssse3 sse4.2 avx avx2 fma avx512f avx512dq ..." */
+/* An x86 feature by GCC's name ("avx2", "avx512bw", ...): the CPU has it and it is not
+ * listed in PEFTCORE_DISABLE_CPU_FEATURES (which lets the paths of other CPUs run here).
+ * false on other architectures. */
+bool pc_cpu_has(const char *feature);
 bool pc_blis_arch_from_env(void);     /* true when the user's BLIS_ARCH_TYPE was honoured */
 const char *pc_blis_arch_note(void);  /* why the user's BLIS_ARCH_TYPE was ignored, or "" */
 /* Instruction sets the kernels are compiled for (dispatch.c): on x86-64 all three, elsewhere

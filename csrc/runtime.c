@@ -19,24 +19,61 @@ static bool threads_started = false;
 static bool forked_single = false;
 static char simd_names[256];
 
-/* What the CPU offers, by the names compilers use. */
-static void detect_simd(void) {
-    static const char *const features[] = {"ssse3", "sse4.2", "avx", "avx2", "fma",
+/* The x86 features the engine asks about, by the names compilers use. */
+static const char *const x86_features[] = {"ssse3", "sse4.2", "avx", "avx2", "fma", "fma4",
                                            "avx512f", "avx512dq", "avx512bw", "avx512vl"};
-    simd_names[0] = '\0';
-    __builtin_cpu_init();
-    for (size_t i = 0; i < sizeof features / sizeof features[0]; i++) {
-        bool has = false;
-#define FEATURE(name) else if (strcmp(features[i], name) == 0) has = __builtin_cpu_supports(name);
-        if (0) {}
-        FEATURE("ssse3") FEATURE("sse4.2") FEATURE("avx") FEATURE("avx2") FEATURE("fma") FEATURE("avx512f")
-        FEATURE("avx512dq") FEATURE("avx512bw") FEATURE("avx512vl")
-#undef FEATURE
-        if (has) {
-            if (simd_names[0]) strcat(simd_names, " ");
-            strcat(simd_names, features[i]);
-        }
+
+/* feature named in PEFTCORE_DISABLE_CPU_FEATURES (comma or space separated): treated as
+ * absent, so the paths of CPUs without it can be run here (as NumPy's
+ * NPY_DISABLE_CPU_FEATURES) */
+static bool disabled_by_user(const char *feature) {
+    const char *list = getenv("PEFTCORE_DISABLE_CPU_FEATURES");
+    if (!list) return false;
+    const size_t len = strlen(feature);
+    for (const char *p = list; *p;) {
+        while (*p == ',' || *p == ' ') p++;
+        const char *end = p;
+        while (*end && *end != ',' && *end != ' ') end++;
+        if ((size_t)(end - p) == len && strncmp(p, feature, len) == 0) return true;
+        p = end;
     }
+    return false;
+}
+
+bool pc_cpu_has(const char *feature) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    bool has = false;
+#define FEATURE(name) else if (strcmp(feature, name) == 0) has = __builtin_cpu_supports(name);
+    if (0) {}
+    FEATURE("ssse3") FEATURE("sse4.2") FEATURE("avx") FEATURE("avx2") FEATURE("fma")
+    FEATURE("fma4") FEATURE("avx512f") FEATURE("avx512dq") FEATURE("avx512bw")
+    FEATURE("avx512vl")
+#undef FEATURE
+    return has && !disabled_by_user(feature);
+#else
+    (void)feature;
+    return false;
+#endif
+}
+
+static bool cpu_is_amd(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+#else
+    return false;
+#endif
+}
+
+/* What the CPU offers (less what the user disabled), by the names compilers use. */
+static void detect_simd(void) {
+    simd_names[0] = '\0';
+    for (size_t i = 0; i < sizeof x86_features / sizeof x86_features[0]; i++)
+        if (pc_cpu_has(x86_features[i])) {
+            if (simd_names[0]) strcat(simd_names, " ");
+            strcat(simd_names, x86_features[i]);
+        }
 }
 
 /* Kernel sets compiled into this BLIS (from its configuration macros). */
@@ -85,31 +122,34 @@ __attribute__((noinline)) static bool arch_configured(const char *name) {
 }
 
 static bool has_avx512(void) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    return pc_cpu_has("avx512f") && pc_cpu_has("avx512dq") && pc_cpu_has("avx512bw") &&
+           pc_cpu_has("avx512vl");
 }
 
 /* Whether this CPU can execute a kernel set (a wrong one dies of an illegal instruction). */
 static bool cpu_runs(const char *name) {
     if (strcmp(name, "generic") == 0) return true;
-    if (strcmp(name, "penryn") == 0) return __builtin_cpu_supports("ssse3");
+    if (strcmp(name, "penryn") == 0) return pc_cpu_has("ssse3");
     if (strcmp(name, "skx") == 0) return has_avx512();
     if (strcmp(name, "knl") == 0) return false; /* needs AVX-512 ER/PF, Xeon Phi only */
-    if (strcmp(name, "sandybridge") == 0) return __builtin_cpu_supports("avx");
+    if (strcmp(name, "sandybridge") == 0) return pc_cpu_has("avx");
     if (strcmp(name, "bulldozer") == 0 || strcmp(name, "piledriver") == 0 ||
         strcmp(name, "steamroller") == 0 || strcmp(name, "excavator") == 0)
-        return __builtin_cpu_supports("fma4") || __builtin_cpu_supports("fma");
+        return pc_cpu_has("fma4") || pc_cpu_has("fma");
     /* haswell, zen, zen2, zen3 */
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return pc_cpu_has("avx2") && pc_cpu_has("fma");
 }
 
 /* The BLIS kernel set that goes with the engine's instruction set, or NULL to keep what
  * BLIS detects itself: BLIS's kernels use no more of the CPU than ours do (so forcing
  * PEFTCORE_ISA=avx2 on an AVX-512 CPU runs what an AVX2 CPU runs). */
 static const char *best_arch_name(pc_isa isa) {
+#if !defined(__x86_64__) && !defined(__i386__)
+    return NULL; /* BLIS knows the kernel sets of other architectures best */
+#endif
     if (isa == PC_ISA_AVX512 && has_avx512() && arch_configured("skx")) return "skx";
-    if (isa >= PC_ISA_AVX2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        const char *name = __builtin_cpu_is("amd") ? "zen3" : "haswell";
+    if (isa >= PC_ISA_AVX2 && pc_cpu_has("avx2") && pc_cpu_has("fma")) {
+        const char *name = cpu_is_amd() ? "zen3" : "haswell";
         if (arch_configured(name)) return name;
         if (arch_configured("haswell")) return "haswell";
     }
