@@ -44,6 +44,11 @@ def find_blis():
 COMPILE_ARGS = ["-std=c11", "-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-fno-math-errno", "-D_GNU_SOURCE",
                 "-Wno-psabi"]  # 64-byte vectors pass between static inline helpers only
+# PEFTCORE_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer build (CI runs a train
+# step on it with libasan preloaded: .ci/sanitizer_smoke.py)
+SANITIZE = os.environ.get("PEFTCORE_SANITIZE", "0") == "1"
+SANITIZE_ARGS = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                 "-fno-omit-frame-pointer"] if SANITIZE else []
 blis_include, blis_lib = find_blis()
 engine_sources = sorted(glob.glob("csrc/*.c") +
                         [f for d in ENGINE_DIRS for f in glob.glob(f"csrc/{d}/*.c")])
@@ -78,8 +83,8 @@ setup(
             library_dirs=[blis_lib],
             runtime_library_dirs=[blis_lib],
             libraries=["blis", "m", "pthread"],
-            extra_compile_args=COMPILE_ARGS + ["-isystem", blis_include],
-            extra_link_args=["-fopenmp"],
+            extra_compile_args=COMPILE_ARGS + SANITIZE_ARGS + ["-isystem", blis_include],
+            extra_link_args=["-fopenmp"] + SANITIZE_ARGS,
         )
     ],
 )
