@@ -662,8 +662,11 @@ def test_backward_stops_below_lowest_trainable_layer(model_type, trainable):
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
-    """Under no_grad the logits are identical, the arena is a fraction of the training one,
-    and backward() refuses with a clear error."""
+    """Under no_grad the logits match, the arena is a fraction of the training one, and
+    backward() refuses with a clear error. They match to rounding, not bit for bit: under
+    no_grad the last layer folds its keys and values into the first token's query
+    ((Wₖᵀq)·xⱼ and Wᵥ(Σⱼ pⱼxⱼ), the same sums in another order), whose last bits agree for
+    some weights only."""
     import peftcore
 
     model = _small(model_type).eval()
@@ -674,7 +677,7 @@ def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
     with pytest.raises(RuntimeError, match="no_grad"):
         model.backward(np.ones_like(light))
     full = model(ids, attention_mask=mask).logits
-    np.testing.assert_array_equal(light, full)
+    np.testing.assert_allclose(light, full, rtol=1e-5, atol=1e-8)
     fresh = _small(model_type).eval()
     fresh(ids, attention_mask=mask)
     assert light_bytes < fresh._engine.activation_bytes()
