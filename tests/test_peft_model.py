@@ -163,8 +163,9 @@ def test_named_parameters_match_peft(hf_models, case):
 
 
 def test_roberta_parameter_order_matches_transformers(hf_models):
-    """transformers 5 registers RoBERTa's position_embeddings after the embeddings'
-    LayerNorm (BERT's before token_type_embeddings); the lists follow each model's order."""
+    """RoBERTa's embeddings in the pinned reference's order (transformers 4.57.6: word,
+    position, token_type, LayerNorm, as BERT's; transformers 5 registers position_embeddings
+    after the LayerNorm), and every other parameter with them."""
     theirs, ours = _pair(hf_models, "roberta", True, [("default", dict(task_type="SEQ_CLS"))])
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
 

@@ -130,11 +130,15 @@ class EncoderModel(Module):
         return "" if is_head or not self.with_head else self.base_model_prefix + "."
 
     def _build_tree(self):
-        """Module tree with transformers' names over the engine's parameters."""
+        """Module tree with transformers' names over the engine's parameters. The engine lists
+        them in the order transformers 4.57 (the pinned reference) registers them, so
+        named_parameters(), state_dict() and print(model) follow it as they are: the
+        embeddings' word, position, token_type, LayerNorm for BERT and RoBERTa alike
+        (transformers 5 moves RoBERTa's position_embeddings after the LayerNorm)."""
         self._linear_names = {}
         linears = {name: (i, fin, fout) for i, (name, fin, fout, _) in
                    enumerate(self._engine.linears())}
-        for name, tensor, is_head in self._transformers_order(self._engine.params()):
+        for name, tensor, is_head in self._engine.params():
             full = self._prefix(is_head) + name
             module_name, pname = full.rsplit(".", 1)
             bare_module = module_name[len(self._prefix(is_head)):]
@@ -144,17 +148,6 @@ class EncoderModel(Module):
         for bare, (index, _, _) in linears.items():
             is_head = bare.startswith("classifier")
             self._linear_names[index] = self._prefix(is_head) + bare
-
-    def _transformers_order(self, params):
-        """The engine's parameters in the order transformers registers them: RoBERTa's
-        embeddings module (transformers 5) creates position_embeddings after LayerNorm."""
-        params = list(params)
-        if self.config.model_type != "roberta":
-            return params
-        position = [p for p in params if p[0] == "embeddings.position_embeddings.weight"]
-        rest = [p for p in params if p[0] != "embeddings.position_embeddings.weight"]
-        after = max(i for i, p in enumerate(rest) if p[0].startswith("embeddings.")) + 1
-        return rest[:after] + position + rest[after:]
 
     def _ensure_module(self, module_name, bare_name, linears) -> Module:
         node = self
