@@ -93,7 +93,7 @@ def child_peftcore(args):
         def step(phases):
             with peftcore.no_grad():  # as torch.inference_mode on the other side
                 return float(model(ids, attention_mask=mask).logits[0, 0])
-    info = {"blis": peftcore.backend_info().get("blis_arch"),
+    info = {"blis": peftcore.backend_info().get("blis_arch"), "isa": peftcore.backend_info().get("isa"),
             "activation_MB": None}
     result = run_steps(args, step, load_mb, info)
     result["info"]["activation_MB"] = round(model._engine.activation_bytes() / 2**20, 1)
@@ -127,6 +127,7 @@ def parse_args():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    harness.add_isa_argument(ap)
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs of each framework, alternating (reported: the median speed, "
                          "the largest peak RSS; default %(default)s, quick 1)")
@@ -170,7 +171,7 @@ def main():
         return child_main(args)
     print(f"encoder bench: batch {args.batch} x seq {args.seq}, {args.threads} threads, "
           f"{args.warmup} warm-up + {args.steps} timed steps; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average {load_average()}", flush=True)
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average {load_average()}\n{harness.describe_isa(args)}", flush=True)
     rows, results = [], {}
     with tempfile.TemporaryDirectory(prefix="peftcore_bench_") as tmp:
         for model in args.model_list:

@@ -132,11 +132,41 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# --isa: both frameworks held to one instruction set, so an AVX-512 machine measures what an
+# AVX2 (or SSE-only) CPU runs: peftcore through PEFTCORE_ISA, torch through its own kernels'
+# capability (ATEN), MKL's GEMMs and oneDNN's
+ISA_ENV = {
+    "avx512": dict(PEFTCORE_ISA="avx512", ATEN_CPU_CAPABILITY="avx512",
+                   MKL_ENABLE_INSTRUCTIONS="AVX512", ONEDNN_MAX_CPU_ISA="AVX512_CORE"),
+    "avx2": dict(PEFTCORE_ISA="avx2", ATEN_CPU_CAPABILITY="avx2",
+                 MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2"),
+    "baseline": dict(PEFTCORE_ISA="baseline", ATEN_CPU_CAPABILITY="default",
+                     MKL_ENABLE_INSTRUCTIONS="SSE4_2", ONEDNN_MAX_CPU_ISA="SSE41"),
+}
+
+
+def add_isa_argument(ap) -> None:
+    ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None,
+                    help="hold both frameworks to this instruction set (default: the best "
+                         "each finds)")
+
+
+def describe_isa(args) -> str:
+    """One line for a bench's header: what the frameworks run on."""
+    isa = getattr(args, "isa", None)
+    if not isa:
+        return "instruction set: each framework's best for this CPU"
+    return ("instruction set: " + isa + " for both (" +
+            ", ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items()) + ")")
+
+
 def run_child(script, kind, args, model, folder, mode, extra=()):
     """Run `script --child kind` for one model × mode in its own process; its RESULT plus
     the load average before/after, wall time and how many cores other processes kept busy."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    if getattr(args, "isa", None):
+        env.update(ISA_ENV[args.isa])
     cmd = [sys.executable, str(script), "--child", kind, "--model", model, "--folder", str(folder),
            "--mode", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads),

@@ -136,7 +136,7 @@ def child_peftcore(args):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the saved head must load too
         model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
-    info = {"blis": peftcore.backend_info().get("blis_arch")}
+    info = {"blis": peftcore.backend_info().get("blis_arch"), "isa": peftcore.backend_info().get("isa")}
     if args.mode in ("lora", "merged"):
         model = peftcore.get_peft_model(model, peftcore.LoraConfig(**LORA))
     ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
@@ -256,6 +256,7 @@ def parse_args():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    harness.add_isa_argument(ap)
     ap.add_argument("--rounds", type=int, default=2,
                     help="runs of each framework per mode, taking turns to go first (reported: "
                          "the median speed, the largest RSS; default %(default)s, quick 1)")
@@ -318,7 +319,7 @@ def main():
     print(f"LoRA bench: batch {args.batch} x seq {args.seq}, {args.threads} threads, "
           f"{args.warmup} warm-up + {args.steps} timed steps (median); LoRA {LORA}; AdamW "
           f"{ADAMW}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"load average {load_average()}", flush=True)
+          f"load average {load_average()}\n{harness.describe_isa(args)}", flush=True)
     busy = os.getloadavg()[0]
     if busy > 0.5:
         print(f"WARNING: load average {busy:.2f} before the start: other processes compete for "
