@@ -116,3 +116,64 @@ def test_immutable_bytes_are_never_written():
     with pytest.raises(ValueError, match="read-only"):
         t.requires_grad = True
     assert data == bytes(8)
+
+
+# ------------------------------------------------------------------ adapters and wrappers
+
+TINY = dict(model_type="bert", vocab_size=100, hidden_size=16, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+
+
+def _tiny(seed=0):
+    return peftcore.AutoModelForSequenceClassification.from_config(TINY, seed=seed)
+
+
+def test_second_wrapper_on_one_base_is_refused(tmp_path):
+    base = _tiny()
+    pm = peftcore.get_peft_model(base, peftcore.LoraConfig(r=4, target_modules=["query"]))
+    A = np.array(pm.base_model.model.bert.encoder.layer[0].attention.self.query.lora_A["default"].weight)
+    with pytest.raises(ValueError, match="already wrapped by a PeftModel"):
+        peftcore.get_peft_model(base, peftcore.LoraConfig(r=2, target_modules=["query"]))
+    layer = pm.base_model.model.bert.encoder.layer[0].attention.self.query
+    assert layer.r["default"] == 4 and np.array_equal(layer.lora_A["default"].weight, A)
+    pm.save_pretrained(tmp_path / "saved")
+    other = peftcore.get_peft_model(_tiny(seed=1), peftcore.LoraConfig(r=4, target_modules=["query"]))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="already wrapped by a PeftModel"):
+        peftcore.PeftModel.from_pretrained(base, tmp_path / "other")
+    assert np.array_equal(layer.lora_A["default"].weight, A)
+    # after unload the base model can be wrapped again
+    bare = pm.unload()
+    again = peftcore.get_peft_model(bare, peftcore.LoraConfig(r=2, target_modules=["query"]))
+    assert again.peft_config["default"].r == 2
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "a\\b", "..", ".", "a.b", "",
+                                  " x", "a\0b", "c:"])
+def test_adapter_names_cannot_escape_the_save_folder(tmp_path, name):
+    pm = peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]))
+    with pytest.raises(ValueError, match="adapter_name"):
+        pm.add_adapter(name, peftcore.LoraConfig(r=2, target_modules=["query"]))
+    assert list(pm.peft_config) == ["default"]
+    with pytest.raises(ValueError, match="adapter_name"):
+        peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]),
+                                adapter_name=name)
+    pm.save_pretrained(tmp_path / "ok")
+    with pytest.raises(ValueError, match="adapter_name"):
+        pm.load_adapter(tmp_path / "ok", adapter_name=name)
+    with pytest.raises(ValueError, match="adapter_name"):
+        peftcore.PeftModel.from_pretrained(_tiny(), tmp_path / "ok", adapter_name=name)
+
+
+def test_set_adapter_takes_a_list_of_one():
+    pm = peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]))
+    pm.add_adapter("other", peftcore.LoraConfig(r=2, target_modules=["query"]))
+    pm.set_adapter(["other"])
+    assert pm.active_adapter == "other"
+    with pytest.raises(ValueError, match="one adapter at a time"):
+        pm.set_adapter(["other", "default"])
+    with pytest.raises(TypeError, match="must be a str"):
+        pm.set_adapter({"other"})
+    with pytest.raises(TypeError, match="must be a str"):
+        pm.delete_adapter(["other"])
+    assert pm.active_adapter == "other"

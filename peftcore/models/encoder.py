@@ -1,6 +1,8 @@
 """BERT-family models on the engine: AutoModel and AutoModelForSequenceClassification."""
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +88,12 @@ class EncoderModel(Module):
         # run is reproducible whatever else the process has run before
         self._forwards = 0
         self._pending_grad = None
+        # The model lock: a forward or backward and every model-changing call (adapter set,
+        # add, delete, merge, unmerge, unload, load, enable, disable) hold it, so a change
+        # of several engine calls and weight writes runs whole between two forwards.
+        self._lock = threading.RLock()
+        self._forward_live = False   # a forward ran and its backward has not
+        self._stale_forward = None   # the call that changed the model since that forward
         self._engine = _C.Encoder(self._engine_config())
         self.inference_rows = max(1, self.INFERENCE_SCRATCH_BYTES //
                                   self._engine.inference_bytes_per_token())
@@ -345,6 +353,31 @@ class EncoderModel(Module):
 
     # ------------------------------------------------------------ running
 
+    @contextlib.contextmanager
+    def _changing(self, what: str):
+        """Hold the model lock around a model-changing call `what`: forwards and backwards
+        on other threads wait until it is done. A forward that ran before it can no longer
+        be backpropagated."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                if self._forward_live:
+                    self._stale_forward = what
+
+    def _check_forward_fresh(self):
+        """Refuse a backward whose forward a model change has invalidated."""
+        if self._stale_forward is not None:
+            raise RuntimeError(f"{self._stale_forward}() changed the model after the last "
+                               f"forward, which invalidated it: run the forward again before "
+                               f"backward()")
+
+    def _engine_backward(self, **grad):
+        with self._lock:
+            self._check_forward_fresh()
+            self._engine.backward(**grad)
+            self._forward_live = False
+
     def train(self, mode: bool = True):
         self.training = bool(mode)
         return self
@@ -414,12 +447,15 @@ class EncoderModel(Module):
         be refused is refused before the engine runs, so a bad call leaves the last forward's
         activations and pending gradient in place."""
         ids, mask, types, positions = inputs
-        self._pending_grad = None
-        self._engine.set_inference_rows(self._inference_rows or 0)
-        seed = (self._seed * 0x9E3779B1 + self._forwards) % 2**64
-        self._forwards += 1
-        return self._engine.forward(ids, positions, types, mask, self.training, seed,
-                                    want_hidden, is_grad_enabled())
+        with self._lock:
+            self._pending_grad = None
+            self._engine.set_inference_rows(self._inference_rows or 0)
+            seed = (self._seed * 0x9E3779B1 + self._forwards) % 2**64
+            self._forwards += 1
+            out = self._engine.forward(ids, positions, types, mask, self.training, seed,
+                                       want_hidden, is_grad_enabled())
+            self._forward_live, self._stale_forward = True, None
+            return out
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -443,9 +479,9 @@ class AutoModelBase(EncoderModel):
             raise ValueError("backward() takes one gradient: of last_hidden_state or pooler_output")
         g = np.asarray(given[0])
         if grad_pooler_output is not None or (grad is not None and g.ndim == 2):
-            self._engine.backward(d_pooled=g)
+            self._engine_backward(d_pooled=g)
         else:
-            self._engine.backward(d_hidden=g)
+            self._engine_backward(d_hidden=g)
 
 
 class SequenceClassificationBase(EncoderModel):
@@ -457,15 +493,16 @@ class SequenceClassificationBase(EncoderModel):
                 labels=None):
         inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         target = None if labels is None else self._check_labels(labels, inputs[0].shape[0])
-        _, _, logits = self._run(inputs, False)
-        loss = None
-        if target is not None:
-            if self.config.num_labels == 1:  # regression (STS-B): MSE
-                loss = _C.mse_forward(logits, target)
-                self._pending_grad = _C.mse_backward(logits, target, 1.0)
-            else:
-                loss = _C.cross_entropy_forward(logits, target, -100)
-                self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
+        with self._lock:  # the loss's gradient belongs to this forward
+            _, _, logits = self._run(inputs, False)
+            loss = None
+            if target is not None:
+                if self.config.num_labels == 1:  # regression (STS-B): MSE
+                    loss = _C.mse_forward(logits, target)
+                    self._pending_grad = _C.mse_backward(logits, target, 1.0)
+                else:
+                    loss = _C.cross_entropy_forward(logits, target, -100)
+                    self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def _check_labels(self, labels, B):
@@ -492,11 +529,14 @@ class SequenceClassificationBase(EncoderModel):
     def backward(self, grad_logits=None):
         """Accumulate gradients into .grad of trainable parameters: of the loss of the last
         forward with labels, or of any loss whose gradient w.r.t. the logits is given."""
-        if grad_logits is None:
-            if self._pending_grad is None:
-                raise RuntimeError("backward() without grad_logits needs a forward with labels first")
-            grad_logits, self._pending_grad = self._pending_grad, None
-        self._engine.backward(d_logits=np.asarray(grad_logits))
+        with self._lock:
+            self._check_forward_fresh()
+            if grad_logits is None:
+                if self._pending_grad is None:
+                    raise RuntimeError("backward() without grad_logits needs a forward with "
+                                       "labels first")
+                grad_logits, self._pending_grad = self._pending_grad, None
+            self._engine_backward(d_logits=np.asarray(grad_logits))
 
 
 class BertModel(AutoModelBase):
