@@ -314,6 +314,10 @@ class PeftModel(Module):
     def eval(self):
         return self.train(False)
 
+    def release_memory(self):
+        """Free the base model's activation memory (EncoderModel.release_memory)."""
+        self.get_base_model().release_memory()
+
     @property
     def training(self) -> bool:
         return self.get_base_model().training

@@ -177,3 +177,62 @@ def test_set_adapter_takes_a_list_of_one():
     with pytest.raises(TypeError, match="must be a str"):
         pm.delete_adapter(["other"])
     assert pm.active_adapter == "other"
+
+
+# ------------------------------------------------------------------ memory
+
+def test_release_memory_frees_the_activation_arena():
+    model = _tiny().train()
+    model(np.ones((32, 16), np.int64), labels=np.zeros(32, np.int64))
+    big = model._engine.activation_bytes()
+    assert big > 0
+    model.release_memory()
+    assert model._engine.activation_bytes() == 0
+    with pytest.raises(RuntimeError):
+        model.backward()  # the released forward cannot be backpropagated
+    model(np.ones((2, 4), np.int64), labels=np.zeros(2, np.int64))
+    model.backward()
+    small = model._engine.activation_bytes()
+    assert 0 < small < big / 8
+    model.eval()  # leaving training releases what training kept
+    assert model._engine.activation_bytes() == 0
+    pm = peftcore.get_peft_model(model, peftcore.LoraConfig(r=2, target_modules=["query"]))
+    pm(np.ones((2, 4), np.int64))
+    pm.release_memory()
+    assert model._engine.activation_bytes() == 0
+
+
+def test_forward_out_of_memory_says_how_much():
+    out = run_child("""
+        import resource, numpy as np, peftcore
+        CFG = dict(model_type="bert", vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
+        m = peftcore.AutoModelForSequenceClassification.from_config(CFG, seed=0).train()
+        ids = np.ones((4, 16), np.int64)
+        m(ids, labels=np.zeros(4, np.int64))
+        vm = int(open("/proc/self/statm").read().split()[0]) * 4096
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (400 << 20), resource.RLIM_INFINITY))
+        try:
+            m(np.ones((2048, 512), np.int64))
+        except MemoryError as e:
+            print("MemoryError:", e)
+        with peftcore.no_grad():
+            print(m(ids).logits.shape)
+    """)
+    assert "forward of a (2048, 512) batch: cannot allocate" in out and "bytes" in out
+    assert "(4, 2)" in out  # the model still runs
+
+
+def test_backward_gradient_names_are_the_callers():
+    base = peftcore.AutoModel.from_config(TINY, add_pooling_layer=False).train()
+    base(np.ones((2, 4), np.int64))
+    with pytest.raises(ValueError, match="no pooler"):
+        base.backward(grad_pooler_output=np.ones((2, 16), np.float32))
+    with pytest.raises(ValueError, match=r"grad_last_hidden_state must have the last forward's "
+                                         r"shape \(2, 4, 16\), got \(2, 5, 16\)"):
+        base.backward(grad_last_hidden_state=np.ones((2, 5, 16), np.float32))
+    pooled = peftcore.AutoModel.from_config(TINY).train()
+    pooled(np.ones((2, 4), np.int64))
+    with pytest.raises(ValueError, match=r"grad_pooler_output must have the last forward's "
+                                         r"shape \(2, 16\), got \(3, 16\)"):
+        pooled.backward(grad_pooler_output=np.ones((3, 16), np.float32))

@@ -379,8 +379,22 @@ class EncoderModel(Module):
             self._forward_live = False
 
     def train(self, mode: bool = True):
+        """Set training mode. Leaving it releases the activation memory training kept (see
+        release_memory)."""
+        leaving = self.training and not mode
         self.training = bool(mode)
+        if leaving:
+            self.release_memory()
         return self
+
+    def release_memory(self):
+        """Free the activations and scratch the engine keeps between forwards: they grow to
+        the largest batch run so far and never shrink by themselves. The next forward
+        allocates what its batch needs; a backward of an earlier forward is no longer
+        possible."""
+        with self._changing("release_memory"):
+            self._pending_grad = None
+            self._engine.release_activations()
 
     def eval(self):
         return self.train(False)
