@@ -19,7 +19,8 @@ from .tuners.lora.layer import LoraLinear
 from .tuners.lora.model import LoraModel, check_adapter_name, plan_lora, wrapped_adapters
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
-from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, read_safetensors, save_adapter_files
+from .utils.io import (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, CheckpointError, read_safetensors,
+                       save_adapter_files)
 
 _PREFIX = "base_model.model."
 
@@ -388,6 +389,12 @@ class PeftModel(Module):
             weights = read_torch_bin(directory / "adapter_model.bin")
         else:
             raise FileNotFoundError(f"no {SAFETENSORS_WEIGHTS_NAME} (or adapter_model.bin) in {directory}")
+        source = weights_file if weights_file.is_file() else directory / "adapter_model.bin"
+        for key, value in weights.items():
+            if np.asarray(value).dtype.kind != "f":
+                raise CheckpointError(f"{source}: tensor {key!r} has dtype "
+                                      f"{np.asarray(value).dtype}; adapter weights are float "
+                                      f"parameters (float32, float16, bfloat16 or float64)")
         return config, weights
 
     def _assign_weights(self, adapter_name: str, weights: dict, plan) -> None:

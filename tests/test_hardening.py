@@ -236,3 +236,172 @@ def test_backward_gradient_names_are_the_callers():
     with pytest.raises(ValueError, match=r"grad_pooler_output must have the last forward's "
                                          r"shape \(2, 16\), got \(3, 16\)"):
         pooled.backward(grad_pooler_output=np.ones((3, 16), np.float32))
+
+
+# ------------------------------------------------------------------ configs and files
+
+def _write_config(folder, **changes):
+    import json
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(TINY, **changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("hidden_dropout_prob", "0.1", "hidden_dropout_prob must be a number in [0, 1), got '0.1'"),
+    ("attention_probs_dropout_prob", None, "attention_probs_dropout_prob must be a number"),
+    ("classifier_dropout", "x", "classifier_dropout must be a number"),
+    ("layer_norm_eps", "tiny", "layer_norm_eps must be a number in (0, 1), got 'tiny'"),
+    ("layer_norm_eps", 0, "layer_norm_eps must be a number in (0, 1)"),
+    ("pad_token_id", "x", "pad_token_id must be None or an int in [0, vocab_size=100), got 'x'"),
+    ("pad_token_id", 1000, "got 1000"),
+    ("pad_token_id", -5, "got -5"),
+    ("initializer_range", -1, "initializer_range must be a number >= 0, got -1"),
+    ("initializer_range", "big", "initializer_range must be a number >= 0"),
+    ("hidden_act", ["gelu"], "unsupported hidden_act"),
+    ("vocab_size", 2**40, "vocab_size must be a positive int (at most 2147483647)"),
+    ("num_attention_heads", 2**40, "num_attention_heads must be a positive int"),
+    ("model_type", ["bert"], "unsupported model_type"),
+    ("id2label", 3, "id2label"),
+])
+def test_config_errors_name_the_field_and_the_file(tmp_path, field, value, says):
+    folder = _write_config(tmp_path / "m", **{field: value})
+    with pytest.raises(ValueError) as info:
+        peftcore.AutoModelForSequenceClassification.from_pretrained(folder)
+    message = str(info.value)
+    assert str(folder / "config.json") in message and field in message
+    assert says in message
+
+
+def test_out_of_range_pad_token_id_is_refused_in_code_too():
+    with pytest.raises(ValueError, match="pad_token_id"):
+        peftcore.EncoderConfig(**dict(TINY, pad_token_id=100))
+    cfg = peftcore.EncoderConfig(**dict(TINY, pad_token_id=None))
+    assert cfg.pad_token_id is None
+
+
+@pytest.mark.parametrize("field,value", [
+    ("target_modules", "(unclosed"), ("exclude_modules", "a[b"),
+    ("rank_pattern", {"(bad": 2}), ("alpha_pattern", {"x)": 2}),
+    ("modules_to_save", ["cls(ifier"]),
+])
+def test_bad_regular_expressions_name_the_field(field, value):
+    kwargs = {"target_modules": ["query"], field: value}
+    with pytest.raises(ValueError, match=rf"`{field}` holds an invalid regular expression"):
+        peftcore.LoraConfig(**kwargs)
+
+
+def test_bad_regular_expression_in_adapter_config_names_the_file(tmp_path):
+    import json
+    pm = peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]))
+    pm.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["target_modules"] = "(unclosed"
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"adapter_config\.json.*target_modules"):
+        peftcore.PeftModel.from_pretrained(_tiny(), tmp_path)
+
+
+def _deep_json(depth):
+    return "[" * depth + "]" * depth
+
+
+def test_deeply_nested_json_is_a_clean_error(tmp_path):
+    import struct
+    from peftcore.utils.io import CheckpointError, read_safetensors
+    header = ('{"a":' + _deep_json(100_000) + "}").encode()
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointError, match="deep.safetensors.*nested too deeply"):
+        read_safetensors(path)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": ' + _deep_json(100_000) + "}")
+    with pytest.raises(ValueError, match="config.json.*nested too deeply"):
+        peftcore.AutoModel.from_pretrained(folder)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(_deep_json(100_000))
+    with pytest.raises(ValueError, match="adapter_config.json.*nested too deeply"):
+        peftcore.PeftConfig.from_pretrained(adapter)
+
+
+def test_integer_weights_are_refused_for_float_parameters(tmp_path):
+    from peftcore.utils.io import CheckpointError, read_safetensors, save_safetensors
+    model = _tiny()
+    model.save_pretrained(tmp_path / "m")
+    state = read_safetensors(tmp_path / "m" / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    state[name] = state[name].view(np.int32)  # the same bytes, declared I32
+    save_safetensors(tmp_path / "m" / "model.safetensors", state)
+    with pytest.raises(TypeError, match=rf"model.safetensors: tensor '{name}' has dtype I32"):
+        peftcore.AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    with pytest.raises(TypeError, match="floating-point"):
+        model.load_state_dict({name: np.zeros((16, 16), np.int64)}, strict=False)
+    # adapters: int64 tensors are refused, naming the file
+    pm = peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]))
+    pm.save_pretrained(tmp_path / "a")
+    weights = read_safetensors(tmp_path / "a" / "adapter_model.safetensors")
+    key = next(iter(weights))
+    weights[key] = np.ones(weights[key].shape, np.int64)
+    save_safetensors(tmp_path / "a" / "adapter_model.safetensors", weights)
+    with pytest.raises(CheckpointError, match=rf"adapter_model.safetensors: tensor '{key}' has dtype int64"):
+        peftcore.PeftModel.from_pretrained(_tiny(), tmp_path / "a")
+    with pytest.raises(CheckpointError, match="int64"):
+        pm.load_adapter(tmp_path / "a", adapter_name="b")
+    assert list(pm.peft_config) == ["default"]
+
+
+def test_unwritable_folder_is_named_not_the_temp_file(tmp_path, monkeypatch):
+    import tempfile
+    pm = peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]))
+
+    def denied(prefix="", suffix="", dir=None):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}abc{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(PermissionError) as info:
+        pm.save_pretrained(tmp_path / "out")
+    message = str(info.value)
+    assert f"into the folder {tmp_path / 'out'}" in message and ".tmp" not in message
+    with pytest.raises(PermissionError, match="cannot save model.safetensors into the folder"):
+        _tiny().save_pretrained(tmp_path / "model")
+
+
+# ------------------------------------------------------------------ arguments
+
+def test_attention_mask_values_are_checked():
+    from peftcore import functional as F
+    q = np.ones((1, 3, 4), np.float32)
+    for bad in (np.nan, 2.0, -1.0):
+        mask = np.array([[1, bad, 1]], np.float32)
+        with pytest.raises(ValueError, match="1 \\(attend\\) or 0 \\(padding\\)"):
+            F.multi_head_attention(q, q, q, 2, mask)
+        with pytest.raises(ValueError, match="mask must hold 1"):
+            peftcore._C.attention_forward(q, q, q, 2, mask, 0.0, 0, True)
+    assert F.multi_head_attention(q, q, q, 2, np.array([[1, 0, 1]])).shape == (1, 3, 4)
+
+
+def test_huge_ints_name_the_argument():
+    from peftcore import functional as F
+    q = np.ones((1, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="num_heads must be in"):
+        F.multi_head_attention(q, q, q, 2**40)
+    with pytest.raises(ValueError, match="ignore_index must be in"):
+        F.cross_entropy(np.zeros((2, 3), np.float32), np.zeros(2, np.int64), ignore_index=2**70)
+    with pytest.raises(ValueError, match=r"set_num_threads expects an int in \[1, 1024\]"):
+        peftcore.set_num_threads(2**63)
+    with pytest.raises(TypeError, match="num_heads must be an int"):
+        F.multi_head_attention(q, q, q, 2.0)
+
+
+def test_set_num_threads_takes_numpy_ints():
+    before = peftcore.get_num_threads()
+    try:
+        peftcore.set_num_threads(np.int64(1))
+        assert peftcore.get_num_threads() == 1
+    finally:
+        peftcore.set_num_threads(before)
+    with pytest.raises(TypeError):
+        peftcore.set_num_threads(True)

@@ -104,8 +104,9 @@ def _read_sharded(index_path: Path, reader: Callable[[Path], StateDict]) -> Stat
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         shard_names = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{index_path}: not a valid checkpoint index ({exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{index_path}: not a valid checkpoint index "
+                              f"({type(exc).__name__}: {exc})") from None
     state: StateDict = {}
     for shard_name in shard_names:
         state.update(reader(_shard_path(index_path, shard_name)))

@@ -287,8 +287,16 @@ class EncoderModel(Module):
             if k not in params:
                 continue
             a = v if isinstance(v, LazyTensor) else np.asarray(v)  # lazy: read when copied
-            if not isinstance(a, LazyTensor) and a.dtype.kind not in "fiu":
-                raise TypeError(f"load_state_dict: {k} must hold real numbers, got dtype {a.dtype}")
+            # every parameter is float32: integer data would be cast (or, written as I32
+            # over float bytes, read as huge floats) without a word
+            if isinstance(a, LazyTensor):
+                if a.entry.dtype not in ("F16", "BF16", "F32", "F64"):
+                    raise TypeError(f"{a.path}: tensor {a.name!r} has dtype {a.entry.dtype}, "
+                                    f"but {k} is a float32 parameter (expected F32, F16, BF16 "
+                                    f"or F64)")
+            elif a.dtype.kind != "f":
+                raise TypeError(f"load_state_dict: {k} must hold floating-point numbers (it "
+                                f"is a float32 parameter), got dtype {a.dtype}")
             if tuple(a.shape) != params[k].shape:
                 raise ValueError(f"load_state_dict: {k} has shape {tuple(a.shape)}, the model "
                                  f"expects {params[k].shape}")
