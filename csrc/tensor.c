@@ -16,19 +16,17 @@ size_t pc_dtype_size(pc_dtype dtype) {
 
 int64_t pc_shape_numel(int ndim, const int64_t *shape, size_t itemsize) {
     if (ndim < 0 || ndim > PC_MAX_DIMS) return -1;
-    int64_t n = 1;
-    bool overflow = false;
-    /* a zero anywhere makes the count 0, but every other dimension must still be valid */
+    /* as NumPy: the product of the non-zero dimensions, in bytes, must fit even when a zero
+     * dimension makes the count 0 (NumPy could not view the tensor otherwise) */
+    int64_t n = 1, bytes;
+    bool empty = false;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) return -1;
-        if (!overflow && __builtin_mul_overflow(n, shape[i], &n)) overflow = true;
+        if (shape[i] == 0) empty = true;
+        else if (__builtin_mul_overflow(n, shape[i], &n)) return -1;
     }
-    for (int i = 0; i < ndim; i++)
-        if (shape[i] == 0) return 0;
-    int64_t bytes;
-    if (overflow || __builtin_mul_overflow(n, (int64_t)(itemsize ? itemsize : 1), &bytes))
-        return -1;
-    return n;
+    if (__builtin_mul_overflow(n, (int64_t)(itemsize ? itemsize : 1), &bytes)) return -1;
+    return empty ? 0 : n;
 }
 
 static pc_tensor *tensor_header(pc_dtype dtype, int ndim, const int64_t *shape) {

@@ -88,7 +88,9 @@ def test_zeros_shape_entries_are_checked():
         peftcore.Tensor.zeros((2**64, 1))
     with pytest.raises(TypeError, match=r"shape\[1\] must be an int, got float"):
         peftcore.Tensor.zeros((2, 1.5))
-    assert peftcore.Tensor.zeros((0, 2**62)).size == 0
+    assert peftcore.Tensor.zeros((0, 2**60)).size == 0
+    with pytest.raises(ValueError, match="63 bits"):  # NumPy could not view it (fuzzer's find)
+        peftcore.Tensor.zeros((0, 2**62))
     assert peftcore.Tensor.zeros((np.int64(2), 3)).shape == (2, 3)
 
 
@@ -405,3 +407,13 @@ def test_set_num_threads_takes_numpy_ints():
         peftcore.set_num_threads(before)
     with pytest.raises(TypeError):
         peftcore.set_num_threads(True)
+
+
+def test_negative_zero_initializer_range_builds():  # found by the fuzzer
+    model = peftcore.AutoModel.from_config(dict(TINY, initializer_range=-0.0))
+    assert not np.asarray(model.get_input_embeddings().weight).any()
+
+
+def test_roberta_needs_a_pad_token_id():  # found by the fuzzer: forward raised TypeError
+    with pytest.raises(ValueError, match="RoBERTa needs a pad_token_id"):
+        peftcore.EncoderConfig(**dict(TINY, model_type="roberta", pad_token_id=None))

@@ -83,7 +83,10 @@ class EncoderConfig:
                                               not 0 <= self.pad_token_id < self.vocab_size):
             raise ValueError(f"pad_token_id must be None or an int in [0, vocab_size="
                              f"{self.vocab_size}), got {self.pad_token_id!r}")
-        if self.model_type == "roberta" and self.pad_token_id is not None and \
+        if self.model_type == "roberta" and self.pad_token_id is None:
+            raise ValueError("RoBERTa needs a pad_token_id: its positions count from "
+                             "pad_token_id + 1")
+        if self.model_type == "roberta" and \
                 self.pad_token_id + 1 >= self.max_position_embeddings:
             raise ValueError(f"RoBERTa counts positions from pad_token_id + 1, so pad_token_id "
                              f"{self.pad_token_id} needs max_position_embeddings > "

@@ -219,7 +219,7 @@ class EncoderModel(Module):
             if unknown:
                 raise KeyError(f"init_weights: no parameters named {unknown}")
         rng = np.random.default_rng(seed)
-        std = self.config.initializer_range
+        std = float(self.config.initializer_range) + 0.0  # -0.0 -> 0.0 (NumPy: "scale < 0")
         pad = self.config.pad_token_id
         emb = self._prefix(False) + "embeddings."
         padded = {emb + "word_embeddings.weight"}
