@@ -417,3 +417,40 @@ def test_negative_zero_initializer_range_builds():  # found by the fuzzer
 def test_roberta_needs_a_pad_token_id():  # found by the fuzzer: forward raised TypeError
     with pytest.raises(ValueError, match="RoBERTa needs a pad_token_id"):
         peftcore.EncoderConfig(**dict(TINY, model_type="roberta", pad_token_id=None))
+
+
+def test_fork_while_a_thread_holds_a_model_lock():
+    out = run_child("""
+        import os, threading, numpy as np, peftcore
+        m = peftcore.AutoModel.from_config(dict(model_type="bert", vocab_size=100,
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16))
+        held, release = threading.Event(), threading.Event()
+        def hold():
+            with m._lock:
+                held.set()
+                release.wait()
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            with peftcore.no_grad():
+                m(np.ones((1, 4), np.int64))
+            os._exit(7)
+        release.set()
+        t.join()
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """, timeout=60)
+    assert "child 7" in out
+
+
+def test_torch_pickle_expanding_a_storage_past_a_gigabyte_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from peftcore.models.checkpoint import CheckpointError, read_torch_bin
+    torch.save({"w": torch.ones(1).expand(2**29)}, tmp_path / "x.bin")
+    with pytest.raises(CheckpointError, match="repeats its storage"):
+        read_torch_bin(tmp_path / "x.bin")
+    torch.save({"w": torch.arange(2.0).expand(3, 2)}, tmp_path / "y.bin")
+    assert read_torch_bin(tmp_path / "y.bin")["w"].tolist() == [[0, 1]] * 3

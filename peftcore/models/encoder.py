@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,18 @@ from .modules import Embedding, LayerNorm, Linear, Module, ModuleList, leaf_kind
 from .parameter import Parameter
 
 _HEAD_KIND = {"bert": 1, "roberta": 2}
+
+# Every model, so that a process forked while another thread held a model's lock (inside a
+# forward or an adapter swap) gives its child free locks: the child has no such thread.
+_MODELS = weakref.WeakSet()
+
+
+def _fresh_locks_after_fork():
+    for model in list(_MODELS):
+        model._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 @dataclass
@@ -94,6 +108,7 @@ class EncoderModel(Module):
         self._lock = threading.RLock()
         self._forward_live = False   # a forward ran and its backward has not
         self._stale_forward = None   # the call that changed the model since that forward
+        _MODELS.add(self)
         self._engine = _C.Encoder(self._engine_config())
         self.inference_rows = max(1, self.INFERENCE_SCRATCH_BYTES //
                                   self._engine.inference_bytes_per_token())
