@@ -454,3 +454,17 @@ def test_torch_pickle_expanding_a_storage_past_a_gigabyte_is_refused(tmp_path):
         read_torch_bin(tmp_path / "x.bin")
     torch.save({"w": torch.arange(2.0).expand(3, 2)}, tmp_path / "y.bin")
     assert read_torch_bin(tmp_path / "y.bin")["w"].tolist() == [[0, 1]] * 3
+
+
+def test_a_refused_adapter_call_leaves_the_forward_usable():
+    pm = peftcore.get_peft_model(_tiny(), peftcore.LoraConfig(r=2, target_modules=["query"]))
+    pm.train()
+    pm(np.ones((2, 4), np.int64), labels=np.zeros(2, np.int64))
+    with pytest.raises(ValueError):
+        pm.set_adapter("missing")
+    with pytest.raises(ValueError):
+        pm.delete_adapter("default")  # active
+    with pytest.raises(ValueError):
+        pm.add_adapter("x", peftcore.LoraConfig(r=2, target_modules=["nothing"]))
+    pm.backward()  # the forward still stands
+    assert pm.base_model.model.bert.encoder.layer[0].attention.self.query.lora_A["default"].weight.grad is not None

@@ -463,7 +463,8 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
                               glue_fp(k), glue_fp(v), m ? glue_fp(m) : NULL, &dims, (float)p, seed);
     GLUE_COMPUTE_END
     if (rc < 0) {
-        PyErr_NoMemory();
+        PyErr_SetString(PyExc_MemoryError, "attention: out of memory for its per-thread "
+                        "scratch (one (query, key) score row per thread)");
         goto fail;
     }
     result = Py_BuildValue("(OO)", out, probs ? (PyObject *)probs : Py_None);
@@ -509,7 +510,8 @@ static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
                                (float)p, seed);
     GLUE_COMPUTE_END
     if (rc < 0) {
-        PyErr_NoMemory();
+        PyErr_SetString(PyExc_MemoryError, "attention backward: out of memory for per-thread "
+                        "scratch");
         goto fail;
     }
     result = Py_BuildValue("(OOO)", dq, dk, dv);

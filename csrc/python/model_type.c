@@ -74,7 +74,11 @@ static int encoder_init(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
     const char *err = NULL;
     pc_encoder *enc = pc_encoder_new(&c, &err);
     if (!enc) {
-        if (err && strcmp(err, "out of memory") == 0) PyErr_NoMemory();
+        if (err && strcmp(err, "out of memory") == 0)
+            PyErr_Format(PyExc_MemoryError, "Encoder: out of memory for the parameters of a "
+                         "model with vocab_size=%d, hidden_size=%d, num_hidden_layers=%d, "
+                         "intermediate_size=%d", c.vocab_size, c.hidden, c.layers,
+                         c.intermediate);
         else PyErr_Format(PyExc_ValueError, "invalid encoder config: %s", err);
         return -1;
     }

@@ -380,13 +380,12 @@ class EncoderModel(Module):
     def _changing(self, what: str):
         """Hold the model lock around a model-changing call `what`: forwards and backwards
         on other threads wait until it is done. A forward that ran before it can no longer
-        be backpropagated."""
+        be backpropagated (unless the call raised)."""
         with self._lock:
-            try:
-                yield
-            finally:
-                if self._forward_live:
-                    self._stale_forward = what
+            yield
+            # a refused call changed nothing, so only a call that returned invalidates
+            if self._forward_live:
+                self._stale_forward = what
 
     def _check_forward_fresh(self):
         """Refuse a backward whose forward a model change has invalidated."""
