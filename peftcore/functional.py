@@ -66,7 +66,7 @@ def embedding(input, weight):
 
 def embedding_backward(grad_output, input, num_embeddings):
     """Scatter-add of grad_output (input.shape + (dim,)) into a (num_embeddings, dim) gradient."""
-    num_embeddings = _int_arg("embedding_backward", "num_embeddings", num_embeddings, 1,
+    num_embeddings = _int_arg("embedding_backward", "num_embeddings", num_embeddings, 0,
                               _INT64_RANGE[1])
     return _C.embedding_backward(grad_output, input, num_embeddings)
 
