@@ -3,7 +3,7 @@ clean Python exception of the kinds a target allows; anything else (another exce
 or a crash of the interpreter) is a bug.
 
 Run one target: python tests/fuzz_targets.py <target> <examples>. It prints one JSON line
-{"target", "examples", "seconds"}. Hypothesis runs derandomized (a fixed seed per target)
+{"target", "examples", "seconds", "cpu_seconds"}. Hypothesis runs derandomized (a fixed seed per target)
 with no example database, so a run is reproducible; inputs that once failed are kept as
 explicit @example cases. The process caps its address space, so an input asking for a huge
 allocation gets MemoryError instead of swapping the machine.
@@ -64,9 +64,10 @@ def _run(test, n: int) -> dict:
     configured = settings(max_examples=n, derandomize=True, database=None, deadline=None,
                           suppress_health_check=list(HealthCheck),
                           phases=[Phase.explicit, Phase.generate, Phase.shrink])(test)
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     configured()
-    return dict(examples=COUNT[0], seconds=round(time.time() - start, 2))
+    return dict(examples=COUNT[0], seconds=round(time.time() - start, 2),
+                cpu_seconds=round(time.process_time() - cpu, 2))
 
 
 def _expect(allowed, fn, *args, **kwargs):

@@ -48,6 +48,7 @@ def test_fuzz_targets_never_crash():
         time.sleep(0.05)
     total = sum(r["examples"] for r in reports)
     summary = dict(total_inputs=total, wall_seconds=round(time.time() - start, 1),
+                   cpu_seconds=round(sum(r["cpu_seconds"] for r in reports), 1),
                    targets={r["target"]: [r["examples"], r["seconds"]] for r in reports})
     print("fuzz:", json.dumps(summary))
     assert not failures, "\n\n".join(failures)
