@@ -83,13 +83,19 @@ typedef struct pc_tensor {
     int64_t numel;
     int refcount;
     bool owns_data;            /* data was allocated by pc_tensor_new */
+    bool readonly;             /* borrowed read-only memory: never written (the optimizer
+                                * refuses it, the glue exports it read-only) */
     struct pc_tensor *base;    /* a view keeps its base alive */
     bool requires_grad;        /* honoured by models and the optimizer */
     struct pc_tensor *grad;    /* same shape, float32; allocated on demand */
 } pc_tensor;
 
 size_t pc_dtype_size(pc_dtype dtype);
-/* New zeroed tensor with its own memory (refcount 1), or NULL when out of memory. */
+/* Elements of a shape, or -1 when a dimension is negative or the count (or its bytes for
+ * a dtype of itemsize bytes) passes INT64_MAX. */
+int64_t pc_shape_numel(int ndim, const int64_t *shape, size_t itemsize);
+/* New zeroed tensor with its own memory (refcount 1), or NULL when out of memory or the
+ * shape is invalid (check it with pc_shape_numel first to tell the two apart). */
 pc_tensor *pc_tensor_new(pc_dtype dtype, int ndim, const int64_t *shape);
 /* Tensor over memory owned by someone else (refcount 1); the caller keeps it alive. */
 pc_tensor *pc_tensor_borrow(void *data, pc_dtype dtype, int ndim, const int64_t *shape);

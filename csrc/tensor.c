@@ -1,4 +1,5 @@
 /* Tensors: a typed, shaped, refcounted block of memory (owned, borrowed or a view). */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,18 +14,30 @@ size_t pc_dtype_size(pc_dtype dtype) {
     return 0;
 }
 
+int64_t pc_shape_numel(int ndim, const int64_t *shape, size_t itemsize) {
+    if (ndim < 0 || ndim > PC_MAX_DIMS) return -1;
+    /* as NumPy: the product of the non-zero dimensions, in bytes, must fit even when a zero
+     * dimension makes the count 0 (NumPy could not view the tensor otherwise) */
+    int64_t n = 1, bytes;
+    bool empty = false;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return -1;
+        if (shape[i] == 0) empty = true;
+        else if (__builtin_mul_overflow(n, shape[i], &n)) return -1;
+    }
+    if (__builtin_mul_overflow(n, (int64_t)(itemsize ? itemsize : 1), &bytes)) return -1;
+    return empty ? 0 : n;
+}
+
 static pc_tensor *tensor_header(pc_dtype dtype, int ndim, const int64_t *shape) {
-    if (ndim < 0 || ndim > PC_MAX_DIMS) return NULL;
+    int64_t numel = pc_shape_numel(ndim, shape, pc_dtype_size(dtype));
+    if (numel < 0) return NULL;
     pc_tensor *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->dtype = dtype;
     t->ndim = ndim;
-    t->numel = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0) { free(t); return NULL; }
-        t->shape[i] = shape[i];
-        t->numel *= shape[i];
-    }
+    t->numel = numel;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->refcount = 1;
     return t;
 }
@@ -47,9 +60,13 @@ pc_tensor *pc_tensor_borrow(void *data, pc_dtype dtype, int ndim, const int64_t 
 pc_tensor *pc_tensor_view(pc_tensor *base, int64_t offset, int ndim, const int64_t *shape) {
     pc_tensor *t = tensor_header(base->dtype, ndim, shape);
     if (!t) return NULL;
-    if (offset < 0 || offset + t->numel > base->numel) { free(t); return NULL; }
+    if (offset < 0 || offset > base->numel || t->numel > base->numel - offset) {
+        free(t);
+        return NULL;
+    }
     t->data = (char *)base->data + (size_t)offset * pc_dtype_size(base->dtype);
     t->base = base;
+    t->readonly = base->readonly;
     pc_tensor_retain(base);
     return t;
 }

@@ -32,8 +32,13 @@ def backend_info():
 
 def set_num_threads(n):
     """Threads used by BLIS and the engine's own kernels (default: usable cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    from .utils.checks import is_int
+
+    if not is_int(n):
         raise TypeError(f"set_num_threads expects an int, got {type(n).__name__}")
+    if not 1 <= n <= 1024:
+        raise ValueError(f"set_num_threads expects an int in [1, 1024], got {n}")
+    n = int(n)
     if _C.set_num_threads(n) < n:
         import warnings
 

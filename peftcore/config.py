@@ -131,6 +131,8 @@ def _read_json(path: str) -> dict:
             obj = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"Could not parse adapter config {path!r}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"Could not parse adapter config {path!r}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError(f"Adapter config {path!r} must contain a JSON object, got {type(obj).__name__}")
     return obj

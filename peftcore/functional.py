@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C
+from .utils.checks import is_int
 
 __all__ = [
     "linear", "linear_backward", "embedding", "embedding_backward", "layer_norm",
@@ -18,6 +19,34 @@ __all__ = [
     "dropout_backward", "multi_head_attention", "multi_head_attention_backward",
     "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
 ]
+
+
+_INT32_MAX = 2**31 - 1
+_INT64_RANGE = (-2**63, 2**63 - 1)
+
+
+def _int_arg(fn: str, name: str, value, lo: int, hi: int) -> int:
+    """An int argument (NumPy ints too, bools not) in [lo, hi], or an error naming it."""
+    if not is_int(value):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _check_mask(mask):
+    """attention_mask values are 1 (attend) or 0 (padding), as the model's forward requires."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype.kind not in "biuf":
+        raise TypeError(f"multi_head_attention: attention_mask must be numbers or bools, got "
+                        f"{m.dtype}")
+    bad = (m != 0) & (m != 1)
+    if bad.any():
+        raise ValueError(f"multi_head_attention: attention_mask must hold 1 (attend) or 0 "
+                         f"(padding), got {m[bad].flat[0]}")
+    return m
 
 
 def linear(input, weight, bias=None):
@@ -37,7 +66,9 @@ def embedding(input, weight):
 
 def embedding_backward(grad_output, input, num_embeddings):
     """Scatter-add of grad_output (input.shape + (dim,)) into a (num_embeddings, dim) gradient."""
-    return _C.embedding_backward(grad_output, input, int(num_embeddings))
+    num_embeddings = _int_arg("embedding_backward", "num_embeddings", num_embeddings, 0,
+                              _INT64_RANGE[1])
+    return _C.embedding_backward(grad_output, input, num_embeddings)
 
 
 def _check_normalized_shape(input, normalized_shape):
@@ -153,7 +184,9 @@ def multi_head_attention(query, key, value, num_heads, attention_mask=None, drop
     0 = padding. Returns out (B, Tq, H·D) and, with return_probs, the softmax probabilities
     (B, H, Tq, Tk) the backward needs."""
     # without return_probs the engine keeps each pair's probabilities in scratch only
-    out, probs = _C.attention_forward(query, key, value, int(num_heads), attention_mask,
+    num_heads = _int_arg("multi_head_attention", "num_heads", num_heads, 1, _INT32_MAX)
+    attention_mask = _check_mask(attention_mask)
+    out, probs = _C.attention_forward(query, key, value, num_heads, attention_mask,
                                       float(dropout_p), _check_seed(seed), bool(return_probs))
     return (out, probs) if return_probs else out
 
@@ -161,17 +194,20 @@ def multi_head_attention(query, key, value, num_heads, attention_mask=None, drop
 def multi_head_attention_backward(grad_output, probs, query, key, value, num_heads,
                                   dropout_p=0.0, seed=0):
     """Returns (d_query, d_key, d_value)."""
-    return _C.attention_backward(grad_output, probs, query, key, value, int(num_heads),
+    num_heads = _int_arg("multi_head_attention_backward", "num_heads", num_heads, 1, _INT32_MAX)
+    return _C.attention_backward(grad_output, probs, query, key, value, num_heads,
                                  float(dropout_p), _check_seed(seed))
 
 
 def cross_entropy(input, target, ignore_index=-100):
     """Mean cross-entropy of logits (N, C) against class ids (N,); NaN if all are ignored."""
-    return _C.cross_entropy_forward(input, target, int(ignore_index))
+    ignore_index = _int_arg("cross_entropy", "ignore_index", ignore_index, *_INT64_RANGE)
+    return _C.cross_entropy_forward(input, target, ignore_index)
 
 
 def cross_entropy_backward(input, target, ignore_index=-100, grad_loss=1.0):
-    return _C.cross_entropy_backward(input, target, int(ignore_index), float(grad_loss))
+    ignore_index = _int_arg("cross_entropy_backward", "ignore_index", ignore_index, *_INT64_RANGE)
+    return _C.cross_entropy_backward(input, target, ignore_index, float(grad_loss))
 
 
 def mse_loss(input, target):

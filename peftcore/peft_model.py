@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,11 @@ from .models.encoder import EncoderModel
 from .models.modules import Module
 from .tuners.lora.config import LoraConfig
 from .tuners.lora.layer import LoraLinear
-from .tuners.lora.model import LoraModel, plan_lora
+from .tuners.lora.model import LoraModel, check_adapter_name, plan_lora, wrapped_adapters
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
-from .utils.io import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, read_safetensors, save_adapter_files
+from .utils.io import (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, CheckpointError, read_safetensors,
+                       save_adapter_files)
 
 _PREFIX = "base_model.model."
 
@@ -87,6 +89,29 @@ def _remove_adapter_name(key: str, adapter_name: str) -> str:
     return re.sub(re.escape(f".{adapter_name}") + "$", "", head) + "." + suffix
 
 
+def _model_change(method):
+    """A PeftModel call that changes the model runs whole under the base model's lock:
+    forwards and backwards on other threads see the model before it or after it."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.get_base_model()._changing(method.__name__):
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def _one_adapter_name(adapter_name):
+    """set_adapter's argument: a name, or (as HF PEFT accepts) a list or tuple of one."""
+    if isinstance(adapter_name, (list, tuple)):
+        if len(adapter_name) != 1:
+            raise ValueError(f"peftcore runs one adapter at a time: set_adapter takes a name or "
+                             f"a list of one name, got {list(adapter_name)!r}")
+        adapter_name = adapter_name[0]
+    if not isinstance(adapter_name, str):
+        raise TypeError(f"adapter_name must be a str (or a list of one str), got "
+                        f"{type(adapter_name).__name__}")
+    return adapter_name
+
+
 # the class HF PEFT's get_peft_model returns for a task type (repr shows it)
 _PEFT_MODEL_NAMES = {
     "SEQ_CLS": "PeftModelForSequenceClassification", "SEQ_2_SEQ_LM": "PeftModelForSeq2SeqLM",
@@ -133,8 +158,7 @@ class PeftModel(Module):
         return self.base_model.model
 
     def _check_new_name(self, adapter_name: str):
-        if not isinstance(adapter_name, str) or not adapter_name:
-            raise ValueError(f"adapter_name must be a non-empty str, got {adapter_name!r}")
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise ValueError(f"an adapter named {adapter_name!r} already exists; existing adapters: "
                              f"{list(self.peft_config)}")
@@ -146,6 +170,7 @@ class PeftModel(Module):
             raise ValueError("LoraModel supports only 1 adapter with bias. When using multiple "
                              "adapters, set bias to 'none' for all adapters.")
 
+    @_model_change
     def add_adapter(self, adapter_name: str, peft_config):
         """Add a new (inactive, frozen) adapter; activate it with set_adapter()."""
         self._check_new_name(adapter_name)
@@ -155,12 +180,17 @@ class PeftModel(Module):
         self.base_model.inject_adapter(adapter_name, plan)
         self.base_model.set_adapter(self.active_adapter)
 
+    @_model_change
     def set_adapter(self, adapter_name: str):
+        adapter_name = _one_adapter_name(adapter_name)
         if adapter_name not in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
         self.base_model.set_adapter(adapter_name)
 
+    @_model_change
     def delete_adapter(self, adapter_name: str):
+        if not isinstance(adapter_name, str):
+            raise TypeError(f"adapter_name must be a str, got {type(adapter_name).__name__}")
         if adapter_name not in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
         if adapter_name == self.active_adapter:
@@ -171,24 +201,30 @@ class PeftModel(Module):
     @contextlib.contextmanager
     def disable_adapter(self):
         """Run the bare base model inside the block (blocks may nest)."""
-        was_disabled = self.base_model.disabled
-        self.base_model.set_disabled(True)
+        with self.get_base_model()._changing("disable_adapter"):
+            was_disabled = self.base_model.disabled
+            self.base_model.set_disabled(True)
         try:
             yield
         finally:
             if not was_disabled:
-                self.base_model.set_disabled(False)
+                with self.get_base_model()._changing("disable_adapter"):
+                    self.base_model.set_disabled(False)
 
+    @_model_change
     def merge_adapter(self):
         self.base_model.merge_adapter()
 
+    @_model_change
     def unmerge_adapter(self):
         self.base_model.unmerge_adapter()
 
+    @_model_change
     def merge_and_unload(self) -> EncoderModel:
         """Fold the active adapter into the base weights and return the bare base model."""
         return self.base_model.unload(merge=True)
 
+    @_model_change
     def unload(self) -> EncoderModel:
         """Remove all adapters without merging and return the bare base model."""
         return self.base_model.unload(merge=False)
@@ -279,6 +315,10 @@ class PeftModel(Module):
     def eval(self):
         return self.train(False)
 
+    def release_memory(self):
+        """Free the base model's activation memory (EncoderModel.release_memory)."""
+        self.get_base_model().release_memory()
+
     @property
     def training(self) -> bool:
         return self.get_base_model().training
@@ -349,6 +389,12 @@ class PeftModel(Module):
             weights = read_torch_bin(directory / "adapter_model.bin")
         else:
             raise FileNotFoundError(f"no {SAFETENSORS_WEIGHTS_NAME} (or adapter_model.bin) in {directory}")
+        source = weights_file if weights_file.is_file() else directory / "adapter_model.bin"
+        for key, value in weights.items():
+            if np.asarray(value).dtype.kind != "f":
+                raise CheckpointError(f"{source}: tensor {key!r} has dtype "
+                                      f"{np.asarray(value).dtype}; adapter weights are float "
+                                      f"parameters (float32, float16, bfloat16 or float64)")
         return config, weights
 
     def _assign_weights(self, adapter_name: str, weights: dict, plan) -> None:
@@ -422,6 +468,18 @@ class PeftModel(Module):
                         is_trainable: bool = False, config=None):
         """Load an adapter saved by peftcore or Hugging Face PEFT onto `model`. Nothing is
         changed when the files do not fit the model."""
+        if isinstance(model, PeftModel):
+            raise ValueError("PeftModel.from_pretrained expects a base model, got a PeftModel: "
+                             "use its load_adapter() to add another adapter")
+        if not isinstance(model, EncoderModel):
+            raise TypeError(f"PeftModel.from_pretrained expects a peftcore model, got "
+                            f"{type(model).__name__}")
+        check_adapter_name(adapter_name)
+        existing = wrapped_adapters(model)
+        if existing:
+            raise ValueError(f"this base model is already wrapped by a PeftModel (adapters "
+                             f"{existing}); loading would overwrite that wrapper's weights. Use "
+                             f"that PeftModel's load_adapter(), or call its unload() first")
         file_config, weights = cls._read_adapter(model_id)
         config = copy.deepcopy(config or file_config)
         config.inference_mode = not is_trainable
@@ -431,10 +489,12 @@ class PeftModel(Module):
         Module.__init__(probe)
         probe._modules["base_model"] = _PlanView(model)
         cls._assign_weights(probe, adapter_name, weights, plan)
-        peft_model = cls(model, config, adapter_name)
-        peft_model._load_into(adapter_name, weights)
+        with model._changing("from_pretrained"):  # forwards see no half-loaded adapter
+            peft_model = cls(model, config, adapter_name)
+            peft_model._load_into(adapter_name, weights)
         return peft_model
 
+    @_model_change
     def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False):
         """Load another saved adapter under `adapter_name` (not activated)."""
         self._check_new_name(adapter_name)

@@ -63,9 +63,11 @@ struct pc_encoder {
     named_param *params;
     int num_params, params_cap;
 
-    /* activations: one arena, grown when a batch needs more */
+    /* activations: one arena, grown when a batch needs more, freed by
+     * pc_encoder_release_activations */
     float *arena;
     int64_t arena_floats;
+    int64_t failed_bytes; /* the allocation the last failed forward could not make */
     int B, T;
     int64_t inference_rows; /* eval forwards without a backward: tokens of scratch (0: all) */
     bool has_forward, training;
@@ -388,6 +390,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
         int64_t *ids = malloc(sizeof(int64_t) * 3 * (size_t)N);
         if (!arena || !acts || !ids) {
             pc_free(arena); free(acts); free(ids);
+            enc->failed_bytes = (int64_t)sizeof(float) * need;
             return -1;
         }
         pc_free(enc->arena);
@@ -496,6 +499,34 @@ void pc_encoder_set_inference_rows(pc_encoder *enc, int64_t rows) {
     enc->inference_rows = rows > 0 ? rows : 0;
 }
 
+void pc_encoder_release_activations(pc_encoder *enc) {
+    pc_free(enc->arena);
+    free(enc->acts);
+    free(enc->ids);
+    free(enc->workers);
+    enc->arena = NULL;
+    enc->acts = NULL;
+    enc->ids = enc->positions = enc->types = NULL;
+    enc->workers = NULL;
+    enc->arena_floats = 0;
+    enc->workers_cap = 0;
+    enc->B = enc->T = 0;
+    for (int i = 0; i < enc->num_slots; i++) {
+        free(enc->slots[i].lora_u);
+        enc->slots[i].lora_u = NULL;
+        enc->slots[i].lora_u_cap = 0;
+    }
+    enc->has_forward = false;
+    enc->backward_ready = false;
+}
+
+int64_t pc_encoder_failed_bytes(const pc_encoder *enc) {
+    int64_t bytes = enc->failed_bytes;
+    for (int i = 0; i < enc->num_slots; i++)
+        if (enc->slots[i].lora_u_failed > bytes) bytes = enc->slots[i].lora_u_failed;
+    return bytes;
+}
+
 int64_t pc_encoder_activation_bytes(const pc_encoder *enc) {
     return enc->arena_floats * (int64_t)sizeof(float);
 }
@@ -548,7 +579,10 @@ static int reserve_lora_rows(pc_linear_slot *s, int64_t rows) {
     const int64_t need = rows * s->lora.A->shape[0];
     if (need <= s->lora_u_cap) return 0;
     float *u = realloc(s->lora_u, sizeof(float) * (size_t)need);
-    if (!u) return -1;
+    if (!u) {
+        s->lora_u_failed = (int64_t)sizeof(float) * need;
+        return -1;
+    }
     s->lora_u = u;
     s->lora_u_cap = need;
     return 0;
@@ -935,6 +969,8 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
                        uint64_t seed) {
     enc->has_forward = false;
     enc->backward_ready = false;
+    enc->failed_bytes = 0;
+    for (int i = 0; i < enc->num_slots; i++) enc->slots[i].lora_u_failed = 0;
     /* keep the attention probabilities per layer unless dense weights train */
     bool dense_trains = false;
     for (int l = 0; l < enc->cfg.layers; l++)

@@ -38,6 +38,7 @@ typedef struct {
     pc_lora lora;             /* lora.A == NULL: no adapter active */
     float *lora_u;            /* (N, r) = dropout(x)·Aᵀ saved by the forward */
     int64_t lora_u_cap;
+    int64_t lora_u_failed;    /* bytes a failed forward could not allocate for lora_u */
 } pc_linear_slot;
 
 typedef struct pc_encoder pc_encoder;
@@ -97,5 +98,12 @@ int64_t pc_encoder_inference_bytes_per_token(const pc_encoder *enc);
 
 /* Bytes held for activations and scratch (for reports). */
 int64_t pc_encoder_activation_bytes(const pc_encoder *enc);
+
+/* Free the activation arena and every scratch buffer sized by a batch (they only grow
+ * while forwards run); the next forward allocates what it needs. Forgets the last forward. */
+void pc_encoder_release_activations(pc_encoder *enc);
+
+/* Bytes of the allocation a forward that returned -1 could not make (0 if none). */
+int64_t pc_encoder_failed_bytes(const pc_encoder *enc);
 
 #endif

@@ -447,6 +447,12 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
                          (long long)B, (long long)T);
             goto fail;
         }
+        for (npy_intp i = 0; i < PyArray_SIZE(m); i++)
+            if (glue_fp(m)[i] != 0.0f && glue_fp(m)[i] != 1.0f) {
+                glue_value_error_float("attention: mask must hold 1 (attend) or 0 (padding), got",
+                                       glue_fp(m)[i]);
+                goto fail;
+            }
     }
     npy_intp pdims[4] = {(npy_intp)B, H, (npy_intp)dims.Tq, (npy_intp)T};
     CHECK(out = glue_zeros(3, PyArray_DIMS(q)));
@@ -457,7 +463,8 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
                               glue_fp(k), glue_fp(v), m ? glue_fp(m) : NULL, &dims, (float)p, seed);
     GLUE_COMPUTE_END
     if (rc < 0) {
-        PyErr_NoMemory();
+        PyErr_SetString(PyExc_MemoryError, "attention: out of memory for its per-thread "
+                        "scratch (one (query, key) score row per thread)");
         goto fail;
     }
     result = Py_BuildValue("(OO)", out, probs ? (PyObject *)probs : Py_None);
@@ -503,7 +510,8 @@ static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
                                (float)p, seed);
     GLUE_COMPUTE_END
     if (rc < 0) {
-        PyErr_NoMemory();
+        PyErr_SetString(PyExc_MemoryError, "attention backward: out of memory for per-thread "
+                        "scratch");
         goto fail;
     }
     result = Py_BuildValue("(OOO)", dq, dk, dv);

@@ -74,7 +74,11 @@ static int encoder_init(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
     const char *err = NULL;
     pc_encoder *enc = pc_encoder_new(&c, &err);
     if (!enc) {
-        if (err && strcmp(err, "out of memory") == 0) PyErr_NoMemory();
+        if (err && strcmp(err, "out of memory") == 0)
+            PyErr_Format(PyExc_MemoryError, "Encoder: out of memory for the parameters of a "
+                         "model with vocab_size=%d, hidden_size=%d, num_hidden_layers=%d, "
+                         "intermediate_size=%d", c.vocab_size, c.hidden, c.layers,
+                         c.intermediate);
         else PyErr_Format(PyExc_ValueError, "invalid encoder config: %s", err);
         return -1;
     }
@@ -293,6 +297,7 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         (c->head != PC_HEAD_NONE && !(logits = (PyObject *)glue_empty(2, logits_dims))))
         goto fail;
     int rc;
+    int64_t failed;
     GLUE_COMPUTE_BEGIN
     rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
                             mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0,
@@ -302,8 +307,17 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         copy_out(pooled, pc_encoder_pooled(self->enc));
         copy_out(logits, pc_encoder_logits(self->enc));
     }
+    failed = rc < 0 ? pc_encoder_failed_bytes(self->enc) : 0;
     GLUE_COMPUTE_END
-    if (rc < 0) { PyErr_NoMemory(); goto fail; }
+    if (rc < 0) {
+        if (failed > 0)
+            PyErr_Format(PyExc_MemoryError, "forward of a (%ld, %ld) batch: cannot allocate "
+                         "%lld bytes of activations", (long)B, (long)T, (long long)failed);
+        else
+            PyErr_Format(PyExc_MemoryError, "forward of a (%ld, %ld) batch: out of memory for "
+                         "per-thread scratch", (long)B, (long)T);
+        goto fail;
+    }
     result = Py_BuildValue("(OOO)", hidden ? hidden : Py_None, pooled ? pooled : Py_None,
                            logits ? logits : Py_None);
 fail:
@@ -326,7 +340,8 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
         return NULL;
     }
     PyObject *obj = lo != Py_None ? lo : ho != Py_None ? ho : po;
-    const char *what = lo != Py_None ? "grad_logits" : ho != Py_None ? "grad_hidden" : "grad_pooled";
+    const char *what = lo != Py_None ? "grad_logits"
+                       : ho != Py_None ? "grad_last_hidden_state" : "grad_pooler_output";
     PyArrayObject *g = glue_f32(obj, what);
     if (!g) return NULL;
     /* Under the lock: the saved forward's batch shape (another thread may have run a forward
@@ -371,14 +386,24 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
         Py_DECREF(g);
         if (lo != Py_None && c->head == PC_HEAD_NONE)
             PyErr_SetString(PyExc_ValueError, "this model has no classification head: no logits");
+        else if (po != Py_None && !c->add_pooler)
+            PyErr_SetString(PyExc_ValueError, "this model has no pooler (add_pooling_layer=False"
+                            " or a RoBERTa classifier): grad_pooler_output has nothing to "
+                            "backpropagate through");
+        else if (ho != Py_None)
+            PyErr_Format(PyExc_ValueError, "%s must have the last forward's shape (%d, %d, %d), "
+                         "got %s", what, B, T, c->hidden, s);
         else
-            PyErr_Format(PyExc_ValueError, "%s must be (%d, %d%s), got %s", what, B,
-                         lo != Py_None ? c->num_labels : ho != Py_None ? T : c->hidden,
-                         ho != Py_None ? ", hidden" : "", s);
+            PyErr_Format(PyExc_ValueError, "%s must have the last forward's shape (%d, %d), "
+                         "got %s", what, B, lo != Py_None ? c->num_labels : c->hidden, s);
         return NULL;
     }
     Py_DECREF(g);
-    if (rc == -1) return PyErr_NoMemory();
+    if (rc == -1) {
+        PyErr_Format(PyExc_MemoryError, "backward of a (%d, %d) batch: out of memory for "
+                     "gradient scratch", B, T);
+        return NULL;
+    }
     if (rc == -2) {
         PyErr_SetString(PyExc_RuntimeError, "backward() needs a forward pass first");
         return NULL;
@@ -402,6 +427,15 @@ static PyObject *encoder_activation_bytes(PcEncoderObject *self, PyObject *Py_UN
     long long bytes = pc_encoder_activation_bytes(self->enc);
     glue_engine_unlock();
     return PyLong_FromLongLong(bytes);
+}
+
+static PyObject *encoder_release_activations(PcEncoderObject *self,
+                                             PyObject *Py_UNUSED(ignored)) {
+    if (ready(self) < 0) return NULL;
+    glue_engine_lock();
+    pc_encoder_release_activations(self->enc);
+    glue_engine_unlock();
+    Py_RETURN_NONE;
 }
 
 static PyObject *encoder_inference_bytes_per_token(PcEncoderObject *self,
@@ -443,6 +477,8 @@ static PyMethodDef encoder_methods[] = {
      "scratch bytes per token of a group in a grouped eval forward"},
     {"activation_bytes", (PyCFunction)encoder_activation_bytes, METH_NOARGS,
      "bytes held for activations"},
+    {"release_activations", (PyCFunction)encoder_release_activations, METH_NOARGS,
+     "free the activation arena and batch-sized scratch (forgets the last forward)"},
     {NULL, NULL, 0, NULL}};
 
 PyTypeObject PcEncoderType = {

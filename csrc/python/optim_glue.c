@@ -22,6 +22,11 @@ static PyObject *adamw_step(PyObject *self, PyObject *args) {
               *v = m ? glue_tensor_of(vo, "exp_avg_sq") : NULL;
     if (!v) return NULL;
     if (same_size(p, m, "exp_avg") < 0 || same_size(p, v, "exp_avg_sq") < 0) return NULL;
+    if (p->readonly) {
+        PyErr_SetString(PyExc_ValueError, "adamw_step: param views read-only memory (a "
+                        "read-only memmap or bytes); the optimizer cannot update it");
+        return NULL;
+    }
     if (t < 1) {
         PyErr_Format(PyExc_ValueError, "adamw_step: step must be >= 1, got %lld", t);
         return NULL;

@@ -74,6 +74,12 @@ static PyObject *tensor_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
                         "one (use numpy.ascontiguousarray first)");
         return NULL;
     }
+    if (!PyArray_ISNOTSWAPPED(arr)) {
+        PyErr_Format(PyExc_ValueError,
+                     "Tensor expects native byte order, got a byte-swapped %s array (use "
+                     "array.astype(array.dtype.newbyteorder('=')) first)", dtype_str(dtype));
+        return NULL;
+    }
     if (PyArray_NDIM(arr) > PC_MAX_DIMS) {
         PyErr_Format(PyExc_ValueError, "Tensor supports at most %d dimensions, got %d",
                      PC_MAX_DIMS, PyArray_NDIM(arr));
@@ -82,7 +88,13 @@ static PyObject *tensor_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     int64_t shape[PC_MAX_DIMS];
     for (int i = 0; i < PyArray_NDIM(arr); i++) shape[i] = PyArray_DIM(arr, i);
     pc_tensor *t = pc_tensor_borrow(PyArray_DATA(arr), dtype, PyArray_NDIM(arr), shape);
-    if (!t) return PyErr_NoMemory();
+    if (!t) {
+        PyErr_Format(PyExc_MemoryError, "Tensor: out of memory for a %zu-byte tensor header",
+                     sizeof(pc_tensor));
+        return NULL;
+    }
+    /* read-only memory (a memmap opened with mode='r', a bytes object) stays read-only */
+    t->readonly = !PyArray_ISWRITEABLE(arr);
     PcTensorObject *self = (PcTensorObject *)type->tp_alloc(type, 0);
     if (!self) {
         pc_tensor_release(t);
@@ -104,7 +116,9 @@ static void tensor_dealloc(PcTensorObject *self) {
 static PyObject *view_of(pc_tensor *t, PyObject *owner) {
     npy_intp dims[PC_MAX_DIMS];
     for (int i = 0; i < t->ndim; i++) dims[i] = (npy_intp)t->shape[i];
-    PyObject *arr = PyArray_SimpleNewFromData(t->ndim, dims, npy_type_of(t->dtype), t->data);
+    PyObject *arr = PyArray_New(&PyArray_Type, t->ndim, dims, npy_type_of(t->dtype), NULL,
+                                t->data, 0, t->readonly ? NPY_ARRAY_CARRAY_RO : NPY_ARRAY_CARRAY,
+                                NULL);
     if (!arr) return NULL;
     Py_INCREF(owner);
     if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
@@ -161,18 +175,44 @@ static PyObject *tensor_zeros(PyTypeObject *type, PyObject *args, PyObject *kwds
     }
     int64_t shape[PC_MAX_DIMS];
     for (Py_ssize_t i = 0; i < nd; i++) {
-        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (v == -1 && PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (PyBool_Check(item) || !PyIndex_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "Tensor.zeros: shape[%zd] must be an int, got %s", i,
+                         Py_TYPE(item)->tp_name);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyObject *index = PyNumber_Index(item);
+        long long v = index ? PyLong_AsLongLong(index) : -1;
+        Py_XDECREF(index);
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "Tensor.zeros: shape[%zd] must be in [0, 2**63), "
+                         "got %R", i, item);
+            Py_DECREF(seq);
+            return NULL;
+        }
         if (v < 0) {
             Py_DECREF(seq);
-            PyErr_Format(PyExc_ValueError, "shape entries must be >= 0, got %lld", v);
+            PyErr_Format(PyExc_ValueError, "Tensor.zeros: shape entries must be >= 0, got %lld", v);
             return NULL;
         }
         shape[i] = v;
     }
     Py_DECREF(seq);
+    int64_t numel = pc_shape_numel((int)nd, shape, pc_dtype_size(dtype));
+    if (numel < 0 || (uint64_t)numel * pc_dtype_size(dtype) > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_Format(PyExc_ValueError, "Tensor.zeros: shape %R has more elements (or bytes) "
+                     "than fit in 63 bits", shape_obj);
+        return NULL;
+    }
     pc_tensor *t = pc_tensor_new(dtype, (int)nd, shape);
-    if (!t) return PyErr_NoMemory();
+    if (!t) {
+        PyErr_Format(PyExc_MemoryError, "Tensor.zeros: cannot allocate %lld bytes for %lld "
+                     "%s elements", (long long)numel * (long long)pc_dtype_size(dtype),
+                     (long long)numel, dtype_str(dtype));
+        return NULL;
+    }
     PcTensorObject *self = (PcTensorObject *)type->tp_alloc(type, 0);
     if (!self) { pc_tensor_release(t); return NULL; }
     self->t = t;
@@ -215,6 +255,12 @@ static int tensor_set_requires_grad(PcTensorObject *self, PyObject *v, void *c) 
                      dtype_str(self->t->dtype));
         return -1;
     }
+    if (v == Py_True && self->t->readonly) {
+        PyErr_SetString(PyExc_ValueError, "this Tensor views read-only memory (a read-only "
+                        "memmap or bytes): it cannot require gradients, since training would "
+                        "write it; copy it first (numpy.array(arr))");
+        return -1;
+    }
     glue_engine_lock();
     self->t->requires_grad = v == Py_True;
     glue_engine_unlock();
@@ -254,7 +300,11 @@ static int tensor_set_grad(PcTensorObject *self, PyObject *v, void *c) {
     if (g) memcpy(g->data, PyArray_DATA(arr), sizeof(float) * (size_t)g->numel);
     glue_engine_unlock();
     Py_DECREF(arr);
-    if (!g) { PyErr_NoMemory(); return -1; }
+    if (!g) {
+        PyErr_Format(PyExc_MemoryError, "grad: cannot allocate %lld bytes for the gradient",
+                     (long long)self->t->numel * 4);
+        return -1;
+    }
     return 0;
 }
 
@@ -282,14 +332,18 @@ static PyObject *tensor_repr(PcTensorObject *self) {
 }
 
 static int tensor_getbuffer(PcTensorObject *self, Py_buffer *view, int flags) {
-    (void)flags;
     pc_tensor *t = self->t;
+    if ((flags & PyBUF_WRITABLE) && t->readonly) {
+        view->obj = NULL;
+        PyErr_SetString(PyExc_BufferError, "this Tensor views read-only memory");
+        return -1;
+    }
     view->buf = t->data;
     view->obj = (PyObject *)self;
     Py_INCREF(self);
     view->itemsize = (Py_ssize_t)pc_dtype_size(t->dtype);
     view->len = (Py_ssize_t)t->numel * view->itemsize;
-    view->readonly = 0;
+    view->readonly = t->readonly;
     view->format = t->dtype == PC_FLOAT32 ? "f" : t->dtype == PC_INT32 ? "i" : "q";
     view->ndim = t->ndim;
     Py_ssize_t *shape_strides = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (t->ndim ? t->ndim : 1));

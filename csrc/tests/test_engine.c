@@ -600,6 +600,29 @@ static void test_runtime(void) {
     check_true("dropout_keep: p = 0 keeps everything", pc_dropout_keep(1, 5, 0.0f));
 }
 
+/* Element counts that overflow int64 (or whose bytes do) are refused, never wrapped: a
+ * wrapped count once allocated 16 bytes for a (2^62 + 1, 4) tensor. */
+static void test_tensor_shapes(void) {
+    const int64_t wraps[] = {((int64_t)1 << 62) + 1, 4}, huge[] = {(int64_t)1 << 40, (int64_t)1 << 40},
+                  bytes[] = {(int64_t)1 << 33, (int64_t)1 << 31}, empty[] = {0, (int64_t)1 << 62},
+                  fine[] = {0, (int64_t)1 << 60}, neg[] = {2, -1}, ok[] = {3, 5};
+    check_true("tensor: (2^62+1, 4) is refused", pc_shape_numel(2, wraps, 4) == -1 &&
+                                                  !pc_tensor_new(PC_FLOAT32, 2, wraps));
+    check_true("tensor: (2^40, 2^40) is refused", pc_shape_numel(2, huge, 4) == -1);
+    check_true("tensor: (2^33, 2^31) float32 is refused (bytes pass 2^63)",
+               pc_shape_numel(2, bytes, 4) == -1);
+    check_true("tensor: (0, 2^62) float32 is refused (NumPy could not view it)",
+               pc_shape_numel(2, empty, 4) == -1);
+    check_true("tensor: (0, 2^60) has 0 elements", pc_shape_numel(2, fine, 4) == 0);
+    check_true("tensor: negative dimensions are refused", pc_shape_numel(2, neg, 4) == -1);
+    check_true("tensor: too many dimensions are refused", pc_shape_numel(PC_MAX_DIMS + 1, ok, 4) == -1);
+    pc_tensor *t = pc_tensor_new(PC_INT64, 2, ok);
+    check_true("tensor: (3, 5) int64 has 15 elements", t && t->numel == 15);
+    pc_tensor *v = t ? pc_tensor_view(t, 14, 1, (int64_t[]){2}) : NULL;
+    check_true("tensor: a view past its base is refused", t && !v);
+    pc_tensor_release(t);
+}
+
 /* Known issue, reported and not counted as a failure: with K = 0 and beta = 0, pc_sgemm
  * multiplies C by 0 instead of overwriting it (BLAS/BLIS semantics), so a NaN left in an
  * output buffer survives pc_linear_forward with in_features = 0 and no bias. */
@@ -617,6 +640,7 @@ static void known_issue_sgemm_k0(void) {
 int main(void) {
     pc_runtime_init();
     test_runtime();
+    test_tensor_shapes();
     test_sgemm_packed();
 
     static const int lin[][3] = {{1, 1, 1}, {3, 5, 7}, {91, 17, 5}, {1, 64, 65}, {33, 70, 19}};

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -104,8 +105,9 @@ def _read_sharded(index_path: Path, reader: Callable[[Path], StateDict]) -> Stat
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         shard_names = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{index_path}: not a valid checkpoint index ({exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{index_path}: not a valid checkpoint index "
+                              f"({type(exc).__name__}: {exc})") from None
     state: StateDict = {}
     for shard_name in shard_names:
         state.update(reader(_shard_path(index_path, shard_name)))
@@ -165,6 +167,11 @@ _STORAGE_TYPES = {
 }
 
 
+# A tensor whose strides repeat its storage (torch's expand) is copied out whole; past this
+# size a copy larger than the storage it views is refused rather than allocated.
+_MAX_EXPANDED_BYTES = 1 << 30
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_requires_grad_hooks_meta):
     """torch._utils._rebuild_tensor_v2: a strided view of a storage, copied."""
     if not isinstance(storage, _Storage):
@@ -186,6 +193,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_requires_grad_ho
                 f"the end of its storage ({storage.data.size} elements)"
             )
         itemsize = storage.data.itemsize
+        nbytes = math.prod(shape) * itemsize
+        if nbytes > max(storage.data.nbytes, _MAX_EXPANDED_BYTES):
+            raise pickle.UnpicklingError(
+                f"tensor of size {shape} stride {strides} repeats its storage "
+                f"({storage.data.size} elements) into {nbytes} bytes"
+            )
         view = np.lib.stride_tricks.as_strided(
             storage.data[offset:], shape, tuple(s * itemsize for s in strides), writeable=False
         )
@@ -275,7 +288,7 @@ def read_torch_bin(path: str | os.PathLike) -> StateDict:
         # OSError: a seek to a negative offset, from a corrupt zip directory
         raise CheckpointError(f"{path}: corrupt torch checkpoint ({exc})") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError,
-            NotImplementedError) as exc:
+            NotImplementedError, OverflowError, RecursionError) as exc:
         raise CheckpointError(f"{path}: unexpected content in torch checkpoint ({exc})") from None
     return _check_torch_state(path, state)
 

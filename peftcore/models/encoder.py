@@ -1,7 +1,11 @@
 """BERT-family models on the engine: AutoModel and AutoModelForSequenceClassification."""
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,18 @@ from .modules import Embedding, LayerNorm, Linear, Module, ModuleList, leaf_kind
 from .parameter import Parameter
 
 _HEAD_KIND = {"bert": 1, "roberta": 2}
+
+# Every model, so that a process forked while another thread held a model's lock (inside a
+# forward or an adapter swap) gives its child free locks: the child has no such thread.
+_MODELS = weakref.WeakSet()
+
+
+def _fresh_locks_after_fork():
+    for model in list(_MODELS):
+        model._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 @dataclass
@@ -86,6 +102,13 @@ class EncoderModel(Module):
         # run is reproducible whatever else the process has run before
         self._forwards = 0
         self._pending_grad = None
+        # The model lock: a forward or backward and every model-changing call (adapter set,
+        # add, delete, merge, unmerge, unload, load, enable, disable) hold it, so a change
+        # of several engine calls and weight writes runs whole between two forwards.
+        self._lock = threading.RLock()
+        self._forward_live = False   # a forward ran and its backward has not
+        self._stale_forward = None   # the call that changed the model since that forward
+        _MODELS.add(self)
         self._engine = _C.Encoder(self._engine_config())
         self.inference_rows = max(1, self.INFERENCE_SCRATCH_BYTES //
                                   self._engine.inference_bytes_per_token())
@@ -204,7 +227,7 @@ class EncoderModel(Module):
             if unknown:
                 raise KeyError(f"init_weights: no parameters named {unknown}")
         rng = np.random.default_rng(seed)
-        std = self.config.initializer_range
+        std = float(self.config.initializer_range) + 0.0  # -0.0 -> 0.0 (NumPy: "scale < 0")
         pad = self.config.pad_token_id
         emb = self._prefix(False) + "embeddings."
         padded = {emb + "word_embeddings.weight"}
@@ -272,8 +295,16 @@ class EncoderModel(Module):
             if k not in params:
                 continue
             a = v if isinstance(v, LazyTensor) else np.asarray(v)  # lazy: read when copied
-            if not isinstance(a, LazyTensor) and a.dtype.kind not in "fiu":
-                raise TypeError(f"load_state_dict: {k} must hold real numbers, got dtype {a.dtype}")
+            # every parameter is float32: integer data would be cast (or, written as I32
+            # over float bytes, read as huge floats) without a word
+            if isinstance(a, LazyTensor):
+                if a.entry.dtype not in ("F16", "BF16", "F32", "F64"):
+                    raise TypeError(f"{a.path}: tensor {a.name!r} has dtype {a.entry.dtype}, "
+                                    f"but {k} is a float32 parameter (expected F32, F16, BF16 "
+                                    f"or F64)")
+            elif a.dtype.kind != "f":
+                raise TypeError(f"load_state_dict: {k} must hold floating-point numbers (it "
+                                f"is a float32 parameter), got dtype {a.dtype}")
             if tuple(a.shape) != params[k].shape:
                 raise ValueError(f"load_state_dict: {k} has shape {tuple(a.shape)}, the model "
                                  f"expects {params[k].shape}")
@@ -338,9 +369,47 @@ class EncoderModel(Module):
 
     # ------------------------------------------------------------ running
 
+    @contextlib.contextmanager
+    def _changing(self, what: str):
+        """Hold the model lock around a model-changing call `what`: forwards and backwards
+        on other threads wait until it is done. A forward that ran before it can no longer
+        be backpropagated (unless the call raised)."""
+        with self._lock:
+            yield
+            # a refused call changed nothing, so only a call that returned invalidates
+            if self._forward_live:
+                self._stale_forward = what
+
+    def _check_forward_fresh(self):
+        """Refuse a backward whose forward a model change has invalidated."""
+        if self._stale_forward is not None:
+            raise RuntimeError(f"{self._stale_forward}() changed the model after the last "
+                               f"forward, which invalidated it: run the forward again before "
+                               f"backward()")
+
+    def _engine_backward(self, **grad):
+        with self._lock:
+            self._check_forward_fresh()
+            self._engine.backward(**grad)
+            self._forward_live = False
+
     def train(self, mode: bool = True):
+        """Set training mode. Leaving it releases the activation memory training kept (see
+        release_memory)."""
+        leaving = self.training and not mode
         self.training = bool(mode)
+        if leaving:
+            self.release_memory()
         return self
+
+    def release_memory(self):
+        """Free the activations and scratch the engine keeps between forwards: they grow to
+        the largest batch run so far and never shrink by themselves. The next forward
+        allocates what its batch needs; a backward of an earlier forward is no longer
+        possible."""
+        with self._changing("release_memory"):
+            self._pending_grad = None
+            self._engine.release_activations()
 
     def eval(self):
         return self.train(False)
@@ -407,12 +476,15 @@ class EncoderModel(Module):
         be refused is refused before the engine runs, so a bad call leaves the last forward's
         activations and pending gradient in place."""
         ids, mask, types, positions = inputs
-        self._pending_grad = None
-        self._engine.set_inference_rows(self._inference_rows or 0)
-        seed = (self._seed * 0x9E3779B1 + self._forwards) % 2**64
-        self._forwards += 1
-        return self._engine.forward(ids, positions, types, mask, self.training, seed,
-                                    want_hidden, is_grad_enabled())
+        with self._lock:
+            self._pending_grad = None
+            self._engine.set_inference_rows(self._inference_rows or 0)
+            seed = (self._seed * 0x9E3779B1 + self._forwards) % 2**64
+            self._forwards += 1
+            out = self._engine.forward(ids, positions, types, mask, self.training, seed,
+                                       want_hidden, is_grad_enabled())
+            self._forward_live, self._stale_forward = True, None
+            return out
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -436,9 +508,9 @@ class AutoModelBase(EncoderModel):
             raise ValueError("backward() takes one gradient: of last_hidden_state or pooler_output")
         g = np.asarray(given[0])
         if grad_pooler_output is not None or (grad is not None and g.ndim == 2):
-            self._engine.backward(d_pooled=g)
+            self._engine_backward(d_pooled=g)
         else:
-            self._engine.backward(d_hidden=g)
+            self._engine_backward(d_hidden=g)
 
 
 class SequenceClassificationBase(EncoderModel):
@@ -450,15 +522,16 @@ class SequenceClassificationBase(EncoderModel):
                 labels=None):
         inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         target = None if labels is None else self._check_labels(labels, inputs[0].shape[0])
-        _, _, logits = self._run(inputs, False)
-        loss = None
-        if target is not None:
-            if self.config.num_labels == 1:  # regression (STS-B): MSE
-                loss = _C.mse_forward(logits, target)
-                self._pending_grad = _C.mse_backward(logits, target, 1.0)
-            else:
-                loss = _C.cross_entropy_forward(logits, target, -100)
-                self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
+        with self._lock:  # the loss's gradient belongs to this forward
+            _, _, logits = self._run(inputs, False)
+            loss = None
+            if target is not None:
+                if self.config.num_labels == 1:  # regression (STS-B): MSE
+                    loss = _C.mse_forward(logits, target)
+                    self._pending_grad = _C.mse_backward(logits, target, 1.0)
+                else:
+                    loss = _C.cross_entropy_forward(logits, target, -100)
+                    self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def _check_labels(self, labels, B):
@@ -485,11 +558,14 @@ class SequenceClassificationBase(EncoderModel):
     def backward(self, grad_logits=None):
         """Accumulate gradients into .grad of trainable parameters: of the loss of the last
         forward with labels, or of any loss whose gradient w.r.t. the logits is given."""
-        if grad_logits is None:
-            if self._pending_grad is None:
-                raise RuntimeError("backward() without grad_logits needs a forward with labels first")
-            grad_logits, self._pending_grad = self._pending_grad, None
-        self._engine.backward(d_logits=np.asarray(grad_logits))
+        with self._lock:
+            self._check_forward_fresh()
+            if grad_logits is None:
+                if self._pending_grad is None:
+                    raise RuntimeError("backward() without grad_logits needs a forward with "
+                                       "labels first")
+                grad_logits, self._pending_grad = self._pending_grad, None
+            self._engine_backward(d_logits=np.asarray(grad_logits))
 
 
 class BertModel(AutoModelBase):

@@ -34,7 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = _temp_file_in(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,6 +49,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def _temp_file_in(directory, name: str) -> tuple[int, str]:
+    """A temp file next to `name` in `directory`; an OSError names the folder and the file
+    being saved (not the temp file's random name)."""
+    try:
+        return tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot save {name} into the folder {directory} "
+                                   f"({exc.strerror})", str(directory)) from None
 
 
 def _fsync_dir(directory: str) -> None:
@@ -230,6 +240,9 @@ def _read_safetensors_header(f, path: Path) -> _SafetensorsHeader:
         header = json.loads(f.read(header_len).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: safetensors header is nested too deeply to be a "
+                              f"header (it maps tensor names to flat entries)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -320,7 +333,7 @@ def save_adapter_files(directory, config_dict, tensors: Mapping[str, np.ndarray]
     staged, backups, replaced = [], {}, []
     try:
         for name, blob in data:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            fd, tmp = _temp_file_in(directory, name)
             staged.append((tmp, directory / name))
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -138,6 +140,20 @@ class LoraConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")
 
+        # every str used as a regular expression compiles, or the field is named
+        if isinstance(self.target_modules, str):
+            _check_regex("target_modules", self.target_modules)
+        if isinstance(self.exclude_modules, str):
+            _check_regex("exclude_modules", self.exclude_modules)
+        for name in self.modules_to_save or ():
+            _check_regex("modules_to_save", rf"(^|.*\.){name}($|\..*)", name)
+        for name in (self.layers_pattern if isinstance(self.layers_pattern, list)
+                     else [self.layers_pattern] if self.layers_pattern else []):
+            _check_regex("layers_pattern", rf"(?:^|.*?\.){name}\.(?P<idx>\d+)\.", name)
+
+        if not isinstance(self.rank_pattern or {}, dict) or not isinstance(self.alpha_pattern or {}, dict):
+            raise ValueError(f"`rank_pattern` and `alpha_pattern` must be dicts, got "
+                             f"{self.rank_pattern!r:.100} and {self.alpha_pattern!r:.100}")
         self.rank_pattern = dict(self.rank_pattern or {})
         self.alpha_pattern = dict(self.alpha_pattern or {})
         for key, value in self.rank_pattern.items():
@@ -146,6 +162,18 @@ class LoraConfig(PeftConfig):
         for key, value in self.alpha_pattern.items():
             if not isinstance(key, str) or not (is_finite_real(value) and value > 0):
                 raise ValueError(f"`alpha_pattern` must map str to finite numbers > 0, got {key!r}: {value!r}")
+        for field_name in ("rank_pattern", "alpha_pattern"):
+            for key in getattr(self, field_name):
+                _check_regex(field_name, rf"(.*\.)?({key})$", key)
+
+
+def _check_regex(field_name: str, pattern: str, given=None) -> None:
+    """ValueError naming the field unless `pattern` (built from `given`) compiles."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise ValueError(f"`{field_name}` holds an invalid regular expression "
+                         f"{given if given is not None else pattern!r}: {exc}") from None
 
 
 register_config(PeftType.LORA, LoraConfig)

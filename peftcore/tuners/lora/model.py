@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -66,6 +67,38 @@ def plan_lora(model: Module, config) -> LoraPlan:
     return LoraPlan(targets, save, config)
 
 
+def model_change(method):
+    """Run a model-changing method whole with respect to forwards and backwards on other
+    threads: under the base model's lock (see EncoderModel._changing)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.model._changing(method.__name__):
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def check_adapter_name(adapter_name) -> str:
+    """An adapter name is a module key and a folder name under save_pretrained's folder:
+    a non-empty str without path separators, dots or NUL (torch's ModuleDict refuses dots)."""
+    if not isinstance(adapter_name, str) or not adapter_name:
+        raise ValueError(f"adapter_name must be a non-empty str, got {adapter_name!r}")
+    bad = [c for c in ("/", "\\", ".", "\0", ":") if c in adapter_name]
+    if bad or adapter_name.strip() != adapter_name:
+        raise ValueError(f"adapter_name {adapter_name!r} cannot be used: it names a sub-folder "
+                         f"of save_pretrained's folder and a module key, so it must not contain "
+                         f"'/', '\\', '.', ':', NUL or surrounding spaces")
+    return adapter_name
+
+
+def wrapped_adapters(model: Module) -> list:
+    """The adapters already injected into `model` (by a PeftModel that wraps it)."""
+    names = []
+    for _, m in model.named_modules():
+        if isinstance(m, (LoraLinear, ModulesToSaveWrapper)):
+            names.extend(a for a in m.adapter_names() if a not in names)
+    return names
+
+
 def _replace(root: Module, name: str, new: Module):
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name)
@@ -79,15 +112,23 @@ class LoraModel(Module):
 
     def __init__(self, model: Module, config, adapter_name: str):
         super().__init__()
+        check_adapter_name(adapter_name)
+        existing = wrapped_adapters(model)
+        if existing:
+            raise ValueError(f"this base model is already wrapped by a PeftModel (adapters "
+                             f"{existing}); a second wrapper would change the first one's "
+                             f"layers. Add adapters to that PeftModel with add_adapter() or "
+                             f"load_adapter(), or call its unload() first")
         self._modules["model"] = model
         self.peft_config: dict = {}
         self.active_adapter = adapter_name
         self.disabled = False
         plan = plan_lora(model, config)  # may refuse the config: before anything changes
-        for _, p in model.named_parameters():
-            p.requires_grad = False
-        self.inject_adapter(adapter_name, plan)
-        self.set_adapter(adapter_name)
+        with model._changing("get_peft_model"):
+            for _, p in model.named_parameters():
+                p.requires_grad = False
+            self.inject_adapter(adapter_name, plan)
+            self.set_adapter(adapter_name)
 
     # ------------------------------------------------------------ structure
 
@@ -97,6 +138,7 @@ class LoraModel(Module):
     def wrappers(self):
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
 
+    @model_change
     def inject_adapter(self, adapter_name: str, plan: LoraPlan):
         """Add adapter `adapter_name` as planned. The plan was validated, so this succeeds."""
         engine = self.model._engine
@@ -119,6 +161,7 @@ class LoraModel(Module):
             module.update(adapter_name)
         self.peft_config[adapter_name] = config
 
+    @model_change
     def set_adapter(self, adapter_name: str):
         """Make `adapter_name` the one the engine runs and the one that trains. A merged
         model is unmerged first (with HF PEFT's warning)."""
@@ -167,6 +210,7 @@ class LoraModel(Module):
                         and ".original_module." not in pname:
                     p.requires_grad = True
 
+    @model_change
     def set_disabled(self, disabled: bool):
         """Run the bare base model (adapter weights frozen meanwhile, as HF PEFT) or not.
         Merged adapters are unmerged first: disabled means the base weights alone."""
@@ -178,6 +222,7 @@ class LoraModel(Module):
             layer.sync()
         self._mark_adapter_params()
 
+    @model_change
     def delete_adapter(self, adapter_name: str):
         for _, layer in self.lora_layers() + self.wrappers():
             layer.delete_adapter(adapter_name)
@@ -185,15 +230,18 @@ class LoraModel(Module):
 
     # ------------------------------------------------------------ merging
 
+    @model_change
     def merge_adapter(self):
         for _, layer in self.lora_layers():
             if self.active_adapter in layer.adapter_names():
                 layer.merge(self.active_adapter)
 
+    @model_change
     def unmerge_adapter(self):
         for _, layer in self.lora_layers():
             layer.unmerge()
 
+    @model_change
     def unload(self, merge: bool) -> Module:
         """Remove every LoRA layer (merging the active adapter first when asked) and every
         modules_to_save wrapper (keeping the active copy's values); return the bare model."""
