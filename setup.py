@@ -24,7 +24,8 @@ BLIS_HINT = (
 # same table; csrc/dispatch.c checks the CPU for each set's features).
 ISA_FLAGS = {"baseline": []}
 if MACHINE in ("x86_64", "amd64"):
-    ISA_FLAGS["avx2"] = ["-mavx2", "-mfma"]
+    ISA_FLAGS["avx2"] = ["-mavx2", "-mfma", "-mno-avx256-split-unaligned-load",
+                         "-mno-avx256-split-unaligned-store"]
     ISA_FLAGS["avx512"] = ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw",
                            "-mavx512vl", "-mprefer-vector-width=512"]
 KERNEL_DIRS = ["ops", "peft", "optim"]   # compiled once per set

@@ -98,13 +98,13 @@ static inline float pc_gelu_tanh_derivative(float x) {
 typedef float pc_vec __attribute__((vector_size(4 * PC_VW), aligned(4)));
 typedef int32_t pc_ivec __attribute__((vector_size(4 * PC_VW), aligned(4)));
 
-static inline pc_vec pc_loadv(const float *p) {
-    pc_vec v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* unaligned loads and stores through a may_alias type (a memcpy of a vector went through
+ * the stack in halves under -mtune=generic, stalling on store forwarding) */
+typedef pc_vec pc_vec_alias __attribute__((may_alias));
 
-static inline void pc_storev(float *p, pc_vec v) { memcpy(p, &v, sizeof v); }
+static inline pc_vec pc_loadv(const float *p) { return *(const pc_vec_alias *)p; }
+
+static inline void pc_storev(float *p, pc_vec v) { *(pc_vec_alias *)p = v; }
 
 static inline pc_vec pc_splat(float x) { return (pc_vec){0} + x; }
 
