@@ -1,4 +1,6 @@
-"""Helpers shared by the test files: random tiny models and finite differences."""
+"""Helpers shared by the test files: random tiny models, finite differences, CPU flags."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,14 @@ def torch_repr_as_peftcore(text: str) -> str:
             continue
         kept.append(line)
     return "\n".join(kept)
+
+
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo spells them (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 
 import peftcore
+from helpers import cpu_flags
 from peftcore import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _run_backend_info(env_updates):
@@ -86,7 +79,7 @@ def test_backend_info_keys_and_types():
 
 
 def test_simd_matches_cpuinfo():
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo flags")
     simd = set(peftcore.backend_info()["simd"].split())
@@ -96,7 +89,7 @@ def test_simd_matches_cpuinfo():
 
 
 def test_blis_arch_not_generic_on_simd_cpu():
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if not ({"avx512f", "avx2"} & flags):
         pytest.skip("CPU has neither avx512f nor avx2")
     info = _run_backend_info({"BLIS_ARCH_TYPE": None})
@@ -111,7 +104,7 @@ def test_user_blis_arch_type_is_honoured():
     info = _run_backend_info({"BLIS_ARCH_TYPE": str(generic)})
     assert info["blis_arch"] == "generic"
     assert info["blis_arch_from_env"] is True
-    if "avx2" in _cpu_flags():
+    if "avx2" in cpu_flags():
         haswell = _blis_arch_id("haswell")
         info = _run_backend_info({"BLIS_ARCH_TYPE": str(haswell)})
         assert info["blis_arch"] == "haswell" and info["blis_arch_from_env"] is True

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import peftcore
+from helpers import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("baseline", "avx2", "avx512")
@@ -43,14 +44,6 @@ print(json.dumps({"info": peftcore.backend_info(), "warnings": [str(w.message) f
 """
 
 
-def _cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _probe(**env_updates):
@@ -84,7 +77,7 @@ def default_run():
 
 def test_default_set_is_the_best_the_cpu_runs(default_run):
     info = default_run["info"]
-    assert info["isa"] == _best_for(_cpu_flags())
+    assert info["isa"] == _best_for(cpu_flags())
     assert info["isa_available"].split() == [s for s in SETS if s in info["isa_available"].split()]
     assert info["isa"] == info["isa_available"].split()[-1]
     assert info["isa_note"] == "" and default_run["warnings"] == []
