@@ -44,8 +44,6 @@ print(json.dumps({"info": peftcore.backend_info(), "warnings": [str(w.message) f
 """
 
 
-
-
 def _probe(**env_updates):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PEFTCORE_ISA", "PEFTCORE_DISABLE_CPU_FEATURES", "BLIS_ARCH_TYPE")}
