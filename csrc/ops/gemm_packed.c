@@ -95,7 +95,7 @@ static pack_buffers *thread_buffers(size_t a_floats, size_t b_floats) {
 
 /* ------------------------------------------------------------------ packing
  *
- * One micro-panel: p[k·width + i] = s[i·rs + k·cs] for i < rows, k < kc, and 0 for
+ * A micro-panel holds p[k·width + i] = s[i·rs + k·cs] for i < rows, k < kc, and 0 for
  * rows <= i < width (width is MR or NR, rows <= width). Each instruction set supplies
  *   copy_lanes(dst, src, rows, width): dst[i] = src[i] for i < rows, 0 up to width;
  *   pack_across_k(p, width, rows, kc, s, rs): the panel when cs == 1 (k contiguous). */
@@ -287,16 +287,42 @@ static void pack_across_k(float *p, int width, int rows, int kc, const float *s,
 
 #endif
 
-static void pack_panel(float *p, int width, int rows, int kc, const float *s, int64_t rs,
-                       int64_t cs) {
-    if (rs == 1) { /* the panel's rows are contiguous at each k: copies */
-        for (int k = 0; k < kc; k++) copy_lanes(p + (int64_t)k * width, s + (int64_t)k * cs, rows, width);
-    } else if (cs == 1) { /* k is contiguous in each row: transposes */
-        pack_across_k(p, width, rows, kc, s, rs);
-    } else {
+/* Rows [0, count) of an operand (row i at step k: s[i·rs + k·cs]) into micro-panels of
+ * `width` rows, panel q at p + q·ps. When the panels' rows are contiguous (rs == 1), each
+ * source row k is read once from end to end (a stream the hardware prefetches) and dealt
+ * out to the panels; width is a constant in each case of the switch below, so the copies
+ * unroll. */
+static inline __attribute__((always_inline)) void copy_block(float *p, int64_t ps, int width,
+                                                             int64_t count, int kc,
+                                                             const float *s, int64_t cs) {
+    const int64_t full = count / width * width;
+    for (int k = 0; k < kc; k++) {
+        const float *src = s + (int64_t)k * cs;
+        float *dst = p + (int64_t)k * width;
+        for (int64_t i = 0; i < full; i += width, dst += ps) copy_lanes(dst, src + i, width, width);
+        if (full < count) copy_lanes(dst, src + full, (int)(count - full), width);
+    }
+}
+
+static void pack_block(float *p, int64_t ps, int width, int64_t count, int kc, const float *s,
+                       int64_t rs, int64_t cs) {
+    if (rs == 1) {
+        switch (width) {
+#define WIDTH(w) case w: copy_block(p, ps, w, count, kc, s, cs); return;
+            WIDTH(4) WIDTH(6) WIDTH(8) WIDTH(12) WIDTH(16) WIDTH(32)
+#undef WIDTH
+            default: copy_block(p, ps, width, count, kc, s, cs); return;
+        }
+    }
+    for (int64_t i = 0; i < count; i += width, p += ps) {
+        const int rows = count - i < width ? (int)(count - i) : width;
+        if (cs == 1) { /* k is contiguous in each row: transposes */
+            pack_across_k(p, width, rows, kc, s + i * rs, rs);
+            continue;
+        }
         for (int k = 0; k < kc; k++)
-            for (int i = 0; i < width; i++)
-                p[(int64_t)k * width + i] = i < rows ? s[(int64_t)i * rs + (int64_t)k * cs] : 0.0f;
+            for (int r = 0; r < width; r++)
+                p[(int64_t)k * width + r] = r < rows ? s[(i + r) * rs + (int64_t)k * cs] : 0.0f;
     }
 }
 
@@ -330,14 +356,10 @@ static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float
             const int kc = (int)(k - pc < KC ? k - pc : KC);
             const float beta_here = pc == 0 ? beta : 1.0f;
             const int64_t ps_a = round_to_line((int64_t)MR * kc), ps_b = round_to_line((int64_t)NR * kc);
-            for (int64_t jr = 0; jr < nc; jr += NR)
-                pack_panel(buf->b + jr / NR * ps_b, NR, (int)(nc - jr < NR ? nc - jr : NR), kc,
-                           b + (jc + jr) * bcs + pc * brs, bcs, brs);
+            pack_block(buf->b, ps_b, NR, nc, kc, b + jc * bcs + pc * brs, bcs, brs);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 const int64_t mc = m - ic < MC ? m - ic : MC;
-                for (int64_t ir = 0; ir < mc; ir += MR)
-                    pack_panel(buf->a + ir / MR * ps_a, MR, (int)(mc - ir < MR ? mc - ir : MR),
-                               kc, a + (ic + ir) * ars + pc * acs, ars, acs);
+                pack_block(buf->a, ps_a, MR, mc, kc, a + ic * ars + pc * acs, ars, acs);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     float *bp = buf->b + jr / NR * ps_b;
