@@ -529,12 +529,16 @@ static void check_rounding(const char *what, const float *got, const double *ref
 
 /* pc_sgemm_packed against a double-precision reference: every transpose case, padded
  * leading dimensions, alpha and beta (beta = 0 must overwrite a NaN-filled C), shapes on
- * both sides of the kernel's MR = 32 / NR = 12 and of BLIS's KC = 384 and MC = 480 blocks.
- * Where the packed path is not available it must say so and leave C alone. */
+ * both sides of the kernels' MR / NR (skx 32 / 12, haswell 6 / 16, penryn 8 / 4) and of
+ * BLIS's KC and MC blocks (skx 384 and 480, haswell 256 and 168), whether or not the packed
+ * path is the default. Where it is not available it must say so and leave C alone. */
 static void test_sgemm_packed(void) {
+    const char *before = pc_gemm_path();
+    const bool available = pc_set_gemm_path("packed");
     static const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {32, 12, 16}, {33, 13, 17},
                                     {31, 11, 383}, {64, 24, 385}, {481, 25, 40},
-                                    {100, 700, 769}, {7, 3100, 20}, {129, 384, 1536}};
+                                    {100, 700, 769}, {7, 3100, 20}, {129, 384, 1536},
+                                    {6, 16, 256}, {169, 17, 257}, {3, 4097, 5}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int trans = 0; trans < 4; trans++) {
             const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -565,7 +569,7 @@ static void test_sgemm_packed(void) {
             char name[128];
             snprintf(name, sizeof name, "sgemm_packed %dx%dx%d trans_a=%d trans_b=%d beta=%g",
                      M, N, K, ta, tb, beta);
-            if (pc_gemm_packed_enabled()) {
+            if (available) {
                 bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
                 check_true(name, done);
                 check_rounding(name, C, ref, scale, (size_t)M * ldc);
@@ -578,7 +582,9 @@ static void test_sgemm_packed(void) {
             }
             pc_free(A); pc_free(B); pc_free(C); free(ref); free(scale);
         }
-    printf("      packed GEMM %s\n", pc_gemm_packed_enabled() ? "on" : "off (BLIS only)");
+    pc_set_gemm_path(before);
+    printf("      packed GEMM %s, %s by default\n", available ? "available" : "unavailable",
+           pc_gemm_packed_enabled() ? "on" : "off");
 }
 
 /* A product's bits do not depend on how it is split: C (M, N) = alpha·op(A)·op(B) + beta·C
