@@ -17,7 +17,10 @@ packing + BLIS's micro-kernel), `blis` (bli_sgemm_ex, small-matrix path off: the
 fallback) and `blis-sup` (its small-matrix path on, whose bits depend on how a product is
 split: for information). Every round times every path on every shape, the paths' order
 rotating from round to round; a path's GFLOP/s is the median over rounds of its best call
-in the round, and ours/BLIS the median over rounds of the per-round ratio.
+in the round, and ours/BLIS the median over rounds of the per-round ratio. --clock cpu
+times calls by the process's CPU time (all its threads) instead of the wall clock: on a
+shared machine it leaves out the time the process waits for a core, which the wall clock
+counts (it also leaves out nothing else, so with 2 threads it measures work, not latency).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 from harness import time_calls
 
@@ -60,6 +64,10 @@ def parse_args():
                     help="--paths: models, comma-separated (default %(default)s)")
     ap.add_argument("--rows", default=",".join(map(str, ROWS)),
                     help="--paths: row counts N, comma-separated (default %(default)s)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="--paths: time by the wall clock or by the process's CPU time")
+    ap.add_argument("--kinds", default="fwd,dX,dW",
+                    help="--paths: products, comma-separated (default %(default)s)")
     args = ap.parse_args()
     try:
         args.threads = ([int(t) for t in args.threads.split(",")] if args.threads else
@@ -79,7 +87,7 @@ def parse_args():
     return args
 
 
-def linear_products(models, rows):
+def linear_products(models, rows, kinds):
     """(label, M, N, K, trans_a, trans_b) of each linear layer's three products: forward
     x·Wᵀ, dX = dY·W, dW = dYᵀ·X, for a layer IN -> OUT with N rows."""
     out = []
@@ -88,10 +96,21 @@ def linear_products(models, rows):
         layers = [(hidden, hidden), (hidden, inter), (inter, hidden)]  # (IN, OUT)
         for n in rows:
             for i, o in layers:
-                out.append((f"{model} N={n} {i}->{o} fwd", n, o, i, False, True))
-                out.append((f"{model} N={n} {i}->{o} dX", n, i, o, False, False))
-                out.append((f"{model} N={n} {i}->{o} dW", o, i, n, True, False))
+                product = {"fwd": (n, o, i, False, True), "dX": (n, i, o, False, False),
+                           "dW": (o, i, n, True, False)}
+                out += [(f"{model} N={n} {i}->{o} {kind}", *product[kind]) for kind in kinds]
     return out
+
+
+def best_seconds(fn, warmup, repeats, clock):
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        best = min(best, clock() - t0)
+    return best
 
 
 def compare_paths(args) -> int:
@@ -113,9 +132,14 @@ def compare_paths(args) -> int:
           f"arch {info['blis_arch']}, default path {default!r}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{args.rounds} rounds x {args.repeats} timed calls (after {args.warmup} warm-up) per "
-          f"path, shape and thread count; GFLOP/s: median over rounds of each round's best")
+          f"path, shape and thread count; GFLOP/s ({args.clock} clock): median over rounds of "
+          f"each round's best")
     rng = np.random.default_rng(0)
-    products = linear_products(args.models, args.rows)
+    kinds = args.kinds.split(",")
+    if unknown := [k for k in kinds if k not in ("fwd", "dX", "dW")]:
+        sys.exit(f"unknown --kinds {unknown}: expected some of fwd, dX, dW")
+    products = linear_products(args.models, args.rows, kinds)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     operands = []
     for label, m, n, k, ta, tb in products:
         a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
@@ -131,7 +155,7 @@ def compare_paths(args) -> int:
                 for path in paths[shift:] + paths[:shift]:
                     _C._set_gemm_path(path)
                     call = lambda: _C._gemm(a, b, c, ta, tb, 1.0, 0.0)  # noqa: E731
-                    best = min(time_calls(call, args.warmup, args.repeats))
+                    best = best_seconds(call, args.warmup, args.repeats, clock)
                     gflops[t][j][path].append(2.0 * m * n * k / best / 1e9)
         print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
     _C._set_gemm_path(default)
