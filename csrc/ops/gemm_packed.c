@@ -24,6 +24,24 @@
  * the element sits in a tile, so the bits do not depend on how callers split C among
  * threads or workers; they match BLIS's own GEMM to rounding.
  *
+ * Where it runs by default: where it measured faster than BLIS's whole GEMM (bli_sgemm_ex,
+ * small-matrix path off), with `bench/gemm.py --paths --clock cpu --threads 1` (1 thread, the
+ * process's CPU time, 3-5 rounds alternating the paths; 2-core Sapphire Rapids VM shared
+ * with other jobs) on the products of MiniLM's and bert-base's linear layers (forward x·Wᵀ,
+ * dX = dY·W, dW = dYᵀ·X; 4096 and 128 rows), ours/BLIS:
+ *   avx512 + skx:      geometric mean 1.13 over the 36 products, 0.88-1.48; 1.25-1.48 on
+ *                      most 128-row ones (skx has no packing kernels of its own: BLIS packs
+ *                      the k-contiguous operands with scalar code). Default.
+ *   avx2 + haswell:    1.04, 0.96-1.23 (forward 0.97-1.03, dW 1.00-1.12, dX up to 1.23 at
+ *                      128 rows); on a quiet machine by the wall clock, 1 thread 1.045
+ *                      (0.95-1.29), 2 threads 1.037 (0.93-1.21; forward 0.93-1.02). BLIS
+ *                      has AVX2 packing kernels for haswell, so the gain is small. Default.
+ *   avx2 + zen3:       the haswell micro-kernel and packing kernels, MC 144: 1.043
+ *                      (0.96-1.23), measured as BLIS_ARCH_TYPE=zen3 on the same Intel CPU,
+ *                      not on an AMD one. Default.
+ *   baseline + penryn: 1.01, 0.90-1.10 (SSE2 8×4 kernel-bound at ~15 GFLOP/s; forward of
+ *                      4096 rows 0.90-0.97). Not faster: BLIS stays the default.
+ * Other kernel sets (a user's BLIS_ARCH_TYPE) were not measured and leave products to BLIS.
  * PEFTCORE_GEMM=blis leaves whole products to bli_sgemm_ex, PEFTCORE_GEMM=packed forces this
  * path; pc_set_gemm_path switches at run time (bench/gemm.py). */
 #include <pthread.h>
@@ -383,13 +401,15 @@ static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float
 }
 
 /* Whether our packing is the default for this build's instruction set and BLIS's kernel
- * set (bench/gemm.py measures both paths). */
+ * set: where it measured faster (the header comment). */
 static bool packed_by_default(const char *arch) {
 #if defined(__AVX512F__)
     return strcmp(arch, "skx") == 0;
+#elif defined(__AVX2__)
+    return strcmp(arch, "haswell") == 0 || strcmp(arch, "zen3") == 0;
 #else
     (void)arch;
-    return false; /* not measured yet */
+    return false; /* penryn: no faster than BLIS */
 #endif
 }
 
