@@ -26,8 +26,8 @@
  *
  * Where it runs by default: where it measured faster than BLIS's whole GEMM (bli_sgemm_ex,
  * small-matrix path off), with `bench/gemm.py --paths --clock cpu --threads 1` (1 thread, the
- * process's CPU time, 3-5 rounds alternating the paths; 2-core Sapphire Rapids VM shared
- * with other jobs) on the products of MiniLM's and bert-base's linear layers (forward x·Wᵀ,
+ * process's CPU time, 3-5 rounds alternating the paths; a 2-core Intel VM with AVX-512,
+ * CPUID family 6 model 167, shared with other jobs) on the products of MiniLM's and bert-base's linear layers (forward x·Wᵀ,
  * dX = dY·W, dW = dYᵀ·X; 4096 and 128 rows), ours/BLIS:
  *   avx512 + skx:      geometric mean 1.13 over the 36 products, 0.88-1.48; 1.25-1.48 on
  *                      most 128-row ones (skx has no packing kernels of its own: BLIS packs
