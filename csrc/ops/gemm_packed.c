@@ -31,7 +31,9 @@
  * dX = dY·W, dW = dYᵀ·X; 4096 and 128 rows), ours/BLIS:
  *   avx512 + skx:      geometric mean 1.13 over the 36 products, 0.88-1.48; 1.25-1.48 on
  *                      most 128-row ones (skx has no packing kernels of its own: BLIS packs
- *                      the k-contiguous operands with scalar code). Default.
+ *                      the k-contiguous operands with scalar code); on a quiet machine by
+ *                      the wall clock, 1 thread 1.15 (0.94-1.53), 2 threads 1.16 (0.90-1.49;
+ *                      forward at 128 rows 1.26-1.44). Default.
  *   avx2 + haswell:    1.04, 0.96-1.23 (forward 0.97-1.03, dW 1.00-1.12, dX up to 1.23 at
  *                      128 rows); on a quiet machine by the wall clock, 1 thread 1.045
  *                      (0.95-1.29), 2 threads 1.037 (0.93-1.21; forward 0.93-1.02). BLIS
