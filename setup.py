@@ -79,7 +79,9 @@ setup(
         Extension(
             "peftcore._C",
             sources=engine_sources,
-            depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
+            # the kernel sources too: they are linked in as extra objects, and a change to
+            # them alone must relink the extension
+            depends=sorted(glob.glob("csrc/**/*.h", recursive=True)) + kernel_sources,
             include_dirs=["csrc", numpy.get_include()],
             library_dirs=[blis_lib],
             runtime_library_dirs=[blis_lib],

@@ -71,6 +71,7 @@
       (dweight, dout, ids, N, C))                                                            \
     X(VOID, void, pc_gemm_packed_init, (void), ())                                           \
     X(VALUE, bool, pc_gemm_packed_enabled, (void), ())                                       \
+    X(VALUE, bool, pc_gemm_packed_use, (bool on), (on))                                      \
     X(VALUE, bool, pc_sgemm_packed,                                                          \
       (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda, \
        const float *B, int ldb, float beta, float *C, int ldc),                              \

@@ -57,13 +57,21 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
                      const float *A, int lda, const float *B, int ldb, float beta,
                      float *C, int ldc);
 /* The same product through our own packing and BLIS's micro-kernel (gemm_packed.c), where
- * that is faster (BLIS's skx kernels in an AVX-512 build; PEFTCORE_GEMM=blis turns it off):
- * false, with C untouched, where it is not available. M, N, K >= 1. */
+ * that is the path in use: false, with C untouched, where it is not. M, N, K >= 1. */
 bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
                      int ldc);
 bool pc_gemm_packed_enabled(void);
+/* turn the packed path on or off; false when asked for it and BLIS's kernel set cannot be fed */
+bool pc_gemm_packed_use(bool on);
 void pc_gemm_packed_init(void); /* by pc_runtime_init, after BLIS's */
+/* Who computes products (pc_sgemm_serial): "packed" (gemm_packed.c, the default where it
+ * is faster), "blis" (bli_sgemm_ex with its small-matrix path off: a product's bits do not
+ * depend on how it is split) or "blis-sup" (that path on: bits can change with the split;
+ * for benchmarks). PEFTCORE_GEMM=blis|packed sets it at start-up. pc_set_gemm_path is false
+ * for an unknown name or an unavailable path; call it while no product runs. */
+bool pc_set_gemm_path(const char *name);
+const char *pc_gemm_path(void);
 
 /* Aligned, zeroed allocation for engine buffers (64-byte alignment). */
 void *pc_alloc(size_t bytes);

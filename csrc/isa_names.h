@@ -46,6 +46,7 @@
 /* ops/gemm_packed.c */
 #define pc_gemm_packed_init PC_ISA_NAME(pc_gemm_packed_init, PC_ISA)
 #define pc_gemm_packed_enabled PC_ISA_NAME(pc_gemm_packed_enabled, PC_ISA)
+#define pc_gemm_packed_use PC_ISA_NAME(pc_gemm_packed_use, PC_ISA)
 #define pc_sgemm_packed PC_ISA_NAME(pc_sgemm_packed, PC_ISA)
 /* ops/linear.c */
 #define pc_linear_forward PC_ISA_NAME(pc_linear_forward, PC_ISA)

@@ -18,6 +18,8 @@ static int num_threads = 1;
 static bool threads_started = false;
 static bool forked_single = false;
 static char simd_names[256];
+/* BLIS's small-matrix path, off unless a benchmark asks (pc_set_gemm_path) */
+static bool blis_sup = false;
 
 /* The x86 features the engine asks about, by the names compilers use. */
 static const char *const x86_features[] = {"ssse3", "sse4.2", "avx", "avx2", "fma", "fma4",
@@ -323,10 +325,27 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
     rntm_t rntm;
     bli_rntm_init(&rntm);
     bli_rntm_set_num_threads(1, &rntm);
-    bli_rntm_disable_l3_sup(&rntm);
+    if (!blis_sup) bli_rntm_disable_l3_sup(&rntm);
     bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
                  trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A,
                  lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL, &rntm);
+}
+
+bool pc_set_gemm_path(const char *name) {
+    if (strcmp(name, "packed") == 0) {
+        if (!pc_gemm_packed_use(true)) return false;
+        blis_sup = false;
+    } else if (strcmp(name, "blis") == 0 || strcmp(name, "blis-sup") == 0) {
+        pc_gemm_packed_use(false);
+        blis_sup = strcmp(name, "blis-sup") == 0;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+const char *pc_gemm_path(void) {
+    return pc_gemm_packed_enabled() ? "packed" : blis_sup ? "blis-sup" : "blis";
 }
 
 void *pc_alloc(size_t bytes) {

@@ -111,15 +111,54 @@ def test_user_blis_arch_type_is_honoured():
 
 
 PACKED = "peftcore packing + BLIS micro-kernel"
+# (instruction set, BLIS kernel set) where peftcore's packing is the default: where it
+# measured faster than BLIS's own GEMM (bench/gemm.py --paths; csrc/ops/gemm_packed.c)
+PACKED_BY_DEFAULT = {("avx512", "skx"), ("avx2", "haswell"), ("avx2", "zen3")}
 
 
-def test_gemm_packing_where_blis_runs_skx():
-    """peftcore packs GEMM operands itself for BLIS's skx micro-kernel (AVX-512); any other
-    kernel set, and PEFTCORE_GEMM=blis, leave the whole product to BLIS."""
-    info = _run_backend_info({"BLIS_ARCH_TYPE": None, "PEFTCORE_GEMM": None})
-    assert info["gemm"] == (PACKED if info["blis_arch"] == "skx" else "BLIS"), info
+def test_gemm_packing_default_per_isa():
+    """peftcore packs GEMM operands itself for BLIS's micro-kernel where that is faster;
+    elsewhere (and with PEFTCORE_GEMM=blis) BLIS does whole products; PEFTCORE_GEMM=packed
+    forces peftcore's packing on any kernel set."""
+    for isa in peftcore.backend_info()["isa_available"].split():
+        info = _run_backend_info({"BLIS_ARCH_TYPE": None, "PEFTCORE_GEMM": None,
+                                  "PEFTCORE_ISA": isa})
+        want = PACKED if (info["isa"], info["blis_arch"]) in PACKED_BY_DEFAULT else "BLIS"
+        assert info["gemm"] == want, info
     assert _run_backend_info({"PEFTCORE_GEMM": "blis"})["gemm"] == "BLIS"
-    assert _run_backend_info({"BLIS_ARCH_TYPE": "generic", "PEFTCORE_GEMM": None})["gemm"] == "BLIS"
+    assert _run_backend_info({"PEFTCORE_GEMM": "packed"})["gemm"] == PACKED
+    assert _run_backend_info({"BLIS_ARCH_TYPE": "generic", "PEFTCORE_GEMM": None,
+                              "PEFTCORE_ISA": None})["gemm"] == "BLIS"
+
+
+def test_gemm_path_switch():
+    """_C._set_gemm_path switches who computes products (benchmarks) and returns the path
+    it replaced; backend_info says which runs; every path gives the product."""
+    from peftcore import _C
+
+    default = _C._set_gemm_path("blis")
+    try:
+        assert peftcore.backend_info()["gemm"] == "BLIS"
+        assert _C._set_gemm_path("blis-sup") == "blis"
+        assert peftcore.backend_info()["gemm"] == "BLIS (small-matrix path on)"
+        with pytest.raises(ValueError, match="expected 'packed'"):
+            _C._set_gemm_path("fast")
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((37, 19), dtype=np.float32)
+        b = rng.standard_normal((23, 19), dtype=np.float32)
+        for path in ("blis", "blis-sup", "packed"):
+            _C._set_gemm_path(path)
+            c = np.ones((37, 23), np.float32)
+            _C._gemm(a, b, c, False, True, 2.0, 1.0)
+            np.testing.assert_allclose(c, 2.0 * a @ b.T + 1.0, rtol=1e-5, atol=1e-5,
+                                       err_msg=path)
+        assert peftcore.backend_info()["gemm"] == PACKED
+        with pytest.raises(TypeError, match="c must be a 2-D C-contiguous writable float32"):
+            _C._gemm(a, b, np.ones((37, 23)), False, True, 1.0, 0.0)
+        with pytest.raises(ValueError, match="do not chain"):
+            _C._gemm(a, b, np.ones((37, 23), np.float32), False, False, 1.0, 0.0)
+    finally:
+        _C._set_gemm_path(default)
 
 
 _GEMM_PROBE = """
@@ -142,7 +181,7 @@ def test_packed_gemm_matches_blis_in_a_model():
     """A forward and backward whose GEMMs have edges on every block (37-token sequences,
     widths 96 / 400) give the same logits and gradients, to float rounding, whoever packs."""
     results = {}
-    for choice in (None, "blis"):
+    for choice in ("packed", "blis"):
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("PEFTCORE_GEMM", None)
         if choice:
@@ -151,8 +190,8 @@ def test_packed_gemm_matches_blis_in_a_model():
                               text=True, timeout=120, cwd=str(REPO))
         assert proc.returncode == 0, proc.stderr
         results[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
-    ours, blis = results[None], results["blis"]
-    assert blis["gemm"] == "BLIS"
+    ours, blis = results["packed"], results["blis"]
+    assert blis["gemm"] == "BLIS" and ours["gemm"] == PACKED
     np.testing.assert_allclose(ours["logits"], blis["logits"], rtol=1e-5, atol=1e-6)
     assert ours["grads"].keys() == blis["grads"].keys() and len(ours["grads"]) > 10
     # the scale of all gradients: the key bias's is zero in exact arithmetic (the softmax

@@ -9,14 +9,43 @@
  * (about one float per cycle), which cost over 20 % of a one-sequence forward, whose GEMMs
  * have few rows and whose time goes into packing the weights.
  *
- * So for BLIS's `skx` kernel set (MR = 32, NR = 12, column-preferring) this file does the
- * loops and the packing itself, transposing 16×16 tiles in AVX-512 registers, and leaves
- * the multiply-adds to BLIS's own micro-kernel (bli_cntx_get_l3_nat_ukr_dt), with BLIS's
- * blocksizes. The micro-kernel sums each element of C over k in order, KC at a time, the
- * same wherever the element sits in a tile, so the bits do not depend on how callers split
- * C among threads or workers; they match BLIS's own GEMM to rounding.
- * Other kernel sets, other CPUs and builds without AVX-512 use bli_sgemm_ex unchanged
- * (PEFTCORE_GEMM=blis forces that path). */
+ * So this file does the loops and the packing itself and leaves the multiply-adds to the
+ * float micro-kernel of whatever kernel set BLIS runs (bli_cntx_get_l3_nat_ukr_dt), with
+ * that set's MR, NR, MC, KC, NC and storage preference, all read from BLIS's context at
+ * start-up. A column-preferring kernel (skx: 32×12) computes Cᵀ = op(B)ᵀ·op(A)ᵀ, storing
+ * down Cᵀ's columns, which are C's rows; a row-preferring one (haswell, zen3: 6×16) computes
+ * C directly. Panels read across k are transposed in registers: 16×16 in the AVX-512 build,
+ * 8×8 in the AVX2 build, 4×4 in the SSE2 baseline (plain C where there is no SSE2). Lanes
+ * past a partial panel's last row are packed as zeros; the micro-kernel takes the tile's
+ * m <= MR, n <= NR itself (BLIS 0.9 kernels compute an edge tile into a buffer on their
+ * stack and copy it out: GEMM_UKR_SETUP_CT in blis.h, checked on every kernel set).
+ *
+ * The micro-kernel sums each element of C over k in order, KC at a time, the same wherever
+ * the element sits in a tile, so the bits do not depend on how callers split C among
+ * threads or workers; they match BLIS's own GEMM to rounding.
+ *
+ * Where it runs by default: where it measured faster than BLIS's whole GEMM (bli_sgemm_ex,
+ * small-matrix path off), with `bench/gemm.py --paths --clock cpu --threads 1` (1 thread, the
+ * process's CPU time, 3-5 rounds alternating the paths; a 2-core Intel VM with AVX-512,
+ * CPUID family 6 model 167, shared with other jobs) on the products of MiniLM's and bert-base's linear layers (forward x·Wᵀ,
+ * dX = dY·W, dW = dYᵀ·X; 4096 and 128 rows), ours/BLIS:
+ *   avx512 + skx:      geometric mean 1.13 over the 36 products, 0.88-1.48; 1.25-1.48 on
+ *                      most 128-row ones (skx has no packing kernels of its own: BLIS packs
+ *                      the k-contiguous operands with scalar code); on a quiet machine by
+ *                      the wall clock, 1 thread 1.15 (0.94-1.53), 2 threads 1.16 (0.90-1.49;
+ *                      forward at 128 rows 1.26-1.44). Default.
+ *   avx2 + haswell:    1.04, 0.96-1.23 (forward 0.97-1.03, dW 1.00-1.12, dX up to 1.23 at
+ *                      128 rows); on a quiet machine by the wall clock, 1 thread 1.045
+ *                      (0.95-1.29), 2 threads 1.037 (0.93-1.21; forward 0.93-1.02). BLIS
+ *                      has AVX2 packing kernels for haswell, so the gain is small. Default.
+ *   avx2 + zen3:       the haswell micro-kernel and packing kernels, MC 144: 1.043
+ *                      (0.96-1.23), measured as BLIS_ARCH_TYPE=zen3 on the same Intel CPU,
+ *                      not on an AMD one. Default.
+ *   baseline + penryn: 1.01, 0.90-1.10 (SSE2 8×4 kernel-bound at ~15 GFLOP/s; forward of
+ *                      4096 rows 0.90-0.97). Not faster: BLIS stays the default.
+ * Other kernel sets (a user's BLIS_ARCH_TYPE) were not measured and leave products to BLIS.
+ * PEFTCORE_GEMM=blis leaves whole products to bli_sgemm_ex, PEFTCORE_GEMM=packed forces this
+ * path; pc_set_gemm_path switches at run time (bench/gemm.py). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,15 +54,22 @@
 
 #include "../engine.h"
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
-enum { MR = 32, NR = 12 };
-
-static bool enabled = false;
-static cntx_t *context;
-static sgemm_ukr_ft micro_kernel;
-static int64_t block_m, block_k, block_n; /* MC, KC, NC */
+/* the kernel set BLIS runs, read from its context by pc_gemm_packed_init */
+static struct {
+    bool available; /* its micro-kernel can be fed from here */
+    bool enabled;   /* and products go through here */
+    cntx_t *context;
+    sgemm_ukr_ft kernel;
+    int mr, nr;        /* tile: the kernel computes C (mr×nr) at a time... */
+    bool prefers_rows; /* ...storing along C's rows (else along its columns) */
+    int64_t mc, kc, nc;
+} ukr;
 
 /* per thread: the packed A block (MC×KC) and B block (KC×NC), kept for the thread's life */
 typedef struct {
@@ -77,6 +113,25 @@ static pack_buffers *thread_buffers(size_t a_floats, size_t b_floats) {
     return buf;
 }
 
+/* ------------------------------------------------------------------ packing
+ *
+ * A micro-panel holds p[k·width + i] = s[i·rs + k·cs] for i < rows, k < kc, and 0 for
+ * rows <= i < width (width is MR or NR, rows <= width). Each instruction set supplies
+ *   copy_lanes(dst, src, rows, width): dst[i] = src[i] for i < rows, 0 up to width;
+ *   pack_across_k(p, width, rows, kc, s, rs): the panel when cs == 1 (k contiguous). */
+
+#if defined(__AVX512F__)
+
+static inline __mmask16 first_lanes(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+static inline void copy_lanes(float *dst, const float *src, int rows, int width) {
+    for (int i = 0; i < width; i += 16)
+        _mm512_mask_storeu_ps(dst + i, first_lanes(width - i),
+                              _mm512_maskz_loadu_ps(first_lanes(rows - i), src + i));
+}
+
 /* r[i] lane j -> r[j] lane i: a 16×16 transpose in registers */
 static inline void transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
@@ -104,89 +159,227 @@ static inline void transpose16(__m512 r[16]) {
     }
 }
 
-static inline __mmask16 first_lanes(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+/* 16 rows at a time (16 streams through memory rather than 32), 16 k at a time */
+static void pack_across_k(float *p, int width, int rows, int kc, const float *s, int64_t rs) {
+    const int k16 = kc / 16 * 16;
+    for (int h = 0; h < width; h += 16) {
+        const __mmask16 lanes = first_lanes(width - h);
+        const int live = rows - h < 16 ? rows - h : 16; /* rows < 0: none */
+        for (int k0 = 0; k0 < k16; k0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < live ? _mm512_loadu_ps(s + (int64_t)(h + i) * rs + k0)
+                                : _mm512_setzero_ps();
+            transpose16(r);
+            for (int kk = 0; kk < 16; kk++)
+                _mm512_mask_storeu_ps(p + (int64_t)(k0 + kk) * width + h, lanes, r[kk]);
+        }
+    }
+    for (int k = k16; k < kc; k++)
+        for (int i = 0; i < width; i++)
+            p[(int64_t)k * width + i] = i < rows ? s[(int64_t)i * rs + k] : 0.0f;
 }
 
-/* One micro-panel: p[k·width + i] = s[i·rs + k·cs] for i < rows, k < kc; lanes i >= rows
- * are zero (width is MR or NR, rows <= width). */
-static void pack_panel(float *p, int width, int rows, int kc, const float *s, int64_t rs,
-                       int64_t cs) {
-    if (rs == 1) { /* the panel's rows are contiguous at each k: copies */
-        const __mmask16 lo = first_lanes(rows), hi = first_lanes(rows - 16);
-        for (int k = 0; k < kc; k++) {
-            const float *src = s + (int64_t)k * cs;
-            if (width > 16) {
-                _mm512_storeu_ps(p + (int64_t)k * width, _mm512_maskz_loadu_ps(lo, src));
-                _mm512_storeu_ps(p + (int64_t)k * width + 16,
-                                 _mm512_maskz_loadu_ps(hi, src + 16));
-            } else {
-                _mm512_mask_storeu_ps(p + (int64_t)k * width, first_lanes(width),
-                                      _mm512_maskz_loadu_ps(lo, src));
-            }
-        }
-        return;
-    }
-    if (cs == 1) { /* k is contiguous in each row: 16×16 transposes, 16 rows at a time
-                    * (16 streams through memory rather than 32) */
-        const int k16 = kc / 16 * 16;
-        for (int h = 0; h * 16 < width; h++) {
-            const __mmask16 lanes = first_lanes(width - h * 16);
-            const int live = rows - h * 16 < 16 ? rows - h * 16 : 16; /* rows < 0: none */
-            for (int k0 = 0; k0 < k16; k0 += 16) {
-                __m512 r[16];
-                for (int i = 0; i < 16; i++)
-                    r[i] = i < live ? _mm512_loadu_ps(s + (int64_t)(h * 16 + i) * rs + k0)
-                                    : _mm512_setzero_ps();
-                transpose16(r);
-                for (int kk = 0; kk < 16; kk++)
-                    _mm512_mask_storeu_ps(p + (int64_t)(k0 + kk) * width + h * 16, lanes, r[kk]);
-            }
-        }
-        for (int k0 = k16; k0 < kc; k0++)
-            for (int i = 0; i < width; i++)
-                p[(int64_t)k0 * width + i] = i < rows ? s[(int64_t)i * rs + k0] : 0.0f;
-        return;
-    }
-    for (int k = 0; k < kc; k++)
-        for (int i = 0; i < width; i++)
-            p[(int64_t)k * width + i] = i < rows ? s[(int64_t)i * rs + (int64_t)k * cs] : 0.0f;
+#elif defined(__AVX2__)
+
+/* lanes [0, n) set, for maskload */
+static inline __m256i first_lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
+
+/* dst[0..n) = v's first n lanes, 1 <= n <= 8, in at most three plain stores (masked
+ * stores are slow on AMD) */
+static inline void store_lanes(float *dst, __m256 v, int n) {
+    if (n >= 8) {
+        _mm256_storeu_ps(dst, v);
+        return;
+    }
+    __m128 x = _mm256_castps256_ps128(v);
+    if (n >= 4) {
+        _mm_storeu_ps(dst, x);
+        x = _mm256_extractf128_ps(v, 1);
+        dst += 4;
+        n -= 4;
+    }
+    if (n >= 2) {
+        _mm_storel_pi((__m64 *)dst, x);
+        x = _mm_movehl_ps(x, x);
+        dst += 2;
+        n -= 2;
+    }
+    if (n) _mm_store_ss(dst, x);
+}
+
+static inline void copy_lanes(float *dst, const float *src, int rows, int width) {
+    for (int i = 0; i < width; i += 8) {
+        const __m256 v = rows - i >= 8 ? _mm256_loadu_ps(src + i)
+                                       : _mm256_maskload_ps(src + i, first_lanes(rows - i));
+        store_lanes(dst + i, v, width - i);
+    }
+}
+
+/* r[i] lane j -> r[j] lane i: an 8×8 transpose in registers */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int p = 0; p < 4; p++) { /* t0 = a0 b0 a1 b1 | a4 b4 a5 b5, t1 = a2 b2 a3 b3 | ... */
+        t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    for (int q = 0; q < 2; q++) { /* u0 = a0 b0 c0 d0 | a4 b4 c4 d4, u1 = a1 ... */
+        u[4 * q] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+        u[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+        u[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+        u[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) { /* rows a-d from u[c], e-h from u[4 + c] */
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+/* 8 rows at a time, 8 k at a time (a 6-wide panel: 6 rows and 2 zeros, stored 4 + 2) */
+static void pack_across_k(float *p, int width, int rows, int kc, const float *s, int64_t rs) {
+    const int k8 = kc / 8 * 8;
+    for (int h = 0; h < width; h += 8) {
+        const int lanes = width - h < 8 ? width - h : 8;
+        const int live = rows - h < 8 ? rows - h : 8; /* rows < 0: none */
+        for (int k0 = 0; k0 < k8; k0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = i < live ? _mm256_loadu_ps(s + (int64_t)(h + i) * rs + k0)
+                                : _mm256_setzero_ps();
+            transpose8(r);
+            for (int kk = 0; kk < 8; kk++)
+                store_lanes(p + (int64_t)(k0 + kk) * width + h, r[kk], lanes);
+        }
+    }
+    for (int k = k8; k < kc; k++)
+        for (int i = 0; i < width; i++)
+            p[(int64_t)k * width + i] = i < rows ? s[(int64_t)i * rs + k] : 0.0f;
+}
+
+#else /* baseline: SSE2 on x86-64, plain C elsewhere */
+
+static inline void copy_lanes(float *dst, const float *src, int rows, int width) {
+    int i = 0;
+    for (; i < rows; i++) dst[i] = src[i];
+    for (; i < width; i++) dst[i] = 0.0f;
+}
+
+#if defined(__SSE2__)
+/* r[i] lane j -> r[j] lane i: a 4×4 transpose in registers */
+static inline void transpose4(__m128 r[4]) {
+    const __m128 t0 = _mm_unpacklo_ps(r[0], r[1]), t1 = _mm_unpacklo_ps(r[2], r[3]); /* a0 b0 a1 b1 */
+    const __m128 t2 = _mm_unpackhi_ps(r[0], r[1]), t3 = _mm_unpackhi_ps(r[2], r[3]); /* a2 b2 a3 b3 */
+    r[0] = _mm_movelh_ps(t0, t1);
+    r[1] = _mm_movehl_ps(t1, t0);
+    r[2] = _mm_movelh_ps(t2, t3);
+    r[3] = _mm_movehl_ps(t3, t2);
+}
+#endif
+
+static void pack_across_k(float *p, int width, int rows, int kc, const float *s, int64_t rs) {
+    int k4 = 0;
+#if defined(__SSE2__)
+    if (width % 4 == 0) { /* penryn's 8 and 4 */
+        k4 = kc / 4 * 4;
+        for (int h = 0; h < width; h += 4) {
+            const int live = rows - h < 4 ? rows - h : 4;
+            for (int k0 = 0; k0 < k4; k0 += 4) {
+                __m128 r[4];
+                for (int i = 0; i < 4; i++)
+                    r[i] = i < live ? _mm_loadu_ps(s + (int64_t)(h + i) * rs + k0)
+                                    : _mm_setzero_ps();
+                transpose4(r);
+                for (int kk = 0; kk < 4; kk++) _mm_storeu_ps(p + (int64_t)(k0 + kk) * width + h, r[kk]);
+            }
+        }
+    }
+#endif
+    /* the rest in strips of 8 k: each row's 8 values from one cache line or two */
+    for (int k0 = k4; k0 < kc; k0 += 8) {
+        const int kn = kc - k0 < 8 ? kc - k0 : 8;
+        for (int i = 0; i < width; i++)
+            for (int k = k0; k < k0 + kn; k++)
+                p[(int64_t)k * width + i] = i < rows ? s[(int64_t)i * rs + k] : 0.0f;
+    }
+}
+
+#endif
+
+/* Rows [0, count) of an operand (row i at step k: s[i·rs + k·cs]) into micro-panels of
+ * `width` rows, panel q at p + q·ps. When the panels' rows are contiguous (rs == 1), each
+ * source row k is read once from end to end (a stream the hardware prefetches) and dealt
+ * out to the panels; width is a constant in each case of the switch below, so the copies
+ * unroll. */
+static inline __attribute__((always_inline)) void copy_block(float *p, int64_t ps, int width,
+                                                             int64_t count, int kc,
+                                                             const float *s, int64_t cs) {
+    const int64_t full = count / width * width;
+    for (int k = 0; k < kc; k++) {
+        const float *src = s + (int64_t)k * cs;
+        float *dst = p + (int64_t)k * width;
+        for (int64_t i = 0; i < full; i += width, dst += ps) copy_lanes(dst, src + i, width, width);
+        if (full < count) copy_lanes(dst, src + full, (int)(count - full), width);
+    }
+}
+
+static void pack_block(float *p, int64_t ps, int width, int64_t count, int kc, const float *s,
+                       int64_t rs, int64_t cs) {
+    if (rs == 1) {
+        switch (width) {
+#define WIDTH(w) case w: copy_block(p, ps, w, count, kc, s, cs); return;
+            WIDTH(4) WIDTH(6) WIDTH(8) WIDTH(12) WIDTH(16) WIDTH(32)
+#undef WIDTH
+            default: copy_block(p, ps, width, count, kc, s, cs); return;
+        }
+    }
+    for (int64_t i = 0; i < count; i += width, p += ps) {
+        const int rows = count - i < width ? (int)(count - i) : width;
+        if (cs == 1) { /* k is contiguous in each row: transposes */
+            pack_across_k(p, width, rows, kc, s + i * rs, rs);
+            continue;
+        }
+        for (int k = 0; k < kc; k++)
+            for (int r = 0; r < width; r++)
+                p[(int64_t)k * width + r] = r < rows ? s[(i + r) * rs + (int64_t)k * cs] : 0.0f;
+    }
+}
+
+/* ------------------------------------------------------------------ the loops */
 
 static inline int64_t round_to_line(int64_t floats) { return (floats + 15) / 16 * 16; }
 
-/* Column-major C' (m, n) (element (i, j) at c[i + j·ldc]) = alpha·A'·B' + beta·C' with
- * A'(i, k) = a[i·ars + k·acs] (m, k) and B'(k, j) = b[k·brs + j·bcs] (k, n). */
-static bool gemm_columns(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-                         int64_t ars, int64_t acs, const float *b, int64_t brs, int64_t bcs,
-                         float beta, float *c, int64_t ldc) {
-    const int64_t nc_max = n < block_n ? n : block_n, kc_max = k < block_k ? k : block_k;
-    const int64_t mc_max = m < block_m ? m : block_m;
-    /* floats per packed B micro-panel, rounded up so every panel starts on a cache line
-     * (an A panel, MR·kc floats, always does) */
-    const int64_t panel_b = round_to_line(NR * kc_max);
-    pack_buffers *buf = thread_buffers((size_t)((mc_max + MR - 1) / MR * MR * kc_max),
-                                       (size_t)((nc_max + NR - 1) / NR * panel_b));
+/* C'(m, n) (element (i, j) at c[i·rs_c + j·cs_c]) = alpha·A'·B' + beta·C' with
+ * A'(i, k) = a[i·ars + k·acs] (m, k) and B'(k, j) = b[k·brs + j·bcs] (k, n); A' is packed in
+ * MR-row panels, B' in NR-column panels. */
+static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                       int64_t ars, int64_t acs, const float *b, int64_t brs, int64_t bcs,
+                       float beta, float *c, int64_t rs_c, int64_t cs_c) {
+    const int MR = ukr.mr, NR = ukr.nr;
+    const int64_t MC = ukr.mc, KC = ukr.kc, NC = ukr.nc;
+    const int64_t nc_max = n < NC ? n : NC, kc_max = k < KC ? k : KC, mc_max = m < MC ? m : MC;
+    /* every panel starts on a cache line (the kernels load B, or A, with aligned loads);
+     * the slack past the last one covers a kernel reading a step ahead */
+    const int64_t slack = 2 * (int64_t)(MR > NR ? MR : NR) + 16;
+    pack_buffers *buf =
+        thread_buffers((size_t)((mc_max + MR - 1) / MR * round_to_line(MR * kc_max) + slack),
+                       (size_t)((nc_max + NR - 1) / NR * round_to_line(NR * kc_max) + slack));
     if (!buf) return false;
     auxinfo_t aux;
     memset(&aux, 0, sizeof aux);
     bli_auxinfo_set_schema_a(BLIS_PACKED_ROW_PANELS, &aux);
     bli_auxinfo_set_schema_b(BLIS_PACKED_COL_PANELS, &aux);
-    for (int64_t jc = 0; jc < n; jc += block_n) {
-        const int64_t nc = n - jc < block_n ? n - jc : block_n;
-        for (int64_t pc = 0; pc < k; pc += block_k) {
-            const int kc = (int)(k - pc < block_k ? k - pc : block_k);
+    for (int64_t jc = 0; jc < n; jc += NC) {
+        const int64_t nc = n - jc < NC ? n - jc : NC;
+        for (int64_t pc = 0; pc < k; pc += KC) {
+            const int kc = (int)(k - pc < KC ? k - pc : KC);
             const float beta_here = pc == 0 ? beta : 1.0f;
-            const int64_t ps_b = round_to_line((int64_t)NR * kc);
-            for (int64_t jr = 0; jr < nc; jr += NR)
-                pack_panel(buf->b + jr / NR * ps_b, NR, (int)(nc - jr < NR ? nc - jr : NR), kc,
-                           b + (jc + jr) * bcs + pc * brs, bcs, brs);
-            for (int64_t ic = 0; ic < m; ic += block_m) {
-                const int64_t mc = m - ic < block_m ? m - ic : block_m;
-                const int64_t ps_a = (int64_t)MR * kc;
-                for (int64_t ir = 0; ir < mc; ir += MR)
-                    pack_panel(buf->a + ir / MR * ps_a, MR, (int)(mc - ir < MR ? mc - ir : MR),
-                               kc, a + (ic + ir) * ars + pc * acs, ars, acs);
+            const int64_t ps_a = round_to_line((int64_t)MR * kc), ps_b = round_to_line((int64_t)NR * kc);
+            pack_block(buf->b, ps_b, NR, nc, kc, b + jc * bcs + pc * brs, bcs, brs);
+            for (int64_t ic = 0; ic < m; ic += MC) {
+                const int64_t mc = m - ic < MC ? m - ic : MC;
+                pack_block(buf->a, ps_a, MR, mc, kc, a + ic * ars + pc * acs, ars, acs);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     float *bp = buf->b + jr / NR * ps_b;
@@ -198,8 +391,9 @@ static bool gemm_columns(int64_t m, int64_t n, int64_t k, float alpha, const flo
                         bli_auxinfo_set_next_a(last_row ? buf->a : ap + ps_a, &aux);
                         bli_auxinfo_set_next_b(!last_row ? bp : jr + NR < nc ? bp + ps_b : buf->b,
                                                &aux);
-                        micro_kernel(mr, nr, kc, &alpha, ap, bp, (float *)&beta_here,
-                                     c + (ic + ir) + (jc + jr) * ldc, 1, ldc, &aux, context);
+                        ukr.kernel(mr, nr, kc, &alpha, ap, bp, (float *)&beta_here,
+                                   c + (ic + ir) * rs_c + (jc + jr) * cs_c, rs_c, cs_c, &aux,
+                                   ukr.context);
                     }
                 }
             }
@@ -208,47 +402,61 @@ static bool gemm_columns(int64_t m, int64_t n, int64_t k, float alpha, const flo
     return true;
 }
 
-void pc_gemm_packed_init(void) {
-    const char *choice = getenv("PEFTCORE_GEMM");
-    if (choice && strcmp(choice, "blis") == 0) return;
-    if (!__builtin_cpu_supports("avx512f") || strcmp(pc_blis_arch(), "skx") != 0) return;
-    context = bli_gks_query_cntx();
-    if (bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, context) != MR ||
-        bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, context) != NR ||
-        bli_cntx_l3_vir_ukr_prefers_rows_dt(BLIS_FLOAT, BLIS_GEMM_UKR, context))
-        return;
-    micro_kernel = (sgemm_ukr_ft)bli_cntx_get_l3_nat_ukr_dt(BLIS_FLOAT, BLIS_GEMM_UKR, context);
-    block_m = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MC, context) / MR * MR;
-    block_k = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, context);
-    block_n = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NC, context) / NR * NR;
-    if (!micro_kernel || block_m < MR || block_k < 1 || block_n < NR) return;
-    if (pthread_key_create(&buffers_key, free_buffers) != 0) return;
-    enabled = true;
-}
-
-bool pc_gemm_packed_enabled(void) { return enabled; }
-
-/* Row-major C (M, N) = alpha·op(A)·op(B) + beta·C, as the column-major product
- * Cᵀ = op(B)ᵀ·op(A)ᵀ, so the column-preferring kernel stores along C's rows. False (C
- * untouched) when disabled or out of memory. M, N, K >= 1. */
-bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc) {
-    if (!enabled) return false;
-    /* A'(i, k) = op(B)(k, i) and B'(k, j) = op(A)(j, k) */
-    const int64_t a_rs = trans_b ? ldb : 1, a_cs = trans_b ? 1 : ldb;
-    const int64_t b_rs = trans_a ? lda : 1, b_cs = trans_a ? 1 : lda;
-    return gemm_columns(N, M, K, alpha, B, a_rs, a_cs, A, b_rs, b_cs, beta, C, ldc);
-}
-
-#else /* no AVX-512 in this build: BLIS does everything */
-
-void pc_gemm_packed_init(void) {}
-bool pc_gemm_packed_enabled(void) { return false; }
-bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc) {
-    return false;
-}
-
+/* Whether our packing is the default for this build's instruction set and BLIS's kernel
+ * set: where it measured faster (the header comment). */
+static bool packed_by_default(const char *arch) {
+#if defined(__AVX512F__)
+    return strcmp(arch, "skx") == 0;
+#elif defined(__AVX2__)
+    return strcmp(arch, "haswell") == 0 || strcmp(arch, "zen3") == 0;
+#else
+    (void)arch;
+    return false; /* penryn: no faster than BLIS */
 #endif
+}
+
+void pc_gemm_packed_init(void) {
+    cntx_t *cntx = bli_gks_query_cntx();
+    const int64_t mr = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, cntx);
+    const int64_t nr = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, cntx);
+    sgemm_ukr_ft kernel = (sgemm_ukr_ft)bli_cntx_get_l3_nat_ukr_dt(BLIS_FLOAT, BLIS_GEMM_UKR, cntx);
+    if (!kernel || mr < 1 || mr > 64 || nr < 1 || nr > 64) return;
+    ukr.context = cntx;
+    ukr.kernel = kernel;
+    ukr.mr = (int)mr;
+    ukr.nr = (int)nr;
+    ukr.prefers_rows = bli_cntx_l3_nat_ukr_prefers_rows_dt(BLIS_FLOAT, BLIS_GEMM_UKR, cntx);
+    ukr.mc = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MC, cntx) / mr * mr;
+    ukr.kc = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cntx);
+    ukr.nc = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NC, cntx) / nr * nr;
+    if (ukr.mc < mr || ukr.kc < 1 || ukr.nc < nr) return;
+    if (pthread_key_create(&buffers_key, free_buffers) != 0) return;
+    ukr.available = true;
+    const char *choice = getenv("PEFTCORE_GEMM");
+    ukr.enabled = choice && strcmp(choice, "packed") == 0   ? true
+                  : choice && strcmp(choice, "blis") == 0 ? false
+                                                          : packed_by_default(pc_blis_arch());
+}
+
+bool pc_gemm_packed_enabled(void) { return ukr.enabled; }
+
+bool pc_gemm_packed_use(bool on) {
+    ukr.enabled = on && ukr.available;
+    return ukr.enabled == on;
+}
+
+/* Row-major C (M, N) = alpha·op(A)·op(B) + beta·C. A row-preferring kernel computes C as
+ * is; a column-preferring one computes the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so it too
+ * stores along C's rows. False (C untouched) when disabled or out of memory. M, N, K >= 1. */
+bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc) {
+    if (!ukr.enabled) return false;
+    /* op(A)(i, k) = A[i·a_rs + k·a_cs], op(B)(k, j) = B[k·b_rs + j·b_cs] */
+    const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
+    const int64_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
+    if (ukr.prefers_rows)
+        return gemm_tiles(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc, 1);
+    /* A'(i, k) = op(B)(k, i), B'(k, j) = op(A)(j, k), C'(i, j) = C(j, i) */
+    return gemm_tiles(N, M, K, alpha, B, b_cs, b_rs, A, a_cs, a_rs, beta, C, 1, ldc);
+}

@@ -614,6 +614,44 @@ fail:
 static PyObject *f_mse_forward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, false); }
 static PyObject *f_mse_backward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, true); }
 
+/* _gemm(a, b, c, trans_a, trans_b, alpha, beta): c = alpha·op(a)·op(b) + beta·c in place
+ * through pc_sgemm, for benchmarks and tests of the GEMM paths; every array 2-D, float32,
+ * C-contiguous (c writable), op(x) = x.T when trans_x. */
+static PyObject *f__gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *arr[3];
+    int ta, tb;
+    float alpha, beta;
+    if (!PyArg_ParseTuple(args, "O!O!O!ppff", &PyArray_Type, &arr[0], &PyArray_Type, &arr[1],
+                          &PyArray_Type, &arr[2], &ta, &tb, &alpha, &beta))
+        return NULL;
+    static const char *const names[3] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++)
+        if (PyArray_TYPE(arr[i]) != NPY_FLOAT32 || PyArray_NDIM(arr[i]) != 2 ||
+            !PyArray_IS_C_CONTIGUOUS(arr[i]) || (i == 2 && !PyArray_ISWRITEABLE(arr[i]))) {
+            PyErr_Format(PyExc_TypeError, "_gemm: %s must be a 2-D C-contiguous%s float32 array",
+                         names[i], i == 2 ? " writable" : "");
+            return NULL;
+        }
+    const npy_intp *da = PyArray_DIMS(arr[0]), *db = PyArray_DIMS(arr[1]), *dc = PyArray_DIMS(arr[2]);
+    const npy_intp M = ta ? da[1] : da[0], K = ta ? da[0] : da[1];
+    const npy_intp N = tb ? db[0] : db[1], Kb = tb ? db[1] : db[0];
+    if (Kb != K || dc[0] != M || dc[1] != N) {
+        PyErr_Format(PyExc_ValueError, "_gemm: op(a) is (%lld, %lld) and op(b) (%lld, %lld): "
+                     "they do not chain, or c is not (%lld, %lld)", (long long)M, (long long)K,
+                     (long long)Kb, (long long)N, (long long)M, (long long)N);
+        return NULL;
+    }
+    if (glue_check_int_range(M * N, "_gemm: size") < 0 || glue_check_int_range(M * K, "_gemm: size") < 0 ||
+        glue_check_int_range(K * N, "_gemm: size") < 0)
+        return NULL;
+    GLUE_COMPUTE_BEGIN
+    pc_sgemm(ta, tb, (int)M, (int)N, (int)K, alpha, glue_fp(arr[0]), (int)da[1], glue_fp(arr[1]),
+             (int)db[1], beta, glue_fp(arr[2]), (int)dc[1]);
+    GLUE_COMPUTE_END
+    Py_RETURN_NONE;
+}
+
 #define DEF(name, doc) {#name, (PyCFunction)f_##name, METH_VARARGS, doc}
 PyMethodDef glue_functional_methods[] = {
     DEF(linear_forward, "linear_forward(x, weight, bias=None) -> y"),
@@ -641,4 +679,5 @@ PyMethodDef glue_functional_methods[] = {
     DEF(cross_entropy_backward, "cross_entropy_backward(logits, target, ignore_index, dloss) -> dlogits"),
     DEF(mse_forward, "mse_forward(x, target) -> loss"),
     DEF(mse_backward, "mse_backward(x, target, dloss) -> dx"),
+    DEF(_gemm, "_gemm(a, b, c, trans_a, trans_b, alpha, beta): c = alpha op(a) op(b) + beta c"),
     {NULL, NULL, 0, NULL}};

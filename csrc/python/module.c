@@ -2,6 +2,13 @@
 #define PEFTCORE_GLUE_MAIN
 #include "glue.h"
 
+static const char *gemm_description(void) {
+    const char *path = pc_gemm_path();
+    return strcmp(path, "packed") == 0     ? "peftcore packing + BLIS micro-kernel"
+           : strcmp(path, "blis-sup") == 0 ? "BLIS (small-matrix path on)"
+                                           : "BLIS";
+}
+
 static PyObject *backend_info(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     (void)self;
     return Py_BuildValue("{s:s,s:s,s:i,s:s,s:O,s:s,s:s,s:s,s:s,s:s,s:s}", "blis_arch",
@@ -9,8 +16,7 @@ static PyObject *backend_info(PyObject *self, PyObject *Py_UNUSED(ignored)) {
                          pc_get_num_threads(), "simd", pc_cpu_simd(), "blis_arch_from_env",
                          pc_blis_arch_from_env() ? Py_True : Py_False, "blis_arch_note",
                          pc_blis_arch_note(), "fork_note", pc_fork_note(), "gemm",
-                         pc_gemm_packed_enabled() ? "peftcore packing + BLIS micro-kernel"
-                                                  : "BLIS",
+                         gemm_description(),
                          "isa", pc_isa_name(pc_isa_active()), "isa_available",
                          pc_isa_available(), "isa_note", pc_isa_note());
 }
@@ -50,6 +56,22 @@ static PyObject *after_fork_in_child(PyObject *self, PyObject *Py_UNUSED(ignored
     Py_RETURN_NONE;
 }
 
+static PyObject *set_gemm_path(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    glue_engine_lock(); /* not while a product runs */
+    const char *before = pc_gemm_path();
+    bool ok = pc_set_gemm_path(name);
+    glue_engine_unlock();
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "_set_gemm_path: expected 'packed' (where BLIS's kernel "
+                     "set allows it), 'blis' or 'blis-sup', got '%s'", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(before);
+}
+
 static PyObject *get_num_threads(PyObject *self, PyObject *Py_UNUSED(ignored)) {
     (void)self;
     return PyLong_FromLong(pc_get_num_threads());
@@ -59,6 +81,8 @@ static PyMethodDef runtime_methods[] = {
     {"backend_info", backend_info, METH_NOARGS, "BLIS kernel set, version, threads, SIMD."},
     {"set_num_threads", set_num_threads, METH_O, "Threads for BLIS and the engine's kernels."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Current thread count."},
+    {"_set_gemm_path", set_gemm_path, METH_O,
+     "Who computes products: 'packed', 'blis' or 'blis-sup' (benchmarks); returns the previous."},
     {"_before_fork", before_fork, METH_NOARGS, "Take the engine lock for a fork."},
     {"_after_fork_in_parent", after_fork_in_parent, METH_NOARGS, "Release it after the fork."},
     {"_after_fork_in_child", after_fork_in_child, METH_NOARGS, "A new engine lock in the child."},

@@ -529,12 +529,16 @@ static void check_rounding(const char *what, const float *got, const double *ref
 
 /* pc_sgemm_packed against a double-precision reference: every transpose case, padded
  * leading dimensions, alpha and beta (beta = 0 must overwrite a NaN-filled C), shapes on
- * both sides of the kernel's MR = 32 / NR = 12 and of BLIS's KC = 384 and MC = 480 blocks.
- * Where the packed path is not available it must say so and leave C alone. */
+ * both sides of the kernels' MR / NR (skx 32 / 12, haswell 6 / 16, penryn 8 / 4) and of
+ * BLIS's KC and MC blocks (skx 384 and 480, haswell 256 and 168), whether or not the packed
+ * path is the default. Where it is not available it must say so and leave C alone. */
 static void test_sgemm_packed(void) {
+    const char *before = pc_gemm_path();
+    const bool available = pc_set_gemm_path("packed");
     static const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {32, 12, 16}, {33, 13, 17},
                                     {31, 11, 383}, {64, 24, 385}, {481, 25, 40},
-                                    {100, 700, 769}, {7, 3100, 20}, {129, 384, 1536}};
+                                    {100, 700, 769}, {7, 3100, 20}, {129, 384, 1536},
+                                    {6, 16, 256}, {169, 17, 257}, {3, 4097, 5}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int trans = 0; trans < 4; trans++) {
             const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -565,7 +569,7 @@ static void test_sgemm_packed(void) {
             char name[128];
             snprintf(name, sizeof name, "sgemm_packed %dx%dx%d trans_a=%d trans_b=%d beta=%g",
                      M, N, K, ta, tb, beta);
-            if (pc_gemm_packed_enabled()) {
+            if (available) {
                 bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
                 check_true(name, done);
                 check_rounding(name, C, ref, scale, (size_t)M * ldc);
@@ -578,7 +582,125 @@ static void test_sgemm_packed(void) {
             }
             pc_free(A); pc_free(B); pc_free(C); free(ref); free(scale);
         }
-    printf("      packed GEMM %s\n", pc_gemm_packed_enabled() ? "on" : "off (BLIS only)");
+    pc_set_gemm_path(before);
+    printf("      packed GEMM %s, %s by default\n", available ? "available" : "unavailable",
+           pc_gemm_packed_enabled() ? "on" : "off");
+}
+
+/* A product's bits do not depend on how it is split: C (M, N) = alpha·op(A)·op(B) + beta·C
+ * computed in blocks of s rows (of op(A) and C) or of s columns (of op(B) and C), for block
+ * sizes around the kernels' tiles (MR = 6 or 8 or 32, NR = 4, 12 or 16), equals the whole
+ * product bit for bit, and so does pc_sgemm on 2 threads; the whole product is within
+ * 1e-5 of a double-precision reference, relative to the sum of its terms' magnitudes. Run
+ * through every path this kernel set has (packed and BLIS), whichever is the default.
+ * beta = 0 must overwrite a NaN-filled C; beta = 1 adds to it. */
+/* one path, one beta: whole against the reference (sum, mag: the sum of op(A)·op(B)'s terms
+ * and of their magnitudes), then in blocks */
+static void sgemm_blocks_case(const char *path, int M, int N, int K, bool ta, bool tb,
+                              float beta, const float *A, int lda, const float *B, int ldb,
+                              const float *C0, int ldc, const double *sum, const double *mag) {
+    static const int block_sizes[] = {1, 5, 6, 7, 31, 33};
+    const float alpha = beta == 0.0f ? -0.75f : 1.0f;
+    const size_t bytes = (size_t)M * ldc * sizeof(float);
+    float *whole = pc_alloc(bytes), *part = pc_alloc(bytes), *start = pc_alloc(bytes);
+    memcpy(start, C0, bytes);
+    if (beta == 0.0f)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) start[(int64_t)i * ldc + j] = NAN;
+    memcpy(whole, start, bytes);
+    pc_sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, whole, ldc);
+
+    size_t bad = 0;
+    double worst = 0;
+    for (int64_t e = 0; e < (int64_t)M * ldc; e++) {
+        const double old = C0[e];
+        const bool inside = e % ldc < N;
+        const double ref = inside ? alpha * sum[e] + beta * old : start[e];
+        const double err = fabs(whole[e] - ref) /
+                           (inside ? fabs(alpha) * mag[e] + fabs(beta * old) + 1e-30 : 1.0);
+        if (!(err <= 1e-5) && !(!inside && isnan(whole[e]) && isnan(ref))) bad++;
+        if (!(err <= worst)) worst = err;
+    }
+    char name[160], what[256];
+    snprintf(name, sizeof name, "sgemm [%s] %dx%dx%d trans_a=%d trans_b=%d beta=%g", path, M, N,
+             K, ta, tb, beta);
+    snprintf(what, sizeof what, "%s: within 1e-5 of double (worst %.2g)", name, worst);
+    check_true(what, bad == 0);
+
+    bool rows_same = true, cols_same = true;
+    for (size_t b = 0; b < sizeof block_sizes / sizeof block_sizes[0]; b++) {
+        const int s = block_sizes[b];
+        memcpy(part, start, bytes);
+        for (int i0 = 0; i0 < M; i0 += s) {
+            const int m = M - i0 < s ? M - i0 : s;
+            pc_sgemm_serial(ta, tb, m, N, K, alpha, ta ? A + i0 : A + (int64_t)i0 * lda, lda, B,
+                            ldb, beta, part + (int64_t)i0 * ldc, ldc);
+        }
+        rows_same = rows_same && memcmp(part, whole, bytes) == 0;
+        memcpy(part, start, bytes);
+        for (int j0 = 0; j0 < N; j0 += s) {
+            const int n = N - j0 < s ? N - j0 : s;
+            pc_sgemm_serial(ta, tb, M, n, K, alpha, A, lda, tb ? B + (int64_t)j0 * ldb : B + j0,
+                            ldb, beta, part + j0, ldc);
+        }
+        cols_same = cols_same && memcmp(part, whole, bytes) == 0;
+    }
+    snprintf(what, sizeof what, "%s: in blocks of 1, 5, 6, 7, 31, 33 rows, same bits", name);
+    check_true(what, rows_same);
+    snprintf(what, sizeof what, "%s: in blocks of 1, 5, 6, 7, 31, 33 columns, same bits", name);
+    check_true(what, cols_same);
+    /* threads split the big ones (above pc_sgemm's serial cut-off) */
+    if ((int64_t)M * N * K >= ((int64_t)1 << 21)) {
+        const int before = pc_get_num_threads();
+        pc_set_num_threads(2);
+        memcpy(part, start, bytes);
+        pc_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, part, ldc);
+        pc_set_num_threads(before);
+        snprintf(what, sizeof what, "%s: on 2 threads, same bits", name);
+        check_true(what, memcmp(part, whole, bytes) == 0);
+    }
+    pc_free(whole); pc_free(part); pc_free(start);
+}
+
+static void test_sgemm_blocks(void) {
+    static const int shapes[][3] = {{1, 1, 1},      {1, 1000, 3},    {3, 17, 1000},
+                                    {17, 257, 1},   {257, 3, 17},    {1000, 17, 257},
+                                    {257, 1000, 3}, {17, 1000, 257}, {257, 17, 1000},
+                                    {17, 257, 1000}};
+    static const char *const paths[2] = {"packed", "blis"};
+    const char *before = pc_gemm_path();
+    bool have[2];
+    for (int p = 0; p < 2; p++)
+        if (!(have[p] = pc_set_gemm_path(paths[p])))
+            printf("      sgemm blocks: no %s path for BLIS's %s kernels\n", paths[p], pc_blis_arch());
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int trans = 0; trans < 4; trans++) {
+            const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            const bool ta = trans & 1, tb = trans & 2;
+            const int lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 2, ldc = N + 3;
+            float *A = frand((size_t)(ta ? K : M) * lda, 1), *B = frand((size_t)(tb ? N : K) * ldb, 1);
+            float *C0 = frand((size_t)M * ldc, 1);
+            double *sum = dzeros((size_t)M * ldc), *mag = dzeros((size_t)M * ldc);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++)
+                    for (int k = 0; k < K; k++) {
+                        const double t =
+                            (double)(ta ? A[(int64_t)k * lda + i] : A[(int64_t)i * lda + k]) *
+                            (tb ? B[(int64_t)j * ldb + k] : B[(int64_t)k * ldb + j]);
+                        sum[(int64_t)i * ldc + j] += t;
+                        mag[(int64_t)i * ldc + j] += fabs(t);
+                    }
+            for (int p = 0; p < 2; p++) {
+                if (!have[p]) continue;
+                pc_set_gemm_path(paths[p]);
+                for (int beta = 0; beta < 2; beta++)
+                    sgemm_blocks_case(paths[p], M, N, K, ta, tb, (float)beta, A, lda, B, ldb,
+                                      C0, ldc, sum, mag);
+            }
+            pc_free(A); pc_free(B); pc_free(C0); free(sum); free(mag);
+        }
+    pc_set_gemm_path(before);
+    printf("      GEMM path by default: %s\n", before);
 }
 
 /* ------------------------------------------------------------------ runtime */
@@ -642,6 +764,7 @@ int main(void) {
     test_runtime();
     test_tensor_shapes();
     test_sgemm_packed();
+    test_sgemm_blocks();
 
     static const int lin[][3] = {{1, 1, 1}, {3, 5, 7}, {91, 17, 5}, {1, 64, 65}, {33, 70, 19}};
     for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++)
