@@ -92,7 +92,7 @@ def test_blis_arch_not_generic_on_simd_cpu():
     flags = cpu_flags()
     if not ({"avx512f", "avx2"} & flags):
         pytest.skip("CPU has neither avx512f nor avx2")
-    info = _run_backend_info({"BLIS_ARCH_TYPE": None})
+    info = _run_backend_info({"BLIS_ARCH_TYPE": None, "PEFTCORE_ISA": None})
     assert info["blis_arch_from_env"] is False
     assert info["blis_arch"] != "generic"
     if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags:
