@@ -463,8 +463,13 @@ static PyObject *f_attention_forward(PyObject *self, PyObject *args) {
                               glue_fp(k), glue_fp(v), m ? glue_fp(m) : NULL, &dims, (float)p, seed);
     GLUE_COMPUTE_END
     if (rc < 0) {
-        PyErr_SetString(PyExc_MemoryError, "attention: out of memory for its per-thread "
-                        "scratch (one (query, key) score row per thread)");
+        /* per thread: Kᵀ and the mask's bias row, the probabilities when they are not kept,
+         * and with dropout the dropped ones (as pc_attention_forward allocates) */
+        const long long pair = (long long)dims.Tq * dims.Tk;
+        const long long floats = (long long)(dims.D + 1) * dims.Tk + (probs ? 0 : pair) +
+                                 (p > 0 ? pair : 0);
+        PyErr_Format(PyExc_MemoryError, "attention: out of memory for its per-thread scratch "
+                     "(%lld bytes per thread)", floats * 4);
         goto fail;
     }
     result = Py_BuildValue("(OO)", out, probs ? (PyObject *)probs : Py_None);
@@ -510,8 +515,12 @@ static PyObject *f_attention_backward(PyObject *self, PyObject *args) {
                                (float)p, seed);
     GLUE_COMPUTE_END
     if (rc < 0) {
-        PyErr_SetString(PyExc_MemoryError, "attention backward: out of memory for per-thread "
-                        "scratch");
+        /* per thread: dS, Vᵀ and, with dropout, the dropped probabilities and their mask */
+        const long long pair = (long long)dims.Tq * dims.Tk;
+        const long long floats = pair + (long long)dims.D * dims.Tk +
+                                 (p > 0 ? pair + (pair + 3) / 4 : 0);
+        PyErr_Format(PyExc_MemoryError, "attention backward: out of memory for its per-thread "
+                     "scratch (%lld bytes per thread)", floats * 4);
         goto fail;
     }
     result = Py_BuildValue("(OOO)", dq, dk, dv);
