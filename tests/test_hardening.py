@@ -2,6 +2,7 @@
 reachable from Python crashes the interpreter. Each test here failed before its fix. Cases
 that used to segfault run in a child interpreter, so a regression fails the test instead of
 killing the suite."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -468,3 +469,44 @@ def test_a_refused_adapter_call_leaves_the_forward_usable():
         pm.add_adapter("x", peftcore.LoraConfig(r=2, target_modules=["nothing"]))
     pm.backward()  # the forward still stands
     assert pm.base_model.model.bert.encoder.layer[0].attention.self.query.lora_A["default"].weight.grad is not None
+
+
+def test_construction_and_backward_out_of_memory_say_how_much():
+    out = run_child("""
+        import resource, numpy as np, peftcore
+        vm = int(open("/proc/self/statm").read().split()[0]) * 4096
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
+        try:
+            peftcore.AutoModel.from_config(dict(model_type="bert", vocab_size=20_000_000,
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=16))
+        except MemoryError as e:
+            print("MemoryError:", e)
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        CFG = dict(model_type="bert", vocab_size=1_500_000, hidden_size=32, num_hidden_layers=1,
+                   num_attention_heads=4, intermediate_size=64, max_position_embeddings=16)
+        m = peftcore.AutoModel.from_config(CFG, seed=0).train()
+        ids = np.ones((2, 4), np.int64)
+        out = m(ids)
+        vm = int(open("/proc/self/statm").read().split()[0]) * 4096
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (100 << 20), resource.RLIM_INFINITY))
+        try:
+            m.backward(grad_last_hidden_state=np.ones((2, 4, 32), np.float32))
+        except MemoryError as e:
+            print("MemoryError:", e)
+    """)
+    # parameters: (vocab + positions + token types + 2) x hidden, one layer, the pooler
+    h, i = 32, 64
+    params = (20_000_000 + 16 + 2 + 2) * h + (4 * h * h + 2 * h * i + 9 * h + i) + h * h + h
+    assert ("Encoder: out of memory for the parameters of a model with vocab_size=20000000, "
+            f"hidden_size=32, num_hidden_layers=1, intermediate_size=64 (about {4 * params} "
+            "bytes)") in out, out
+    # the gradients the backward had not allocated when it ran out: at least the word
+    # embeddings' (1.5M x 32), at most every parameter's
+    n = sum(int(np.prod(p.shape)) for _, p in peftcore.AutoModel.from_config(dict(
+        model_type="bert", vocab_size=1_500_000, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=16)
+    ).named_parameters())
+    m = re.search(r"backward of a \(2, 4\) batch: out of memory for its scratch or the "
+                  r"trainable parameters' gradients \((\d+) bytes not yet allocated\)", out)
+    assert m and 4 * 1_500_000 * 32 <= int(m.group(1)) <= 4 * n, out

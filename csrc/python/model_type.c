@@ -74,11 +74,17 @@ static int encoder_init(PcEncoderObject *self, PyObject *args, PyObject *kwds) {
     const char *err = NULL;
     pc_encoder *enc = pc_encoder_new(&c, &err);
     if (!enc) {
-        if (err && strcmp(err, "out of memory") == 0)
+        if (err && strcmp(err, "out of memory") == 0) {
+            /* embeddings, per layer four projections, the FFN and two LayerNorms, pooler */
+            const long long h = c.hidden, i = c.intermediate;
+            const long long floats =
+                ((long long)c.vocab_size + c.max_positions + c.type_vocab_size + 2) * h +
+                (long long)c.layers * (4 * h * h + 2 * h * i + 9 * h + i) + h * h + h;
             PyErr_Format(PyExc_MemoryError, "Encoder: out of memory for the parameters of a "
                          "model with vocab_size=%d, hidden_size=%d, num_hidden_layers=%d, "
-                         "intermediate_size=%d", c.vocab_size, c.hidden, c.layers,
-                         c.intermediate);
+                         "intermediate_size=%d (about %lld bytes)", c.vocab_size, c.hidden,
+                         c.layers, c.intermediate, floats * 4);
+        }
         else PyErr_Format(PyExc_ValueError, "invalid encoder config: %s", err);
         return -1;
     }
@@ -400,8 +406,15 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
     }
     Py_DECREF(g);
     if (rc == -1) {
-        PyErr_Format(PyExc_MemoryError, "backward of a (%d, %d) batch: out of memory for "
-                     "gradient scratch", B, T);
+        /* what the backward allocates on first use: the trainable parameters' gradients */
+        long long grad_bytes = 0;
+        for (int i = 0; i < pc_encoder_num_params(self->enc); i++) {
+            const pc_tensor *t = pc_encoder_param(self->enc, i, NULL, NULL);
+            if (t && t->requires_grad && !t->grad) grad_bytes += (long long)t->numel * 4;
+        }
+        PyErr_Format(PyExc_MemoryError, "backward of a (%d, %d) batch: out of memory for its "
+                     "scratch or the trainable parameters' gradients (%lld bytes not yet "
+                     "allocated)", B, T, grad_bytes);
         return NULL;
     }
     if (rc == -2) {
