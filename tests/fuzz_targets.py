@@ -216,8 +216,11 @@ def fuzz_config_json(changes, build):
     config = _expect(ValueError, peftcore.EncoderConfig.from_pretrained, folder)
     if config is None or not build:
         return
-    weights = config.vocab_size * config.hidden_size + config.num_hidden_layers * (
-        4 * config.hidden_size ** 2 + 2 * config.hidden_size * config.intermediate_size)
+    # build only small models (a drawn num_labels or type_vocab_size of millions would fill
+    # the child's 1 GiB address space with a legitimate allocation)
+    weights = (config.vocab_size + config.type_vocab_size + config.num_labels) * \
+        config.hidden_size + config.num_hidden_layers * (
+            4 * config.hidden_size ** 2 + 2 * config.hidden_size * config.intermediate_size)
     if weights < 200_000 and config.max_position_embeddings * config.hidden_size < 200_000:
         model = peftcore.AutoModelForSequenceClassification.from_config(config)
         offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
