@@ -301,8 +301,14 @@ def fuzz_tensor(array, how, zeros_shape):
         assert view.flags.writeable == a.flags.writeable
         assert memoryview(t).readonly == (not a.flags.writeable)
         if a.dtype == np.float32:
-            if _expect(ValueError, setattr, t, "requires_grad", True) is None and not t.requires_grad:
-                pass
+            # requires_grad is refused exactly for read-only memory (the optimizer would
+            # write into it), and a refusal leaves the flag unset
+            try:
+                t.requires_grad = True
+                refused = False
+            except ValueError:
+                refused = True
+            assert refused == (not a.flags.writeable) and t.requires_grad == (not refused)
             t.grad = np.ones(a.shape, np.float32)
             assert np.array_equal(t.grad, np.ones(a.shape, np.float32))
         repr(t)
