@@ -118,10 +118,11 @@ class LoraLinear(Module):
         """Tell the engine which low-rank path to run: none when disabled or merged."""
         a = self.active_adapter
         if a is None or self.disabled or a in self.merged_adapters or a not in self.r:
-            self._engine.set_lora(self.index, None, None, 0.0, 0.0)
+            self._engine.set_adapters(self.index, [])
             return
         A, B = self.weights(a)
-        self._engine.set_lora(self.index, A.tensor, B.tensor, self.scaling[a], self.dropout_p[a])
+        self._engine.set_adapters(self.index, [("lora", "out", (A.tensor, B.tensor),
+                                                self.scaling[a], self.dropout_p[a])])
 
     # rows of W updated per block by merge/unmerge: the float64 temporaries are a few
     # (32, in) blocks instead of several whole (out, in) copies
