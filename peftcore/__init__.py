@@ -72,5 +72,5 @@ from .grad_mode import is_grad_enabled, no_grad  # noqa: E402
 from .config import PeftConfig, PeftType, TaskType  # noqa: E402
 from .optim import clip_grad_norm_  # noqa: E402
 from .peft_model import PeftModel, PeftModelForSequenceClassification, get_peft_model  # noqa: E402
-from .tuners.lora.config import LoraConfig  # noqa: E402
+from .tuners import LoraConfig  # noqa: E402
 from .utils.random import manual_seed  # noqa: E402

@@ -1,5 +1,9 @@
-"""Adapter methods. Importing this package registers every built-in config class."""
+"""Adapter methods. Importing this package registers each one: PeftType -> (config, tuner)."""
 
-from .lora import LoraConfig
+from ..config import PeftType
+from .lora import LoraConfig, LoraModel
+from .registry import register
+
+register(PeftType.LORA, LoraConfig, LoraModel)
 
 __all__ = ["LoraConfig"]
