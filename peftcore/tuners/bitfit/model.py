@@ -59,6 +59,7 @@ class BitFitBias(BaseTunerLayer):
             self.values[self.live] = np.array(self.bias, copy=True)
         self.bias[...] = self.original if wanted is None else self.values[wanted]
         self.bias.grad = None  # a gradient of one adapter's values is no step for another's
+        self.bias.requires_grad = False  # until the tuner marks the running adapter's
         self.live = wanted
 
     def merge(self, adapter: str):
