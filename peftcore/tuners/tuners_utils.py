@@ -411,12 +411,19 @@ class BaseTuner(Module):
         self.peft_config: dict = {}
         self.active_adapter = adapter_name
         self.disabled = False
+        flags = [(p, p.requires_grad) for _, p in model.named_parameters()]
         with model._changing("get_peft_model"):
             model.adapter_owner = self
-            for _, p in model.named_parameters():
-                p.requires_grad = False
-            self.inject_adapter(adapter_name, plan)
-            self.set_adapter(adapter_name)
+            try:
+                for p, _ in flags:
+                    p.requires_grad = False
+                self.inject_adapter(adapter_name, plan)
+                self.set_adapter(adapter_name)
+            except BaseException:  # the engine refused: leave the model as it was
+                self.unload(merge=False)
+                for p, flag in flags:
+                    p.requires_grad = flag
+                raise
 
     # ------------------------------------------------------------ planning
 
