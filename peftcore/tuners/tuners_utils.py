@@ -213,18 +213,7 @@ def replace_module(root: Module, name: str, new: Module):
 def set_linear_adapters(engine, index: int, entries: list):
     """Give the engine the adapters of linear `index`: a list of
     (method, site, tensors, scale, dropout), applied in order; [] for none."""
-    if hasattr(engine, "set_adapters"):
-        engine.set_adapters(index, entries)
-        return
-    # an engine from before set_adapters: LoRA alone, through set_lora
-    if not entries:
-        engine.set_lora(index, None, None, 0.0, 0.0)
-        return
-    (method, site, tensors, scale, dropout), = entries
-    if method != "lora":
-        raise NotImplementedError(f"this build of the engine has no set_adapters(), so it "
-                                  f"cannot run {method!r} adapters; rebuild peftcore")
-    engine.set_lora(index, tensors[0], tensors[1], scale, dropout)
+    engine.set_adapters(index, entries)
 
 
 def all_or_irregular(flags):
