@@ -224,7 +224,7 @@ def test_removing_block_adapters_restores_the_bare_model_bitwise():
 
 @pytest.mark.parametrize("entry, error, message", [
     (("bottleneck", {"down_weight": None}, {}), ValueError, "needs tensor 'down_weight'"),
-    (("lora", {}, {}), ValueError, "not an adapter method that acts at a block"),
+    (("lora", {}, {}), ValueError, "not an adapter method that acts at the attention site"),
     (("bottleneck", {"down": None}, {}), ValueError, "unknown tensor 'down'"),
     (("bottleneck", {}, {"non_linearity": "softsign"}), ValueError,
      "option non_linearity cannot be 'softsign'"),

@@ -7,9 +7,11 @@
 #include "adapter.h"
 
 /* every method: one line each (the tables live in the methods' own files) */
-extern const pc_adapter_method pc_lora_method, pc_ia3_method, pc_bottleneck_method;
+extern const pc_adapter_method pc_lora_method, pc_ia3_method, pc_bottleneck_method,
+    pc_prefix_method, pc_prompt_method;
 static const pc_adapter_method *const methods[] = {&pc_lora_method, &pc_ia3_method,
-                                                   &pc_bottleneck_method};
+                                                   &pc_bottleneck_method, &pc_prefix_method,
+                                                   &pc_prompt_method};
 
 const pc_adapter_method *pc_adapter_method_find(const char *name) {
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
@@ -18,8 +20,9 @@ const pc_adapter_method *pc_adapter_method_find(const char *name) {
 }
 
 static const char *site_name(pc_site_kind site) {
-    return site == PC_SITE_LINEAR_IN ? "in" : site == PC_SITE_LINEAR_OUT ? "out"
-         : site == PC_SITE_BLOCK ? "block" : "?";
+    static const char *const names[] = {"linear input", "linear output", "block", "kv",
+                                        "embeddings"};
+    return (unsigned)site <= PC_SITE_EMBEDDINGS ? names[site] : "?";
 }
 
 static void unknown_method(const char *method, char *err, size_t errlen) {
@@ -40,7 +43,7 @@ pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *con
     }
     if ((unsigned)site >= PC_LINEAR_SITES || !(m->sites & (1u << site))) {
         snprintf(err, errlen, "adapter method '%s' cannot act at a linear's %s site", method,
-                 site_name(site));
+                 site == PC_SITE_LINEAR_IN ? "in" : site == PC_SITE_LINEAR_OUT ? "out" : "?");
         return NULL;
     }
     if (n != m->num_tensors) {
@@ -70,15 +73,16 @@ pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *con
     return a;
 }
 
-pc_adapter *pc_block_adapter_new(const char *method, pc_tensor *const *t, const float *opt,
-                                 int C, char *err, size_t errlen) {
+pc_adapter *pc_site_adapter_new(const char *method, pc_site_kind site, pc_tensor *const *t,
+                                const float *opt, int C, char *err, size_t errlen) {
     const pc_adapter_method *m = pc_adapter_method_find(method);
     if (!m) {
         unknown_method(method, err, errlen);
         return NULL;
     }
-    if (!(m->sites & (1u << PC_SITE_BLOCK))) {
-        snprintf(err, errlen, "adapter method '%s' cannot act at a block", method);
+    if (site < PC_SITE_BLOCK || site > PC_SITE_EMBEDDINGS || !(m->sites & (1u << site))) {
+        snprintf(err, errlen, "adapter method '%s' cannot act at the %s site", method,
+                 site_name(site));
         return NULL;
     }
     for (int i = 0; i < m->num_tensors; i++) {
@@ -100,7 +104,7 @@ pc_adapter *pc_block_adapter_new(const char *method, pc_tensor *const *t, const 
         return NULL;
     }
     a->method = m;
-    a->site = PC_SITE_BLOCK;
+    a->site = site;
     for (int i = 0; i < m->num_tensors; i++) {
         a->t[i] = t[i];
         if (t[i]) pc_tensor_retain(t[i]);

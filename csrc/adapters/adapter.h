@@ -21,6 +21,13 @@
  *                       it likes: before, after or instead of the residual and LayerNorm
  *                       (bottleneck adapters, as Houlsby's and Pfeiffer's placements).
  *
+ * Sites of attention and embeddings:
+ *   PC_SITE_KV          extra key/value rows in one layer's attention: P rows before each
+ *                       sequence's keys and values, which every query sees (prefix tuning).
+ *   PC_SITE_EMBEDDINGS  the word-embedding rows of the input, before position and token-type
+ *                       embeddings are added (prompt tuning replaces the first P rows of
+ *                       each sequence by virtual tokens).
+ *
  * Activations: an adapter saves what its backward needs in a buffer the site owns for it,
  * saved_per_row floats per row of the batch (grown, never shrunk, freed with the encoder's
  * activations); the rows of a forward split among workers are disjoint parts of it.
@@ -37,6 +44,8 @@ typedef enum {
     PC_SITE_LINEAR_OUT = 1,
     PC_LINEAR_SITES = 2,
     PC_SITE_BLOCK = 2,
+    PC_SITE_KV = 3,
+    PC_SITE_EMBEDDINGS = 4,
 } pc_site_kind;
 
 typedef enum { PC_BLOCK_ATTENTION = 0, PC_BLOCK_FFN = 1, PC_BLOCKS = 2 } pc_block_kind;
@@ -122,6 +131,17 @@ typedef struct {
     int (*block_backward)(const pc_adapter *a, const pc_block_call *c, float *dh, float *dx,
                           const float *dout, const float *h, const float *x,
                           const float *saved);
+
+    /* KV site: P, the rows it adds; k, v (P,C) row stride ld ← its keys and values (the
+     * same for every sequence); backward: dk, dv, their gradients summed over the batch */
+    int (*kv_rows)(const pc_adapter *a);
+    void (*kv_forward)(const pc_adapter *a, float *k, float *v, int ld);
+    int (*kv_backward)(const pc_adapter *a, const float *dk, const float *dv, int ld);
+
+    /* Embeddings site: rows (B·T, C) of word embeddings, B sequences of T, changed in place;
+     * backward: d (B·T, C), their gradient, becomes in place that of the rows before */
+    void (*emb_forward)(const pc_adapter *a, float *rows, int B, int T);
+    int (*emb_backward)(const pc_adapter *a, float *d, int B, int T);
 } pc_adapter_method;
 
 struct pc_adapter {
@@ -140,10 +160,10 @@ const pc_adapter_method *pc_adapter_method_find(const char *name);
 pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *const *t, int n,
                            float scale, float dropout, int in, int out, char *err,
                            size_t errlen);
-/* A block-site adapter: t and opt in the method's tensor_names / option_names orders,
- * for hidden size C. NULL with a message in err when they do not fit. */
-pc_adapter *pc_block_adapter_new(const char *method, pc_tensor *const *t, const float *opt,
-                                 int C, char *err, size_t errlen);
+/* An adapter at a block, KV or embeddings site: t and opt in the method's tensor_names /
+ * option_names orders, for hidden size C. NULL with a message in err when they do not fit. */
+pc_adapter *pc_site_adapter_new(const char *method, pc_site_kind site, pc_tensor *const *t,
+                                const float *opt, int C, char *err, size_t errlen);
 void pc_adapter_free(pc_adapter *a);
 bool pc_adapter_trains(const pc_adapter *a);
 

@@ -34,6 +34,7 @@ typedef struct {
     pc_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     pc_linear_slot *slot[SLOTS_PER_LAYER];
     pc_site block[PC_BLOCKS]; /* adapters at the attention and FFN blocks' junctions */
+    pc_site kv;               /* extra key/value rows of its attention */
 } layer_params;
 
 /* Activations of one layer, saved for the backward. Not saved, but shared by all layers and
@@ -47,6 +48,7 @@ typedef struct {
 typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
+    float *kv, *kv_mask; /* with a prefix: (B, P+T, 2C) its rows then k|v, and the mask */
 } layer_acts;
 
 typedef struct {
@@ -62,6 +64,7 @@ struct pc_encoder {
     pc_linear_slot *slots;  /* all linears: 6 per layer, then pooler, then head */
     int num_slots;
     pc_linear_slot *pooler, *cls_dense, *cls_out; /* cls_dense only for RoBERTa's head */
+    pc_site emb; /* adapters at the word-embedding rows */
     named_param *params;
     int num_params, params_cap;
 
@@ -96,6 +99,7 @@ struct pc_encoder {
     /* gradient scratch */
     float *d_x, *d_y, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head; /* d_x, d_y: ping-pong */
     float *d_logits; /* (B,L) a copy of the given gradient (adapters may transform it) */
+    float *d_kv;     /* (B, P+T, 2C) with prefixes: the gradient of a layer's keys|values */
     /* linears with input-site adapters: their modified input (forward), then in the
      * backward its gradient and the rebuilt input side by side; (rows, 2·widest input) */
     float *in_scratch;
@@ -264,6 +268,7 @@ void pc_encoder_free(pc_encoder *enc) {
             pc_tensor_release(enc->layer[l].qkv_w);
             pc_tensor_release(enc->layer[l].qkv_b);
             for (int k = 0; k < PC_BLOCKS; k++) pc_site_clear(&enc->layer[l].block[k]);
+            pc_site_clear(&enc->layer[l].kv);
         }
     if (enc->slots)
         for (int i = 0; i < enc->num_slots; i++) {
@@ -271,6 +276,7 @@ void pc_encoder_free(pc_encoder *enc) {
             pc_tensor_release(enc->slots[i].bias);
             for (int k = 0; k < PC_LINEAR_SITES; k++) pc_site_clear(&enc->slots[i].site[k]);
         }
+    pc_site_clear(&enc->emb);
     free(enc->slots);
     free(enc->layer);
     free(enc->acts);
@@ -333,6 +339,46 @@ int pc_encoder_set_block_adapters(pc_encoder *enc, int layer, pc_block_kind bloc
     return 0;
 }
 
+/* the adapter of a KV site (layer >= 0) or of the embeddings (layer -1) */
+static int set_rows_adapter(pc_encoder *enc, int layer, pc_site_kind site, pc_adapter **list,
+                            int n) {
+    if (layer < -1 || layer >= enc->cfg.layers || (layer < 0) != (site == PC_SITE_EMBEDDINGS) ||
+        n < 0 || n > 1)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        char err[8];
+        const pc_adapter *a = list[i];
+        if (!a || a->site != site ||
+            a->method->block_check((pc_tensor *const *)a->t, a->opt, enc->cfg.hidden, err,
+                                   sizeof err) < 0)
+            return -2;
+    }
+    pc_site_set(layer < 0 ? &enc->emb : &enc->layer[layer].kv, list, n);
+    enc->has_forward = false;
+    enc->backward_ready = false;
+    return 0;
+}
+
+int pc_encoder_set_kv_adapters(pc_encoder *enc, int layer, pc_adapter **list, int n) {
+    return layer < 0 ? -1 : set_rows_adapter(enc, layer, PC_SITE_KV, list, n);
+}
+
+int pc_encoder_set_embedding_adapters(pc_encoder *enc, pc_adapter **list, int n) {
+    return set_rows_adapter(enc, -1, PC_SITE_EMBEDDINGS, list, n);
+}
+
+/* the extra key/value rows of layer l's attention, and the most of any layer */
+static int kv_rows_of(const layer_params *lp) {
+    return lp->kv.n ? lp->kv.entry[0].adapter->method->kv_rows(lp->kv.entry[0].adapter) : 0;
+}
+
+static int most_kv_rows(const pc_encoder *enc) {
+    int P = 0;
+    for (int l = 0; l < enc->cfg.layers; l++)
+        if (kv_rows_of(&enc->layer[l]) > P) P = kv_rows_of(&enc->layer[l]);
+    return P;
+}
+
 /* some layer has a block adapter */
 static bool has_block_adapters(const pc_encoder *enc) {
     for (int l = 0; l < enc->cfg.layers; l++)
@@ -380,6 +426,7 @@ typedef struct {
     int workers, group;   /* without keep: workers, each with scratch for `group` sequences */
     bool first_token_only;
     bool blocks;          /* block adapters: their inputs and outputs kept apart */
+    int prefix;           /* the most extra key/value rows of any layer */
 } act_plan;
 
 /* The one table of the activation arena: hands out every buffer of a forward in order and
@@ -398,7 +445,8 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
     const int64_t Ng = (int64_t)pl->group * T; /* rows of a worker's layer scratch */
-    const int64_t probs = (int64_t)pl->group * H * T * T;
+    const int64_t Tk = T + pl->prefix; /* keys per sequence */
+    const int64_t probs = (int64_t)pl->group * H * T * Tk;
     int64_t used = 0;
     layer_acts unused;
 #define TAKE(dst, count)                                    \
@@ -451,6 +499,11 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         TAKE(a->ln1_rstd, Ng);
         TAKE(a->ln2_mean, Ng);
         TAKE(a->ln2_rstd, Ng);
+        a->kv = a->kv_mask = NULL;
+        if (pl->prefix) {
+            TAKE(a->kv, pl->group * Tk * 2 * C);
+            TAKE(a->kv_mask, pl->group * Tk);
+        }
     }
     for (int l = 0; l < L; l++) {
         layer_acts *a = base ? &enc->acts[l] : &unused;
@@ -480,6 +533,11 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         TAKE(a->ln1_rstd, N);
         TAKE(a->ln2_mean, N);
         TAKE(a->ln2_rstd, N);
+        a->kv = a->kv_mask = NULL;
+        if (pl->prefix && kv_rows_of(&enc->layer[l])) {
+            TAKE(a->kv, B * Tk * 2 * C);
+            TAKE(a->kv_mask, B * Tk);
+        }
     }
     TAKE(enc->first_x, B * C);
     TAKE(enc->cls_in, B * C);
@@ -499,6 +557,8 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         TAKE(enc->d_act, N * I);
         TAKE(enc->d_head, B * C);
         TAKE(enc->d_logits, B * nl);
+        enc->d_kv = NULL;
+        if (pl->prefix) TAKE(enc->d_kv, B * Tk * 2 * C);
     } else if (base) {
         enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
         enc->d_head = enc->d_logits = NULL;
@@ -516,7 +576,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
         workers = 1;
     }
     const act_plan plan = {B, T, keep, probs_per_layer, workers, group, first_token_only,
-                           has_block_adapters(enc)};
+                           has_block_adapters(enc), most_kv_rows(enc)};
     if (workers > enc->workers_cap) {
         layer_acts *w = calloc((size_t)workers, sizeof *w);
         if (!w) return -1;
@@ -898,10 +958,18 @@ static void activation_backward_inplace(const pc_encoder *enc, float *d, const f
 static void embeddings_forward(pc_encoder *enc, int N) {
     const int C = enc->cfg.hidden;
     const float *we = pc_f32(enc->word_emb), *pe = pc_f32(enc->pos_emb), *te = pc_f32(enc->type_emb);
+    if (enc->emb.n) {
+        /* the word rows first, through the embeddings site's adapter */
+        for (int n = 0; n < N; n++)
+            memcpy(enc->emb_sum + (int64_t)n * C, we + enc->ids[n] * C, sizeof(float) * C);
+        const pc_adapter *a = enc->emb.entry[0].adapter;
+        a->method->emb_forward(a, enc->emb_sum, enc->B, enc->T);
+    }
+    const bool words_done = enc->emb.n > 0;
     PC_PARALLEL_FOR((int64_t)N * C)
     for (int n = 0; n < N; n++) {
-        const float *w = we + enc->ids[n] * C, *p = pe + enc->positions[n] * C,
-                    *t = te + enc->types[n] * C;
+        const float *w = words_done ? enc->emb_sum + (int64_t)n * C : we + enc->ids[n] * C;
+        const float *p = pe + enc->positions[n] * C, *t = te + enc->types[n] * C;
         float *o = enc->emb_sum + (int64_t)n * C;
         for (int c = 0; c < C; c++) o[c] = w[c] + t[c] + p[c];
     }
@@ -938,7 +1006,7 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
         for (int k = 0; k < PC_LINEAR_SITES; k++)
             adapters_allow = adapters_allow &&
                              pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV);
-    return !enc->keeping && !enc->training && adapters_allow &&
+    return !enc->keeping && !enc->training && adapters_allow && !lp->kv.n &&
            pc_attention_folded_scratch_floats(&dims) <= (int64_t)B * T * 2 * C;
 }
 
@@ -964,6 +1032,33 @@ static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *q
 static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows *r, int B) {
     pc_attention_dims d = {B, r->Tq, enc->T, enc->cfg.heads, enc->cfg.hidden / enc->cfg.heads,
                            r->ld_q, r->ld_kv};
+    return d;
+}
+
+/* Layer l's keys and values with its prefix: kv (B, P+T, 2C) holds, per sequence, the P
+ * prefix rows then its own T rows of k|v (from r's k, whose v follows at +C), and mask
+ * (B, P+T) ones for the prefix then the sequence's key mask. */
+static void prefixed_keys(const layer_params *lp, const layer_rows *r, int B, int T, int C,
+                          const float *key_mask, float *kv, float *mask) {
+    const int P = kv_rows_of(lp), Tk = P + T;
+    const pc_adapter *prefix = lp->kv.entry[0].adapter;
+    prefix->method->kv_forward(prefix, kv, kv + C, 2 * C);
+    for (int b = 0; b < B; b++) {
+        float *seq = kv + (int64_t)b * Tk * 2 * C;
+        if (b) memcpy(seq, kv, sizeof(float) * P * 2 * C);
+        for (int t = 0; t < T; t++)
+            memcpy(seq + (int64_t)(P + t) * 2 * C, r->k + ((int64_t)b * T + t) * r->ld_kv,
+                   sizeof(float) * 2 * C);
+        for (int j = 0; j < Tk; j++)
+            mask[(int64_t)b * Tk + j] = j < P || !key_mask ? 1.0f : key_mask[(int64_t)b * T + j - P];
+    }
+}
+
+/* the attention's dims with a prefix of P rows before each sequence's keys */
+static pc_attention_dims prefixed_dims(const pc_encoder *enc, const layer_rows *r, int B, int P) {
+    pc_attention_dims d = attention_dims(enc, r, B);
+    d.Tk += P;
+    d.ld_kv = 2 * enc->cfg.hidden;
     return d;
 }
 
@@ -1046,8 +1141,15 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         }
         if (slot_output(enc, slot, y, ldy, xe, C, rows, u_row) < 0) return -1;
     }
-    const pc_attention_dims dims = attention_dims(enc, &r, B);
-    if (r.folded) {
+    const int P = kv_rows_of(lp);
+    const pc_attention_dims dims = P ? prefixed_dims(enc, &r, B, P) : attention_dims(enc, &r, B);
+    if (P) {
+        /* a prefix: every query also attends to P rows of the prefix's keys and values */
+        prefixed_keys(lp, &r, B, T, C, key_mask, a->kv, a->kv_mask);
+        if (pc_attention_forward(a->ctx, a->probs, r.q, a->kv, a->kv + C, a->kv_mask, &dims,
+                                 p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+            return -1;
+    } else if (r.folded) {
         /* the scratch takes the place of k|v */
         pc_attention_first_query_folded(a->ctx, r.q, x, wqkv + (int64_t)C * C,
                                         wqkv + (int64_t)2 * C * C, bqkv + 2 * C, key_mask,
@@ -1285,12 +1387,13 @@ static bool layer_has_trainable(const pc_encoder *enc, int l) {
         if (slot_has_trainable(lp->slot[s])) return true;
     for (int k = 0; k < PC_BLOCKS; k++)
         if (pc_site_trains(&lp->block[k])) return true;
+    if (pc_site_trains(&lp->kv)) return true;
     return wants_grad(lp->ln1_w) || wants_grad(lp->ln1_b) || wants_grad(lp->ln2_w) ||
            wants_grad(lp->ln2_b);
 }
 
 static bool embeddings_trainable(const pc_encoder *enc) {
-    return wants_grad(enc->word_emb) || wants_grad(enc->pos_emb) || wants_grad(enc->type_emb) ||
+    return pc_site_trains(&enc->emb) || wants_grad(enc->word_emb) || wants_grad(enc->pos_emb) || wants_grad(enc->type_emb) ||
            wants_grad(enc->emb_ln_w) || wants_grad(enc->emb_ln_b);
 }
 
@@ -1369,13 +1472,38 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* ao = ctx·Waoᵀ + bao */
     if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq, true) < 0) return -1;
     /* ctx = attention(q, k, v) */
-    const pc_attention_dims dims = attention_dims(enc, &r, B);
-    if (!enc->probs_per_layer &&
-        pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims) < 0)
-        return -1;
-    if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
-                                   p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
-        return -1;
+    const int P = kv_rows_of(lp);
+    if (P) {
+        /* with a prefix: the gradients of the prefixed keys|values (B, P+T, 2C), then the
+         * sequences' rows to d_qkv's k|v and the prefix's rows summed over the batch */
+        const int Tk = P + T;
+        const pc_attention_dims pd = prefixed_dims(enc, &r, B, P);
+        float *d_kv = enc->d_kv;
+        if (!enc->probs_per_layer &&
+            pc_attention_probs(a->probs, r.q, a->kv, a->kv_mask, &pd) < 0)
+            return -1;
+        if (pc_attention_backward_into(dr.q, d_kv, d_kv + C, enc->d_ctx, a->probs, r.q, a->kv,
+                                       a->kv + C, &pd, p_attn,
+                                       site_seed(enc->seed, l, SITE_ATTN)) < 0)
+            return -1;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                memcpy(dr.k + ((int64_t)b * T + t) * dr.ld_kv,
+                       d_kv + ((int64_t)b * Tk + P + t) * 2 * C, sizeof(float) * 2 * C);
+        for (int b = 1; b < B; b++) /* in order, into the first sequence's prefix rows */
+            for (int64_t i = 0; i < (int64_t)P * 2 * C; i++)
+                d_kv[i] += d_kv[(int64_t)b * Tk * 2 * C + i];
+        const pc_adapter *prefix = lp->kv.entry[0].adapter;
+        if (prefix->method->kv_backward(prefix, d_kv, d_kv + C, 2 * C) < 0) return -1;
+    } else {
+        const pc_attention_dims dims = attention_dims(enc, &r, B);
+        if (!enc->probs_per_layer &&
+            pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims) < 0)
+            return -1;
+        if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v,
+                                       &dims, p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+            return -1;
+    }
     /* q, k, v = x·Wᵀ + b (a query row's input gradient belongs to d_x's row of that token:
      * stride T·C between first tokens) */
     const int ld_dxq = r.first_tokens ? T * C : C;
@@ -1455,15 +1583,21 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
     float *dw = grad_or_null(enc->word_emb, &oom), *dp = grad_or_null(enc->pos_emb, &oom),
           *dt = grad_or_null(enc->type_emb, &oom);
     if (oom) return -1;
-    if (dw) pc_embedding_backward(dw, d_sum, enc->ids, N, C);
     if (dp) pc_embedding_backward(dp, d_sum, enc->positions, N, C);
+    if (dt) pc_embedding_backward(dt, d_sum, enc->types, N, C);
+    /* the word rows: through the embeddings site's adapter first (in place: the positions
+     * and token types have had theirs) */
+    if (enc->emb.n) {
+        const pc_adapter *a = enc->emb.entry[0].adapter;
+        if (a->method->emb_backward(a, d_sum, enc->B, enc->T) < 0) return -1;
+    }
+    if (dw) pc_embedding_backward(dw, d_sum, enc->ids, N, C);
     /* as torch's Embedding(padding_idx): the padding row is never updated */
     const pc_encoder_config *c = &enc->cfg;
     if (dw && c->word_padding_idx >= 0 && c->word_padding_idx < c->vocab_size)
         memset(dw + (int64_t)c->word_padding_idx * C, 0, sizeof(float) * C);
     if (dp && c->position_padding_idx >= 0 && c->position_padding_idx < c->max_positions)
         memset(dp + (int64_t)c->position_padding_idx * C, 0, sizeof(float) * C);
-    if (dt) pc_embedding_backward(dt, d_sum, enc->types, N, C);
     return 0;
 }
 

@@ -59,6 +59,11 @@ int pc_encoder_set_adapters(pc_encoder *enc, int linear, pc_site_kind site, pc_a
 int pc_encoder_set_block_adapters(pc_encoder *enc, int layer, pc_block_kind block,
                                   pc_adapter **list, int n);
 
+/* The adapter (n <= 1) adding key/value rows to layer `layer`'s attention, or at the
+ * word-embedding rows; the same returns as pc_encoder_set_block_adapters. */
+int pc_encoder_set_kv_adapters(pc_encoder *enc, int layer, pc_adapter **list, int n);
+int pc_encoder_set_embedding_adapters(pc_encoder *enc, pc_adapter **list, int n);
+
 /* Point a linear at other weight/bias tensors of the same shapes (retained), e.g. an
  * adapter's trainable copy of a head (PEFT's modules_to_save). Returns 0, or -2 on shapes. */
 int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight, pc_tensor *bias);

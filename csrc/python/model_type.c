@@ -234,9 +234,11 @@ fail:
     return NULL;
 }
 
-/* set_block_adapters(layer, block, entries): the adapter at a layer's "attention" or "ffn"
- * block junction; entries is [] or [(method, tensors: dict, options: dict)], tensors and
- * options named as the method names them. Everything is checked before anything changes. */
+/* set_block_adapters(layer, where, entries): the adapter at a layer's "attention" or "ffn"
+ * block junction, at its "kv" site (extra key/value rows of its attention), or, with layer
+ * -1, at the "embeddings" (the word-embedding rows); entries is [] or [(method, tensors:
+ * dict, options: dict)], tensors and options named as the method names them. Everything is
+ * checked before anything changes. */
 static PyObject *encoder_set_block_adapters(PcEncoderObject *self, PyObject *args) {
     int layer;
     const char *block_name;
@@ -246,17 +248,26 @@ static PyObject *encoder_set_block_adapters(PcEncoderObject *self, PyObject *arg
         return NULL;
     if (ready(self) < 0) return NULL;
     const pc_encoder_config *cfg = pc_encoder_get_config(self->enc);
-    if (layer < 0 || layer >= cfg->layers) {
-        PyErr_Format(PyExc_IndexError, "layer %d out of range [0, %d)", layer, cfg->layers);
-        return NULL;
-    }
-    pc_block_kind block;
+    pc_block_kind block = PC_BLOCK_ATTENTION;
+    pc_site_kind site = PC_SITE_BLOCK;
     if (!strcmp(block_name, "attention")) {
         block = PC_BLOCK_ATTENTION;
     } else if (!strcmp(block_name, "ffn")) {
         block = PC_BLOCK_FFN;
+    } else if (!strcmp(block_name, "kv")) {
+        site = PC_SITE_KV;
+    } else if (!strcmp(block_name, "embeddings")) {
+        site = PC_SITE_EMBEDDINGS;
     } else {
-        PyErr_Format(PyExc_ValueError, "block must be 'attention' or 'ffn', got '%s'", block_name);
+        PyErr_Format(PyExc_ValueError, "block must be 'attention' or 'ffn' (or 'kv', "
+                     "'embeddings'), got '%s'", block_name);
+        return NULL;
+    }
+    if (site == PC_SITE_EMBEDDINGS ? layer != -1 : layer < 0 || layer >= cfg->layers) {
+        if (site == PC_SITE_EMBEDDINGS)
+            PyErr_Format(PyExc_IndexError, "the embeddings site takes layer -1, got %d", layer);
+        else
+            PyErr_Format(PyExc_IndexError, "layer %d out of range [0, %d)", layer, cfg->layers);
         return NULL;
     }
     const Py_ssize_t n = PyList_GET_SIZE(entries);
@@ -279,9 +290,9 @@ static PyObject *encoder_set_block_adapters(PcEncoderObject *self, PyObject *arg
             goto fail;
         }
         const pc_adapter_method *m = pc_adapter_method_find(method);
-        if (!m || !m->block_forward) {
-            PyErr_Format(PyExc_ValueError, "'%s' is not an adapter method that acts at a block",
-                         method);
+        if (!m || !(m->sites & (1u << site))) {
+            PyErr_Format(PyExc_ValueError, "'%s' is not an adapter method that acts at the %s "
+                         "site", method, block_name);
             goto fail;
         }
         pc_tensor *t[PC_ADAPTER_MAX_TENSORS] = {0};
@@ -302,6 +313,10 @@ static PyObject *encoder_set_block_adapters(PcEncoderObject *self, PyObject *arg
                 goto fail;
         }
         for (int i = 0; i < m->num_options; i++) opt[i] = m->option_defaults[i];
+        if (m->num_options == 0 && PyDict_Size(options)) {
+            PyErr_Format(PyExc_ValueError, "%s adapter takes no options, got %R", method, options);
+            goto fail;
+        }
         pos = 0;
         while (PyDict_Next(options, &pos, &key, &value)) {
             const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
@@ -329,15 +344,20 @@ static PyObject *encoder_set_block_adapters(PcEncoderObject *self, PyObject *arg
             }
         }
         char err[256];
-        if (!(adapter = pc_block_adapter_new(method, t, opt, cfg->hidden, err, sizeof err))) {
-            PyErr_Format(PyExc_ValueError, "layer %d %s block: %s", layer, block_name, err);
+        if (!(adapter = pc_site_adapter_new(method, site, t, opt, cfg->hidden, err, sizeof err))) {
+            PyErr_Format(PyExc_ValueError, "layer %d %s site: %s", layer, block_name, err);
             goto fail;
         }
     }
     glue_engine_lock();
-    pc_encoder_set_block_adapters(self->enc, layer, block, &adapter, (int)n);
+    if (site == PC_SITE_BLOCK)
+        pc_encoder_set_block_adapters(self->enc, layer, block, &adapter, (int)n);
+    else if (site == PC_SITE_KV)
+        pc_encoder_set_kv_adapters(self->enc, layer, &adapter, (int)n);
+    else
+        pc_encoder_set_embedding_adapters(self->enc, &adapter, (int)n);
     glue_engine_unlock();
-    PyObject *rkey = Py_BuildValue("(sii)", "block", layer, (int)block);
+    PyObject *rkey = Py_BuildValue("(sii)", "block", layer, (int)(site * 2 + block));
     int ok = rkey ? (n ? PyDict_SetItem(self->refs, rkey, refs) : 0) : -1;
     if (rkey && !n && PyDict_DelItem(self->refs, rkey) < 0) PyErr_Clear();
     Py_XDECREF(rkey);
@@ -639,8 +659,9 @@ static PyMethodDef encoder_methods[] = {
     {"params", (PyCFunction)encoder_params, METH_NOARGS, "[(name, Tensor, is_head)]"},
     {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
     {"set_block_adapters", (PyCFunction)encoder_set_block_adapters, METH_VARARGS,
-     "set_block_adapters(layer, 'attention' | 'ffn', [(method, tensors: dict, options: "
-     "dict)]): the adapter at a block's junction; [] removes it"},
+     "set_block_adapters(layer, 'attention' | 'ffn' | 'kv', [(method, tensors: dict, "
+     "options: dict)]): the adapter at a block's junction or at a layer's extra key/value "
+     "rows; (-1, 'embeddings', ...): at the word-embedding rows; [] removes it"},
     {"set_adapters", (PyCFunction)encoder_set_adapters, METH_VARARGS,
      "set_adapters(index, [(method, 'in' | 'out', tensors, scale, dropout), ...]): the "
      "linear's adapters, run in list order; [] removes them"},
