@@ -253,3 +253,57 @@ def test_bad_block_entries_raise_and_change_nothing(entry, error, message):
         model._engine.set_block_adapters(0, "mlp", [])
     with pytest.raises(IndexError, match="layer 2 out of range"):
         model._engine.set_block_adapters(2, "ffn", [])
+
+
+@pytest.mark.parametrize("dims", [{}, dict(intermediate_lora=True, output_lora=True)],
+                         ids=["qv", "qv+ffn"])
+def test_gated_lora_matches_adapters(torch_refs, dims, tmp_path):
+    """The linear output site's LoRA with a gate (UniPELT's, AdapterHub's use_gating): the
+    gate, a mean over each sequence's rows, replaces alpha/r; the last layer then runs whole
+    (its rows depend on their sequence)."""
+    torch, transformers, adapters = torch_refs
+    torch.manual_seed(3)
+    tm = transformers.BertForSequenceClassification(transformers.BertConfig(**CFG))
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    tm.save_pretrained(tmp_path)
+    adapters.init(tm)
+    tm.add_adapter("a", config=adapters.LoRAConfig(r=4, alpha=2, use_gating=True, **dims))
+    tm.set_active_adapters("a")
+    tm.train_adapter("a")
+    with torch.no_grad():
+        for n, p in tm.named_parameters():
+            if ".loras.a." in n:
+                p.copy_(0.4 * torch.randn_like(p))
+    tm = tm.double().eval()
+    model = peftcore.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    for p in model.parameters():
+        p.requires_grad = False
+    mine = {}
+    torch_params = dict(tm.named_parameters())
+    for name, module in model.named_modules():
+        prefix = f"{name}.loras.a"
+        if f"{prefix}.lora_A" not in torch_params:
+            continue
+        parts = [_param(torch_params[f"{prefix}.{k}"].detach().numpy().astype(np.float32))
+                 for k in ("lora_A", "lora_B", "gate.weight", "gate.bias")]
+        mine[prefix] = parts
+        model._engine.set_adapters(module.index, [("lora", "out", tuple(p.tensor for p in parts),
+                                                   1.0, 0.0)])
+    assert len(mine) == 2 * CFG["num_hidden_layers"] * (2 if dims else 1)
+    ids, mask, labels = _batch()
+    out = tm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+             labels=torch.tensor(labels))
+    out.loss.backward()
+    got = model(ids, attention_mask=mask, labels=labels)
+    np.testing.assert_allclose(got.logits, out.logits.detach().numpy(), rtol=1e-4, atol=1e-4)
+    model.backward()
+    for prefix, parts in mine.items():
+        for p, k in zip(parts, ("lora_A", "lora_B", "gate.weight", "gate.bias")):
+            want = torch_params[f"{prefix}.{k}"].grad.numpy()
+            err = np.linalg.norm(p.grad.reshape(want.shape) - want)
+            assert err <= 1e-3 * np.linalg.norm(want) + 1e-7, (prefix, k, err)
+    with peftcore.no_grad():
+        np.testing.assert_allclose(model(ids, attention_mask=mask).logits,
+                                   out.logits.detach().numpy(), rtol=1e-4, atol=1e-4)

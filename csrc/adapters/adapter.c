@@ -46,17 +46,25 @@ pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *con
                  site == PC_SITE_LINEAR_IN ? "in" : site == PC_SITE_LINEAR_OUT ? "out" : "?");
         return NULL;
     }
-    if (n != m->num_tensors) {
-        snprintf(err, errlen, "adapter method '%s' takes %d tensors, got %d", method,
-                 m->num_tensors, n);
+    const int least = m->num_required ? m->num_required : m->num_tensors;
+    if (n < least || n > m->num_tensors) {
+        if (least == m->num_tensors)
+            snprintf(err, errlen, "adapter method '%s' takes %d tensors, got %d", method,
+                     m->num_tensors, n);
+        else
+            snprintf(err, errlen, "adapter method '%s' takes %d to %d tensors, got %d", method,
+                     least, m->num_tensors, n);
         return NULL;
     }
-    for (int i = 0; i < n; i++)
+    pc_tensor *given[PC_ADAPTER_MAX_TENSORS] = {0}; /* the optional ones not given: NULL */
+    for (int i = 0; i < n; i++) {
         if (!t[i] || t[i]->dtype != PC_FLOAT32) {
             snprintf(err, errlen, "adapter method '%s': tensor %d must be float32", method, i);
             return NULL;
         }
-    if (m->check(t, site, in, out, scale, dropout, err, errlen) < 0) return NULL;
+        given[i] = t[i];
+    }
+    if (m->check(given, site, in, out, scale, dropout, err, errlen) < 0) return NULL;
     pc_adapter *a = calloc(1, sizeof *a);
     if (!a) {
         snprintf(err, errlen, "out of memory");

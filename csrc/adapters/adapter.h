@@ -28,6 +28,12 @@
  *                       embeddings are added (prompt tuning replaces the first P rows of
  *                       each sequence by virtual tokens).
  *
+ * Gates: a method may scale what it adds by a gate computed from its site's input, as
+ * UniPELT does (the mean over each sequence's rows of sigmoid(x·wg + bg)): LoRA and the
+ * bottleneck adapter take optional gate tensors. A gated adapter's rows depend on their
+ * whole sequence, so it declares (adapter_keeps) that a first-token-only last layer does not
+ * hold for it, and the encoder then runs that layer whole.
+ *
  * Activations: an adapter saves what its backward needs in a buffer the site owns for it,
  * saved_per_row floats per row of the batch (grown, never shrunk, freed with the encoder's
  * activations); the rows of a forward split among workers are disjoint parts of it.
@@ -71,9 +77,9 @@ enum { PC_ADAPTER_MAX_TENSORS = 12, PC_ADAPTER_MAX_OPTIONS = 8, PC_SITE_MAX_ADAP
 
 typedef struct pc_adapter pc_adapter;
 
-/* One call at a site: N rows of a linear (in, out) */
+/* One call at a site: N rows of a linear (in, out), sequences of T rows each */
 typedef struct {
-    int N, in, out;
+    int N, in, out, T;
     bool training; /* train mode: the adapter's dropout acts */
     uint64_t seed; /* the adapter's random stream for this step and site */
 } pc_site_call;

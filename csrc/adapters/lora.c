@@ -1,18 +1,30 @@
-/* LoRA (Hu et al. 2021) at a linear's output site: y' = y + s·dropout(x)·Aᵀ·Bᵀ with A (r,in),
- * B (out,r), s = scale. It saves u = dropout(x)·Aᵀ (N,r) for the backward; the row kernels
- * are peft/lora.c's (compiled per instruction set). It adds a term independent of y, so the
- * bias may follow it and the gradient of y passes through it unchanged. */
+/* LoRA (Hu et al. 2021) at a linear's output site: y' = y + c·dropout(x)·Aᵀ·Bᵀ with A (r,in),
+ * B (out,r) and c the scale, or, gated (UniPELT, Mao et al. 2022, as AdapterHub's LoRA with
+ * use_gating), c = g_b = mean over sequence b's rows of sigmoid(x·wg + bg), wg (1,in), bg (1).
+ * It saves u = dropout(x)·Aᵀ (N,r) for the backward (and, gated, each row's sigmoid and g);
+ * the row kernels are peft/lora.c's (compiled per instruction set). Ungated it adds a term
+ * independent of y, so the bias may follow it and the gradient of y passes through it
+ * unchanged; gated, the same, but its rows depend on their whole sequence. */
+#include <math.h>
 #include <stdio.h>
 
+#include "../ops/kernels.h"
 #include "../peft/lora.h"
 #include "adapter.h"
 
+enum { T_A, T_B, T_GATE_W, T_GATE_B, NUM_TENSORS };
+
 static int lora_check(pc_tensor *const *t, pc_site_kind site, int in, int out, float scale,
                       float dropout, char *err, size_t errlen) {
-    const pc_tensor *A = t[0], *B = t[1];
+    const pc_tensor *A = t[T_A], *B = t[T_B];
     if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != in || B->shape[0] != out ||
         B->shape[1] != A->shape[0] || A->shape[0] < 1) {
         snprintf(err, errlen, "lora A must be float32 (r, %d) and B (%d, r) with r >= 1", in, out);
+        return -1;
+    }
+    if ((t[T_GATE_W] != NULL) != (t[T_GATE_B] != NULL) ||
+        (t[T_GATE_W] && (t[T_GATE_W]->numel != in || t[T_GATE_B]->numel != 1))) {
+        snprintf(err, errlen, "lora gate: weight (1, %d) and bias (1,) go together", in);
         return -1;
     }
     if (!(dropout >= 0.0f && dropout < 1.0f)) {
@@ -22,40 +34,121 @@ static int lora_check(pc_tensor *const *t, pc_site_kind site, int in, int out, f
     return 0;
 }
 
-static int rank(const pc_adapter *a) { return (int)a->t[0]->shape[0]; }
+static int rank(const pc_adapter *a) { return (int)a->t[T_A]->shape[0]; }
+static bool gated(const pc_adapter *a) { return a->t[T_GATE_W] != NULL; }
 
 static float dropout_p(const pc_adapter *a, const pc_site_call *c) {
     return c->training ? a->dropout : 0.0f;
 }
 
-/* u is the kernel's scratch in every forward, and what the backward reads */
+/* u is the kernel's scratch in every forward, and what the backward reads; gated, then each
+ * row's sigmoid and its sequence's mean */
 static int64_t lora_saved_per_row(const pc_adapter *a, int in, int out, bool keeping) {
-    return rank(a);
+    return rank(a) + (gated(a) ? 2 : 0);
+}
+
+static unsigned lora_keeps(const pc_adapter *a) {
+    return PC_KEEPS_LATE_BIAS | PC_KEEPS_GRADIENT | (gated(a) ? 0u : PC_KEEPS_FIRST_TOKEN_ONLY);
+}
+
+/* sequence b's own dropout stream (the kernel counts rows from 0 in each call) */
+static uint64_t sequence_seed(uint64_t seed, int b) {
+    return b ? pc_site_seed(seed, 1000 + b) : seed;
 }
 
 static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, int ldy,
                         const float *x, int ldx, float *saved, bool keeping) {
-    return pc_lora_forward(y, ldy, saved, x, ldx, pc_f32(a->t[0]), pc_f32(a->t[1]), c->N, c->in,
-                           c->out, rank(a), a->scale, dropout_p(a, c), c->seed);
+    const int r = rank(a), N = c->N;
+    if (!gated(a))
+        return pc_lora_forward(y, ldy, saved, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]), N,
+                               c->in, c->out, r, a->scale, dropout_p(a, c), c->seed);
+    /* the gate of each sequence, then its rows with c = g_b */
+    float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
+    const float *wg = pc_f32(a->t[T_GATE_W]), bg = pc_f32(a->t[T_GATE_B])[0];
+    PC_PARALLEL_FOR((int64_t)N * c->in)
+    for (int n = 0; n < N; n++) {
+        float v = bg;
+        for (int i = 0; i < c->in; i++) v += x[(int64_t)n * ldx + i] * wg[i];
+        sig[n] = 1.0f / (1.0f + expf(-v));
+    }
+    const int T = c->T, seqs = N / T;
+    for (int b = 0; b < seqs; b++) {
+        float sum = 0.0f;
+        for (int t = 0; t < T; t++) sum += sig[b * T + t];
+        for (int t = 0; t < T; t++) g[b * T + t] = sum / (float)T;
+        if (pc_lora_forward(y + (int64_t)b * T * ldy, ldy, u + (int64_t)b * T * r,
+                            x + (int64_t)b * T * ldx, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]),
+                            T, c->in, c->out, r, g[b * T], dropout_p(a, c),
+                            sequence_seed(c->seed, b)) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, int lddy,
                          float *dx, int lddx, const float *x, int ldx, const float *saved) {
-    pc_tensor *A = a->t[0], *B = a->t[1];
-    if (!A->requires_grad && !B->requires_grad && !dx) return 0;
+    pc_tensor *A = a->t[T_A], *B = a->t[T_B];
+    const bool gate_trains = gated(a) && (a->t[T_GATE_W]->requires_grad ||
+                                          a->t[T_GATE_B]->requires_grad);
+    if (!A->requires_grad && !B->requires_grad && !dx && !gate_trains) return 0;
     pc_tensor *dA = A->requires_grad ? pc_tensor_grad(A) : NULL;
     pc_tensor *dB = B->requires_grad ? pc_tensor_grad(B) : NULL;
     if ((A->requires_grad && !dA) || (B->requires_grad && !dB)) return -1;
-    return pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, lddy, saved, x, ldx,
-                            pc_f32(A), pc_f32(B), c->N, c->in, c->out, rank(a), a->scale,
-                            dropout_p(a, c), c->seed);
+    const int r = rank(a), N = c->N;
+    if (!gated(a))
+        return pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, lddy, saved, x, ldx,
+                                pc_f32(A), pc_f32(B), N, c->in, c->out, r, a->scale,
+                                dropout_p(a, c), c->seed);
+    const float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
+    const int T = c->T, seqs = N / T;
+    /* dg_b = Σ over b's rows of dy·(u·Bᵀ) = Σ (dy·B)·u, then the gate's logits */
+    const float *Bw = pc_f32(B), *wg = pc_f32(a->t[T_GATE_W]);
+    float *dwg = NULL, *dbg = NULL;
+    if (a->t[T_GATE_W]->requires_grad) {
+        pc_tensor *gt = pc_tensor_grad(a->t[T_GATE_W]);
+        if (!gt) return -1;
+        dwg = pc_f32(gt);
+    }
+    if (a->t[T_GATE_B]->requires_grad) {
+        pc_tensor *gt = pc_tensor_grad(a->t[T_GATE_B]);
+        if (!gt) return -1;
+        dbg = pc_f32(gt);
+    }
+    for (int b = 0; b < seqs; b++) {
+        double dg = 0.0;
+        for (int t = 0; t < T; t++) {
+            const int64_t n = (int64_t)b * T + t;
+            for (int j = 0; j < r; j++) {
+                double s = 0.0;
+                for (int o = 0; o < c->out; o++) s += (double)dy[n * lddy + o] * Bw[(int64_t)o * r + j];
+                dg += s * u[n * r + j];
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            const int64_t n = (int64_t)b * T + t;
+            const float dlogit = (float)(dg / T) * sig[n] * (1.0f - sig[n]);
+            if (dwg)
+                for (int i = 0; i < c->in; i++) dwg[i] += dlogit * x[n * ldx + i];
+            if (dbg) dbg[0] += dlogit;
+            if (dx)
+                for (int i = 0; i < c->in; i++) dx[n * lddx + i] += dlogit * wg[i];
+        }
+        if (pc_lora_backward(dx ? dx + (int64_t)b * T * lddx : NULL, lddx, pc_f32(dA), pc_f32(dB),
+                             dy + (int64_t)b * T * lddy, lddy, u + (int64_t)b * T * r,
+                             x + (int64_t)b * T * ldx, ldx, pc_f32(A), Bw, T, c->in, c->out, r,
+                             g[b * T], dropout_p(a, c), sequence_seed(c->seed, b)) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 const pc_adapter_method pc_lora_method = {
     .name = "lora",
     .sites = 1u << PC_SITE_LINEAR_OUT,
-    .num_tensors = 2,
+    .num_tensors = NUM_TENSORS,
+    .num_required = 2,
     .keeps = PC_KEEPS_LATE_BIAS | PC_KEEPS_GRADIENT | PC_KEEPS_FIRST_TOKEN_ONLY,
+    .adapter_keeps = lora_keeps,
     .check = lora_check,
     .saved_per_row = lora_saved_per_row,
     .forward = lora_forward,

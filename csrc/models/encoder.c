@@ -712,11 +712,16 @@ static bool slot_reads_input(const pc_linear_slot *s) {
     return wants_grad(s->weight) || s->site[PC_SITE_LINEAR_IN].n || s->site[PC_SITE_LINEAR_OUT].n;
 }
 
-/* A call at one of the slot's sites for N rows */
+/* A call at one of the slot's sites for N rows: whole sequences of T rows in the layers,
+ * except the first-token rows of a first-token-only last layer (all but keys and values)
+ * and the head's (one row per sequence) */
 static pc_site_call site_call(const pc_encoder *enc, const pc_linear_slot *s, pc_site_kind site,
                               int N) {
-    pc_site_call c = {N, s->in, s->out, enc->training,
-                      site_seed(enc->seed, (int)(s - enc->slots),
+    const int index = (int)(s - enc->slots), kind = index % SLOTS_PER_LAYER;
+    const bool first_rows = enc->first_token_only && s->layer == enc->cfg.layers - 1 &&
+                            kind != SLOT_K && kind != SLOT_V;
+    pc_site_call c = {N, s->in, s->out, s->layer < 0 || first_rows ? 1 : enc->T, enc->training,
+                      site_seed(enc->seed, index,
                                 site == PC_SITE_LINEAR_IN ? SITE_ADAPTER_IN : SITE_ADAPTER_OUT)};
     return c;
 }

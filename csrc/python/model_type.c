@@ -195,7 +195,7 @@ static PyObject *encoder_set_adapters(PcEncoderObject *self, PyObject *args) {
                          PC_SITE_MAX_ADAPTERS);
             goto fail;
         }
-        pc_tensor *t[PC_ADAPTER_MAX_TENSORS];
+        pc_tensor *t[PC_ADAPTER_MAX_TENSORS] = {0};
         const Py_ssize_t nt = PyTuple_GET_SIZE(tensors);
         if (nt > PC_ADAPTER_MAX_TENSORS) {
             PyErr_Format(PyExc_ValueError, "set_adapters entry %zd: at most %d tensors, got %zd",
