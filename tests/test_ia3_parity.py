@@ -131,8 +131,8 @@ def test_gradients_of_vectors_and_head(hf_models, case):
     loss_t, g_t = hf_grads(theirs, b)
     loss_o, g_o = pc_grads(ours, b)
     assert abs(loss_o - loss_t) <= 1e-4 * max(1.0, abs(loss_t))
-    compared = compare_grads(g_o, g_t, rtol=1e-3, floor=1e-6)
-    assert compared >= len(g_t) - 1  # at most one gradient is (near) zero
+    skipped = compare_grads(g_o, g_t, rtol=1e-3, floor=1e-6)
+    assert not skipped  # random vectors: every gradient is significant here
     assert any(".ia3_l." in n for n in g_t) and any("modules_to_save" in n for n in g_t)
     # frozen parameters get no gradient buffer
     for name, p in ours.named_parameters():
