@@ -29,7 +29,7 @@ if MACHINE in ("x86_64", "amd64"):
     ISA_FLAGS["avx512"] = ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw",
                            "-mavx512vl", "-mprefer-vector-width=512"]
 KERNEL_DIRS = ["ops", "peft", "optim"]   # compiled once per set
-ENGINE_DIRS = ["models", "python"]       # with csrc/*.c, compiled once
+ENGINE_DIRS = ["models", "adapters", "python"]  # with csrc/*.c, compiled once
 
 
 def find_blis():

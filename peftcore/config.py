@@ -61,6 +61,8 @@ class PeftType(str, enum.Enum):
     SHADOW = "SHADOW"
     SUPERTUNING = "SUPERTUNING"
     DEFT = "DEFT"
+    # peftcore's own: bias-only fine-tuning (HF PEFT has no BitFit)
+    BITFIT = "BITFIT"
 
 
 class TaskType(str, enum.Enum):
@@ -74,6 +76,7 @@ class TaskType(str, enum.Enum):
     FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
 
 
+# filled by peftcore.tuners.registry.register (importing peftcore registers every method)
 _CONFIG_REGISTRY: dict[str, type] = {}
 
 
@@ -90,11 +93,6 @@ def get_config_class(peft_type: Any, source: Optional[str] = None) -> type:
     key = peft_type.value if isinstance(peft_type, enum.Enum) else peft_type
     if not isinstance(key, str):
         raise ValueError(f"peft_type{where} must be a string such as 'LORA', got {peft_type!r}")
-    if key not in _CONFIG_REGISTRY:
-        try:  # built-in tuners register themselves on import
-            import peftcore.tuners  # noqa: F401
-        except ImportError:
-            pass
     if key in _CONFIG_REGISTRY:
         return _CONFIG_REGISTRY[key]
     supported = ", ".join(sorted(_CONFIG_REGISTRY)) or "none"

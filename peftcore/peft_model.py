@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,15 +13,10 @@ from .config import PeftConfig, PeftType
 from .models.checkpoint import read_torch_bin
 from .models.encoder import EncoderModel
 from .models.modules import Module
-from .tuners.lora.config import LoraConfig
-from .tuners.lora.layer import LoraLinear
-from .tuners.lora.model import LoraModel, check_adapter_name, plan_lora, wrapped_adapters
-from .tuners.modules_to_save import ModulesToSaveWrapper
-from .tuners.tuners_utils import TASK_MODULES_TO_SAVE, format_trainable_parameters
-from .utils.io import (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, CheckpointError, read_safetensors,
-                       save_adapter_files)
-
-_PREFIX = "base_model.model."
+from .tuners.registry import tuner_class
+from .tuners.tuners_utils import (TASK_MODULES_TO_SAVE, all_or_irregular, check_adapter_name,
+                                  format_trainable_parameters, wrapped_adapters)
+from .utils.io import SAFETENSORS_WEIGHTS_NAME, CheckpointError, read_safetensors, save_adapter_files
 
 
 @dataclass
@@ -55,22 +49,11 @@ class TunerModelStatus:
     quantization_backend: str | None = None
 
 
-def _all_or_irregular(flags):
-    """True if all flags are True, False if all are False, else "irregular" (as HF PEFT)."""
-    flags = list(flags)
-    if all(f is True for f in flags):
-        return True
-    if all(f is False for f in flags):
-        return False
-    return "irregular"
-
-
 def _prepare_config(config, base_model: EncoderModel, model_task=None):
     """A copy of `config` with the task head added to modules_to_save. As in HF PEFT, the
     head comes from the PeftModel's task (the first adapter's task_type, `model_task`), so
     every adapter of a SEQ_CLS model saves its own classifier."""
-    if not isinstance(config, LoraConfig):
-        raise ValueError(f"peftcore supports LoraConfig adapters; got {type(config).__name__}")
+    tuner_class(config)  # refuses a config of a method peftcore does not implement
     config = copy.deepcopy(config)
     task = getattr(config.task_type, "value", config.task_type) if model_task is None else model_task
     extra = TASK_MODULES_TO_SAVE.get(task, [])
@@ -80,13 +63,6 @@ def _prepare_config(config, base_model: EncoderModel, model_task=None):
     if not config.base_model_name_or_path:
         config.base_model_name_or_path = base_model.config.name_or_path or None
     return config
-
-
-def _remove_adapter_name(key: str, adapter_name: str) -> str:
-    """HF PEFT's checkpoint key of a model key: `<...>.lora_A.<adapter>.weight` ->
-    `<...>.lora_A.weight` (only when the adapter name is the second-to-last part)."""
-    head, _, suffix = key.rpartition(".")
-    return re.sub(re.escape(f".{adapter_name}") + "$", "", head) + "." + suffix
 
 
 def _model_change(method):
@@ -122,7 +98,8 @@ _PEFT_MODEL_NAMES = {
 
 
 class PeftModel(Module):
-    """A base model with LoRA adapters; named and saved as Hugging Face PEFT's PeftModel."""
+    """A base model with adapters of one method (held by that method's tuner, `base_model`);
+    named and saved as Hugging Face PEFT's PeftModel."""
 
     def __init__(self, model: EncoderModel, peft_config, adapter_name: str = "default"):
         super().__init__()
@@ -133,7 +110,7 @@ class PeftModel(Module):
         config = _prepare_config(peft_config, model)
         # the model's task is fixed by its first adapter (HF PEFT picks the PeftModel class by it)
         self._task_type = getattr(config.task_type, "value", config.task_type) or ""
-        self._modules["base_model"] = LoraModel(model, config, adapter_name)
+        self._modules["base_model"] = tuner_class(config)(model, config, adapter_name)
         self.display_name = _PEFT_MODEL_NAMES.get(self._task_type, "PeftModel")
 
     # ------------------------------------------------------------ adapters
@@ -163,20 +140,28 @@ class PeftModel(Module):
             raise ValueError(f"an adapter named {adapter_name!r} already exists; existing adapters: "
                              f"{list(self.peft_config)}")
 
-    def _check_bias(self, config):
-        """As HF PEFT: biases are shared base parameters, so one adapter at most may train them."""
-        if getattr(config, "bias", "none") != "none" and any(
-                c.bias != "none" for c in self.peft_config.values()):
-            raise ValueError("LoraModel supports only 1 adapter with bias. When using multiple "
-                             "adapters, set bias to 'none' for all adapters.")
+    @property
+    def peft_type(self):
+        return self.active_peft_config.peft_type
+
+    def _check_config(self, config, source=None):
+        """A new adapter is of this model's method (as HF PEFT) and fits its other adapters."""
+        tuner_class(config)
+        if config.peft_type != self.peft_type or not isinstance(self.base_model, tuner_class(config)):
+            where = f" ({source})" if source else ""
+            raise ValueError(f"Cannot combine adapters with different peft types. Found "
+                             f"{self.peft_type.value} and {config.peft_type.value}{where}: this "
+                             f"model's adapters are {type(self.base_model).__name__}'s, the new "
+                             f"one is a {type(config).__name__}")
+        self.base_model.check_new_config(config)
 
     @_model_change
     def add_adapter(self, adapter_name: str, peft_config):
         """Add a new (inactive, frozen) adapter; activate it with set_adapter()."""
         self._check_new_name(adapter_name)
-        self._check_bias(peft_config)
+        self._check_config(peft_config)
         config = _prepare_config(peft_config, self.get_base_model(), self._task_type)
-        plan = plan_lora(self.get_base_model(), config)
+        plan = self.base_model.plan(self.get_base_model(), config)
         self.base_model.inject_adapter(adapter_name, plan)
         self.base_model.set_adapter(self.active_adapter)
 
@@ -243,26 +228,16 @@ class PeftModel(Module):
         print(format_trainable_parameters(*self.get_nb_trainable_parameters()))
 
     def get_layer_status(self) -> list:
-        """One TunerLayerStatus per adapter layer (LoRA layers and modules_to_save wrappers),
-        named relative to the LoraModel ("model.<...>") and filled in as HF PEFT does."""
+        """One TunerLayerStatus per adapter layer (the method's layers and modules_to_save
+        wrappers), named relative to the tuner ("model.<...>") and filled in as HF PEFT does."""
         status = []
-        for name, module in self.base_model.named_modules():
-            if isinstance(module, LoraLinear):
-                module_type = "lora.Linear"
-                flags = {a: [p.requires_grad for p in module.weights(a)]
-                         for a in module.adapter_names()}
-                merged = list(module.merged_adapters)
-            elif isinstance(module, ModulesToSaveWrapper):
-                module_type = "ModulesToSaveWrapper"
-                flags = {a: [p.requires_grad for _, p in module.modules_to_save[a].named_parameters()]
-                         for a in module.adapter_names()}
-                merged = []
-            else:
-                continue
+        for name, layer in self.base_model.all_layers():
+            flags = layer.requires_grad_flags()
             status.append(TunerLayerStatus(
-                name=name, module_type=module_type, enabled=not module.disabled,
-                active_adapters=list(self.active_adapters), merged_adapters=merged,
-                requires_grad={a: _all_or_irregular(v) for a, v in flags.items()},
+                name=f"model.{name}", module_type=layer.module_type, enabled=not layer.disabled,
+                active_adapters=list(self.active_adapters),
+                merged_adapters=list(layer.merged_adapters),
+                requires_grad={a: all_or_irregular(v) for a, v in flags.items()},
                 available_adapters=sorted(flags), devices={a: ["cpu"] for a in flags},
                 quantization_backend=None))
         if not status:
@@ -294,7 +269,7 @@ class PeftModel(Module):
             enabled=enabled.pop() if len(enabled) == 1 else "irregular",
             active_adapters=list(active.pop()) if len(active) == 1 else "irregular",
             merged_adapters=merged,
-            requires_grad={a: _all_or_irregular(v) for a, v in flags.items()},
+            requires_grad={a: all_or_irregular(v) for a, v in flags.items()},
             available_adapters=sorted(set().union(*(layer.available_adapters for layer in layers))),
             devices={a: sorted(d) for a, d in devices.items()}, quantization_backend=None)
 
@@ -330,32 +305,10 @@ class PeftModel(Module):
     # ------------------------------------------------------------ files
 
     def adapter_state_dict(self, adapter_name: str) -> dict:
-        """HF PEFT's saved keys (adapter name removed) -> float32 arrays. Biases are keyed as
-        HF PEFT saves them: a LoRA layer's as `<name>.base_layer.bias`, and with bias="all"
-        every bias of the model, modules_to_save wrappers' included."""
+        """HF PEFT's saved keys (adapter name removed) -> float32 arrays."""
         if adapter_name not in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} not found; available: {list(self.peft_config)}")
-        state = {}
-        config = self.peft_config[adapter_name]
-        for name, layer in self.base_model.lora_layers():
-            if adapter_name in layer.adapter_names():
-                A, B = layer.weights(adapter_name)
-                state[f"{_PREFIX}{name}.lora_A.weight"] = np.array(A)
-                state[f"{_PREFIX}{name}.lora_B.weight"] = np.array(B)
-            if config.bias == "lora_only":  # HF saves the bias of every LoRA layer
-                state[f"{_PREFIX}{name}.base_layer.bias"] = np.array(layer.base_layer.bias)
-        for name, wrapper in self.base_model.wrappers():
-            if adapter_name in wrapper.adapter_names():
-                for pname, p in wrapper.modules_to_save[adapter_name].named_parameters():
-                    state[f"{_PREFIX}{name}.{pname}"] = np.array(p)
-        if config.bias == "all":
-            others = [a for a in self.peft_config if a != adapter_name]
-            for pname, p in self.get_base_model().named_parameters():
-                if not pname.endswith(".bias") or any(f".modules_to_save.{a}." in pname
-                                                      for a in others):
-                    continue
-                state.setdefault(_remove_adapter_name(_PREFIX + pname, adapter_name), np.array(p))
-        return state
+        return self.base_model.adapter_state_dict(adapter_name)
 
     def save_pretrained(self, save_directory, selected_adapters=None):
         """Write each adapter as HF PEFT does: adapter_config.json and
@@ -379,9 +332,6 @@ class PeftModel(Module):
         if not directory.is_dir():
             raise FileNotFoundError(f"adapter folder {directory} does not exist")
         config = PeftConfig.from_pretrained(directory)
-        if config.peft_type != PeftType.LORA:
-            raise ValueError(f"{directory / CONFIG_NAME}: peft_type {config.peft_type.value!r} "
-                             f"is not supported by peftcore (LORA is)")
         weights_file = directory / SAFETENSORS_WEIGHTS_NAME
         if weights_file.is_file():
             weights = read_safetensors(weights_file)
@@ -396,72 +346,6 @@ class PeftModel(Module):
                                       f"{np.asarray(value).dtype}; adapter weights are float "
                                       f"parameters (float32, float16, bfloat16 or float64)")
         return config, weights
-
-    def _assign_weights(self, adapter_name: str, weights: dict, plan) -> None:
-        """Check every saved tensor against the planned adapter (names and shapes) and
-        return silently, or raise naming the first tensor that does not fit."""
-        expected = {}
-        for name, (fin, fout, r, _) in plan.targets.items():
-            expected[f"{_PREFIX}{name}.lora_A.weight"] = (r, fin)
-            expected[f"{_PREFIX}{name}.lora_B.weight"] = (fout, r)
-        model = self.get_base_model()
-        aliases = []  # (regex, shape): HF's extra keys of wrapped biases (bias="all")
-        for name in plan.modules_to_save:
-            module = model.get_submodule(name)
-            if isinstance(module, ModulesToSaveWrapper):
-                module = module.original_module
-            for pname, p in module.named_parameters():
-                expected[f"{_PREFIX}{name}.{pname}"] = p.shape
-                if pname.endswith("bias") and plan.config.bias == "all":
-                    expected[f"{_PREFIX}{name}.original_module.{pname}"] = p.shape
-                    aliases.append((re.compile(re.escape(f"{_PREFIX}{name}.modules_to_save.")
-                                               + r"(?:[^.]+\.)?" + re.escape(pname) + "$"), p.shape))
-        if plan.config.bias != "none":
-            for pname, p in model.named_parameters():
-                if pname.endswith(".bias") and ".modules_to_save." not in pname:
-                    clean = pname.replace(".base_layer.", ".").replace(".original_module.", ".")
-                    expected.setdefault(_PREFIX + clean, p.shape)
-                    # HF PEFT's key for the bias of a LoRA layer (older peftcore wrote `clean`)
-                    expected.setdefault(f"{_PREFIX}{clean[:-len('.bias')]}.base_layer.bias", p.shape)
-        for key, value in weights.items():
-            shape = expected.get(key)
-            if shape is None:
-                shape = next((s for pattern, s in aliases if pattern.match(key)), None)
-            if shape is None:
-                raise ValueError(f"adapter tensor {key!r} does not match any module of the base "
-                                 f"model for this adapter config")
-            if tuple(np.shape(value)) != tuple(shape):
-                raise ValueError(f"adapter tensor {key!r} has shape {tuple(np.shape(value))}, the "
-                                 f"base model needs {tuple(shape)}")
-        lora_keys = [k for k in expected if ".lora_" in k]
-        missing = [k for k in lora_keys if k not in weights]
-        if missing:
-            raise ValueError(f"adapter file lacks tensors: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-
-    def _load_into(self, adapter_name: str, weights: dict):
-        """Copy checked tensors into the injected adapter."""
-        model = self.get_base_model()
-        for name, layer in self.base_model.lora_layers():
-            if adapter_name in layer.adapter_names():
-                A, B = layer.weights(adapter_name)
-                A[...] = weights[f"{_PREFIX}{name}.lora_A.weight"]
-                B[...] = weights[f"{_PREFIX}{name}.lora_B.weight"]
-        for name, wrapper in self.base_model.wrappers():
-            if adapter_name in wrapper.adapter_names():
-                for pname, p in wrapper.modules_to_save[adapter_name].named_parameters():
-                    for key in (f"{_PREFIX}{name}.{pname}", f"{_PREFIX}{name}.modules_to_save.{pname}"):
-                        if key in weights:
-                            p[...] = weights[key]
-                            break
-        for pname, p in model.named_parameters():
-            if not pname.endswith(".bias") or ".modules_to_save." in pname:
-                continue
-            bare = pname.replace(".base_layer.", ".")
-            for key in (_PREFIX + pname, _PREFIX + bare,
-                        f"{_PREFIX}{bare[:-len('.bias')]}.base_layer.bias"):
-                if key in weights:
-                    p[...] = weights[key]
-                    break
 
     @classmethod
     def from_pretrained(cls, model: EncoderModel, model_id, adapter_name: str = "default",
@@ -481,17 +365,19 @@ class PeftModel(Module):
                              f"{existing}); loading would overwrite that wrapper's weights. Use "
                              f"that PeftModel's load_adapter(), or call its unload() first")
         file_config, weights = cls._read_adapter(model_id)
+        if config is not None and getattr(config, "peft_type", None) != file_config.peft_type:
+            raise ValueError(f"config is a {type(config).__name__} (peft_type "
+                             f"{getattr(config.peft_type, 'value', config.peft_type)!r}), but the "
+                             f"adapter in {model_id} is {file_config.peft_type.value!r} "
+                             f"({type(file_config).__name__}): a file loads as its own method")
         config = copy.deepcopy(config or file_config)
         config.inference_mode = not is_trainable
         prepared = _prepare_config(config, model)
-        plan = plan_lora(model, prepared)
-        probe = object.__new__(cls)
-        Module.__init__(probe)
-        probe._modules["base_model"] = _PlanView(model)
-        cls._assign_weights(probe, adapter_name, weights, plan)
+        tuner = tuner_class(prepared)
+        tuner.check_weights(model, tuner.plan(model, prepared), weights)
         with model._changing("from_pretrained"):  # forwards see no half-loaded adapter
             peft_model = cls(model, config, adapter_name)
-            peft_model._load_into(adapter_name, weights)
+            peft_model.base_model.load_weights(adapter_name, weights)
         return peft_model
 
     @_model_change
@@ -499,22 +385,14 @@ class PeftModel(Module):
         """Load another saved adapter under `adapter_name` (not activated)."""
         self._check_new_name(adapter_name)
         config, weights = self._read_adapter(model_id)
-        self._check_bias(config)
+        self._check_config(config, source=str(model_id))
         config.inference_mode = not is_trainable
         prepared = _prepare_config(config, self.get_base_model(), self._task_type)
-        plan = plan_lora(self.get_base_model(), prepared)
-        self._assign_weights(adapter_name, weights, plan)
+        plan = self.base_model.plan(self.get_base_model(), prepared)
+        self.base_model.check_weights(self.get_base_model(), plan, weights)
         self.base_model.inject_adapter(adapter_name, plan)
         self.base_model.set_adapter(self.active_adapter)
-        self._load_into(adapter_name, weights)
-
-
-class _PlanView(Module):
-    """Stands in for a LoraModel while checking a file against a model not yet wrapped."""
-
-    def __init__(self, model):
-        super().__init__()
-        self._modules["model"] = model
+        self.base_model.load_weights(adapter_name, weights)
 
 
 PeftModelForSequenceClassification = PeftModel

@@ -532,10 +532,10 @@ def _corrupt(tmp_path, kind):
         (bad / "adapter_config.json").write_text(json.dumps(config))
         return bad, (ValueError,), "NOT_A_METHOD"
     if kind == "unsupported_peft_type":
-        config["peft_type"] = "IA3"
+        config["peft_type"] = "LOHA"  # a method peftcore does not implement
         (bad / "adapter_model.safetensors").write_bytes(raw)
         (bad / "adapter_config.json").write_text(json.dumps(config))
-        return bad, (ValueError,), "IA3"
+        return bad, (ValueError,), "LOHA"
     if kind == "wrong_rank":  # tensors saved with r=4, config says r=8
         config["r"] = 8
         (bad / "adapter_config.json").write_text(json.dumps(config))

@@ -143,7 +143,7 @@ def test_load_ignores_unknown_keys_keeps_known(tmp_path):
     [
         ('{"r": 8}', "Missing 'peft_type'"),
         ('{"peft_type": "NOT_A_METHOD"}', "Unknown peft_type"),
-        ('{"peft_type": "IA3"}', "not supported by peftcore"),
+        ('{"peft_type": "LOHA"}', "not supported by peftcore"),
         ('{"peft_type": "LORA", "r": 8', "not valid JSON"),
         ("\xff\xfe garbage", "not valid JSON"),
         ("[1, 2]", "JSON object"),
@@ -177,24 +177,24 @@ def test_load_missing_file(tmp_path):
 
 def test_register_config_dispatch(tmp_path):
     @dataclasses.dataclass
-    class FakeIA3(PeftConfig):
+    class FakeLoha(PeftConfig):
         alpha: int = 1
 
         def __post_init__(self):
             super().__post_init__()
-            self.peft_type = PeftType.IA3
+            self.peft_type = PeftType.LOHA
 
-    register_config("IA3", FakeIA3)
+    register_config("LOHA", FakeLoha)
     try:
-        FakeIA3(alpha=5).save_pretrained(tmp_path)
+        FakeLoha(alpha=5).save_pretrained(tmp_path)
         loaded = PeftConfig.from_pretrained(tmp_path)
-        assert type(loaded) is FakeIA3 and loaded.alpha == 5
+        assert type(loaded) is FakeLoha and loaded.alpha == 5
         with pytest.raises(ValueError, match="cannot load"):
             LoraConfig.from_pretrained(tmp_path)
     finally:
         from peftcore import config as cfg
 
-        cfg._CONFIG_REGISTRY.pop("IA3")
+        cfg._CONFIG_REGISTRY.pop("LOHA")
 
 
 def test_our_file_loads_in_peft(tmp_path):

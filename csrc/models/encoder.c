@@ -9,7 +9,9 @@
  *   pre  = h1·Wiᵀ + bi;  act = gelu(pre)        (N,I)
  *   r2   = dropout(act·Woᵀ + bo) + h1           (N,C)
  *   out  = LayerNorm2(r2)                       (N,C)
- * Any linear may carry a LoRA adapter: y += s·dropout(x)·Aᵀ·Bᵀ.
+ * Any linear may carry adapters at its input and output sites (adapters/adapter.h): the
+ * encoder runs a site's adapters through that interface and asks it which of its fused fast
+ * paths stay valid, never naming a method.
  *
  * A classification forward needs only the first token of each sequence from the last layer:
  * there (first_token_only) k and v are computed for all N rows but the queries, attention
@@ -23,7 +25,6 @@
 #include <omp.h>
 
 #include "../ops/kernels.h"
-#include "../peft/lora.h"
 #include "encoder.h"
 
 enum { SLOT_Q, SLOT_K, SLOT_V, SLOT_AO, SLOT_I, SLOT_O, SLOTS_PER_LAYER };
@@ -93,6 +94,11 @@ struct pc_encoder {
     float *cls_in, *pooled, *head_x1, *head_h, *head_x2, *logits; /* (B,C)/(B,L) */
     /* gradient scratch */
     float *d_x, *d_y, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head; /* d_x, d_y: ping-pong */
+    float *d_logits; /* (B,L) a copy of the given gradient (adapters may transform it) */
+    /* linears with input-site adapters: their modified input (forward), then in the
+     * backward its gradient and the rebuilt input side by side; (rows, 2·widest input) */
+    float *in_scratch;
+    int64_t in_scratch_cap, in_scratch_failed;
 };
 
 /* ------------------------------------------------------------ construction */
@@ -261,15 +267,14 @@ void pc_encoder_free(pc_encoder *enc) {
         for (int i = 0; i < enc->num_slots; i++) {
             pc_tensor_release(enc->slots[i].weight);
             pc_tensor_release(enc->slots[i].bias);
-            pc_tensor_release(enc->slots[i].lora.A);
-            pc_tensor_release(enc->slots[i].lora.B);
-            free(enc->slots[i].lora_u);
+            for (int k = 0; k < PC_LINEAR_SITES; k++) pc_site_clear(&enc->slots[i].site[k]);
         }
     free(enc->slots);
     free(enc->layer);
     free(enc->acts);
     free(enc->workers);
     free(enc->ids);
+    free(enc->in_scratch);
     pc_free(enc->arena);
     free(enc);
 }
@@ -290,24 +295,21 @@ pc_linear_slot *pc_encoder_linear(pc_encoder *enc, int i) {
     return i >= 0 && i < enc->num_slots ? &enc->slots[i] : NULL;
 }
 
-int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B, float scale,
-                        float dropout) {
+int pc_encoder_set_adapters(pc_encoder *enc, int linear, pc_site_kind site, pc_adapter **list,
+                            int n) {
     pc_linear_slot *s = pc_encoder_linear(enc, linear);
-    if (!s) return -1;
-    if (A && B) {
-        if (A->ndim != 2 || B->ndim != 2 || A->shape[1] != s->in || B->shape[0] != s->out ||
-            B->shape[1] != A->shape[0] || A->dtype != PC_FLOAT32 || B->dtype != PC_FLOAT32)
+    if (!s || (unsigned)site >= PC_LINEAR_SITES || n < 0 || n > PC_SITE_MAX_ADAPTERS) return -1;
+    for (int i = 0; i < n; i++) {
+        char err[8];
+        const pc_adapter *a = list[i];
+        if (!a || a->site != site ||
+            a->method->check((pc_tensor *const *)a->t, site, s->in, s->out, a->scale,
+                             a->dropout, err, sizeof err) < 0)
             return -2;
-        pc_tensor_retain(A);
-        pc_tensor_retain(B);
     }
-    pc_tensor_release(s->lora.A);
-    pc_tensor_release(s->lora.B);
-    s->lora.A = A && B ? A : NULL;
-    s->lora.B = A && B ? B : NULL;
-    s->lora.scale = scale;
-    s->lora.dropout = dropout;
+    pc_site_set(&s->site[site], list, n);
     enc->has_forward = false; /* a saved forward no longer matches the model */
+    enc->backward_ready = false;
     return 0;
 }
 
@@ -342,41 +344,139 @@ int64_t pc_encoder_inference_bytes_per_token(const pc_encoder *enc) {
     return (int64_t)sizeof(float) * (group_scratch_width(&enc->cfg) + 4);
 }
 
-/* Lay out every activation of a (B,T) batch in one arena, growing it when needed.
- * With keep (a forward that a backward may follow) every layer keeps its activations and
- * the gradient scratch is laid out too. Without, only the hidden state (N,C) spans the
- * batch: the embeddings and every layer work in place in it (a layer reads its input before
- * it writes its output; a first-token-only last layer writes first_out), and each of
- * `workers` workers has one layer scratch region sized for a group of `group` sequences,
- * through which it runs its groups of sequences. */
-static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool probs_per_layer,
-                              int workers, int group, bool first_token_only) {
+/* The shape of one forward's activations */
+typedef struct {
+    int B, T;
+    bool keep;            /* a backward may follow: every layer keeps its activations */
+    bool probs_per_layer; /* each layer keeps its attention probabilities */
+    int workers, group;   /* without keep: workers, each with scratch for `group` sequences */
+    bool first_token_only;
+} act_plan;
+
+/* The one table of the activation arena: hands out every buffer of a forward in order and
+ * returns the floats they take. With base NULL it only counts (nothing is written), so the
+ * arena's size and its layout come from the same lines and cannot drift apart.
+ *
+ * With keep every layer keeps its activations and the gradient scratch is laid out too.
+ * Without, only the hidden state (N,C) spans the batch: the embeddings and every layer work
+ * in place in it (a layer reads its input before it writes its output; a first-token-only
+ * last layer writes first_out), and each worker has one layer scratch region sized for a
+ * group of sequences, through which it runs its groups. */
+static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *base) {
     const pc_encoder_config *c = &enc->cfg;
+    const int B = pl->B, T = pl->T;
+    const bool keep = pl->keep;
     const int64_t N = (int64_t)B * T, C = c->hidden, I = c->intermediate, H = c->heads;
     const int64_t L = c->layers, nl = c->num_labels > 0 ? c->num_labels : 1;
+    const int64_t Ng = (int64_t)pl->group * T; /* rows of a worker's layer scratch */
+    const int64_t probs = (int64_t)pl->group * H * T * T;
+    int64_t used = 0;
+    layer_acts unused;
+#define TAKE(dst, count)                                    \
+    do {                                                    \
+        float *at_ = base ? base + used : NULL;             \
+        used += round_up(count);                            \
+        if (base) (dst) = at_;                              \
+    } while (0)
+    TAKE(enc->out_buf[0], N * C);
     if (keep) {
-        group = B;
-        workers = 1;
+        TAKE(enc->out_buf[1], N * C);
+        TAKE(enc->emb_sum, N * C);
+        TAKE(enc->emb_out, N * C);
+    } else if (base) {
+        enc->out_buf[1] = enc->emb_sum = enc->emb_out = enc->out_buf[0];
     }
-    const int64_t Ng = (int64_t)group * T; /* rows of a worker's layer scratch */
+    TAKE(enc->emb_mean, N);
+    TAKE(enc->emb_rstd, N);
+    if (keep) {
+        TAKE(enc->act, N * I);
+        if (!pl->probs_per_layer) TAKE(enc->probs, probs);
+        TAKE(enc->h1, N * C);
+    } else if (base) {
+        enc->act = enc->probs = enc->h1 = NULL;
+    }
+    TAKE(enc->first_out, B * C);
     /* without keep one scratch region serves a layer's steps in turn, (W + C)·Ng floats
      * with W = max(4C, I): q|k|v (3C) and ctx (C), then pre (I) over both, and r1 = h1
      * (LayerNorm in place) behind; r2 is summed in the output rows (their input is consumed
      * by then) and the probabilities live in per-thread scratch */
     const int64_t wide = group_scratch_width(c) - C;
-    const int64_t probs = keep ? round_up(group * H * T * (int64_t)T) : 0;
-    const int64_t per_layer = keep ? round_up(N * 3 * C) + 3 * round_up(N * C) + round_up(N * I) +
-                                         4 * round_up(N) + (probs_per_layer ? probs : 0)
-                                   : round_up(Ng * (wide + C)) + 4 * round_up(Ng);
-    /* layer scratch regions: every layer's with keep, else one per worker */
-    const int64_t regions = keep ? L : (L > 0 ? workers : 0);
-    const int64_t shared = (probs_per_layer ? 0 : probs) + (keep ? 3 : 1) * round_up(N * C);
-    const int64_t grad_scratch = 4 * round_up(N * C) + round_up(N * 3 * C) + round_up(N * C) +
-                                 round_up(N * I) + round_up(B * C);
-    const int64_t need = (keep ? 2 * round_up(N * C) : 0) + 2 * round_up(N) +
-                         regions * per_layer + (keep ? round_up(N * I) : 0) + shared +
-                         7 * round_up(B * C) + round_up(B * nl) + round_up(N) +
-                         (keep ? grad_scratch : 0);
+    for (int w = 0; !keep && L > 0 && w < pl->workers; w++) {
+        layer_acts *a = base ? &enc->workers[w] : &unused;
+        float *region = NULL;
+        TAKE(region, Ng * (wide + C));
+        a->qkv = region;
+        a->ctx = region ? region + Ng * 3 * C : NULL;
+        a->pre = a->act = region; /* gelu in place */
+        a->r1 = a->h1 = region ? region + Ng * wide : NULL;
+        a->r2 = NULL; /* the layer's output rows */
+        a->probs = NULL;
+        a->out = NULL;
+        TAKE(a->ln1_mean, Ng);
+        TAKE(a->ln1_rstd, Ng);
+        TAKE(a->ln2_mean, Ng);
+        TAKE(a->ln2_rstd, Ng);
+    }
+    for (int l = 0; l < L; l++) {
+        layer_acts *a = base ? &enc->acts[l] : &unused;
+        if (!keep) {
+            /* only the output: the scratch is the worker's */
+            memset(a, 0, sizeof *a);
+            if (base) a->out = pl->first_token_only && l == L - 1 ? enc->first_out : enc->out_buf[0];
+            continue;
+        }
+        TAKE(a->qkv, N * 3 * C);
+        if (pl->probs_per_layer)
+            TAKE(a->probs, probs);
+        else
+            a->probs = enc->probs;
+        TAKE(a->ctx, N * C);
+        TAKE(a->r1, N * C);
+        a->h1 = enc->h1;
+        TAKE(a->r2, N * C);
+        a->out = enc->out_buf[l % 2];
+        TAKE(a->pre, N * I);
+        a->act = enc->act;
+        TAKE(a->ln1_mean, N);
+        TAKE(a->ln1_rstd, N);
+        TAKE(a->ln2_mean, N);
+        TAKE(a->ln2_rstd, N);
+    }
+    TAKE(enc->first_x, B * C);
+    TAKE(enc->cls_in, B * C);
+    TAKE(enc->pooled, B * C);
+    TAKE(enc->head_x1, B * C);
+    TAKE(enc->head_h, B * C);
+    TAKE(enc->head_x2, B * C);
+    TAKE(enc->logits, B * nl);
+    TAKE(enc->key_mask, N);
+    if (keep) {
+        TAKE(enc->d_x, N * C);
+        TAKE(enc->d_y, N * C);
+        TAKE(enc->d_h1, N * C);
+        TAKE(enc->d_r, N * C);
+        TAKE(enc->d_qkv, N * 3 * C);
+        TAKE(enc->d_ctx, N * C);
+        TAKE(enc->d_act, N * I);
+        TAKE(enc->d_head, B * C);
+        TAKE(enc->d_logits, B * nl);
+    } else if (base) {
+        enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
+        enc->d_head = enc->d_logits = NULL;
+    }
+#undef TAKE
+    return used;
+}
+
+/* Lay out every activation of a (B,T) batch in one arena, growing it when needed. */
+static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool probs_per_layer,
+                              int workers, int group, bool first_token_only) {
+    const int64_t N = (int64_t)B * T, L = enc->cfg.layers;
+    if (keep) {
+        group = B;
+        workers = 1;
+    }
+    const act_plan plan = {B, T, keep, probs_per_layer, workers, group, first_token_only};
     if (workers > enc->workers_cap) {
         layer_acts *w = calloc((size_t)workers, sizeof *w);
         if (!w) return -1;
@@ -384,6 +484,7 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
         enc->workers = w;
         enc->workers_cap = workers;
     }
+    const int64_t need = lay_out_activations(enc, &plan, NULL);
     if (need > enc->arena_floats) {
         float *arena = pc_alloc(sizeof(float) * (size_t)need);
         layer_acts *acts = calloc((size_t)L + 1, sizeof *acts);
@@ -407,91 +508,9 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     }
     enc->positions = enc->ids + N;
     enc->types = enc->ids + 2 * N;
-    float *p = enc->arena;
-#define TAKE(dst, count) do { dst = p; p += round_up(count); } while (0)
-    TAKE(enc->out_buf[0], N * C);
-    if (keep) {
-        TAKE(enc->out_buf[1], N * C);
-        TAKE(enc->emb_sum, N * C);
-        TAKE(enc->emb_out, N * C);
-    } else {
-        enc->out_buf[1] = enc->emb_sum = enc->emb_out = enc->out_buf[0];
-    }
-    TAKE(enc->emb_mean, N);
-    TAKE(enc->emb_rstd, N);
-    if (keep) {
-        TAKE(enc->act, N * I);
-        if (!probs_per_layer) TAKE(enc->probs, B * H * T * (int64_t)T);
-        TAKE(enc->h1, N * C);
-    } else {
-        enc->act = enc->probs = enc->h1 = NULL;
-    }
-    TAKE(enc->first_out, B * C);
-    for (int w = 0; !keep && w < regions; w++) {
-        layer_acts *a = &enc->workers[w];
-        float *region = p;
-        p += round_up(Ng * (wide + C));
-        a->qkv = region;
-        a->ctx = region + Ng * 3 * C;
-        a->pre = a->act = region; /* gelu in place */
-        a->r1 = a->h1 = region + Ng * wide;
-        a->r2 = NULL; /* the layer's output rows */
-        a->probs = NULL;
-        a->out = NULL;
-        TAKE(a->ln1_mean, Ng);
-        TAKE(a->ln1_rstd, Ng);
-        TAKE(a->ln2_mean, Ng);
-        TAKE(a->ln2_rstd, Ng);
-    }
-    for (int l = 0; l < L; l++) {
-        layer_acts *a = &enc->acts[l];
-        if (!keep) {
-            /* only the output: the scratch is the worker's */
-            memset(a, 0, sizeof *a);
-            a->out = first_token_only && l == L - 1 ? enc->first_out : enc->out_buf[0];
-            continue;
-        }
-        TAKE(a->qkv, N * 3 * C);
-        if (probs_per_layer)
-            TAKE(a->probs, B * H * T * (int64_t)T);
-        else
-            a->probs = enc->probs;
-        TAKE(a->ctx, N * C);
-        TAKE(a->r1, N * C);
-        a->h1 = enc->h1;
-        TAKE(a->r2, N * C);
-        a->out = enc->out_buf[l % 2];
-        TAKE(a->pre, N * I);
-        a->act = enc->act;
-        TAKE(a->ln1_mean, N);
-        TAKE(a->ln1_rstd, N);
-        TAKE(a->ln2_mean, N);
-        TAKE(a->ln2_rstd, N);
-    }
-    TAKE(enc->first_x, B * C);
-    TAKE(enc->cls_in, B * C);
-    TAKE(enc->pooled, B * C);
-    TAKE(enc->head_x1, B * C);
-    TAKE(enc->head_h, B * C);
-    TAKE(enc->head_x2, B * C);
-    TAKE(enc->logits, B * nl);
-    TAKE(enc->key_mask, N);
+    lay_out_activations(enc, &plan, enc->arena);
     enc->B = B;
     enc->T = T;
-    if (!keep) {
-        enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
-        enc->d_head = NULL;
-        return 0;
-    }
-    TAKE(enc->d_x, N * C);
-    TAKE(enc->d_y, N * C);
-    TAKE(enc->d_h1, N * C);
-    TAKE(enc->d_r, N * C);
-    TAKE(enc->d_qkv, N * 3 * C);
-    TAKE(enc->d_ctx, N * C);
-    TAKE(enc->d_act, N * I);
-    TAKE(enc->d_head, B * C);
-#undef TAKE
     return 0;
 }
 
@@ -511,19 +530,23 @@ void pc_encoder_release_activations(pc_encoder *enc) {
     enc->arena_floats = 0;
     enc->workers_cap = 0;
     enc->B = enc->T = 0;
-    for (int i = 0; i < enc->num_slots; i++) {
-        free(enc->slots[i].lora_u);
-        enc->slots[i].lora_u = NULL;
-        enc->slots[i].lora_u_cap = 0;
-    }
+    for (int i = 0; i < enc->num_slots; i++)
+        for (int k = 0; k < PC_LINEAR_SITES; k++) pc_site_release_saved(&enc->slots[i].site[k]);
+    free(enc->in_scratch);
+    enc->in_scratch = NULL;
+    enc->in_scratch_cap = 0;
     enc->has_forward = false;
     enc->backward_ready = false;
 }
 
 int64_t pc_encoder_failed_bytes(const pc_encoder *enc) {
-    int64_t bytes = enc->failed_bytes;
+    int64_t bytes = enc->failed_bytes > enc->in_scratch_failed ? enc->failed_bytes
+                                                                : enc->in_scratch_failed;
     for (int i = 0; i < enc->num_slots; i++)
-        if (enc->slots[i].lora_u_failed > bytes) bytes = enc->slots[i].lora_u_failed;
+        for (int k = 0; k < PC_LINEAR_SITES; k++) {
+            const int64_t b = pc_site_failed_bytes(&enc->slots[i].site[k]);
+            if (b > bytes) bytes = b;
+        }
     return bytes;
 }
 
@@ -533,7 +556,8 @@ int64_t pc_encoder_activation_bytes(const pc_encoder *enc) {
 
 /* ------------------------------------------------------------ dropout sites */
 
-enum { SITE_EMB, SITE_ATTN, SITE_AO, SITE_O, SITE_HEAD1, SITE_HEAD2, SITE_LORA };
+enum { SITE_EMB, SITE_ATTN, SITE_AO, SITE_O, SITE_HEAD1, SITE_HEAD2, SITE_ADAPTER_OUT,
+       SITE_ADAPTER_IN };
 
 /* Each dropout site of a step gets its own stream: seed(step, layer, site) */
 static uint64_t site_seed(uint64_t step_seed, int layer, int site) {
@@ -560,62 +584,94 @@ static void dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed
 
 static bool wants_grad(const pc_tensor *t) { return t && t->requires_grad; }
 
+static pc_site *in_site(pc_linear_slot *s) { return &s->site[PC_SITE_LINEAR_IN]; }
+static pc_site *out_site(pc_linear_slot *s) { return &s->site[PC_SITE_LINEAR_OUT]; }
+
 static bool slot_has_trainable(const pc_linear_slot *s) {
     return wants_grad(s->weight) || wants_grad(s->bias) ||
-           (s->lora.A && (wants_grad(s->lora.A) || wants_grad(s->lora.B)));
+           pc_site_trains(&s->site[PC_SITE_LINEAR_IN]) ||
+           pc_site_trains(&s->site[PC_SITE_LINEAR_OUT]);
 }
 
-static float slot_lora_dropout(const pc_encoder *enc, const pc_linear_slot *s) {
-    return enc->training ? s->lora.dropout : 0.0f;
+/* The backward reads the linear's input: for its weight's gradient or its adapters */
+static bool slot_reads_input(const pc_linear_slot *s) {
+    return wants_grad(s->weight) || s->site[PC_SITE_LINEAR_IN].n || s->site[PC_SITE_LINEAR_OUT].n;
 }
 
-static uint64_t slot_seed(const pc_encoder *enc, const pc_linear_slot *s) {
-    return site_seed(enc->seed, (int)(s - enc->slots), SITE_LORA);
+/* A call at one of the slot's sites for N rows */
+static pc_site_call site_call(const pc_encoder *enc, const pc_linear_slot *s, pc_site_kind site,
+                              int N) {
+    pc_site_call c = {N, s->in, s->out, enc->training,
+                      site_seed(enc->seed, (int)(s - enc->slots),
+                                site == PC_SITE_LINEAR_IN ? SITE_ADAPTER_IN : SITE_ADAPTER_OUT)};
+    return c;
 }
 
-/* The slot's LoRA intermediate u = x·Aᵀ has room for `rows` rows (it grows, never shrinks) */
-static int reserve_lora_rows(pc_linear_slot *s, int64_t rows) {
-    if (!s->lora.A) return 0;
-    const int64_t need = rows * s->lora.A->shape[0];
-    if (need <= s->lora_u_cap) return 0;
-    float *u = realloc(s->lora_u, sizeof(float) * (size_t)need);
-    if (!u) {
-        s->lora_u_failed = (int64_t)sizeof(float) * need;
-        return -1;
+/* The scratch of input sites, with room for `floats` (it grows, never shrinks) */
+static float *input_scratch(pc_encoder *enc, int64_t floats) {
+    if (floats <= enc->in_scratch_cap) return enc->in_scratch;
+    float *p = realloc(enc->in_scratch, sizeof(float) * (size_t)floats);
+    if (!p) {
+        enc->in_scratch_failed = (int64_t)sizeof(float) * floats;
+        return NULL;
     }
-    s->lora_u = u;
-    s->lora_u_cap = need;
-    return 0;
+    enc->in_scratch = p;
+    enc->in_scratch_cap = floats;
+    return p;
 }
 
-/* y (N,out) row stride ldy += LoRA(x), x (N,in) row stride ldx. The rank-r intermediate
- * x·Aᵀ (which the backward reads) fills rows [u_row, u_row + N) of the slot's u, so workers
- * on disjoint rows of a batch never share it (their rows are reserved before they start). */
-static int slot_lora_forward(pc_encoder *enc, pc_linear_slot *s, float *y, int ldy,
-                             const float *x, int ldx, int N, int64_t u_row) {
-    if (!s->lora.A) return 0;
-    if (reserve_lora_rows(s, u_row + N) < 0) return -1;
-    int r = (int)s->lora.A->shape[0];
-    return pc_lora_forward(y, ldy, s->lora_u + u_row * r, x, ldx, pc_f32(s->lora.A),
-                           pc_f32(s->lora.B), N, s->in, s->out, r, s->lora.scale,
-                           slot_lora_dropout(enc, s), slot_seed(enc, s));
+/* floats per row of the input scratch in a forward: the widest input of any linear, so
+ * that rows [row, row + N) of any linear lie within rows [row, row + N) of the scratch,
+ * whatever their width (workers own disjoint rows) */
+static int64_t input_scratch_width(const pc_encoder *enc) {
+    return enc->cfg.hidden > enc->cfg.intermediate ? enc->cfg.hidden : enc->cfg.intermediate;
+}
+
+/* x through the slot's input site into the input scratch from row `row` on (x itself when
+ * the site is empty); NULL when out of memory */
+static const float *slot_input(pc_encoder *enc, pc_linear_slot *s, const float *x, int ldx,
+                               int N, int64_t row) {
+    if (!in_site(s)->n) return x;
+    const int64_t width = input_scratch_width(enc);
+    float *xs = input_scratch(enc, (row + N) * width);
+    if (!xs) return NULL;
+    xs += row * width;
+    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_IN, N);
+    if (pc_site_input_forward(in_site(s), &c, xs, s->in, x, ldx, row, enc->keeping) < 0)
+        return NULL;
+    return xs;
+}
+
+/* the output site's adapters over y (N,out) stride ldy, x (N,in) the GEMM's input */
+static int slot_output(pc_encoder *enc, pc_linear_slot *s, float *y, int ldy, const float *x,
+                       int ldx, int N, int64_t row) {
+    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_OUT, N);
+    return pc_site_output_forward(out_site(s), &c, y, ldy, x, ldx, row, enc->keeping);
 }
 
 static int slot_forward(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x, int N) {
-    pc_linear_forward(y, x, pc_f32(s->weight), pc_f32(s->bias), N, s->in, s->out);
-    return slot_lora_forward(enc, s, y, s->out, x, s->in, N, 0);
+    const float *xe = slot_input(enc, s, x, s->in, N, 0);
+    if (!xe) return -1;
+    pc_linear_forward(y, xe, pc_f32(s->weight), pc_f32(s->bias), N, s->in, s->out);
+    return slot_output(enc, s, y, s->out, xe, s->in, N, 0);
 }
 
-/* y = x·Wᵀ (+ LoRA) without the bias, which the pass after the GEMM adds on its way
- * (bias_dropout_residual, bias_activation): one pass over y instead of two */
+/* y = x·Wᵀ (+ adapters) leaving the bias to the pass after the GEMM (bias_dropout_residual,
+ * bias_activation: one pass over y instead of two), which gets it in *late_bias; NULL when
+ * the output site's adapters need y with its bias, which the GEMM then adds itself */
 static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x,
-                                 int N, int64_t u_row) {
-    pc_linear_forward(y, x, pc_f32(s->weight), NULL, N, s->in, s->out);
-    return slot_lora_forward(enc, s, y, s->out, x, s->in, N, u_row);
+                                 int N, int64_t row, const float **late_bias) {
+    const bool late = pc_site_keeps(out_site(s), PC_KEEPS_LATE_BIAS);
+    *late_bias = late ? pc_f32(s->bias) : NULL;
+    const float *xe = slot_input(enc, s, x, s->in, N, row);
+    if (!xe) return -1;
+    pc_linear_forward(y, xe, pc_f32(s->weight), late ? NULL : pc_f32(s->bias), N, s->in, s->out);
+    return slot_output(enc, s, y, s->out, xe, s->in, N, row);
 }
 
 /* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
- * (element n·C + c, as dropout_inplace counts) and the skip connection in one pass */
+ * (element n·C + c, as dropout_inplace counts) and the skip connection in one pass; bias
+ * NULL: added already */
 static void bias_dropout_residual(float *y, const float *bias, const float *residual, int N,
                                   int C, float p, uint64_t seed) {
     const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
@@ -625,54 +681,103 @@ static void bias_dropout_residual(float *y, const float *bias, const float *resi
         const float *res = residual + (int64_t)n * C;
         if (p > 0.0f) {
             const uint64_t first = (uint64_t)n * (uint64_t)C;
-            for (int c = 0; c < C; c++)
-                row[c] = (pc_keep(seed, first + c, p) ? (row[c] + bias[c]) * scale : 0.0f) + res[c];
-        } else {
+            if (bias)
+                for (int c = 0; c < C; c++)
+                    row[c] = (pc_keep(seed, first + c, p) ? (row[c] + bias[c]) * scale : 0.0f) +
+                             res[c];
+            else
+                for (int c = 0; c < C; c++)
+                    row[c] = (pc_keep(seed, first + c, p) ? row[c] * scale : 0.0f) + res[c];
+        } else if (bias) {
             for (int c = 0; c < C; c++) row[c] = (row[c] + bias[c]) + res[c];
+        } else {
+            for (int c = 0; c < C; c++) row[c] = row[c] + res[c];
         }
     }
 }
 
-/* Weight, bias and LoRA gradients of one linear, for parameters that want them (the weight's
- * unless weight_done: computed already). dy (N,out) stride ldy, x (N,in) stride ldx.
- * dx (stride ldx) += LoRA's share when given. */
-static int slot_backward_params(pc_encoder *enc, pc_linear_slot *s, float *dx, int lddx,
-                                const float *dy, int ldy, const float *x, int ldx, int N,
-                                bool weight_done) {
+/* Weight and bias gradients of one linear, for those that want them (the weight's unless
+ * weight_done: computed already). dy (N,out) stride ldy, xe (N,in) stride ldx the GEMM's
+ * input. */
+static int linear_param_grads(pc_linear_slot *s, const float *dy, int ldy, const float *xe,
+                              int ldx, int N, bool weight_done) {
     if (wants_grad(s->weight) && !weight_done) {
         pc_tensor *g = pc_tensor_grad(s->weight);
         if (!g) return -1;
         /* dW (out,in) += dyᵀ (out,N) · x (N,in) */
-        pc_sgemm(true, false, s->out, s->in, N, 1.0f, dy, ldy, x, ldx, 1.0f, pc_f32(g), s->in);
+        pc_sgemm(true, false, s->out, s->in, N, 1.0f, dy, ldy, xe, ldx, 1.0f, pc_f32(g), s->in);
     }
     if (wants_grad(s->bias)) {
         pc_tensor *g = pc_tensor_grad(s->bias);
         if (!g) return -1;
         pc_column_sums(pc_f32(g), dy, ldy, N, s->out);
     }
-    if (s->lora.A) {
-        bool gA = wants_grad(s->lora.A), gB = wants_grad(s->lora.B);
-        if (gA || gB || dx) {
-            pc_tensor *dA = gA ? pc_tensor_grad(s->lora.A) : NULL;
-            pc_tensor *dB = gB ? pc_tensor_grad(s->lora.B) : NULL;
-            if ((gA && !dA) || (gB && !dB)) return -1;
-            int r = (int)s->lora.A->shape[0];
-            if (pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, ldy, s->lora_u, x, ldx,
-                                 pc_f32(s->lora.A), pc_f32(s->lora.B), N, s->in, s->out, r,
-                                 s->lora.scale, slot_lora_dropout(enc, s), slot_seed(enc, s)) < 0)
-                return -1;
-        }
-    }
     return 0;
 }
 
-/* Full backward of a standalone linear: dx (N,in) += dy·W when dx is given (dx = dy·W when
- * overwrite_dx: whatever dx held is not read), then the params (and LoRA's share of dx). */
-static int slot_backward(pc_encoder *enc, pc_linear_slot *s, float *dx, const float *dy,
+/* The input gradient of the GEMM and the output site: dxe (N,in) stride lddx = dy·W (or +=
+ * when accumulate), plus the output adapters' shares through xe. dy, the gradient of the
+ * linear's result, becomes that of the GEMM's output in place. dxe NULL: not wanted. */
+static int gemm_and_output_backward(pc_encoder *enc, pc_linear_slot *s, float *dxe, int lddx,
+                                    bool accumulate, float *dy, int ldy, const float *xe,
+                                    int ldx, int N) {
+    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_OUT, N);
+    const float *w = pc_f32(s->weight);
+    if (pc_site_keeps(out_site(s), PC_KEEPS_GRADIENT)) {
+        /* dy is the GEMM's output gradient already: the product first, overwriting */
+        if (dxe)
+            pc_sgemm(false, false, N, s->in, s->out, 1.0f, dy, ldy, w, s->in,
+                     accumulate ? 1.0f : 0.0f, dxe, lddx);
+        return pc_site_output_backward(out_site(s), &c, dy, ldy, dxe, lddx, xe, ldx, 0);
+    }
+    if (dxe && !accumulate)
+        for (int n = 0; n < N; n++) memset(dxe + (int64_t)n * lddx, 0, sizeof(float) * s->in);
+    if (pc_site_output_backward(out_site(s), &c, dy, ldy, dxe, lddx, xe, ldx, 0) < 0) return -1;
+    if (dxe) pc_sgemm(false, false, N, s->in, s->out, 1.0f, dy, ldy, w, s->in, 1.0f, dxe, lddx);
+    return 0;
+}
+
+/* Full backward of one linear with its sites. dy (N,out) stride ldy: the gradient of its
+ * result (used as scratch). x (N,in) stride ldx: its input (before the input site). dx
+ * (stride lddx) receives the input gradient (overwriting whatever it held when overwrite_dx,
+ * else added); NULL: not wanted. */
+static int linear_backward(pc_encoder *enc, pc_linear_slot *s, float *dx, int lddx,
+                           bool overwrite_dx, float *dy, int ldy, const float *x, int ldx,
+                           int N) {
+    if (!in_site(s)->n) {
+        if (gemm_and_output_backward(enc, s, dx, lddx, !overwrite_dx, dy, ldy, x, ldx, N) < 0)
+            return -1;
+        return linear_param_grads(s, dy, ldy, x, ldx, N, false);
+    }
+    /* with input-site adapters: the scratch holds d (N,in), the gradient of the GEMM's input,
+     * beside xe (N,in), the GEMM's input rebuilt (the site's adapters then reuse it) */
+    float *d = input_scratch(enc, 2 * (int64_t)N * s->in);
+    if (!d) return -1;
+    float *xe = d + (int64_t)N * s->in;
+    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_IN, N);
+    if (pc_site_input_forward(in_site(s), &c, xe, s->in, x, ldx, 0, true) < 0) return -1;
+    const bool need_d = dx || pc_site_trains(in_site(s));
+    if (gemm_and_output_backward(enc, s, need_d ? d : NULL, s->in, false, dy, ldy, xe, s->in,
+                                 N) < 0 ||
+        linear_param_grads(s, dy, ldy, xe, s->in, N, false) < 0)
+        return -1;
+    if (!need_d) return 0;
+    if (pc_site_input_backward(in_site(s), &c, d, s->in, x, ldx, xe, 0) < 0) return -1;
+    if (dx)
+        for (int n = 0; n < N; n++) {
+            float *dst = dx + (int64_t)n * lddx;
+            const float *src = d + (int64_t)n * s->in;
+            if (overwrite_dx)
+                memcpy(dst, src, sizeof(float) * s->in);
+            else
+                for (int i = 0; i < s->in; i++) dst[i] += src[i];
+        }
+    return 0;
+}
+
+static int slot_backward(pc_encoder *enc, pc_linear_slot *s, float *dx, float *dy,
                          const float *x, int N, bool overwrite_dx) {
-    if (dx) pc_sgemm(false, false, N, s->in, s->out, 1.0f, dy, s->out, pc_f32(s->weight), s->in,
-                     overwrite_dx ? 0.0f : 1.0f, dx, s->in);
-    return slot_backward_params(enc, s, dx, s->in, dy, s->out, x, s->in, N, false);
+    return linear_backward(enc, s, dx, s->in, overwrite_dx, dy, s->out, x, s->in, N);
 }
 
 /* ------------------------------------------------------------ forward */
@@ -685,14 +790,16 @@ static void activation_forward(const pc_encoder *enc, float *out, const float *i
     }
 }
 
-/* pre (N,I) += bias, act = activation(pre) in one pass (act may be pre: in place) */
+/* pre (N,I) += bias (unless NULL), act = activation(pre) in one pass (act may be pre: in
+ * place) */
 static void bias_activation(const pc_encoder *enc, float *act, float *pre, const float *bias,
                             int N, int I) {
     const int kind = enc->cfg.activation;
     PC_PARALLEL_FOR((int64_t)N * I)
     for (int n = 0; n < N; n++) {
         float *x = pre + (int64_t)n * I, *y = act + (int64_t)n * I;
-        for (int i = 0; i < I; i++) x[i] += bias[i];
+        if (bias)
+            for (int i = 0; i < I; i++) x[i] += bias[i];
         switch (kind) {
         case PC_ACT_GELU:
         case PC_ACT_GELU_TANH:
@@ -751,16 +858,20 @@ typedef struct {
 } layer_rows;
 
 /* The last layer of an eval first-token forward that no backward follows folds the key and
- * value projections into attention (pc_attention_first_query_folded) when neither carries a
- * LoRA adapter and the fold's scratch fits where k|v (N,2C) would be: H·(2C + T) + T <= 2·T·C,
- * which also means it is cheaper (it needs about T >= H). */
+ * value projections into attention (pc_attention_first_query_folded) when every adapter on
+ * them allows it and the fold's scratch fits where k|v (N,2C) would be:
+ * H·(2C + T) + T <= 2·T·C, which also means it is cheaper (it needs about T >= H). */
 static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
     const layer_params *lp = &enc->layer[l];
     const pc_encoder_config *c = &enc->cfg;
     const int64_t T = enc->T, C = c->hidden, H = c->heads;
     const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C)};
-    return !enc->keeping && !enc->training && !lp->slot[SLOT_K]->lora.A &&
-           !lp->slot[SLOT_V]->lora.A &&
+    bool adapters_allow = true;
+    for (int s = SLOT_K; s <= SLOT_V; s++)
+        for (int k = 0; k < PC_LINEAR_SITES; k++)
+            adapters_allow = adapters_allow &&
+                             pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV);
+    return !enc->keeping && !enc->training && adapters_allow &&
            pc_attention_folded_scratch_floats(&dims) <= (int64_t)B * T * 2 * C;
 }
 
@@ -801,7 +912,7 @@ static void qkv_slot_view(const layer_rows *r, int s, const float *x, int N, flo
 /* Layer l on sequences [b0, b0 + B) of the batch: reads their rows of x (B·T rows from
  * x + b0·T·C) and writes their rows of out (from out + b0·T·C, or in a first-token-only last
  * layer B rows from out + b0·C). The scratch `a` (acts[l], or a worker's) holds these B
- * sequences; LoRA intermediates go to the rows of the batch's, from b0·T. */
+ * sequences; what adapters save goes to the rows of the batch's, from b0·T. */
 static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_batch,
                          float *out_batch, int b0, int B) {
     const pc_encoder_config *c = &enc->cfg;
@@ -827,10 +938,21 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         if (!r.folded) pc_linear_forward(r.k, x, wqkv + (int64_t)C * C, bqkv + C, N, C, 2 * C);
         pc_linear_forward(r.q, r.xq, wqkv, bqkv, B, C, C);
     }
+    /* the adapters of q, k and v: a projection whose input site changes its input is
+     * computed again from that input (the fused GEMM read x) */
     for (int s = SLOT_Q; s <= (r.folded ? SLOT_Q : SLOT_V); s++) {
+        pc_linear_slot *slot = lp->slot[s];
         float *y; const float *in; int ldy, rows;
         qkv_slot_view(&r, s, x, N, &y, &ldy, &in, &rows);
-        if (slot_lora_forward(enc, lp->slot[s], y, ldy, in, C, rows, u_row) < 0) return -1;
+        const float *xe = slot_input(enc, slot, in, C, rows, u_row);
+        if (!xe) return -1;
+        if (xe != in) {
+            const float *b = pc_f32(slot->bias);
+            pc_sgemm(false, true, rows, C, C, 1.0f, xe, C, pc_f32(slot->weight), C, 0.0f, y, ldy);
+            for (int n = 0; n < rows; n++)
+                for (int c = 0; c < C; c++) y[(int64_t)n * ldy + c] += b[c];
+        }
+        if (slot_output(enc, slot, y, ldy, xe, C, rows, u_row) < 0) return -1;
     }
     const pc_attention_dims dims = attention_dims(enc, &r, B);
     if (r.folded) {
@@ -843,16 +965,17 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         return -1;
     }
     pc_linear_slot *ao = lp->slot[SLOT_AO], *inter = lp->slot[SLOT_I], *o = lp->slot[SLOT_O];
-    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row) < 0) return -1;
-    bias_dropout_residual(a->r1, pc_f32(ao->bias), r.xq, Nq, C, p_hidden,
+    const float *late_bias;
+    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row, &late_bias) < 0) return -1;
+    bias_dropout_residual(a->r1, late_bias, r.xq, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_AO));
     pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                          pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
-    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row) < 0) return -1;
-    bias_activation(enc, a->act, a->pre, pc_f32(inter->bias), Nq, I);
+    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row, &late_bias) < 0) return -1;
+    bias_activation(enc, a->act, a->pre, late_bias, Nq, I);
     float *r2 = a->r2 ? a->r2 : out;
-    if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row) < 0) return -1;
-    bias_dropout_residual(r2, pc_f32(o->bias), a->h1, Nq, C, p_hidden,
+    if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias) < 0) return -1;
+    bias_dropout_residual(r2, late_bias, a->h1, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_O));
     pc_layernorm_forward(out, a->ln2_mean, a->ln2_rstd, r2, pc_f32(lp->ln2_w),
                          pc_f32(lp->ln2_b), Nq, C, c->layer_norm_eps);
@@ -947,9 +1070,17 @@ static int layers_forward(pc_encoder *enc, layer_acts *worker, int begin, int en
 static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
     if (workers == 1) return layers_forward(enc, &enc->workers[0], 0, B, group);
     const int share = B / workers;
-    /* the LoRA intermediates of the whole batch, before the workers write their rows */
-    for (int i = 0; i < enc->num_slots; i++)
-        if (reserve_lora_rows(&enc->slots[i], (int64_t)B * enc->T) < 0) return -1;
+    /* what adapters save, and the input sites' scratch, for the whole batch, before the
+     * workers write their rows */
+    const int64_t rows = (int64_t)B * enc->T;
+    bool inputs = false;
+    for (int i = 0; i < enc->num_slots; i++) {
+        pc_linear_slot *s = &enc->slots[i];
+        for (int k = 0; k < PC_LINEAR_SITES; k++)
+            if (pc_site_reserve(&s->site[k], s->in, s->out, rows, false) < 0) return -1;
+        inputs |= s->site[PC_SITE_LINEAR_IN].n > 0;
+    }
+    if (inputs && !input_scratch(enc, rows * input_scratch_width(enc))) return -1;
     int failed = 0;
     #pragma omp parallel num_threads(workers)
     {
@@ -969,8 +1100,9 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
                        uint64_t seed) {
     enc->has_forward = false;
     enc->backward_ready = false;
-    enc->failed_bytes = 0;
-    for (int i = 0; i < enc->num_slots; i++) enc->slots[i].lora_u_failed = 0;
+    enc->failed_bytes = enc->in_scratch_failed = 0;
+    for (int i = 0; i < enc->num_slots; i++)
+        for (int k = 0; k < PC_LINEAR_SITES; k++) pc_site_clear_failed(&enc->slots[i].site[k]);
     /* keep the attention probabilities per layer unless dense weights train */
     bool dense_trains = false;
     for (int l = 0; l < enc->cfg.layers; l++)
@@ -1065,15 +1197,15 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* r2 = dropout(o) + h1: the residual passes d_r to h1; the branch gets its dropout */
     memcpy(d_h1, d_r, sizeof(float) * NqC);
     dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
-    /* o = act·Woᵀ + bo; act is recomputed when Wo's gradients need it */
-    if (slot_has_trainable(lp->slot[SLOT_O]))
+    /* o = act·Woᵀ + bo; act is recomputed when Wo's backward reads it */
+    if (slot_reads_input(lp->slot[SLOT_O]))
         activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
     if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, Nq, true) < 0) return -1;
     /* act = gelu(pre): d_pre = d_act ⊙ gelu'(pre), in place */
     float *d_pre = enc->d_act;
     activation_backward_inplace(enc, d_pre, a->pre, (int64_t)Nq * I);
-    /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's gradients need it */
-    if (slot_has_trainable(lp->slot[SLOT_I]))
+    /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's backward reads it */
+    if (slot_reads_input(lp->slot[SLOT_I]))
         pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                              pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
     if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq, false) < 0) return -1;
@@ -1103,9 +1235,36 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
                                    p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
         return -1;
-    /* q, k, v = x·Wᵀ + b: when all three weights train and every row has a query, their
-     * gradients come from one GEMM (3C,C) = d_qkvᵀ·x into scratch (d_act is free by now),
-     * then added to each (BLIS runs one 3C-row product faster than three C-row ones) */
+    /* q, k, v = x·Wᵀ + b (a query row's input gradient belongs to d_x's row of that token:
+     * stride T·C between first tokens) */
+    const int ld_dxq = r.first_tokens ? T * C : C;
+    bool inputs_adapted = false;
+    for (int s = SLOT_Q; s <= SLOT_V; s++) inputs_adapted |= in_site(lp->slot[s])->n > 0;
+    if (inputs_adapted) {
+        /* an input site makes that projection's input its own: each projection whole */
+        for (int s = SLOT_Q; s <= SLOT_V; s++) {
+            float *dy; const float *in; int ldy, rows;
+            qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
+            if (linear_backward(enc, lp->slot[s], need_dx ? d_x : NULL, s == SLOT_Q ? ld_dxq : C,
+                                false, dy, ldy, in, C, rows) < 0)
+                return -1;
+        }
+        return oom ? -1 : 0;
+    }
+    /* the output sites first: they turn d_qkv into the gradient of the fused GEMM's output
+     * and add their shares to d_x */
+    for (int s = SLOT_Q; s <= SLOT_V; s++) {
+        pc_linear_slot *slot = lp->slot[s];
+        float *dy; const float *in; int ldy, rows;
+        qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
+        const pc_site_call call = site_call(enc, slot, PC_SITE_LINEAR_OUT, rows);
+        if (pc_site_output_backward(out_site(slot), &call, dy, ldy, need_dx ? d_x : NULL,
+                                    s == SLOT_Q ? ld_dxq : C, in, C, 0) < 0)
+            return -1;
+    }
+    /* when all three weights train and every row has a query, their gradients come from
+     * one GEMM (3C,C) = d_qkvᵀ·x into scratch (d_act is free by now), then added to each
+     * (BLIS runs one 3C-row product faster than three C-row ones) */
     bool qkv_weights_done = false;
     if (!r.first_tokens && (int64_t)N * I >= 3 * (int64_t)C * C &&
         wants_grad(lp->slot[SLOT_Q]->weight) && wants_grad(lp->slot[SLOT_K]->weight) &&
@@ -1119,15 +1278,10 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         }
         qkv_weights_done = true;
     }
-    /* the rest per slot (a query row's input gradient belongs to d_x's row of that token:
-     * stride T·C between first tokens) */
-    const int ld_dxq = r.first_tokens ? T * C : C;
     for (int s = SLOT_Q; s <= SLOT_V; s++) {
         float *dy; const float *in; int ldy, rows;
         qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
-        if (slot_backward_params(enc, lp->slot[s], need_dx ? d_x : NULL,
-                                 s == SLOT_Q ? ld_dxq : C, dy, ldy, in, C, rows,
-                                 qkv_weights_done) < 0)
+        if (linear_param_grads(lp->slot[s], dy, ldy, in, C, rows, qkv_weights_done) < 0)
             return -1;
     }
     if (need_dx) {
@@ -1175,7 +1329,7 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
 /* Head backward: d_logits (B,L) → d_pooled / d_cls; returns the gradient of the last hidden
  * state in d_hidden_out: (N,C) with only the first token of each sequence non-zero, or (B,C)
  * after a first-token-only forward. */
-static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_pooled_in,
+static int head_backward(pc_encoder *enc, const float *d_logits_in, const float *d_pooled_in,
                          float *d_hidden_out, bool need_below) {
     const pc_encoder_config *c = &enc->cfg;
     const int B = enc->B, T = enc->T, C = c->hidden;
@@ -1187,6 +1341,11 @@ static int head_backward(pc_encoder *enc, const float *d_logits, const float *d_
     bool via_pooler = false;
     float *d_pooled = enc->d_act; /* (B,C) scratch */
     memset(d_pooled, 0, sizeof(float) * BC);
+    float *d_logits = NULL; /* a copy: the caller's buffer stays as given */
+    if (d_logits_in) {
+        d_logits = enc->d_logits;
+        memcpy(d_logits, d_logits_in, sizeof(float) * (size_t)B * c->num_labels);
+    }
     if (d_logits && c->head == PC_HEAD_BERT) {
         if (slot_backward(enc, enc->cls_out, d_pooled, d_logits, enc->head_x1, B, false) < 0) return -1;
         dropout_backward_inplace(d_pooled, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));

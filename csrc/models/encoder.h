@@ -1,4 +1,5 @@
-/* BERT / RoBERTa / MiniLM encoders with optional classification heads, LoRA on any linear.
+/* BERT / RoBERTa / MiniLM encoders with optional classification heads; adapters
+ * (adapters/adapter.h) at the input and output site of any linear.
  *
  * Parameters are engine tensors named as transformers names them (without the "bert." /
  * "roberta." prefix the Python side adds). query/key/value weights are views into one
@@ -7,6 +8,7 @@
 #ifndef PEFTCORE_ENCODER_H
 #define PEFTCORE_ENCODER_H
 
+#include "../adapters/adapter.h"
 #include "../engine.h"
 
 typedef enum { PC_ACT_GELU = 0, PC_ACT_GELU_TANH = 1, PC_ACT_RELU = 2 } pc_activation;
@@ -23,22 +25,13 @@ typedef struct {
     int position_padding_idx; /* RoBERTa's padding position, or -1 */
 } pc_encoder_config;
 
-/* A LoRA adapter on one linear: y += scale · dropout(x)·Aᵀ·Bᵀ, A (r,in), B (out,r). */
-typedef struct {
-    pc_tensor *A, *B;
-    float scale, dropout;
-} pc_lora;
-
 /* One linear layer of the model, as transformers names it ("encoder.layer.0.attention.self.query"). */
 typedef struct {
     char name[96];
     pc_tensor *weight, *bias; /* (out,in), (out,) */
     int in, out;
     int layer;                /* encoder layer index; -1 for pooler/head */
-    pc_lora lora;             /* lora.A == NULL: no adapter active */
-    float *lora_u;            /* (N, r) = dropout(x)·Aᵀ saved by the forward */
-    int64_t lora_u_cap;
-    int64_t lora_u_failed;    /* bytes a failed forward could not allocate for lora_u */
+    pc_site site[PC_LINEAR_SITES]; /* adapters at its input and output */
 } pc_linear_slot;
 
 typedef struct pc_encoder pc_encoder;
@@ -53,9 +46,12 @@ int pc_encoder_num_params(const pc_encoder *enc);
 pc_tensor *pc_encoder_param(const pc_encoder *enc, int i, const char **name, bool *is_head);
 int pc_encoder_num_linears(const pc_encoder *enc);
 pc_linear_slot *pc_encoder_linear(pc_encoder *enc, int i);
-/* Activate LoRA on a linear (A, B retained), or deactivate with A = B = NULL. */
-int pc_encoder_set_lora(pc_encoder *enc, int linear, pc_tensor *A, pc_tensor *B, float scale,
-                        float dropout);
+/* Replace the adapters at a linear's input or output site by list[0..n) (n may be 0), run
+ * in that order. On success the encoder owns them (and frees the old ones); on failure the
+ * caller keeps them and nothing changed: -1 bad index or n, -2 an adapter was not built for
+ * this linear and site (pc_adapter_new with its in, out). */
+int pc_encoder_set_adapters(pc_encoder *enc, int linear, pc_site_kind site, pc_adapter **list,
+                            int n);
 
 /* Point a linear at other weight/bias tensors of the same shapes (retained), e.g. an
  * adapter's trainable copy of a head (PEFT's modules_to_save). Returns 0, or -2 on shapes. */
@@ -79,7 +75,7 @@ const float *pc_encoder_hidden(const pc_encoder *enc);
 const float *pc_encoder_pooled(const pc_encoder *enc);
 const float *pc_encoder_logits(const pc_encoder *enc);
 
-/* Backward of the last forward: accumulates into .grad of every parameter (and LoRA
+/* Backward of the last forward: accumulates into .grad of every parameter (and adapter
  * tensor) with requires_grad. Give exactly one of d_logits (B,L) (models with a head),
  * d_pooled (B,C) or d_hidden (B,T,C) (either may be given without a head). Returns 0,
  * -1 when out of memory, -2 when there was no forward, -3 when the forward did not keep its

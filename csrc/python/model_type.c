@@ -6,8 +6,8 @@
 typedef struct {
     PyObject_HEAD
     pc_encoder *enc;
-    PyObject *refs; /* ("lora" | "linear", index) -> the (A, B) / (weight, bias) Tensor
-                     * objects the engine points at, kept alive while it does */
+    PyObject *refs; /* ("adapters" | "linear", index) -> the adapters' tensors / (weight,
+                     * bias) Tensor objects the engine points at, kept alive while it does */
 } PcEncoderObject;
 
 static int get_int(PyObject *d, const char *key, int *out, int deflt) {
@@ -140,50 +140,98 @@ static PyObject *encoder_linears(PcEncoderObject *self, PyObject *Py_UNUSED(igno
     return list;
 }
 
-/* set_lora(index, A, B, scale, dropout) or set_lora(index, None, None, 0, 0) */
-static PyObject *encoder_set_lora(PcEncoderObject *self, PyObject *args) {
+/* set_adapters(index, entries): the adapters of linear `index`, replaced as a whole. entries
+ * is a list of (method, site, tensors, scale, dropout) run in list order, site "in" (the
+ * linear's input) or "out" (its output); [] removes them all. Everything is checked before
+ * anything changes. */
+static PyObject *encoder_set_adapters(PcEncoderObject *self, PyObject *args) {
     int index;
-    PyObject *ao, *bo;
-    float scale, dropout;
-    if (!PyArg_ParseTuple(args, "iOOff", &index, &ao, &bo, &scale, &dropout)) return NULL;
+    PyObject *entries;
+    if (!PyArg_ParseTuple(args, "iO!:set_adapters", &index, &PyList_Type, &entries)) return NULL;
     if (ready(self) < 0) return NULL;
     if (index < 0 || index >= pc_encoder_num_linears(self->enc)) {
-        PyErr_Format(PyExc_IndexError, "linear index %d out of range", index);
+        PyErr_Format(PyExc_IndexError, "linear index %d out of range [0, %d)", index,
+                     pc_encoder_num_linears(self->enc));
         return NULL;
     }
-    PyObject *key = Py_BuildValue("(si)", "lora", index);
-    if (!key) return NULL;
-    if (ao == Py_None && bo == Py_None) {
-        glue_engine_lock();
-        pc_encoder_set_lora(self->enc, index, NULL, NULL, 0.0f, 0.0f);
-        glue_engine_unlock();
-        if (PyDict_DelItem(self->refs, key) < 0) PyErr_Clear();
-        Py_DECREF(key);
-        Py_RETURN_NONE;
-    }
-    pc_tensor *A = glue_tensor_of(ao, "lora A"), *B = A ? glue_tensor_of(bo, "lora B") : NULL;
-    if (!A || !B) { Py_DECREF(key); return NULL; }
-    if (!(dropout >= 0.0f && dropout < 1.0f)) {
-        Py_DECREF(key);
-        glue_value_error_float("lora dropout must be in [0, 1), got", dropout);
+    const pc_linear_slot *slot = pc_encoder_linear(self->enc, index);
+    const Py_ssize_t n = PyList_GET_SIZE(entries);
+    if (n > 2 * PC_SITE_MAX_ADAPTERS) {
+        PyErr_Format(PyExc_ValueError, "at most %d adapters per site of a linear, got %zd entries",
+                     PC_SITE_MAX_ADAPTERS, n);
         return NULL;
+    }
+    pc_adapter *by_site[PC_LINEAR_SITES][PC_SITE_MAX_ADAPTERS];
+    int count[PC_LINEAR_SITES] = {0};
+    PyObject *refs = PyList_New(0); /* the Tensor objects the adapters point at */
+    if (!refs) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(entries, i), *tensors;
+        const char *method, *site_name;
+        float scale, dropout;
+        if (!PyTuple_Check(item) ||
+            !PyArg_ParseTuple(item, "ssO!ff", &method, &site_name, &PyTuple_Type, &tensors,
+                              &scale, &dropout)) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_TypeError,
+                             "set_adapters entry %zd must be (method: str, site: 'in' | 'out', "
+                             "tensors: tuple, scale: float, dropout: float), got %R", i, item);
+            }
+            goto fail;
+        }
+        pc_site_kind site;
+        if (!strcmp(site_name, "in")) {
+            site = PC_SITE_LINEAR_IN;
+        } else if (!strcmp(site_name, "out")) {
+            site = PC_SITE_LINEAR_OUT;
+        } else {
+            PyErr_Format(PyExc_ValueError, "set_adapters entry %zd: site must be 'in' or 'out', "
+                         "got '%s'", i, site_name);
+            goto fail;
+        }
+        if (count[site] == PC_SITE_MAX_ADAPTERS) {
+            PyErr_Format(PyExc_ValueError, "at most %d adapters per site of a linear",
+                         PC_SITE_MAX_ADAPTERS);
+            goto fail;
+        }
+        pc_tensor *t[PC_ADAPTER_MAX_TENSORS];
+        const Py_ssize_t nt = PyTuple_GET_SIZE(tensors);
+        if (nt > PC_ADAPTER_MAX_TENSORS) {
+            PyErr_Format(PyExc_ValueError, "set_adapters entry %zd: at most %d tensors, got %zd",
+                         i, PC_ADAPTER_MAX_TENSORS, nt);
+            goto fail;
+        }
+        for (Py_ssize_t j = 0; j < nt; j++) {
+            PyObject *to = PyTuple_GET_ITEM(tensors, j);
+            if (!(t[j] = glue_tensor_of(to, "an adapter tensor")) || PyList_Append(refs, to) < 0)
+                goto fail;
+        }
+        char err[256];
+        pc_adapter *a = pc_adapter_new(method, site, t, (int)nt, scale, dropout, slot->in,
+                                       slot->out, err, sizeof err);
+        if (!a) {
+            PyErr_Format(PyExc_ValueError, "%s: %s", slot->name, err);
+            goto fail;
+        }
+        by_site[site][count[site]++] = a;
     }
     glue_engine_lock();
-    int rc = pc_encoder_set_lora(self->enc, index, A, B, scale, dropout);
+    for (int k = 0; k < PC_LINEAR_SITES; k++)
+        pc_encoder_set_adapters(self->enc, index, (pc_site_kind)k, by_site[k], count[k]);
     glue_engine_unlock();
-    if (rc < 0) {
-        pc_linear_slot *s = pc_encoder_linear(self->enc, index);
-        Py_DECREF(key);
-        PyErr_Format(PyExc_ValueError,
-                     "lora A must be float32 (r, %d) and B (%d, r) for %s", s->in, s->out, s->name);
-        return NULL;
-    }
-    PyObject *pair = PyTuple_Pack(2, ao, bo);
-    int ok = pair ? PyDict_SetItem(self->refs, key, pair) : -1;
-    Py_XDECREF(pair);
-    Py_DECREF(key);
+    PyObject *key = Py_BuildValue("(si)", "adapters", index);
+    int ok = key ? (n ? PyDict_SetItem(self->refs, key, refs) : 0) : -1;
+    if (key && !n && PyDict_DelItem(self->refs, key) < 0) PyErr_Clear();
+    Py_XDECREF(key);
+    Py_DECREF(refs);
     if (ok < 0) return NULL;
     Py_RETURN_NONE;
+fail:
+    for (int k = 0; k < PC_LINEAR_SITES; k++)
+        for (int j = 0; j < count[k]; j++) pc_adapter_free(by_site[k][j]);
+    Py_DECREF(refs);
+    return NULL;
 }
 
 /* set_linear_params(index, weight, bias): swap a head/pooler linear's tensors */
@@ -474,8 +522,9 @@ static PyObject *encoder_set_inference_rows(PcEncoderObject *self, PyObject *arg
 static PyMethodDef encoder_methods[] = {
     {"params", (PyCFunction)encoder_params, METH_NOARGS, "[(name, Tensor, is_head)]"},
     {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
-    {"set_lora", (PyCFunction)encoder_set_lora, METH_VARARGS,
-     "set_lora(index, A, B, scale, dropout); A = B = None removes it"},
+    {"set_adapters", (PyCFunction)encoder_set_adapters, METH_VARARGS,
+     "set_adapters(index, [(method, 'in' | 'out', tensors, scale, dropout), ...]): the "
+     "linear's adapters, run in list order; [] removes them"},
     {"set_linear_params", (PyCFunction)encoder_set_linear_params, METH_VARARGS,
      "set_linear_params(index, weight, bias): use these tensors for a head linear"},
     {"forward", (PyCFunction)encoder_forward, METH_VARARGS,

@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include "engine.h"
+#include "models/encoder.h"
 
 #ifndef RTOL
 #define RTOL 1e-4
@@ -759,6 +760,95 @@ static void known_issue_sgemm_k0(void) {
            " (known issue: pc_sgemm K<=0 path does C *= beta)");
 }
 
+
+/* ------------------------------------------------------------------ adapter sites */
+
+/* A one-layer encoder with random parameters (the same for the same seed) */
+static pc_encoder *small_encoder(uint64_t seed) {
+    pc_encoder_config cfg = {.vocab_size = 11, .hidden = 8, .layers = 1, .heads = 2,
+                             .intermediate = 12, .max_positions = 9, .type_vocab_size = 2,
+                             .layer_norm_eps = 1e-5f, .activation = PC_ACT_GELU,
+                             .add_pooler = false, .head = PC_HEAD_NONE,
+                             .word_padding_idx = -1, .position_padding_idx = -1};
+    const char *err;
+    pc_encoder *enc = pc_encoder_new(&cfg, &err);
+    if (!enc) return NULL;
+    rng_state = seed;
+    for (int i = 0; i < pc_encoder_num_params(enc); i++) {
+        pc_tensor *t = pc_encoder_param(enc, i, NULL, NULL);
+        for (int64_t j = 0; j < t->numel; j++) pc_f32(t)[j] += 0.5f * urand();
+        t->requires_grad = false;
+    }
+    return enc;
+}
+
+static pc_tensor *vector_of(int n, float spread) {
+    int64_t shape[1] = {n};
+    pc_tensor *t = pc_tensor_new(PC_FLOAT32, 1, shape);
+    for (int i = 0; i < n; i++) pc_f32(t)[i] = 1.0f + spread * urand();
+    return t;
+}
+
+/* (IA)³ at the value projection's output and the FFN output's input, through the adapter
+ * interface alone: the hidden state equals a model with the vectors merged into the weights,
+ * and the vectors' gradients equal the chain rule through the merged weights. */
+static void test_encoder_adapters(void) {
+    const int B = 2, T = 5, N = B * T, C = 8, I = 12;
+    int64_t ids[10], pos[10], types[10];
+    for (int n = 0; n < N; n++) { ids[n] = 1 + n % 10; pos[n] = n % T; types[n] = n % 2; }
+    pc_encoder *enc = small_encoder(7), *ref = small_encoder(7);
+    if (!enc || !ref) { check_true("encoder adapters: build", false); return; }
+    pc_linear_slot *v = pc_encoder_linear(enc, 2), *o = pc_encoder_linear(enc, 5);
+    check_true("encoder adapters: slots 2 and 5 are value and output.dense",
+               strstr(v->name, "self.value") && strstr(o->name, ".output.dense") &&
+               !strstr(o->name, "attention"));
+    pc_tensor *lv = vector_of(C, 0.5f), *lo = vector_of(I, 0.5f);
+    lv->requires_grad = lo->requires_grad = true;
+    char err[128];
+    pc_adapter *av = pc_adapter_new("ia3", PC_SITE_LINEAR_OUT, &lv, 1, 1.0f, 0.0f, C, C, err, sizeof err);
+    pc_adapter *ao = pc_adapter_new("ia3", PC_SITE_LINEAR_IN, &lo, 1, 1.0f, 0.0f, I, C, err, sizeof err);
+    pc_adapter *bad = pc_adapter_new("ia3", PC_SITE_LINEAR_IN, &lo, 1, 1.0f, 0.0f, C, C, err, sizeof err);
+    check_true("encoder adapters: a vector of the wrong length is refused with a message",
+               !bad && strstr(err, "must have 8 elements"));
+    check_true("encoder adapters: an adapter built for another linear is refused",
+               pc_encoder_set_adapters(enc, 2, PC_SITE_LINEAR_IN, &ao, 1) == -2);
+    check_true("encoder adapters: set", av && ao &&
+               pc_encoder_set_adapters(enc, 2, PC_SITE_LINEAR_OUT, &av, 1) == 0 &&
+               pc_encoder_set_adapters(enc, 5, PC_SITE_LINEAR_IN, &ao, 1) == 0);
+    /* the reference: value rows and bias scaled, output.dense columns scaled */
+    pc_linear_slot *rv = pc_encoder_linear(ref, 2), *ro = pc_encoder_linear(ref, 5);
+    for (int r = 0; r < C; r++) {
+        for (int c = 0; c < C; c++) pc_f32(rv->weight)[r * C + c] *= pc_f32(lv)[r];
+        pc_f32(rv->bias)[r] *= pc_f32(lv)[r];
+        for (int c = 0; c < I; c++) pc_f32(ro->weight)[r * I + c] *= pc_f32(lo)[c];
+    }
+    rv->weight->requires_grad = rv->bias->requires_grad = ro->weight->requires_grad = true;
+    float *d_hidden = frand((size_t)N * C, 1.0f);
+    int rc = pc_encoder_forward(enc, ids, pos, types, NULL, B, T, false, true, false, 1) |
+             pc_encoder_forward(ref, ids, pos, types, NULL, B, T, false, true, false, 1);
+    double *want = dfrom(pc_encoder_hidden(ref), (size_t)N * C);
+    check("encoder adapters: hidden state = merged weights' (value out, output.dense in)",
+          pc_encoder_hidden(enc), want, (size_t)N * C);
+    rc |= pc_encoder_backward(enc, NULL, d_hidden, NULL) | pc_encoder_backward(ref, NULL, d_hidden, NULL);
+    check_true("encoder adapters: forwards and backwards ran", rc == 0);
+    /* dl_v[r] = Σ_c G[r,c]·W[r,c] + g[r]·b[r]; dl_o[c] = Σ_r G[r,c]·W[r,c] (unmerged W, b) */
+    double dv[8] = {0}, dlo[12] = {0};
+    const float *Gv = pc_f32(rv->weight->grad), *gv = pc_f32(rv->bias->grad), *Go = pc_f32(ro->weight->grad);
+    for (int r = 0; r < C; r++) {
+        for (int c = 0; c < C; c++) dv[r] += (double)Gv[r * C + c] * pc_f32(v->weight)[r * C + c];
+        dv[r] += (double)gv[r] * pc_f32(v->bias)[r];
+        for (int c = 0; c < I; c++) dlo[c] += (double)Go[r * I + c] * pc_f32(o->weight)[r * I + c];
+    }
+    check("encoder adapters: value output vector's gradient = chain rule", pc_f32(lv->grad), dv, C);
+    check("encoder adapters: output.dense input vector's gradient = chain rule", pc_f32(lo->grad), dlo, I);
+    free(want);
+    pc_free(d_hidden);
+    pc_tensor_release(lv);
+    pc_tensor_release(lo);
+    pc_encoder_free(enc);
+    pc_encoder_free(ref);
+}
+
 int main(void) {
     pc_runtime_init();
     test_runtime();
@@ -797,6 +887,7 @@ int main(void) {
         for (int masked = 0; masked < 2; masked++)
             test_folded_attention(folded[i][0], folded[i][1], folded[i][2], folded[i][3], masked);
 
+    test_encoder_adapters();
     test_thread_determinism();
     test_fork_after_threads();
     known_issue_sgemm_k0();

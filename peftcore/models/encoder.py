@@ -80,6 +80,9 @@ class EncoderModel(Module):
     architecture prefix ("bert." / "roberta.")."""
 
     with_head = False
+    # the tuner (of peftcore.tuners) whose adapters this model holds, set and cleared by it:
+    # such a model's layers and values belong to that wrapper too
+    adapter_owner = None
     # An eval forward under no_grad splits the batch among one worker per thread, and each
     # worker runs every layer over groups of its whole sequences, the groups of all workers
     # together at most about `inference_rows` tokens (at least one sequence each), so its
@@ -252,8 +255,7 @@ class EncoderModel(Module):
     def __reduce__(self):
         """pickle and copy.deepcopy: a new engine model with this one's config, weights,
         requires_grad flags, mode and dropout stream (gradients are not carried over)."""
-        adapter_parts = (".base_layer.", ".lora_", ".original_module.", ".modules_to_save.")
-        if any(part in name for name, _ in self.named_parameters() for part in adapter_parts):
+        if self.adapter_owner is not None:
             raise TypeError(f"cannot copy or pickle a {type(self).__name__} that holds adapter "
                             f"layers; copy the model before get_peft_model(), or save the "
                             f"adapter with save_pretrained() and load it into a copy")

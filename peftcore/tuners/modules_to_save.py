@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.modules import Linear, Module, named_container
-from .lora.layer import new_parameter
+from .tuners_utils import BaseTunerLayer, new_parameter
 
 
 def check_saveable(name: str, module: Module):
@@ -42,48 +42,38 @@ def _linears(module: Module):
     return [m for _, m in module.named_modules() if isinstance(m, Linear)]
 
 
-class ModulesToSaveWrapper(Module):
+class ModulesToSaveWrapper(BaseTunerLayer):
+    """The layer protocol over per-adapter copies of a module; the engine runs the active
+    adapter's copy in place of the original (the original when adapters are disabled)."""
+
+    adapter_layer_names = ("modules_to_save",)
+    module_type = "ModulesToSaveWrapper"
+
     def __init__(self, original: Module, engine, name: str = "module"):
-        super().__init__()
+        super().__init__(engine)
         check_saveable(name, original)
         self._modules["original_module"] = original
         self._modules["modules_to_save"] = named_container("ModuleDict")
-        self._engine = engine
-        self.active_adapter: str | None = None
-        self.disabled = False
 
     def update(self, adapter: str):
         self.modules_to_save._modules[adapter] = _clone(self.original_module)
 
-    def adapter_names(self):
-        return list(self.modules_to_save._modules)
-
-    def delete_adapter(self, adapter: str):
-        self.modules_to_save._modules.pop(adapter, None)
-        if self.active_adapter == adapter:
-            self.active_adapter = None
-        self.sync()
-
-    def set_active(self, adapter: str | None):
-        self.active_adapter = adapter
-        self.sync()
-
     def current(self) -> Module:
-        a = self.active_adapter
-        if a is None or self.disabled or a not in self.modules_to_save._modules:
-            return self.original_module
-        return self.modules_to_save[a]
+        a = self.running_adapter()
+        return self.original_module if a is None else self.modules_to_save[a]
 
     def sync(self):
         for original, live in zip(_linears(self.original_module), _linears(self.current())):
             self._engine.set_linear_params(original.index, live.weight.tensor, live.bias.tensor)
 
-    def unwrap(self) -> Module:
-        """Make the active copy's values the module's own and point the engine back at them."""
-        live = self.current()
-        for original, copy in zip(_linears(self.original_module), _linears(live)):
-            original.weight[...] = copy.weight
-            original.bias[...] = copy.bias
+    def unload(self, merge: bool) -> Module:
+        """With `merge`, make the active copy's values the module's own; then point the
+        engine back at the original's tensors."""
+        if merge:
+            live = self.current()
+            for original, copy in zip(_linears(self.original_module), _linears(live)):
+                original.weight[...] = copy.weight
+                original.bias[...] = copy.bias
         self.active_adapter = None
         self.sync()
         return self.original_module

@@ -1,5 +1,6 @@
 """LoRA adapter."""
 
 from .config import LoraConfig
+from .model import LoraModel
 
-__all__ = ["LoraConfig"]
+__all__ = ["LoraConfig", "LoraModel"]

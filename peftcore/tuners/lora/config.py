@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from ...config import PeftConfig, PeftType, register_config
+from ...config import PeftConfig, PeftType
 from ...utils.checks import is_finite_real, is_int
 
 _BIAS_VALUES = ("none", "all", "lora_only")
@@ -175,5 +175,3 @@ def _check_regex(field_name: str, pattern: str, given=None) -> None:
         raise ValueError(f"`{field_name}` holds an invalid regular expression "
                          f"{given if given is not None else pattern!r}: {exc}") from None
 
-
-register_config(PeftType.LORA, LoraConfig)

@@ -11,17 +11,9 @@ import math
 
 import numpy as np
 
-from ... import _C
 from ...models.modules import Linear, Module, named_container
 from ...models.parameter import Parameter
-
-
-def new_parameter(shape, values=None) -> Parameter:
-    """A fresh engine tensor wrapped as a Parameter, optionally filled with values."""
-    p = Parameter(_C.Tensor.zeros(tuple(int(s) for s in shape)))
-    if values is not None:
-        p[...] = values
-    return p
+from ..tuners_utils import BaseTunerLayer, new_parameter
 
 
 class ParamHolder(Module):
@@ -51,23 +43,21 @@ class AdapterDropout(Module):
         return f"p={self.p:g}, inplace=False" if self.p > 0 else ""
 
 
-class LoraLinear(Module):
+class LoraLinear(BaseTunerLayer):
     display_name = "lora.Linear"
+    module_type = "lora.Linear"
+    adapter_layer_names = ("lora_A", "lora_B")
+    adapter_attr_names = ("r", "lora_alpha", "scaling", "dropout_p")
 
     def __init__(self, base_layer: Linear, engine):
-        super().__init__()
+        super().__init__(engine, base_layer.index)
         self._modules["base_layer"] = base_layer
         self._modules["lora_dropout"] = named_container("ModuleDict")
         self._modules["lora_A"] = named_container("ModuleDict")
         self._modules["lora_B"] = named_container("ModuleDict")
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
-        self.index = base_layer.index
-        self._engine = engine
         self.r, self.lora_alpha, self.scaling, self.dropout_p = {}, {}, {}, {}
-        self.merged_adapters: list[str] = []
-        self.active_adapter: str | None = None
-        self.disabled = False
 
     @property
     def base_weight(self) -> Parameter:
@@ -95,33 +85,31 @@ class LoraLinear(Module):
         self.scaling[adapter] = alpha / math.sqrt(r) if use_rslora else alpha / r
         self.dropout_p[adapter] = float(dropout)
 
-    def adapter_names(self):
-        return list(self.lora_A._modules)
-
     def weights(self, adapter: str) -> tuple[Parameter, Parameter]:
         return self.lora_A[adapter].weight, self.lora_B[adapter].weight
 
     def delete_adapter(self, adapter: str):
-        for container in (self.lora_A, self.lora_B, self.lora_dropout):
-            container._modules.pop(adapter, None)
-        for d in (self.r, self.lora_alpha, self.scaling, self.dropout_p):
-            d.pop(adapter, None)
-        if self.active_adapter == adapter:
-            self.active_adapter = None
-        self.sync()
+        self.lora_dropout._modules.pop(adapter, None)
+        super().delete_adapter(adapter)
 
-    def set_active(self, adapter: str | None):
-        self.active_adapter = adapter
-        self.sync()
+    def engine_entries(self, adapter: str) -> list:
+        """y += s·dropout(x)·Aᵀ·Bᵀ on the linear's output."""
+        A, B = self.weights(adapter)
+        return [("lora", "out", (A.tensor, B.tensor), self.scaling[adapter], self.dropout_p[adapter])]
 
-    def sync(self):
-        """Tell the engine which low-rank path to run: none when disabled or merged."""
-        a = self.active_adapter
-        if a is None or self.disabled or a in self.merged_adapters or a not in self.r:
-            self._engine.set_lora(self.index, None, None, 0.0, 0.0)
-            return
-        A, B = self.weights(a)
-        self._engine.set_lora(self.index, A.tensor, B.tensor, self.scaling[a], self.dropout_p[a])
+    @staticmethod
+    def expected_state(info) -> dict:
+        fin, fout, r, _ = info
+        return {"lora_A.weight": (r, fin), "lora_B.weight": (fout, r)}
+
+    def state(self, adapter: str) -> dict:
+        A, B = self.weights(adapter)
+        return {"lora_A.weight": A, "lora_B.weight": B}
+
+    def load_state(self, adapter: str, tensors: dict):
+        A, B = self.weights(adapter)
+        A[...] = tensors["lora_A.weight"]
+        B[...] = tensors["lora_B.weight"]
 
     # rows of W updated per block by merge/unmerge: the float64 temporaries are a few
     # (32, in) blocks instead of several whole (out, in) copies
@@ -154,15 +142,9 @@ class LoraLinear(Module):
             w[...] = before
             raise
 
-    def merge(self, adapter: str):
-        if adapter in self.merged_adapters:
-            return
+    def merge_one(self, adapter: str):
         self._add_delta(adapter, 1.0)
-        self.merged_adapters.append(adapter)
-        self.sync()
 
-    def unmerge(self):
-        while self.merged_adapters:
-            self._add_delta(self.merged_adapters.pop(), -1.0)
-        self.sync()
+    def unmerge_one(self, adapter: str):
+        self._add_delta(adapter, -1.0)
 
