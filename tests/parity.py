@@ -147,7 +147,7 @@ def hf_grads(model, b):
     out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                 labels=torch.tensor(labels))
     out.loss.backward()
-    return float(out.loss), {n: p.grad.numpy().copy() for n, p in model.named_parameters()
+    return float(out.loss.detach()), {n: p.grad.numpy().copy() for n, p in model.named_parameters()
                              if p.requires_grad}
 
 
@@ -196,7 +196,7 @@ def train_hf(model, steps=20, seed=0, batches=2):
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     model.eval()
     return losses
 

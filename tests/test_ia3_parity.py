@@ -250,6 +250,7 @@ def _hf_merged_weights(theirs):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:All adapters are already merged")
 @pytest.mark.parametrize("case", CASES, ids=ids_of)
 def test_merge_and_unload_keeps_logits(hf_models, case):
     theirs, ours, _ = _randomized_pair(hf_models, *case)
@@ -273,16 +274,25 @@ def test_merge_and_unload_keeps_logits(hf_models, case):
         close(ours_w[name], w, 1e-6, name)
 
 
+@pytest.mark.filterwarnings("ignore:Unmerge result can be inaccurate")
+@pytest.mark.filterwarnings("ignore:All adapters are already merged")
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_merge_then_unmerge_restores_the_adapter(hf_models, model_type):
+    """Unmerging divides by the vectors again, as HF does (so its rounding is HF's)."""
     theirs, ours, _ = _randomized_pair(hf_models, model_type, "custom")
     b = batch(seed=12)
     before = pc_logits(ours, b)
     base_before = {n: np.array(p) for n, p in ours.named_parameters() if ".base_layer." in n}
+    assert base_before
     ours.merge_adapter()
+    theirs.merge_adapter()
     close(pc_logits(ours, b), before, 1e-4, "merged in place")
     ours.unmerge_adapter()
+    theirs.unmerge_adapter()
     close(pc_logits(ours, b), before, 1e-4, "unmerged again")
+    close(pc_logits(ours, b), hf_logits(theirs, b), 1e-4, "unmerged, against HF")
+    hf_weights = {n: p.detach().numpy() for n, p in theirs.named_parameters()}
     for name, p in ours.named_parameters():
         if name in base_before:
-            close(p, base_before[name], 1e-5, name)
+            close(p, base_before[name], 1e-4, name)
+            close(p, hf_weights[name], 1e-6, name)
