@@ -160,11 +160,13 @@ def describe_isa(args) -> str:
             ", ".join(f"{k}={v}" for k, v in ISA_ENV[isa].items()) + ")")
 
 
-def run_child(script, kind, args, model, folder, mode, extra=()):
+def run_child(script, kind, args, model, folder, mode, extra=(), repo=None):
     """Run `script --child kind` for one model × mode in its own process; its RESULT plus
-    the load average before/after, wall time and how many cores other processes kept busy."""
+    the load average before/after, wall time and how many cores other processes kept busy.
+    repo: the checkout whose peftcore the child imports (default: this one)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(repo or REPO),
+                                                        os.environ.get("PYTHONPATH")])))
     if getattr(args, "isa", None):
         env.update(ISA_ENV[args.isa])
     cmd = [sys.executable, str(script), "--child", kind, "--model", model, "--folder", str(folder),

@@ -3,6 +3,7 @@
     python bench/lora.py [--models minilm,bert-base] [--modes lora,full,merged,bare]
                          [--steps N] [--warmup N] [--batch 32] [--seq 128] [--threads 2]
                          [--rounds 2] [--torch-modes ...] [--quick] [--json FILE]
+                         [--baseline DIR]
 
 For each model shape a transformers BertForSequenceClassification (2 labels) is built with
 torch.manual_seed(0) and saved (save_pretrained) to a temporary folder; both frameworks load
@@ -31,6 +32,11 @@ size once the model is ready (LoRA injected / merged), before the first step. se
 the batch over the median timed step (after the warm-up steps, which also create AdamW's
 state). The load average is printed with every run: other processes competing for the
 cores distort the timings.
+
+--baseline DIR: also run DIR's peftcore (another checkout, its extension built in place:
+`git worktree add DIR <commit> && cd DIR && python3 setup.py build_ext --inplace`) in every
+peftcore mode, taking turns with this checkout's, and print this / baseline speed ratios:
+a change's effect measured side by side in one run.
 
 Targets: peftcore LoRA step / full step <= 0.72 (the ideal is 2/3: no weight gradients of the
 frozen base); peftcore merged inference at most 3 % slower than the bare model (merged / bare
@@ -233,6 +239,9 @@ def child_main(args):
 # ------------------------------------------------------------------ parent side
 
 def run_child(kind, args, model, folder, mode="bare"):
+    if kind == "baseline":
+        return harness.run_child(__file__, "peftcore", args, model, folder, mode,
+                                 repo=args.baseline)
     return harness.run_child(__file__, kind, args, model, folder, mode)
 
 
@@ -266,6 +275,8 @@ def parse_args():
     ap.add_argument("--no-interleaved", action="store_true",
                     help="skip the extra merged-vs-bare check with both models in one process")
     ap.add_argument("--json", help="also write all results to this file")
+    ap.add_argument("--baseline", help="another checkout (built in place) whose peftcore runs "
+                                       "beside this one's: speed ratios this / baseline")
     # child-only options
     ap.add_argument("--child", choices=("prepare", "interleaved") + FRAMEWORKS, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -291,6 +302,11 @@ def parse_args():
     args.torch_list = parse_list(args.torch_modes or ",".join(MODES), MODES, "torch mode", ap)
     if not args.model_list or not args.mode_list:
         ap.error("no model or no mode selected")
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        if not list((base / "peftcore").glob("_C*.so")):
+            ap.error(f"--baseline {base}: no peftcore/_C*.so there (build it in place first)")
+        args.baseline = str(base)
     return args
 
 
@@ -336,8 +352,9 @@ def main():
                 runs = {}
                 # each framework --rounds times, taking turns to go first (the machine's
                 # speed drifts over minutes); reported: the median speed, the largest RSS
+                frameworks = FRAMEWORKS + (("baseline",) if args.baseline else ())
                 order = [fw for rnd in range(args.rounds)
-                         for fw in (FRAMEWORKS if rnd % 2 == 0 else FRAMEWORKS[::-1])]
+                         for fw in (frameworks if rnd % 2 == 0 else frameworks[::-1])]
                 for fw in order:
                     if fw == "torch" and mode not in args.torch_list:
                         continue
@@ -353,12 +370,12 @@ def main():
                     if r.get("merge_check") is not None and r["merge_check"] > 1e-4:
                         problems.append(f"{model} {fw}: merged logits differ from unmerged by "
                                         f"{r['merge_check']:.2e}")
-                if mode == "lora" and len(res) == 2 and \
+                if mode == "lora" and "torch" in res and \
                         res["peftcore"]["info"]["trainable"] != res["torch"]["info"]["trainable"]:
                     problems.append(f"{model}: trainable LoRA parameters differ: peftcore "
                                     f"{res['peftcore']['info']['trainable']}, torch "
                                     f"{res['torch']['info']['trainable']}")
-                if mode in ("merged", "bare") and len(res) == 2:
+                if mode in ("merged", "bare") and "torch" in res:
                     diff = max(abs(a - b) for a, b in zip(res["peftcore"]["value"],
                                                           res["torch"]["value"]))
                     res["logit_diff"] = diff
@@ -391,6 +408,19 @@ def main():
                   f"{fmt(p and p['peak_mb'], '.0f')} | {fmt(t and t['peak_mb'], '.0f')} | "
                   f"{fmt(rss, '.2f')} |")
     print()
+    if args.baseline:
+        print(f"this checkout against --baseline {args.baseline}, side by side:\n")
+        print("| model | mode | this seq/s | baseline seq/s | this / baseline | this RSS MB | "
+              "baseline RSS MB |")
+        print("|" + "|".join(["---"] * 7) + "|")
+        for model, modes in results.items():
+            for mode, res in modes.items():
+                p, b = res.get("peftcore"), res.get("baseline")
+                if p and b:
+                    print(f"| {model} | {labels[mode]} | {p['seq_per_s']:.2f} | "
+                          f"{b['seq_per_s']:.2f} | {p['seq_per_s'] / b['seq_per_s']:.3f} | "
+                          f"{p['peak_mb']:.0f} | {b['peak_mb']:.0f} |")
+        print()
     for model, modes in results.items():
         lora, full = modes.get("lora", {}), modes.get("full", {})
         if "peftcore" in lora and "peftcore" in full:

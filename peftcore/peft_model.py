@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PeftConfig, PeftType
+from .config import PeftConfig
 from .models.checkpoint import read_torch_bin
 from .models.encoder import EncoderModel
 from .models.modules import Module

@@ -749,28 +749,30 @@ static int linear_backward(pc_encoder *enc, pc_linear_slot *s, float *dx, int ld
             return -1;
         return linear_param_grads(s, dy, ldy, x, ldx, N, false);
     }
-    /* with input-site adapters: the scratch holds d (N,in), the gradient of the GEMM's input,
-     * beside xe (N,in), the GEMM's input rebuilt (the site's adapters then reuse it) */
-    float *d = input_scratch(enc, 2 * (int64_t)N * s->in);
-    if (!d) return -1;
-    float *xe = d + (int64_t)N * s->in;
-    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_IN, N);
-    if (pc_site_input_forward(in_site(s), &c, xe, s->in, x, ldx, 0, true) < 0) return -1;
+    /* with input-site adapters: d (N,in), the gradient of the GEMM's input, is dx itself
+     * when it is overwritten, else scratch; xe (N,in) is the GEMM's input rebuilt when the
+     * weight's gradient or the output site needs it (the site's adapters then reuse it) */
+    const bool need_xe = wants_grad(s->weight) || out_site(s)->n || in_site(s)->n > 1;
     const bool need_d = dx || pc_site_trains(in_site(s));
-    if (gemm_and_output_backward(enc, s, need_d ? d : NULL, s->in, false, dy, ldy, xe, s->in,
+    const bool d_is_dx = dx && overwrite_dx;
+    const int ldd = d_is_dx ? lddx : s->in;
+    float *scratch = input_scratch(enc, (int64_t)(!d_is_dx + need_xe) * N * s->in);
+    if (!scratch && (!d_is_dx || need_xe)) return -1;
+    float *d = d_is_dx ? dx : scratch;
+    float *xe = need_xe ? scratch + (d_is_dx ? 0 : (int64_t)N * s->in) : NULL;
+    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_IN, N);
+    if (xe && pc_site_input_forward(in_site(s), &c, xe, s->in, x, ldx, 0, true) < 0) return -1;
+    if (gemm_and_output_backward(enc, s, need_d ? d : NULL, ldd, false, dy, ldy, xe, s->in,
                                  N) < 0 ||
         linear_param_grads(s, dy, ldy, xe, s->in, N, false) < 0)
         return -1;
     if (!need_d) return 0;
-    if (pc_site_input_backward(in_site(s), &c, d, s->in, x, ldx, xe, 0) < 0) return -1;
-    if (dx)
+    if (pc_site_input_backward(in_site(s), &c, d, ldd, x, ldx, xe, 0) < 0) return -1;
+    if (dx && !d_is_dx)
         for (int n = 0; n < N; n++) {
             float *dst = dx + (int64_t)n * lddx;
             const float *src = d + (int64_t)n * s->in;
-            if (overwrite_dx)
-                memcpy(dst, src, sizeof(float) * s->in);
-            else
-                for (int i = 0; i < s->in; i++) dst[i] += src[i];
+            for (int i = 0; i < s->in; i++) dst[i] += src[i];
         }
     return 0;
 }
