@@ -222,6 +222,12 @@ def set_linear_adapters(engine, index: int, entries: list):
 def set_block_adapters(engine, layer: int, block: str, entries: list):
     """Give the engine the adapters of encoder layer `layer`'s output block `block`
     ("attention" or "ffn"): a list of (method, tensors, options); [] for none."""
+    if not hasattr(engine, "set_block_adapters"):
+        if not entries:   # nothing can have been set there: nothing to clear
+            return
+        raise AttributeError("this build of peftcore's engine has no block adapter sites "
+                             "(Encoder.set_block_adapters); rebuild peftcore from a source "
+                             "tree that has them")
     engine.set_block_adapters(layer, block, entries)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...config import TaskType
 from ...models.checkpoint import read_torch_bin
 from ...utils.io import json_bytes, read_safetensors, write_files_together
 from ..tuners_utils import KEY_PREFIX, BaseTuner, Plan
@@ -158,6 +159,12 @@ class BottleneckModel(BaseTuner):
             out[f"{KEY_PREFIX}{match.group('block')}.{rest}"] = value
         head, _ = _read_one(directory, SAFE_HEAD_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, required=False)
         out.update({KEY_PREFIX + k: v for k, v in head.items()})
+        if head and config.task_type is None and (directory / HEAD_CONFIG_NAME).is_file():
+            # AdapterHub saved a classification model's own head beside the adapter: it
+            # trains with it, as modules_to_save does for PEFT's SEQ_CLS task
+            head_meta = json.loads((directory / HEAD_CONFIG_NAME).read_text())
+            if str(head_meta.get("model_class", "")).endswith("ForSequenceClassification"):
+                config.task_type = TaskType.SEQ_CLS
         return out, source
 
     def write_adapter(self, directory: Path, adapter_name: str, config):
