@@ -7,29 +7,35 @@
 #include "adapter.h"
 
 /* every method: one line each (the tables live in the methods' own files) */
-extern const pc_adapter_method pc_lora_method, pc_ia3_method;
-static const pc_adapter_method *const methods[] = {&pc_lora_method, &pc_ia3_method};
+extern const pc_adapter_method pc_lora_method, pc_ia3_method, pc_bottleneck_method;
+static const pc_adapter_method *const methods[] = {&pc_lora_method, &pc_ia3_method,
+                                                   &pc_bottleneck_method};
 
-static const pc_adapter_method *find_method(const char *name) {
+const pc_adapter_method *pc_adapter_method_find(const char *name) {
     for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
         if (!strcmp(methods[i]->name, name)) return methods[i];
     return NULL;
 }
 
 static const char *site_name(pc_site_kind site) {
-    return site == PC_SITE_LINEAR_IN ? "in" : site == PC_SITE_LINEAR_OUT ? "out" : "?";
+    return site == PC_SITE_LINEAR_IN ? "in" : site == PC_SITE_LINEAR_OUT ? "out"
+         : site == PC_SITE_BLOCK ? "block" : "?";
+}
+
+static void unknown_method(const char *method, char *err, size_t errlen) {
+    char known[128] = "";
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s'%s'", i ? ", " : "",
+                 methods[i]->name);
+    snprintf(err, errlen, "unknown adapter method '%s' (known: %s)", method, known);
 }
 
 pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *const *t, int n,
                            float scale, float dropout, int in, int out, char *err,
                            size_t errlen) {
-    const pc_adapter_method *m = find_method(method);
+    const pc_adapter_method *m = pc_adapter_method_find(method);
     if (!m) {
-        char known[128] = "";
-        for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
-            snprintf(known + strlen(known), sizeof known - strlen(known), "%s'%s'", i ? ", " : "",
-                     methods[i]->name);
-        snprintf(err, errlen, "unknown adapter method '%s' (known: %s)", method, known);
+        unknown_method(method, err, errlen);
         return NULL;
     }
     if ((unsigned)site >= PC_LINEAR_SITES || !(m->sites & (1u << site))) {
@@ -64,6 +70,45 @@ pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *con
     return a;
 }
 
+pc_adapter *pc_block_adapter_new(const char *method, pc_tensor *const *t, const float *opt,
+                                 int C, char *err, size_t errlen) {
+    const pc_adapter_method *m = pc_adapter_method_find(method);
+    if (!m) {
+        unknown_method(method, err, errlen);
+        return NULL;
+    }
+    if (!(m->sites & (1u << PC_SITE_BLOCK))) {
+        snprintf(err, errlen, "adapter method '%s' cannot act at a block", method);
+        return NULL;
+    }
+    for (int i = 0; i < m->num_tensors; i++) {
+        if (!t[i] && i < m->num_required) {
+            snprintf(err, errlen, "adapter method '%s' needs tensor '%s'", method,
+                     m->tensor_names[i]);
+            return NULL;
+        }
+        if (t[i] && t[i]->dtype != PC_FLOAT32) {
+            snprintf(err, errlen, "adapter method '%s': tensor '%s' must be float32", method,
+                     m->tensor_names[i]);
+            return NULL;
+        }
+    }
+    if (m->block_check(t, opt, C, err, errlen) < 0) return NULL;
+    pc_adapter *a = calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->method = m;
+    a->site = PC_SITE_BLOCK;
+    for (int i = 0; i < m->num_tensors; i++) {
+        a->t[i] = t[i];
+        if (t[i]) pc_tensor_retain(t[i]);
+    }
+    for (int i = 0; i < m->num_options; i++) a->opt[i] = opt[i];
+    return a;
+}
+
 void pc_adapter_free(pc_adapter *a) {
     if (!a) return;
     for (int i = 0; i < PC_ADAPTER_MAX_TENSORS; i++) pc_tensor_release(a->t[i]);
@@ -72,7 +117,7 @@ void pc_adapter_free(pc_adapter *a) {
 
 bool pc_adapter_trains(const pc_adapter *a) {
     for (int i = 0; i < a->method->num_tensors; i++)
-        if (a->t[i]->requires_grad) return true;
+        if (a->t[i] && a->t[i]->requires_grad) return true;
     return false;
 }
 
@@ -99,8 +144,12 @@ void pc_site_clear(pc_site *s) {
 }
 
 bool pc_site_keeps(const pc_site *s, unsigned flags) {
-    for (int i = 0; i < s->n; i++)
-        if ((s->entry[i].adapter->method->keeps & flags) != flags) return false;
+    for (int i = 0; i < s->n; i++) {
+        const pc_adapter *a = s->entry[i].adapter;
+        const unsigned keeps = a->method->adapter_keeps ? a->method->adapter_keeps(a)
+                                                        : a->method->keeps;
+        if ((keeps & flags) != flags) return false;
+    }
     return true;
 }
 
@@ -218,4 +267,21 @@ int pc_site_input_backward(pc_site *s, const pc_site_call *c, float *d, int ldd,
             return -1;
     }
     return 0;
+}
+
+int pc_site_block_forward(pc_site *s, const pc_block_call *c, float *out, const float *h,
+                          const float *x, int64_t row, bool keeping) {
+    pc_site_entry *e = &s->entry[0];
+    if (pc_site_reserve(s, c->C, c->C, row + c->N, keeping) < 0) return -1;
+    const int64_t per = e->adapter->method->saved_per_row(e->adapter, c->C, c->C, keeping);
+    return e->adapter->method->block_forward(e->adapter, c, out, h, x,
+                                             per ? e->saved + row * per : NULL, keeping);
+}
+
+int pc_site_block_backward(pc_site *s, const pc_block_call *c, float *dh, float *dx,
+                           const float *dout, const float *h, const float *x, int64_t row) {
+    const pc_site_entry *e = &s->entry[0];
+    const int64_t per = e->adapter->method->saved_per_row(e->adapter, c->C, c->C, true);
+    return e->adapter->method->block_backward(e->adapter, c, dh, dx, dout, h, x,
+                                              per ? e->saved + row * per : NULL);
 }

@@ -13,6 +13,14 @@
  * Several adapters may share a site: the forward runs them in order, each on its
  * predecessor's result, and the backward in reverse.
  *
+ * Sites of a block (each encoder layer has two: the attention block, whose branch is the
+ * attention output projection, and the FFN block, whose branch is the output projection):
+ *   PC_SITE_BLOCK       the junction where the block's branch output h (after its dropout)
+ *                       meets its residual input x: out = LayerNorm(h + x) without an adapter.
+ *                       An adapter there computes out from h, x and the block's LayerNorm as
+ *                       it likes: before, after or instead of the residual and LayerNorm
+ *                       (bottleneck adapters, as Houlsby's and Pfeiffer's placements).
+ *
  * Activations: an adapter saves what its backward needs in a buffer the site owns for it,
  * saved_per_row floats per row of the batch (grown, never shrunk, freed with the encoder's
  * activations); the rows of a forward split among workers are disjoint parts of it.
@@ -24,7 +32,14 @@
 
 #include "../engine.h"
 
-typedef enum { PC_SITE_LINEAR_IN = 0, PC_SITE_LINEAR_OUT = 1, PC_LINEAR_SITES = 2 } pc_site_kind;
+typedef enum {
+    PC_SITE_LINEAR_IN = 0,
+    PC_SITE_LINEAR_OUT = 1,
+    PC_LINEAR_SITES = 2,
+    PC_SITE_BLOCK = 2,
+} pc_site_kind;
+
+typedef enum { PC_BLOCK_ATTENTION = 0, PC_BLOCK_FFN = 1, PC_BLOCKS = 2 } pc_block_kind;
 
 /* The encoder's fused fast paths an adapter may leave valid (pc_adapter_method.keeps) */
 enum {
@@ -38,9 +53,12 @@ enum {
     /* on the key or value projection: an eval forward of first tokens may fold keys and
      * values into attention, never materialising them */
     PC_KEEPS_FOLDED_KV = 1u << 2,
+    /* in the last layer: a classification forward may compute only each sequence's first
+     * token there (the adapter's rows are independent of each other) */
+    PC_KEEPS_FIRST_TOKEN_ONLY = 1u << 3,
 };
 
-enum { PC_ADAPTER_MAX_TENSORS = 4, PC_SITE_MAX_ADAPTERS = 4 };
+enum { PC_ADAPTER_MAX_TENSORS = 12, PC_ADAPTER_MAX_OPTIONS = 8, PC_SITE_MAX_ADAPTERS = 4 };
 
 typedef struct pc_adapter pc_adapter;
 
@@ -51,11 +69,22 @@ typedef struct {
     uint64_t seed; /* the adapter's random stream for this step and site */
 } pc_site_call;
 
+/* One call at a block site: the junction of N rows (sequences of T rows each) */
+typedef struct {
+    int N, C, T;
+    bool training;
+    uint64_t seed;
+    const float *ln_w, *ln_b; /* the block's LayerNorm */
+    float ln_eps;
+    float *d_ln_w, *d_ln_b;   /* backward: its gradients, or NULL where frozen */
+} pc_block_call;
+
 typedef struct {
     const char *name;     /* as set_adapters names it: "lora", "ia3" */
     unsigned sites;       /* 1u << pc_site_kind for every site it can act at */
     int num_tensors;
     unsigned keeps;       /* PC_KEEPS_* */
+    unsigned (*adapter_keeps)(const pc_adapter *a); /* or per adapter (NULL: keeps) */
     /* 0 when the tensors fit a linear (in, out) at `site`, else -1 with a message in err */
     int (*check)(pc_tensor *const *t, pc_site_kind site, int in, int out, float scale,
                  float dropout, char *err, size_t errlen);
@@ -72,14 +101,38 @@ typedef struct {
      * Gradients of its tensors that require them are accumulated. 0, or -1 out of memory. */
     int (*backward)(const pc_adapter *a, const pc_site_call *c, float *dy, int lddy, float *dx,
                     int lddx, const float *x, int ldx, const float *saved);
+
+    /* Block-site methods name their tensors (NULL where an optional one is absent; the
+     * required ones are the first num_required) and their numeric options, in these orders */
+    const char *const *tensor_names;
+    int num_required;
+    const char *const *option_names;
+    const float *option_defaults; /* for options not given */
+    int num_options;
+    /* an option given as a word: 0 with its value, or -1 when the word is not one of it */
+    int (*option_word)(int option, const char *word, float *value);
+    /* 0 when the tensors and options fit hidden size C, else -1 with a message in err */
+    int (*block_check)(pc_tensor *const *t, const float *opt, int C, char *err, size_t errlen);
+    /* out (N,C) from h (N,C), the branch output, and x (N,C), the residual input. out may
+     * be neither. 0, or -1 out of memory. */
+    int (*block_forward)(const pc_adapter *a, const pc_block_call *c, float *out,
+                         const float *h, const float *x, float *saved, bool keeping);
+    /* dh, dx (N,C) = the gradients of h and x (overwritten) from dout; tensor and LayerNorm
+     * gradients accumulated. */
+    int (*block_backward)(const pc_adapter *a, const pc_block_call *c, float *dh, float *dx,
+                          const float *dout, const float *h, const float *x,
+                          const float *saved);
 } pc_adapter_method;
 
 struct pc_adapter {
     const pc_adapter_method *method;
     pc_site_kind site;
-    pc_tensor *t[PC_ADAPTER_MAX_TENSORS]; /* retained */
+    pc_tensor *t[PC_ADAPTER_MAX_TENSORS]; /* retained; NULL: an absent optional tensor */
     float scale, dropout;
+    float opt[PC_ADAPTER_MAX_OPTIONS];    /* a block method's options */
 };
+
+const pc_adapter_method *pc_adapter_method_find(const char *name);
 
 /* The adapter `method` at `site` over tensors t (retained), for a linear (in, out).
  * NULL with a message in err when the method is unknown, cannot act there or the tensors
@@ -87,6 +140,10 @@ struct pc_adapter {
 pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *const *t, int n,
                            float scale, float dropout, int in, int out, char *err,
                            size_t errlen);
+/* A block-site adapter: t and opt in the method's tensor_names / option_names orders,
+ * for hidden size C. NULL with a message in err when they do not fit. */
+pc_adapter *pc_block_adapter_new(const char *method, pc_tensor *const *t, const float *opt,
+                                 int C, char *err, size_t errlen);
 void pc_adapter_free(pc_adapter *a);
 bool pc_adapter_trains(const pc_adapter *a);
 
@@ -130,6 +187,12 @@ int pc_site_output_backward(pc_site *s, const pc_site_call *c, float *dy, int ld
  * place. With more than one adapter, scratch (N,in) rebuilds their inputs. */
 int pc_site_input_backward(pc_site *s, const pc_site_call *c, float *d, int ldd, const float *x,
                            int ldx, float *scratch, int64_t row);
+
+/* Block site: out (N,C) from the branch h and residual x (one adapter at most) */
+int pc_site_block_forward(pc_site *s, const pc_block_call *c, float *out, const float *h,
+                          const float *x, int64_t row, bool keeping);
+int pc_site_block_backward(pc_site *s, const pc_block_call *c, float *dh, float *dx,
+                           const float *dout, const float *h, const float *x, int64_t row);
 
 /* seed of adapter k of a site for a step (so two adapters never share a dropout mask) */
 uint64_t pc_site_seed(uint64_t site_seed, int k);

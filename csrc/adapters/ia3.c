@@ -94,7 +94,8 @@ const pc_adapter_method pc_ia3_method = {
     .name = "ia3",
     .sites = 1u << PC_SITE_LINEAR_IN | 1u << PC_SITE_LINEAR_OUT,
     .num_tensors = 1,
-    .keeps = 0, /* it scales y (the bias too) and the gradient; keys/values must exist */
+    /* it scales y (the bias too) and the gradient; keys and values must exist */
+    .keeps = PC_KEEPS_FIRST_TOKEN_ONLY,
     .check = ia3_check,
     .saved_per_row = ia3_saved_per_row,
     .forward = ia3_forward,

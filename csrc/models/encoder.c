@@ -33,6 +33,7 @@ typedef struct {
     pc_tensor *qkv_w, *qkv_b;            /* fused (3C,C), (3C): q|k|v */
     pc_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     pc_linear_slot *slot[SLOTS_PER_LAYER];
+    pc_site block[PC_BLOCKS]; /* adapters at the attention and FFN blocks' junctions */
 } layer_params;
 
 /* Activations of one layer, saved for the backward. Not saved, but shared by all layers and
@@ -262,6 +263,7 @@ void pc_encoder_free(pc_encoder *enc) {
         for (int l = 0; l < enc->cfg.layers; l++) {
             pc_tensor_release(enc->layer[l].qkv_w);
             pc_tensor_release(enc->layer[l].qkv_b);
+            for (int k = 0; k < PC_BLOCKS; k++) pc_site_clear(&enc->layer[l].block[k]);
         }
     if (enc->slots)
         for (int i = 0; i < enc->num_slots; i++) {
@@ -313,6 +315,32 @@ int pc_encoder_set_adapters(pc_encoder *enc, int linear, pc_site_kind site, pc_a
     return 0;
 }
 
+int pc_encoder_set_block_adapters(pc_encoder *enc, int layer, pc_block_kind block,
+                                  pc_adapter **list, int n) {
+    if (layer < 0 || layer >= enc->cfg.layers || (unsigned)block >= PC_BLOCKS || n < 0 || n > 1)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        char err[8];
+        const pc_adapter *a = list[i];
+        if (!a || a->site != PC_SITE_BLOCK ||
+            a->method->block_check((pc_tensor *const *)a->t, a->opt, enc->cfg.hidden, err,
+                                   sizeof err) < 0)
+            return -2;
+    }
+    pc_site_set(&enc->layer[layer].block[block], list, n);
+    enc->has_forward = false;
+    enc->backward_ready = false;
+    return 0;
+}
+
+/* some layer has a block adapter */
+static bool has_block_adapters(const pc_encoder *enc) {
+    for (int l = 0; l < enc->cfg.layers; l++)
+        for (int k = 0; k < PC_BLOCKS; k++)
+            if (enc->layer[l].block[k].n) return true;
+    return false;
+}
+
 int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight, pc_tensor *bias) {
     pc_linear_slot *s = pc_encoder_linear(enc, linear);
     if (!s || s->layer >= 0) return -1; /* fused q/k/v and layer linears are not swappable */
@@ -351,6 +379,7 @@ typedef struct {
     bool probs_per_layer; /* each layer keeps its attention probabilities */
     int workers, group;   /* without keep: workers, each with scratch for `group` sequences */
     bool first_token_only;
+    bool blocks;          /* block adapters: their inputs and outputs kept apart */
 } act_plan;
 
 /* The one table of the activation arena: hands out every buffer of a forward in order and
@@ -404,12 +433,18 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
     for (int w = 0; !keep && L > 0 && w < pl->workers; w++) {
         layer_acts *a = base ? &enc->workers[w] : &unused;
         float *region = NULL;
-        TAKE(region, Ng * (wide + C));
+        /* with block adapters h1 follows r1 (a junction writes its output apart from its
+         * input), and the FFN branch r2 takes r1's place once h1 is made */
+        TAKE(region, Ng * (wide + (pl->blocks ? 2 : 1) * C));
         a->qkv = region;
         a->ctx = region ? region + Ng * 3 * C : NULL;
         a->pre = a->act = region; /* gelu in place */
         a->r1 = a->h1 = region ? region + Ng * wide : NULL;
         a->r2 = NULL; /* the layer's output rows */
+        if (pl->blocks && region) {
+            a->h1 = region + Ng * (wide + C);
+            a->r2 = a->r1;
+        }
         a->probs = NULL;
         a->out = NULL;
         TAKE(a->ln1_mean, Ng);
@@ -435,6 +470,10 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         a->h1 = enc->h1;
         TAKE(a->r2, N * C);
         a->out = enc->out_buf[l % 2];
+        if (pl->blocks) { /* every layer's h1 and output kept: nothing rebuilt from them */
+            TAKE(a->h1, N * C);
+            if (l < L - 1) TAKE(a->out, N * C);
+        }
         TAKE(a->pre, N * I);
         a->act = enc->act;
         TAKE(a->ln1_mean, N);
@@ -476,7 +515,8 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
         group = B;
         workers = 1;
     }
-    const act_plan plan = {B, T, keep, probs_per_layer, workers, group, first_token_only};
+    const act_plan plan = {B, T, keep, probs_per_layer, workers, group, first_token_only,
+                           has_block_adapters(enc)};
     if (workers > enc->workers_cap) {
         layer_acts *w = calloc((size_t)workers, sizeof *w);
         if (!w) return -1;
@@ -532,6 +572,8 @@ void pc_encoder_release_activations(pc_encoder *enc) {
     enc->B = enc->T = 0;
     for (int i = 0; i < enc->num_slots; i++)
         for (int k = 0; k < PC_LINEAR_SITES; k++) pc_site_release_saved(&enc->slots[i].site[k]);
+    for (int l = 0; l < enc->cfg.layers; l++)
+        for (int k = 0; k < PC_BLOCKS; k++) pc_site_release_saved(&enc->layer[l].block[k]);
     free(enc->in_scratch);
     enc->in_scratch = NULL;
     enc->in_scratch_cap = 0;
@@ -547,6 +589,11 @@ int64_t pc_encoder_failed_bytes(const pc_encoder *enc) {
             const int64_t b = pc_site_failed_bytes(&enc->slots[i].site[k]);
             if (b > bytes) bytes = b;
         }
+    for (int l = 0; l < enc->cfg.layers; l++)
+        for (int k = 0; k < PC_BLOCKS; k++) {
+            const int64_t b = pc_site_failed_bytes(&enc->layer[l].block[k]);
+            if (b > bytes) bytes = b;
+        }
     return bytes;
 }
 
@@ -557,7 +604,7 @@ int64_t pc_encoder_activation_bytes(const pc_encoder *enc) {
 /* ------------------------------------------------------------ dropout sites */
 
 enum { SITE_EMB, SITE_ATTN, SITE_AO, SITE_O, SITE_HEAD1, SITE_HEAD2, SITE_ADAPTER_OUT,
-       SITE_ADAPTER_IN };
+       SITE_ADAPTER_IN, SITE_BLOCK_ATTN, SITE_BLOCK_FFN };
 
 /* Each dropout site of a step gets its own stream: seed(step, layer, site) */
 static uint64_t site_seed(uint64_t step_seed, int layer, int site) {
@@ -583,6 +630,13 @@ static void dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed
 /* ------------------------------------------------------------ linears */
 
 static bool wants_grad(const pc_tensor *t) { return t && t->requires_grad; }
+
+static float *grad_or_null(pc_tensor *t, int *oom) {
+    if (!wants_grad(t)) return NULL;
+    pc_tensor *g = pc_tensor_grad(t);
+    if (!g) *oom = 1;
+    return pc_f32(g);
+}
 
 static pc_site *in_site(pc_linear_slot *s) { return &s->site[PC_SITE_LINEAR_IN]; }
 static pc_site *out_site(pc_linear_slot *s) { return &s->site[PC_SITE_LINEAR_OUT]; }
@@ -671,13 +725,24 @@ static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, c
 
 /* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
  * (element n·C + c, as dropout_inplace counts) and the skip connection in one pass; bias
- * NULL: added already */
+ * NULL: added already; residual NULL: the branch alone (a block adapter adds it) */
 static void bias_dropout_residual(float *y, const float *bias, const float *residual, int N,
                                   int C, float p, uint64_t seed) {
     const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
     PC_PARALLEL_FOR((int64_t)N * C)
     for (int n = 0; n < N; n++) {
         float *row = y + (int64_t)n * C;
+        if (!residual) {
+            if (p > 0.0f) {
+                const uint64_t first = (uint64_t)n * (uint64_t)C;
+                for (int c = 0; c < C; c++)
+                    row[c] = pc_keep(seed, first + c, p) ? (bias ? row[c] + bias[c] : row[c]) * scale
+                                                         : 0.0f;
+            } else if (bias) {
+                for (int c = 0; c < C; c++) row[c] += bias[c];
+            }
+            continue;
+        }
         const float *res = residual + (int64_t)n * C;
         if (p > 0.0f) {
             const uint64_t first = (uint64_t)n * (uint64_t)C;
@@ -911,6 +976,31 @@ static void qkv_slot_view(const layer_rows *r, int s, const float *x, int N, flo
     *rows = s == SLOT_Q ? r->Nq : N;
 }
 
+/* A call at layer l's block junction for N rows of T per sequence; with grads, the
+ * LayerNorm's gradient buffers where its parameters train (NULL when out of memory, which
+ * the caller finds in *oom) */
+static pc_block_call block_call_grads(pc_encoder *enc, int l, pc_block_kind block, int N, int T,
+                                      bool grads, int *oom) {
+    layer_params *lp = &enc->layer[l];
+    pc_tensor *w = block == PC_BLOCK_ATTENTION ? lp->ln1_w : lp->ln2_w;
+    pc_tensor *b = block == PC_BLOCK_ATTENTION ? lp->ln1_b : lp->ln2_b;
+    pc_block_call c = {N, enc->cfg.hidden, T, enc->training,
+                       site_seed(enc->seed, l, block == PC_BLOCK_ATTENTION ? SITE_BLOCK_ATTN
+                                                                           : SITE_BLOCK_FFN),
+                       pc_f32(w), pc_f32(b), enc->cfg.layer_norm_eps, NULL, NULL};
+    if (grads) {
+        c.d_ln_w = grad_or_null(w, oom);
+        c.d_ln_b = grad_or_null(b, oom);
+    }
+    return c;
+}
+
+static pc_block_call block_call(pc_encoder *enc, int l, pc_block_kind block, int N, int T,
+                                bool grads) {
+    int oom = 0;
+    return block_call_grads(enc, l, block, N, T, grads, &oom);
+}
+
 /* Layer l on sequences [b0, b0 + B) of the batch: reads their rows of x (B·T rows from
  * x + b0·T·C) and writes their rows of out (from out + b0·T·C, or in a first-token-only last
  * layer B rows from out + b0·C). The scratch `a` (acts[l], or a worker's) holds these B
@@ -967,18 +1057,30 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         return -1;
     }
     pc_linear_slot *ao = lp->slot[SLOT_AO], *inter = lp->slot[SLOT_I], *o = lp->slot[SLOT_O];
+    /* each block's junction: LayerNorm(branch + residual), or its adapter */
+    pc_site *attn_block = &lp->block[PC_BLOCK_ATTENTION], *ffn_block = &lp->block[PC_BLOCK_FFN];
     const float *late_bias;
     if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row, &late_bias) < 0) return -1;
-    bias_dropout_residual(a->r1, late_bias, r.xq, Nq, C, p_hidden,
+    bias_dropout_residual(a->r1, late_bias, attn_block->n ? NULL : r.xq, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_AO));
-    pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
-                         pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
+    if (attn_block->n) {
+        const pc_block_call bc = block_call(enc, l, PC_BLOCK_ATTENTION, Nq, r.Tq, false);
+        if (pc_site_block_forward(attn_block, &bc, a->h1, a->r1, r.xq, u_row, enc->keeping) < 0)
+            return -1;
+    } else {
+        pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
+                             pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
+    }
     if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row, &late_bias) < 0) return -1;
     bias_activation(enc, a->act, a->pre, late_bias, Nq, I);
     float *r2 = a->r2 ? a->r2 : out;
     if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias) < 0) return -1;
-    bias_dropout_residual(r2, late_bias, a->h1, Nq, C, p_hidden,
+    bias_dropout_residual(r2, late_bias, ffn_block->n ? NULL : a->h1, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_O));
+    if (ffn_block->n) {
+        const pc_block_call bc = block_call(enc, l, PC_BLOCK_FFN, Nq, r.Tq, false);
+        return pc_site_block_forward(ffn_block, &bc, out, r2, a->h1, u_row, enc->keeping);
+    }
     pc_layernorm_forward(out, a->ln2_mean, a->ln2_rstd, r2, pc_f32(lp->ln2_w),
                          pc_f32(lp->ln2_b), Nq, C, c->layer_norm_eps);
     return 0;
@@ -1082,6 +1184,12 @@ static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
             if (pc_site_reserve(&s->site[k], s->in, s->out, rows, false) < 0) return -1;
         inputs |= s->site[PC_SITE_LINEAR_IN].n > 0;
     }
+    for (int l = 0; l < enc->cfg.layers; l++)
+        for (int k = 0; k < PC_BLOCKS; k++)
+            if (enc->layer[l].block[k].n &&
+                pc_site_reserve(&enc->layer[l].block[k], enc->cfg.hidden, enc->cfg.hidden, rows,
+                                false) < 0)
+                return -1;
     if (inputs && !input_scratch(enc, rows * input_scratch_width(enc))) return -1;
     int failed = 0;
     #pragma omp parallel num_threads(workers)
@@ -1096,15 +1204,31 @@ static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
     return layers_forward(enc, &enc->workers[0], workers * share, B, group);
 }
 
+/* every adapter of the last layer leaves its rows independent, so it may run on the first
+ * tokens alone */
+static bool last_layer_allows_first_tokens(const pc_encoder *enc) {
+    const layer_params *lp = &enc->layer[enc->cfg.layers - 1];
+    for (int k = 0; k < PC_BLOCKS; k++)
+        if (!pc_site_keeps(&lp->block[k], PC_KEEPS_FIRST_TOKEN_ONLY)) return false;
+    for (int s = 0; s < SLOTS_PER_LAYER; s++)
+        for (int k = 0; k < PC_LINEAR_SITES; k++)
+            if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FIRST_TOKEN_ONLY)) return false;
+    return true;
+}
+
 int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,
                        const int64_t *token_types, const float *key_mask, int B, int T,
                        bool training, bool keep_activations, bool first_token_only,
                        uint64_t seed) {
+    if (first_token_only && enc->cfg.layers > 0 && !last_layer_allows_first_tokens(enc))
+        first_token_only = false; /* the whole last layer: the same first-token rows */
     enc->has_forward = false;
     enc->backward_ready = false;
     enc->failed_bytes = enc->in_scratch_failed = 0;
     for (int i = 0; i < enc->num_slots; i++)
         for (int k = 0; k < PC_LINEAR_SITES; k++) pc_site_clear_failed(&enc->slots[i].site[k]);
+    for (int l = 0; l < enc->cfg.layers; l++)
+        for (int k = 0; k < PC_BLOCKS; k++) pc_site_clear_failed(&enc->layer[l].block[k]);
     /* keep the attention probabilities per layer unless dense weights train */
     bool dense_trains = false;
     for (int l = 0; l < enc->cfg.layers; l++)
@@ -1159,6 +1283,8 @@ static bool layer_has_trainable(const pc_encoder *enc, int l) {
     const layer_params *lp = &enc->layer[l];
     for (int s = 0; s < SLOTS_PER_LAYER; s++)
         if (slot_has_trainable(lp->slot[s])) return true;
+    for (int k = 0; k < PC_BLOCKS; k++)
+        if (pc_site_trains(&lp->block[k])) return true;
     return wants_grad(lp->ln1_w) || wants_grad(lp->ln1_b) || wants_grad(lp->ln2_w) ||
            wants_grad(lp->ln2_b);
 }
@@ -1166,13 +1292,6 @@ static bool layer_has_trainable(const pc_encoder *enc, int l) {
 static bool embeddings_trainable(const pc_encoder *enc) {
     return wants_grad(enc->word_emb) || wants_grad(enc->pos_emb) || wants_grad(enc->type_emb) ||
            wants_grad(enc->emb_ln_w) || wants_grad(enc->emb_ln_b);
-}
-
-static float *grad_or_null(pc_tensor *t, int *oom) {
-    if (!wants_grad(t)) return NULL;
-    pc_tensor *g = pc_tensor_grad(t);
-    if (!g) *oom = 1;
-    return pc_f32(g);
 }
 
 /* d_out (Nq,C) is the gradient of the layer's output rows; on return d_x (N,C) holds the
@@ -1191,13 +1310,22 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     const int Nq = r.Nq;
     const int64_t NqC = (int64_t)Nq * C;
 
-    /* out = LN2(r2): d_r (Nq,C) = LN2ᵀ d_out */
+    pc_site *attn_block = &lp->block[PC_BLOCK_ATTENTION], *ffn_block = &lp->block[PC_BLOCK_FFN];
     float *d_r = enc->d_r, *d_h1 = enc->d_h1;
-    memset(d_r, 0, sizeof(float) * NqC);
-    pc_layernorm_backward(d_r, grad_or_null(lp->ln2_w, &oom), grad_or_null(lp->ln2_b, &oom),
-                          d_out, a->r2, pc_f32(lp->ln2_w), a->ln2_mean, a->ln2_rstd, Nq, C);
-    /* r2 = dropout(o) + h1: the residual passes d_r to h1; the branch gets its dropout */
-    memcpy(d_h1, d_r, sizeof(float) * NqC);
+    if (ffn_block->n) {
+        /* out = junction(r2, h1): d_r, d_h1 from its adapter */
+        const pc_block_call bc = block_call_grads(enc, l, PC_BLOCK_FFN, Nq, r.Tq, true, &oom);
+        if (oom || pc_site_block_backward(ffn_block, &bc, d_r, d_h1, d_out, a->r2, a->h1, 0) < 0)
+            return -1;
+    } else {
+        /* out = LN2(r2): d_r (Nq,C) = LN2ᵀ d_out */
+        memset(d_r, 0, sizeof(float) * NqC);
+        pc_layernorm_backward(d_r, grad_or_null(lp->ln2_w, &oom), grad_or_null(lp->ln2_b, &oom),
+                              d_out, a->r2, pc_f32(lp->ln2_w), a->ln2_mean, a->ln2_rstd, Nq, C);
+        /* r2 = dropout(o) + h1: the residual passes d_r to h1 */
+        memcpy(d_h1, d_r, sizeof(float) * NqC);
+    }
+    /* the branch gets its dropout */
     dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
     /* o = act·Woᵀ + bo; act is recomputed when Wo's backward reads it */
     if (slot_reads_input(lp->slot[SLOT_O]))
@@ -1206,24 +1334,35 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* act = gelu(pre): d_pre = d_act ⊙ gelu'(pre), in place */
     float *d_pre = enc->d_act;
     activation_backward_inplace(enc, d_pre, a->pre, (int64_t)Nq * I);
-    /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's backward reads it */
-    if (slot_reads_input(lp->slot[SLOT_I]))
+    /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's backward reads it (block adapters keep
+     * every layer's) */
+    if (slot_reads_input(lp->slot[SLOT_I]) && a->h1 == enc->h1)
         pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                              pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
     if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq, false) < 0) return -1;
-    /* h1 = LN1(r1) */
-    memset(d_r, 0, sizeof(float) * NqC);
-    pc_layernorm_backward(d_r, grad_or_null(lp->ln1_w, &oom), grad_or_null(lp->ln1_b, &oom),
-                          d_h1, a->r1, pc_f32(lp->ln1_w), a->ln1_mean, a->ln1_rstd, Nq, C);
-    /* r1 = dropout(ao) + xq: the residual's share of d_x (at the first tokens only, when
-     * only those rows were computed) */
+    /* d_res: the gradient of the attention block's residual input xq */
+    float *d_res = d_r;
+    if (attn_block->n) {
+        /* h1 = junction(r1, xq): d_r and d_res (in d_ctx, free until the AO backward) */
+        d_res = enc->d_ctx;
+        const pc_block_call bc = block_call_grads(enc, l, PC_BLOCK_ATTENTION, Nq, r.Tq, true, &oom);
+        if (oom || pc_site_block_backward(attn_block, &bc, d_r, d_res, d_h1, a->r1, r.xq, 0) < 0)
+            return -1;
+    } else {
+        /* h1 = LN1(r1), r1 = dropout(ao) + xq: the residual gets d_r */
+        memset(d_r, 0, sizeof(float) * NqC);
+        pc_layernorm_backward(d_r, grad_or_null(lp->ln1_w, &oom), grad_or_null(lp->ln1_b, &oom),
+                              d_h1, a->r1, pc_f32(lp->ln1_w), a->ln1_mean, a->ln1_rstd, Nq, C);
+    }
+    /* the residual's share of d_x (at the first tokens only, when only those rows were
+     * computed) */
     if (need_dx) {
         if (!r.first_tokens) {
-            memcpy(d_x, d_r, sizeof(float) * NqC);
+            memcpy(d_x, d_res, sizeof(float) * NqC);
         } else {
             memset(d_x, 0, sizeof(float) * (size_t)N * C);
             for (int b = 0; b < B; b++)
-                memcpy(d_x + (int64_t)b * T * C, d_r + (int64_t)b * C, sizeof(float) * C);
+                memcpy(d_x + (int64_t)b * T * C, d_res + (int64_t)b * C, sizeof(float) * C);
         }
     }
     dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
@@ -1415,8 +1554,10 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
         if (l > 0) {
             layer_acts *below = &enc->acts[l - 1];
             const layer_params *bp = &enc->layer[l - 1];
-            pc_layernorm_forward(below->out, below->ln2_mean, below->ln2_rstd, below->r2,
-                                 pc_f32(bp->ln2_w), pc_f32(bp->ln2_b), N, C, c->layer_norm_eps);
+            if (below->out == enc->out_buf[(l - 1) % 2]) /* not kept: rebuilt */
+                pc_layernorm_forward(below->out, below->ln2_mean, below->ln2_rstd, below->r2,
+                                     pc_f32(bp->ln2_w), pc_f32(bp->ln2_b), N, C,
+                                     c->layer_norm_eps);
             x = below->out;
         }
         bool need_dx = l > lowest;

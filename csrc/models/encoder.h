@@ -53,6 +53,12 @@ pc_linear_slot *pc_encoder_linear(pc_encoder *enc, int i);
 int pc_encoder_set_adapters(pc_encoder *enc, int linear, pc_site_kind site, pc_adapter **list,
                             int n);
 
+/* Replace the adapter at a layer's attention or FFN block junction by list[0..n), n <= 1
+ * (owned from now on on success; on failure the caller keeps it): -1 bad layer, block or n,
+ * -2 an adapter not built for a block of this hidden size (pc_block_adapter_new). */
+int pc_encoder_set_block_adapters(pc_encoder *enc, int layer, pc_block_kind block,
+                                  pc_adapter **list, int n);
+
 /* Point a linear at other weight/bias tensors of the same shapes (retained), e.g. an
  * adapter's trainable copy of a head (PEFT's modules_to_save). Returns 0, or -2 on shapes. */
 int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight, pc_tensor *bias);
@@ -60,7 +66,8 @@ int pc_encoder_set_linear_params(pc_encoder *enc, int linear, pc_tensor *weight,
 /* Forward over a (B,T) batch. ids, positions, token_types: (B,T) int64, already checked to
  * be in range; key_mask (B,T) float 1/0 or NULL. keep_activations: a backward may follow.
  * first_token_only: the last layer computes only each sequence's first token (all a pooler
- * or classification head reads); the last hidden state is then not available.
+ * or classification head reads; unless an adapter of the last layer needs every row, which
+ * makes it run whole); the last hidden state is then not available.
  * Returns 0, or -1 when out of memory.
  * Results: hidden (B,T,C), pooled (B,C) or NULL, logits (B,num_labels) or NULL. */
 int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *positions,

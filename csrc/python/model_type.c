@@ -234,6 +234,122 @@ fail:
     return NULL;
 }
 
+/* set_block_adapters(layer, block, entries): the adapter at a layer's "attention" or "ffn"
+ * block junction; entries is [] or [(method, tensors: dict, options: dict)], tensors and
+ * options named as the method names them. Everything is checked before anything changes. */
+static PyObject *encoder_set_block_adapters(PcEncoderObject *self, PyObject *args) {
+    int layer;
+    const char *block_name;
+    PyObject *entries;
+    if (!PyArg_ParseTuple(args, "isO!:set_block_adapters", &layer, &block_name, &PyList_Type,
+                          &entries))
+        return NULL;
+    if (ready(self) < 0) return NULL;
+    const pc_encoder_config *cfg = pc_encoder_get_config(self->enc);
+    if (layer < 0 || layer >= cfg->layers) {
+        PyErr_Format(PyExc_IndexError, "layer %d out of range [0, %d)", layer, cfg->layers);
+        return NULL;
+    }
+    pc_block_kind block;
+    if (!strcmp(block_name, "attention")) {
+        block = PC_BLOCK_ATTENTION;
+    } else if (!strcmp(block_name, "ffn")) {
+        block = PC_BLOCK_FFN;
+    } else {
+        PyErr_Format(PyExc_ValueError, "block must be 'attention' or 'ffn', got '%s'", block_name);
+        return NULL;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(entries);
+    if (n > 1) {
+        PyErr_Format(PyExc_ValueError, "one adapter per block at most, got %zd", n);
+        return NULL;
+    }
+    pc_adapter *adapter = NULL;
+    PyObject *refs = PyList_New(0);
+    if (!refs) return NULL;
+    if (n == 1) {
+        PyObject *item = PyList_GET_ITEM(entries, 0), *tensors, *options;
+        const char *method;
+        if (!PyTuple_Check(item) ||
+            !PyArg_ParseTuple(item, "sO!O!", &method, &PyDict_Type, &tensors, &PyDict_Type,
+                              &options)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "a block adapter entry must be (method: str, tensors: "
+                         "dict, options: dict), got %R", item);
+            goto fail;
+        }
+        const pc_adapter_method *m = pc_adapter_method_find(method);
+        if (!m || !m->block_forward) {
+            PyErr_Format(PyExc_ValueError, "'%s' is not an adapter method that acts at a block",
+                         method);
+            goto fail;
+        }
+        pc_tensor *t[PC_ADAPTER_MAX_TENSORS] = {0};
+        float opt[PC_ADAPTER_MAX_OPTIONS] = {0};
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(tensors, &pos, &key, &value)) {
+            const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+            int i = 0;
+            while (name && i < m->num_tensors && strcmp(name, m->tensor_names[i])) i++;
+            if (!name || i == m->num_tensors) {
+                PyErr_Format(PyExc_ValueError, "%s adapter: unknown tensor %R", method, key);
+                goto fail;
+            }
+            if (value == Py_None) continue;
+            if (!(t[i] = glue_tensor_of(value, m->tensor_names[i])) ||
+                PyList_Append(refs, value) < 0)
+                goto fail;
+        }
+        for (int i = 0; i < m->num_options; i++) opt[i] = m->option_defaults[i];
+        pos = 0;
+        while (PyDict_Next(options, &pos, &key, &value)) {
+            const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+            int i = 0;
+            while (name && i < m->num_options && strcmp(name, m->option_names[i])) i++;
+            if (!name || i == m->num_options) {
+                PyErr_Format(PyExc_ValueError, "%s adapter: unknown option %R", method, key);
+                goto fail;
+            }
+            if (PyUnicode_Check(value)) {
+                if (m->option_word(i, PyUnicode_AsUTF8(value), &opt[i]) < 0) {
+                    PyErr_Format(PyExc_ValueError, "%s adapter: option %s cannot be %R", method,
+                                 name, value);
+                    goto fail;
+                }
+            } else {
+                const double v = PyFloat_AsDouble(value);
+                if (v == -1.0 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    PyErr_Format(PyExc_TypeError, "%s adapter: option %s must be a number, bool "
+                                 "or word, got %R", method, name, value);
+                    goto fail;
+                }
+                opt[i] = (float)v;
+            }
+        }
+        char err[256];
+        if (!(adapter = pc_block_adapter_new(method, t, opt, cfg->hidden, err, sizeof err))) {
+            PyErr_Format(PyExc_ValueError, "layer %d %s block: %s", layer, block_name, err);
+            goto fail;
+        }
+    }
+    glue_engine_lock();
+    pc_encoder_set_block_adapters(self->enc, layer, block, &adapter, (int)n);
+    glue_engine_unlock();
+    PyObject *rkey = Py_BuildValue("(sii)", "block", layer, (int)block);
+    int ok = rkey ? (n ? PyDict_SetItem(self->refs, rkey, refs) : 0) : -1;
+    if (rkey && !n && PyDict_DelItem(self->refs, rkey) < 0) PyErr_Clear();
+    Py_XDECREF(rkey);
+    Py_DECREF(refs);
+    if (ok < 0) return NULL;
+    Py_RETURN_NONE;
+fail:
+    pc_adapter_free(adapter);
+    Py_DECREF(refs);
+    return NULL;
+}
+
 /* set_linear_params(index, weight, bias): swap a head/pooler linear's tensors */
 static PyObject *encoder_set_linear_params(PcEncoderObject *self, PyObject *args) {
     int index;
@@ -522,6 +638,9 @@ static PyObject *encoder_set_inference_rows(PcEncoderObject *self, PyObject *arg
 static PyMethodDef encoder_methods[] = {
     {"params", (PyCFunction)encoder_params, METH_NOARGS, "[(name, Tensor, is_head)]"},
     {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
+    {"set_block_adapters", (PyCFunction)encoder_set_block_adapters, METH_VARARGS,
+     "set_block_adapters(layer, 'attention' | 'ffn', [(method, tensors: dict, options: "
+     "dict)]): the adapter at a block's junction; [] removes it"},
     {"set_adapters", (PyCFunction)encoder_set_adapters, METH_VARARGS,
      "set_adapters(index, [(method, 'in' | 'out', tensors, scale, dropout), ...]): the "
      "linear's adapters, run in list order; [] removes them"},

@@ -1,0 +1,524 @@
+/* Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021) at a block site, with the
+ * data flow of AdapterHub's `adapters` (Adapter.pre_forward / forward / post_forward) for
+ * one adapter. h is the block's branch output after its dropout, x its residual input, LN
+ * the block's own LayerNorm; per row:
+ *
+ *   pre     s = h + x; z = original_ln_before ? LN(s) : h
+ *           residual r = h (residual_before_ln True), s ("post_add" with original_ln_before),
+ *           or z (False)
+ *   adapter z1 = ln_before ? LNb(z) : z
+ *           d = z1·Wdᵀ + bd (bottleneck r);  a = f(d);  u = a·Wuᵀ + bu
+ *           q = dropout(u · scaling)   (scaling: a number, a learned scalar or per channel)
+ *           o = q · g with g = mean over the sequence's rows of sigmoid(z·wg + bg), if gated
+ *           o += r before (adapter_residual_before_ln) or after LNa (ln_after)
+ *   post    out = original_ln_after ? LN(o + x) : o
+ *
+ * The backward mirrors it line by line. A forward that keeps its activations saves, as
+ * (N, width) matrices in the site's buffer: the LayerNorms' statistics and inputs, z, z1,
+ * d, a, u and the gate's sigmoids; one that does not works through sequences in chunks
+ * with scratch of its own. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops/kernels.h"
+#include "adapter.h"
+
+enum { T_DOWN_W, T_DOWN_B, T_UP_W, T_UP_B, T_NB_W, T_NB_B, T_NA_W, T_NA_B, T_GATE_W, T_GATE_B,
+       T_SCALE, NUM_TENSORS };
+enum { O_ACT, O_RESIDUAL, O_LN_BEFORE, O_LN_AFTER, O_ARB, O_SCALING, O_DROPOUT, O_EPS,
+       NUM_OPTIONS };
+enum { ACT_RELU, ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_TANH, ACT_LEAKY, ACT_LINEAR };
+enum { RES_Z = 0, RES_H = 1, RES_S = 2 }; /* residual_before_ln False, True, "post_add" */
+enum { CHUNK_ROWS = 256 };                /* rows per chunk of a forward that keeps nothing */
+
+static const char *const tensor_names[NUM_TENSORS] = {
+    "down_weight", "down_bias", "up_weight", "up_bias", "norm_before_weight",
+    "norm_before_bias", "norm_after_weight", "norm_after_bias", "gate_weight", "gate_bias",
+    "scaling"};
+static const char *const option_names[NUM_OPTIONS] = {
+    "non_linearity", "residual_before_ln", "original_ln_before", "original_ln_after",
+    "adapter_residual_before_ln", "scaling", "dropout", "eps"};
+
+/* ------------------------------------------------------------ the adapter's shape */
+
+typedef struct {
+    int C, r;
+    int act, res;
+    bool ln_before_orig, ln_after_orig, arb, norm_before, norm_after, gated;
+    const float *Wd, *bd, *Wu, *bu, *nbw, *nbb, *naw, *nab, *wg, *bg, *scale;
+    int scale_len; /* 0: the number opt[O_SCALING]; 1: learned scalar; C: per channel */
+    float scale_value, p, eps;
+} shape;
+
+static shape shape_of(const pc_adapter *a, const pc_block_call *c) {
+    pc_tensor *const *t = a->t;
+    shape s = {0};
+    s.C = (int)t[T_DOWN_W]->shape[1];
+    s.r = (int)t[T_DOWN_W]->shape[0];
+    s.act = (int)a->opt[O_ACT];
+    s.res = (int)a->opt[O_RESIDUAL];
+    s.ln_before_orig = a->opt[O_LN_BEFORE] != 0.0f;
+    s.ln_after_orig = a->opt[O_LN_AFTER] != 0.0f;
+    s.arb = a->opt[O_ARB] != 0.0f;
+    if (s.res == RES_S && !s.ln_before_orig) s.res = RES_H; /* no s without the LayerNorm */
+    s.norm_before = t[T_NB_W] != NULL;
+    s.norm_after = t[T_NA_W] != NULL;
+    s.gated = t[T_GATE_W] != NULL;
+    s.Wd = pc_f32(t[T_DOWN_W]);
+    s.bd = pc_f32(t[T_DOWN_B]);
+    s.Wu = pc_f32(t[T_UP_W]);
+    s.bu = pc_f32(t[T_UP_B]);
+    s.nbw = pc_f32(t[T_NB_W]);
+    s.nbb = pc_f32(t[T_NB_B]);
+    s.naw = pc_f32(t[T_NA_W]);
+    s.nab = pc_f32(t[T_NA_B]);
+    s.wg = pc_f32(t[T_GATE_W]);
+    s.bg = pc_f32(t[T_GATE_B]);
+    s.scale = pc_f32(t[T_SCALE]);
+    s.scale_len = t[T_SCALE] ? (int)t[T_SCALE]->numel : 0;
+    s.scale_value = a->opt[O_SCALING];
+    s.p = c && c->training ? a->opt[O_DROPOUT] : 0.0f;
+    s.eps = a->opt[O_EPS];
+    return s;
+}
+
+static bool is_vector(const pc_tensor *t, int64_t n) { return t && t->numel == n; }
+
+static int bn_check(pc_tensor *const *t, const float *opt, int C, char *err, size_t errlen) {
+    const pc_tensor *Wd = t[T_DOWN_W];
+    const int64_t r = Wd->ndim == 2 ? Wd->shape[0] : -1;
+    if (Wd->ndim != 2 || Wd->shape[1] != C || r < 1 || !is_vector(t[T_DOWN_B], r) ||
+        t[T_UP_W]->ndim != 2 || t[T_UP_W]->shape[0] != C || t[T_UP_W]->shape[1] != r ||
+        !is_vector(t[T_UP_B], C)) {
+        snprintf(err, errlen, "bottleneck: down_weight must be (r, %d), down_bias (r,), "
+                 "up_weight (%d, r) and up_bias (%d,) with r >= 1", C, C, C);
+        return -1;
+    }
+    for (int k = T_NB_W; k <= T_NA_B; k += 2)
+        if ((t[k] != NULL) != (t[k + 1] != NULL) ||
+            (t[k] && (!is_vector(t[k], C) || !is_vector(t[k + 1], C)))) {
+            snprintf(err, errlen, "bottleneck: %s and %s go together, each of %d elements",
+                     tensor_names[k], tensor_names[k + 1], C);
+            return -1;
+        }
+    if ((t[T_GATE_W] != NULL) != (t[T_GATE_B] != NULL) ||
+        (t[T_GATE_W] && (!is_vector(t[T_GATE_W], C) || !is_vector(t[T_GATE_B], 1)))) {
+        snprintf(err, errlen, "bottleneck: gate_weight (1, %d) and gate_bias (1,) go together", C);
+        return -1;
+    }
+    if (t[T_SCALE] && t[T_SCALE]->numel != 1 && t[T_SCALE]->numel != C) {
+        snprintf(err, errlen, "bottleneck: a scaling tensor has 1 element (learned) or %d "
+                 "(channel), got %lld", C, (long long)t[T_SCALE]->numel);
+        return -1;
+    }
+    if (!(opt[O_ACT] >= ACT_RELU && opt[O_ACT] <= ACT_LINEAR) ||
+        !(opt[O_RESIDUAL] >= 0 && opt[O_RESIDUAL] <= 2)) {
+        snprintf(err, errlen, "bottleneck: bad non_linearity or residual_before_ln code");
+        return -1;
+    }
+    if (!(opt[O_DROPOUT] >= 0.0f && opt[O_DROPOUT] < 1.0f) || !(opt[O_EPS] > 0.0f)) {
+        snprintf(err, errlen, "bottleneck: dropout must be in [0, 1) and eps > 0, got %g and %g",
+                 opt[O_DROPOUT], opt[O_EPS]);
+        return -1;
+    }
+    return 0;
+}
+
+static const float option_defaults[NUM_OPTIONS] = {ACT_RELU, RES_H, 1, 1, 0, 1.0f, 0.0f, 1e-5f};
+
+/* words the options take besides numbers */
+static int bn_option_word(int option, const char *word, float *value) {
+    static const char *const acts[] = {"relu", "silu", "gelu", "gelu_new", "tanh", "leakyrelu",
+                                       "linear"};
+    if (option == O_ACT) {
+        if (!strcmp(word, "swish")) { *value = ACT_SILU; return 0; }
+        for (int i = 0; i <= ACT_LINEAR; i++)
+            if (!strcmp(word, acts[i])) { *value = (float)i; return 0; }
+    }
+    if (option == O_RESIDUAL && !strcmp(word, "post_add")) { *value = RES_S; return 0; }
+    return -1;
+}
+
+/* ------------------------------------------------------------ activations */
+
+static float act_forward(int kind, float v) {
+    switch (kind) {
+    case ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case ACT_SILU: return v / (1.0f + expf(-v));
+    case ACT_GELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    case ACT_GELU_TANH:
+        return 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+    case ACT_TANH: return tanhf(v);
+    case ACT_LEAKY: return v > 0.0f ? v : 0.01f * v;
+    default: return v;
+    }
+}
+
+/* d f(v) / dv */
+static float act_slope(int kind, float v) {
+    switch (kind) {
+    case ACT_RELU: return v > 0.0f ? 1.0f : 0.0f;
+    case ACT_SILU: {
+        const float s = 1.0f / (1.0f + expf(-v));
+        return s * (1.0f + v * (1.0f - s));
+    }
+    case ACT_GELU:
+        return 0.5f * (1.0f + erff(v * 0.70710678118654752f)) +
+               v * 0.39894228040143268f * expf(-0.5f * v * v);
+    case ACT_GELU_TANH: {
+        const float k = 0.79788456080286536f, u = k * (v + 0.044715f * v * v * v);
+        const float th = tanhf(u);
+        return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * k * (1.0f + 3 * 0.044715f * v * v);
+    }
+    case ACT_TANH: {
+        const float th = tanhf(v);
+        return 1.0f - th * th;
+    }
+    case ACT_LEAKY: return v > 0.0f ? 1.0f : 0.01f;
+    default: return 1.0f;
+    }
+}
+
+/* ------------------------------------------------------------ activations saved */
+
+/* Where a forward's intermediates of n rows live: (n, width) matrices side by side */
+typedef struct {
+    float *pre_mean, *pre_rstd, *z, *nb_mean, *nb_rstd, *z1, *d, *a, *u, *sig, *g, *na_mean,
+        *na_rstd, *na_in, *po_mean, *po_rstd, *po_in, *s;
+} rows_layout;
+
+/* lays out n rows from base (base NULL: only counts); returns the floats taken */
+static int64_t lay_out(const shape *s, int64_t n, float *base, rows_layout *L) {
+    int64_t used = 0;
+#define TAKE(field, width, cond)                              \
+    do {                                                      \
+        L->field = (cond) && base ? base + used : NULL;       \
+        used += (cond) ? n * (width) : 0;                     \
+    } while (0)
+    TAKE(pre_mean, 1, s->ln_before_orig);
+    TAKE(pre_rstd, 1, s->ln_before_orig);
+    TAKE(z, s->C, true);
+    TAKE(nb_mean, 1, s->norm_before);
+    TAKE(nb_rstd, 1, s->norm_before);
+    TAKE(z1, s->C, s->norm_before);
+    TAKE(d, s->r, true);
+    TAKE(a, s->r, true);
+    TAKE(u, s->C, true);
+    TAKE(sig, 1, s->gated);
+    TAKE(g, 1, s->gated);
+    TAKE(na_mean, 1, s->norm_after);
+    TAKE(na_rstd, 1, s->norm_after);
+    TAKE(na_in, s->C, s->norm_after);
+    TAKE(po_mean, 1, s->ln_after_orig);
+    TAKE(po_rstd, 1, s->ln_after_orig);
+    TAKE(po_in, s->C, s->ln_after_orig);
+    TAKE(s, s->C, s->ln_before_orig); /* scratch: h + x before the first LayerNorm */
+#undef TAKE
+    return used;
+}
+
+/* rows are independent unless a gate averages over each sequence's rows */
+static unsigned bn_keeps(const pc_adapter *a) {
+    return a->t[T_GATE_W] ? 0u : PC_KEEPS_FIRST_TOKEN_ONLY;
+}
+
+static int64_t bn_saved_per_row(const pc_adapter *a, int in, int out, bool keeping) {
+    if (!keeping) return 0;
+    const shape s = shape_of(a, NULL);
+    rows_layout L;
+    return lay_out(&s, 1, NULL, &L);
+}
+
+/* the scaling of channel c */
+static float scale_at(const shape *s, int c) {
+    return s->scale_len == 0 ? s->scale_value : s->scale_len == 1 ? s->scale[0] : s->scale[c];
+}
+
+/* ------------------------------------------------------------ forward */
+
+/* Rows [0, n) (rows row0.. of the batch, sequences of T rows): out from h and x */
+static void forward_rows(const shape *s, const pc_block_call *c, const rows_layout *L, int n,
+                         int64_t row0, float *out, const float *h, const float *x,
+                         uint64_t seed) {
+    const int C = s->C, r = s->r;
+    const int64_t nC = (int64_t)n * C;
+    /* pre */
+    if (s->ln_before_orig) {
+        PC_PARALLEL_FOR(nC)
+        for (int64_t i = 0; i < nC; i++) L->s[i] = h[i] + x[i];
+        pc_layernorm_forward(L->z, L->pre_mean, L->pre_rstd, L->s, c->ln_w, c->ln_b, n, C,
+                             c->ln_eps);
+    } else {
+        memcpy(L->z, h, sizeof(float) * nC);
+    }
+    /* down, non-linearity, up */
+    const float *z1 = L->z;
+    if (s->norm_before) {
+        pc_layernorm_forward(L->z1, L->nb_mean, L->nb_rstd, L->z, s->nbw, s->nbb, n, C, s->eps);
+        z1 = L->z1;
+    }
+    for (int i = 0; i < n; i++) memcpy(L->d + (int64_t)i * r, s->bd, sizeof(float) * r);
+    pc_sgemm(false, true, n, r, C, 1.0f, z1, C, s->Wd, C, 1.0f, L->d, r);
+    PC_PARALLEL_FOR((int64_t)n * r * 8)
+    for (int64_t i = 0; i < (int64_t)n * r; i++) L->a[i] = act_forward(s->act, L->d[i]);
+    for (int i = 0; i < n; i++) memcpy(L->u + (int64_t)i * C, s->bu, sizeof(float) * C);
+    pc_sgemm(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 1.0f, L->u, C);
+    /* o = dropout(u · scaling), gated */
+    if (s->gated) {
+        PC_PARALLEL_FOR(nC)
+        for (int i = 0; i < n; i++) {
+            float v = s->bg[0];
+            for (int k = 0; k < C; k++) v += L->z[(int64_t)i * C + k] * s->wg[k];
+            L->sig[i] = 1.0f / (1.0f + expf(-v));
+        }
+        const int T = c->T, seqs = n / T;
+        for (int b = 0; b < seqs; b++) {
+            float sum = 0.0f;
+            for (int t = 0; t < T; t++) sum += L->sig[b * T + t];
+            for (int t = 0; t < T; t++) L->g[b * T + t] = sum / (float)T;
+        }
+    }
+    const float keep_scale = s->p > 0.0f ? 1.0f / (1.0f - s->p) : 1.0f;
+    PC_PARALLEL_FOR(nC)
+    for (int i = 0; i < n; i++) {
+        float *o = out + (int64_t)i * C;
+        const float *u = L->u + (int64_t)i * C;
+        const float *res = s->res == RES_Z ? L->z + (int64_t)i * C : h + (int64_t)i * C;
+        const float *xs = x + (int64_t)i * C;
+        const uint64_t first = (uint64_t)(row0 + i) * (uint64_t)C;
+        for (int k = 0; k < C; k++) {
+            float q = u[k] * scale_at(s, k);
+            if (s->p > 0.0f) q = pc_keep(seed, first + k, s->p) ? q * keep_scale : 0.0f;
+            if (s->gated) q *= L->g[i];
+            if (s->arb) q += s->res == RES_S ? res[k] + xs[k] : res[k];
+            o[k] = q;
+        }
+    }
+    if (s->norm_after) {
+        memcpy(L->na_in, out, sizeof(float) * nC);
+        pc_layernorm_forward(out, L->na_mean, L->na_rstd, L->na_in, s->naw, s->nab, n, C, s->eps);
+    }
+    if (!s->arb) {
+        PC_PARALLEL_FOR(nC)
+        for (int64_t i = 0; i < nC; i++) {
+            const float *res = s->res == RES_Z ? L->z : h;
+            out[i] += s->res == RES_S ? res[i] + x[i] : res[i];
+        }
+    }
+    /* post */
+    if (s->ln_after_orig) {
+        PC_PARALLEL_FOR(nC)
+        for (int64_t i = 0; i < nC; i++) L->po_in[i] = out[i] + x[i];
+        pc_layernorm_forward(out, L->po_mean, L->po_rstd, L->po_in, c->ln_w, c->ln_b, n, C,
+                             c->ln_eps);
+    }
+}
+
+static int bn_forward(const pc_adapter *a, const pc_block_call *c, float *out, const float *h,
+                      const float *x, float *saved, bool keeping) {
+    const shape s = shape_of(a, c);
+    rows_layout L;
+    if (keeping) {
+        lay_out(&s, c->N, saved, &L);
+        forward_rows(&s, c, &L, c->N, 0, out, h, x, c->seed);
+        return 0;
+    }
+    /* whole sequences at a time (the gate averages over one), in scratch of their own */
+    const int T = c->T > 0 ? c->T : 1;
+    const int seqs = CHUNK_ROWS / T > 0 ? CHUNK_ROWS / T : 1, rows = seqs * T;
+    float *scratch = malloc(sizeof(float) * (size_t)lay_out(&s, rows, NULL, &L));
+    if (!scratch) return -1;
+    for (int n0 = 0; n0 < c->N; n0 += rows) {
+        const int n = c->N - n0 < rows ? c->N - n0 : rows;
+        const int64_t off = (int64_t)n0 * s.C;
+        lay_out(&s, n, scratch, &L);
+        forward_rows(&s, c, &L, n, n0, out + off, h + off, x + off, c->seed);
+    }
+    free(scratch);
+    return 0;
+}
+
+/* ------------------------------------------------------------ backward */
+
+static float *grad_of(pc_tensor *t, int *oom) {
+    if (!t || !t->requires_grad) return NULL;
+    pc_tensor *g = pc_tensor_grad(t);
+    if (!g) *oom = 1;
+    return pc_f32(g);
+}
+
+static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, float *dx,
+                       const float *dout, const float *h, const float *x, const float *saved) {
+    const shape s = shape_of(a, c);
+    const int N = c->N, C = s.C, r = s.r;
+    const int64_t NC = (int64_t)N * C;
+    rows_layout L;
+    lay_out(&s, N, (float *)saved, &L);
+    int oom = 0;
+    float *dWd = grad_of(a->t[T_DOWN_W], &oom), *dbd = grad_of(a->t[T_DOWN_B], &oom),
+          *dWu = grad_of(a->t[T_UP_W], &oom), *dbu = grad_of(a->t[T_UP_B], &oom),
+          *dnbw = grad_of(a->t[T_NB_W], &oom), *dnbb = grad_of(a->t[T_NB_B], &oom),
+          *dnaw = grad_of(a->t[T_NA_W], &oom), *dnab = grad_of(a->t[T_NA_B], &oom),
+          *dwg = grad_of(a->t[T_GATE_W], &oom), *dbg = grad_of(a->t[T_GATE_B], &oom),
+          *dscale = grad_of(a->t[T_SCALE], &oom);
+    /* do (N,C), dres (N,C), dz (N,C), dd (N,r), and per row the gate's logit gradient */
+    float *work = malloc(sizeof(float) * (size_t)(3 * NC + 2 * (int64_t)N * r + N));
+    if (oom || !work) {
+        free(work);
+        return -1;
+    }
+    float *d_o = work, *dres = work + NC, *dz = work + 2 * NC, *dd = dz + NC,
+          *dact = dd + (int64_t)N * r, *dlogit = dact + (int64_t)N * r;
+    /* post: out = LN(o + x) */
+    if (s.ln_after_orig) {
+        memset(d_o, 0, sizeof(float) * NC);
+        pc_layernorm_backward(d_o, c->d_ln_w, c->d_ln_b, dout, L.po_in, c->ln_w, L.po_mean,
+                              L.po_rstd, N, C);
+        memcpy(dx, d_o, sizeof(float) * NC);
+    } else {
+        memcpy(d_o, dout, sizeof(float) * NC);
+        memset(dx, 0, sizeof(float) * NC);
+    }
+    /* the adapter's residual, after or before LNa */
+    if (s.arb) {
+        memset(dres, 0, sizeof(float) * NC);
+    } else {
+        memcpy(dres, d_o, sizeof(float) * NC);
+    }
+    if (s.norm_after) {
+        memset(dz, 0, sizeof(float) * NC); /* dz is free until the down projection */
+        pc_layernorm_backward(dz, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean, L.na_rstd, N, C);
+        memcpy(d_o, dz, sizeof(float) * NC);
+    }
+    if (s.arb) memcpy(dres, d_o, sizeof(float) * NC);
+    /* o = q·g, q = dropout(u·scaling): d_o becomes du in place (gate and scaling gradients
+     * on the way) */
+    const float keep_scale = s.p > 0.0f ? 1.0f / (1.0f - s.p) : 1.0f;
+    if (s.gated) {
+        const int T = c->T, seqs = N / T;
+        PC_PARALLEL_FOR(NC)
+        for (int b = 0; b < seqs; b++) {
+            double dg = 0.0;
+            for (int t = 0; t < T; t++) {
+                const int64_t i = (int64_t)b * T + t;
+                const uint64_t first = (uint64_t)i * (uint64_t)C;
+                double acc = 0.0;
+                for (int k = 0; k < C; k++) {
+                    float q = L.u[i * C + k] * scale_at(&s, k);
+                    if (s.p > 0.0f) q = pc_keep(c->seed, first + k, s.p) ? q * keep_scale : 0.0f;
+                    acc += (double)d_o[i * C + k] * q;
+                }
+                dg += acc;
+            }
+            for (int t = 0; t < T; t++) {
+                const int64_t i = (int64_t)b * T + t;
+                dlogit[i] = (float)(dg / T) * L.sig[i] * (1.0f - L.sig[i]);
+            }
+        }
+    }
+    PC_PARALLEL_FOR(NC)
+    for (int i = 0; i < N; i++) {
+        const uint64_t first = (uint64_t)i * (uint64_t)C;
+        float *du = d_o + (int64_t)i * C;
+        for (int k = 0; k < C; k++) {
+            float v = s.gated ? du[k] * L.g[i] : du[k];
+            if (s.p > 0.0f) v = pc_keep(c->seed, first + k, s.p) ? v * keep_scale : 0.0f;
+            du[k] = v; /* the gradient of u·scaling */
+        }
+    }
+    if (dscale) {
+        /* Σ over rows of du_s·u per channel (rows in order within a block of channels),
+         * then for a learned scalar the channels' sums in order */
+        double *per_channel = calloc((size_t)C, sizeof(double));
+        if (!per_channel) {
+            free(work);
+            return -1;
+        }
+        PC_PARALLEL_FOR(NC)
+        for (int k0 = 0; k0 < C; k0 += 64) {
+            const int k1 = k0 + 64 < C ? k0 + 64 : C;
+            for (int i = 0; i < N; i++)
+                for (int k = k0; k < k1; k++)
+                    per_channel[k] += (double)d_o[(int64_t)i * C + k] * L.u[(int64_t)i * C + k];
+        }
+        if (s.scale_len == C) {
+            for (int k = 0; k < C; k++) dscale[k] += (float)per_channel[k];
+        } else {
+            double sum = 0.0;
+            for (int k = 0; k < C; k++) sum += per_channel[k];
+            dscale[0] += (float)sum;
+        }
+        free(per_channel);
+    }
+    PC_PARALLEL_FOR(NC)
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < C; k++) d_o[(int64_t)i * C + k] *= scale_at(&s, k);
+    /* u = a·Wuᵀ + bu */
+    if (dWu) pc_sgemm(true, false, C, r, N, 1.0f, d_o, C, L.a, r, 1.0f, dWu, r);
+    if (dbu) pc_column_sums(dbu, d_o, C, N, C);
+    pc_sgemm(false, false, N, r, C, 1.0f, d_o, C, s.Wu, r, 0.0f, dact, r);
+    /* a = f(d) */
+    for (int64_t i = 0; i < (int64_t)N * r; i++) dd[i] = dact[i] * act_slope(s.act, L.d[i]);
+    /* d = z1·Wdᵀ + bd */
+    const float *z1 = s.norm_before ? L.z1 : L.z;
+    if (dWd) pc_sgemm(true, false, r, C, N, 1.0f, dd, r, z1, C, 1.0f, dWd, C);
+    if (dbd) pc_column_sums(dbd, dd, r, N, r);
+    if (s.norm_before) {
+        float *dz1 = d_o; /* free again */
+        pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz1, C);
+        memset(dz, 0, sizeof(float) * NC);
+        pc_layernorm_backward(dz, dnbw, dnbb, dz1, L.z, s.nbw, L.nb_mean, L.nb_rstd, N, C);
+    } else {
+        pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C);
+    }
+    /* the gate: logit = z·wg + bg */
+    if (s.gated) {
+        if (dwg) pc_sgemm(true, false, 1, C, N, 1.0f, dlogit, 1, L.z, C, 1.0f, dwg, C);
+        if (dbg) {
+            double sum = 0.0;
+            for (int i = 0; i < N; i++) sum += dlogit[i];
+            dbg[0] += (float)sum;
+        }
+        PC_PARALLEL_FOR(NC)
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < C; k++) dz[(int64_t)i * C + k] += dlogit[i] * s.wg[k];
+    }
+    if (s.res == RES_Z)
+        for (int64_t i = 0; i < NC; i++) dz[i] += dres[i];
+    /* pre: z = LN(h + x) or h */
+    if (s.ln_before_orig) {
+        memset(dh, 0, sizeof(float) * NC);
+        for (int64_t i = 0; i < NC; i++) L.s[i] = h[i] + x[i]; /* the LayerNorm's input again */
+        pc_layernorm_backward(dh, c->d_ln_w, c->d_ln_b, dz, L.s, c->ln_w, L.pre_mean,
+                              L.pre_rstd, N, C);
+        for (int64_t i = 0; i < NC; i++) dx[i] += dh[i];
+    } else {
+        memcpy(dh, dz, sizeof(float) * NC);
+    }
+    if (s.res == RES_H || s.res == RES_S)
+        for (int64_t i = 0; i < NC; i++) dh[i] += dres[i];
+    if (s.res == RES_S)
+        for (int64_t i = 0; i < NC; i++) dx[i] += dres[i];
+    free(work);
+    return 0;
+}
+
+const pc_adapter_method pc_bottleneck_method = {
+    .name = "bottleneck",
+    .sites = 1u << PC_SITE_BLOCK,
+    .num_tensors = NUM_TENSORS,
+    .keeps = 0,
+    .adapter_keeps = bn_keeps,
+    .saved_per_row = bn_saved_per_row,
+    .tensor_names = tensor_names,
+    .num_required = 4,
+    .option_names = option_names,
+    .option_defaults = option_defaults,
+    .num_options = NUM_OPTIONS,
+    .option_word = bn_option_word,
+    .block_check = bn_check,
+    .block_forward = bn_forward,
+    .block_backward = bn_backward,
+};
