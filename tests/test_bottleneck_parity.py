@@ -215,13 +215,18 @@ def test_gradients(hf_models, case):
     ours.backward()
     assert abs(loss - float(out.loss.detach())) <= 1e-4 * max(1.0, abs(float(out.loss.detach())))
     ours_params = dict(ours.named_parameters())
+    largest = max(np.linalg.norm(p.grad.numpy()) for p in theirs.parameters() if p.requires_grad)
     for name, p in theirs.named_parameters():
         if not p.requires_grad:
             continue
         ref = p.grad.numpy().astype(np.float64)
         got = np.asarray(ours_params[_our_name(name)].grad, np.float64)
         norm = np.linalg.norm(ref)
-        assert norm > 1e-7, name
+        if norm < 1e-4 * largest:
+            # a "learned" scaling right before ln_after: by the LayerNorm's scale invariance
+            # its gradient is zero, and both sides return rounding noise
+            assert name.endswith("scaling") and np.linalg.norm(got) < 1e-4 * largest, name
+            continue
         assert np.linalg.norm(got - ref) <= 1e-3 * norm, \
             f"{name}: |error| {np.linalg.norm(got - ref):.3g} vs |grad| {norm:.3g}"
 
