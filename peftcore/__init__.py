@@ -61,7 +61,7 @@ __all__ = [
     "AutoModel", "AutoModelForSequenceClassification", "EncoderConfig", "Parameter", "optim",
     "no_grad", "is_grad_enabled", "PeftConfig", "PeftType", "TaskType", "clip_grad_norm_",
     "PeftModel", "PeftModelForSequenceClassification", "get_peft_model", "LoraConfig",
-    "IA3Config", "BitFitConfig", "manual_seed",
+    "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig", "manual_seed",
 ]
 
 
@@ -72,5 +72,6 @@ from .grad_mode import is_grad_enabled, no_grad  # noqa: E402
 from .config import PeftConfig, PeftType, TaskType  # noqa: E402
 from .optim import clip_grad_norm_  # noqa: E402
 from .peft_model import PeftModel, PeftModelForSequenceClassification, get_peft_model  # noqa: E402
-from .tuners import BitFitConfig, IA3Config, LoraConfig  # noqa: E402
+from .tuners import (BitFitConfig, BnConfig, DoubleSeqBnConfig, IA3Config, LoraConfig,  # noqa: E402
+                     SeqBnConfig)
 from .utils.random import manual_seed  # noqa: E402

@@ -63,6 +63,9 @@ class PeftType(str, enum.Enum):
     DEFT = "DEFT"
     # peftcore's own: bias-only fine-tuning (HF PEFT has no BitFit)
     BITFIT = "BITFIT"
+    # peftcore's own: bottleneck adapters after transformer blocks (AdapterHub's `adapters`
+    # library's method; HF PEFT has none)
+    BOTTLENECK = "BOTTLENECK"
 
 
 class TaskType(str, enum.Enum):
@@ -80,9 +83,31 @@ class TaskType(str, enum.Enum):
 _CONFIG_REGISTRY: dict[str, type] = {}
 
 
+# readers of adapter_config.json layouts other than HF PEFT's flat one (e.g. another
+# library's): each takes the file's dict and returns it in the flat layout (with its
+# `peft_type`), or None if the layout is not its own
+_CONFIG_LAYOUTS: list = []
+
+
 def register_config(peft_type: Union[str, PeftType], cls: type) -> None:
     """Register `cls` as the config class loaded for `peft_type`."""
     _CONFIG_REGISTRY[PeftType(peft_type).value] = cls
+
+
+def register_config_layout(reader) -> None:
+    """Register a reader of another adapter_config.json layout (see _CONFIG_LAYOUTS)."""
+    if reader not in _CONFIG_LAYOUTS:
+        _CONFIG_LAYOUTS.append(reader)
+
+
+def _in_peft_layout(config_dict: dict, source: Optional[str]) -> dict:
+    """`config_dict` in PEFT's flat layout: the registered readers of other layouts convert
+    their own."""
+    for reader in _CONFIG_LAYOUTS:
+        converted = reader(config_dict, source)
+        if converted is not None:
+            return converted
+    return config_dict
 
 
 def get_config_class(peft_type: Any, source: Optional[str] = None) -> type:
@@ -187,6 +212,7 @@ class PeftConfig:
 
         Keys the class does not know (e.g. from a newer HF PEFT) are dropped with a warning.
         """
+        config_dict = _in_peft_layout(config_dict, source)
         config_cls = get_config_class(config_dict.get("peft_type"), source)
         if not issubclass(config_cls, cls):
             raise ValueError(

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import PeftConfig
-from .models.checkpoint import read_torch_bin
 from .models.encoder import EncoderModel
 from .models.modules import Module
 from .tuners.registry import tuner_class
 from .tuners.tuners_utils import (TASK_MODULES_TO_SAVE, all_or_irregular, check_adapter_name,
                                   format_trainable_parameters, wrapped_adapters)
-from .utils.io import SAFETENSORS_WEIGHTS_NAME, CheckpointError, read_safetensors, save_adapter_files
+from .utils.io import CheckpointError
 
 
 @dataclass
@@ -311,8 +310,8 @@ class PeftModel(Module):
         return self.base_model.adapter_state_dict(adapter_name)
 
     def save_pretrained(self, save_directory, selected_adapters=None):
-        """Write each adapter as HF PEFT does: adapter_config.json and
-        adapter_model.safetensors, "default" in save_directory, others in sub-folders."""
+        """Write each adapter in its method's layout (HF PEFT's: adapter_config.json and
+        adapter_model.safetensors), "default" in save_directory, others in sub-folders."""
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
@@ -324,22 +323,17 @@ class PeftModel(Module):
             out = save_directory if name == "default" else save_directory / name
             config = copy.deepcopy(self.peft_config[name])
             config.inference_mode = True
-            save_adapter_files(out, config.to_dict(), self.adapter_state_dict(name))
+            self.base_model.write_adapter(out, name, config)
 
     @staticmethod
     def _read_adapter(directory):
+        """(config, tensors) of the adapter saved in `directory`, in the layout its method
+        writes (the tuner reads its files)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"adapter folder {directory} does not exist")
         config = PeftConfig.from_pretrained(directory)
-        weights_file = directory / SAFETENSORS_WEIGHTS_NAME
-        if weights_file.is_file():
-            weights = read_safetensors(weights_file)
-        elif (directory / "adapter_model.bin").is_file():
-            weights = read_torch_bin(directory / "adapter_model.bin")
-        else:
-            raise FileNotFoundError(f"no {SAFETENSORS_WEIGHTS_NAME} (or adapter_model.bin) in {directory}")
-        source = weights_file if weights_file.is_file() else directory / "adapter_model.bin"
+        weights, source = tuner_class(config).read_adapter_weights(directory, config)
         for key, value in weights.items():
             if np.asarray(value).dtype.kind != "f":
                 raise CheckpointError(f"{source}: tensor {key!r} has dtype "

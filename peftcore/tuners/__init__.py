@@ -1,7 +1,9 @@
 """Adapter methods. Importing this package registers each one: PeftType -> (config, tuner)."""
 
-from ..config import PeftType
+from ..config import PeftType, register_config_layout
 from .bitfit import BitFitConfig, BitFitModel
+from .bottleneck import BnConfig, BottleneckModel, DoubleSeqBnConfig, SeqBnConfig
+from .bottleneck.config import read_adapterhub_layout
 from .ia3 import IA3Config, IA3Model
 from .lora import LoraConfig, LoraModel
 from .registry import register
@@ -9,5 +11,7 @@ from .registry import register
 register(PeftType.LORA, LoraConfig, LoraModel)
 register(PeftType.IA3, IA3Config, IA3Model)
 register(PeftType.BITFIT, BitFitConfig, BitFitModel)
+register(PeftType.BOTTLENECK, BnConfig, BottleneckModel)
+register_config_layout(read_adapterhub_layout)  # AdapterHub's adapter_config.json
 
-__all__ = ["LoraConfig", "IA3Config", "BitFitConfig"]
+__all__ = ["LoraConfig", "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig"]

@@ -14,11 +14,14 @@ import functools
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import numpy as np
 
+from ..models.checkpoint import read_torch_bin
 from ..models.modules import Linear, Module
+from ..utils.io import SAFETENSORS_WEIGHTS_NAME, read_safetensors, save_adapter_files
 from ..utils.random import generator
 
 # HF PEFT's default LoRA target modules per `config.model_type` (used when target_modules is None).
@@ -216,6 +219,18 @@ def set_linear_adapters(engine, index: int, entries: list):
     engine.set_adapters(index, entries)
 
 
+def set_block_adapters(engine, layer: int, block: str, entries: list):
+    """Give the engine the adapters of encoder layer `layer`'s output block `block`
+    ("attention" or "ffn"): a list of (method, tensors, options); [] for none."""
+    if not hasattr(engine, "set_block_adapters"):
+        if not entries:   # nothing can have been set there: nothing to clear
+            return
+        raise AttributeError("this build of peftcore's engine has no block adapter sites "
+                             "(Encoder.set_block_adapters); rebuild peftcore from a source "
+                             "tree that has them")
+    engine.set_block_adapters(layer, block, entries)
+
+
 def all_or_irregular(flags):
     """True if all flags are True, False if all are False, else "irregular" (as HF PEFT)."""
     flags = list(flags)
@@ -385,6 +400,8 @@ class BaseTuner(Module):
 
     layer_cls: type = BaseTunerLayer
     prefix: str = ""
+    # why this method's adapters cannot be folded into the base weights (None: they can)
+    merge_refusal: str | None = None
 
     def __init__(self, model: Module, config, adapter_name: str):
         super().__init__()
@@ -557,8 +574,14 @@ class BaseTuner(Module):
 
     # ------------------------------------------------------------ merging
 
+    def check_mergeable(self):
+        """Refuse, before anything changes, to merge adapters of a method that cannot."""
+        if self.merge_refusal is not None:
+            raise ValueError(f"{type(self).__name__} cannot merge: {self.merge_refusal}")
+
     @model_change
     def merge_adapter(self):
+        self.check_mergeable()
         for _, layer in self.tuner_layers():
             layer.merge(self.active_adapter)
 
@@ -574,6 +597,7 @@ class BaseTuner(Module):
         every modules_to_save wrapper (keeping the active copy's values when merging);
         return the bare model."""
         if merge:
+            self.check_mergeable()
             self.merge_adapter()
         for name, layer in self.all_layers():
             module = layer.unload(merge)
@@ -583,6 +607,23 @@ class BaseTuner(Module):
         return self.model
 
     # ------------------------------------------------------------ files
+
+    @classmethod
+    def read_adapter_weights(cls, directory: Path, config) -> tuple:
+        """(tensors keyed as adapter_state_dict keys them, the file read) of the adapter
+        saved in `directory` with `config`; HF PEFT's layout: adapter_model.safetensors, or
+        adapter_model.bin read by the restricted unpickler."""
+        safe, legacy = directory / SAFETENSORS_WEIGHTS_NAME, directory / "adapter_model.bin"
+        if safe.is_file():
+            return read_safetensors(safe), safe
+        if legacy.is_file():
+            return read_torch_bin(legacy), legacy
+        raise FileNotFoundError(f"no {SAFETENSORS_WEIGHTS_NAME} (or adapter_model.bin) in {directory}")
+
+    def write_adapter(self, directory: Path, adapter_name: str, config):
+        """Save adapter `adapter_name` (its `config` in inference mode) into `directory`:
+        HF PEFT's adapter_config.json and adapter_model.safetensors."""
+        save_adapter_files(directory, config.to_dict(), self.adapter_state_dict(adapter_name))
 
     @classmethod
     def expected_tensors(cls, model: Module, plan: Plan):

@@ -313,21 +313,31 @@ def _read_safetensors_tensor(f, path: Path, name: str, entry: _SafetensorsEntry,
 
 
 def save_adapter_files(directory, config_dict, tensors: Mapping[str, np.ndarray]) -> None:
-    """Write adapter_model.safetensors and adapter_config.json into `directory` as one unit:
-    both are serialised and staged as fsynced temp files first, then renamed into place; if
-    anything fails, files already replaced are restored, so the folder keeps the previous
-    adapter (or none) and no temp file is left."""
-    directory = Path(directory)
+    """Write adapter_model.safetensors and adapter_config.json into `directory` as one unit
+    (see write_files_together)."""
     if hasattr(config_dict, "to_dict"):
         config_dict = config_dict.to_dict()
-    if directory.is_file():
-        raise ValueError(f"Provided path ({directory}) should be a directory, not a file")
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    payloads = [
+    write_files_together(directory, [
         (SAFETENSORS_WEIGHTS_NAME, lambda: safetensors.numpy.save(
             arrays, metadata=dict(DEFAULT_SAFETENSORS_METADATA))),
-        (CONFIG_NAME, lambda: json.dumps(config_dict, indent=2, sort_keys=True).encode("utf-8")),
-    ]
+        (CONFIG_NAME, lambda: json_bytes(config_dict)),
+    ])
+
+
+def json_bytes(obj) -> bytes:
+    """JSON as HF PEFT and AdapterHub write it: indent 2, sorted keys."""
+    return json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")
+
+
+def write_files_together(directory, payloads) -> None:
+    """Write files [(name, make bytes)] into `directory` as one unit: all are serialised
+    and staged as fsynced temp files first, then renamed into place; if anything fails,
+    files already replaced are restored, so the folder keeps the previous files (or none)
+    and no temp file is left."""
+    directory = Path(directory)
+    if directory.is_file():
+        raise ValueError(f"Provided path ({directory}) should be a directory, not a file")
     data = [(name, make()) for name, make in payloads]  # serialisation errors: nothing written
     directory.mkdir(parents=True, exist_ok=True)
     staged, backups, replaced = [], {}, []

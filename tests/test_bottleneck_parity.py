@@ -1,0 +1,321 @@
+"""Bottleneck adapters against AdapterHub `adapters` 1.3 on the same random BERT and RoBERTa
+(no dropout): logits, every trainable gradient, a 20-step AdamW run, and files both ways.
+
+AdapterHub: `adapters.init(model)`, `model.add_adapter(name, config=SeqBnConfig(...))`,
+`model.train_adapter(name)` (trains the adapter and the model's own classifier);
+peftcore: `get_peft_model(model, SeqBnConfig(task_type="SEQ_CLS", ...))` (the classifier
+trains as modules_to_save). Parameters of the same adapter have the same names after
+peftcore's `base_model.model.` (the classifier's copy is `classifier.modules_to_save.<name>`).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+import peftcore
+from helpers import one_thread  # noqa: F401  (a fixture)
+from peftcore import PeftModel, get_peft_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0)
+MODEL_TYPES = ["bert", "roberta"]
+ADAMW = dict(lr=2e-2, betas=(0.85, 0.99), eps=1e-6, weight_decay=0.05)
+PREFIX = "base_model.model."
+
+# (class name, kwargs): both placements, five non-linearities, every data-flow option
+CONFIGS = {
+    "pfeiffer-relu": ("SeqBnConfig", dict(reduction_factor=4)),
+    "houlsby-swish": ("DoubleSeqBnConfig", dict(reduction_factor=4)),
+    "pfeiffer-gelu-postadd": ("SeqBnConfig", dict(reduction_factor=2, non_linearity="gelu",
+                                                  residual_before_ln="post_add", leave_out=[0])),
+    "houlsby-tanh-all": ("DoubleSeqBnConfig", dict(reduction_factor=8, non_linearity="tanh",
+                                                   ln_before=True, ln_after=True,
+                                                   use_gating=True, scaling="channel",
+                                                   adapter_residual_before_ln=True)),
+    "bn-gelu_new-noln": ("BnConfig", dict(mh_adapter=True, output_adapter=False,
+                                          reduction_factor=4, non_linearity="gelu_new",
+                                          original_ln_before=True, residual_before_ln=False,
+                                          scaling="learned", ln_after=True)),
+    "pfeiffer-leakyrelu-scaled": ("SeqBnConfig", dict(reduction_factor=4,
+                                                      non_linearity="leakyrelu", scaling=0.5)),
+}
+CASES = [(m, c) for m in MODEL_TYPES for c in CONFIGS]
+ids_of = lambda case: f"{case[0]}-{case[1]}"  # noqa: E731
+
+
+# ------------------------------------------------------------------ the two models
+
+def _hf_config(model_type):
+    import transformers
+    if model_type == "bert":
+        config = transformers.BertConfig(max_position_embeddings=24, **TINY)
+    else:
+        config = transformers.RobertaConfig(max_position_embeddings=26, pad_token_id=1,
+                                            bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+                                            **TINY)
+    config._attn_implementation = "eager"
+    return config
+
+
+def _hf_class(model_type):
+    import transformers
+    return {"bert": transformers.BertForSequenceClassification,
+            "roberta": transformers.RobertaForSequenceClassification}[model_type]
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    """{model_type: folder} of random models whose every weight matters, saved by
+    transformers so both libraries load the same weights."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("adapters")
+    out = {}
+    for model_type in MODEL_TYPES:
+        torch.manual_seed(0)
+        model = _hf_class(model_type)(_hf_config(model_type)).eval()
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                noise = torch.randn(p.shape, generator=gen)
+                p.copy_(1 + 0.1 * noise if "LayerNorm.weight" in name else 0.15 * noise)
+            if model_type == "roberta":  # keep transformers' padding rows
+                model.roberta.embeddings.word_embeddings.weight[1] = 0
+                model.roberta.embeddings.position_embeddings.weight[1] = 0
+        folder = tmp_path_factory.mktemp(model_type)
+        model.save_pretrained(folder)
+        out[model_type] = folder
+    return out
+
+
+def _hf_bare(hf_models, model_type):
+    import adapters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _hf_class(model_type).from_pretrained(hf_models[model_type],
+                                                      attn_implementation="eager").eval()
+    adapters.init(model)
+    return model
+
+
+def _pc_bare(hf_models, model_type):
+    return peftcore.AutoModelForSequenceClassification.from_pretrained(hf_models[model_type])
+
+
+def _pair(hf_models, model_type, config_name, name="default"):
+    import adapters
+    cls, kw = CONFIGS[config_name]
+    theirs = _hf_bare(hf_models, model_type)
+    theirs.add_adapter(name, config=getattr(adapters, cls)(**copy.deepcopy(kw)))
+    theirs.train_adapter(name)
+    theirs.eval()
+    ours = get_peft_model(_pc_bare(hf_models, model_type),
+                          getattr(peftcore, cls)(task_type="SEQ_CLS", **copy.deepcopy(kw)),
+                          adapter_name=name)
+    return theirs, ours
+
+
+def _our_name(their_name: str, adapter="default") -> str:
+    if ".adapters." in their_name:
+        return PREFIX + their_name
+    head, _, last = their_name.rpartition(".")   # the classifier's trained copy
+    return f"{PREFIX}{head.replace('classifier', f'classifier.modules_to_save.{adapter}', 1)}.{last}"
+
+
+def _seeded(name, shape, center=0.0, std=0.3):
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return (center + std * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _randomize(theirs, ours, adapter="default"):
+    """The same random values for every trained parameter on both sides (LayerNorm
+    weights and scalings around 1)."""
+    import torch
+    ours_params = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if not p.requires_grad:
+                continue
+            center = 1.0 if name.endswith(("norm_before.weight", "norm_after.weight", "scaling")) else 0.0
+            value = _seeded(name, tuple(p.shape), center)
+            p.copy_(torch.from_numpy(value))
+            ours_params[_our_name(name, adapter)][...] = value
+
+
+def _batch(B=4, T=7, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, TINY["vocab_size"], (B, T))
+    mask = np.ones_like(ids)
+    mask[-1, T - 3:] = 0
+    return ids, mask, rng.integers(0, TINY["num_labels"], B)
+
+
+def _pc_logits(model, b):
+    return np.array(model(b[0], attention_mask=b[1]).logits, copy=True)
+
+
+def _hf_logits(model, b):
+    import torch
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(b[0]), attention_mask=torch.tensor(b[1])).logits.numpy()
+
+
+def _close(actual, expected, rtol, what=""):
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert a.shape == e.shape, (what, a.shape, e.shape)
+    err, scale = np.abs(a - e).max(), max(np.abs(e).max(), 1e-12)
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+# ------------------------------------------------------------------ structure
+
+@pytest.mark.parametrize("case", CASES, ids=ids_of)
+def test_same_trainable_parameters(hf_models, case):
+    theirs, ours = _pair(hf_models, *case)
+    want = {_our_name(n): tuple(p.shape) for n, p in theirs.named_parameters() if p.requires_grad}
+    got = {n: tuple(p.shape) for n, p in ours.named_parameters() if p.requires_grad}
+    assert got == want
+    assert [n for n in got] == [n for n in want]   # in AdapterHub's order too
+
+
+# ------------------------------------------------------------------ forward, gradients, training
+
+@pytest.mark.parametrize("case", CASES, ids=ids_of)
+def test_logits(hf_models, case):
+    theirs, ours = _pair(hf_models, *case)
+    _randomize(theirs, ours)
+    b = _batch(seed=3)
+    want = _hf_logits(theirs, b)
+    _close(_pc_logits(ours, b), want, 1e-4, "logits")
+    with peftcore.no_grad():
+        _close(_pc_logits(ours, b), want, 1e-4, "logits under no_grad")
+    bare = _hf_logits(_hf_bare(hf_models, case[0]), b)
+    assert np.abs(want - bare).max() > 1e-2   # the adapter matters
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids_of)
+def test_gradients(hf_models, case):
+    import torch
+    theirs, ours = _pair(hf_models, *case)
+    _randomize(theirs, ours)
+    ids, mask, labels = _batch(seed=5)
+    theirs.zero_grad(set_to_none=True)
+    out = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 labels=torch.tensor(labels))
+    out.loss.backward()
+    ours.zero_grad(set_to_none=True)
+    loss = float(ours(ids, attention_mask=mask, labels=labels).loss)
+    ours.backward()
+    assert abs(loss - float(out.loss.detach())) <= 1e-4 * max(1.0, abs(float(out.loss.detach())))
+    ours_params = dict(ours.named_parameters())
+    largest = max(np.linalg.norm(p.grad.numpy()) for p in theirs.parameters() if p.requires_grad)
+    for name, p in theirs.named_parameters():
+        if not p.requires_grad:
+            continue
+        ref = p.grad.numpy().astype(np.float64)
+        got = np.asarray(ours_params[_our_name(name)].grad, np.float64)
+        norm = np.linalg.norm(ref)
+        if norm < 1e-4 * largest:
+            # a "learned" scaling right before ln_after: by the LayerNorm's scale invariance
+            # its gradient is zero, and both sides return rounding noise
+            assert name.endswith("scaling") and np.linalg.norm(got) < 1e-4 * largest, name
+            continue
+        assert np.linalg.norm(got - ref) <= 1e-3 * norm, \
+            f"{name}: |error| {np.linalg.norm(got - ref):.3g} vs |grad| {norm:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids_of)
+def test_adamw_run(hf_models, case):
+    import torch
+    theirs, ours = _pair(hf_models, *case)
+    _randomize(theirs, ours)
+    opt_t = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], **ADAMW)
+    opt_o = peftcore.optim.AdamW([p for p in ours.parameters() if p.requires_grad], **ADAMW)
+    theirs.train()
+    ours.train()
+    losses_t, losses_o = [], []
+    for step in range(20):
+        ids, mask, labels = _batch(seed=step % 2)
+        out = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                     labels=torch.tensor(labels))
+        out.loss.backward()
+        opt_t.step()
+        opt_t.zero_grad(set_to_none=True)
+        losses_t.append(float(out.loss.detach()))
+        losses_o.append(float(ours(ids, attention_mask=mask, labels=labels).loss))
+        ours.backward()
+        opt_o.step()
+        opt_o.zero_grad(set_to_none=True)
+    theirs.eval()
+    ours.eval()
+    np.testing.assert_allclose(losses_o, losses_t, rtol=0, atol=1e-4)
+    assert losses_t[-1] < losses_t[0] - 0.05
+    b = _batch(seed=99)
+    _close(_pc_logits(ours, b), _hf_logits(theirs, b), 1e-3, "logits after training")
+
+
+# ------------------------------------------------------------------ files both ways
+
+@pytest.mark.parametrize("safetensors", [True, False], ids=["safetensors", "bin"])
+@pytest.mark.parametrize("case", CASES, ids=ids_of)
+def test_adapterhub_files_load_in_peftcore(hf_models, case, safetensors, tmp_path):
+    theirs, ours = _pair(hf_models, *case, name="task")
+    _randomize(theirs, ours, adapter="task")
+    b = _batch(seed=7)
+    want = _hf_logits(theirs, b)
+    if safetensors and CONFIGS[case[1]][1].get("ln_before"):
+        pytest.skip("adapters 1.3 cannot save ln_before adapters as safetensors (shared tensors)")
+    theirs.save_adapter(str(tmp_path), "task", use_safetensors=safetensors)
+    loaded = PeftModel.from_pretrained(_pc_bare(hf_models, case[0]), tmp_path, adapter_name="task")
+    _close(_pc_logits(loaded, b), want, 1e-4, "peftcore loading AdapterHub's adapter")
+    assert loaded.get_nb_trainable_parameters()[0] == 0
+    again = PeftModel.from_pretrained(_pc_bare(hf_models, case[0]), tmp_path, is_trainable=True)
+    assert again.get_nb_trainable_parameters() == ours.get_nb_trainable_parameters()
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids_of)
+def test_peftcore_files_load_in_adapterhub(hf_models, case, tmp_path):
+    theirs, ours = _pair(hf_models, *case)
+    _randomize(theirs, ours)
+    b = _batch(seed=8)
+    want = _pc_logits(ours, b)
+    ours.save_pretrained(tmp_path)
+    model = _hf_bare(hf_models, case[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        name = model.load_adapter(str(tmp_path), load_as="loaded", set_active=True,
+                                  use_safetensors=True)
+    assert name == "loaded"
+    model.eval()
+    _close(_hf_logits(model, b), want, 1e-4, "AdapterHub loading peftcore's adapter")
+    theirs_params = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    for name, p in ours.named_parameters():
+        if ".adapters.default." in name:
+            their = name[len(PREFIX):].replace(".default.", ".loaded.")
+            np.testing.assert_array_equal(theirs_params[their], p, err_msg=name)
+
+
+def test_config_files_agree(hf_models, tmp_path):
+    """peftcore's adapter_config.json holds AdapterHub's, plus PEFT's fields."""
+    import json
+    theirs, ours = _pair(hf_models, "bert", "houlsby-tanh-all")
+    theirs.save_adapter(str(tmp_path / "hub"), "default")
+    ours.save_pretrained(tmp_path / "pc")
+    hub = json.loads((tmp_path / "hub" / "adapter_config.json").read_text())
+    pc = json.loads((tmp_path / "pc" / "adapter_config.json").read_text())
+    assert pc["config"] == hub["config"]
+    for key in ("hidden_size", "model_class", "model_type", "name"):
+        assert pc[key] == hub[key], key
+    assert set(pc) - set(hub) == {"peft_type", "task_type", "modules_to_save", "inference_mode",
+                                  "base_model_name_or_path", "revision"}
+    hub_head = json.loads((tmp_path / "hub" / "head_config.json").read_text())
+    pc_head = json.loads((tmp_path / "pc" / "head_config.json").read_text())
+    for key in ("config", "hidden_size", "label2id", "model_class", "model_type", "name", "num_labels"):
+        assert pc_head[key] == hub_head[key], key
