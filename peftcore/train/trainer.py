@@ -738,9 +738,10 @@ class Trainer:
                     state["batch_in_epoch"] = 0
                 out_of_time = args.time_budget is not None and elapsed > args.time_budget
                 last = step >= total or out_of_time
+                # as transformers: a run ending mid-epoch ends its epoch there
                 due_eval = self.eval_sets and (
                     (args.eval_strategy == "steps" and step % args.eval_steps == 0) or
-                    (args.eval_strategy == "epoch" and end_of_epoch))
+                    (args.eval_strategy == "epoch" and (end_of_epoch or last)))
                 if due_eval:
                     metrics = self.evaluate()
                     model.train()
@@ -762,7 +763,7 @@ class Trainer:
                         last = True
                 due_save = args.save_strategy != "no" and (
                     (args.save_strategy == "steps" and step % args.save_steps == 0) or
-                    (args.save_strategy == "epoch" and end_of_epoch))
+                    (args.save_strategy == "epoch" and (end_of_epoch or last)))
                 if due_save:
                     if state["best_step"] == step:
                         state["best_checkpoint"] = str(self.output_dir / f"{CHECKPOINT_PREFIX}{step}")
