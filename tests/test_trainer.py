@@ -144,6 +144,19 @@ def test_early_stopping_and_best_model(tmp_path):
     assert "checkpoint-4" in kept and len(kept) <= 2
 
 
+def test_early_stopping_callback_as_transformers_spells_it():
+    from peftcore.train.trainer import EarlyStoppingCallback
+
+    enc, labels = make_data(16)
+    args = TrainingArguments(eval_steps=1, max_steps=50, per_device_train_batch_size=4,
+                             disable_tqdm=True)
+    trainer = Trainer(make_model(), args, (enc, labels), eval_dataset=(enc, labels),
+                      compute_metrics=lambda logits, y: {"score": 0.5},
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=3)])
+    result = trainer.train()
+    assert result.stopped_early and result.steps == 4   # one best, then 3 without improvement
+
+
 def test_metric_for_best_model_must_be_the_tasks():
     enc, labels = make_data(8)
     args = TrainingArguments(eval_steps=1, max_steps=1, metric_for_best_model="f1")

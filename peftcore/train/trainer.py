@@ -153,6 +153,15 @@ def _check(value, name, what, kind, ok, optional=False):
 
 
 @dataclass
+class EarlyStoppingCallback:
+    """transformers' EarlyStoppingCallback, accepted by Trainer(callbacks=[...]): sets
+    args.early_stopping_patience and early_stopping_threshold."""
+
+    early_stopping_patience: int = 1
+    early_stopping_threshold: float = 0.0
+
+
+@dataclass
 class TrainResult:
     steps: int
     train_seconds: float
@@ -337,8 +346,16 @@ class Trainer:
     `run_identity` (a dict) is stored in checkpoints and must match on resume."""
 
     def __init__(self, model, args: TrainingArguments, train_dataset, eval_dataset=None,
-                 task=None, compute_metrics=None, run_identity=None):
+                 task=None, compute_metrics=None, run_identity=None, callbacks=()):
         from .glue import get_task
+
+        for callback in callbacks:
+            if not isinstance(callback, EarlyStoppingCallback):
+                raise TypeError(f"callbacks: only EarlyStoppingCallback is supported, got "
+                                f"{type(callback).__name__}")
+            args.early_stopping_patience = callback.early_stopping_patience
+            args.early_stopping_threshold = callback.early_stopping_threshold
+            args.__post_init__()
 
         self.model, self.args = model, args
         self.task = None if task is None else get_task(task)
@@ -364,6 +381,8 @@ class Trainer:
         else:
             problem = "multi_label_classification"
         self.problem_type = problem
+        if args.oversample and problem != "single_label_classification":
+            raise ValueError(f"oversample applies to single-label classification, not {problem}")
         self.class_weights = self._class_weights()
         self.loss = _Loss(problem, self.num_labels, self.class_weights)
         self.metric_names = self._metric_names()
