@@ -534,6 +534,8 @@ class Trainer:
         if self.metric_names is None:  # custom compute_metrics: check the name now
             self.metric_names = list(out)
             self.best_metric_name = self._best_metric_name()
+            if self.args.greater_is_better is None:
+                self.greater_is_better = not self.best_metric_name.endswith("loss")
         return out
 
     # ------------------------------------------------------------ checkpoints
