@@ -94,6 +94,19 @@
       (float *dlogits, const float *logits, const int64_t *targets, int N, int C,            \
        int64_t ignore_index, float dloss),                                                   \
       (dlogits, logits, targets, N, C, ignore_index, dloss))                                 \
+    X(VALUE, float, pc_cross_entropy_weighted_forward,                                       \
+      (const float *logits, const int64_t *targets, const float *weight, int N, int C,       \
+       int64_t ignore_index, double *weight_sum),                                            \
+      (logits, targets, weight, N, C, ignore_index, weight_sum))                             \
+    X(VOID, void, pc_cross_entropy_weighted_backward,                                        \
+      (float *dlogits, const float *logits, const int64_t *targets, const float *weight,     \
+       int N, int C, int64_t ignore_index, float dloss),                                     \
+      (dlogits, logits, targets, weight, N, C, ignore_index, dloss))                         \
+    X(VALUE, float, pc_bce_with_logits_forward,                                              \
+      (const float *inp, const float *target, int64_t n), (inp, target, n))                  \
+    X(VOID, void, pc_bce_with_logits_backward,                                               \
+      (float *dinp, const float *inp, const float *target, int64_t n, float dloss),          \
+      (dinp, inp, target, n, dloss))                                                         \
     X(VALUE, float, pc_mse_forward, (const float *inp, const float *target, int64_t n),     \
       (inp, target, n))                                                                      \
     X(VOID, void, pc_mse_backward,                                                           \

@@ -225,6 +225,18 @@ float pc_cross_entropy_forward(const float *logits, const int64_t *targets, int 
 /* dlogits (N,C) += dloss * (softmax(logits) - onehot(target)) / count */
 void pc_cross_entropy_backward(float *dlogits, const float *logits, const int64_t *targets,
                                int N, int C, int64_t ignore_index, float dloss);
+/* class-weighted cross-entropy (torch's weight=): Σ w[t]·nll / Σ w[t] over counted rows;
+ * *weight_sum receives Σ w[t] */
+float pc_cross_entropy_weighted_forward(const float *logits, const int64_t *targets,
+                                        const float *weight, int N, int C,
+                                        int64_t ignore_index, double *weight_sum);
+void pc_cross_entropy_weighted_backward(float *dlogits, const float *logits,
+                                        const int64_t *targets, const float *weight, int N,
+                                        int C, int64_t ignore_index, float dloss);
+/* binary cross-entropy on logits (multi-label), mean over n elements */
+float pc_bce_with_logits_forward(const float *inp, const float *target, int64_t n);
+void pc_bce_with_logits_backward(float *dinp, const float *inp, const float *target,
+                                 int64_t n, float dloss);
 /* mean squared error over n elements */
 float pc_mse_forward(const float *inp, const float *target, int64_t n);
 void pc_mse_backward(float *dinp, const float *inp, const float *target, int64_t n,

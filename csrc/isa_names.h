@@ -55,6 +55,10 @@
 /* ops/loss.c */
 #define pc_cross_entropy_forward PC_ISA_NAME(pc_cross_entropy_forward, PC_ISA)
 #define pc_cross_entropy_backward PC_ISA_NAME(pc_cross_entropy_backward, PC_ISA)
+#define pc_cross_entropy_weighted_forward PC_ISA_NAME(pc_cross_entropy_weighted_forward, PC_ISA)
+#define pc_cross_entropy_weighted_backward PC_ISA_NAME(pc_cross_entropy_weighted_backward, PC_ISA)
+#define pc_bce_with_logits_forward PC_ISA_NAME(pc_bce_with_logits_forward, PC_ISA)
+#define pc_bce_with_logits_backward PC_ISA_NAME(pc_bce_with_logits_backward, PC_ISA)
 #define pc_mse_forward PC_ISA_NAME(pc_mse_forward, PC_ISA)
 #define pc_mse_backward PC_ISA_NAME(pc_mse_backward, PC_ISA)
 /* ops/norm.c */

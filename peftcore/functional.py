@@ -18,6 +18,7 @@ __all__ = [
     "relu_backward", "softmax", "softmax_backward", "add", "add_backward", "dropout",
     "dropout_backward", "multi_head_attention", "multi_head_attention_backward",
     "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
 ]
 
 
@@ -199,15 +200,36 @@ def multi_head_attention_backward(grad_output, probs, query, key, value, num_hea
                                  float(dropout_p), _check_seed(seed))
 
 
-def cross_entropy(input, target, ignore_index=-100):
-    """Mean cross-entropy of logits (N, C) against class ids (N,); NaN if all are ignored."""
+def cross_entropy(input, target, ignore_index=-100, weight=None):
+    """Mean cross-entropy of logits (N, C) against class ids (N,); NaN if all are ignored.
+    With `weight` (C,) (torch's weight=): Σ w[t]·nll / Σ w[t] over the rows counted."""
     ignore_index = _int_arg("cross_entropy", "ignore_index", ignore_index, *_INT64_RANGE)
-    return _C.cross_entropy_forward(input, target, ignore_index)
+    return _C.cross_entropy_forward(input, target, ignore_index, _class_weight(weight))
 
 
-def cross_entropy_backward(input, target, ignore_index=-100, grad_loss=1.0):
+def cross_entropy_backward(input, target, ignore_index=-100, grad_loss=1.0, weight=None):
     ignore_index = _int_arg("cross_entropy_backward", "ignore_index", ignore_index, *_INT64_RANGE)
-    return _C.cross_entropy_backward(input, target, ignore_index, float(grad_loss))
+    return _C.cross_entropy_backward(input, target, ignore_index, float(grad_loss),
+                                     _class_weight(weight))
+
+
+def _class_weight(weight):
+    if weight is None:
+        return None
+    w = np.asarray(weight)
+    if w.dtype.kind not in "iuf":
+        raise TypeError(f"cross_entropy: weight must be numbers, got {w.dtype}")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def binary_cross_entropy_with_logits(input, target):
+    """Mean binary cross-entropy of logits against targets in [0, 1], element-wise (the
+    multi-label loss); float32 arrays of one shape."""
+    return _C.bce_with_logits_forward(input, target)
+
+
+def binary_cross_entropy_with_logits_backward(input, target, grad_loss=1.0):
+    return _C.bce_with_logits_backward(input, target, float(grad_loss))
 
 
 def mse_loss(input, target):

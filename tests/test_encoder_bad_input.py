@@ -134,7 +134,8 @@ CASES = {
     "label_negative": (_cls, _fwd(labels=np.array([-1, 0])), ValueError),
     "label_float": (_cls, _fwd(labels=np.array([1.0, 0.0])), TypeError),
     "label_count": (_cls, _fwd(labels=np.array([1, 0, 2])), ValueError),
-    "label_2d": (_cls, _fwd(labels=np.array([[1], [0]])), ValueError),
+    # (B, 1) is flattened as transformers does (tests/test_model_outputs.py); (B, 2) ints are not
+    "label_2d": (_cls, _fwd(labels=np.array([[1, 0], [0, 1]])), ValueError),
     "mse_label_count": (lambda: _cls(dict(CONFIG, num_labels=1)),
                         _fwd(labels=np.array([0.5, 1.0, 2.0], np.float32)), ValueError),
     "mse_label_strings": (lambda: _cls(dict(CONFIG, num_labels=1)),

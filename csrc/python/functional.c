@@ -550,69 +550,114 @@ static int check_ce(PyArrayObject *logits, PyArrayObject *t, long long ignore_in
     return glue_check_int_range(PyArray_SIZE(logits), "cross_entropy: size");
 }
 
+/* the optional class weights: None, or float32 (C,) of finite values >= 0 */
+static int ce_weight(PyObject *wo, PyArrayObject *logits, PyArrayObject **w) {
+    *w = NULL;
+    if (wo == NULL || wo == Py_None) return 0;
+    if (!(*w = glue_f32(wo, "cross_entropy: weight"))) return -1;
+    if (PyArray_NDIM(*w) != 1 || PyArray_DIM(*w, 0) != PyArray_DIM(logits, 1)) {
+        PyErr_Format(PyExc_ValueError, "cross_entropy: weight must be (%ld,), one per class, "
+                     "got %d dims of size %ld", (long)PyArray_DIM(logits, 1),
+                     PyArray_NDIM(*w), (long)PyArray_SIZE(*w));
+        return -1;
+    }
+    const float *wp = glue_fp(*w);
+    for (npy_intp c = 0; c < PyArray_SIZE(*w); c++)
+        if (!(wp[c] >= 0.0f) || isinf(wp[c])) {
+            PyObject *bad = PyFloat_FromDouble(wp[c]);
+            if (bad)
+                PyErr_Format(PyExc_ValueError, "cross_entropy: weight[%ld] is %R; class "
+                             "weights must be finite and >= 0", (long)c, bad);
+            Py_XDECREF(bad);
+            return -1;
+        }
+    return 0;
+}
+
 static PyObject *f_cross_entropy_forward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *lo, *to, *result = NULL;
+    PyObject *lo, *to, *wo = NULL, *result = NULL;
     long long ignore_index = -100;
-    PyArrayObject *l = NULL, *t = NULL;
-    if (!PyArg_ParseTuple(args, "OO|L", &lo, &to, &ignore_index)) return NULL;
+    PyArrayObject *l = NULL, *t = NULL, *w = NULL;
+    if (!PyArg_ParseTuple(args, "OO|LO", &lo, &to, &ignore_index, &wo)) return NULL;
     CHECK(l = glue_f32(lo, "cross_entropy: input"));
     CHECK(t = glue_ids(to, "cross_entropy: target"));
     CHECK(check_ce(l, t, ignore_index) == 0);
+    CHECK(ce_weight(wo, l, &w) == 0);
     float loss;
     int count;
+    double weight_sum;
     GLUE_COMPUTE_BEGIN
-    loss = pc_cross_entropy_forward(glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
-                                    (int)PyArray_DIM(l, 1), ignore_index, &count);
+    if (w)
+        loss = pc_cross_entropy_weighted_forward(glue_fp(l), glue_ip(t), glue_fp(w),
+                                                 (int)PyArray_DIM(l, 0), (int)PyArray_DIM(l, 1),
+                                                 ignore_index, &weight_sum);
+    else
+        loss = pc_cross_entropy_forward(glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
+                                        (int)PyArray_DIM(l, 1), ignore_index, &count);
     GLUE_COMPUTE_END
     result = PyFloat_FromDouble(loss);
 fail:
-    Py_XDECREF(l); Py_XDECREF(t);
+    Py_XDECREF(l); Py_XDECREF(t); Py_XDECREF(w);
     return result;
 }
 
 static PyObject *f_cross_entropy_backward(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *lo, *to, *result = NULL;
+    PyObject *lo, *to, *wo = NULL, *result = NULL;
     long long ignore_index = -100;
     double dloss = 1.0;
-    PyArrayObject *l = NULL, *t = NULL, *dl = NULL;
-    if (!PyArg_ParseTuple(args, "OO|Ld", &lo, &to, &ignore_index, &dloss)) return NULL;
+    PyArrayObject *l = NULL, *t = NULL, *w = NULL, *dl = NULL;
+    if (!PyArg_ParseTuple(args, "OO|LdO", &lo, &to, &ignore_index, &dloss, &wo)) return NULL;
     CHECK(l = glue_f32(lo, "cross_entropy_backward: input"));
     CHECK(t = glue_ids(to, "cross_entropy_backward: target"));
     CHECK(check_ce(l, t, ignore_index) == 0);
+    CHECK(ce_weight(wo, l, &w) == 0);
     CHECK(dl = glue_zeros(2, PyArray_DIMS(l)));
     GLUE_COMPUTE_BEGIN
-    pc_cross_entropy_backward(glue_fp(dl), glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
-                              (int)PyArray_DIM(l, 1), ignore_index, (float)dloss);
+    if (w)
+        pc_cross_entropy_weighted_backward(glue_fp(dl), glue_fp(l), glue_ip(t), glue_fp(w),
+                                           (int)PyArray_DIM(l, 0), (int)PyArray_DIM(l, 1),
+                                           ignore_index, (float)dloss);
+    else
+        pc_cross_entropy_backward(glue_fp(dl), glue_fp(l), glue_ip(t), (int)PyArray_DIM(l, 0),
+                                  (int)PyArray_DIM(l, 1), ignore_index, (float)dloss);
     GLUE_COMPUTE_END
     result = (PyObject *)dl;
     dl = NULL;
 fail:
-    Py_XDECREF(l); Py_XDECREF(t); Py_XDECREF(dl);
+    Py_XDECREF(l); Py_XDECREF(t); Py_XDECREF(w); Py_XDECREF(dl);
     return result;
 }
 
-static PyObject *mse_call(PyObject *args, bool backward) {
+static PyObject *mse_call(PyObject *args, bool backward, bool bce) {
     PyObject *xo, *to, *result = NULL;
     double dloss = 1.0;
     PyArrayObject *x = NULL, *t = NULL, *dx = NULL;
     if (!PyArg_ParseTuple(args, "OO|d", &xo, &to, &dloss)) return NULL;
-    CHECK(x = glue_f32(xo, "mse_loss: input"));
-    CHECK(t = glue_f32(to, "mse_loss: target"));
+    const char *name = bce ? "binary_cross_entropy_with_logits" : "mse_loss";
+    char what[64];
+    snprintf(what, sizeof what, "%s: input", name);
+    CHECK(x = glue_f32(xo, what));
+    snprintf(what, sizeof what, "%s: target", name);
+    CHECK(t = glue_f32(to, what));
     CHECK(glue_check_same_shape(x, t, "input", "target") == 0);
     int64_t n = PyArray_SIZE(x);
     if (!backward) {
         float loss;
         GLUE_COMPUTE_BEGIN
-        loss = pc_mse_forward(glue_fp(x), glue_fp(t), n);
+        loss = bce ? pc_bce_with_logits_forward(glue_fp(x), glue_fp(t), n)
+                   : pc_mse_forward(glue_fp(x), glue_fp(t), n);
         GLUE_COMPUTE_END
         result = PyFloat_FromDouble(loss);
         goto fail;
     }
     CHECK(dx = glue_zeros(PyArray_NDIM(x), PyArray_DIMS(x)));
     GLUE_COMPUTE_BEGIN
-    pc_mse_backward(glue_fp(dx), glue_fp(x), glue_fp(t), n, (float)dloss);
+    if (bce)
+        pc_bce_with_logits_backward(glue_fp(dx), glue_fp(x), glue_fp(t), n, (float)dloss);
+    else
+        pc_mse_backward(glue_fp(dx), glue_fp(x), glue_fp(t), n, (float)dloss);
     GLUE_COMPUTE_END
     result = (PyObject *)dx;
     dx = NULL;
@@ -620,8 +665,10 @@ fail:
     Py_XDECREF(x); Py_XDECREF(t); Py_XDECREF(dx);
     return result;
 }
-static PyObject *f_mse_forward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, false); }
-static PyObject *f_mse_backward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, true); }
+static PyObject *f_mse_forward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, false, false); }
+static PyObject *f_mse_backward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, true, false); }
+static PyObject *f_bce_with_logits_forward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, false, true); }
+static PyObject *f_bce_with_logits_backward(PyObject *s, PyObject *a) { (void)s; return mse_call(a, true, true); }
 
 /* _gemm(a, b, c, trans_a, trans_b, alpha, beta): c = alpha·op(a)·op(b) + beta·c in place
  * through pc_sgemm, for benchmarks and tests of the GEMM paths; every array 2-D, float32,
@@ -684,8 +731,10 @@ PyMethodDef glue_functional_methods[] = {
     DEF(dropout_backward, "dropout_backward(dy, p, seed) -> dx"),
     DEF(attention_forward, "attention_forward(q, k, v, num_heads, mask, p, seed) -> (out, probs)"),
     DEF(attention_backward, "attention_backward(dout, probs, q, k, v, num_heads, p, seed) -> (dq, dk, dv)"),
-    DEF(cross_entropy_forward, "cross_entropy_forward(logits, target, ignore_index) -> loss"),
-    DEF(cross_entropy_backward, "cross_entropy_backward(logits, target, ignore_index, dloss) -> dlogits"),
+    DEF(cross_entropy_forward, "cross_entropy_forward(logits, target, ignore_index, weight=None) -> loss"),
+    DEF(cross_entropy_backward, "cross_entropy_backward(logits, target, ignore_index, dloss, weight=None) -> dlogits"),
+    DEF(bce_with_logits_forward, "bce_with_logits_forward(x, target) -> loss"),
+    DEF(bce_with_logits_backward, "bce_with_logits_backward(x, target, dloss) -> dx"),
     DEF(mse_forward, "mse_forward(x, target) -> loss"),
     DEF(mse_backward, "mse_backward(x, target, dloss) -> dx"),
     DEF(_gemm, "_gemm(a, b, c, trans_a, trans_b, alpha, beta): c = alpha op(a) op(b) + beta c"),

@@ -7,7 +7,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +35,89 @@ def _fresh_locks_after_fork():
 os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
-@dataclass
-class BaseModelOutputWithPooling:
-    last_hidden_state: np.ndarray
-    pooler_output: np.ndarray | None = None
-    loss: float | None = None
+class ModelOutput(dict):
+    """transformers' ModelOutput: the fields that are not None, reachable as attributes
+    (out.logits), keys (out["logits"]) and by position (out[0], skipping None fields, so
+    out[0] is the loss when there is one); to_tuple() gives what return_dict=False returns.
+    Iterating yields the keys, as a dict. `loss` is a NumPy float64 (a Python float too), so
+    out.loss.item() and float(out.loss) both work."""
 
-    def __getitem__(self, i):
-        return (self.last_hidden_state, self.pooler_output)[i]
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(self._fields):
+            raise TypeError(f"{type(self).__name__} takes at most {len(self._fields)} fields")
+        values = dict(zip(self._fields, args))
+        for key, value in kwargs.items():
+            if key not in self._fields:
+                raise TypeError(f"{type(self).__name__} has no field {key!r}")
+            if key in values:
+                raise TypeError(f"{type(self).__name__} got field {key!r} twice")
+            values[key] = value
+        super().__init__()
+        for name in self._fields:
+            object.__setattr__(self, name, values.get(name))
+            if values.get(name) is not None:
+                super().__setitem__(name, values[name])
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def __setattr__(self, name, value):
+        if name in self._fields:
+            self.__setitem__(name, value)
+        object.__setattr__(self, name, value)
+
+    def __setitem__(self, key, value):
+        if key not in self._fields:
+            raise KeyError(f"{type(self).__name__} has no field {key!r}")
+        object.__setattr__(self, key, value)
+        if value is None:
+            self.pop(key, None)
+        else:
+            # keep the fields' order whatever order they are set in
+            items = {k: (value if k == key else self.get(k)) for k in self._fields}
+            super().clear()
+            super().update((k, v) for k, v in items.items() if v is not None)
+
+    def __reduce__(self):
+        return (type(self), tuple(getattr(self, f) for f in self._fields))
+
+    def to_tuple(self) -> tuple:
+        return tuple(self[k] for k in self.keys())
+
+    def __repr__(self):
+        inner = ", ".join(f"{k}={_short(v)}" for k, v in self.items())
+        return f"{type(self).__name__}({inner})"
 
 
-@dataclass
-class SequenceClassifierOutput:
-    loss: float | None
-    logits: np.ndarray
+def _short(value):
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        return f"array(shape={value.shape}, dtype={value.dtype})"
+    return repr(value)
 
-    def __getitem__(self, i):
-        return (self.loss, self.logits)[i] if self.loss is not None else (self.logits,)[i]
+
+class BaseModelOutputWithPooling(ModelOutput):
+    _fields = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
+
+
+class SequenceClassifierOutput(ModelOutput):
+    _fields = ("loss", "logits", "hidden_states", "attentions")
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def _refuse_unsupported(output_hidden_states, output_attentions):
+    if output_attentions:
+        raise NotImplementedError("output_attentions=True: peftcore's engine does not return "
+                                  "attention probabilities")
+    if output_hidden_states:
+        raise NotImplementedError("output_hidden_states=True: peftcore's engine returns only "
+                                  "the last layer's hidden state, not each layer's (not done "
+                                  "yet); use AutoModel's last_hidden_state")
 
 
 def _container_name(model_type: str, parts: list[str]) -> str | None:
@@ -497,10 +562,15 @@ class AutoModelBase(EncoderModel):
 
     with_head = False
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_hidden_states=None, output_attentions=None, return_dict=None):
+        """transformers' keywords: return_dict=False gives a tuple (last_hidden_state,
+        pooler_output when the model pools)."""
+        _refuse_unsupported(output_hidden_states, output_attentions)
         inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         hidden, pooled, _ = self._run(inputs, True)
-        return BaseModelOutputWithPooling(hidden, pooled)
+        out = BaseModelOutputWithPooling(hidden, pooled)
+        return out if return_dict is None or return_dict else out.to_tuple()
 
     def backward(self, grad=None, *, grad_last_hidden_state=None, grad_pooler_output=None):
         """Backpropagate the gradient of last_hidden_state (B,T,C) or of pooler_output
@@ -521,41 +591,86 @@ class SequenceClassificationBase(EncoderModel):
     with_head = True
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None):
+                labels=None, output_hidden_states=None, output_attentions=None,
+                return_dict=None):
+        """Logits, and with labels the loss transformers picks from config.problem_type (set
+        at the first forward with labels when None, as transformers does): "regression"
+        (num_labels=1) MSE; "single_label_classification" (int labels, (B,) or (B, 1))
+        cross-entropy; "multi_label_classification" (float (B, num_labels) targets in
+        [0, 1]) BCE-with-logits. return_dict=False gives a tuple ((loss,) logits)."""
+        _refuse_unsupported(output_hidden_states, output_attentions)
         inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        target = None if labels is None else self._check_labels(labels, inputs[0].shape[0])
+        problem, target = (None, None) if labels is None else \
+            self._check_labels(labels, inputs[0].shape[0])
         with self._lock:  # the loss's gradient belongs to this forward
             _, _, logits = self._run(inputs, False)
             loss = None
             if target is not None:
-                if self.config.num_labels == 1:  # regression (STS-B): MSE
+                if problem == "regression":
                     loss = _C.mse_forward(logits, target)
                     self._pending_grad = _C.mse_backward(logits, target, 1.0)
+                elif problem == "multi_label_classification":
+                    loss = _C.bce_with_logits_forward(logits, target)
+                    self._pending_grad = _C.bce_with_logits_backward(logits, target, 1.0)
                 else:
                     loss = _C.cross_entropy_forward(logits, target, -100)
                     self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+                self.config.problem_type = problem
+                loss = np.float64(loss)
+        out = SequenceClassifierOutput(loss=loss, logits=logits)
+        return out if return_dict is None or return_dict else out.to_tuple()
+
+    def _problem_type(self, labels) -> str:
+        problem = self.config.problem_type
+        if problem is not None:
+            if problem not in PROBLEM_TYPES:
+                raise ValueError(f"config.problem_type must be one of {list(PROBLEM_TYPES)} or "
+                                 f"None, got {problem!r}")
+            return problem
+        if self.config.num_labels == 1:
+            return "regression"
+        if labels.dtype.kind in "iu":
+            return "single_label_classification"
+        return "multi_label_classification"
 
     def _check_labels(self, labels, B):
-        """labels as the loss takes them: (B, 1) float32 targets for num_labels == 1 (MSE),
-        else (B,) int class ids in [0, num_labels) or -100 (ignored)."""
+        """(problem type, labels as its loss takes them): (B, num_labels) float32 targets
+        for regression and multi-label, (B,) int64 class ids in [0, num_labels) or -100
+        (ignored) for single-label classification ((B, 1) is flattened, as transformers)."""
         labels = np.asarray(labels)
-        if self.config.num_labels == 1:
-            if labels.size != B:
-                raise ValueError(f"labels must hold one value per example ({B}), got shape {labels.shape}")
+        problem = self._problem_type(labels)
+        C = self.config.num_labels
+        if problem == "regression":
+            if labels.size != B * C:
+                raise ValueError(f"labels must hold {C} value(s) per example ({B} examples), "
+                                 f"got shape {labels.shape}")
             if labels.dtype.kind not in "iuf":
-                raise TypeError(f"labels must be numbers for num_labels=1 (regression), got {labels.dtype}")
-            return labels.astype(np.float32).reshape(B, 1)
+                raise TypeError(f"labels must be numbers for regression, got {labels.dtype}")
+            return problem, np.ascontiguousarray(labels, np.float32).reshape(B, C)
+        if problem == "multi_label_classification":
+            if labels.shape != (B, C) and self.config.problem_type is None:
+                raise TypeError(f"labels must be int class ids (B,) for single-label "
+                                f"classification, or (B, {C}) targets in [0, 1] for multi-label "
+                                f"classification; got {labels.dtype} of shape {labels.shape}")
+            if labels.shape != (B, C):
+                raise ValueError(f"multi-label labels must have shape ({B}, {C}), got "
+                                 f"{labels.shape}")
+            if labels.dtype.kind not in "iufb":
+                raise TypeError(f"multi-label labels must be numbers in [0, 1], got {labels.dtype}")
+            target = np.ascontiguousarray(labels, np.float32)
+            if not ((target >= 0) & (target <= 1)).all():
+                raise ValueError("multi-label labels must be in [0, 1]")
+            return problem, target
         if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be int class ids for num_labels={self.config.num_labels}, "
-                            f"got {labels.dtype}")
+            raise TypeError(f"labels must be int class ids for num_labels={C}, got {labels.dtype}")
+        if labels.shape == (B, 1):
+            labels = labels.reshape(B)
         if labels.shape != (B,):
             raise ValueError(f"labels must have shape ({B},), got {labels.shape}")
-        bad = (labels != -100) & ((labels < 0) | (labels >= self.config.num_labels))
+        bad = (labels != -100) & ((labels < 0) | (labels >= C))
         if bad.any():
-            raise ValueError(f"labels must be in [0, {self.config.num_labels}) or -100, got "
-                             f"{labels[bad][0]}")
-        return labels
+            raise ValueError(f"labels must be in [0, {C}) or -100, got {labels[bad][0]}")
+        return problem, labels
 
     def backward(self, grad_logits=None):
         """Accumulate gradients into .grad of trainable parameters: of the loss of the last

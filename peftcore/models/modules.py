@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+
 
 class Module:
     """A named node; leaves hold Parameters. Children are kept in insertion order."""
@@ -23,6 +25,28 @@ class Module:
         if name in params:
             return params[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def to(self, *args, **kwargs):
+        """torch's Module.to for the one place and type peftcore has: "cpu" (or a device
+        whose str() is "cpu") and float32 are accepted and change nothing; anything else is
+        refused, naming it. Returns the module."""
+        for value in (*args, *kwargs.values()):
+            if value is None or isinstance(value, bool):
+                continue  # non_blocking=..., copy=...
+            text = str(value)
+            if text in ("cpu", "float32", "torch.float32") or text.startswith("cpu:"):
+                continue
+            try:
+                if np.dtype(value) == np.float32:
+                    continue
+            except TypeError:
+                pass
+            raise ValueError(f"{type(self).__name__}.to({value!r}): peftcore runs on the CPU "
+                             f"in float32 only")
+        return self
+
+    def cpu(self):
+        return self
 
     def __getitem__(self, index):
         return self._modules[str(index)]

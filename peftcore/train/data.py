@@ -2,9 +2,7 @@
 
 Formats
 -------
-* GLUE TSV (official ``glue_data/<TASK>/{train,dev}.tsv`` layout): tab-separated,
-  one header row, no quoting (quotes are literal text), UTF-8, optional BOM
-  (MRPC has one).
+* GLUE TSV: see peftcore.train.glue (every task's published layout).
 * Encodings: ``dict`` with ``input_ids``, ``attention_mask``, ``token_type_ids``,
   each an ``np.int64`` array of shape ``(n, seq_len)``, right-padded.
   Layout: ``[CLS] a [SEP]`` (types 0) or ``[CLS] a [SEP] b [SEP]`` (a part type 0,
@@ -13,9 +11,7 @@ Formats
 from __future__ import annotations
 
 import collections
-import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,112 +23,9 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 # --------------------------------------------------------------------- GLUE
-
-
-@dataclass(frozen=True)
-class GlueTask:
-    """One GLUE task: folder name, TSV column names, label strings in id order."""
-
-    name: str
-    text_a: str
-    text_b: str | None
-    label_column: str
-    labels: tuple[str, ...]
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
-
-    @property
-    def is_pair(self) -> bool:
-        return self.text_b is not None
-
-
-GLUE_TASKS = {
-    "SST-2": GlueTask("SST-2", "sentence", None, "label", ("0", "1")),
-    "MRPC": GlueTask("MRPC", "#1 String", "#2 String", "Quality", ("0", "1")),
-    # Same ids as HF datasets glue/rte: entailment=0, not_entailment=1.
-    "RTE": GlueTask("RTE", "sentence1", "sentence2", "label",
-                    ("entailment", "not_entailment")),
-}
-
-
-def get_task(task: str | GlueTask) -> GlueTask:
-    """Look a task up by name; 'sst2', 'SST-2', 'sst-2' all work."""
-    if isinstance(task, GlueTask):
-        return task
-    key = task.upper().replace("_", "-")
-    for name, spec in GLUE_TASKS.items():
-        if key in (name, name.replace("-", "")):
-            return spec
-    raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(GLUE_TASKS)}")
-
-
-def _column_indices(header, spec, path):
-    wanted = [spec.text_a, spec.text_b, spec.label_column]
-    missing = [c for c in wanted if c is not None and c not in header]
-    if missing:
-        raise ValueError(f"{path}:1: missing column(s) {missing} for {spec.name}; "
-                         f"header is {header}")
-    return [header.index(c) if c is not None else None for c in wanted]
-
-
-def read_glue_tsv(path, task):
-    """Read a GLUE train/dev TSV -> (texts_a, texts_b or None, labels int64)."""
-    path, spec = Path(path), get_task(task)
-    if not path.is_file():
-        raise FileNotFoundError(f"GLUE file not found: {path}")
-    try:
-        return _read_glue_rows(path, spec)
-    except UnicodeDecodeError as exc:
-        with open(path, "rb") as f:
-            line = next(n for n, raw in enumerate(f, 1) if not _decodes(raw))
-        raise ValueError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
-
-
-def _decodes(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _read_glue_rows(path, spec):
-    label_ids = {s: i for i, s in enumerate(spec.labels)}
-    texts_a, texts_b, labels = [], [], []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file (no header row)")
-        ia, ib, il = _column_indices(header, spec, path)
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue  # tolerate blank lines
-            if len(row) != len(header):
-                raise ValueError(f"{path}:{line}: expected {len(header)} tab-separated "
-                                 f"fields, got {len(row)}")
-            if row[il] not in label_ids:
-                raise ValueError(f"{path}:{line}: unknown label {row[il]!r} for "
-                                 f"{spec.name}; expected one of {list(spec.labels)}")
-            texts_a.append(row[ia])
-            if ib is not None:
-                texts_b.append(row[ib])
-            labels.append(label_ids[row[il]])
-    return texts_a, (texts_b if spec.is_pair else None), np.array(labels, np.int64)
-
-
-def load_glue(glue_root, task):
-    """Read <glue_root>/<TASK>/{train,dev}.tsv -> {'train': ..., 'validation': ...}.
-
-    Each value is ``(texts_a, texts_b_or_None, labels)`` as from read_glue_tsv.
-    """
-    spec = get_task(task)
-    folder = Path(glue_root) / spec.name
-    return {"train": read_glue_tsv(folder / "train.tsv", spec),
-            "validation": read_glue_tsv(folder / "dev.tsv", spec)}
+# (the tasks and their files: peftcore.train.glue; the old names stay importable here)
+from .glue import (AX_TASK, GLUE_TASKS, GlueTask, get_task, load_glue,  # noqa: E402,F401
+                   load_glue_from_datasets, read_glue_split, read_glue_tsv, write_submission)
 
 
 # --------------------------------------------------------------- tokenizers

@@ -1,13 +1,15 @@
-"""Optimizers and schedules: AdamW (engine kernel), linear warm-up schedule, gradient clipping."""
+"""Optimizers and schedules: AdamW (engine kernel), gradient clipping, and the learning-rate
+schedules (transformers' get_*_schedule_with_warmup here and in peftcore.optim.lr_scheduler,
+with torch's scheduler classes)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from . import _C
-from .models.parameter import Parameter
-from .utils.checks import is_finite_real, is_int
+from .. import _C
+from ..models.parameter import Parameter
+from ..utils.checks import is_finite_real, is_int
 
 
 def _tensor_of(p):
@@ -167,52 +169,6 @@ class AdamW:
         self.state = new_state
 
 
-class LambdaLR:
-    """Sets each group's lr to initial_lr · lr_lambda(step) (as torch's LambdaLR)."""
-
-    def __init__(self, optimizer, lr_lambda):
-        if not callable(lr_lambda):
-            raise TypeError(f"lr_lambda must be a function of the step, got {type(lr_lambda).__name__}")
-        self.optimizer = optimizer
-        self.lr_lambda = lr_lambda
-        self.last_epoch = 0
-        self._apply(0)
-
-    def _apply(self, step):
-        """Set the lrs for `step`; a factor that is not a finite number >= 0 changes nothing."""
-        factor = self.lr_lambda(step)
-        if not (is_finite_real(factor) and factor >= 0):
-            raise ValueError(f"lr_lambda({step}) returned {factor!r}; expected a finite number >= 0")
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        self.last_epoch = step
-
-    def step(self):
-        self._apply(self.last_epoch + 1)
-
-    def get_last_lr(self):
-        return [g["lr"] for g in self.optimizer.param_groups]
-
-    def state_dict(self):
-        return {"last_epoch": self.last_epoch}
-
-    def load_state_dict(self, state):
-        self._apply(int(state["last_epoch"]))
-
-
-def get_linear_schedule_with_warmup(optimizer, num_warmup_steps, num_training_steps):
-    """transformers' schedule: linear warm-up from 0, then linear decay to 0."""
-    if num_warmup_steps < 0 or num_training_steps < 0:
-        raise ValueError("num_warmup_steps and num_training_steps must be >= 0")
-
-    def lr_lambda(step):
-        if step < num_warmup_steps:
-            return step / max(1, num_warmup_steps)
-        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - num_warmup_steps))
-
-    return LambdaLR(optimizer, lr_lambda)
-
-
 def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     """Scale gradients so their global L2 norm is at most max_norm; returns the norm before."""
     if not (is_finite_real(max_norm) and max_norm >= 0):
@@ -223,3 +179,9 @@ def clip_grad_norm_(parameters, max_norm, eps=1e-6):
     if coef < 1.0:
         _C.scale_grads(tensors, coef)
     return norm
+
+
+from .lr_scheduler import (LambdaLR, get_constant_schedule,  # noqa: E402,F401
+                           get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                           get_linear_schedule_with_warmup, get_scheduler)
+from . import lr_scheduler  # noqa: E402,F401
