@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import harness
@@ -108,23 +106,8 @@ def child_interleaved(args):
     """Adapter vs bare inference in one process, forwards alternating (order flips)."""
     import peftcore
     peftcore.set_num_threads(args.threads)
-    models = {"bare": _peftcore_model(args, "bare"), "adapter": _peftcore_model(args, "adapter")}
-    for m in models.values():
-        m.eval()
-    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
-    times = {"bare": [], "adapter": []}
-    with peftcore.no_grad():
-        for _ in range(args.warmup):
-            for m in models.values():
-                m(ids, attention_mask=mask)
-        for i in range(args.steps):
-            order = ("bare", "adapter") if i % 2 == 0 else ("adapter", "bare")
-            for name in order:
-                t0 = time.perf_counter()
-                models[name](ids, attention_mask=mask)
-                times[name].append(time.perf_counter() - t0)
-    pairs = [b / a for b, a in zip(times["bare"], times["adapter"])]  # adapter / bare seq/s
-    return {"times": times, "ratio": statistics.median(pairs)}
+    return harness.interleaved_inference(args, _peftcore_model(args, "bare"),
+                                         _peftcore_model(args, "adapter"), name="adapter")
 
 
 def child_main(args):

@@ -462,3 +462,39 @@ def write_json(path, args, **parts):
     Path(path).write_text(json.dumps(
         {"args": {k: v for k, v in vars(args).items() if not k.endswith("_list")}, **parts},
         indent=1))
+
+
+def alternate(fns, warmup, steps):
+    """{name: seconds of each timed call} of the callables fns ({name: fn}) taking turns:
+    `warmup` untimed rounds, then `steps` rounds calling each once, the order flipping every
+    round (load that drifts then favours none of them)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    items = list(fns.items())
+    for i in range(steps):
+        for name, fn in (items if i % 2 == 0 else items[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_inference(args, bare, other, name="merged"):
+    """peftcore inference of a bare and an `other` model in one process (eval, no_grad),
+    forwards alternating: each one's times and seq/s, and `ratio`, the median over rounds of
+    bare time / other time (other's seq/s over bare's), robust to load that drifts between
+    processes."""
+    import peftcore
+    bare.eval()
+    other.eval()
+    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
+    with peftcore.no_grad():  # inference only, as torch.inference_mode
+        times = alternate({"bare": lambda: bare(ids, attention_mask=mask),
+                           name: lambda: other(ids, attention_mask=mask)},
+                          args.warmup, args.steps)
+    pairs = [b / m for b, m in zip(times["bare"], times[name])]
+    return {"times": times, "ratio": statistics.median(pairs),
+            "bare_seq_per_s": args.batch / statistics.median(times["bare"]),
+            f"{name}_seq_per_s": args.batch / statistics.median(times[name])}

@@ -48,7 +48,6 @@ import argparse
 import os
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -154,26 +153,7 @@ def child_interleaved(args):
             peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder),
             peftcore.LoraConfig(**LORA))
     _lora_values(peft_model)
-    merged = peft_model.merge_and_unload()
-    bare.eval()
-    merged.eval()
-    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
-    no_grad = peftcore.no_grad()
-    no_grad.__enter__()  # inference only, as torch.inference_mode
-    for _ in range(args.warmup):
-        bare(ids, attention_mask=mask)
-        merged(ids, attention_mask=mask)
-    times = {"bare": [], "merged": []}
-    for i in range(args.steps):
-        order = (("bare", bare), ("merged", merged))
-        for name, model in (order if i % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            model(ids, attention_mask=mask)
-            times[name].append(time.perf_counter() - t0)
-    pairs = [b / m for b, m in zip(times["bare"], times["merged"])]  # merged seq/s / bare seq/s
-    return {"times": times, "ratio": statistics.median(pairs),
-            "bare_seq_per_s": args.batch / statistics.median(times["bare"]),
-            "merged_seq_per_s": args.batch / statistics.median(times["merged"])}
+    return harness.interleaved_inference(args, bare, peft_model.merge_and_unload())
 
 
 def child_main(args):

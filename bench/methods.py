@@ -147,24 +147,7 @@ def child_interleaved(args):
     peftcore.set_num_threads(args.threads)
     bare, _ = _peftcore_model(args, "bare")
     merged, _ = _peftcore_model(args, "merged")
-    bare.eval()
-    merged.eval()
-    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
-    times = {"bare": [], "merged": []}
-    with peftcore.no_grad():
-        for _ in range(args.warmup):
-            bare(ids, attention_mask=mask)
-            merged(ids, attention_mask=mask)
-        for i in range(args.steps):
-            order = (("bare", bare), ("merged", merged))
-            for name, model in (order if i % 2 == 0 else order[::-1]):
-                t0 = time.perf_counter()
-                model(ids, attention_mask=mask)
-                times[name].append(time.perf_counter() - t0)
-    pairs = [b / m for b, m in zip(times["bare"], times["merged"])]  # merged seq/s / bare seq/s
-    return {"times": times, "ratio": statistics.median(pairs),
-            "bare_seq_per_s": args.batch / statistics.median(times["bare"]),
-            "merged_seq_per_s": args.batch / statistics.median(times["merged"])}
+    return harness.interleaved_inference(args, bare, merged)
 
 
 def child_paired(args):
@@ -204,16 +187,8 @@ def child_paired(args):
         theirs_opt.step()
         theirs_opt.zero_grad()
 
-    for _ in range(args.warmup):
-        step_ours()
-        step_theirs()
-    times = {"peftcore": [], "torch": []}
-    for i in range(args.steps):
-        order = (("peftcore", step_ours), ("torch", step_theirs))
-        for name, fn in (order if i % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = harness.alternate({"peftcore": step_ours, "torch": step_theirs}, args.warmup,
+                              args.steps)
     pairs = [t / o for t, o in zip(times["torch"], times["peftcore"])]  # peftcore speed-up
     return {"times": times, "ratio": float(np.median(pairs)),
             "peftcore_seq_per_s": args.batch / statistics.median(times["peftcore"]),
