@@ -77,12 +77,8 @@ def child_torch(args):
 
 
 def _peftcore_model(args, mode):
-    import warnings
-
     import peftcore
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     if mode in CONFIG:
         model = peftcore.get_peft_model(model, getattr(peftcore, CONFIG[mode])(task_type="SEQ_CLS"))
     if mode == "adapter":

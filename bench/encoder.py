@@ -67,13 +67,9 @@ def child_torch(args):
 
 
 def child_peftcore(args):
-    import warnings
-
     import peftcore
     peftcore.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     ids, mask, labels = make_batch(args, model.config.vocab_size)
     if args.inference_rows is not None:  # else peftcore's default
         model.inference_rows = args.inference_rows or None

@@ -498,3 +498,31 @@ def interleaved_inference(args, bare, other, name="merged"):
     return {"times": times, "ratio": statistics.median(pairs),
             "bare_seq_per_s": args.batch / statistics.median(times["bare"]),
             f"{name}_seq_per_s": args.batch / statistics.median(times[name])}
+
+
+def torch_model(args, peft_config=None, peft_kwargs=None):
+    """(model, info): transformers' BertForSequenceClassification from args.folder with
+    args.threads torch threads, wrapped by HF PEFT's `peft_config` class (its name, e.g.
+    "LoraConfig", with peft_kwargs) when given; info names the versions and attention."""
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads)
+    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
+    info = {"attn": model.config._attn_implementation, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+    if peft_config:
+        import peft
+        info["peft"] = peft.__version__
+        model = peft.get_peft_model(model, getattr(peft, peft_config)(**(peft_kwargs or {})))
+    return model, info
+
+
+def peftcore_model(args):
+    """peftcore's AutoModelForSequenceClassification from args.folder; any warning while
+    loading is an error (the saved head must load too)."""
+    import warnings
+
+    import peftcore
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)

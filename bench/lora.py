@@ -82,16 +82,8 @@ def lora_values(name, shape):
 
 
 def child_torch(args):
-    import torch
-    import transformers
-    torch.set_num_threads(args.threads)
-    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
-    info = {"attn": model.config._attn_implementation, "torch": torch.__version__,
-            "transformers": transformers.__version__}
-    if args.mode in ("lora", "merged"):
-        import peft
-        info["peft"] = peft.__version__
-        model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
+    model, info = harness.torch_model(
+        args, "LoraConfig" if args.mode in ("lora", "merged") else None, LORA)
     batch = torch_batch(args, MODELS[args.model]["vocab_size"])
     check = None
     if args.mode == "merged":
@@ -116,13 +108,9 @@ def _lora_values(model):
 
 
 def child_peftcore(args):
-    import warnings
-
     import peftcore
     peftcore.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     info = {"blis": peftcore.backend_info().get("blis_arch"), "isa": peftcore.backend_info().get("isa")}
     if args.mode in ("lora", "merged"):
         model = peftcore.get_peft_model(model, peftcore.LoraConfig(**LORA))
@@ -146,12 +134,11 @@ def child_interleaved(args):
 
     import peftcore
     peftcore.set_num_threads(args.threads)
+    bare = harness.peftcore_model(args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        bare = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
-        peft_model = peftcore.get_peft_model(
-            peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder),
-            peftcore.LoraConfig(**LORA))
+        peft_model = peftcore.get_peft_model(harness.peftcore_model(args),
+                                             peftcore.LoraConfig(**LORA))
     _lora_values(peft_model)
     return harness.interleaved_inference(args, bare, peft_model.merge_and_unload())
 

@@ -73,17 +73,9 @@ def _bias_only(name):
 
 
 def child_torch(args):
-    import torch
-    import transformers
-    torch.set_num_threads(args.threads)
-    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
-    info = {"attn": model.config._attn_implementation, "torch": torch.__version__,
-            "transformers": transformers.__version__}
-    if args.mode in ("ia3", "merged"):
-        import peft
-        info["peft"] = peft.__version__
-        model = peft.get_peft_model(model, peft.IA3Config(**IA3))
-    elif args.mode == "bitfit":
+    model, info = harness.torch_model(
+        args, "IA3Config" if args.mode in ("ia3", "merged") else None, IA3)
+    if args.mode == "bitfit":
         for name, p in model.named_parameters():
             p.requires_grad_(_bias_only(name))
     batch = torch_batch(args, MODELS[args.model]["vocab_size"])
@@ -111,12 +103,8 @@ def _ia3_values(model):
 def _peftcore_model(args, mode):
     """The peftcore model of `mode` (merged: the (IA)³ model with seeded vectors, merged),
     and the merged-vs-unmerged logit check."""
-    import warnings
-
     import peftcore
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     if mode in ("ia3", "merged"):
         model = peftcore.get_peft_model(model, peftcore.IA3Config(**IA3))
     elif mode == "bitfit":
