@@ -526,3 +526,16 @@ def peftcore_model(args):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+
+
+def print_inference_checks(model, modes, interleaved):
+    """The summary lines of a model's merged-vs-bare checks: the interleaved child's paired
+    ratio (target >= 0.97) and, per inference mode, the largest |peftcore - torch| logit."""
+    if model in interleaved:
+        ratio = interleaved[model]["ratio"]
+        print(f"{model}: peftcore merged / bare, interleaved in one process (median of paired "
+              f"steps) = {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}")
+    for mode in ("merged", "bare"):
+        if "logit_diff" in modes.get(mode, {}):
+            print(f"{model}: {mode} logits, max |peftcore - torch| over row 0 = "
+                  f"{modes[mode]['logit_diff']:.1e}")

@@ -296,14 +296,7 @@ def main():
                 line += (f"; torch for reference: "
                          f"{merged['torch']['seq_per_s'] / bare['torch']['seq_per_s']:.3f}")
             print(line)
-        if model in interleaved:
-            ratio = interleaved[model]["ratio"]
-            print(f"{model}: peftcore merged / bare, interleaved in one process (median of paired "
-                  f"steps) = {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}")
-        for mode in ("merged", "bare"):
-            if "logit_diff" in modes.get(mode, {}):
-                print(f"{model}: {mode} logits, max |peftcore - torch| over row 0 = "
-                      f"{modes[mode]['logit_diff']:.1e}")
+        harness.print_inference_checks(model, modes, interleaved)
     harness.print_others([r for modes in results.values() for res in modes.values()
                           for r in res.values() if isinstance(r, dict)]
                          + list(interleaved.values()))

@@ -265,14 +265,7 @@ def summary(results, interleaved, paired):
                   f"{b['peftcore']['seq_per_s']:.2f} seq/s = {ratio:.3f} (target >= 0.97): "
                   f"{'met' if ratio >= 0.97 else 'MISSED'}; torch for reference: "
                   f"{m['torch']['seq_per_s'] / b['torch']['seq_per_s']:.3f}")
-        if model in interleaved:
-            ratio = interleaved[model]["ratio"]
-            print(f"{model}: peftcore merged / bare, interleaved in one process (median of paired "
-                  f"steps) = {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}")
-        for mode in ("merged", "bare"):
-            if "logit_diff" in modes.get(mode, {}):
-                print(f"{model}: {mode} logits, max |peftcore - torch| over row 0 = "
-                      f"{modes[mode]['logit_diff']:.1e}")
+        harness.print_inference_checks(model, modes, interleaved)
 
 
 def main():
