@@ -27,15 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import harness
-from harness import (MODELS, child_prepare, load_average, make_batch, print_result, rss_mb,
-                     run_steps, train_step)
+from harness import (MODELS, child_prepare, load_average, make_batch, peftcore_run,
+                     print_result, torch_batch, torch_run)
 
 FRAMEWORKS = ("peftcore", "torch")
 MODES = ("pfeiffer", "houlsby", "adapter", "bare")
@@ -74,33 +72,13 @@ def child_torch(args):
                 for name, p in model.named_parameters():
                     if name.endswith("adapter_up.weight"):
                         p.copy_(torch.from_numpy(up_values(name, tuple(p.shape))))
-    ids, mask, labels = (torch.from_numpy(a) for a in make_batch(args, MODELS[args.model]["vocab_size"]))
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    info["trainable"] = sum(p.numel() for p in trainable)
-    info["total"] = sum(p.numel() for p in params)
-    load_mb = rss_mb()
-    if args.mode in TRAIN_MODES:
-        opt = torch.optim.AdamW(trainable, **ADAMW)
-        model.train()
-        step = train_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels),
-                          lambda out: out.loss.backward(), opt)
-    else:
-        model.eval()
-
-        def step(phases):
-            with torch.inference_mode():
-                return model(input_ids=ids, attention_mask=mask).logits[0].tolist()
-    return run_steps(args, step, load_mb, info)
+    batch = torch_batch(args, MODELS[args.model]["vocab_size"])
+    return torch_run(args, model, batch, info, args.mode in TRAIN_MODES, ADAMW)
 
 
 def _peftcore_model(args, mode):
-    import warnings
-
     import peftcore
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     if mode in CONFIG:
         model = peftcore.get_peft_model(model, getattr(peftcore, CONFIG[mode])(task_type="SEQ_CLS"))
     if mode == "adapter":
@@ -111,54 +89,21 @@ def _peftcore_model(args, mode):
 
 
 def child_peftcore(args):
-    import numpy as np
-
     import peftcore
     peftcore.set_num_threads(args.threads)
     backend = peftcore.backend_info()
     info = {"blis": backend.get("blis_arch"), "isa": backend.get("isa")}
     model = _peftcore_model(args, args.mode)
-    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
-    named = list(model.named_parameters())
-    trainable = [p for _, p in named if p.requires_grad]
-    info["trainable"] = sum(p.size for p in trainable)
-    info["total"] = sum(p.size for _, p in named)
-    load_mb = rss_mb()
-    if args.mode in TRAIN_MODES:
-        opt = peftcore.optim.AdamW(trainable, **ADAMW)
-        model.train()
-        step = train_step(lambda: model(ids, attention_mask=mask, labels=labels),
-                          lambda out: model.backward(), opt)
-    else:
-        model.eval()
-
-        def step(phases):
-            with peftcore.no_grad():
-                return np.asarray(model(ids, attention_mask=mask).logits)[0].tolist()
-    return run_steps(args, step, load_mb, info)
+    batch = make_batch(args, MODELS[args.model]["vocab_size"])
+    return peftcore_run(args, model, batch, info, args.mode in TRAIN_MODES, ADAMW)
 
 
 def child_interleaved(args):
     """Adapter vs bare inference in one process, forwards alternating (order flips)."""
     import peftcore
     peftcore.set_num_threads(args.threads)
-    models = {"bare": _peftcore_model(args, "bare"), "adapter": _peftcore_model(args, "adapter")}
-    for m in models.values():
-        m.eval()
-    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
-    times = {"bare": [], "adapter": []}
-    with peftcore.no_grad():
-        for _ in range(args.warmup):
-            for m in models.values():
-                m(ids, attention_mask=mask)
-        for i in range(args.steps):
-            order = ("bare", "adapter") if i % 2 == 0 else ("adapter", "bare")
-            for name in order:
-                t0 = time.perf_counter()
-                models[name](ids, attention_mask=mask)
-                times[name].append(time.perf_counter() - t0)
-    pairs = [b / a for b, a in zip(times["bare"], times["adapter"])]  # adapter / bare seq/s
-    return {"times": times, "ratio": statistics.median(pairs)}
+    return harness.interleaved_inference(args, _peftcore_model(args, "bare"),
+                                         _peftcore_model(args, "adapter"), name="adapter")
 
 
 def child_main(args):
@@ -173,32 +118,14 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="minilm", help="comma-separated, from " + ", ".join(MODELS))
     ap.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 6; quick 1)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    harness.add_isa_argument(ap)
-    ap.add_argument("--rounds", type=int, default=2, help="runs per framework and mode")
-    ap.add_argument("--quick", action="store_true", help="smoke test: batch 4 x seq 32, 1 + 1 steps")
-    ap.add_argument("--child", choices=("prepare", "interleaved") + FRAMEWORKS, help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
-    ap.add_argument("--folder", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=MODES, default="bare", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.quick:
-        args.steps = 1 if args.steps is None else args.steps
-        args.warmup = 1 if args.warmup is None else args.warmup
-        args.batch, args.seq, args.rounds = min(args.batch, 4), min(args.seq, 32), 1
-    args.steps = 6 if args.steps is None else args.steps
-    args.warmup = 2 if args.warmup is None else args.warmup
+    harness.add_run_arguments(ap, rounds_help="runs per framework and mode",
+                              quick_help="smoke test: batch 4 x seq 32, 1 + 1 steps")
+    harness.add_child_arguments(ap, ("prepare", "interleaved") + FRAMEWORKS, MODES)
+    args = harness.finish_run_arguments(ap.parse_args(), ap)
     if args.child:
         return args
-    args.model_list = [m for m in args.models.split(",") if m]
-    args.mode_list = [m for m in args.modes.split(",") if m]
-    bad = [m for m in args.model_list if m not in MODELS] + [m for m in args.mode_list if m not in MODES]
-    if bad:
-        ap.error(f"unknown models or modes {bad}")
+    args.model_list = harness.parse_list(args.models, MODELS, "model", ap)
+    args.mode_list = harness.parse_list(args.modes, MODES, "mode", ap)
     return args
 
 
@@ -218,18 +145,15 @@ def main():
             speeds = {}
             for mode in args.mode_list:
                 runs = {fw: [] for fw in FRAMEWORKS}
-                for rnd in range(args.rounds):
-                    for fw in (FRAMEWORKS if rnd % 2 == 0 else FRAMEWORKS[::-1]):
-                        r = harness.run_child(__file__, fw, args, model, folder, mode)
-                        runs[fw].append(r)
-                        print(f"    {mode:8s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  peak "
-                              f"{r['peak_mb']:.0f} MB  trainable {r['info']['trainable']:,}",
-                              flush=True)
+                for fw in harness.round_order(FRAMEWORKS, args.rounds):
+                    r = harness.run_child(__file__, fw, args, model, folder, mode)
+                    runs[fw].append(r)
+                    print(f"    {mode:8s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  peak "
+                          f"{r['peak_mb']:.0f} MB  trainable {r['info']['trainable']:,}",
+                          flush=True)
                 speeds[mode] = {fw: harness.combine_rounds(rs) for fw, rs in runs.items()}
-                p, t = speeds[mode]["peftcore"], speeds[mode]["torch"]
-                rows.append(f"| {model} | {LABELS[mode]} | {p['seq_per_s']:.2f} | "
-                            f"{t['seq_per_s']:.2f} | {p['seq_per_s'] / t['seq_per_s']:.2f} | "
-                            f"{p['peak_mb']:.0f} | {t['peak_mb']:.0f} |")
+                rows.append(harness.speed_row(model, LABELS[mode], speeds[mode]["peftcore"],
+                                              speeds[mode]["torch"], rss_ratio=False))
             for mode in TRAIN_MODES:
                 if mode in speeds:
                     ratio = speeds[mode]["peftcore"]["seq_per_s"] / speeds[mode]["torch"]["seq_per_s"]
@@ -242,10 +166,9 @@ def main():
                 notes.append(f"{model}: peftcore adapter / bare inference, interleaved = {ratio:.3f} "
                             f"(target >= 0.90): {'met' if ratio >= 0.90 else 'MISSED'}; "
                             f"adapters-on-torch: {torch_ratio:.3f}")
-    print("\n| model | mode | peftcore seq/s | torch seq/s | ratio | peftcore RSS MB | torch RSS MB |")
-    print("|" + "|".join(["---"] * 7) + "|")
-    for row in rows:
-        print(row)
+    print()
+    harness.print_table(("model", "mode", "peftcore seq/s", "torch seq/s", "ratio",
+                         "peftcore RSS MB", "torch RSS MB"), rows)
     print()
     for note in notes:
         print(note)

@@ -24,7 +24,6 @@ lowest and highest ratio of the two sides' runs of the same round.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -68,13 +67,9 @@ def child_torch(args):
 
 
 def child_peftcore(args):
-    import warnings
-
     import peftcore
     peftcore.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     ids, mask, labels = make_batch(args, model.config.vocab_size)
     if args.inference_rows is not None:  # else peftcore's default
         model.inference_rows = args.inference_rows or None
@@ -122,46 +117,25 @@ def parse_args():
     ap.add_argument("--models", default="minilm,bert-base",
                     help=f"comma-separated, from {', '.join(MODELS)} (default: %(default)s)")
     ap.add_argument("--modes", default="train,infer", help="default: %(default)s")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; quick 2)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 1)")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    harness.add_isa_argument(ap)
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="runs of each framework, alternating (reported: the median speed, "
-                         "the largest peak RSS; default %(default)s, quick 1)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
+    harness.add_run_arguments(
+        ap, steps_help="timed steps (default 5; quick 2)", warmup_help="untimed steps (default 1)",
+        rounds=3, rounds_help="runs of each framework, alternating (reported: the median speed, "
+                              "the largest peak RSS; default %(default)s, quick 1)",
+        quick_help="smoke test: 1 timed step, no warm-up, batch 4 × seq 32")
     ap.add_argument("--inference-rows", type=int, default=None,
                     help="peftcore's model.inference_rows: eval forwards hold layer scratch for "
                          "about this many tokens over all threads' workers; 0 = each worker's "
                          "share of the batch at once (default: peftcore's, 32 MiB of scratch)")
     ap.add_argument("--json", help="also write all results to this file")
     # child-only options
-    ap.add_argument("--child", choices=("prepare",) + FRAMEWORKS, help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
-    ap.add_argument("--folder", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=MODES, default="train", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.quick:
-        args.steps = 1 if args.steps is None else args.steps
-        args.warmup = 0 if args.warmup is None else args.warmup
-        args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
-        args.rounds = 1
-    args.steps = 5 if args.steps is None else args.steps
-    args.warmup = 1 if args.warmup is None else args.warmup
-    if (args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1
-            or args.rounds < 1):
-        ap.error("--steps, --batch, --threads, --rounds must be >= 1, --seq >= 2, --warmup >= 0")
+    harness.add_child_arguments(ap, ("prepare",) + FRAMEWORKS, MODES, mode="train")
+    args = harness.finish_run_arguments(ap.parse_args(), ap, steps=5, warmup=1, quick_warmup=0)
     if args.child:
         return args
-    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in args.model_list if m not in MODELS] + [
-        m for m in args.mode_list if m not in MODES]
-    if bad or not args.model_list or not args.mode_list:
-        ap.error(f"unknown model/mode {bad}; models: {', '.join(MODELS)}; modes: train, infer")
+    args.model_list = harness.parse_list(args.models, MODELS, "model", ap)
+    args.mode_list = harness.parse_list(args.modes, MODES, "mode", ap)
+    if not args.model_list or not args.mode_list:
+        ap.error("no model or no mode selected")
     return args
 
 
@@ -207,9 +181,7 @@ def main():
               f"{min(by_round):.2f}-{max(by_round):.2f}x | {t['peak_mb']:.0f} | {p['peak_mb']:.0f} | "
               f"{p['peak_mb'] / t['peak_mb']:.2f} | {t['load_mb']:.0f} | {p['load_mb']:.0f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
-             "results": results}, indent=1))
+        harness.write_json(args.json, args, results=results)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,20 @@ import time
 
 import numpy as np
 
+# the same LoRA in both frameworks
+LORA = dict(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1,
+            target_modules=["query", "value"])
+
+
+def training_arguments(args, out):
+    """The TrainingArguments fields both frameworks are given alike."""
+    return dict(output_dir=out, learning_rate=args.lr, num_train_epochs=args.epochs,
+                per_device_train_batch_size=32, per_device_eval_batch_size=128,
+                warmup_ratio=0.06, weight_decay=0.01, max_grad_norm=1.0, seed=args.seed,
+                eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+                metric_for_best_model=args.metric, load_best_model_at_end=True,
+                disable_tqdm=True)
+
 
 def load(args):
     from peftcore.models.checkpoint import find_installed_model
@@ -43,16 +57,10 @@ def run_peftcore(args):
     peftcore.manual_seed(args.seed)
     model = peftcore.AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=task.num_labels)
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
-                                             lora_dropout=0.1, target_modules=["query", "value"]))
+    model = get_peft_model(model, LoraConfig(**LORA))
     with tempfile.TemporaryDirectory() as out:
-        targs = TrainingArguments(
-            output_dir=out, learning_rate=args.lr, num_train_epochs=args.epochs,
-            per_device_train_batch_size=32, per_device_eval_batch_size=128, warmup_ratio=0.06,
-            weight_decay=0.01, max_grad_norm=1.0, seed=args.seed, eval_strategy="epoch",
-            save_strategy="epoch", save_total_limit=1, metric_for_best_model=args.metric,
-            load_best_model_at_end=True, early_stopping_patience=args.patience,
-            disable_tqdm=True)
+        targs = TrainingArguments(**training_arguments(args, out),
+                                  early_stopping_patience=args.patience)
         trainer = Trainer(model, targs, (tr, ty), eval_dataset=(dv, dy), task=task)
         start = time.perf_counter()
         result = trainer.train()
@@ -96,15 +104,10 @@ def run_torch(args):
     transformers.set_seed(args.seed)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=task.num_labels)
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
-                                             lora_dropout=0.1, target_modules=["query", "value"]))
+    model = get_peft_model(model, LoraConfig(**LORA))
     with tempfile.TemporaryDirectory() as out:
         targs = transformers.TrainingArguments(
-            output_dir=out, learning_rate=args.lr, num_train_epochs=args.epochs,
-            per_device_train_batch_size=32, per_device_eval_batch_size=128, warmup_ratio=0.06,
-            weight_decay=0.01, max_grad_norm=1.0, seed=args.seed, eval_strategy="epoch",
-            save_strategy="epoch", save_total_limit=1, metric_for_best_model=args.metric,
-            load_best_model_at_end=True, report_to=[], disable_tqdm=True, use_cpu=True,
+            **training_arguments(args, out), report_to=[], use_cpu=True,
             dataloader_num_workers=0, logging_strategy="no")
         trainer = transformers.Trainer(
             model=model, args=targs, train_dataset=Rows(tr, ty), eval_dataset=Rows(dv, dy),

@@ -227,3 +227,315 @@ def child_prepare(args):
     model = transformers.BertForSequenceClassification(config)
     model.save_pretrained(args.folder)
     return {"params": sum(p.numel() for p in model.parameters())}
+
+
+# ------------------------------------------------------------------ shared by the bench scripts
+
+def parse_list(text, allowed, what, ap):
+    """The comma-separated items of `text`, each checked against `allowed` (ap.error if not)."""
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in items if m not in allowed]
+    if bad:
+        ap.error(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
+    return items
+
+
+def add_run_arguments(ap, steps_help="timed steps (default 6; quick 1)",
+                      warmup_help="untimed steps (default 2; quick 1)", rounds=2,
+                      rounds_help="runs of each framework per mode, taking turns to go first "
+                                  "(reported: the median speed, the largest RSS; default "
+                                  "%(default)s, quick 1)",
+                      quick_help="smoke test: batch 4 x seq 32, 1 + 1 steps, one round"):
+    """The options every side-by-side bench takes: --steps --warmup --batch --seq --threads
+    --isa --rounds --quick (steps and warmup default to None: see finish_run_arguments)."""
+    ap.add_argument("--steps", type=int, default=None, help=steps_help)
+    ap.add_argument("--warmup", type=int, default=None, help=warmup_help)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    add_isa_argument(ap)
+    ap.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def add_child_arguments(ap, kinds, modes, mode="bare"):
+    """The options only the parent passes to a child (hidden from --help)."""
+    import argparse
+    ap.add_argument("--child", choices=tuple(kinds), help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=modes, default=mode, help=argparse.SUPPRESS)
+
+
+def finish_run_arguments(args, ap, steps=6, warmup=2, quick_steps=1, quick_warmup=1):
+    """--quick's settings (batch 4 x seq 32 at most, one round, quick_steps + quick_warmup
+    unless given), the steps/warmup defaults, and the ranges checked (ap.error)."""
+    if args.quick:
+        args.steps = quick_steps if args.steps is None else args.steps
+        args.warmup = quick_warmup if args.warmup is None else args.warmup
+        args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
+        args.rounds = 1
+    args.steps = steps if args.steps is None else args.steps
+    args.warmup = warmup if args.warmup is None else args.warmup
+    if (args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1
+            or args.rounds < 1):
+        ap.error("--steps, --batch, --threads, --rounds must be >= 1, --seq >= 2, --warmup >= 0")
+    return args
+
+
+def torch_batch(args, vocab_size):
+    """make_batch as torch tensors."""
+    import torch
+    return tuple(torch.from_numpy(a) for a in make_batch(args, vocab_size))
+
+
+def count_parameters(info, params, trainable, size):
+    """info['trainable'] / info['total']: elements (size(p)) of the trainable / all params."""
+    info["trainable"] = sum(size(p) for p in trainable)
+    info["total"] = sum(size(p) for p in params)
+
+
+def torch_run(args, model, batch, info, train, adamw, all_trainable=False):
+    """The torch child's measurement: parameter counts into info, RSS after load, then
+    run_steps of an AdamW train step (forward with labels, backward, step, zero_grad; train
+    mode) when `train`, else of an eval inference forward (inference_mode, row 0's logits).
+    all_trainable: assert every parameter trains (a full fine-tune)."""
+    import torch
+    ids, mask, labels = batch
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    count_parameters(info, params, trainable, lambda p: p.numel())
+    load_mb = rss_mb()
+    if train:
+        if all_trainable:
+            assert info["trainable"] == info["total"], "full fine-tune: some parameters frozen"
+        opt = torch.optim.AdamW(trainable, **adamw)
+        model.train()
+        step = train_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels),
+                          lambda out: out.loss.backward(), opt)
+    else:
+        model.eval()
+
+        def step(phases):
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=mask).logits[0].tolist()
+    return run_steps(args, step, load_mb, info)
+
+
+def peftcore_run(args, model, batch, info, train, adamw, all_trainable=False):
+    """torch_run's peftcore side: the same counts, AdamW step or inference forward (under
+    peftcore.no_grad, as torch.inference_mode)."""
+    import numpy as np
+
+    import peftcore
+    ids, mask, labels = batch
+    named = list(model.named_parameters())
+    trainable = [p for _, p in named if p.requires_grad]
+    count_parameters(info, [p for _, p in named], trainable, lambda p: p.size)
+    load_mb = rss_mb()
+    if train:
+        if all_trainable:
+            assert info["trainable"] == info["total"], "full fine-tune: some parameters frozen"
+        opt = peftcore.optim.AdamW(trainable, **adamw)
+        model.train()
+        step = train_step(lambda: model(ids, attention_mask=mask, labels=labels),
+                          lambda out: model.backward(), opt)
+    else:
+        model.eval()
+
+        def step(phases):
+            with peftcore.no_grad():  # as torch.inference_mode on the other side
+                return np.asarray(model(ids, attention_mask=mask).logits)[0].tolist()
+    return run_steps(args, step, load_mb, info)
+
+
+def torch_merge_check(model, batch, rows, set_values):
+    """set_values(model) (under no_grad), then the eval logits of the batch's first `rows`
+    rows before and after merge_and_unload(): (merged model, max |before - after|)."""
+    import torch
+    ids, mask = batch[0][:rows], batch[1][:rows]
+    with torch.no_grad():
+        set_values(model)
+    model.eval()
+    with torch.inference_mode():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    model = model.merge_and_unload()
+    with torch.inference_mode():
+        after = model(input_ids=ids, attention_mask=mask).logits
+    return model, float((before - after).abs().max())
+
+
+def peftcore_merge_check(model, batch, rows, set_values):
+    """torch_merge_check's peftcore side (forwards under peftcore.no_grad)."""
+    import numpy as np
+
+    import peftcore
+    ids, mask = batch[0][:rows], batch[1][:rows]
+    set_values(model)
+    model.eval()
+    with peftcore.no_grad():  # as torch.inference_mode: no activations kept for a backward
+        before = np.array(model(ids, attention_mask=mask).logits)
+    model = model.merge_and_unload()
+    model.eval()
+    with peftcore.no_grad():
+        after = np.array(model(ids, attention_mask=mask).logits)
+    return model, float(np.abs(before - after).max())
+
+
+def round_order(frameworks, rounds):
+    """Each framework once a round, taking turns to go first (the machine's speed drifts
+    over minutes, so neither side is favoured)."""
+    return [fw for rnd in range(rounds)
+            for fw in (frameworks if rnd % 2 == 0 else frameworks[::-1])]
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def describe_run(fw, mode, r):
+    """One child's result as a progress line."""
+    text = f"    {mode:6s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  step {r['step_s']:.3f} s"
+    if "phases" in r:
+        f, b, o = r["phases"]
+        text += f" (fwd {f:.3f} bwd {b:.3f} adamw {o:.3f})"
+    text += (f"  peak {r['peak_mb']:.0f} MB (after load {r['load_mb']:.0f})  trainable "
+             f"{r['info']['trainable']:,}/{r['info']['total']:,}")
+    if r.get("merge_check") is not None:
+        text += f"  |merged-unmerged| {r['merge_check']:.1e}"
+    text += (f"  load avg {r['load'][0]:.1f}->{r['load'][1]:.1f}, other processes used "
+             f"{fmt(r.get('others_cores'), '.2f')} cores  wall {r['wall_s']:.0f} s")
+    return text
+
+
+def describe_interleaved(r):
+    """The merged-vs-bare interleaved child's result as a progress line."""
+    return (f"    merged vs bare, one process, alternating: merged "
+            f"{r['merged_seq_per_s']:.2f} / bare {r['bare_seq_per_s']:.2f} seq/s, "
+            f"median paired ratio {r['ratio']:.3f}  load avg {r['load'][0]:.1f}->"
+            f"{r['load'][1]:.1f}, other processes used "
+            f"{fmt(r.get('others_cores'), '.2f')} cores")
+
+
+def warn_if_busy(limit=0.5):
+    """Print a warning when the load average before the start exceeds `limit`."""
+    busy = os.getloadavg()[0]
+    if busy > limit:
+        print(f"WARNING: load average {busy:.2f} before the start: other processes compete for "
+              f"the cores and the timings below are unreliable", flush=True)
+
+
+def print_table(header, rows):
+    """A Markdown table: header (column names) and rows (lists of cells, already text)."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] * len(header)) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+SPEED_HEADER = ("model", "mode", "peftcore seq/s", "torch seq/s", "ratio (pc/torch)",
+                "peftcore RSS MB", "torch RSS MB", "RSS ratio (pc/torch)")
+
+
+def speed_row(model, label, p, t, rss_ratio=True):
+    """SPEED_HEADER's cells for peftcore's (p) and torch's (t) combined results ('-' for a
+    side not run); rss_ratio=False drops the last column."""
+    ratio = p["seq_per_s"] / t["seq_per_s"] if p and t else None
+    rss = p["peak_mb"] / t["peak_mb"] if p and t else None
+    row = [model, label, fmt(p and p["seq_per_s"], ".2f"), fmt(t and t["seq_per_s"], ".2f"),
+           fmt(ratio, ".2f"), fmt(p and p["peak_mb"], ".0f"), fmt(t and t["peak_mb"], ".0f")]
+    return row + [fmt(rss, ".2f")] if rss_ratio else row
+
+
+def print_others(results):
+    """The range of cores other processes kept busy over `results` (child results), with a
+    warning when any run saw more than 0.2."""
+    others = [r["others_cores"] for r in results if r.get("others_cores") is not None]
+    if others:
+        print(f"other processes used {min(others):.2f}..{max(others):.2f} cores (mean "
+              f"{statistics.mean(others):.2f}) of {os.cpu_count()} during the runs"
+              + ("; timings are unreliable" if max(others) > 0.2 else ""))
+
+
+def write_json(path, args, **parts):
+    """All results to `path` with the arguments (not the parsed *_list ones)."""
+    Path(path).write_text(json.dumps(
+        {"args": {k: v for k, v in vars(args).items() if not k.endswith("_list")}, **parts},
+        indent=1))
+
+
+def alternate(fns, warmup, steps):
+    """{name: seconds of each timed call} of the callables fns ({name: fn}) taking turns:
+    `warmup` untimed rounds, then `steps` rounds calling each once, the order flipping every
+    round (load that drifts then favours none of them)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    items = list(fns.items())
+    for i in range(steps):
+        for name, fn in (items if i % 2 == 0 else items[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_inference(args, bare, other, name="merged"):
+    """peftcore inference of a bare and an `other` model in one process (eval, no_grad),
+    forwards alternating: each one's times and seq/s, and `ratio`, the median over rounds of
+    bare time / other time (other's seq/s over bare's), robust to load that drifts between
+    processes."""
+    import peftcore
+    bare.eval()
+    other.eval()
+    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
+    with peftcore.no_grad():  # inference only, as torch.inference_mode
+        times = alternate({"bare": lambda: bare(ids, attention_mask=mask),
+                           name: lambda: other(ids, attention_mask=mask)},
+                          args.warmup, args.steps)
+    pairs = [b / m for b, m in zip(times["bare"], times[name])]
+    return {"times": times, "ratio": statistics.median(pairs),
+            "bare_seq_per_s": args.batch / statistics.median(times["bare"]),
+            f"{name}_seq_per_s": args.batch / statistics.median(times[name])}
+
+
+def torch_model(args, peft_config=None, peft_kwargs=None):
+    """(model, info): transformers' BertForSequenceClassification from args.folder with
+    args.threads torch threads, wrapped by HF PEFT's `peft_config` class (its name, e.g.
+    "LoraConfig", with peft_kwargs) when given; info names the versions and attention."""
+    import torch
+    import transformers
+    torch.set_num_threads(args.threads)
+    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
+    info = {"attn": model.config._attn_implementation, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+    if peft_config:
+        import peft
+        info["peft"] = peft.__version__
+        model = peft.get_peft_model(model, getattr(peft, peft_config)(**(peft_kwargs or {})))
+    return model, info
+
+
+def peftcore_model(args):
+    """peftcore's AutoModelForSequenceClassification from args.folder; any warning while
+    loading is an error (the saved head must load too)."""
+    import warnings
+
+    import peftcore
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+
+
+def print_inference_checks(model, modes, interleaved):
+    """The summary lines of a model's merged-vs-bare checks: the interleaved child's paired
+    ratio (target >= 0.97) and, per inference mode, the largest |peftcore - torch| logit."""
+    if model in interleaved:
+        ratio = interleaved[model]["ratio"]
+        print(f"{model}: peftcore merged / bare, interleaved in one process (median of paired "
+              f"steps) = {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}")
+    for mode in ("merged", "bare"):
+        if "logit_diff" in modes.get(mode, {}):
+            print(f"{model}: {mode} logits, max |peftcore - torch| over row 0 = "
+                  f"{modes[mode]['logit_diff']:.1e}")

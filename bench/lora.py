@@ -45,11 +45,9 @@ seq/s >= 0.97; a merged model is a bare model, so a ratio above 1 is noise).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -57,8 +55,9 @@ import zlib
 from pathlib import Path
 
 import harness
-from harness import (MODELS, child_prepare, load_average, make_batch, print_result, rss_mb,
-                     run_steps, train_step)
+from harness import (MODELS, child_prepare, describe_run, load_average, make_batch,
+                     parse_list, peftcore_merge_check, peftcore_run, print_result, torch_batch,
+                     torch_merge_check, torch_run)
 
 FRAMEWORKS = ("peftcore", "torch")
 MODES = ("lora", "full", "merged", "bare")
@@ -83,102 +82,44 @@ def lora_values(name, shape):
 
 
 def child_torch(args):
-    import torch
-    import transformers
-    torch.set_num_threads(args.threads)
-    model = transformers.BertForSequenceClassification.from_pretrained(args.folder)
-    info = {"attn": model.config._attn_implementation, "torch": torch.__version__,
-            "transformers": transformers.__version__}
-    if args.mode in ("lora", "merged"):
-        import peft
-        info["peft"] = peft.__version__
-        model = peft.get_peft_model(model, peft.LoraConfig(**LORA))
-    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
-    ids, mask, labels = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+    model, info = harness.torch_model(
+        args, "LoraConfig" if args.mode in ("lora", "merged") else None, LORA)
+    batch = torch_batch(args, MODELS[args.model]["vocab_size"])
     check = None
     if args.mode == "merged":
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if _LORA_NAME.search(name):
-                    p.copy_(torch.from_numpy(lora_values(name, tuple(p.shape))))
-        model.eval()
-        with torch.inference_mode():
-            before = model(input_ids=ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits
-        model = model.merge_and_unload()
-        with torch.inference_mode():
-            after = model(input_ids=ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits
-        check = float((before - after).abs().max())
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    info["trainable"] = sum(p.numel() for p in trainable)
-    info["total"] = sum(p.numel() for p in params)
-    load_mb = rss_mb()
-    if args.mode in TRAIN_MODES:
-        if args.mode == "full":
-            assert info["trainable"] == info["total"], "full fine-tune: some parameters frozen"
-        opt = torch.optim.AdamW(trainable, **ADAMW)
-        model.train()
-
-        step = train_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels),
-                          lambda out: out.loss.backward(), opt)
-    else:
-        model.eval()
-
-        def step(phases):
-            with torch.inference_mode():
-                return model(input_ids=ids, attention_mask=mask).logits[0].tolist()
-    result = run_steps(args, step, load_mb, info)
+        model, check = torch_merge_check(model, batch, CHECK_ROWS, _torch_lora_values)
+    result = torch_run(args, model, batch, info, args.mode in TRAIN_MODES, ADAMW,
+                       all_trainable=args.mode == "full")
     result["merge_check"] = check
     return result
 
 
+def _torch_lora_values(model):
+    import torch
+    for name, p in model.named_parameters():
+        if _LORA_NAME.search(name):
+            p.copy_(torch.from_numpy(lora_values(name, tuple(p.shape))))
+
+
+def _lora_values(model):
+    for name, p in model.named_parameters():
+        if _LORA_NAME.search(name):
+            p[...] = lora_values(name, p.shape)
+
+
 def child_peftcore(args):
-    import warnings
-
-    import numpy as np
-
     import peftcore
     peftcore.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the saved head must load too
-        model = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    model = harness.peftcore_model(args)
     info = {"blis": peftcore.backend_info().get("blis_arch"), "isa": peftcore.backend_info().get("isa")}
     if args.mode in ("lora", "merged"):
         model = peftcore.get_peft_model(model, peftcore.LoraConfig(**LORA))
-    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
+    batch = make_batch(args, MODELS[args.model]["vocab_size"])
     check = None
     if args.mode == "merged":
-        for name, p in model.named_parameters():
-            if _LORA_NAME.search(name):
-                p[...] = lora_values(name, p.shape)
-        model.eval()
-        with peftcore.no_grad():  # as torch.inference_mode: no activations kept for a backward
-            before = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
-        model = model.merge_and_unload()
-        model.eval()
-        with peftcore.no_grad():
-            after = np.array(model(ids[:CHECK_ROWS], attention_mask=mask[:CHECK_ROWS]).logits)
-        check = float(np.abs(before - after).max())
-    named = list(model.named_parameters())
-    trainable = [p for _, p in named if p.requires_grad]
-    info["trainable"] = sum(p.size for p in trainable)
-    info["total"] = sum(p.size for _, p in named)
-    load_mb = rss_mb()
-    if args.mode in TRAIN_MODES:
-        if args.mode == "full":
-            assert info["trainable"] == info["total"], "full fine-tune: some parameters frozen"
-        opt = peftcore.optim.AdamW(trainable, **ADAMW)
-        model.train()
-
-        step = train_step(lambda: model(ids, attention_mask=mask, labels=labels),
-                          lambda out: model.backward(), opt)
-    else:
-        model.eval()
-
-        def step(phases):
-            with peftcore.no_grad():  # as torch.inference_mode on the other side
-                return np.asarray(model(ids, attention_mask=mask).logits)[0].tolist()
-    result = run_steps(args, step, load_mb, info)
+        model, check = peftcore_merge_check(model, batch, CHECK_ROWS, _lora_values)
+    result = peftcore_run(args, model, batch, info, args.mode in TRAIN_MODES, ADAMW,
+                          all_trainable=args.mode == "full")
     result["merge_check"] = check
     engine = getattr(model, "get_base_model", lambda: model)()._engine
     if hasattr(engine, "activation_bytes"):
@@ -193,35 +134,13 @@ def child_interleaved(args):
 
     import peftcore
     peftcore.set_num_threads(args.threads)
+    bare = harness.peftcore_model(args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        bare = peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder)
-        peft_model = peftcore.get_peft_model(
-            peftcore.AutoModelForSequenceClassification.from_pretrained(args.folder),
-            peftcore.LoraConfig(**LORA))
-    for name, p in peft_model.named_parameters():
-        if _LORA_NAME.search(name):
-            p[...] = lora_values(name, p.shape)
-    merged = peft_model.merge_and_unload()
-    bare.eval()
-    merged.eval()
-    ids, mask, _ = make_batch(args, MODELS[args.model]["vocab_size"])
-    no_grad = peftcore.no_grad()
-    no_grad.__enter__()  # inference only, as torch.inference_mode
-    for _ in range(args.warmup):
-        bare(ids, attention_mask=mask)
-        merged(ids, attention_mask=mask)
-    times = {"bare": [], "merged": []}
-    for i in range(args.steps):
-        order = (("bare", bare), ("merged", merged))
-        for name, model in (order if i % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            model(ids, attention_mask=mask)
-            times[name].append(time.perf_counter() - t0)
-    pairs = [b / m for b, m in zip(times["bare"], times["merged"])]  # merged seq/s / bare seq/s
-    return {"times": times, "ratio": statistics.median(pairs),
-            "bare_seq_per_s": args.batch / statistics.median(times["bare"]),
-            "merged_seq_per_s": args.batch / statistics.median(times["merged"])}
+        peft_model = peftcore.get_peft_model(harness.peftcore_model(args),
+                                             peftcore.LoraConfig(**LORA))
+    _lora_values(peft_model)
+    return harness.interleaved_inference(args, bare, peft_model.merge_and_unload())
 
 
 def child_main(args):
@@ -245,14 +164,6 @@ def run_child(kind, args, model, folder, mode="bare"):
     return harness.run_child(__file__, kind, args, model, folder, mode)
 
 
-def parse_list(text, allowed, what, ap):
-    items = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in items if m not in allowed]
-    if bad:
-        ap.error(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
-    return items
-
-
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=None,
@@ -260,41 +171,18 @@ def parse_args():
     ap.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
     ap.add_argument("--torch-modes", default=None,
                     help="modes also run in torch (default: all; quick: lora,bare)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 6; quick 1)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    harness.add_isa_argument(ap)
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="runs of each framework per mode, taking turns to go first (reported: "
-                         "the median speed, the largest RSS; default %(default)s, quick 1)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test (< 1 min): minilm, batch 4 x seq 32, 1 + 1 steps, "
-                         "torch only for lora and bare")
+    harness.add_run_arguments(ap, quick_help="smoke test (< 1 min): minilm, batch 4 x seq 32, "
+                                             "1 + 1 steps, torch only for lora and bare")
     ap.add_argument("--no-interleaved", action="store_true",
                     help="skip the extra merged-vs-bare check with both models in one process")
     ap.add_argument("--json", help="also write all results to this file")
     ap.add_argument("--baseline", help="another checkout (built in place) whose peftcore runs "
                                        "beside this one's: speed ratios this / baseline")
-    # child-only options
-    ap.add_argument("--child", choices=("prepare", "interleaved") + FRAMEWORKS, help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
-    ap.add_argument("--folder", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=MODES, default="bare", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    harness.add_child_arguments(ap, ("prepare", "interleaved") + FRAMEWORKS, MODES)
+    args = harness.finish_run_arguments(ap.parse_args(), ap)
     if args.quick:
-        args.steps = 1 if args.steps is None else args.steps
-        args.warmup = 1 if args.warmup is None else args.warmup
-        args.batch, args.seq = min(args.batch, 4), min(args.seq, 32)
         args.models = args.models or "minilm"
         args.torch_modes = args.torch_modes or "lora,bare"
-        args.rounds = 1
-    args.steps = 6 if args.steps is None else args.steps
-    args.warmup = 2 if args.warmup is None else args.warmup
-    if (args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.threads < 1
-            or args.rounds < 1):
-        ap.error("--steps, --batch, --threads, --rounds must be >= 1, --seq >= 2, --warmup >= 0")
     if args.child:
         return args
     args.model_list = parse_list(args.models or ",".join(MODELS), MODELS, "model", ap)
@@ -310,24 +198,6 @@ def parse_args():
     return args
 
 
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
-def describe(fw, mode, r):
-    text = (f"    {mode:6s} {fw:8s} {r['seq_per_s']:8.2f} seq/s  step {r['step_s']:.3f} s")
-    if "phases" in r:
-        f, b, o = r["phases"]
-        text += f" (fwd {f:.3f} bwd {b:.3f} adamw {o:.3f})"
-    text += (f"  peak {r['peak_mb']:.0f} MB (after load {r['load_mb']:.0f})  trainable "
-             f"{r['info']['trainable']:,}/{r['info']['total']:,}")
-    if r.get("merge_check") is not None:
-        text += f"  |merged-unmerged| {r['merge_check']:.1e}"
-    text += (f"  load avg {r['load'][0]:.1f}->{r['load'][1]:.1f}, other processes used "
-             f"{fmt(r.get('others_cores'), '.2f')} cores  wall {r['wall_s']:.0f} s")
-    return text
-
-
 def main():
     args = parse_args()
     if args.child:
@@ -336,10 +206,7 @@ def main():
           f"{args.warmup} warm-up + {args.steps} timed steps (median); LoRA {LORA}; AdamW "
           f"{ADAMW}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"load average {load_average()}\n{harness.describe_isa(args)}", flush=True)
-    busy = os.getloadavg()[0]
-    if busy > 0.5:
-        print(f"WARNING: load average {busy:.2f} before the start: other processes compete for "
-              f"the cores and the timings below are unreliable", flush=True)
+    harness.warn_if_busy()
     results, problems, interleaved = {}, [], {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="peftcore_lora_bench_") as tmp:
@@ -353,15 +220,13 @@ def main():
                 # each framework --rounds times, taking turns to go first (the machine's
                 # speed drifts over minutes); reported: the median speed, the largest RSS
                 frameworks = FRAMEWORKS + (("baseline",) if args.baseline else ())
-                order = [fw for rnd in range(args.rounds)
-                         for fw in (frameworks if rnd % 2 == 0 else frameworks[::-1])]
-                for fw in order:
+                for fw in harness.round_order(frameworks, args.rounds):
                     if fw == "torch" and mode not in args.torch_list:
                         continue
                     r = run_child(fw, args, model, folder, mode)
                     runs.setdefault(fw, []).append(r)
                     res[fw] = harness.combine_rounds(runs[fw])
-                    print(describe(fw, mode, r), flush=True)
+                    print(describe_run(fw, mode, r), flush=True)
                     if fw == "peftcore" and mode == "bare":
                         info = r["info"]
                         print(f"             peftcore info {info}", flush=True)
@@ -385,28 +250,15 @@ def main():
             if not args.no_interleaved and {"merged", "bare"} <= set(args.mode_list):
                 r = run_child("interleaved", args, model, folder)
                 interleaved[model] = r
-                print(f"    merged vs bare, one process, alternating: merged "
-                      f"{r['merged_seq_per_s']:.2f} / bare {r['bare_seq_per_s']:.2f} seq/s, "
-                      f"median paired ratio {r['ratio']:.3f}  load avg {r['load'][0]:.1f}->"
-                      f"{r['load'][1]:.1f}, other processes used "
-                      f"{fmt(r.get('others_cores'), '.2f')} cores", flush=True)
+                print(harness.describe_interleaved(r), flush=True)
     print(f"\ntotal wall {time.perf_counter() - start:.0f} s; load average at the end: "
           f"{load_average()}\n")
 
-    print("| model | mode | peftcore seq/s | torch seq/s | ratio (pc/torch) | peftcore RSS MB "
-          "| torch RSS MB | RSS ratio (pc/torch) |")
-    print("|" + "|".join(["---"] * 8) + "|")
     labels = {"lora": "LoRA train step", "full": "full fine-tune step",
               "merged": "infer, merged LoRA", "bare": "infer, bare model"}
-    for model, modes in results.items():
-        for mode, res in modes.items():
-            p, t = res.get("peftcore"), res.get("torch")
-            ratio = p["seq_per_s"] / t["seq_per_s"] if p and t else None
-            rss = p["peak_mb"] / t["peak_mb"] if p and t else None
-            print(f"| {model} | {labels[mode]} | {fmt(p and p['seq_per_s'], '.2f')} | "
-                  f"{fmt(t and t['seq_per_s'], '.2f')} | {fmt(ratio, '.2f')} | "
-                  f"{fmt(p and p['peak_mb'], '.0f')} | {fmt(t and t['peak_mb'], '.0f')} | "
-                  f"{fmt(rss, '.2f')} |")
+    harness.print_table(harness.SPEED_HEADER, [
+        harness.speed_row(model, labels[mode], res.get("peftcore"), res.get("torch"))
+        for model, modes in results.items() for mode, res in modes.items()])
     print()
     if args.baseline:
         print(f"this checkout against --baseline {args.baseline}, side by side:\n")
@@ -444,28 +296,15 @@ def main():
                 line += (f"; torch for reference: "
                          f"{merged['torch']['seq_per_s'] / bare['torch']['seq_per_s']:.3f}")
             print(line)
-        if model in interleaved:
-            ratio = interleaved[model]["ratio"]
-            print(f"{model}: peftcore merged / bare, interleaved in one process (median of paired "
-                  f"steps) = {ratio:.3f} (target >= 0.97): {'met' if ratio >= 0.97 else 'MISSED'}")
-        for mode in ("merged", "bare"):
-            if "logit_diff" in modes.get(mode, {}):
-                print(f"{model}: {mode} logits, max |peftcore - torch| over row 0 = "
-                      f"{modes[mode]['logit_diff']:.1e}")
-    others = [r["others_cores"] for modes in results.values() for res in modes.values()
-              for r in res.values() if isinstance(r, dict) and r.get("others_cores") is not None]
-    others += [r["others_cores"] for r in interleaved.values() if r.get("others_cores") is not None]
-    if others:
-        print(f"other processes used {min(others):.2f}..{max(others):.2f} cores (mean "
-              f"{statistics.mean(others):.2f}) of {os.cpu_count()} during the runs"
-              + ("; timings are unreliable" if max(others) > 0.2 else ""))
+        harness.print_inference_checks(model, modes, interleaved)
+    harness.print_others([r for modes in results.values() for res in modes.values()
+                          for r in res.values() if isinstance(r, dict)]
+                         + list(interleaved.values()))
     for problem in problems:
         print(f"PROBLEM: {problem}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"args": {k: v for k, v in vars(args).items() if not k.endswith("_list")},
-             "results": results, "interleaved": interleaved, "problems": problems},
-            indent=1))
+        harness.write_json(args.json, args, results=results, interleaved=interleaved,
+                           problems=problems)
     return 1 if problems else 0
 
 

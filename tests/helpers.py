@@ -69,3 +69,71 @@ def cpu_flags():
     except OSError:
         pass
     return set()
+
+
+# ------------------------------------------------------------------ MiniLM on an SST-2 subset
+
+SST2_MAX_LENGTH = 64
+
+
+@pytest.fixture(scope="module")
+def sst2_subset(minilm_dir, glue_dir):
+    """(train encodings, train labels, dev encodings, dev labels): 1,920 training sentences
+    drawn once, and the first 448 of the 872 dev sentences (SST2_MAX_LENGTH tokens)."""
+    from peftcore.train import data
+    splits = data.load_glue(glue_dir, "SST-2")
+    tok = data.load_tokenizer(minilm_dir, SST2_MAX_LENGTH)
+    train_a, _, train_y = splits["train"]
+    order = np.random.default_rng(0).permutation(len(train_y))[:1920]
+    train_enc = data.encode(tok, [train_a[i] for i in order], None, SST2_MAX_LENGTH)
+    dev_a, _, dev_y = splits["validation"]
+    dev_enc = data.encode(tok, dev_a[:448], None, SST2_MAX_LENGTH)
+    return train_enc, train_y[order], dev_enc, dev_y[:448]
+
+
+def fine_tune_minilm(minilm_dir, sst2_subset, config, lr, steps, batch_size):
+    """all-MiniLM-L6-v2 (2 labels, seed 0) with the PEFT `config`, trained `steps` steps of
+    `batch_size` at `lr` on the subset: (model, dev accuracy before, train result)."""
+    from peftcore import get_peft_model
+    from peftcore.train.trainer import TrainingArguments, evaluate, train
+    train_enc, train_y, dev_enc, dev_y = sst2_subset
+    peftcore.manual_seed(0)
+    model = peftcore.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+    model = get_peft_model(model, config)
+    before = evaluate(model, dev_enc, dev_y)["accuracy"]
+    result = train(model, train_enc, train_y,
+                   TrainingArguments(learning_rate=lr, max_steps=steps, seed=0,
+                                     per_device_train_batch_size=batch_size),
+                   eval_set=(dev_enc, dev_y), progress=False)
+    return model, before, result
+
+
+def assert_learned(result, before, loss_drop, accuracy, gain):
+    """The mean loss of the last 15 steps at least loss_drop below the first 15's; the final
+    dev accuracy above `accuracy` and above the untrained model's by more than `gain`."""
+    after = result.evals[-1][1]["accuracy"]
+    assert np.mean(result.losses[-15:]) < np.mean(result.losses[:15]) - loss_drop, result.losses
+    assert after > accuracy, (before, after)
+    assert after > before + gain, (before, after)
+
+
+# ------------------------------------------------------------------ tiny batches and parameters
+
+def random_batch(B, T, seed, low, pad, vocab=40, num_labels=3):
+    """(ids, mask, labels): B × T token ids drawn from [low, vocab), a mask whose last row
+    ends in `pad` padding positions, and labels in [0, num_labels); seeded."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(low, vocab, (B, T))
+    mask = np.ones_like(ids)
+    mask[-1, T - pad:] = 0
+    return ids, mask, rng.integers(0, num_labels, B)
+
+
+def engine_param(values):
+    """A trainable engine Parameter holding a copy of `values`."""
+    from peftcore import _C
+    from peftcore.models.parameter import Parameter
+    p = Parameter(_C.Tensor.zeros(np.shape(values)))
+    p[...] = values
+    p.requires_grad = True
+    return p

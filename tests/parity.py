@@ -1,6 +1,6 @@
-"""What the parity tests of (IA)³ and BitFit share: the same random BERT / RoBERTa in
-transformers and peftcore, batches, logits, gradient and loss comparisons, and the two
-training loops (torch.optim.AdamW beside peftcore.optim.AdamW).
+"""What the parity tests share ((IA)³, BitFit, bottleneck adapters, adapter files): the same
+random BERT / RoBERTa in transformers and peftcore, batches, logits, gradient and loss
+comparisons, and the two training loops (torch.optim.AdamW beside peftcore.optim.AdamW).
 
 Every function that touches torch imports it inside, so this module imports without torch;
 the `hf_models` fixture skips when torch, transformers or peft is missing.
@@ -23,35 +23,48 @@ MODEL_TYPES = ["bert", "roberta"]
 ADAMW = dict(lr=2e-2, betas=(0.85, 0.99), eps=1e-6, weight_decay=0.05)
 
 
-def hf_config(model_type):
+def hf_config(model_type, tiny=TINY):
+    """transformers' config of the tiny BERT / RoBERTa (shapes and dropout from `tiny`)."""
     import transformers
     if model_type == "bert":
-        config = transformers.BertConfig(max_position_embeddings=24, **TINY)
+        config = transformers.BertConfig(max_position_embeddings=24, **tiny)
     else:
         config = transformers.RobertaConfig(max_position_embeddings=26, pad_token_id=1,
                                             bos_token_id=0, eos_token_id=2, type_vocab_size=1,
-                                            **TINY)
+                                            **tiny)
     config._attn_implementation = "eager"
     return config
 
 
-def _hf_class(model_type):
+def hf_class(model_type):
+    """transformers' sequence-classification class of `model_type`."""
     import transformers
     return {"bert": transformers.BertForSequenceClassification,
             "roberta": transformers.RobertaForSequenceClassification}[model_type]
+
+
+_hf_class = hf_class  # the name the tests first imported
 
 
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
     """{model_type: folder}: random small models without dropout, every weight significant,
     saved by transformers so both libraries load the same weights."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
+    return {k: folder for k, (_, folder) in save_random_models(tmp_path_factory).items()}
+
+
+def save_random_models(tmp_path_factory, tiny=TINY, model_types=MODEL_TYPES):
+    """{model_type: (torch model, folder)}: random small models (config hf_config(·, tiny)),
+    every weight significant, saved by transformers so both libraries load the same
+    weights. The caller skips when torch or transformers is missing."""
+    import torch
     out = {}
-    for model_type in MODEL_TYPES:
+    for model_type in model_types:
         torch.manual_seed(0)
-        model = _hf_class(model_type)(hf_config(model_type)).eval()
+        model = hf_class(model_type)(hf_config(model_type, tiny)).eval()
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -62,14 +75,14 @@ def hf_models(tmp_path_factory):
                 model.roberta.embeddings.position_embeddings.weight[1] = 0
         folder = tmp_path_factory.mktemp(model_type)
         model.save_pretrained(folder)
-        out[model_type] = folder
+        out[model_type] = (model, folder)
     return out
 
 
 def hf_load(hf_models, model_type):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _hf_class(model_type).from_pretrained(hf_models[model_type],
+        return hf_class(model_type).from_pretrained(hf_models[model_type],
                                                      attn_implementation="eager").eval()
 
 
@@ -203,3 +216,31 @@ def train_hf(model, steps=20, seed=0, batches=2):
 
 def count_trainable_hf(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_logits(theirs, ours, b, bare_logits, rtol=1e-4):
+    """ours' logits on batch b (also under peftcore.no_grad) equal theirs' within rtol, and
+    theirs differ from the bare model's (bare_logits) by more than 1e-2: the adapter matters,
+    not a comparison of two bare models."""
+    want = hf_logits(theirs, b)
+    close(pc_logits(ours, b), want, rtol, "logits")
+    with peftcore.no_grad():
+        close(pc_logits(ours, b), want, rtol, "logits under no_grad")
+    assert np.abs(want - bare_logits).max() > 1e-2
+    return want
+
+
+def grads_with_equal_loss(theirs, ours, b):
+    """(their grads, our grads) of one forward with labels and backward on batch b, after
+    checking the two losses agree within 1e-4 (relative above 1)."""
+    loss_t, g_t = hf_grads(theirs, b)
+    loss_o, g_o = pc_grads(ours, b)
+    assert abs(loss_o - loss_t) <= 1e-4 * max(1.0, abs(loss_t))
+    return g_t, g_o
+
+
+def assert_frozen_without_grad(model):
+    """Frozen peftcore parameters get no gradient buffer."""
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, name

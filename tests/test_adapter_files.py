@@ -15,6 +15,7 @@ import safetensors.numpy
 
 import peftcore
 from helpers import one_thread, randomize_parameters, torch_repr_as_peftcore  # noqa: F401  (one_thread: a fixture)
+from parity import hf_load, hf_logits, pc_load, save_random_models
 from peftcore import LoraConfig, PeftModel, get_peft_model
 from peftcore.optim import AdamW
 from peftcore.tuners.lora.layer import LoraLinear
@@ -92,62 +93,15 @@ def _tree(folder: Path):
 
 # ------------------------------------------------------------------ file format vs HF PEFT
 
-def _hf_config(model_type):
-    import transformers
-    if model_type == "bert":
-        config = transformers.BertConfig(max_position_embeddings=24, **TINY)
-    else:
-        config = transformers.RobertaConfig(max_position_embeddings=26, pad_token_id=1,
-                                            bos_token_id=0, eos_token_id=2, type_vocab_size=1,
-                                            **TINY)
-    config._attn_implementation = "eager"
-    return config
-
-
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
-    """{model_type: (torch seq-cls model, folder)}: random small models with every weight
-    significant, saved with transformers so both libraries load the same weights."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    """{model_type: folder}: random small models (TINY: dropout as transformers' default)
+    with every weight significant, saved with transformers so both libraries load the same
+    weights."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    out = {}
-    for model_type, cls in (("bert", transformers.BertForSequenceClassification),
-                            ("roberta", transformers.RobertaForSequenceClassification)):
-        torch.manual_seed(0)
-        model = cls(_hf_config(model_type)).eval()
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                noise = torch.randn(p.shape, generator=gen)
-                p.copy_(1 + 0.1 * noise if "LayerNorm.weight" in name else 0.15 * noise)
-            if model_type == "roberta":  # keep transformers' padding rows
-                model.roberta.embeddings.word_embeddings.weight[1] = 0
-                model.roberta.embeddings.position_embeddings.weight[1] = 0
-        folder = tmp_path_factory.mktemp(model_type)
-        model.save_pretrained(folder)
-        out[model_type] = (model, folder)
-    return out
-
-
-def _hf_load(hf_models, model_type):
-    import transformers
-    cls = {"bert": transformers.BertForSequenceClassification,
-           "roberta": transformers.RobertaForSequenceClassification}[model_type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return cls.from_pretrained(hf_models[model_type][1], attn_implementation="eager").eval()
-
-
-def _pc_load(hf_models, model_type):
-    return peftcore.AutoModelForSequenceClassification.from_pretrained(hf_models[model_type][1])
-
-
-def _hf_logits(model, batch):
-    import torch
-    ids, mask = batch[:2]
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    return {k: folder for k, (_, folder) in save_random_models(tmp_path_factory, TINY).items()}
 
 
 FORMAT_CASES = [
@@ -174,12 +128,12 @@ def test_saved_files_match_peft(hf_models, case, tmp_path):
     (name0, kw0), rest = adapters[0], adapters[1:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = peft.get_peft_model(_hf_load(hf_models, model_type),
+        theirs = peft.get_peft_model(hf_load(hf_models, model_type),
                                      peft.LoraConfig(**copy.deepcopy(kw0)), adapter_name=name0)
         for name, kw in rest:
             theirs.add_adapter(name, peft.LoraConfig(**copy.deepcopy(kw)))
         theirs.save_pretrained(tmp_path / "hf")
-    ours = get_peft_model(_pc_load(hf_models, model_type), LoraConfig(**copy.deepcopy(kw0)),
+    ours = get_peft_model(pc_load(hf_models, model_type), LoraConfig(**copy.deepcopy(kw0)),
                           adapter_name=name0)
     for name, kw in rest:
         ours.add_adapter(name, LoraConfig(**copy.deepcopy(kw)))
@@ -289,7 +243,7 @@ INTEROP = {
 def test_peftcore_trained_adapter_loads_in_hf_peft(hf_models, model_type, tmp_path):
     import peft
     batch = _batch(low=3)
-    pm = get_peft_model(_pc_load(hf_models, model_type), LoraConfig(**INTEROP[model_type]))
+    pm = get_peft_model(pc_load(hf_models, model_type), LoraConfig(**INTEROP[model_type]))
     start = {n: np.array(p) for n, p in pm.named_parameters() if p.requires_grad}
     _train_peftcore(pm)
     moved = [n for n, p in pm.named_parameters() if p.requires_grad
@@ -301,8 +255,8 @@ def test_peftcore_trained_adapter_loads_in_hf_peft(hf_models, model_type, tmp_pa
     pm.save_pretrained(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = peft.PeftModel.from_pretrained(_hf_load(hf_models, model_type), str(tmp_path)).eval()
-    _close(_hf_logits(theirs, batch), ours, 1e-4)
+        theirs = peft.PeftModel.from_pretrained(hf_load(hf_models, model_type), str(tmp_path)).eval()
+    _close(hf_logits(theirs, batch), ours, 1e-4)
     # every tensor HF PEFT holds for the adapter came from our file
     hf_params = {n: p.detach().numpy() for n, p in theirs.named_parameters()}
     for name, p in pm.named_parameters():
@@ -317,7 +271,7 @@ def test_hf_peft_trained_adapter_loads_in_peftcore(hf_models, model_type, tmp_pa
     batch = _batch(low=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = peft.get_peft_model(_hf_load(hf_models, model_type),
+        theirs = peft.get_peft_model(hf_load(hf_models, model_type),
                                      peft.LoraConfig(**INTEROP[model_type]))
     torch.manual_seed(0)
     opt = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=2e-2)
@@ -330,19 +284,19 @@ def test_hf_peft_trained_adapter_loads_in_peftcore(hf_models, model_type, tmp_pa
         opt.step()
         opt.zero_grad()
     theirs.eval()
-    expected = _hf_logits(theirs, batch)
+    expected = hf_logits(theirs, batch)
     theirs.save_pretrained(tmp_path)
-    pm = PeftModel.from_pretrained(_pc_load(hf_models, model_type), tmp_path)
+    pm = PeftModel.from_pretrained(pc_load(hf_models, model_type), tmp_path)
     _close(_logits(pm, batch), expected, 1e-4)
     assert pm.peft_config["default"].inference_mode is True
     assert pm.get_nb_trainable_parameters()[0] == 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bare = _hf_load(hf_models, model_type)
+        bare = hf_load(hf_models, model_type)
     with pm.disable_adapter():
-        _close(_logits(pm, batch), _hf_logits(bare, batch), 1e-4)
+        _close(_logits(pm, batch), hf_logits(bare, batch), 1e-4)
     # also under a second name next to another adapter
-    other = get_peft_model(_pc_load(hf_models, model_type),
+    other = get_peft_model(pc_load(hf_models, model_type),
                            LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["value"]))
     other.load_adapter(tmp_path, adapter_name="hf")
     other.set_adapter("hf")
@@ -359,25 +313,25 @@ def test_bias_adapters_interoperate(hf_models, model_type, bias, tmp_path):
     batch = _batch(low=3)
     kw = dict(task_type="SEQ_CLS", bias=bias, target_modules=["query", "dense"],
               init_lora_weights=False)
-    pm = get_peft_model(_pc_load(hf_models, model_type), LoraConfig(**kw))
+    pm = get_peft_model(pc_load(hf_models, model_type), LoraConfig(**kw))
     _randomize(pm, 5)
     ours = _logits(pm, batch)
     pm.save_pretrained(tmp_path / "pc")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = peft.PeftModel.from_pretrained(_hf_load(hf_models, model_type),
+        loaded = peft.PeftModel.from_pretrained(hf_load(hf_models, model_type),
                                                 str(tmp_path / "pc")).eval()
-        theirs = peft.get_peft_model(_hf_load(hf_models, model_type), peft.LoraConfig(**kw))
-    _close(_hf_logits(loaded, batch), ours, 1e-4)
+        theirs = peft.get_peft_model(hf_load(hf_models, model_type), peft.LoraConfig(**kw))
+    _close(hf_logits(loaded, batch), ours, 1e-4)
     gen = torch.Generator().manual_seed(6)
     with torch.no_grad():
         for p in theirs.parameters():
             if p.requires_grad:
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
     theirs.eval()
-    expected = _hf_logits(theirs, batch)
+    expected = hf_logits(theirs, batch)
     theirs.save_pretrained(tmp_path / "hf")
-    back = PeftModel.from_pretrained(_pc_load(hf_models, model_type), tmp_path / "hf")
+    back = PeftModel.from_pretrained(pc_load(hf_models, model_type), tmp_path / "hf")
     _close(_logits(back, batch), expected, 1e-4)
 
 

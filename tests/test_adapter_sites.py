@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import peftcore
-from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401,E501
+from helpers import (check_entries_by_finite_differences, engine_param, one_thread,  # noqa: F401
+                     random_batch, randomize_parameters)
 from peftcore import _C
-from peftcore.models.parameter import Parameter
 
 CFG = dict(model_type="bert", vocab_size=40, hidden_size=32, num_hidden_layers=2,
            num_attention_heads=4, intermediate_size=64, max_position_embeddings=48,
@@ -38,18 +38,7 @@ def _linears(model, layers=(0, 1)):
 
 
 def _batch(B=3, T=7, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(2, 40, (B, T))
-    mask = np.ones_like(ids)
-    mask[-1, T - 3:] = 0
-    return ids, mask, rng.integers(0, 3, B)
-
-
-def _param(values):
-    p = Parameter(_C.Tensor.zeros(values.shape))
-    p[...] = values
-    p.requires_grad = True
-    return p
+    return random_batch(B, T, seed, low=2, pad=3)
 
 
 class Plan:
@@ -70,11 +59,11 @@ class Plan:
             engine_entries = []
             for k, e in enumerate(entries):
                 if e[0] == "ia3":
-                    p = _param(e[2])
+                    p = engine_param(e[2])
                     self.params[f"{name}:{k}:l"] = p
                     engine_entries.append(("ia3", e[1], (p.tensor,), 1.0, 0.0))
                 else:
-                    A, B = _param(e[2]), _param(e[3])
+                    A, B = engine_param(e[2]), engine_param(e[3])
                     self.params[f"{name}:{k}:A"], self.params[f"{name}:{k}:B"] = A, B
                     engine_entries.append(("lora", "out", (A.tensor, B.tensor), e[4], 0.0))
             self.model._engine.set_adapters(linear.index, engine_entries)
@@ -276,7 +265,7 @@ def test_removing_adapters_restores_the_bare_model_bitwise():
 
 
 def _ia3_tensor(n):
-    return _param(np.ones(n, np.float32)).tensor
+    return engine_param(np.ones(n, np.float32)).tensor
 
 
 BAD = {
@@ -304,7 +293,7 @@ def test_bad_entries_raise_and_change_nothing(case):
     model = _model()
     ids, mask, _ = _batch()
     query = model.get_submodule("bert.encoder.layer.0.attention.self.query")
-    keep = _param(_vec(np.random.default_rng(0), 32))
+    keep = engine_param(_vec(np.random.default_rng(0), 32))
     model._engine.set_adapters(query.index, [("ia3", "out", (keep.tensor,), 1.0, 0.0)])
     before = model(ids, attention_mask=mask).logits.copy()
     entries = [("ia3", "out", (_ia3_tensor(32),), 1.0, 0.0) if e[2] is None else e
@@ -330,7 +319,7 @@ def test_adapter_tensors_outlive_their_python_objects():
     name = "bert.encoder.layer.1.intermediate.dense"
     lin = model.get_submodule(name)
     values = _vec(np.random.default_rng(12), lin.out_features)
-    model._engine.set_adapters(lin.index, [("ia3", "out", (_param(values).tensor,), 1.0, 0.0)])
+    model._engine.set_adapters(lin.index, [("ia3", "out", (engine_param(values).tensor,), 1.0, 0.0)])
     import gc
     gc.collect()
     plan = Plan(model)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import peftcore
-from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401,E501
+from helpers import (check_entries_by_finite_differences, one_thread,  # noqa: F401
+                     random_batch, randomize_parameters)
 from peftcore import BitFitConfig, PeftConfig, PeftModel, get_peft_model
 
 CFG = dict(model_type="bert", vocab_size=40, hidden_size=16, num_hidden_layers=2,
@@ -26,11 +27,7 @@ def _base(seed=0, model_type="bert"):
 
 
 def _batch(B=3, T=6, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, 40, (B, T))
-    mask = np.ones_like(ids)
-    mask[-1, T - 2:] = 0
-    return ids, mask, rng.integers(0, 3, B)
+    return random_batch(B, T, seed, low=3, pad=2)
 
 
 def _logits(model, batch):

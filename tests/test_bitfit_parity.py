@@ -18,9 +18,10 @@ import safetensors.numpy
 
 import peftcore
 from helpers import one_thread  # noqa: F401  (a fixture)
-from parity import (MODEL_TYPES, batch, close, compare_grads, count_trainable_hf, hf_grads,
-                    hf_load, hf_models, pc_grads, pc_load, pc_logits, hf_logits, seeded_values,
-                    set_hf, set_pc, train_hf, train_pc)  # noqa: F401  (hf_models: a fixture)
+from parity import (MODEL_TYPES, assert_frozen_without_grad, batch, check_logits, close,
+                    compare_grads, count_trainable_hf, grads_with_equal_loss, hf_load, hf_models,
+                    pc_load, pc_logits, hf_logits, seeded_values, set_hf, set_pc, train_hf,
+                    train_pc)  # noqa: F401  (hf_models: a fixture)
 from peftcore import PeftModel, get_peft_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,26 +120,17 @@ def test_trains_exactly_the_baselines_parameters(hf_models, case, capsys):
 def test_logits_equal_the_baseline(hf_models, case):
     theirs, ours, _ = _randomized(hf_models, *case)
     b = batch(seed=3)
-    want = hf_logits(theirs, b)
-    close(pc_logits(ours, b), want, 1e-4, "logits")
-    with peftcore.no_grad():
-        close(pc_logits(ours, b), want, 1e-4, "logits under no_grad")
-    assert np.abs(want - hf_logits(hf_load(hf_models, case[0]), b)).max() > 1e-2
+    check_logits(theirs, ours, b, hf_logits(hf_load(hf_models, case[0]), b))
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids_of)
 def test_gradients_equal_the_baseline(hf_models, case):
     theirs, ours, _ = _randomized(hf_models, *case)
-    b = batch(seed=5)
-    loss_t, g_t = hf_grads(theirs, b)
-    loss_o, g_o = pc_grads(ours, b)
-    assert abs(loss_o - loss_t) <= 1e-4 * max(1.0, abs(loss_t))
+    g_t, g_o = grads_with_equal_loss(theirs, ours, batch(seed=5))
     skipped = compare_grads({_torch_name(n): g for n, g in g_o.items()}, g_t, rtol=1e-3)
     # only the key biases: the softmax over keys ignores a shift shared by all of them
     assert all(n.endswith("attention.self.key.bias") for n in skipped), skipped
-    for name, p in ours.named_parameters():
-        if not p.requires_grad:
-            assert p.grad is None, name
+    assert_frozen_without_grad(ours)
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids_of)

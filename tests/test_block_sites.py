@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import peftcore
-from helpers import check_entries_by_finite_differences, one_thread  # noqa: F401
+from helpers import (check_entries_by_finite_differences, engine_param, one_thread,  # noqa: F401
+                     random_batch)
 from peftcore import _C
-from peftcore.models.parameter import Parameter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,13 +44,6 @@ ENGINE_OPTIONS = ("non_linearity", "residual_before_ln", "original_ln_before",
 BLOCKS = {"attention": "attention.output", "ffn": "output"}
 
 
-def _param(values):
-    p = Parameter(_C.Tensor.zeros(np.shape(values)))
-    p[...] = values
-    p.requires_grad = True
-    return p
-
-
 def _engine_entry(prefix, params, case):
     """set_block_adapters' entry from adapters' parameters of one block (name -> array)"""
     down = "adapter_down.1" if case.get("ln_before") else "adapter_down.0"
@@ -61,7 +54,7 @@ def _engine_entry(prefix, params, case):
              "norm_after_weight": "adapter_norm_after.weight",
              "norm_after_bias": "adapter_norm_after.bias",
              "gate_weight": "gate.weight", "gate_bias": "gate.bias", "scaling": "scaling"}
-    tensors = {k: _param(params[f"{prefix}.{v}"]) for k, v in names.items()
+    tensors = {k: engine_param(params[f"{prefix}.{v}"]) for k, v in names.items()
                if f"{prefix}.{v}" in params}
     options = {k: case.get(k, False) for k in ENGINE_OPTIONS}
     options["non_linearity"] = case["non_linearity"]
@@ -116,11 +109,7 @@ def _torch_pair(torch_refs, case, folder, seed=0):
 
 
 def _batch(B=3, T=7, seed=1):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(2, 40, (B, T))
-    mask = np.ones_like(ids)
-    mask[-1, T - 2:] = 0
-    return ids, mask, rng.integers(0, 3, B)
+    return random_batch(B, T, seed, low=2, pad=2)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -184,7 +173,7 @@ def test_block_adapter_grads_finite_differences():
                  "norm_after_bias": 0.3 * rng.standard_normal(C),
                  "gate_weight": 0.4 * rng.standard_normal((1, C)), "gate_bias": 0.4 * rng.standard_normal(1),
                  "scaling": 1 + 0.3 * rng.standard_normal(1)}
-            t = {k: _param(v.astype(np.float32)) for k, v in t.items()}
+            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
             params.update({f"{l}.{block}.{k}": p for k, p in t.items()})
             model._engine.set_block_adapters(l, block, [(
                 "bottleneck", {k: p.tensor for k, p in t.items()},
@@ -212,10 +201,10 @@ def test_removing_block_adapters_restores_the_bare_model_bitwise():
     bare = model(ids, attention_mask=mask).logits.copy()
     C = CFG["hidden_size"]
     rng = np.random.default_rng(0)
-    t = {"down_weight": _param(rng.standard_normal((4, C)).astype(np.float32)),
-         "down_bias": _param(np.zeros(4, np.float32)),
-         "up_weight": _param(rng.standard_normal((C, 4)).astype(np.float32)),
-         "up_bias": _param(np.zeros(C, np.float32))}
+    t = {"down_weight": engine_param(rng.standard_normal((4, C)).astype(np.float32)),
+         "down_bias": engine_param(np.zeros(4, np.float32)),
+         "up_weight": engine_param(rng.standard_normal((C, 4)).astype(np.float32)),
+         "up_bias": engine_param(np.zeros(C, np.float32))}
     model._engine.set_block_adapters(1, "ffn", [("bottleneck", {k: p.tensor for k, p in t.items()}, {})])
     assert np.abs(model(ids, attention_mask=mask).logits - bare).max() > 1e-3
     model._engine.set_block_adapters(1, "ffn", [])
@@ -286,7 +275,7 @@ def test_gated_lora_matches_adapters(torch_refs, dims, tmp_path):
         prefix = f"{name}.loras.a"
         if f"{prefix}.lora_A" not in torch_params:
             continue
-        parts = [_param(torch_params[f"{prefix}.{k}"].detach().numpy().astype(np.float32))
+        parts = [engine_param(torch_params[f"{prefix}.{k}"].detach().numpy().astype(np.float32))
                  for k in ("lora_A", "lora_B", "gate.weight", "gate.bias")]
         mine[prefix] = parts
         model._engine.set_adapters(module.index, [("lora", "out", tuple(p.tensor for p in parts),

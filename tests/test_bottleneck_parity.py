@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import copy
 import warnings
-import zlib
 
 import numpy as np
 import pytest
 
 import peftcore
 from helpers import one_thread  # noqa: F401  (a fixture)
+from parity import (MODEL_TYPES, batch, check_logits, close, grads_with_equal_loss, hf_load,
+                    hf_logits, pc_load, pc_logits, save_random_models, seeded_values, train_hf,
+                    train_pc)
 from peftcore import PeftModel, get_peft_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0)
-MODEL_TYPES = ["bert", "roberta"]
-ADAMW = dict(lr=2e-2, betas=(0.85, 0.99), eps=1e-6, weight_decay=0.05)
 PREFIX = "base_model.model."
 
 # (class name, kwargs): both placements, five non-linearities, every data-flow option
@@ -52,61 +49,21 @@ ids_of = lambda case: f"{case[0]}-{case[1]}"  # noqa: E731
 
 # ------------------------------------------------------------------ the two models
 
-def _hf_config(model_type):
-    import transformers
-    if model_type == "bert":
-        config = transformers.BertConfig(max_position_embeddings=24, **TINY)
-    else:
-        config = transformers.RobertaConfig(max_position_embeddings=26, pad_token_id=1,
-                                            bos_token_id=0, eos_token_id=2, type_vocab_size=1,
-                                            **TINY)
-    config._attn_implementation = "eager"
-    return config
-
-
-def _hf_class(model_type):
-    import transformers
-    return {"bert": transformers.BertForSequenceClassification,
-            "roberta": transformers.RobertaForSequenceClassification}[model_type]
-
-
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
     """{model_type: folder} of random models whose every weight matters, saved by
     transformers so both libraries load the same weights."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("adapters")
-    out = {}
-    for model_type in MODEL_TYPES:
-        torch.manual_seed(0)
-        model = _hf_class(model_type)(_hf_config(model_type)).eval()
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                noise = torch.randn(p.shape, generator=gen)
-                p.copy_(1 + 0.1 * noise if "LayerNorm.weight" in name else 0.15 * noise)
-            if model_type == "roberta":  # keep transformers' padding rows
-                model.roberta.embeddings.word_embeddings.weight[1] = 0
-                model.roberta.embeddings.position_embeddings.weight[1] = 0
-        folder = tmp_path_factory.mktemp(model_type)
-        model.save_pretrained(folder)
-        out[model_type] = folder
-    return out
+    return {k: folder for k, (_, folder) in save_random_models(tmp_path_factory).items()}
 
 
 def _hf_bare(hf_models, model_type):
     import adapters
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = _hf_class(model_type).from_pretrained(hf_models[model_type],
-                                                      attn_implementation="eager").eval()
+    model = hf_load(hf_models, model_type)
     adapters.init(model)
     return model
-
-
-def _pc_bare(hf_models, model_type):
-    return peftcore.AutoModelForSequenceClassification.from_pretrained(hf_models[model_type])
 
 
 def _pair(hf_models, model_type, config_name, name="default"):
@@ -116,7 +73,7 @@ def _pair(hf_models, model_type, config_name, name="default"):
     theirs.add_adapter(name, config=getattr(adapters, cls)(**copy.deepcopy(kw)))
     theirs.train_adapter(name)
     theirs.eval()
-    ours = get_peft_model(_pc_bare(hf_models, model_type),
+    ours = get_peft_model(pc_load(hf_models, model_type),
                           getattr(peftcore, cls)(task_type="SEQ_CLS", **copy.deepcopy(kw)),
                           adapter_name=name)
     return theirs, ours
@@ -129,11 +86,6 @@ def _our_name(their_name: str, adapter="default") -> str:
     return f"{PREFIX}{head.replace('classifier', f'classifier.modules_to_save.{adapter}', 1)}.{last}"
 
 
-def _seeded(name, shape, center=0.0, std=0.3):
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    return (center + std * rng.standard_normal(shape)).astype(np.float32)
-
-
 def _randomize(theirs, ours, adapter="default"):
     """The same random values for every trained parameter on both sides (LayerNorm
     weights and scalings around 1)."""
@@ -144,34 +96,9 @@ def _randomize(theirs, ours, adapter="default"):
             if not p.requires_grad:
                 continue
             center = 1.0 if name.endswith(("norm_before.weight", "norm_after.weight", "scaling")) else 0.0
-            value = _seeded(name, tuple(p.shape), center)
+            value = seeded_values(name, tuple(p.shape), center)
             p.copy_(torch.from_numpy(value))
             ours_params[_our_name(name, adapter)][...] = value
-
-
-def _batch(B=4, T=7, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, TINY["vocab_size"], (B, T))
-    mask = np.ones_like(ids)
-    mask[-1, T - 3:] = 0
-    return ids, mask, rng.integers(0, TINY["num_labels"], B)
-
-
-def _pc_logits(model, b):
-    return np.array(model(b[0], attention_mask=b[1]).logits, copy=True)
-
-
-def _hf_logits(model, b):
-    import torch
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(b[0]), attention_mask=torch.tensor(b[1])).logits.numpy()
-
-
-def _close(actual, expected, rtol, what=""):
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert a.shape == e.shape, (what, a.shape, e.shape)
-    err, scale = np.abs(a - e).max(), max(np.abs(e).max(), 1e-12)
-    assert err <= rtol * scale, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 # ------------------------------------------------------------------ structure
@@ -191,36 +118,20 @@ def test_same_trainable_parameters(hf_models, case):
 def test_logits(hf_models, case):
     theirs, ours = _pair(hf_models, *case)
     _randomize(theirs, ours)
-    b = _batch(seed=3)
-    want = _hf_logits(theirs, b)
-    _close(_pc_logits(ours, b), want, 1e-4, "logits")
-    with peftcore.no_grad():
-        _close(_pc_logits(ours, b), want, 1e-4, "logits under no_grad")
-    bare = _hf_logits(_hf_bare(hf_models, case[0]), b)
-    assert np.abs(want - bare).max() > 1e-2   # the adapter matters
+    b = batch(seed=3)
+    check_logits(theirs, ours, b, hf_logits(_hf_bare(hf_models, case[0]), b))  # adapter matters
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids_of)
 def test_gradients(hf_models, case):
-    import torch
     theirs, ours = _pair(hf_models, *case)
     _randomize(theirs, ours)
-    ids, mask, labels = _batch(seed=5)
-    theirs.zero_grad(set_to_none=True)
-    out = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 labels=torch.tensor(labels))
-    out.loss.backward()
-    ours.zero_grad(set_to_none=True)
-    loss = float(ours(ids, attention_mask=mask, labels=labels).loss)
-    ours.backward()
-    assert abs(loss - float(out.loss.detach())) <= 1e-4 * max(1.0, abs(float(out.loss.detach())))
-    ours_params = dict(ours.named_parameters())
-    largest = max(np.linalg.norm(p.grad.numpy()) for p in theirs.parameters() if p.requires_grad)
-    for name, p in theirs.named_parameters():
-        if not p.requires_grad:
-            continue
-        ref = p.grad.numpy().astype(np.float64)
-        got = np.asarray(ours_params[_our_name(name)].grad, np.float64)
+    their_grads, our_grads = grads_with_equal_loss(theirs, ours, batch(seed=5))
+    assert sorted(our_grads) == sorted(_our_name(name) for name in their_grads)
+    largest = max(np.linalg.norm(g) for g in their_grads.values())
+    for name, g in their_grads.items():
+        ref = g.astype(np.float64)
+        got = np.asarray(our_grads[_our_name(name)], np.float64)
         norm = np.linalg.norm(ref)
         if norm < 1e-4 * largest:
             # a "learned" scaling right before ln_after: by the LayerNorm's scale invariance
@@ -233,32 +144,14 @@ def test_gradients(hf_models, case):
 
 @pytest.mark.parametrize("case", CASES, ids=ids_of)
 def test_adamw_run(hf_models, case):
-    import torch
     theirs, ours = _pair(hf_models, *case)
     _randomize(theirs, ours)
-    opt_t = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], **ADAMW)
-    opt_o = peftcore.optim.AdamW([p for p in ours.parameters() if p.requires_grad], **ADAMW)
-    theirs.train()
-    ours.train()
-    losses_t, losses_o = [], []
-    for step in range(20):
-        ids, mask, labels = _batch(seed=step % 2)
-        out = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                     labels=torch.tensor(labels))
-        out.loss.backward()
-        opt_t.step()
-        opt_t.zero_grad(set_to_none=True)
-        losses_t.append(float(out.loss.detach()))
-        losses_o.append(float(ours(ids, attention_mask=mask, labels=labels).loss))
-        ours.backward()
-        opt_o.step()
-        opt_o.zero_grad(set_to_none=True)
-    theirs.eval()
-    ours.eval()
+    losses_t = train_hf(theirs, steps=20)   # 20 AdamW steps on two alternating batches
+    losses_o = train_pc(ours, steps=20)
     np.testing.assert_allclose(losses_o, losses_t, rtol=0, atol=1e-4)
     assert losses_t[-1] < losses_t[0] - 0.05
-    b = _batch(seed=99)
-    _close(_pc_logits(ours, b), _hf_logits(theirs, b), 1e-3, "logits after training")
+    b = batch(seed=99)
+    close(pc_logits(ours, b), hf_logits(theirs, b), 1e-3, "logits after training")
 
 
 # ------------------------------------------------------------------ files both ways
@@ -268,15 +161,15 @@ def test_adamw_run(hf_models, case):
 def test_adapterhub_files_load_in_peftcore(hf_models, case, safetensors, tmp_path):
     theirs, ours = _pair(hf_models, *case, name="task")
     _randomize(theirs, ours, adapter="task")
-    b = _batch(seed=7)
-    want = _hf_logits(theirs, b)
+    b = batch(seed=7)
+    want = hf_logits(theirs, b)
     if safetensors and CONFIGS[case[1]][1].get("ln_before"):
         pytest.skip("adapters 1.3 cannot save ln_before adapters as safetensors (shared tensors)")
     theirs.save_adapter(str(tmp_path), "task", use_safetensors=safetensors)
-    loaded = PeftModel.from_pretrained(_pc_bare(hf_models, case[0]), tmp_path, adapter_name="task")
-    _close(_pc_logits(loaded, b), want, 1e-4, "peftcore loading AdapterHub's adapter")
+    loaded = PeftModel.from_pretrained(pc_load(hf_models, case[0]), tmp_path, adapter_name="task")
+    close(pc_logits(loaded, b), want, 1e-4, "peftcore loading AdapterHub's adapter")
     assert loaded.get_nb_trainable_parameters()[0] == 0
-    again = PeftModel.from_pretrained(_pc_bare(hf_models, case[0]), tmp_path, is_trainable=True)
+    again = PeftModel.from_pretrained(pc_load(hf_models, case[0]), tmp_path, is_trainable=True)
     assert again.get_nb_trainable_parameters() == ours.get_nb_trainable_parameters()
 
 
@@ -284,8 +177,8 @@ def test_adapterhub_files_load_in_peftcore(hf_models, case, safetensors, tmp_pat
 def test_peftcore_files_load_in_adapterhub(hf_models, case, tmp_path):
     theirs, ours = _pair(hf_models, *case)
     _randomize(theirs, ours)
-    b = _batch(seed=8)
-    want = _pc_logits(ours, b)
+    b = batch(seed=8)
+    want = pc_logits(ours, b)
     ours.save_pretrained(tmp_path)
     model = _hf_bare(hf_models, case[0])
     with warnings.catch_warnings():
@@ -294,7 +187,7 @@ def test_peftcore_files_load_in_adapterhub(hf_models, case, tmp_path):
                                   use_safetensors=True)
     assert name == "loaded"
     model.eval()
-    _close(_hf_logits(model, b), want, 1e-4, "AdapterHub loading peftcore's adapter")
+    close(hf_logits(model, b), want, 1e-4, "AdapterHub loading peftcore's adapter")
     theirs_params = {n: p.detach().numpy() for n, p in model.named_parameters()}
     for name, p in ours.named_parameters():
         if ".adapters.default." in name:

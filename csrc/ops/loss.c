@@ -2,6 +2,26 @@
  * and binary cross-entropy on logits (multi-label). */
 #include "kernels.h"
 
+/* The row's largest value into *mx; returns Σ_c exp(x[c] - mx) (the stable logsumexp's sum). */
+static double row_sumexp(const float *x, int C, float *mx_out) {
+    float mx = -INFINITY;
+    for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
+    double sum = 0.0;
+    for (int c = 0; c < C; c++) sum += exp((double)x[c] - mx);
+    *mx_out = mx;
+    return sum;
+}
+
+/* One row's cross-entropy gradient: dx += g·(softmax(x) - onehot(target)) */
+static void add_softmax_grad(float *dx, const float *x, int C, int64_t target, float g) {
+    float mx;
+    double sum = row_sumexp(x, C, &mx);
+    for (int c = 0; c < C; c++) {
+        float p = (float)(exp((double)x[c] - mx) / sum);
+        dx[c] += g * (p - (c == target ? 1.0f : 0.0f));
+    }
+}
+
 /* loss = mean over counted rows of logsumexp(x) - x[target] */
 float pc_cross_entropy_forward(const float *logits, const int64_t *targets, int N, int C,
                                int64_t ignore_index, int *count) {
@@ -10,10 +30,8 @@ float pc_cross_entropy_forward(const float *logits, const int64_t *targets, int 
     for (int n = 0; n < N; n++) {
         if (targets[n] == ignore_index) continue;
         const float *x = logits + (int64_t)n * C;
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += exp((double)x[c] - mx);
+        float mx;
+        double sum = row_sumexp(x, C, &mx);
         total += log(sum) + mx - x[targets[n]];
         counted++;
     }
@@ -32,14 +50,7 @@ void pc_cross_entropy_backward(float *dlogits, const float *logits, const int64_
         if (targets[n] == ignore_index) continue;
         const float *x = logits + (int64_t)n * C;
         float *dx = dlogits + (int64_t)n * C;
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += exp((double)x[c] - mx);
-        for (int c = 0; c < C; c++) {
-            float p = (float)(exp((double)x[c] - mx) / sum);
-            dx[c] += g * (p - (c == targets[n] ? 1.0f : 0.0f));
-        }
+        add_softmax_grad(dx, x, C, targets[n], g);
     }
 }
 
@@ -54,10 +65,8 @@ float pc_cross_entropy_weighted_forward(const float *logits, const int64_t *targ
     for (int n = 0; n < N; n++) {
         if (targets[n] == ignore_index) continue;
         const float *x = logits + (int64_t)n * C;
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += exp((double)x[c] - mx);
+        float mx;
+        double sum = row_sumexp(x, C, &mx);
         double w = weight[targets[n]];
         total += w * (log(sum) + mx - x[targets[n]]);
         wsum += w;
@@ -80,14 +89,7 @@ void pc_cross_entropy_weighted_backward(float *dlogits, const float *logits,
         const float *x = logits + (int64_t)n * C;
         float *dx = dlogits + (int64_t)n * C;
         float g = (float)(dloss * weight[targets[n]] / wsum);
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) mx = x[c] > mx ? x[c] : mx;
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += exp((double)x[c] - mx);
-        for (int c = 0; c < C; c++) {
-            float p = (float)(exp((double)x[c] - mx) / sum);
-            dx[c] += g * (p - (c == targets[n] ? 1.0f : 0.0f));
-        }
+        add_softmax_grad(dx, x, C, targets[n], g);
     }
 }
 

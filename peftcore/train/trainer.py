@@ -200,15 +200,7 @@ def predict_logits(model, encodings, batch_size: int = 128) -> np.ndarray:
 
 def evaluate(model, encodings, labels, batch_size: int = 128) -> dict:
     """Accuracy (and F1 of class 1 for binary tasks) in eval mode; restores the mode."""
-    labels = np.asarray(labels)
-    predictions = predict_logits(model, encodings, batch_size).argmax(-1)
-    metrics = {"accuracy": float((predictions == labels).mean())}
-    if labels.max(initial=0) <= 1:
-        tp = int(((predictions == 1) & (labels == 1)).sum())
-        precision = tp / max(1, int((predictions == 1).sum()))
-        recall = tp / max(1, int((labels == 1).sum()))
-        metrics["f1"] = 2 * precision * recall / max(1e-12, precision + recall)
-    return metrics
+    return _accuracy_f1(predict_logits(model, encodings, batch_size), np.asarray(labels))
 
 
 # ------------------------------------------------------------------ losses
@@ -843,6 +835,7 @@ def train(model, train_encodings, train_labels, args: TrainingArguments, eval_se
 
 
 def _accuracy_f1(logits, labels):
+    """Accuracy of logits' argmax against labels, and F1 of class 1 for binary labels."""
     predictions = logits.argmax(-1)
     metrics = {"accuracy": float((predictions == labels).mean())}
     if labels.max(initial=0) <= 1:

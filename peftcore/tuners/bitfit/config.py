@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ...config import PeftConfig, PeftType
-from ..lora.config import _check_regex, _str_collection
+from ..lora.config import _module_names_or_regex, _modules_to_save
 
 
 @dataclass
@@ -29,16 +29,7 @@ class BitFitConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PeftType.BITFIT
         for name in ("target_modules", "exclude_modules"):
-            setattr(self, name, _str_collection(name, getattr(self, name), as_set=True))
-            if isinstance(getattr(self, name), str):
-                _check_regex(name, getattr(self, name))
-        if isinstance(self.modules_to_save, str):
-            raise ValueError(f"`modules_to_save` must be a list of str or None, got the str "
-                             f"{self.modules_to_save!r}")
-        if self.modules_to_save is not None:
-            self.modules_to_save = _str_collection("modules_to_save", self.modules_to_save,
-                                                   as_set=False)
-            for name in self.modules_to_save:
-                _check_regex("modules_to_save", rf"(^|.*\.){name}($|\..*)", name)
+            setattr(self, name, _module_names_or_regex(name, getattr(self, name)))
+        self.modules_to_save = _modules_to_save(self.modules_to_save)
         if not isinstance(self.inference_mode, bool):
             raise ValueError(f"`inference_mode` must be True or False, got {self.inference_mode!r}")

@@ -16,7 +16,7 @@ from typing import List, Optional, Union
 
 from ...config import PeftConfig, PeftType
 from ...utils.checks import is_int
-from ..lora.config import _check_regex, _str_collection
+from ..lora.config import _modules_to_save
 
 # the non-linearities the engine runs (AdapterHub lower-cases the name)
 NON_LINEARITIES = ("relu", "swish", "silu", "gelu", "gelu_new", "tanh", "leakyrelu")
@@ -151,14 +151,7 @@ class BnConfig(PeftConfig):
                 raise ValueError(f"{name}: {f}={getattr(self, f)!r} is not implemented by "
                                  f"peftcore (only {default!r}); peftcore runs sequential "
                                  f"bottleneck adapters")
-        if isinstance(self.modules_to_save, str):
-            raise ValueError(f"`modules_to_save` must be a list of str or None, got the str "
-                             f"{self.modules_to_save!r}")
-        if self.modules_to_save is not None:
-            self.modules_to_save = _str_collection("modules_to_save", self.modules_to_save,
-                                                   as_set=False)
-            for module in self.modules_to_save:
-                _check_regex("modules_to_save", rf"(^|.*\.){module}($|\..*)", module)
+        self.modules_to_save = _modules_to_save(self.modules_to_save)
 
     # ------------------------------------------------------------ per layer
 

@@ -175,3 +175,26 @@ def _check_regex(field_name: str, pattern: str, given=None) -> None:
         raise ValueError(f"`{field_name}` holds an invalid regular expression "
                          f"{given if given is not None else pattern!r}: {exc}") from None
 
+
+def _module_names_or_regex(name: str, value):
+    """A field such as target_modules: None, a list of str (stored as a set) or a str,
+    a regex that must compile (ValueError naming the field otherwise)."""
+    value = _str_collection(name, value, as_set=True)
+    if isinstance(value, str):
+        _check_regex(name, value)
+    return value
+
+
+def _modules_to_save(value):
+    """`modules_to_save`: None or a list of str (a lone str is refused), each name usable in
+    the suffix regex that finds the modules; ValueError otherwise."""
+    if isinstance(value, str):
+        raise ValueError(f"`modules_to_save` must be a list of str or None, got the str "
+                         f"{value!r}")
+    if value is None:
+        return None
+    value = _str_collection("modules_to_save", value, as_set=False)
+    for module in value:
+        _check_regex("modules_to_save", rf"(^|.*\.){module}($|\..*)", module)
+    return value
+
