@@ -505,6 +505,17 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     return 0;
 }
 
+/* after a kept forward of one call over N rows: each sequence's gate (its first row's g) */
+static int bn_gate_values(const pc_adapter *a, int N, int T, int in, int out, const float *saved,
+                          float *g) {
+    const shape s = shape_of(a, NULL);
+    if (!s.gated) return 0;
+    rows_layout L;
+    lay_out(&s, N, (float *)saved, &L);
+    for (int b = 0; b < N / T; b++) g[b] = L.g[(int64_t)b * T];
+    return 1;
+}
+
 const pc_adapter_method pc_bottleneck_method = {
     .name = "bottleneck",
     .sites = 1u << PC_SITE_BLOCK,
@@ -521,4 +532,5 @@ const pc_adapter_method pc_bottleneck_method = {
     .block_check = bn_check,
     .block_forward = bn_forward,
     .block_backward = bn_backward,
+    .gate_values = bn_gate_values,
 };
