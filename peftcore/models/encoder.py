@@ -463,8 +463,8 @@ class EncoderModel(Module):
                 hook.after_backward()
 
     def adapter_hooks(self) -> list:
-        """Adapter parts that compute around the engine (e.g. AdapterHub's prefix MLP):
-        each one's before_forward() runs before every engine forward and after_backward()
+        """Adapter parts that compute around the engine (e.g. a reparameterisation MLP
+        that makes a method's engine tensors): each one's before_forward() runs before every engine forward and after_backward()
         after every backward, under the model lock. Tuners add and remove them."""
         hooks = self.__dict__.get("_adapter_hooks")
         if hooks is None:

@@ -188,8 +188,8 @@ def kind_of(component) -> str:
     if isinstance(component, LoRAConfig):
         return "lora"
     raise TypeError(f"a ConfigUnion takes PrefixTuningConfig, BnConfig (SeqBnConfig, "
-                    f"DoubleSeqBnConfig) and LoRAConfig components (AdapterHub's), got "
-                    f"{type(component).__name__}")
+                    f"DoubleSeqBnConfig) and LoRAConfig components (AdapterHub's, or their "
+                    f"dicts), got {type(component).__name__}")
 
 
 def component_from_dict(d: dict):
@@ -198,7 +198,7 @@ def component_from_dict(d: dict):
     if isinstance(d, COMPONENTS):
         return d
     if not isinstance(d, dict):
-        raise ValueError(f"a union's configs are dicts or configs, got {type(d).__name__}")
+        kind_of(d)   # raises, naming what a union takes
     arch = d.get("architecture")
     if arch == "prefix_tuning":
         cls, fields = PrefixTuningConfig, {f.name for f in dataclasses.fields(PrefixTuningConfig)}
