@@ -404,3 +404,25 @@ def test_gate_values_need_gates():
     pm = get_peft_model(_base(), SeqBnConfig(reduction_factor=4))
     with pytest.raises(ValueError, match="have no gates"):
         pm.get_gate_values(_batch()[0])
+
+
+def test_eval_forwards_in_groups_and_workers_match_the_kept_forward():
+    """The gated prefix, LoRA and adapter in eval forwards split among workers and into
+    groups of one sequence (their gates' saved rows per part) give the kept forward's
+    logits."""
+    pm = get_peft_model(_base(), _small(task_type="SEQ_CLS"))
+    _randomize_adapters(pm)
+    ids, mask, _ = _batch(B=5, T=6, seed=4)
+    want = np.array(pm(ids, attention_mask=mask).logits)
+    base = pm.get_base_model()
+    old = peftcore.get_num_threads()
+    try:
+        for threads, rows in ((2, 0), (1, 6), (2, 6)):
+            peftcore.set_num_threads(threads)
+            base.inference_rows = rows or None
+            with peftcore.no_grad():
+                got = np.array(pm(ids, attention_mask=mask).logits)
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-6, err_msg=f"{threads} {rows}")
+    finally:
+        peftcore.set_num_threads(old)
+        base.inference_rows = None
