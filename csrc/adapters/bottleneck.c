@@ -267,18 +267,12 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     pc_sgemm(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 1.0f, L->u, C);
     /* o = dropout(u · scaling), gated */
     if (s->gated) {
-        PC_PARALLEL_FOR(nC)
-        for (int i = 0; i < n; i++) {
-            float v = s->bg[0];
-            for (int k = 0; k < C; k++) v += L->z[(int64_t)i * C + k] * s->wg[k];
-            L->sig[i] = 1.0f / (1.0f + expf(-v));
-        }
+        /* the sequences' gates (gate.c) into g's first entries, then spread to each row,
+         * from the last sequence back (row b·T + t ≥ b: no gate is overwritten unread) */
         const int T = c->T, seqs = n / T;
-        for (int b = 0; b < seqs; b++) {
-            float sum = 0.0f;
-            for (int t = 0; t < T; t++) sum += L->sig[b * T + t];
-            for (int t = 0; t < T; t++) L->g[b * T + t] = sum / (float)T;
-        }
+        pc_gate_forward(L->sig, L->g, L->z, C, s->wg, s->bg, n, T, C, 1);
+        for (int b = seqs - 1; b >= 0; b--)
+            for (int t = T - 1; t >= 0; t--) L->g[(int64_t)b * T + t] = L->g[b];
     }
     const float keep_scale = s->p > 0.0f ? 1.0f / (1.0f - s->p) : 1.0f;
     PC_PARALLEL_FOR(nC)
