@@ -426,3 +426,33 @@ def test_eval_forwards_in_groups_and_workers_match_the_kept_forward():
     finally:
         peftcore.set_num_threads(old)
         base.inference_rows = None
+
+
+def test_adapters_with_different_prefix_layers_share_the_pool(tmp_path):
+    """Two unions whose prefixes cover different layers: each has its own rows in the pool
+    and its own gates; switching, saving and loading keep each one's logits."""
+    first = ConfigUnion(configs=[PrefixTuningConfig(prefix_length=2, bottleneck_size=8,
+                                                    leave_out=[1], use_gating=True)])
+    second = ConfigUnion(configs=[PrefixTuningConfig(prefix_length=3, bottleneck_size=8,
+                                                     flat=True, use_gating=True,
+                                                     shared_gating=False)])
+    pm = get_peft_model(_base(), first, adapter_name="one")
+    pm.add_adapter("two", second)
+    pool = pm.base_model.model.bert.prefix_tuning
+    assert [len(pool.rows[a]) for a in ("one", "two")] == [1, 2]
+    ids, mask, labels = _batch()
+    logits = {}
+    for name in ("one", "two"):
+        pm.set_adapter(name)
+        _randomize_adapters(pm, seed=len(name))
+        logits[name] = np.array(pm(ids, attention_mask=mask).logits)
+    assert np.abs(logits["one"] - logits["two"]).max() > 1e-3
+    gates = pm.get_gate_values(ids, attention_mask=mask)
+    assert sorted(gates) == [0, 1] and gates[0]["prefix"].shape == (3, 2)
+    pm.set_adapter("one")
+    assert sorted(pm.get_gate_values(ids, attention_mask=mask)) == [0]
+    np.testing.assert_array_equal(pm(ids, attention_mask=mask).logits, logits["one"])
+    pm.save_pretrained(tmp_path)
+    for name, folder in (("one", tmp_path / "one"), ("two", tmp_path / "two")):
+        loaded = PeftModel.from_pretrained(_base(), folder, adapter_name=name)
+        np.testing.assert_array_equal(loaded(ids, attention_mask=mask).logits, logits[name])

@@ -141,8 +141,8 @@ class UniPELTModel(BaseTuner):
                          f"or nothing matches ({[type(c).__name__ for c in config.configs]})")
 
     def check_new_config(self, config):
-        """Every adapter of one model has the same prefix layers (they share the pool's
-        place); nothing else constrains a new union."""
+        """Any union joins: each adapter has its own submodules, prefix layers and pool
+        entry (plan() numbers its prefixed layers itself)."""
 
     # ------------------------------------------------------------ layers
 
