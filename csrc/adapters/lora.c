@@ -115,19 +115,20 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
         if (!gt) return -1;
         dbg = pc_f32(gt);
     }
+    /* dyB (N,r) = dy (N,out) · B (out,r), one GEMM; then dg_b = Σ over b's rows of dyB·u */
     float *dg = malloc(sizeof(float) * (size_t)seqs);
-    if (!dg) return -1;
+    float *dyB = malloc(sizeof(float) * (size_t)N * r);
+    if (!dg || !dyB) {
+        free(dg);
+        free(dyB);
+        return -1;
+    }
+    pc_sgemm(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r);
     int status = 0;
     for (int b = 0; b < seqs && status == 0; b++) {
         double sum = 0.0;
-        for (int t = 0; t < T; t++) {
-            const int64_t n = (int64_t)b * T + t;
-            for (int j = 0; j < r; j++) {
-                double s = 0.0;
-                for (int o = 0; o < c->out; o++) s += (double)dy[n * lddy + o] * Bw[(int64_t)o * r + j];
-                sum += s * u[n * r + j];
-            }
-        }
+        for (int64_t i = (int64_t)b * T * r; i < (int64_t)(b + 1) * T * r; i++)
+            sum += (double)dyB[i] * u[i];
         dg[b] = (float)sum;
         if (pc_lora_backward(dx ? dx + (int64_t)b * T * lddx : NULL, lddx, pc_f32(dA), pc_f32(dB),
                              dy + (int64_t)b * T * lddy, lddy, u + (int64_t)b * T * r,
@@ -138,6 +139,7 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
     /* then the gate's logits (gate.c) */
     if (status == 0) pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, c->in, 1);
     free(dg);
+    free(dyB);
     return status;
 }
 
