@@ -1,6 +1,7 @@
 """A LoRA fine-tune step, save and load, and every adapter site of the engine (linear input
 and output chains, gated LoRA, block junctions with every bottleneck switch, prefix rows,
-prompt rows) forward and backward, in train mode and split among workers, on the
+prompt rows) forward and backward, and UniPELT's gated prefix, adapter and LoRA through the
+PeftModel API, in train mode and split among workers, on the
 AddressSanitizer + UBSan build of peftcore._C (.ci/run builds it with PEFTCORE_SANITIZE=1 and
 runs this with libasan preloaded, once per instruction set). Any sanitizer report aborts the
 process, failing CI."""
@@ -124,6 +125,56 @@ def adapter_sites():
           f"steps and a split eval")
 
 
+def unipelt():
+    """UniPELT (gated prefix with key and value gates, gated adapter, gated LoRA): three
+    AdamW steps, the gates of a kept forward, an eval split between two workers and in
+    groups of one sequence, save and load."""
+    from peftcore.tuners.unipelt import ConfigUnion, LoRAConfig, PrefixTuningConfig
+    from peftcore.tuners.bottleneck import SeqBnConfig
+
+    rng = np.random.default_rng(2)
+    config = ConfigUnion(configs=[
+        PrefixTuningConfig(prefix_length=3, bottleneck_size=8, use_gating=True,
+                           shared_gating=False),
+        SeqBnConfig(reduction_factor=8, use_gating=True),
+        LoRAConfig(r=2, alpha=4, use_gating=True, attn_matrices=["q", "k", "v"],
+                   output_lora=True)], task_type="SEQ_CLS")
+    model = get_peft_model(AutoModelForSequenceClassification.from_config(CFG, seed=3), config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p[...] = 0.3 * rng.standard_normal(p.shape)
+    optimizer = peftcore.optim.AdamW(params, lr=1e-2)
+    ids = rng.integers(2, 60, (4, 11))
+    mask = np.ones_like(ids)
+    mask[-1, 7:] = 0
+    labels = rng.integers(0, 3, 4)
+    model.train()
+    for _ in range(3):
+        model(ids, attention_mask=mask, labels=labels)
+        model.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    gates = model.get_gate_values(ids, attention_mask=mask)
+    assert all(np.isfinite(v).all() for subs in gates.values() for v in subs.values())
+    want = np.array(model(ids, attention_mask=mask).logits)
+    peftcore.set_num_threads(2)
+    for rows in (None, 11):
+        model.get_base_model().inference_rows = rows
+        with peftcore.no_grad():
+            got = model(ids, attention_mask=mask).logits
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        loaded = PeftModel.from_pretrained(
+            AutoModelForSequenceClassification.from_config(CFG, seed=3), folder)
+        np.testing.assert_allclose(loaded(ids, attention_mask=mask).logits, want, rtol=1e-5,
+                                   atol=1e-6)
+    print(f"sanitizer smoke ({peftcore.backend_info()['isa']}): UniPELT, 3 train steps, gates, "
+          f"split and grouped evals, save and load")
+
+
 if __name__ == "__main__":
     main()
     adapter_sites()
+    unipelt()

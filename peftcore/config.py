@@ -66,6 +66,8 @@ class PeftType(str, enum.Enum):
     # peftcore's own: bottleneck adapters after transformer blocks (AdapterHub's `adapters`
     # library's method; HF PEFT has none)
     BOTTLENECK = "BOTTLENECK"
+    # peftcore's own: AdapterHub's ConfigUnion / UniPELT (gated prefix + bottleneck + LoRA)
+    UNIPELT = "UNIPELT"
 
 
 class TaskType(str, enum.Enum):

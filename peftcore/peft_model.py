@@ -301,6 +301,15 @@ class PeftModel(Module):
     def config(self):
         return self.get_base_model().config
 
+    def get_gate_values(self, *args, **kwargs) -> dict:
+        """The gates of a forward on this batch, for a method whose submodules are gated:
+        its tuner's get_gate_values."""
+        fn = getattr(type(self.base_model), "get_gate_values", None)
+        if fn is None:
+            raise ValueError(f"{type(self.base_model).__name__}'s adapters have no gates; "
+                             f"get_gate_values() is for methods with gated submodules")
+        return fn(self.base_model, *args, **kwargs)
+
     # ------------------------------------------------------------ files
 
     def adapter_state_dict(self, adapter_name: str) -> dict:

@@ -404,12 +404,14 @@ def _write_bin_with_an_object(path):
 
 
 def test_other_adapterhub_methods_are_refused(tmp_path):
-    folder = tmp_path / "lora"
+    # (AdapterHub's LoRA, prefix tuning and unions are read as a ConfigUnion: test_unipelt.py)
+    folder = tmp_path / "prompt"
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({
-        "config": {"architecture": "lora", "r": 8}, "name": "x", "hidden_size": 16}))
-    with pytest.raises(ValueError, match=r"is a 'lora' adapter; peftcore reads AdapterHub's "
-                                         r"bottleneck adapters"):
+        "config": {"architecture": "prompt_tuning", "prompt_length": 8}, "name": "x",
+        "hidden_size": 16}))
+    with pytest.raises(ValueError, match=r"is a 'prompt_tuning' adapter; peftcore reads "
+                                         r"AdapterHub's bottleneck adapters"):
         PeftConfig.from_pretrained(folder)
 
 

@@ -49,3 +49,23 @@ def test_method_notebook_shows_what_it_claims(name):
     assert peft_type == {"ia3": "IA3", "bitfit": "BITFIT"}[name]
     if name == "ia3":
         assert np.abs(ns["merged_logits"] - ns["trained_logits"]).max() < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:Some weights")
+def test_unipelt_notebook_shows_what_it_claims():
+    """The UniPELT notebook, checked from outside: the hand count is the model's, the gates
+    came out per layer and submodule, in (0, 1), and moved in training; the folder reloads
+    bit for bit; the heat map was drawn when matplotlib is there."""
+    ns = _run(FOLDER / "unipelt.ipynb")
+    assert ns["trainable"] == ns["expected"] == ns["model"].get_nb_trainable_parameters()[0]
+    assert np.array_equal(ns["loaded_logits"], ns["logits"])
+    means = ns["means"]
+    assert sorted(means) == list(range(ns["L"]))
+    assert all(set(subs) == {"lora_query", "lora_value", "prefix", "adapter_output"}
+               for subs in means.values())
+    before = ns["mean_gate_values"]([ns["gates_before"]])
+    assert max(abs(means[l][s] - before[l][s]) for l in means for s in means[l]) > 1e-3
+    if ns["heatmap"] is not None:
+        assert Path(ns["heatmap"]).stat().st_size > 1000
+    assert json.loads((Path(ns["out_dir"]) / "unipelt" / "adapter_config.json").read_text())[
+        "config"]["architecture"] == "union"

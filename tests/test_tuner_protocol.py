@@ -15,7 +15,7 @@ from peftcore.tuners.registry import registered
 from peftcore.utils.io import save_adapter_files
 
 PACKAGE = Path(peftcore.__file__).resolve().parent
-METHOD_WORDS = ("lora", "ia3", "bitfit", "(ia)", "bottleneck", "adapterhub", "seqbn")
+METHOD_WORDS = ("lora", "ia3", "bitfit", "(ia)", "bottleneck", "adapterhub", "seqbn", "unipelt")
 
 CFG = dict(model_type="bert", vocab_size=40, hidden_size=16, num_hidden_layers=2,
            num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
@@ -87,7 +87,8 @@ def test_registry_maps_each_method_to_its_config_and_tuner():
     assert {k: (c.__name__, t.__name__) for k, (c, t) in table.items()} == {
         PeftType.LORA: ("LoraConfig", "LoraModel"), PeftType.IA3: ("IA3Config", "IA3Model"),
         PeftType.BITFIT: ("BitFitConfig", "BitFitModel"),
-        PeftType.BOTTLENECK: ("BnConfig", "BottleneckModel")}
+        PeftType.BOTTLENECK: ("BnConfig", "BottleneckModel"),
+        PeftType.UNIPELT: ("ConfigUnion", "UniPELTModel")}
     assert PeftType("BITFIT") is PeftType.BITFIT
     for name in ("IA3Config", "BitFitConfig", "LoraConfig", "BnConfig", "SeqBnConfig",
                  "DoubleSeqBnConfig"):

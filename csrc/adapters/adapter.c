@@ -297,3 +297,36 @@ int pc_site_block_backward(pc_site *s, const pc_block_call *c, float *dh, float 
     return e->adapter->method->block_backward(e->adapter, c, dh, dx, dout, h, x,
                                               per ? e->saved + row * per : NULL);
 }
+
+bool pc_site_kv_gated(const pc_site *s) {
+    const pc_adapter *a = s->n ? s->entry[0].adapter : NULL;
+    return a && a->method->kv_gated && a->method->kv_gated(a);
+}
+
+int pc_site_kv_gate_forward(pc_site *s, const pc_site_call *c, float *kv, int ld, int64_t seq,
+                            const float *x, int ldx, int64_t row, bool keeping) {
+    if (!pc_site_kv_gated(s)) return 0;
+    if (pc_site_reserve(s, c->in, c->out, row + c->N, keeping) < 0) return -1;
+    const pc_site_entry *e = &s->entry[0];
+    e->adapter->method->kv_gate_forward(e->adapter, c, kv, ld, seq, x, ldx,
+                                        saved_rows(e, c, row, keeping));
+    return 0;
+}
+
+int pc_site_kv_gate_backward(pc_site *s, const pc_site_call *c, float *dkv, int ld, int64_t seq,
+                             float *dx, int lddx, const float *x, int ldx, int64_t row) {
+    if (!pc_site_kv_gated(s)) return 0;
+    const pc_site_entry *e = &s->entry[0];
+    return e->adapter->method->kv_gate_backward(e->adapter, c, dkv, ld, seq, dx, lddx, x, ldx,
+                                                saved_rows(e, c, row, true));
+}
+
+int pc_site_gate_values(const pc_site *s, int k, int N, int T, int in, int out, float *g) {
+    if (k < 0 || k >= s->n) return 0;
+    const pc_site_entry *e = &s->entry[k];
+    const pc_adapter *a = e->adapter;
+    if (!a->method->gate_values || !e->saved ||
+        e->saved_cap < (int64_t)N * a->method->saved_per_row(a, in, out, true))
+        return 0;
+    return a->method->gate_values(a, N, T, in, out, e->saved, g);
+}

@@ -29,8 +29,9 @@
  *                       each sequence by virtual tokens).
  *
  * Gates: a method may scale what it adds by a gate computed from its site's input, as
- * UniPELT does (the mean over each sequence's rows of sigmoid(x·wg + bg)): LoRA and the
- * bottleneck adapter take optional gate tensors. A gated adapter's rows depend on their
+ * UniPELT does (the mean over each sequence's rows of sigmoid(x·wg + bg), gate.c): LoRA,
+ * the bottleneck adapter and the prefix take optional gate tensors (the prefix's gate reads
+ * the layer's input and scales its keys and values per sequence). A gated adapter's rows depend on their
  * whole sequence, so it declares (adapter_keeps) that a first-token-only last layer does not
  * hold for it, and the encoder then runs that layer whole.
  *
@@ -143,6 +144,22 @@ typedef struct {
     int (*kv_rows)(const pc_adapter *a);
     void (*kv_forward)(const pc_adapter *a, float *k, float *v, int ld);
     int (*kv_backward)(const pc_adapter *a, const float *dk, const float *dv, int ld);
+    /* KV site, gated (NULL: never gated; or the adapter has no gate tensors, kv_gated):
+     * sequence b of c's N = B·T rows x (the layer's input, row stride ldx) gets its rows
+     * kv + b·seq (P rows of stride ld: keys, values at + c->in) scaled by its gates, which
+     * saved keeps (saved_per_row). The backward, on d_kv in the same layout: the gates'
+     * gradients, then d_kv scaled alike (what kv_backward then reads, summed over the batch),
+     * the gate tensors' gradients accumulated and dx (NULL: not wanted) += x's share. */
+    bool (*kv_gated)(const pc_adapter *a);
+    void (*kv_gate_forward)(const pc_adapter *a, const pc_site_call *c, float *kv, int ld,
+                            int64_t seq, const float *x, int ldx, float *saved);
+    int (*kv_gate_backward)(const pc_adapter *a, const pc_site_call *c, float *dkv, int ld,
+                            int64_t seq, float *dx, int lddx, const float *x, int ldx,
+                            const float *saved);
+    /* A gated adapter's gates after a forward of one call over N rows (sequences of T) whose
+     * saved rows start at `saved` (keeping): g (N/T, G) ← them; returns G (0: not gated) */
+    int (*gate_values)(const pc_adapter *a, int N, int T, int in, int out, const float *saved,
+                       float *g);
 
     /* Embeddings site: rows (B·T, C) of word embeddings, B sequences of T, changed in place;
      * backward: d (B·T, C), their gradient, becomes in place that of the rows before */
@@ -219,6 +236,27 @@ int pc_site_block_forward(pc_site *s, const pc_block_call *c, float *out, const 
                           const float *x, int64_t row, bool keeping);
 int pc_site_block_backward(pc_site *s, const pc_block_call *c, float *dh, float *dx,
                            const float *dout, const float *h, const float *x, int64_t row);
+
+/* The KV site's gate (when its adapter has one): see kv_gate_forward / kv_gate_backward;
+ * row: where the call's rows start in the site's saved buffer */
+bool pc_site_kv_gated(const pc_site *s);
+int pc_site_kv_gate_forward(pc_site *s, const pc_site_call *c, float *kv, int ld, int64_t seq,
+                            const float *x, int ldx, int64_t row, bool keeping);
+int pc_site_kv_gate_backward(pc_site *s, const pc_site_call *c, float *dkv, int ld, int64_t seq,
+                             float *dx, int lddx, const float *x, int ldx, int64_t row);
+/* adapter k's gates after a kept forward of one call over N rows: (N/T, G) into g (room for
+ * N/T · PC_GATE_MAX floats); returns G, 0 when it has no gate */
+enum { PC_GATE_MAX = 2 };
+int pc_site_gate_values(const pc_site *s, int k, int N, int T, int in, int out, float *g);
+
+/* UniPELT's gates (gate.c): sig (N,G) = sigmoid(x·wgᵀ + bg), wg (G,in), bg (G); g (N/T, G)
+ * their means over each sequence's T rows. The backward from dg (N/T, G): dwg, dbg (NULL:
+ * not wanted) += their gradients, dx (NULL: not wanted) += x's share. */
+void pc_gate_forward(float *sig, float *g, const float *x, int ldx, const float *wg,
+                     const float *bg, int N, int T, int in, int G);
+void pc_gate_backward(float *dwg, float *dbg, float *dx, int lddx, const float *dg,
+                      const float *sig, const float *x, int ldx, const float *wg, int N, int T,
+                      int in, int G);
 
 /* seed of adapter k of a site for a step (so two adapters never share a dropout mask) */
 uint64_t pc_site_seed(uint64_t site_seed, int k);

@@ -267,18 +267,12 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     pc_sgemm(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 1.0f, L->u, C);
     /* o = dropout(u · scaling), gated */
     if (s->gated) {
-        PC_PARALLEL_FOR(nC)
-        for (int i = 0; i < n; i++) {
-            float v = s->bg[0];
-            for (int k = 0; k < C; k++) v += L->z[(int64_t)i * C + k] * s->wg[k];
-            L->sig[i] = 1.0f / (1.0f + expf(-v));
-        }
+        /* the sequences' gates (gate.c) into g's first entries, then spread to each row,
+         * from the last sequence back (row b·T + t ≥ b: no gate is overwritten unread) */
         const int T = c->T, seqs = n / T;
-        for (int b = 0; b < seqs; b++) {
-            float sum = 0.0f;
-            for (int t = 0; t < T; t++) sum += L->sig[b * T + t];
-            for (int t = 0; t < T; t++) L->g[b * T + t] = sum / (float)T;
-        }
+        pc_gate_forward(L->sig, L->g, L->z, C, s->wg, s->bg, n, T, C, 1);
+        for (int b = seqs - 1; b >= 0; b--)
+            for (int t = T - 1; t >= 0; t--) L->g[(int64_t)b * T + t] = L->g[b];
     }
     const float keep_scale = s->p > 0.0f ? 1.0f / (1.0f - s->p) : 1.0f;
     PC_PARALLEL_FOR(nC)
@@ -505,6 +499,17 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     return 0;
 }
 
+/* after a kept forward of one call over N rows: each sequence's gate (its first row's g) */
+static int bn_gate_values(const pc_adapter *a, int N, int T, int in, int out, const float *saved,
+                          float *g) {
+    const shape s = shape_of(a, NULL);
+    if (!s.gated) return 0;
+    rows_layout L;
+    lay_out(&s, N, (float *)saved, &L);
+    for (int b = 0; b < N / T; b++) g[b] = L.g[(int64_t)b * T];
+    return 1;
+}
+
 const pc_adapter_method pc_bottleneck_method = {
     .name = "bottleneck",
     .sites = 1u << PC_SITE_BLOCK,
@@ -521,4 +526,5 @@ const pc_adapter_method pc_bottleneck_method = {
     .block_check = bn_check,
     .block_forward = bn_forward,
     .block_backward = bn_backward,
+    .gate_values = bn_gate_values,
 };

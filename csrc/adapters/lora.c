@@ -1,12 +1,15 @@
 /* LoRA (Hu et al. 2021) at a linear's output site: y' = y + c·dropout(x)·Aᵀ·Bᵀ with A (r,in),
  * B (out,r) and c the scale, or, gated (UniPELT, Mao et al. 2022, as AdapterHub's LoRA with
  * use_gating), c = g_b = mean over sequence b's rows of sigmoid(x·wg + bg), wg (1,in), bg (1).
- * It saves u = dropout(x)·Aᵀ (N,r) for the backward (and, gated, each row's sigmoid and g);
+ * It saves u = dropout(x)·Aᵀ (N,r) for the backward (and, gated, each row's sigmoid and the
+ * sequences' gates g, gate.c);
  * the row kernels are peft/lora.c's (compiled per instruction set). Ungated it adds a term
  * independent of y, so the bias may follow it and the gradient of y passes through it
  * unchanged; gated, the same, but its rows depend on their whole sequence. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../ops/kernels.h"
 #include "../peft/lora.h"
@@ -62,27 +65,25 @@ static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, in
     if (!gated(a))
         return pc_lora_forward(y, ldy, saved, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]), N,
                                c->in, c->out, r, a->scale, dropout_p(a, c), c->seed);
-    /* the gate of each sequence, then its rows with c = g_b */
+    /* the gate of each sequence (gate.c), then its rows with c = g_b */
     float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
-    const float *wg = pc_f32(a->t[T_GATE_W]), bg = pc_f32(a->t[T_GATE_B])[0];
-    PC_PARALLEL_FOR((int64_t)N * c->in)
-    for (int n = 0; n < N; n++) {
-        float v = bg;
-        for (int i = 0; i < c->in; i++) v += x[(int64_t)n * ldx + i] * wg[i];
-        sig[n] = 1.0f / (1.0f + expf(-v));
-    }
+    pc_gate_forward(sig, g, x, ldx, pc_f32(a->t[T_GATE_W]), pc_f32(a->t[T_GATE_B]), N, c->T,
+                    c->in, 1);
     const int T = c->T, seqs = N / T;
-    for (int b = 0; b < seqs; b++) {
-        float sum = 0.0f;
-        for (int t = 0; t < T; t++) sum += sig[b * T + t];
-        for (int t = 0; t < T; t++) g[b * T + t] = sum / (float)T;
+    for (int b = 0; b < seqs; b++)
         if (pc_lora_forward(y + (int64_t)b * T * ldy, ldy, u + (int64_t)b * T * r,
                             x + (int64_t)b * T * ldx, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]),
-                            T, c->in, c->out, r, g[b * T], dropout_p(a, c),
+                            T, c->in, c->out, r, g[b], dropout_p(a, c),
                             sequence_seed(c->seed, b)) < 0)
             return -1;
-    }
     return 0;
+}
+
+static int lora_gate_values(const pc_adapter *a, int N, int T, int in, int out,
+                            const float *saved, float *g) {
+    if (!gated(a)) return 0;
+    memcpy(g, saved + (int64_t)N * rank(a) + N, sizeof(float) * (size_t)(N / T));
+    return 1;
 }
 
 static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, int lddy,
@@ -114,32 +115,32 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
         if (!gt) return -1;
         dbg = pc_f32(gt);
     }
-    for (int b = 0; b < seqs; b++) {
-        double dg = 0.0;
-        for (int t = 0; t < T; t++) {
-            const int64_t n = (int64_t)b * T + t;
-            for (int j = 0; j < r; j++) {
-                double s = 0.0;
-                for (int o = 0; o < c->out; o++) s += (double)dy[n * lddy + o] * Bw[(int64_t)o * r + j];
-                dg += s * u[n * r + j];
-            }
-        }
-        for (int t = 0; t < T; t++) {
-            const int64_t n = (int64_t)b * T + t;
-            const float dlogit = (float)(dg / T) * sig[n] * (1.0f - sig[n]);
-            if (dwg)
-                for (int i = 0; i < c->in; i++) dwg[i] += dlogit * x[n * ldx + i];
-            if (dbg) dbg[0] += dlogit;
-            if (dx)
-                for (int i = 0; i < c->in; i++) dx[n * lddx + i] += dlogit * wg[i];
-        }
+    /* dyB (N,r) = dy (N,out) · B (out,r), one GEMM; then dg_b = Σ over b's rows of dyB·u */
+    float *dg = malloc(sizeof(float) * (size_t)seqs);
+    float *dyB = malloc(sizeof(float) * (size_t)N * r);
+    if (!dg || !dyB) {
+        free(dg);
+        free(dyB);
+        return -1;
+    }
+    pc_sgemm(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r);
+    int status = 0;
+    for (int b = 0; b < seqs && status == 0; b++) {
+        double sum = 0.0;
+        for (int64_t i = (int64_t)b * T * r; i < (int64_t)(b + 1) * T * r; i++)
+            sum += (double)dyB[i] * u[i];
+        dg[b] = (float)sum;
         if (pc_lora_backward(dx ? dx + (int64_t)b * T * lddx : NULL, lddx, pc_f32(dA), pc_f32(dB),
                              dy + (int64_t)b * T * lddy, lddy, u + (int64_t)b * T * r,
                              x + (int64_t)b * T * ldx, ldx, pc_f32(A), Bw, T, c->in, c->out, r,
-                             g[b * T], dropout_p(a, c), sequence_seed(c->seed, b)) < 0)
-            return -1;
+                             g[b], dropout_p(a, c), sequence_seed(c->seed, b)) < 0)
+            status = -1;
     }
-    return 0;
+    /* then the gate's logits (gate.c) */
+    if (status == 0) pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, c->in, 1);
+    free(dg);
+    free(dyB);
+    return status;
 }
 
 const pc_adapter_method pc_lora_method = {
@@ -153,4 +154,5 @@ const pc_adapter_method pc_lora_method = {
     .saved_per_row = lora_saved_per_row,
     .forward = lora_forward,
     .backward = lora_backward,
+    .gate_values = lora_gate_values,
 };

@@ -81,6 +81,7 @@ struct pc_encoder {
     bool keeping;          /* the forward in progress keeps its activations for a backward */
     bool probs_per_layer;  /* the last forward kept every layer's attention probabilities */
     bool backward_ready; /* the last forward kept its activations and no backward ran yet */
+    bool forward_kept;   /* the last forward kept its activations (adapters' saved rows) */
     uint64_t seed;
     int64_t *ids, *positions, *types; /* copies of the last batch (for embedding backward) */
     float *key_mask;                  /* (N) or NULL */
@@ -1046,8 +1047,9 @@ static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows 
 /* Layer l's keys and values with its prefix: kv (B, P+T, 2C) holds, per sequence, the P
  * prefix rows then its own T rows of k|v (from r's k, whose v follows at +C), and mask
  * (B, P+T) ones for the prefix then the sequence's key mask. */
-static void prefixed_keys(const layer_params *lp, const layer_rows *r, int B, int T, int C,
-                          const float *key_mask, float *kv, float *mask) {
+static int prefixed_keys(const pc_encoder *enc, layer_params *lp, const layer_rows *r, int B,
+                         int T, int C, const float *x, const float *key_mask, float *kv,
+                         float *mask, int64_t row) {
     const int P = kv_rows_of(lp), Tk = P + T;
     const pc_adapter *prefix = lp->kv.entry[0].adapter;
     prefix->method->kv_forward(prefix, kv, kv + C, 2 * C);
@@ -1060,6 +1062,10 @@ static void prefixed_keys(const layer_params *lp, const layer_rows *r, int B, in
         for (int j = 0; j < Tk; j++)
             mask[(int64_t)b * Tk + j] = j < P || !key_mask ? 1.0f : key_mask[(int64_t)b * T + j - P];
     }
+    /* a gated prefix scales each sequence's rows by its gates, computed from x */
+    const pc_site_call call = {B * T, C, C, T, enc->training, 0};
+    return pc_site_kv_gate_forward(&lp->kv, &call, kv, 2 * C, (int64_t)Tk * 2 * C, x, C, row,
+                                   enc->keeping);
 }
 
 /* the attention's dims with a prefix of P rows before each sequence's keys */
@@ -1153,7 +1159,8 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     const pc_attention_dims dims = P ? prefixed_dims(enc, &r, B, P) : attention_dims(enc, &r, B);
     if (P) {
         /* a prefix: every query also attends to P rows of the prefix's keys and values */
-        prefixed_keys(lp, &r, B, T, C, key_mask, a->kv, a->kv_mask);
+        if (prefixed_keys(enc, lp, &r, B, T, C, x, key_mask, a->kv, a->kv_mask, u_row) < 0)
+            return -1;
         if (pc_attention_forward(a->ctx, a->probs, r.q, a->kv, a->kv + C, a->kv_mask, &dims,
                                  p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
             return -1;
@@ -1299,6 +1306,9 @@ static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
         inputs |= s->site[PC_SITE_LINEAR_IN].n > 0;
     }
     for (int l = 0; l < enc->cfg.layers; l++)
+        if (pc_site_reserve(&enc->layer[l].kv, enc->cfg.hidden, enc->cfg.hidden, rows, false) < 0)
+            return -1;
+    for (int l = 0; l < enc->cfg.layers; l++)
         for (int k = 0; k < PC_BLOCKS; k++)
             if (enc->layer[l].block[k].n &&
                 pc_site_reserve(&enc->layer[l].block[k], enc->cfg.hidden, enc->cfg.hidden, rows,
@@ -1390,6 +1400,34 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
         return -1;
     }
     enc->backward_ready = keep_activations;
+    enc->forward_kept = keep_activations;
+    return 0;
+}
+
+int pc_encoder_gate_values(const pc_encoder *enc, pc_gate_visit visit, void *ctx) {
+    if (!enc->has_forward || !enc->forward_kept) return -2;
+    const int B = enc->B, T = enc->T, N = B * T, C = enc->cfg.hidden;
+    float *g = malloc(sizeof(float) * (size_t)B * PC_GATE_MAX);
+    if (!g) return -1;
+    for (int i = 0; i < enc->num_slots; i++) {
+        const pc_linear_slot *s = &enc->slots[i];
+        if (s->layer < 0) continue; /* the head's rows are one per sequence: no gates */
+        for (int k = 0; k < s->site[PC_SITE_LINEAR_OUT].n; k++) {
+            const int G = pc_site_gate_values(&s->site[PC_SITE_LINEAR_OUT], k, N, T, s->in,
+                                              s->out, g);
+            if (G) visit(ctx, s->layer, PC_SITE_LINEAR_OUT, i, G, g, B);
+        }
+    }
+    for (int l = 0; l < enc->cfg.layers; l++) {
+        const layer_params *lp = &enc->layer[l];
+        for (int k = 0; k < PC_BLOCKS; k++) {
+            const int G = pc_site_gate_values(&lp->block[k], 0, N, T, C, C, g);
+            if (G) visit(ctx, l, PC_SITE_BLOCK, k, G, g, B);
+        }
+        const int G = pc_site_gate_values(&lp->kv, 0, N, T, C, C, g);
+        if (G) visit(ctx, l, PC_SITE_KV, 0, G, g, B);
+    }
+    free(g);
     return 0;
 }
 
@@ -1504,6 +1542,12 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
             for (int t = 0; t < T; t++)
                 memcpy(dr.k + ((int64_t)b * T + t) * dr.ld_kv,
                        d_kv + ((int64_t)b * Tk + P + t) * 2 * C, sizeof(float) * 2 * C);
+        /* a gated prefix: its gates' gradients and x's share, and each sequence's rows
+         * scaled back by its gates */
+        const pc_site_call call = {N, C, C, T, enc->training, 0};
+        if (pc_site_kv_gate_backward(&lp->kv, &call, d_kv, 2 * C, (int64_t)Tk * 2 * C,
+                                     need_dx ? d_x : NULL, C, x, C, 0) < 0)
+            return -1;
         for (int b = 1; b < B; b++) /* in order, into the first sequence's prefix rows */
             for (int64_t i = 0; i < (int64_t)P * 2 * C; i++)
                 d_kv[i] += d_kv[(int64_t)b * Tk * 2 * C + i];

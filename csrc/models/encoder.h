@@ -87,6 +87,14 @@ const float *pc_encoder_hidden(const pc_encoder *enc);
 const float *pc_encoder_pooled(const pc_encoder *enc);
 const float *pc_encoder_logits(const pc_encoder *enc);
 
+/* The gates of the last forward, when it kept its activations (UniPELT's gated adapters):
+ * visit(ctx, layer, site, which, G, g, B) once per gated adapter, which the linear's index
+ * (output site), the block (block site) or 0 (KV site), g (B,G) its gates per sequence.
+ * Returns 0, -1 out of memory, -2 without such a forward. */
+typedef void (*pc_gate_visit)(void *ctx, int layer, pc_site_kind site, int which, int G,
+                              const float *g, int B);
+int pc_encoder_gate_values(const pc_encoder *enc, pc_gate_visit visit, void *ctx);
+
 /* Backward of the last forward: accumulates into .grad of every parameter (and adapter
  * tensor) with requires_grad. Give exactly one of d_logits (B,L) (models with a head),
  * d_pooled (B,C) or d_hidden (B,T,C) (either may be given without a head). Returns 0,

@@ -665,7 +665,86 @@ static PyObject *encoder_set_inference_rows(PcEncoderObject *self, PyObject *arg
     Py_RETURN_NONE;
 }
 
+/* gate_values() -> [(layer, site, which, gates (B,G) float32)]: the gates of the last forward,
+ * which kept its activations; site 'out' (which: the linear's index), 'attention' / 'ffn'
+ * (block, which 0 / 1) or 'kv'. Copied out under the engine lock, the arrays built after. */
+typedef struct {
+    int layer, which, G, B;
+    pc_site_kind site;
+    float *g;
+} gate_record;
+
+typedef struct {
+    gate_record *rec;
+    int n, cap, failed;
+} gate_records;
+
+static void gate_visit(void *ctx, int layer, pc_site_kind site, int which, int G, const float *g,
+                       int B) {
+    gate_records *out = ctx;
+    if (out->failed) return;
+    if (out->n == out->cap) {
+        const int cap = out->cap ? 2 * out->cap : 16;
+        gate_record *rec = realloc(out->rec, sizeof *rec * (size_t)cap);
+        if (!rec) {
+            out->failed = 1;
+            return;
+        }
+        out->rec = rec;
+        out->cap = cap;
+    }
+    float *copy = malloc(sizeof(float) * (size_t)B * G);
+    if (!copy) {
+        out->failed = 1;
+        return;
+    }
+    memcpy(copy, g, sizeof(float) * (size_t)B * G);
+    out->rec[out->n++] = (gate_record){layer, which, G, B, site, copy};
+}
+
+static PyObject *encoder_gate_values(PcEncoderObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (ready(self) < 0) return NULL;
+    gate_records out = {0};
+    glue_engine_lock();
+    const int status = pc_encoder_gate_values(self->enc, gate_visit, &out);
+    glue_engine_unlock();
+    PyObject *list = NULL;
+    if (status == -2) {
+        PyErr_SetString(PyExc_RuntimeError, "gate_values() needs a forward that kept its "
+                        "activations (not under no_grad) since the model last changed");
+    } else if (status == -1 || out.failed) {
+        PyErr_NoMemory();
+    } else if ((list = PyList_New(0))) {
+        for (int i = 0; i < out.n; i++) {
+            const gate_record *r = &out.rec[i];
+            npy_intp dims[2] = {r->B, r->G};
+            PyObject *arr = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+            if (!arr) {
+                Py_CLEAR(list);
+                break;
+            }
+            memcpy(PyArray_DATA((PyArrayObject *)arr), r->g, sizeof(float) * (size_t)r->B * r->G);
+            const char *name = r->site == PC_SITE_LINEAR_OUT ? "out"
+                               : r->site == PC_SITE_KV       ? "kv"
+                               : r->which == PC_BLOCK_ATTENTION ? "attention" : "ffn";
+            PyObject *item = Py_BuildValue("(isiN)", r->layer, name, r->which, arr);
+            if (!item || PyList_Append(list, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(list);
+                break;
+            }
+            Py_DECREF(item);
+        }
+    }
+    for (int i = 0; i < out.n; i++) free(out.rec[i].g);
+    free(out.rec);
+    return list;
+}
+
 static PyMethodDef encoder_methods[] = {
+    {"gate_values", (PyCFunction)encoder_gate_values, METH_NOARGS,
+     "gate_values() -> [(layer, 'out' | 'attention' | 'ffn' | 'kv', which, gates (B, G))]: "
+     "the gated adapters' gates of the last forward (which kept its activations)"},
     {"params", (PyCFunction)encoder_params, METH_NOARGS, "[(name, Tensor, is_head)]"},
     {"linears", (PyCFunction)encoder_linears, METH_NOARGS, "[(name, in, out, layer)]"},
     {"set_block_adapters", (PyCFunction)encoder_set_block_adapters, METH_VARARGS,

@@ -461,6 +461,17 @@ class EncoderModel(Module):
             self._check_forward_fresh()
             self._engine.backward(**grad)
             self._forward_live = False
+            for hook in self.adapter_hooks():
+                hook.after_backward()
+
+    def adapter_hooks(self) -> list:
+        """Adapter parts that compute around the engine (e.g. a reparameterisation MLP
+        that makes a method's engine tensors): each one's before_forward() runs before every engine forward and after_backward()
+        after every backward, under the model lock. Tuners add and remove them."""
+        hooks = self.__dict__.get("_adapter_hooks")
+        if hooks is None:
+            hooks = self.__dict__["_adapter_hooks"] = []
+        return hooks
 
     def train(self, mode: bool = True):
         """Set training mode. Leaving it releases the activation memory training kept (see
@@ -552,6 +563,8 @@ class EncoderModel(Module):
             self._engine.set_inference_rows(self._inference_rows or 0)
             seed = (self._seed * 0x9E3779B1 + self._forwards) % 2**64
             self._forwards += 1
+            for hook in self.adapter_hooks():
+                hook.before_forward()
             out = self._engine.forward(ids, positions, types, mask, self.training, seed,
                                        want_hidden, is_grad_enabled())
             self._forward_live, self._stale_forward = True, None

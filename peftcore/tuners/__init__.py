@@ -7,11 +7,15 @@ from .bottleneck.config import read_adapterhub_layout
 from .ia3 import IA3Config, IA3Model
 from .lora import LoraConfig, LoraModel
 from .registry import register
+from .unipelt import ConfigUnion, UniPELTModel, read_union_layout
 
 register(PeftType.LORA, LoraConfig, LoraModel)
 register(PeftType.IA3, IA3Config, IA3Model)
 register(PeftType.BITFIT, BitFitConfig, BitFitModel)
 register(PeftType.BOTTLENECK, BnConfig, BottleneckModel)
+register(PeftType.UNIPELT, ConfigUnion, UniPELTModel)
+register_config_layout(read_union_layout)  # AdapterHub's union / prefix / LoRA files (first)
 register_config_layout(read_adapterhub_layout)  # AdapterHub's adapter_config.json
 
-__all__ = ["LoraConfig", "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig"]
+__all__ = ["LoraConfig", "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig",
+           "ConfigUnion"]

@@ -266,7 +266,8 @@ def read_adapterhub_layout(d: dict, source=None):
     architecture = inner.get("architecture")
     if architecture is not None or "reduction_factor" not in inner:
         raise ValueError(f"the AdapterHub adapter{where} is a {architecture or 'non-bottleneck'!r} "
-                         f"adapter; peftcore reads AdapterHub's bottleneck adapters (BnConfig) only")
+                         f"adapter; peftcore reads AdapterHub's bottleneck adapters (BnConfig), and its "
+                         f"prefix tuning, LoRA and unions (UniPELT) as a ConfigUnion")
     flat = dict(inner)
     flat.update({k: d[k] for k in PEFT_FIELDS if k in d})
     flat["peft_type"] = PeftType.BOTTLENECK.value
