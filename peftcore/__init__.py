@@ -62,6 +62,7 @@ __all__ = [
     "no_grad", "is_grad_enabled", "PeftConfig", "PeftType", "TaskType", "clip_grad_norm_",
     "PeftModel", "PeftModelForSequenceClassification", "get_peft_model", "LoraConfig",
     "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig", "manual_seed",
+    "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig",
 ]
 
 
@@ -74,4 +75,5 @@ from .optim import clip_grad_norm_  # noqa: E402
 from .peft_model import PeftModel, PeftModelForSequenceClassification, get_peft_model  # noqa: E402
 from .tuners import (BitFitConfig, BnConfig, DoubleSeqBnConfig, IA3Config, LoraConfig,  # noqa: E402
                      SeqBnConfig)
+from .tuners import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig  # noqa: E402
 from .utils.random import manual_seed  # noqa: E402

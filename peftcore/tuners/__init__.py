@@ -6,12 +6,18 @@ from .bottleneck import BnConfig, BottleneckModel, DoubleSeqBnConfig, SeqBnConfi
 from .bottleneck.config import read_adapterhub_layout
 from .ia3 import IA3Config, IA3Model
 from .lora import LoraConfig, LoraModel
+from .prompt_learning import (PrefixTuningConfig, PromptEncoderConfig, PromptLearningModel,
+                              PromptTuningConfig)
 from .registry import register
 
 register(PeftType.LORA, LoraConfig, LoraModel)
 register(PeftType.IA3, IA3Config, IA3Model)
 register(PeftType.BITFIT, BitFitConfig, BitFitModel)
 register(PeftType.BOTTLENECK, BnConfig, BottleneckModel)
+register(PeftType.PROMPT_TUNING, PromptTuningConfig, PromptLearningModel)
+register(PeftType.P_TUNING, PromptEncoderConfig, PromptLearningModel)
+register(PeftType.PREFIX_TUNING, PrefixTuningConfig, PromptLearningModel)
 register_config_layout(read_adapterhub_layout)  # AdapterHub's adapter_config.json
 
-__all__ = ["LoraConfig", "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig"]
+__all__ = ["LoraConfig", "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig",
+           "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig"]

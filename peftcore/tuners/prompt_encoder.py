@@ -1,0 +1,207 @@
+"""Prompt encoders: the small differentiable networks that turn P trainable embeddings into
+the virtual tokens or the key/value prefixes a prompt-learning method hands the engine.
+
+Each encoder is a Module whose parameters carry HF PEFT's names (`embedding.weight`,
+`mlp_head.0.weight`, `transform.2.bias`, ...) and which runs on peftcore.functional's C ops:
+
+    out = encoder.forward(training)   # (P, out_dim) float32, the same for every sequence
+    grads = encoder.backward(d_out)   # d_out (P, out_dim): the gradient summed over the batch;
+                                      # accumulated into .grad of every parameter that
+                                      # requires one, and returned {name: gradient}
+
+forward keeps what backward needs (one forward, then at most one backward). The encoders:
+  PromptTable       out = E (P, D)                          prompt tuning; prefix tuning
+                                                            without projection; any method
+                                                            loaded for inference
+  MLPPromptEncoder  out = W3·relu(W2·relu(W1·E))            P-tuning, MLP
+  PrefixProjection  out = W2·tanh(W1·E)                     prefix tuning with projection
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _C
+from .. import functional as F
+from ..models.modules import Module
+from ..models.parameter import Parameter
+
+
+def new_parameter(values) -> Parameter:
+    """A trainable float32 Parameter over new engine memory holding `values`."""
+    values = np.asarray(values, dtype=np.float32)
+    p = Parameter(_C.Tensor.zeros(values.shape))
+    p[...] = values
+    p.requires_grad = True
+    return p
+
+
+def accumulate(p: Parameter, g) -> None:
+    """p.grad += g (the buffer made on first use), if p trains."""
+    if not p.requires_grad:
+        return
+    if p.grad is None:
+        p.grad = np.ascontiguousarray(g, dtype=np.float32)
+    else:
+        p.grad[...] += g
+
+
+def _torch_linear_init(rng, fan_out: int, fan_in: int):
+    """torch.nn.Linear's default init: U(±1/√fan_in) weight and bias."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return (rng.uniform(-bound, bound, (fan_out, fan_in)), rng.uniform(-bound, bound, fan_out))
+
+
+class _Linear(Module):
+    display_name = "Linear"
+
+    def __init__(self, fan_in: int, fan_out: int, rng):
+        super().__init__()
+        w, b = _torch_linear_init(rng, fan_out, fan_in)
+        self._parameters["weight"] = new_parameter(w)
+        self._parameters["bias"] = new_parameter(b)
+
+    def extra_repr(self):
+        out, fin = self.weight.shape
+        return f"in_features={fin}, out_features={out}, bias=True"
+
+    def forward(self, x, cache):
+        cache.append(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def backward(self, dy, cache):
+        x = cache.pop()
+        dx, dw, db = F.linear_backward(dy, x, self.weight, self.weight.requires_grad,
+                                       self.bias.requires_grad)
+        if dw is not None:
+            accumulate(self.weight, dw)
+        if db is not None:
+            accumulate(self.bias, db)
+        return dx
+
+
+class _Activation(Module):
+    """ReLU or Tanh (no parameters)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.display_name = {"relu": "ReLU", "tanh": "Tanh"}[kind]
+
+    def forward(self, x, cache):
+        if self.kind == "relu":
+            cache.append(x)
+            return F.relu(x)
+        y = F.tanh(x)
+        cache.append(y)
+        return y
+
+    def backward(self, dy, cache):
+        saved = cache.pop()
+        return F.relu_backward(dy, saved) if self.kind == "relu" else F.tanh_backward(dy, saved)
+
+
+class _Sequential(Module):
+    display_name = "Sequential"
+
+    def __init__(self, layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            self._modules[str(i)] = layer
+
+    def forward(self, x, cache):
+        for layer in self._modules.values():
+            x = layer.forward(x, cache)
+        return x
+
+    def backward(self, dy, cache):
+        for layer in reversed(list(self._modules.values())):
+            dy = layer.backward(dy, cache)
+        return dy
+
+
+class _Embedding(Module):
+    display_name = "Embedding"
+
+    def __init__(self, values):
+        super().__init__()
+        self._parameters["weight"] = new_parameter(values)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
+
+
+class PromptEncoderBase(Module):
+    """An `embedding` (P, in_dim) and, in subclasses, a head over it (`head_name`)."""
+
+    head_name: str | None = None
+
+    def __init__(self, embedding):
+        super().__init__()
+        self._modules["embedding"] = _Embedding(embedding)
+        self._cache = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embedding.weight.shape[0])
+
+    def head(self):
+        return self._modules[self.head_name] if self.head_name else None
+
+    def forward(self, training: bool = False) -> np.ndarray:
+        table = np.array(self.embedding.weight, dtype=np.float32)
+        head = self.head()
+        if head is None:
+            self._cache = []
+            return table
+        cache = []
+        out = head.forward(table, cache)
+        self._cache = cache
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def backward(self, grad) -> dict:
+        if self._cache is None:
+            raise RuntimeError("prompt encoder: backward() needs a forward() first")
+        cache, self._cache = self._cache, None
+        grad = np.ascontiguousarray(grad, dtype=np.float32)
+        head = self.head()
+        d_table = grad if head is None else head.backward(grad, cache)
+        accumulate(self.embedding.weight, d_table)
+        return {name: p.grad for name, p in self.named_parameters() if p.requires_grad}
+
+
+class PromptTable(PromptEncoderBase):
+    """The virtual tokens are the parameters themselves: out = embedding.weight."""
+
+    display_name = "PromptEmbedding"
+
+
+class MLPPromptEncoder(PromptEncoderBase):
+    """P-tuning's MLP (HF PEFT 0.21): Linear(D, h), ReLU, Linear(h, h), ReLU, Linear(h, D)."""
+
+    display_name = "PromptEncoder"
+    head_name = "mlp_head"
+
+    def __init__(self, embedding, hidden_size: int, rng):
+        super().__init__(embedding)
+        D = int(np.shape(embedding)[1])
+        self._modules["mlp_head"] = _Sequential([
+            _Linear(D, hidden_size, rng), _Activation("relu"),
+            _Linear(hidden_size, hidden_size, rng), _Activation("relu"),
+            _Linear(hidden_size, D, rng)])
+
+
+class PrefixProjection(PromptEncoderBase):
+    """Prefix tuning's reparameterisation: Linear(D, h), Tanh, Linear(h, out_dim)."""
+
+    display_name = "PrefixEncoder"
+    head_name = "transform"
+
+    def __init__(self, embedding, hidden_size: int, out_dim: int, rng, zero_last=False):
+        super().__init__(embedding)
+        D = int(np.shape(embedding)[1])
+        last = _Linear(hidden_size, out_dim, rng)
+        if zero_last:
+            last.weight[...] = 0.0
+            last.bias[...] = 0.0
+        self._modules["transform"] = _Sequential([_Linear(D, hidden_size, rng),
+                                                  _Activation("tanh"), last])
