@@ -13,7 +13,7 @@ from parity import (ADAMW, MODEL_TYPES, batch, close, compare_grads, hf_load, hf
                     pc_load, pc_logits, seeded_values)
 
 P = 4
-METHODS = ["prompt", "p_tuning_mlp", "prefix", "prefix_projection"]
+METHODS = ["prompt", "p_tuning_mlp", "p_tuning_lstm", "prefix", "prefix_projection"]
 
 
 def _configs(lib, method, **extra):
@@ -22,6 +22,9 @@ def _configs(lib, method, **extra):
         return lib.PromptTuningConfig(**kw)
     if method == "p_tuning_mlp":
         return lib.PromptEncoderConfig(encoder_hidden_size=24, **kw)
+    if method == "p_tuning_lstm":
+        return lib.PromptEncoderConfig(encoder_reparameterization_type="LSTM",
+                                       encoder_hidden_size=12, **kw)
     if method == "prefix":
         return lib.PrefixTuningConfig(**kw)
     return lib.PrefixTuningConfig(prefix_projection=True, encoder_hidden_size=24, **kw)

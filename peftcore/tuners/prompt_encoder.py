@@ -14,6 +14,8 @@ forward keeps what backward needs (one forward, then at most one backward). The 
                                                             without projection; any method
                                                             loaded for inference
   MLPPromptEncoder  out = W3·relu(W2·relu(W1·E))            P-tuning, MLP
+  LSTMPromptEncoder out = W2·relu(W1·BiLSTM(E))             P-tuning, LSTM (the C op
+                                                            peftcore.functional.lstm)
   PrefixProjection  out = W2·tanh(W1·E)                     prefix tuning with projection
 """
 from __future__ import annotations
@@ -119,6 +121,77 @@ class _Sequential(Module):
         return dy
 
 
+class _LSTM(Module):
+    """torch.nn.LSTM(bidirectional=True, batch_first=True) over one sequence: `num_layers`
+    layers, each the concatenation of a forward and a reverse pass, dropout between layers
+    in training mode. Parameters named as torch's (weight_ih_l0, ..._reverse)."""
+
+    display_name = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float, rng):
+        super().__init__()
+        self.sizes = (input_size, hidden_size, num_layers)
+        self.dropout = float(dropout)
+        self._seed, self._calls = int(rng.integers(2**63)), 0
+        bound = 1.0 / np.sqrt(hidden_size)
+        for layer in range(num_layers):
+            fan_in = input_size if layer == 0 else 2 * hidden_size
+            for suffix in ("", "_reverse"):
+                for name, shape in (("weight_ih", (4 * hidden_size, fan_in)),
+                                    ("weight_hh", (4 * hidden_size, hidden_size)),
+                                    ("bias_ih", (4 * hidden_size,)), ("bias_hh", (4 * hidden_size,))):
+                    self._parameters[f"{name}_l{layer}{suffix}"] = \
+                        new_parameter(rng.uniform(-bound, bound, shape))
+
+    def extra_repr(self):
+        i, h, n = self.sizes
+        return (f"{i}, {h}, num_layers={n}, batch_first=True"
+                + (f", dropout={self.dropout}" if self.dropout else "") + ", bidirectional=True")
+
+    def _weights(self, layer, suffix):
+        return [self._parameters[f"{n}_l{layer}{suffix}"]
+                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def forward(self, x, cache):
+        """x (P, I) -> (P, 2H)."""
+        _, H, layers = self.sizes
+        seed = (self._seed + self._calls) % 2**64
+        self._calls += 1
+        training = cache is not None and getattr(self, "_training", False)
+        x = np.ascontiguousarray(x, dtype=np.float32)[None]
+        for layer in range(layers):
+            if layer and training and self.dropout:
+                x = F.dropout(x, self.dropout, True, seed + layer)
+            outs = []
+            for suffix, reverse in (("", False), ("_reverse", True)):
+                w = self._weights(layer, suffix)
+                h, state = F.lstm(x, *w, reverse=reverse, return_state=True)
+                cache.append((x, h, state))
+                outs.append(h)
+            x = np.concatenate(outs, axis=2)
+        cache.append((training, seed))
+        return x[0]
+
+    def backward(self, dy, cache):
+        _, H, layers = self.sizes
+        training, seed = cache.pop()
+        d = np.ascontiguousarray(dy, dtype=np.float32)[None]
+        for layer in reversed(range(layers)):
+            dx = None
+            for suffix, reverse, part in (("_reverse", True, 1), ("", False, 0)):
+                x, h, state = cache.pop()
+                w = self._weights(layer, suffix)
+                dh = np.ascontiguousarray(d[:, :, part * H:(part + 1) * H])
+                gx, gih, ghh, gb = F.lstm_backward(dh, x, h, state, w[0], w[1], reverse=reverse)
+                for p, g in zip(w, (gih, ghh, gb, gb)):
+                    accumulate(p, g)
+                dx = gx if dx is None else dx + gx
+            if layer and training and self.dropout:
+                dx = F.dropout_backward(dx, self.dropout, True, seed + layer)
+            d = dx
+        return d[0]
+
+
 class _Embedding(Module):
     display_name = "Embedding"
 
@@ -188,6 +261,38 @@ class MLPPromptEncoder(PromptEncoderBase):
             _Linear(D, hidden_size, rng), _Activation("relu"),
             _Linear(hidden_size, hidden_size, rng), _Activation("relu"),
             _Linear(hidden_size, D, rng)])
+
+
+class LSTMPromptEncoder(PromptEncoderBase):
+    """P-tuning's LSTM (HF PEFT 0.21): a bidirectional LSTM (hidden h, encoder_num_layers
+    layers, encoder_dropout between them), then Linear(2h, 2h), ReLU, Linear(2h, D)."""
+
+    display_name = "PromptEncoder"
+    head_name = "mlp_head"
+
+    def __init__(self, embedding, hidden_size: int, num_layers: int, dropout: float, rng):
+        super().__init__(embedding)
+        D = int(np.shape(embedding)[1])
+        self._modules["lstm_head"] = _LSTM(D, hidden_size, num_layers, dropout, rng)
+        self._modules["mlp_head"] = _Sequential([
+            _Linear(2 * hidden_size, 2 * hidden_size, rng), _Activation("relu"),
+            _Linear(2 * hidden_size, D, rng)])
+
+    def forward(self, training: bool = False) -> np.ndarray:
+        table = np.array(self.embedding.weight, dtype=np.float32)
+        cache = []
+        self.lstm_head._training = bool(training)
+        out = self.mlp_head.forward(self.lstm_head.forward(table, cache), cache)
+        self._cache = cache
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def backward(self, grad) -> dict:
+        if self._cache is None:
+            raise RuntimeError("prompt encoder: backward() needs a forward() first")
+        cache, self._cache = self._cache, None
+        d = self.mlp_head.backward(np.ascontiguousarray(grad, dtype=np.float32), cache)
+        accumulate(self.embedding.weight, self.lstm_head.backward(d, cache))
+        return {name: p.grad for name, p in self.named_parameters() if p.requires_grad}
 
 
 class PrefixProjection(PromptEncoderBase):

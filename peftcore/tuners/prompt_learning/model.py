@@ -37,7 +37,7 @@ import numpy as np
 from ... import _C
 from ...config import PeftType
 from ...grad_mode import is_grad_enabled
-from ..prompt_encoder import (MLPPromptEncoder, PrefixProjection, PromptEncoderBase,
+from ..prompt_encoder import (LSTMPromptEncoder, MLPPromptEncoder, PrefixProjection, PromptEncoderBase,
                               PromptTable)
 from ..tuners_utils import KEY_PREFIX, BaseTuner, BaseTunerLayer, Plan, set_block_adapters
 from .config import (PrefixTuningConfig, PromptEncoderConfig,
@@ -91,8 +91,8 @@ def build_encoder(config, word_embeddings, rng, info) -> PromptEncoderBase:
         return PromptTable(np.asarray(word_embeddings)[ids])
     if isinstance(config, PromptEncoderConfig):
         if config.encoder_reparameterization_type == PromptEncoderReparameterizationType.LSTM:
-            raise NotImplementedError("P-tuning with encoder_reparameterization_type='LSTM' "
-                                      "is not implemented in peftcore yet; use 'MLP'")
+            return LSTMPromptEncoder(rng.standard_normal((P, D)), config.encoder_hidden_size,
+                                     config.encoder_num_layers, config.encoder_dropout, rng)
         if config.encoder_num_layers != PromptEncoderConfig.encoder_num_layers:
             warnings.warn(f"for MLP, the argument `encoder_num_layers` is ignored. Exactly "
                           f"{PromptEncoderConfig.encoder_num_layers} MLP layers are used.")
@@ -259,10 +259,6 @@ class PromptLearningModel(BaseTuner):
         if isinstance(cfg, PromptTuningConfig) and cfg.prompt_tuning_init == PromptTuningInit.TEXT \
                 and not cfg.inference_mode:
             info["init_ids"] = text_init_ids(cfg, cfg.num_virtual_tokens, model.config.vocab_size)
-        if isinstance(cfg, PromptEncoderConfig) and not cfg.inference_mode and \
-                cfg.encoder_reparameterization_type == PromptEncoderReparameterizationType.LSTM:
-            raise NotImplementedError("P-tuning with encoder_reparameterization_type='LSTM' is "
-                                      "not implemented in peftcore yet; use 'MLP'")
         plan.targets["prompt_encoder"] = info
         return plan
 
@@ -408,12 +404,9 @@ class PromptLearningModel(BaseTuner):
         config.inference_mode = False
         if isinstance(config, PromptTuningConfig):
             return None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                enc = build_encoder(config, None, np.random.default_rng(0), {})
-        except NotImplementedError:
-            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = build_encoder(config, None, np.random.default_rng(0), {})
         return None if isinstance(enc, PromptTable) else enc
 
     @classmethod
