@@ -162,7 +162,7 @@ static int lstm_dims(PyArrayObject *x, PyArrayObject *w_ih, PyArrayObject *w_hh,
                      int64_t *T, int64_t *IN, int64_t *H) {
     if (PyArray_NDIM(x) != 3 || PyArray_NDIM(w_ih) != 2 || PyArray_NDIM(w_hh) != 2) {
         PyErr_SetString(PyExc_ValueError, "lstm: input must be (batch, steps, input_size), "
-                        "weight_ih (4·hidden, input_size) and weight_hh (4·hidden, hidden)");
+                        "weight_ih (4*hidden, input_size) and weight_hh (4*hidden, hidden)");
         return -1;
     }
     *B = PyArray_DIM(x, 0), *T = PyArray_DIM(x, 1), *IN = PyArray_DIM(x, 2);
@@ -170,7 +170,7 @@ static int lstm_dims(PyArrayObject *x, PyArrayObject *w_ih, PyArrayObject *w_hh,
     if (*B < 1 || *T < 1 || *H < 1 || PyArray_DIM(w_hh, 0) != 4 * *H ||
         PyArray_DIM(w_ih, 0) != 4 * *H || PyArray_DIM(w_ih, 1) != *IN) {
         PyErr_Format(PyExc_ValueError,
-                     "lstm: weight_hh must be (4·H, H) and weight_ih (4·H, %lld) for an input "
+                     "lstm: weight_hh must be (4*H, H) and weight_ih (4*H, %lld) for an input "
                      "(B, T, %lld) with B, T >= 1; got weight_ih (%lld, %lld), weight_hh "
                      "(%lld, %lld)", (long long)*IN, (long long)*IN,
                      (long long)PyArray_DIM(w_ih, 0), (long long)PyArray_DIM(w_ih, 1),
