@@ -270,12 +270,6 @@ class PromptLearningModel(BaseTuner):
     def no_targets(cls, config, modules):
         return None
 
-    def check_new_config(self, config):
-        if type(config) is not type(next(iter(self.peft_config.values()))):
-            raise ValueError(f"Cannot combine prompt-learning adapters of different kinds: "
-                             f"this model's are {type(next(iter(self.peft_config.values()))).__name__}, "
-                             f"the new one is a {type(config).__name__}")
-
     # ---------------------------------------------------------------- layers
     def tuner_layers(self) -> list:
         layer = self._modules.get("prompt_encoder")
@@ -295,10 +289,6 @@ class PromptLearningModel(BaseTuner):
     def update_layer(self, layer, adapter_name, info, config, rng):
         words = self.model.get_input_embeddings().weight
         layer.add(adapter_name, build_encoder(config, words, rng, info), config)
-
-    def unload(self, merge: bool):
-        model = super().unload(merge)
-        return model
 
     # ---------------------------------------------------------------- running
     def get_prompt(self, batch_size: int):
