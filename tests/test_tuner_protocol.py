@@ -87,7 +87,10 @@ def test_registry_maps_each_method_to_its_config_and_tuner():
     assert {k: (c.__name__, t.__name__) for k, (c, t) in table.items()} == {
         PeftType.LORA: ("LoraConfig", "LoraModel"), PeftType.IA3: ("IA3Config", "IA3Model"),
         PeftType.BITFIT: ("BitFitConfig", "BitFitModel"),
-        PeftType.BOTTLENECK: ("BnConfig", "BottleneckModel")}
+        PeftType.BOTTLENECK: ("BnConfig", "BottleneckModel"),
+        PeftType.PROMPT_TUNING: ("PromptTuningConfig", "PromptLearningModel"),
+        PeftType.P_TUNING: ("PromptEncoderConfig", "PromptLearningModel"),
+        PeftType.PREFIX_TUNING: ("PrefixTuningConfig", "PromptLearningModel")}
     assert PeftType("BITFIT") is PeftType.BITFIT
     for name in ("IA3Config", "BitFitConfig", "LoraConfig", "BnConfig", "SeqBnConfig",
                  "DoubleSeqBnConfig"):
