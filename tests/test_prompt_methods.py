@@ -259,10 +259,7 @@ def test_encoder_grads_by_finite_differences(method):
     pm.train()
 
     def loss():
-        base._forwards = 11
-        lstm = encoder._modules.get("lstm_head")
-        if lstm is not None:
-            lstm._calls = 0
+        base._forwards = 11   # the same dropout masks, the LSTM's too
         return float(pm(ids, attention_mask=mask, labels=labels).loss)
 
     loss()
@@ -365,3 +362,20 @@ def test_save_load_round_trip_and_inference_mode(method, tmp_path):
     safetensors.numpy.save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="part of the prompt encoder"):
         PeftModel.from_pretrained(_base(), tmp_path, is_trainable=True)
+
+
+def test_lstm_dropout_follows_the_models_forward_count():
+    """The encoder's dropout masks come from the model's forward count (which checkpoints
+    save), so a resumed run draws the masks the uninterrupted one drew."""
+    pm = get_peft_model(_base(), CONFIGS["p_tuning_lstm"](encoder_dropout=0.5))
+    ids, mask, labels = _batch()
+    pm.train()
+    base = pm.get_base_model()
+
+    def loss(n):
+        base._forwards = n
+        return float(pm(ids, attention_mask=mask, labels=labels).loss)
+
+    assert loss(3) == loss(3) != loss(4)
+    pm.eval()
+    assert loss(3) == loss(4)   # no dropout in eval mode

@@ -5,6 +5,7 @@ Each encoder is a Module whose parameters carry HF PEFT's names (`embedding.weig
 `mlp_head.0.weight`, `transform.2.bias`, ...) and which runs on peftcore.functional's C ops:
 
     out = encoder.forward(training)   # (P, out_dim) float32, the same for every sequence
+                                      # (step=n: dropout masks of forward n, else its own count)
     grads = encoder.backward(d_out)   # d_out (P, out_dim): the gradient summed over the batch;
                                       # accumulated into .grad of every parameter that
                                       # requires one, and returned {name: gradient}
@@ -220,7 +221,9 @@ class PromptEncoderBase(Module):
     def head(self):
         return self._modules[self.head_name] if self.head_name else None
 
-    def forward(self, training: bool = False) -> np.ndarray:
+    def forward(self, training: bool = False, step: int | None = None) -> np.ndarray:
+        """`step` picks the dropout masks (the model's forward count, so a resumed run draws
+        the same ones); None: the encoder's own count."""
         table = np.array(self.embedding.weight, dtype=np.float32)
         head = self.head()
         if head is None:
@@ -278,10 +281,12 @@ class LSTMPromptEncoder(PromptEncoderBase):
             _Linear(2 * hidden_size, 2 * hidden_size, rng), _Activation("relu"),
             _Linear(2 * hidden_size, D, rng)])
 
-    def forward(self, training: bool = False) -> np.ndarray:
+    def forward(self, training: bool = False, step: int | None = None) -> np.ndarray:
         table = np.array(self.embedding.weight, dtype=np.float32)
         cache = []
         self.lstm_head._training = bool(training)
+        if step is not None:
+            self.lstm_head._calls = int(step)
         out = self.mlp_head.forward(self.lstm_head.forward(table, cache), cache)
         self._cache = cache
         return np.ascontiguousarray(out, dtype=np.float32)

@@ -183,12 +183,13 @@ class PromptEncoderLayer(BaseTunerLayer):
         """The encoder's output (P, D) or (P, 2·L·D), without touching the engine."""
         return self._modules[adapter].forward(training)
 
-    def refresh(self, training: bool):
-        """Before a forward: run the running adapter's encoder into the engine buffers."""
+    def refresh(self, training: bool, step: int | None = None):
+        """Before a forward: run the running adapter's encoder into the engine buffers
+        (`step`, the model's forward count, picks the encoder's dropout masks)."""
         a = self.running_adapter()
         if a is None:
             return
-        values = self._modules[a].forward(training)
+        values = self._modules[a].forward(training, step)
         wants_grad = self.trains(a) and is_grad_enabled()
         bufs = self._buffers[a]
         D = self.configs[a].token_dim
@@ -358,7 +359,7 @@ class PromptLearningModel(BaseTuner):
                     types = types[None, :] if types.ndim == 1 else types
                     token_type_ids = np.concatenate([np.zeros((types.shape[0], P), types.dtype),
                                                      types], axis=1)
-            layer.refresh(self.model.training)
+            layer.refresh(self.model.training, self.model._forwards)
             try:
                 return self.model(ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                                   position_ids=position_ids, **kwargs)
