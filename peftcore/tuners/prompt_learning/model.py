@@ -40,9 +40,8 @@ from ...grad_mode import is_grad_enabled
 from ..prompt_encoder import (LSTMPromptEncoder, MLPPromptEncoder, PrefixProjection, PromptEncoderBase,
                               PromptTable)
 from ..tuners_utils import KEY_PREFIX, BaseTuner, BaseTunerLayer, Plan, set_block_adapters
-from .config import (PrefixTuningConfig, PromptEncoderConfig,
-                     PromptEncoderReparameterizationType, PromptLearningConfig,
-                     PromptTuningConfig, PromptTuningInit)
+from .config import (PromptEncoderConfig, PromptEncoderReparameterizationType,
+                     PromptLearningConfig, PromptTuningConfig, PromptTuningInit)
 
 PROMPT_KEY = "prompt_embeddings"
 ENCODER_KEY = "prompt_encoder."      # peftcore's extra keys: the encoder's own weights
