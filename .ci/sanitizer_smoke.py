@@ -42,6 +42,9 @@ def main():
     model.eval()
     with peftcore.no_grad():
         want = model(ids, attention_mask=mask).logits
+        states = model(ids, attention_mask=mask, output_hidden_states=True)  # workers' rows
+    np.testing.assert_allclose(states.logits, want, rtol=1e-5, atol=1e-6)
+    assert len(states.hidden_states) == CFG["num_hidden_layers"] + 1
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         base = AutoModelForSequenceClassification.from_config(CFG, seed=1)

@@ -98,6 +98,10 @@ def _check_max_length(max_length, config):
         raise ValueError(f"--max-length {max_length} is longer than the model's {limit} positions")
 
 
+# AdapterHub's two placements of the bottleneck adapter, by their papers' names.
+BOTTLENECK_CONFIGS = {"pfeiffer": "SeqBnConfig", "houlsby": "DoubleSeqBnConfig"}
+
+
 def _peft_config(args, model):
     from . import BitFitConfig, IA3Config, LoraConfig
 
@@ -113,6 +117,12 @@ def _peft_config(args, model):
         return IA3Config(task_type="SEQ_CLS", target_modules=targets, feedforward_modules=ff)
     if args.method == "bitfit":
         return BitFitConfig(task_type="SEQ_CLS", target_modules=targets)
+    if args.method in BOTTLENECK_CONFIGS:
+        from . import tuners
+        config_class = getattr(tuners, BOTTLENECK_CONFIGS[args.method])
+        options = {} if args.reduction_factor is None else \
+            {"reduction_factor": args.reduction_factor}
+        return config_class(task_type="SEQ_CLS", **options)
     return None  # full fine-tuning
 
 
@@ -314,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "distributes them (MNLI: dev_matched.tsv, dev_mismatched.tsv, ...)")
     ft.add_argument("--model", help="Hugging Face model folder (default: all-MiniLM-L6-v2 if installed), "
                     "or 'random' for a small untrained BERT")
-    ft.add_argument("--method", default="lora", choices=["lora", "ia3", "bitfit", "full"],
-                    help="PEFT method, or full fine-tuning (default lora)")
+    ft.add_argument("--method", default="lora", choices=["lora", "ia3", "bitfit", *BOTTLENECK_CONFIGS, "full"],
+                    help="PEFT method (pfeiffer / houlsby: bottleneck adapters as AdapterHub's "
+                         "SeqBnConfig / DoubleSeqBnConfig), or full fine-tuning (default lora)")
     lora = ft.add_argument_group("LoRA (--method lora)")
     lora.add_argument("--r", type=_POSITIVE_INT, default=None, help=default("r"))
     lora.add_argument("--lora-alpha", type=_POSITIVE, default=None, help=default("lora_alpha"))
@@ -332,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                      type=_checked(str, "comma-separated module names",
                                   lambda v: all(part.strip() for part in v.split(","))),
                      help="which of the target modules scale their input (IA3Config's)")
+    bn = ft.add_argument_group("bottleneck adapters (--method pfeiffer|houlsby)")
+    bn.add_argument("--reduction-factor", type=_POSITIVE, default=None,
+                    help="bottleneck size = hidden size // this (default: the config's, 16)")
     tr = ft.add_argument_group("training (transformers' TrainingArguments)")
     tr.add_argument("--epochs", type=_POSITIVE, default=None, help=default("epochs"))
     tr.add_argument("--max-steps", type=_POSITIVE_INT, default=None)

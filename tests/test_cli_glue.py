@@ -35,6 +35,8 @@ def _summary(text):
     ("MNLI", "full", {"accuracy", "loss", "mm_accuracy", "mm_loss"},
      ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"]),
     ("WNLI", "lora", {"accuracy", "loss"}, ["WNLI.tsv"]),
+    ("SST-2", "pfeiffer", {"accuracy", "loss"}, ["SST-2.tsv"]),
+    ("RTE", "houlsby", {"accuracy", "loss"}, ["RTE.tsv"]),
 ])
 def test_each_task_and_method_runs_reports_and_predicts(glue_root, tmp_path, capsys, task, method,
                                                         metrics, submissions):
@@ -114,6 +116,20 @@ def test_parser_refusals(argv, message, capsys):
     with pytest.raises(SystemExit):
         main([*BASE, *argv])
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("method, config_class, mh_adapter", [
+    ("pfeiffer", "SeqBnConfig", False), ("houlsby", "DoubleSeqBnConfig", True)])
+def test_bottleneck_methods_build_adapterhub_configs(method, config_class, mh_adapter):
+    from peftcore.cli import _peft_config, build_parser
+
+    args = build_parser().parse_args(["finetune", "--method", method])
+    default = _peft_config(args, None)
+    args = build_parser().parse_args(["finetune", "--method", method, "--reduction-factor", "4"])
+    config = _peft_config(args, None)
+    assert type(config).__name__ == config_class == type(default).__name__
+    assert (config.reduction_factor, default.reduction_factor) == (4, 16)
+    assert config.mh_adapter is mh_adapter and config.output_adapter is True
 
 
 def test_every_task_is_a_choice():

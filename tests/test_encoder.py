@@ -7,6 +7,7 @@ check the engine's gradients against float64 central differences of its own loss
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -15,6 +16,7 @@ import pytest
 
 from helpers import check_entries_by_finite_differences, torch_repr_as_peftcore
 
+import peftcore
 from peftcore import AutoModel, AutoModelForSequenceClassification
 
 # a small architecture: big enough for several heads, small enough to run in milliseconds
@@ -178,6 +180,60 @@ def test_names_and_shapes_match_transformers(seqcls_pair):
     assert pc.num_parameters() == sum(p.numel() for p in hf.parameters())
     for name, p in pc.named_parameters():  # loading copied every value
         np.testing.assert_array_equal(p, _as_np(hf.get_parameter(name)), err_msg=name)
+
+
+@pytest.mark.parametrize("training, grad", [(False, False), (False, True), (True, True)])
+def test_output_hidden_states_match_transformers(seqcls_pair, training, grad):
+    """Every layer's hidden states, as transformers returns them (the embeddings' output
+    first), from an eval forward split among workers (no grad), one that keeps its
+    activations, and a training one (dropout off); asking for them changes no logit."""
+    model_type, hf, folder = seqcls_pair
+    pc = _load(folder, head=True, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0).train(training)
+    ids, mask = _batch(model_type, TINY["vocab_size"], B=5, T=9)
+    with (contextlib.nullcontext() if grad else peftcore.no_grad()):
+        plain = pc(ids, attention_mask=mask).logits
+        out = pc(ids, attention_mask=mask, output_hidden_states=True)
+        ref = hf(input_ids=_torch().tensor(ids), attention_mask=_torch().tensor(mask),
+                 output_hidden_states=True)
+    assert len(out.hidden_states) == len(ref.hidden_states) == TINY["num_hidden_layers"] + 1
+    for i, (ours, theirs) in enumerate(zip(out.hidden_states, ref.hidden_states)):
+        assert ours.shape == (5, 9, TINY["hidden_size"]) and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, _as_np(theirs), rtol=0, atol=LOGIT_ATOL,
+                                   err_msg=f"hidden_states[{i}]")
+    np.testing.assert_allclose(out.logits, _as_np(ref.logits), rtol=0, atol=LOGIT_ATOL)
+    np.testing.assert_allclose(out.logits, plain, rtol=0, atol=1e-6)
+    assert list(out.keys()) == ["logits", "hidden_states"]
+    logits, states = pc(ids, attention_mask=mask, output_hidden_states=True, return_dict=False)
+    assert len(states) == len(out.hidden_states)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_automodel_output_hidden_states(model_type, tmp_path):
+    """AutoModel: hidden_states[-1] is last_hidden_state bit for bit; a backward after such a
+    forward gives the gradients of one without."""
+    hf = _hf_model(model_type, head=False)
+    pc = _load(_save(hf, tmp_path), head=False)
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    for p in pc.parameters():
+        p.requires_grad = True
+    out = pc(ids, attention_mask=mask, output_hidden_states=True)
+    ref = hf(input_ids=_torch().tensor(ids), attention_mask=_torch().tensor(mask),
+             output_hidden_states=True)
+    np.testing.assert_array_equal(out.hidden_states[-1], out.last_hidden_state)
+    for ours, theirs in zip(out.hidden_states, ref.hidden_states, strict=True):
+        np.testing.assert_allclose(ours, _as_np(theirs), rtol=0, atol=LOGIT_ATOL)
+    g = np.random.default_rng(1).standard_normal(out.last_hidden_state.shape).astype(np.float32)
+    pc.backward(g)
+    with_states = {n: p.grad.copy() for n, p in pc.named_parameters() if p.grad is not None}
+    assert "embeddings.word_embeddings.weight" in with_states
+    pc.zero_grad(set_to_none=True)
+    pc(ids, attention_mask=mask)
+    pc.backward(g)
+    without = {n: p.grad for n, p in pc.named_parameters() if p.grad is not None}
+    assert without.keys() == with_states.keys()
+    for n, grad in without.items():
+        np.testing.assert_array_equal(grad, with_states[n], err_msg=n)
 
 
 @pytest.mark.parametrize("B,T", [(4, 10), (6, 16)])

@@ -48,11 +48,11 @@ def test_outputs_take_attribute_key_and_index_access():
     assert base(IDS, return_dict=False)[0].shape == (1 * 2, 4, 16)
 
 
-def test_hidden_states_and_attentions_are_refused_clearly():
-    model = _model()
+def test_hidden_states_given_and_attentions_refused_clearly():
+    model = _model(num_hidden_layers=2)
     assert model(IDS, output_hidden_states=False, output_attentions=False).logits.shape == (2, 2)
-    with pytest.raises(NotImplementedError, match="only the last layer's hidden state"):
-        model(IDS, output_hidden_states=True)
+    states = model(IDS, output_hidden_states=True).hidden_states
+    assert len(states) == 3 and all(h.shape == (2, 4, 16) for h in states)
     with pytest.raises(NotImplementedError, match="attention probabilities"):
         model(IDS, output_attentions=True)
 

@@ -75,6 +75,7 @@ struct pc_encoder {
     int64_t failed_bytes; /* the allocation the last failed forward could not make */
     int B, T;
     int64_t inference_rows; /* eval forwards without a backward: tokens of scratch (0: all) */
+    float *capture; /* (L+1, N, C) or NULL: every layer's output copied here by a forward */
     bool has_forward, training;
     bool first_token_only; /* the last layer of the last forward ran on first tokens only */
     bool keeping;          /* the forward in progress keeps its activations for a backward */
@@ -613,6 +614,8 @@ static int ensure_activations(pc_encoder *enc, int B, int T, bool keep, bool pro
     enc->T = T;
     return 0;
 }
+
+void pc_encoder_capture_hidden_states(pc_encoder *enc, float *buf) { enc->capture = buf; }
 
 void pc_encoder_set_inference_rows(pc_encoder *enc, int64_t rows) {
     enc->inference_rows = rows > 0 ? rows : 0;
@@ -1260,6 +1263,7 @@ static int head_forward(pc_encoder *enc) {
 /* Every layer on sequences [begin, end), `group` sequences at a time, in the scratch `worker`
  * (NULL: each layer's own, acts[l]) */
 static int layers_forward(pc_encoder *enc, layer_acts *worker, int begin, int end, int group) {
+    const int64_t rows = (int64_t)enc->T * enc->cfg.hidden, N = (int64_t)enc->B * rows;
     for (int b0 = begin; b0 < end; b0 += group) {
         const int n = end - b0 < group ? end - b0 : group;
         const float *x = enc->emb_out;
@@ -1268,6 +1272,9 @@ static int layers_forward(pc_encoder *enc, layer_acts *worker, int begin, int en
                               n) < 0)
                 return -1;
             x = enc->acts[l].out;
+            if (enc->capture) /* before the next layer overwrites it in place */
+                memcpy(enc->capture + (l + 1) * N + b0 * rows, x + b0 * rows,
+                       sizeof(float) * n * rows);
         }
     }
     return 0;
@@ -1327,7 +1334,8 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
                        const int64_t *token_types, const float *key_mask, int B, int T,
                        bool training, bool keep_activations, bool first_token_only,
                        uint64_t seed) {
-    if (first_token_only && enc->cfg.layers > 0 && !last_layer_allows_first_tokens(enc))
+    if (first_token_only && enc->cfg.layers > 0 &&
+        (enc->capture || !last_layer_allows_first_tokens(enc)))
         first_token_only = false; /* the whole last layer: the same first-token rows */
     enc->has_forward = false;
     enc->backward_ready = false;
@@ -1372,6 +1380,7 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
     enc->keeping = keep_activations;
     enc->seed = seed;
     embeddings_forward(enc, (int)N);
+    if (enc->capture) memcpy(enc->capture, enc->emb_out, sizeof(float) * N * enc->cfg.hidden);
     if (keep_activations ? layers_forward(enc, NULL, 0, B, B) < 0
                          : workers_forward(enc, B, workers, group) < 0)
         return -1;

@@ -100,6 +100,10 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
  * rows tokens each (at least one sequence), bounding their scratch; 0 (the default): the
  * whole batch at once. The outputs are the same either way. */
 void pc_encoder_set_inference_rows(pc_encoder *enc, int64_t rows);
+/* Forwards while buf is set (not NULL) copy the embeddings' output and every layer's output,
+ * (layers + 1, B, T, hidden) floats, into buf, and run the last layer on every token. The
+ * caller owns buf and sets it back to NULL. */
+void pc_encoder_capture_hidden_states(pc_encoder *enc, float *buf);
 
 /* Scratch bytes a grouped inference forward holds per token of a group (for choosing rows). */
 int64_t pc_encoder_inference_bytes_per_token(const pc_encoder *enc);

@@ -438,13 +438,19 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
     PyObject *io, *po, *to, *mo, *result = NULL;
     int training, want_hidden, keep = 1;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOOOpKp|p", &io, &po, &to, &mo, &training, &seed, &want_hidden,
+    /* want_hidden: 0 logits (and pooled) only, 1 also the last hidden state, 2 also every
+     * layer's (the embeddings' output and each layer's, stacked) */
+    if (!PyArg_ParseTuple(args, "OOOOpKi|p", &io, &po, &to, &mo, &training, &seed, &want_hidden,
                           &keep))
         return NULL;
+    if (want_hidden < 0 || want_hidden > 2) {
+        PyErr_Format(PyExc_ValueError, "want_hidden must be 0, 1 or 2, got %d", want_hidden);
+        return NULL;
+    }
     if (ready(self) < 0) return NULL;
     const pc_encoder_config *c = pc_encoder_get_config(self->enc);
     PyArrayObject *ids = NULL, *pos = NULL, *types = NULL, *mask = NULL;
-    PyObject *hidden = NULL, *pooled = NULL, *logits = NULL;
+    PyObject *hidden = NULL, *pooled = NULL, *logits = NULL, *layers = NULL;
     ids = glue_ids(io, "input_ids");
     if (!ids) return NULL;
     if (PyArray_NDIM(ids) != 2 || PyArray_DIM(ids, 0) < 1 || PyArray_DIM(ids, 1) < 1) {
@@ -486,12 +492,16 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
         (c->add_pooler && !(pooled = (PyObject *)glue_empty(2, pooled_dims))) ||
         (c->head != PC_HEAD_NONE && !(logits = (PyObject *)glue_empty(2, logits_dims))))
         goto fail;
+    npy_intp layers_dims[4] = {c->layers + 1, B, T, c->hidden};
+    if (want_hidden == 2 && !(layers = (PyObject *)glue_empty(4, layers_dims))) goto fail;
     int rc;
     int64_t failed;
     GLUE_COMPUTE_BEGIN
+    pc_encoder_capture_hidden_states(self->enc, layers ? glue_fp((PyArrayObject *)layers) : NULL);
     rc = pc_encoder_forward(self->enc, glue_ip(ids), glue_ip(pos), glue_ip(types),
                             mask ? glue_fp(mask) : NULL, (int)B, (int)T, training != 0, keep != 0,
                             !want_hidden, seed);
+    pc_encoder_capture_hidden_states(self->enc, NULL);
     if (rc == 0) {
         copy_out(hidden, pc_encoder_hidden(self->enc));
         copy_out(pooled, pc_encoder_pooled(self->enc));
@@ -508,11 +518,11 @@ static PyObject *encoder_forward(PcEncoderObject *self, PyObject *args) {
                          "per-thread scratch", (long)B, (long)T);
         goto fail;
     }
-    result = Py_BuildValue("(OOO)", hidden ? hidden : Py_None, pooled ? pooled : Py_None,
-                           logits ? logits : Py_None);
+    result = Py_BuildValue("(OOOO)", hidden ? hidden : Py_None, pooled ? pooled : Py_None,
+                           logits ? logits : Py_None, layers ? layers : Py_None);
 fail:
     Py_XDECREF(ids); Py_XDECREF(pos); Py_XDECREF(types); Py_XDECREF(mask);
-    Py_XDECREF(hidden); Py_XDECREF(pooled); Py_XDECREF(logits);
+    Py_XDECREF(hidden); Py_XDECREF(pooled); Py_XDECREF(logits); Py_XDECREF(layers);
     return result;
 }
 

@@ -849,6 +849,38 @@ static void test_encoder_adapters(void) {
     pc_encoder_free(ref);
 }
 
+/* pc_encoder_capture_hidden_states: an eval forward split among workers with the last layer
+ * on first tokens alone copies the embeddings' and every layer's output, and its last layer
+ * runs on every token, equal to the hidden state of a forward that keeps its activations;
+ * with the capture unset a forward writes nothing there. */
+static void test_encoder_hidden_capture(void) {
+    const int B = 3, T = 4, N = B * T, C = 8, L = 1;
+    int64_t ids[12], pos[12], types[12];
+    for (int n = 0; n < N; n++) { ids[n] = 1 + n % 10; pos[n] = n % T; types[n] = 0; }
+    pc_encoder *enc = small_encoder(11);
+    if (!enc) { check_true("hidden capture: build", false); return; }
+    const size_t per = (size_t)N * C, all = (size_t)(L + 1) * per;
+    float *buf = pc_alloc(sizeof(float) * all);
+    for (size_t i = 0; i < all; i++) buf[i] = NAN;
+    int rc = pc_encoder_forward(enc, ids, pos, types, NULL, B, T, false, true, false, 1);
+    double *want = dfrom(pc_encoder_hidden(enc), per);
+    pc_encoder_capture_hidden_states(enc, buf);
+    rc |= pc_encoder_forward(enc, ids, pos, types, NULL, B, T, false, false, true, 1);
+    pc_encoder_capture_hidden_states(enc, NULL);
+    check_true("hidden capture: forwards ran", rc == 0);
+    check("hidden capture: the last layer's rows = a kept forward's hidden state", buf + L * per,
+          want, per);
+    bool finite = true;
+    for (size_t i = 0; i < per; i++) finite = finite && isfinite(buf[i]);
+    check_true("hidden capture: the embeddings' output is written", finite);
+    buf[0] = -7.0f;
+    rc = pc_encoder_forward(enc, ids, pos, types, NULL, B, T, false, false, true, 1);
+    check_true("hidden capture: unset, a forward writes nothing", rc == 0 && buf[0] == -7.0f);
+    free(want);
+    pc_free(buf);
+    pc_encoder_free(enc);
+}
+
 int main(void) {
     pc_runtime_init();
     test_runtime();
@@ -888,6 +920,7 @@ int main(void) {
             test_folded_attention(folded[i][0], folded[i][1], folded[i][2], folded[i][3], masked);
 
     test_encoder_adapters();
+    test_encoder_hidden_capture();
     test_thread_determinism();
     test_fork_after_threads();
     known_issue_sgemm_k0();

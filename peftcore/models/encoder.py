@@ -110,14 +110,16 @@ class SequenceClassifierOutput(ModelOutput):
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
-def _refuse_unsupported(output_hidden_states, output_attentions):
+def _refuse_unsupported(output_attentions):
     if output_attentions:
         raise NotImplementedError("output_attentions=True: peftcore's engine does not return "
                                   "attention probabilities")
-    if output_hidden_states:
-        raise NotImplementedError("output_hidden_states=True: peftcore's engine returns only "
-                                  "the last layer's hidden state, not each layer's (not done "
-                                  "yet); use AutoModel's last_hidden_state")
+
+
+def _hidden_states(layers):
+    """transformers' hidden_states: the embeddings' output, then each layer's, (B, T, C)
+    each (views of one (L+1, B, T, C) array)."""
+    return None if layers is None else tuple(layers)
 
 
 def _container_name(model_type: str, parts: list[str]) -> str | None:
@@ -539,9 +541,11 @@ class EncoderModel(Module):
         return ids, mask, types, np.ascontiguousarray(positions, dtype=np.int64)
 
     def _run(self, inputs, want_hidden):
-        """The engine forward on checked inputs (from _prepare_inputs). Everything that can
-        be refused is refused before the engine runs, so a bad call leaves the last forward's
-        activations and pending gradient in place."""
+        """The engine forward on checked inputs (from _prepare_inputs): (last hidden state,
+        pooled, logits, every layer's hidden states). want_hidden: 0 logits only, 1 the last
+        hidden state, 2 every layer's too (the last layer then runs on every token).
+        Everything that can be refused is refused before the engine runs, so a bad call
+        leaves the last forward's activations and pending gradient in place."""
         ids, mask, types, positions = inputs
         with self._lock:
             self._pending_grad = None
@@ -565,11 +569,15 @@ class AutoModelBase(EncoderModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 output_hidden_states=None, output_attentions=None, return_dict=None):
         """transformers' keywords: return_dict=False gives a tuple (last_hidden_state,
-        pooler_output when the model pools)."""
-        _refuse_unsupported(output_hidden_states, output_attentions)
+        pooler_output when the model pools, hidden_states when asked).
+        output_hidden_states=True adds the embeddings' output and every layer's, (B, T, C)
+        each: copies the model does not otherwise keep, (layers + 1)·B·T·hidden floats.
+        They are outputs only: backward() takes the gradient of last_hidden_state or
+        pooler_output."""
+        _refuse_unsupported(output_attentions)
         inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        hidden, pooled, _ = self._run(inputs, True)
-        out = BaseModelOutputWithPooling(hidden, pooled)
+        hidden, pooled, _, layers = self._run(inputs, 2 if output_hidden_states else 1)
+        out = BaseModelOutputWithPooling(hidden, pooled, _hidden_states(layers))
         return out if return_dict is None or return_dict else out.to_tuple()
 
     def backward(self, grad=None, *, grad_last_hidden_state=None, grad_pooler_output=None):
@@ -597,13 +605,17 @@ class SequenceClassificationBase(EncoderModel):
         at the first forward with labels when None, as transformers does): "regression"
         (num_labels=1) MSE; "single_label_classification" (int labels, (B,) or (B, 1))
         cross-entropy; "multi_label_classification" (float (B, num_labels) targets in
-        [0, 1]) BCE-with-logits. return_dict=False gives a tuple ((loss,) logits)."""
-        _refuse_unsupported(output_hidden_states, output_attentions)
+        [0, 1]) BCE-with-logits. return_dict=False gives a tuple ((loss,) logits,
+        hidden_states when asked). output_hidden_states=True returns the embeddings' output
+        and every layer's, (B, T, C) each, as transformers does, at the cost of copying them
+        and of running the last layer on every token (without it, an eval forward runs the
+        last layer on the first tokens alone)."""
+        _refuse_unsupported(output_attentions)
         inputs = self._prepare_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         problem, target = (None, None) if labels is None else \
             self._check_labels(labels, inputs[0].shape[0])
         with self._lock:  # the loss's gradient belongs to this forward
-            _, _, logits = self._run(inputs, False)
+            _, _, logits, layers = self._run(inputs, 2 if output_hidden_states else 0)
             loss = None
             if target is not None:
                 if problem == "regression":
@@ -617,7 +629,8 @@ class SequenceClassificationBase(EncoderModel):
                     self._pending_grad = _C.cross_entropy_backward(logits, target, -100, 1.0)
                 self.config.problem_type = problem
                 loss = np.float64(loss)
-        out = SequenceClassifierOutput(loss=loss, logits=logits)
+        out = SequenceClassifierOutput(loss=loss, logits=logits,
+                                       hidden_states=_hidden_states(layers))
         return out if return_dict is None or return_dict else out.to_tuple()
 
     def _problem_type(self, labels) -> str:
