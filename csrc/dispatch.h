@@ -69,6 +69,15 @@
     X(VOID, void, pc_embedding_backward,                                                     \
       (float *dweight, const float *dout, const int64_t *ids, int N, int C),                 \
       (dweight, dout, ids, N, C))                                                            \
+    X(VALUE, int, pc_lstm_forward,                                                           \
+      (float *h, float *gates, float *c, const float *x, const float *w_ih, const float *w_hh, \
+       const float *b_ih, const float *b_hh, int B, int T, int IN, int H, bool reverse),       \
+      (h, gates, c, x, w_ih, w_hh, b_ih, b_hh, B, T, IN, H, reverse))                         \
+    X(VALUE, int, pc_lstm_backward,                                                          \
+      (float *dx, float *dw_ih, float *dw_hh, float *db, const float *dh, const float *x,   \
+       const float *h, const float *gates, const float *c, const float *w_ih,               \
+       const float *w_hh, int B, int T, int IN, int H, bool reverse),                        \
+      (dx, dw_ih, dw_hh, db, dh, x, h, gates, c, w_ih, w_hh, B, T, IN, H, reverse))           \
     X(VOID, void, pc_gemm_packed_init, (void), ())                                           \
     X(VALUE, bool, pc_gemm_packed_enabled, (void), ())                                       \
     X(VALUE, bool, pc_gemm_packed_use, (bool on), (on))                                      \

@@ -132,6 +132,18 @@ void pc_embedding_forward(float *out, const int64_t *ids, const float *weight, i
 /* dweight (V,C) scatter-add: dweight[ids[n]] += dout[n] (deterministic) */
 void pc_embedding_backward(float *dweight, const float *dout, const int64_t *ids, int N, int C);
 
+/* LSTM, one direction of one layer (ops/lstm.c): x (B,T,I), w_ih (4H,I), w_hh (4H,H), biases
+ * (4H) or NULL -> h (B,T,H), saving gates (B,T,4H) and cell states c (B,T,H); reverse runs
+ * the steps from T-1 down. The backward accumulates into dx, dw_ih, dw_hh, db (each may be
+ * NULL). 0, or -1 out of memory. */
+int pc_lstm_forward(float *h, float *gates, float *c, const float *x, const float *w_ih,
+                    const float *w_hh, const float *b_ih, const float *b_hh, int B, int T, int IN,
+                    int H, bool reverse);
+int pc_lstm_backward(float *dx, float *dw_ih, float *dw_hh, float *db, const float *dh,
+                     const float *x, const float *h, const float *gates, const float *c,
+                     const float *w_ih, const float *w_hh, int B, int T, int IN, int H,
+                     bool reverse);
+
 /* layernorm over the last dim: out = (inp - mean) * rstd * weight + bias.
  * mean, rstd (N) are saved for the backward (may be NULL). */
 void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,

@@ -43,6 +43,9 @@
 /* ops/embedding.c */
 #define pc_embedding_forward PC_ISA_NAME(pc_embedding_forward, PC_ISA)
 #define pc_embedding_backward PC_ISA_NAME(pc_embedding_backward, PC_ISA)
+/* ops/lstm.c */
+#define pc_lstm_forward PC_ISA_NAME(pc_lstm_forward, PC_ISA)
+#define pc_lstm_backward PC_ISA_NAME(pc_lstm_backward, PC_ISA)
 /* ops/gemm_packed.c */
 #define pc_gemm_packed_init PC_ISA_NAME(pc_gemm_packed_init, PC_ISA)
 #define pc_gemm_packed_enabled PC_ISA_NAME(pc_gemm_packed_enabled, PC_ISA)

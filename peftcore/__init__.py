@@ -63,6 +63,7 @@ __all__ = [
     "PeftModel", "PeftModelForSequenceClassification", "get_peft_model", "LoraConfig",
     "IA3Config", "BitFitConfig", "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig", "manual_seed",
     "UniPELTConfig", "ConfigUnion",
+    "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig",
 ]
 
 
@@ -76,4 +77,5 @@ from .peft_model import PeftModel, PeftModelForSequenceClassification, get_peft_
 from .tuners import (BitFitConfig, BnConfig, DoubleSeqBnConfig, IA3Config, LoraConfig,  # noqa: E402
                      SeqBnConfig)
 from .tuners.unipelt import ConfigUnion, UniPELTConfig  # noqa: E402
+from .tuners import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig  # noqa: E402
 from .utils.random import manual_seed  # noqa: E402

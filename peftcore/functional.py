@@ -19,6 +19,7 @@ __all__ = [
     "dropout_backward", "multi_head_attention", "multi_head_attention_backward",
     "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
+    "lstm", "lstm_backward",
 ]
 
 
@@ -238,3 +239,22 @@ def mse_loss(input, target):
 
 def mse_loss_backward(input, target, grad_loss=1.0):
     return _C.mse_backward(input, target, float(grad_loss))
+
+
+def lstm(input, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=False,
+         return_state=False):
+    """One direction of one LSTM layer as torch.nn.LSTM computes it (batch first, gates
+    i, f, g, o, zero initial state): input (B, T, I), weight_ih (4H, I), weight_hh (4H, H),
+    biases (4H,) -> every step's hidden state (B, T, H). reverse runs the steps from the last
+    (a bidirectional LSTM's second direction). With return_state, also the state the
+    backward needs: (gates after their nonlinearities (B, T, 4H), cell states (B, T, H))."""
+    h, gates, c = _C.lstm_forward(input, weight_ih, weight_hh, bias_ih, bias_hh, bool(reverse))
+    return (h, (gates, c)) if return_state else h
+
+
+def lstm_backward(grad_output, input, output, state, weight_ih, weight_hh, reverse=False):
+    """Returns (d_input, d_weight_ih, d_weight_hh, d_bias): d_bias is the gradient of bias_ih
+    and of bias_hh alike. `output` and `state` are the forward's (return_state=True)."""
+    gates, cells = state
+    return _C.lstm_backward(grad_output, input, output, gates, cells, weight_ih, weight_hh,
+                            bool(reverse))

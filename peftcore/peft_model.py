@@ -275,12 +275,20 @@ class PeftModel(Module):
     # ------------------------------------------------------------ running
 
     def __call__(self, *args, **kwargs):
-        return self.get_base_model()(*args, **kwargs)
+        return self.base_model.run(*args, **kwargs)
 
     forward = __call__
 
     def backward(self, *args, **kwargs):
-        return self.get_base_model().backward(*args, **kwargs)
+        return self.base_model.run_backward(*args, **kwargs)
+
+    def get_prompt(self, batch_size: int):
+        """Prompt-learning methods: the virtual tokens (batch_size, P, D), or each layer's
+        (key, value) prefixes (batch_size, heads, P, head_dim), as HF PEFT's get_prompt."""
+        if not self.active_peft_config.is_prompt_learning:
+            raise ValueError(f"get_prompt() is only for prompt-learning methods; this model's "
+                             f"adapter is a {type(self.active_peft_config).__name__}")
+        return self.base_model.get_prompt(batch_size)
 
     def train(self, mode: bool = True):
         self.get_base_model().train(mode)

@@ -69,3 +69,21 @@ def test_unipelt_notebook_shows_what_it_claims():
         assert Path(ns["heatmap"]).stat().st_size > 1000
     assert json.loads((Path(ns["out_dir"]) / "unipelt" / "adapter_config.json").read_text())[
         "config"]["architecture"] == "union"
+def test_prompt_methods_notebook_shows_what_it_claims():
+    """notebooks/prompt_methods.ipynb, checked from outside: the hand counts are the models',
+    prefix tuning's loss falls (with MiniLM), the P-tuning adapter resumes with its encoder and
+    reloads for inference with the same logits, in HF PEFT's files plus the encoder's keys."""
+    ns = _run(FOLDER / "prompt_methods.ipynb")
+    for name, (config, count) in ns["configs"].items():
+        assert ns["models"][name].get_nb_trainable_parameters()[0] == count + ns["head"], name
+    losses = ns["losses"]
+    if ns["model_dir"] is not None:
+        assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05, losses
+    assert np.abs(ns["loaded_logits"] - ns["trained_logits"]).max() < 1e-5
+    keys = ns["keys"]
+    assert keys["prompt_embeddings"].shape == (ns["P"], ns["H"])
+    assert {k for k in keys if k.startswith("prompt_encoder.")} == \
+        {"prompt_encoder." + n for n, _ in
+         ns["resumed"].base_model.prompt_encoder["default"].named_parameters()}
+    config = json.loads((Path(ns["out_dir"]) / "adapter_config.json").read_text())
+    assert config["peft_type"] == "P_TUNING" and config["num_virtual_tokens"] == ns["P"]

@@ -88,7 +88,10 @@ def test_registry_maps_each_method_to_its_config_and_tuner():
         PeftType.LORA: ("LoraConfig", "LoraModel"), PeftType.IA3: ("IA3Config", "IA3Model"),
         PeftType.BITFIT: ("BitFitConfig", "BitFitModel"),
         PeftType.BOTTLENECK: ("BnConfig", "BottleneckModel"),
-        PeftType.UNIPELT: ("ConfigUnion", "UniPELTModel")}
+        PeftType.UNIPELT: ("ConfigUnion", "UniPELTModel"),
+        PeftType.PROMPT_TUNING: ("PromptTuningConfig", "PromptLearningModel"),
+        PeftType.P_TUNING: ("PromptEncoderConfig", "PromptLearningModel"),
+        PeftType.PREFIX_TUNING: ("PrefixTuningConfig", "PromptLearningModel")}
     assert PeftType("BITFIT") is PeftType.BITFIT
     for name in ("IA3Config", "BitFitConfig", "LoraConfig", "BnConfig", "SeqBnConfig",
                  "DoubleSeqBnConfig"):

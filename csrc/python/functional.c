@@ -1,6 +1,8 @@
 /* peftcore._C functional ops: check arguments, allocate outputs, call the engine with the
  * GIL released. Each returns new NumPy arrays; backward functions return zero-initialised
  * gradients that the engine accumulates into. */
+#include <string.h>
+
 #include "glue.h"
 
 #define CHECK(cond) do { if (!(cond)) goto fail; } while (0)
@@ -154,6 +156,125 @@ static int check_vector(PyArrayObject *v, int64_t C, const char *what) {
                  what, (long long)C, s);
     return -1;
 }
+
+/* LSTM shapes: x (B,T,IN), w_ih (4H,IN), w_hh (4H,H); 0 with B, T, IN, H set, or -1 raised */
+static int lstm_dims(PyArrayObject *x, PyArrayObject *w_ih, PyArrayObject *w_hh, int64_t *B,
+                     int64_t *T, int64_t *IN, int64_t *H) {
+    if (PyArray_NDIM(x) != 3 || PyArray_NDIM(w_ih) != 2 || PyArray_NDIM(w_hh) != 2) {
+        PyErr_SetString(PyExc_ValueError, "lstm: input must be (batch, steps, input_size), "
+                        "weight_ih (4*hidden, input_size) and weight_hh (4*hidden, hidden)");
+        return -1;
+    }
+    *B = PyArray_DIM(x, 0), *T = PyArray_DIM(x, 1), *IN = PyArray_DIM(x, 2);
+    *H = PyArray_DIM(w_hh, 1);
+    if (*B < 1 || *T < 1 || *H < 1 || PyArray_DIM(w_hh, 0) != 4 * *H ||
+        PyArray_DIM(w_ih, 0) != 4 * *H || PyArray_DIM(w_ih, 1) != *IN) {
+        PyErr_Format(PyExc_ValueError,
+                     "lstm: weight_hh must be (4*H, H) and weight_ih (4*H, %lld) for an input "
+                     "(B, T, %lld) with B, T >= 1; got weight_ih (%lld, %lld), weight_hh "
+                     "(%lld, %lld)", (long long)*IN, (long long)*IN,
+                     (long long)PyArray_DIM(w_ih, 0), (long long)PyArray_DIM(w_ih, 1),
+                     (long long)PyArray_DIM(w_hh, 0), (long long)PyArray_DIM(w_hh, 1));
+        return -1;
+    }
+    if (glue_check_int_range(*B * *T * 4 * *H, "lstm: gates") < 0 ||
+        glue_check_int_range(*B * *T * *IN, "lstm: input") < 0)
+        return -1;
+    return 0;
+}
+
+/* same shape as `like` (a numpy shape check) */
+static int same_shape(PyArrayObject *a, int ndim, const npy_intp *dims, const char *what) {
+    if (PyArray_NDIM(a) == ndim && !memcmp(PyArray_DIMS(a), dims, sizeof(npy_intp) * ndim))
+        return 0;
+    char s[64];
+    glue_shape_str(s, sizeof s, a);
+    PyErr_Format(PyExc_ValueError, "lstm_backward: %s has shape %s, the forward's is (%lld, %lld, "
+                 "%lld)", what, s, (long long)dims[0], (long long)dims[1], (long long)dims[2]);
+    return -1;
+}
+
+/* lstm_forward(x, w_ih, w_hh, b_ih|None, b_hh|None, reverse) -> (h, gates, c) */
+static PyObject *f_lstm_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *wio, *who, *bio = Py_None, *bho = Py_None, *result = NULL;
+    int reverse = 0;
+    PyArrayObject *x = NULL, *wi = NULL, *wh = NULL, *bi = NULL, *bh = NULL;
+    PyArrayObject *h = NULL, *g = NULL, *c = NULL;
+    if (!PyArg_ParseTuple(args, "OOO|OOp", &xo, &wio, &who, &bio, &bho, &reverse)) return NULL;
+    CHECK(x = glue_f32(xo, "lstm: input"));
+    CHECK(wi = glue_f32(wio, "lstm: weight_ih"));
+    CHECK(wh = glue_f32(who, "lstm: weight_hh"));
+    int64_t B, T, IN, H;
+    CHECK(lstm_dims(x, wi, wh, &B, &T, &IN, &H) == 0);
+    if (bio != Py_None) {
+        CHECK(bi = glue_f32(bio, "lstm: bias_ih"));
+        CHECK(check_vector(bi, 4 * H, "lstm: bias_ih") == 0);
+    }
+    if (bho != Py_None) {
+        CHECK(bh = glue_f32(bho, "lstm: bias_hh"));
+        CHECK(check_vector(bh, 4 * H, "lstm: bias_hh") == 0);
+    }
+    npy_intp dh[3] = {(npy_intp)B, (npy_intp)T, (npy_intp)H};
+    npy_intp dg[3] = {(npy_intp)B, (npy_intp)T, (npy_intp)(4 * H)};
+    CHECK(h = glue_zeros(3, dh));
+    CHECK(g = glue_zeros(3, dg));
+    CHECK(c = glue_zeros(3, dh));
+    GLUE_COMPUTE_BEGIN
+    pc_lstm_forward(glue_fp(h), glue_fp(g), glue_fp(c), glue_fp(x), glue_fp(wi), glue_fp(wh),
+                    bi ? glue_fp(bi) : NULL, bh ? glue_fp(bh) : NULL, (int)B, (int)T, (int)IN,
+                    (int)H, reverse);
+    GLUE_COMPUTE_END
+    result = Py_BuildValue("(OOO)", h, g, c);
+fail:
+    Py_XDECREF(x); Py_XDECREF(wi); Py_XDECREF(wh); Py_XDECREF(bi); Py_XDECREF(bh);
+    Py_XDECREF(h); Py_XDECREF(g); Py_XDECREF(c);
+    return result;
+}
+
+/* lstm_backward(dh, x, h, gates, c, w_ih, w_hh, reverse) -> (dx, dw_ih, dw_hh, db) */
+static PyObject *f_lstm_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[7], *result = NULL;
+    int reverse = 0, rc = 0;
+    PyArrayObject *a[7] = {NULL}, *dx = NULL, *dwi = NULL, *dwh = NULL, *db = NULL;
+    static const char *const what[7] = {"lstm_backward: grad_output", "lstm_backward: input",
+                                        "lstm_backward: output", "lstm_backward: gates",
+                                        "lstm_backward: cells", "lstm_backward: weight_ih",
+                                        "lstm_backward: weight_hh"};
+    if (!PyArg_ParseTuple(args, "OOOOOOO|p", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+                          &reverse))
+        return NULL;
+    for (int i = 0; i < 7; i++) CHECK(a[i] = glue_f32(o[i], what[i]));
+    int64_t B, T, IN, H;
+    CHECK(lstm_dims(a[1], a[5], a[6], &B, &T, &IN, &H) == 0);
+    npy_intp dh[3] = {(npy_intp)B, (npy_intp)T, (npy_intp)H};
+    npy_intp dg[3] = {(npy_intp)B, (npy_intp)T, (npy_intp)(4 * H)};
+    CHECK(same_shape(a[0], 3, dh, "grad_output") == 0 && same_shape(a[2], 3, dh, "output") == 0 &&
+          same_shape(a[3], 3, dg, "gates") == 0 && same_shape(a[4], 3, dh, "cells") == 0);
+    npy_intp dxd[3] = {(npy_intp)B, (npy_intp)T, (npy_intp)IN};
+    npy_intp dwid[2] = {(npy_intp)(4 * H), (npy_intp)IN}, dwhd[2] = {(npy_intp)(4 * H), (npy_intp)H};
+    npy_intp dbd[1] = {(npy_intp)(4 * H)};
+    CHECK(dx = glue_zeros(3, dxd));
+    CHECK(dwi = glue_zeros(2, dwid));
+    CHECK(dwh = glue_zeros(2, dwhd));
+    CHECK(db = glue_zeros(1, dbd));
+    GLUE_COMPUTE_BEGIN
+    rc = pc_lstm_backward(glue_fp(dx), glue_fp(dwi), glue_fp(dwh), glue_fp(db), glue_fp(a[0]),
+                          glue_fp(a[1]), glue_fp(a[2]), glue_fp(a[3]), glue_fp(a[4]),
+                          glue_fp(a[5]), glue_fp(a[6]), (int)B, (int)T, (int)IN, (int)H, reverse);
+    GLUE_COMPUTE_END
+    if (rc) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    result = Py_BuildValue("(OOOO)", dx, dwi, dwh, db);
+fail:
+    for (int i = 0; i < 7; i++) Py_XDECREF(a[i]);
+    Py_XDECREF(dx); Py_XDECREF(dwi); Py_XDECREF(dwh); Py_XDECREF(db);
+    return result;
+}
+
 
 /* layernorm_forward(x, weight, bias, eps) -> (y, mean, rstd) */
 static PyObject *f_layernorm_forward(PyObject *self, PyObject *args) {
@@ -721,6 +842,8 @@ PyMethodDef glue_functional_methods[] = {
     DEF(gelu_tanh_forward, "gelu_tanh_forward(x) -> y (tanh approximation)"),
     DEF(gelu_tanh_backward, "gelu_tanh_backward(dy, x) -> dx"),
     DEF(tanh_forward, "tanh_forward(x) -> y"),
+    DEF(lstm_forward, "lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False) -> (h, gates, c)"),
+    DEF(lstm_backward, "lstm_backward(dh, x, h, gates, c, w_ih, w_hh, reverse=False) -> (dx, dw_ih, dw_hh, db)"),
     DEF(tanh_backward, "tanh_backward(dy, y) -> dx"),
     DEF(relu_forward, "relu_forward(x) -> y"),
     DEF(relu_backward, "relu_backward(dy, x) -> dx"),

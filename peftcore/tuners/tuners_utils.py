@@ -572,6 +572,17 @@ class BaseTuner(Module):
             layer.delete_adapter(adapter_name)
         del self.peft_config[adapter_name]
 
+    # ------------------------------------------------------------ running
+
+    def run(self, *args, **kwargs):
+        """The forward a PeftModel call runs: the base model's (a method that changes the
+        inputs, as prompt learning does, overrides it)."""
+        return self.model(*args, **kwargs)
+
+    def run_backward(self, *args, **kwargs):
+        """The backward a PeftModel's backward() runs."""
+        return self.model.backward(*args, **kwargs)
+
     # ------------------------------------------------------------ merging
 
     def check_mergeable(self):
