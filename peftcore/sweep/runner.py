@@ -227,7 +227,7 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
             store.close()
     if report:
         from .report import write_reports
-        write_reports(sweep.path, quiet=not progress, out=out)
+        write_reports(sweep.path, out=out)
     return counts
 
 
