@@ -483,3 +483,45 @@ def test_a_sweep_killed_midway_resumes_to_the_uninterrupted_table(tmp_path):
     for name in ("results.md", "results.csv"):
         assert (tmp_path / "a" / "tiny.report" / name).read_text() == \
             (tmp_path / "b" / "tiny.report" / name).read_text()
+
+
+def test_optuna_search_runs_its_studies_and_resumes(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    text = textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2]
+        k: [16]
+        seeds: [0, 1]
+        training: {{max_steps: 3, per_device_train_batch_size: 8}}
+        methods: {{lora: {{target_modules: [query, value]}}}}
+        search:
+          type: optuna
+          trials: {n}
+          seed: 0
+          space:
+            learning_rate: {{low: 1.0e-4, high: 1.0e-1, log: true}}
+            lora.r: {{low: 1, high: 8}}
+        run: {{parallel: 2}}
+        """)
+    path = tiny_sweep(tmp_path, text, n=3)
+    counts = sweep.run(path, progress=False, report=False)
+    assert counts["done"] == 6   # 3 Optuna trials x 2 seeds
+    rows = sweep.load(path, as_frame=False)
+    storage = f"sqlite:///{tmp_path / 'tiny.optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    for t in trials:
+        mine = [r for r in rows if r["options"]["r"] == t.params["lora.r"] and
+                r["training"]["learning_rate"] == t.params["training.learning_rate"]]
+        assert len(mine) == 2   # its two seeds, told their mean score
+        assert t.value == pytest.approx(np.mean([r["score"] for r in mine]) / 100, abs=1e-12)
+    assert sweep.run(path, progress=False, report=False)["done"] == 6   # nothing more to do
+    tiny_sweep(tmp_path, text, n=4)
+    with pytest.raises(SweepError, match="another version"):
+        sweep.run(path, progress=False, report=False)
+    assert sweep.run(path, progress=False, report=True, extend=True)["done"] == 8
+    assert len(optuna.load_study(study_name=summary.study_name, storage=storage).trials) == 4
+    assert "lora #3" in (tmp_path / "tiny.report" / "results.md").read_text()
