@@ -525,3 +525,19 @@ def test_optuna_search_runs_its_studies_and_resumes(tmp_path):
     assert sweep.run(path, progress=False, report=True, extend=True)["done"] == 8
     assert len(optuna.load_study(study_name=summary.study_name, storage=storage).trials) == 4
     assert "lora #3" in (tmp_path / "tiny.report" / "results.md").read_text()
+
+
+def test_the_readme_sweep_example_parses(tmp_path):
+    text = re.search(r"```yaml\n(  # glue\.yaml.*?)\n  ```", (ROOT / "README.md").read_text(),
+                     re.S).group(1)
+    text = textwrap.dedent(text)
+    write_glue(tmp_path / "glue_data")
+    (tmp_path / "glue_data" / "RTE").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "glue_data" / "RTE" / name).write_text("index\tsentence1\tsentence2\tlabel\n")
+    (tmp_path / "path" / "to" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (tmp_path / "path" / "to" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    (tmp_path / "glue.yaml").write_text(text)
+    s = parse(tmp_path / "glue.yaml")
+    assert len(s.trials) == 3 * 2 * 3 * (2 + 1 + 1 + 1)
+    assert {t.method for t in s.trials} == {"lora", "ia3", "seq_bn", "bitfit"}
