@@ -415,9 +415,10 @@ def _add_sweep_parser(sub):
     run.add_argument("--address", default=None,
                      help="Ray cluster (HOST:PORT of its head, or 'auto'); default: a local "
                           "Ray instance")
-    run.add_argument("--parallel", type=_POSITIVE_INT, default=None,
+    run.add_argument("--parallel", default=None,
+                     type=lambda v: v if v == "auto" else _POSITIVE_INT(v),
                      help="trials at a time (local backend; default run.parallel, else "
-                          "CPUs // threads)")
+                          "CPUs // threads); 'auto': measure which layout trains fastest")
     run.add_argument("--threads", type=_POSITIVE_INT, default=None,
                      help="engine threads per trial (default run.threads, else 1)")
     run.add_argument("--no-progress", action="store_true")

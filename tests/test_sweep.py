@@ -541,3 +541,24 @@ def test_the_readme_sweep_example_parses(tmp_path):
     s = parse(tmp_path / "glue.yaml")
     assert len(s.trials) == 3 * 2 * 3 * (2 + 1 + 1 + 1)
     assert {t.method for t in s.trials} == {"lora", "ia3", "seq_bn", "bitfit"}
+
+
+def test_parallel_auto_measures_the_layouts(tmp_path, capsys):
+    path = tiny_sweep(tmp_path, textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2]
+        k: [8]
+        seeds: [0, 1]
+        training: {{max_steps: 2, per_device_train_batch_size: 4}}
+        methods: {{bitfit: {{}}}}
+        run: {{parallel: auto}}
+        """))
+    assert sweep.run(path, report=False)["done"] == 2
+    out = capsys.readouterr().out
+    cpus = len(os.sched_getaffinity(0))
+    m = re.search(r"layout measured: (.*) -> (\d+) trial\(s\) at a time x (\d+) thread\(s\)", out)
+    assert m and int(m.group(2)) * int(m.group(3)) == cpus, out
+    assert f"{cpus} x 1 thread(s)" in m.group(1) and f"1 x {cpus} thread(s)" in m.group(1)
+    assert f"{m.group(2)} at a time x {m.group(3)} thread(s)" in out
+    assert {r["threads"] for r in sweep.load(path, as_frame=False)} == {int(m.group(3))}

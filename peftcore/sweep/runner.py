@@ -187,6 +187,47 @@ def _default_parallel(threads: int) -> int:
     return max(1, (cpus or 1) // threads)
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def measure_layout(sweep, row, steps: int = 4, out=None) -> tuple[int, int]:
+    """(parallel, threads) that trains fastest here: each layout p x t with p * t = the CPUs
+    runs p copies of `row`'s trial at once for `steps` steps (no evaluation, no checkpoint),
+    t engine threads each; the most optimisation steps per second wins."""
+    import tempfile
+
+    cpus = _cpus()
+    layouts = [(cpus // t, t) for t in range(1, cpus + 1) if cpus % t == 0]
+    best, rates = None, {}
+    with tempfile.TemporaryDirectory(prefix="peftcore-sweep-probe-") as tmp:
+        for parallel, threads in layouts:
+            config = dict(row["config"])
+            config["training"] = {**config["training"], "max_steps": steps, "eval_strategy": "no",
+                                  "save_strategy": "no", "load_best_model_at_end": False,
+                                  "early_stopping_patience": None}
+            engine = LocalBackend(parallel)
+            for i in range(parallel):
+                job = {"config": config, "common": sweep.common(), "threads": threads,
+                       "out_dir": str(Path(tmp) / f"{parallel}x{threads}-{i}"), "time_budget": None}
+                engine.submit(f"probe-{i}", job)
+            seconds = []
+            while engine.running:
+                for _, kind, payload, _ in engine.wait(1.0):
+                    if kind != "ok":
+                        raise SweepError(f"measuring the layout: a probe trial failed: "
+                                         f"{str(payload).splitlines()[0]}")
+                    seconds.append(payload["train_seconds"])
+            rates[(parallel, threads)] = parallel * steps / max(max(seconds), 1e-9)
+            if best is None or rates[(parallel, threads)] > rates[best]:
+                best = (parallel, threads)
+    if out is not None:
+        print("layout measured: " + ", ".join(f"{p} x {t} thread(s) {r:.2f} steps/s"
+                                               for (p, t), r in rates.items()) +
+              f" -> {best[0]} trial(s) at a time x {best[1]} thread(s)", file=out)
+    return best
+
+
 def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str = "local",
         address=None, parallel: int | None = None, threads: int | None = None,
         progress: bool = True, report: bool = True, ray_cpus: int | None = None,
@@ -203,6 +244,9 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
     elif address is not None:
         raise SweepError("--address is for --backend ray")
     parallel = parallel or sweep.run.get("parallel") or _default_parallel(threads)
+    if parallel == "auto" and backend != "local":
+        raise SweepError("run.parallel 'auto' measures the local machine: use --backend local "
+                         "(Ray trials take run.threads CPUs each)")
     with run_lock(sweep.db_path):
         store = Store(sweep.db_path)
         try:
@@ -213,6 +257,13 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
                     if t["status"] == "failed":
                         store.reset(t["id"])
             source = _source(sweep, store)
+            if parallel == "auto":
+                first = source.next()
+                if first is None:
+                    parallel = 1
+                else:
+                    source.queue.insert(0, first)
+                    parallel, threads = measure_layout(sweep, first, out=out)
             engine = (LocalBackend(parallel) if backend == "local"
                       else RayBackend(address, threads, ray_cpus))
             try:
@@ -243,17 +294,17 @@ class GridSource:
 
     def __init__(self, sweep, store):
         ids = {t.id for t in sweep.trials}
-        self.todo = [r for r in store.trials() if r["id"] in ids and
-                     r["status"] in ("pending", "interrupted")]
+        self.queue = [r for r in store.trials() if r["id"] in ids and
+                      r["status"] in ("pending", "interrupted")]
         self.total = len(ids)
         self.finished = sum(1 for r in store.trials() if r["id"] in ids and
                             r["status"] in ("done", "failed"))
 
     def next(self):
-        return self.todo.pop(0) if self.todo else None
+        return self.queue.pop(0) if self.queue else None
 
     def exhausted(self) -> bool:
-        return not self.todo
+        return not self.queue
 
     def done(self, row):
         pass

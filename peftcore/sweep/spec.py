@@ -394,6 +394,8 @@ def parse(path) -> Sweep:
                              f"got {v!r}")
     run = _mapping(data, "run", where, allowed=RUN_KEYS)
     for k, v in run.items():
+        if k == "parallel" and v == "auto":
+            continue  # measured: see runner.measure_layout
         if not (_is_int(v) and v >= 1):
             raise SweepError(where(_line(run, k), f"run.{k}") + f": expected an int >= 1, got {v!r}")
     methods = _methods(data, where, train_opts, training)
