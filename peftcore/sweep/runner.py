@@ -239,6 +239,11 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
     if backend not in ("local", "ray"):
         raise SweepError(f"backend must be 'local' or 'ray', got {backend!r}")
     threads = threads or sweep.run.get("threads", 1)
+    for name, value in (("parallel", parallel), ("threads", threads)):
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        if not ok and not (name == "parallel" and value == "auto"):
+            raise SweepError(f"{name} must be an int >= 1{' or auto' if name == 'parallel' else ''}"
+                             f", got {value!r}")
     if backend == "ray":
         check_ray_address(address)   # nothing is started for an address that does not answer
     elif address is not None:
