@@ -257,9 +257,11 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
         try:
             added = store.sync(sweep, extend=extend)
             recovered = store.recover()
-            if retry_failed:
+            if retry_failed:  # from scratch: a checkpoint might carry the failure along
+                import shutil
                 for t in store.trials():
                     if t["status"] == "failed":
+                        shutil.rmtree(sweep.runs_dir / t["id"], ignore_errors=True)
                         store.reset(t["id"])
             source = _source(sweep, store)
             if parallel == "auto":

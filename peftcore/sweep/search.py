@@ -31,8 +31,8 @@ class OptunaSource:
         self.n_trials = search["trials"]
         self.groups = []
         index = 0
-        for task in sweep.tasks:
-            for k in sweep.ks:
+        for k in sweep.ks:
+            for task in sweep.tasks:
                 for entry, (name, cls, grids, training, line, key) in enumerate(sweep.methods):
                     combos = _variants(name, grids, training, None, entry)
                     space = {k2: d for k2, d in search["space"].items()

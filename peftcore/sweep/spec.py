@@ -684,7 +684,7 @@ def trial_id(common: dict, config: dict) -> str:
 
 
 def expand(sweep: Sweep, where=None) -> list:
-    """Every trial of the sweep, in the order they run: task, K, method entry, variant, seed.
+    """Every trial of the sweep, in the order they run: K, task, method entry, variant, seed.
     Checks each method config and each TrainingArguments once; refuses duplicate trials."""
     from ..train.trainer import TrainingArguments
 
@@ -718,8 +718,8 @@ def expand(sweep: Sweep, where=None) -> list:
         return []  # the trials come from the studies, as they run
     trials, seen = [], {}
     common = sweep.common()
-    for task in sweep.tasks:
-        for k in sweep.ks:
+    for k in sweep.ks:   # the smaller K first: a partial run has whole tables of them
+        for task in sweep.tasks:
             for index, (name, line, key, variants) in enumerate(method_variants):
                 for v, (options, targs, label) in enumerate(variants):
                     for seed in sweep.seeds:

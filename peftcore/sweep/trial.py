@@ -16,7 +16,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 
 LOG_NAME = "trial.log"
 
