@@ -347,6 +347,9 @@ def test_cli_status_report_and_refusals(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", "status", str(tmp_path / "nothing.yaml")]) == 2
     assert "no sweep database at" in capsys.readouterr().err
+    (tmp_path / "junk.sweep.db").write_bytes(b"not sqlite at all" * 100)
+    assert main(["sweep", "report", str(tmp_path / "junk.sweep.db")]) == 2
+    assert "junk.sweep.db: not a sweep database" in capsys.readouterr().err
     # a changed file is refused unless --extend, and nothing runs
     path.write_text(path.read_text().replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
     assert main(["sweep", "run", str(path), "--no-progress"]) == 2

@@ -64,11 +64,14 @@ class Store:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise SweepError(f"no sweep database at {self.path} (run the sweep first)")
-        self.con = connect(self.path)
-        with self.write() as con:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
+        try:
+            self.con = connect(self.path)
+            with self.write() as con:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+        except sqlite3.DatabaseError as exc:
+            raise SweepError(f"{self.path}: not a sweep database ({exc})") from None
 
     def close(self):
         self.con.close()
