@@ -412,7 +412,60 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=finetune)
     inf = sub.add_parser("info", help="BLIS kernels, threads, SIMD")
     inf.set_defaults(func=info)
+    _add_sweep_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub):
+    """`peftcore sweep run|status|report FILE` (peftcore.sweep)."""
+    sw = sub.add_parser("sweep", help="scripted GLUE sweeps: run (or resume), status, report")
+    actions = sw.add_subparsers(dest="sweep_command", required=True)
+    run = actions.add_parser("run", help="run the sweep file's trials that are not done yet")
+    run.add_argument("file", help="the sweep file (YAML, JSON or TOML)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    run.add_argument("--extend", action="store_true",
+                     help="accept a sweep file that adds trials to its database")
+    run.add_argument("--backend", choices=["local", "ray"], default="local")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster (HOST:PORT of its head, or 'auto'); default: a local "
+                          "Ray instance")
+    run.add_argument("--parallel", default=None,
+                     type=lambda v: v if v == "auto" else _POSITIVE_INT(v),
+                     help="trials at a time (local backend; default run.parallel, else "
+                          "CPUs // threads); 'auto': measure which layout trains fastest")
+    run.add_argument("--threads", type=_POSITIVE_INT, default=None,
+                     help="engine threads per trial (default run.threads, else 1)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=_sweep_run)
+    st = actions.add_parser("status", help="trials by status, and the errors")
+    st.add_argument("file", help="the sweep file or its .sweep.db")
+    st.set_defaults(func=_sweep_status)
+    rp = actions.add_parser("report", help="tables (Markdown, CSV) and plots (PNG)")
+    rp.add_argument("file", help="the sweep file or its .sweep.db")
+    rp.add_argument("--out", default=None, help="folder (default <sweep>.report next to it)")
+    rp.add_argument("--no-plots", action="store_true")
+    rp.set_defaults(func=_sweep_report)
+
+
+def _sweep_run(args):
+    from . import sweep
+
+    counts = sweep.run(args.file, retry_failed=args.retry_failed, extend=args.extend,
+                       backend=args.backend, address=args.address, parallel=args.parallel,
+                       threads=args.threads, progress=not args.no_progress)
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+
+
+def _sweep_status(args):
+    from . import sweep
+
+    print(sweep.status_text(args.file))
+
+
+def _sweep_report(args):
+    from . import sweep
+
+    sweep.write_reports(args.file, out_dir=args.out, plots=not args.no_plots)
 
 
 def main(argv=None) -> int:

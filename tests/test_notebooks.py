@@ -87,3 +87,22 @@ def test_prompt_methods_notebook_shows_what_it_claims():
          ns["resumed"].base_model.prompt_encoder["default"].named_parameters()}
     config = json.loads((Path(ns["out_dir"]) / "adapter_config.json").read_text())
     assert config["peft_type"] == "P_TUNING" and config["num_virtual_tokens"] == ns["P"]
+
+
+def test_sweep_notebook_shows_what_it_claims():
+    """notebooks/sweep.ipynb: every trial done, once; its table holds the mean ± std over seeds
+    of the trials' scores; the four plots are PNG files."""
+    ns = _run(FOLDER / "sweep.ipynb")
+    assert ns["counts"]["done"] == ns["n_trials"] == 8 and ns["counts"]["failed"] == 0
+    assert ns["again"]["done"] == 8 and ns["attempts"] == [1] * 8
+    from peftcore import sweep
+    rows = sweep.load(ns["sweep_file"], as_frame=False)
+    for label in ("lora", "full"):
+        for k in ("32", "128"):
+            scores = [r["score"] for r in rows if r["label"] == label and r["k"] == k]
+            assert len(scores) == 2
+            assert f"| {label} | {np.mean(scores):.2f} ± {np.std(scores, ddof=1):.2f} |" in ns["table_md"]
+    assert [p.name for p in ns["plots"]] == ["learning_curves.png", "metric_vs_k.png",
+                                              "score_vs_train_time.png",
+                                              "score_vs_trainable_params.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in ns["plots"])

@@ -1,0 +1,572 @@
+"""peftcore sweep: sweep files and their errors (with lines), expansion, the SQLite store
+under concurrent writers, tiny sweeps end to end (tables, plots, load), a driver and a
+trial SIGKILLed mid-way then resumed (the table equals an uninterrupted run's),
+--retry-failed and --extend."""
+import json
+import multiprocessing
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peftcore import sweep
+from peftcore.sweep.spec import SweepError, available_methods, parse
+from peftcore.sweep.store import Store
+from peftcore.train.data import make_synthetic_sentiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ data and files
+
+
+def write_glue(root: Path, n: int = 120):
+    """SST-2 and MRPC in GLUE's published layouts (MRPC with its BOM), learnable from words."""
+    texts, labels = make_synthetic_sentiment(n, seed=0)
+    others, other_labels = make_synthetic_sentiment(n, seed=1)
+    cut = int(0.75 * n)
+
+    def sst(rows):
+        return "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows)
+
+    def mrpc(rows):
+        return "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
+            f"{int(la == lb)}\t{2 * i}\t{2 * i + 1}\t{a}\t{b}\n" for i, (a, la, b, lb) in rows)
+
+    pairs = list(enumerate(zip(texts, labels, others, other_labels)))
+    pairs = [(i, p) for i, p in pairs]
+    for task, train, dev in (("SST-2", sst(zip(texts[:cut], labels[:cut])),
+                              sst(zip(texts[cut:], labels[cut:]))),
+                             ("MRPC", mrpc([(i, p) for i, p in pairs[:cut]]),
+                              mrpc([(i, p) for i, p in pairs[cut:]]))):
+        (root / task).mkdir(parents=True, exist_ok=True)
+        (root / task / "train.tsv").write_text(train, encoding="utf-8")
+        (root / task / "dev.tsv").write_text(dev, encoding="utf-8")
+    return root
+
+
+TINY_MODEL = ("{random: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
+              "intermediate_size: 32, vocab_size: 200}}")
+
+
+def tiny_sweep(folder: Path, body: str = None, name: str = "tiny.yaml", glue="glue",
+               **fmt) -> Path:
+    """A small sweep file over the generated data: 2 tasks x 2 K x 2 seeds = 8 LoRA trials
+    unless `body` says otherwise."""
+    if not (folder / glue).is_dir():
+        write_glue(folder / glue)
+    text = body or textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2, MRPC]
+        k: [8, 24]
+        seeds: [0, 1]
+        training: {{learning_rate: 1.0e-2, max_steps: 4, per_device_train_batch_size: 8,
+                    eval_steps: 2, warmup_ratio: 0.0}}
+        methods:
+          lora: {{r: 2, target_modules: [query, value]}}
+        run: {{parallel: 2, threads: 1}}
+        """)
+    path = folder / name
+    path.write_text(text.format(model=TINY_MODEL, **fmt))
+    return path
+
+
+# ------------------------------------------------------------------ parsing and errors
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    write_glue(tmp_path / "glue")
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+BASE = """\
+data: {glue_dir: glue}
+tasks: [SST-2]
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + "methods: {lora: {}}\nbogus: 1\n", r":4: bogus: unknown key; a sweep file has"),
+    (BASE + "methods:\n  lora: {}\n  prefixx: {}\n", r":5: methods\.prefixx: unknown method 'prefixx'; peftcore has .*lora"),
+    (BASE + "methods:\n  lora:\n    rr: 8\n", r":5: methods\.lora\.rr: unknown option of LoraConfig; its options: .*lora_alpha"),
+    (BASE + "methods:\n  lora:\n    r: []\n", r":5: methods\.lora\.r: the grid is empty"),
+    (BASE + "methods:\n  lora:\n    target_modules: {grid: []}\n", r":5: methods\.lora\.target_modules: the grid is empty"),
+    (BASE + "seeds: []\nmethods: {lora: {}}\n", r":3: seeds: empty list"),
+    (BASE + "seeds: [1, 2,\n  1]\nmethods: {lora: {}}\n", r":4: seeds: 1 is listed twice"),
+    (BASE + "methods:\n  lora:\n    r: [4, 8, 4]\n", r":5: methods\.lora\.r: 4 is in the grid twice"),
+    (BASE + "methods:\n  - {method: lora, r: 4}\n  - {method: bitfit}\n  - {method: lora, r: 4}\n",
+     r":6: methods\[2\]: duplicate trial: lora .*also given by methods\[0\]"),
+    ("data: {glue_dir: glue}\ntasks: [SST-2,\n   RTE]\nmethods: {lora: {}}\n", r":3: tasks: no data for RTE: .*RTE/train\.tsv not found"),
+    ("data: {glue_dir: glue}\ntasks: [SST-5]\nmethods: {lora: {}}\n", r":2: tasks: unknown GLUE task 'SST-5'"),
+    (BASE + "training:\n  lr: 0.1\nmethods: {lora: {}}\n", r":4: training\.lr: unknown Trainer argument"),
+    (BASE + "training:\n  seed: 3\nmethods: {lora: {}}\n", r":4: training\.seed: set by the sweep"),
+    (BASE + "training: {learning_rate: -1}\nmethods:\n  lora: {}\n", r":5: methods\.lora: TrainingArguments\(learning_rate=-1\) is refused: learning_rate must be"),
+    (BASE + "methods:\n  lora: {r: 4}\n  lora: {r: 8}\n", r":5: duplicate key 'lora' \(first on line 4\)"),
+    (BASE + "methods:\n  lora: {lora_dropout: 2}\n", r":4: methods\.lora: LoraConfig\(lora_dropout=2\) is refused"),
+    (BASE + "methods:\n  full: {r: 4}\n", r":4: methods\.full\.r: unknown option of full fine-tuning"),
+    (BASE + "methods: {lora: {}}\nk: [0]\n", r":4: k: expected an int >= 1 or 'all', got 0"),
+    (BASE + "methods: {lora: {}}\nlimits: {trial_seconds: -5}\n", r":4: limits\.trial_seconds: expected seconds > 0"),
+    (BASE + "methods: {lora: {}}\nsearch: {type: grid, trials: 2, space: {r: {low: 1, high: 2}}}\n",
+     r":4: search\.type: expected 'random' or 'optuna'"),
+    (BASE + "methods: {lora: {}}\nsearch:\n  type: random\n  trials: 2\n  space:\n    lora.rank: {low: 1, high: 4}\n",
+     r":8: search\.space\.lora\.rank: unknown option of lora"),
+    (BASE + "methods: {lora: [}\n", r":3: not valid YAML"),
+    ("tasks: [SST-2]\nmethods: {lora: {}}\n", r"tasks: no data for SST-2: set data\.glue_dir"),
+    (BASE, r"methods: missing"),
+])
+def test_bad_sweep_files_name_the_line_and_key(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(SweepError, match=message) as info:
+        parse(path)
+    assert str(path) in str(info.value)
+
+
+def test_json_files_have_lines_and_toml_files_keys(tmp_path):
+    path = _write(tmp_path, '{\n "data": {"glue_dir": "glue"},\n "tasks": ["SST-2"],\n'
+                            ' "methods": {"lora": {"alpha": 3}}\n}\n', "s.json")
+    with pytest.raises(SweepError, match=r"s\.json:4: methods\.lora\.alpha: unknown option"):
+        parse(path)
+    path = _write(tmp_path, 'tasks = ["SST-2"]\n[data]\nglue_dir = "glue"\n[methods.lora]\n'
+                            'alpha = 3\n', "s.toml")
+    with pytest.raises(SweepError, match=r"s\.toml: methods\.lora\.alpha: unknown option"):
+        parse(path)
+    path = _write(tmp_path, 'tasks = ["SST-2"]\nseeds = [1, 2]\n[data]\nglue_dir = "glue"\n'
+                            '[methods.lora]\nr = [4, 8]\n', "ok.toml")
+    assert len(parse(path).trials) == 4
+
+
+def test_expansion_grids_lists_and_labels(tmp_path):
+    path = _write(tmp_path, BASE + textwrap.dedent("""\
+        k: [8, all]
+        seeds: [0, 1, 2]
+        training: {learning_rate: [1e-3, 3e-3], max_steps: 2}
+        methods:
+          lora: {r: [4, 8], target_modules: [query, value]}
+          ia3: {target_modules: {grid: [[key, value], [value]]}, feedforward_modules: []}
+          bitfit: {}
+          full: {training: {learning_rate: 1e-4}}
+        """))
+    s = parse(path)
+    # per task and K: lora 2x2, ia3 2x2, bitfit 2, full 1 variants; x 3 seeds; x 2 K
+    assert len(s.trials) == (4 + 4 + 2 + 1) * 3 * 2
+    lora = [t for t in s.trials if t.method == "lora"]
+    assert {t.options["target_modules"] == ["query", "value"] for t in lora} == {True}
+    assert {(t.options["r"], t.training["learning_rate"]) for t in lora} == \
+        {(4, 1e-3), (4, 3e-3), (8, 1e-3), (8, 3e-3)}
+    assert isinstance(lora[0].training["learning_rate"], float)  # 1e-3: a number, not text
+    assert {t.label for t in lora} == {"lora r=4 learning_rate=0.001", "lora r=4 learning_rate=0.003",
+                                       "lora r=8 learning_rate=0.001", "lora r=8 learning_rate=0.003"}
+    ia3 = {json.dumps(t.options["target_modules"]) for t in s.trials if t.method == "ia3"}
+    assert ia3 == {'["key", "value"]', '["value"]'}
+    full = [t for t in s.trials if t.method == "full"]
+    assert {t.training["learning_rate"] for t in full} == {1e-4} and full[0].label == "full"
+    assert [t.k for t in s.trials[:33]] == [8] * 33 and s.trials[-1].k == "all"
+    assert len({t.id for t in s.trials}) == len(s.trials)
+    assert parse(path).fingerprint() == s.fingerprint()   # the same file, the same trials
+
+
+def test_random_search_draws_the_same_configs_from_its_seed(tmp_path):
+    text = BASE + textwrap.dedent("""\
+        seeds: [0, 1]
+        methods:
+          lora: {r: [4, 8]}
+          bitfit: {}
+        search:
+          type: random
+          trials: 3
+          seed: {seed}
+          space:
+            learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
+            lora.lora_alpha: {{values: [8, 16, 32]}}
+            lora.lora_dropout: {{low: 0.0, high: 0.3}}
+        """)
+    a = parse(_write(tmp_path, text.replace("{seed}", "0").replace("{{", "{").replace("}}", "}")))
+    b = parse(_write(tmp_path, text.replace("{seed}", "0").replace("{{", "{").replace("}}", "}")))
+    c = parse(_write(tmp_path, text.replace("{seed}", "1").replace("{{", "{").replace("}}", "}")))
+    assert len(a.trials) == (2 * 3 + 3) * 2
+    assert [t.id for t in a.trials] == [t.id for t in b.trials]
+    assert [t.id for t in a.trials] != [t.id for t in c.trials]
+    lrs = [t.training["learning_rate"] for t in a.trials]
+    assert all(1e-4 <= v <= 1e-2 for v in lrs) and len(set(lrs)) == 9
+    assert {t.options["lora_alpha"] for t in a.trials if t.method == "lora"} <= {8, 16, 32}
+    assert all("lora_alpha" not in t.options for t in a.trials if t.method == "bitfit")
+
+
+def test_methods_come_from_the_tuner_registry(monkeypatch):
+    from peftcore.tuners import registry
+
+    methods = available_methods()
+    for peft_type, (config_cls, _) in registry.registered().items():
+        assert methods[peft_type.value.lower()] is config_cls
+    assert methods["full"] is None
+    assert {"seq_bn", "double_seq_bn"} <= set(methods)  # BnConfig's subclasses, by name
+
+    class ToyConfig(registry.registered()[registry.PeftType.IA3][0]):
+        pass
+    entry = registry._TUNERS[registry.PeftType.IA3]
+    monkeypatch.setitem(registry._TUNERS, registry.PeftType("LN_TUNING"), (ToyConfig, entry[1]))
+    assert available_methods()["ln_tuning"] is ToyConfig   # a new method: no sweep edit
+
+
+# ------------------------------------------------------------------ the store
+
+
+def _result(n):
+    return {"metrics": {"accuracy": n / 100}, "score": n / 100,
+            "eval_history": [[1, {"accuracy": 0.5}]], "losses": [0.7, 0.6],
+            "steps": 2, "train_seconds": 0.1, "wall_seconds": 0.2,
+            "peak_rss_mb": 10.0, "trainable_params": 5, "all_params": 9,
+            "n_train": 8, "n_dev": 4, "threads": 1, "resumed_from": None}
+
+
+def _writer(db, ids, barrier):
+    store = Store(db)
+    barrier.wait()
+    for n, i in enumerate(ids):
+        store.start(i, "local")
+        assert store.finish(i, _result(n))
+    store.close()
+
+
+def test_store_takes_concurrent_writers_without_losing_or_doubling(tmp_path):
+    s = parse(_write(tmp_path, BASE + "seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\nk: [8, 16]\n"
+                                      "methods:\n  lora: {r: [2, 4]}\n"))
+    db = tmp_path / "t.sweep.db"
+    store = Store(db)
+    store.sync(s)
+    assert store.counts()["pending"] == 40
+    ids = [t.id for t in s.trials]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_writer, args=(db, ids[i::4], barrier)) for i in range(4)]
+    for p in procs:
+        p.start()
+    seen = 0
+    while any(p.is_alive() for p in procs):   # a reader meanwhile never fails
+        seen = max(seen, store.counts()["done"])
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert store.counts() == {"pending": 0, "running": 0, "done": 40, "failed": 0, "interrupted": 0}
+    # a result arriving twice for one trial is recorded once
+    assert not store.finish(ids[0], _result(99))
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = store.trials()
+    assert sum(r["attempts"] for r in rows) == 40 and rows[0]["eval_history"] == [[1, {"accuracy": 0.5}]]
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_tiny_sweep_end_to_end_tables_plots_and_load(tmp_path, capsys):
+    path = tiny_sweep(tmp_path)
+    counts = sweep.run(path, progress=False)
+    assert counts["done"] == 8 and counts["failed"] == 0
+    rows = sweep.load(path, as_frame=False)
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"}
+    for r in rows:
+        assert r["steps"] == 4 and len(r["losses"]) == 4 and r["n_train"] == int(r["k"])
+        assert [s for s, _ in r["eval_history"]] == [2, 4]
+        assert r["train_seconds"] > 0 and r["peak_rss_mb"] > 10 and r["trainable_params"] > 0
+        assert 0 <= r["score"] <= 100 and r["attempts"] == 1 and r["resumed_from"] is None
+    assert 0 < rows[0]["trainable_params"] < rows[0]["all_params"]
+    # the table's numbers are the mean and std over seeds of the trials' scores
+    folder = tmp_path / "tiny.report"
+    md = (folder / "results.md").read_text()
+    table = list(__import__("csv").DictReader(open(folder / "results.csv")))
+    for task in ("SST-2", "MRPC"):
+        for k in ("8", "24"):
+            for label in ("lora",):
+                scores = [r["score"] for r in rows if (r["task"], r["k"], r["label"]) == (task, k, label)]
+                mean, std = np.mean(scores), np.std(scores, ddof=1)
+                entry = next(e for e in table if (e["task"], e["k"], e["label"], e["metric"]) ==
+                             (task, k, label, "score"))
+                assert float(entry["mean"]) == pytest.approx(mean, abs=1e-6)
+                assert float(entry["std"]) == pytest.approx(std, abs=1e-6) and entry["n"] == "2"
+                assert f"{mean:.2f} ± {std:.2f}" in md
+        avg = next(e for e in table if (e["task"], e["k"], e["label"]) == ("GLUE avg", "8", "lora"))
+        means = [float(e["mean"]) for e in table if e["k"] == "8" and e["label"] == "lora" and
+                 e["metric"] == "score" and e["task"] != "GLUE avg"]
+        assert float(avg["mean"]) == pytest.approx(np.mean(means), abs=1e-6)
+    mrpc_f1 = [e for e in table if e["task"] == "MRPC" and e["metric"] == "f1"]
+    assert len(mrpc_f1) == 2   # MRPC's official metrics are there too
+    assert "### K = 8" in md and "### K = 24" in md and "| method | SST-2 | MRPC | GLUE avg |" in md
+    for name in ("metric_vs_k.png", "learning_curves.png", "score_vs_train_time.png",
+                 "score_vs_trainable_params.png"):
+        data = (folder / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    assert len((folder / "trials.csv").read_text().splitlines()) == 9
+    # run again: nothing to do, nothing counted twice
+    assert sweep.run(path, progress=False, report=False)["done"] == 8
+    assert [r["attempts"] for r in sweep.load(path, as_frame=False)] == [1] * 8
+    pd = pytest.importorskip("pandas")
+    df = sweep.load(path)
+    assert isinstance(df, pd.DataFrame) and len(df) == 8 and "accuracy" in df.columns
+    summary = sweep.summary(path)
+    assert {e["task"] for e in summary} == {"SST-2", "MRPC", "GLUE avg"}
+
+
+def test_cli_status_report_and_refusals(tmp_path, capsys):
+    from peftcore.cli import main
+
+    path = tiny_sweep(tmp_path, textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2]
+        k: [8]
+        seeds: [0, 1]
+        training: {{max_steps: 2, per_device_train_batch_size: 4}}
+        methods: {{bitfit: {{}}}}
+        """))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(path.read_text().replace("bitfit: {}", "bitfit: {r: 2}"))
+    assert main(["sweep", "run", str(broken), "--no-progress"]) == 2
+    assert re.search(r"broken\.yaml:7: methods\.bitfit\.r: unknown option of BitFitConfig",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "broken.sweep.db").exists()   # nothing started
+    with pytest.raises(SweepError, match="parallel must be an int >= 1 or auto, got 0"):
+        sweep.run(path, parallel=0)
+    assert main(["sweep", "run", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "2 done" in out and "| bitfit |" in out
+    assert main(["sweep", "status", str(path)]) == 0
+    assert "2 trials: 2 done" in capsys.readouterr().out
+    assert main(["sweep", "report", str(path), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    assert (tmp_path / "r" / "results.md").is_file() and not (tmp_path / "r" / "metric_vs_k.png").exists()
+    capsys.readouterr()
+    assert main(["sweep", "status", str(tmp_path / "nothing.yaml")]) == 2
+    assert "no sweep database at" in capsys.readouterr().err
+    (tmp_path / "junk.sweep.db").write_bytes(b"not sqlite at all" * 100)
+    assert main(["sweep", "report", str(tmp_path / "junk.sweep.db")]) == 2
+    assert "junk.sweep.db: not a sweep database" in capsys.readouterr().err
+    # a changed file is refused unless --extend, and nothing runs
+    path.write_text(path.read_text().replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    assert main(["sweep", "run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"was made by another version of tiny\.yaml \(1 trial\(s\) new, 0 of its 2 "
+                     r"not in the file now\); refused: run with --extend", err), err
+    assert Store(tmp_path / "tiny.sweep.db").counts()["done"] == 2
+    assert main(["sweep", "run", str(path), "--no-progress", "--extend"]) == 0
+    capsys.readouterr()
+    rows = sweep.load(path, as_frame=False)
+    assert len(rows) == 3 and [r["attempts"] for r in rows] == [1, 1, 1]
+    # --extend never drops a trial
+    path.write_text(path.read_text().replace("seeds: [0, 1, 2]", "seeds: [0, 2]"))
+    assert main(["sweep", "run", str(path), "--no-progress", "--extend"]) == 2
+    assert re.search(r"--extend adds trials, it never drops or changes one: 1 trial\(s\) .* "
+                     r"e\.g\. bitfit on SST-2 K=8 seed 1; refused", capsys.readouterr().err)
+    # the Ray backend without an answering address: refused before anything starts
+    fresh = tiny_sweep(tmp_path, path.read_text().replace("{", "{{").replace("}", "}}"),
+                       name="other.yaml")
+    pytest.importorskip("ray")
+    assert main(["sweep", "run", str(fresh), "--backend", "ray", "--address", "127.0.0.1:9"]) == 2
+    assert "Ray address 127.0.0.1:9 does not answer" in capsys.readouterr().err
+    assert not (tmp_path / "other.sweep.db").exists()
+
+
+def test_failed_trials_rerun_only_with_retry_failed(tmp_path):
+    path = tiny_sweep(tmp_path, textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2, MRPC]
+        k: [8]
+        seeds: [0]
+        training: {{max_steps: 2, per_device_train_batch_size: 4}}
+        methods: {{lora: {{r: 2}}}}
+        """))
+    dev = tmp_path / "glue" / "MRPC" / "dev.tsv"
+    good = dev.read_text(encoding="utf-8")
+    dev.write_text(good + "1\tonly three\tfields\n", encoding="utf-8")  # a broken line
+    counts = sweep.run(path, progress=False, report=False)
+    assert counts["done"] == 1 and counts["failed"] == 1
+    failed = [r for r in sweep.load(path, as_frame=False) if r["status"] == "failed"][0]
+    assert failed["task"] == "MRPC" and "expected 5 tab-separated fields" in failed["error"]
+    assert "expected 5 tab-separated fields" in sweep.status_text(path)
+    dev.write_text(good, encoding="utf-8")
+    counts = sweep.run(path, progress=False, report=False)   # failed: not rerun
+    assert counts["failed"] == 1
+    assert [r["attempts"] for r in sweep.load(path, as_frame=False)] == [1, 1]
+    counts = sweep.run(path, progress=False, report=False, retry_failed=True)
+    assert counts["done"] == 2 and counts["failed"] == 0
+    assert [r["attempts"] for r in sweep.load(path, as_frame=False)] == [1, 2]
+
+
+KILL_SWEEP = """\
+model: {model}
+data: {{glue_dir: ../glue, max_length: 16}}
+tasks: [SST-2]
+k: [24]
+seeds: [0, 1, 2]
+training: {{learning_rate: 3.0e-3, max_steps: 40, per_device_train_batch_size: 8,
+            eval_steps: 20, save_strategy: steps, save_steps: 2, warmup_ratio: 0.0}}
+methods:
+  lora: {{r: 2}}
+run: {{parallel: 1, threads: 1}}
+"""
+
+
+def _poll(db, query, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            rows = con.execute(query).fetchall()
+            con.close()
+            if rows:
+                return rows
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {query}")
+
+
+def _children(pid):
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PDEATHSIG")
+def test_a_sweep_killed_midway_resumes_to_the_uninterrupted_table(tmp_path):
+    whole = tiny_sweep(tmp_path / "a", KILL_SWEEP, glue="../glue")
+    sweep.run(whole, progress=False)
+    killed = tiny_sweep(tmp_path / "b", KILL_SWEEP, glue="../glue")
+    db = tmp_path / "b" / "tiny.sweep.db"
+    cmd = [sys.executable, "-m", "peftcore", "sweep", "run", str(killed), "--no-progress"]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # 1. SIGKILL a trial's process once it has a checkpoint: recorded as interrupted,
+        #    the sweep goes on
+        (tid,) = _poll(db, "SELECT id FROM trials WHERE status='running'")[0]
+        runs = tmp_path / "b" / "tiny.runs" / tid
+        deadline = time.time() + 60
+        while not list(runs.glob("checkpoint-*")) and time.time() < deadline:
+            time.sleep(0.01)
+        for child in _children(driver.pid):
+            os.kill(child, signal.SIGKILL)
+        _poll(db, f"SELECT 1 FROM trials WHERE id='{tid}' AND status='interrupted'")
+        # 2. SIGKILL the driver while a later trial has a checkpoint
+        (tid2,) = _poll(db, f"SELECT id FROM trials WHERE status='running' AND id != '{tid}'")[0]
+        runs2 = tmp_path / "b" / "tiny.runs" / tid2
+        while not list(runs2.glob("checkpoint-*")) and time.time() < deadline:
+            time.sleep(0.01)
+        children = _children(driver.pid)
+        driver.kill()
+        driver.wait()
+        time.sleep(0.5)
+        for child in children:   # the trial's process died with its driver
+            assert not Path(f"/proc/{child}").exists() or \
+                Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    counts = Store(db).counts()
+    assert counts["done"] < 3 and counts["interrupted"] + counts["running"] == 2
+    sweep.run(killed, progress=False)
+    a = {r["id"]: r for r in sweep.load(whole, as_frame=False)}
+    b = {r["id"]: r for r in sweep.load(killed, as_frame=False)}
+    assert a.keys() == b.keys() and {r["status"] for r in b.values()} == {"done"}
+    for i in a:   # bit for bit: every metric, loss and evaluation
+        assert a[i]["score"] == b[i]["score"]
+        assert a[i]["losses"] == b[i]["losses"] and a[i]["eval_history"] == b[i]["eval_history"]
+    assert b[tid]["attempts"] == 2 and b[tid2]["attempts"] == 2
+    assert b[tid]["resumed_from"] is not None and b[tid2]["resumed_from"] is not None
+    for name in ("results.md", "results.csv"):
+        assert (tmp_path / "a" / "tiny.report" / name).read_text() == \
+            (tmp_path / "b" / "tiny.report" / name).read_text()
+
+
+def test_optuna_search_runs_its_studies_and_resumes(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    text = textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2]
+        k: [16]
+        seeds: [0, 1]
+        training: {{max_steps: 3, per_device_train_batch_size: 8}}
+        methods: {{lora: {{target_modules: [query, value]}}}}
+        search:
+          type: optuna
+          trials: {n}
+          seed: 0
+          space:
+            learning_rate: {{low: 1.0e-4, high: 1.0e-1, log: true}}
+            lora.r: {{low: 1, high: 8}}
+        run: {{parallel: 2}}
+        """)
+    path = tiny_sweep(tmp_path, text, n=2)
+    counts = sweep.run(path, progress=False, report=False)
+    assert counts["done"] == 4   # 2 Optuna trials x 2 seeds
+    rows = sweep.load(path, as_frame=False)
+    storage = f"sqlite:///{tmp_path / 'tiny.optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    for t in trials:
+        mine = [r for r in rows if r["options"]["r"] == t.params["lora.r"] and
+                r["training"]["learning_rate"] == t.params["training.learning_rate"]]
+        assert len(mine) == 2   # its two seeds, told their mean score
+        assert t.value == pytest.approx(np.mean([r["score"] for r in mine]) / 100, abs=1e-12)
+    assert sweep.run(path, progress=False, report=False)["done"] == 4   # nothing more to do
+    tiny_sweep(tmp_path, text, n=3)
+    with pytest.raises(SweepError, match="another version"):
+        sweep.run(path, progress=False, report=False)
+    assert sweep.run(path, progress=False, report=True, extend=True)["done"] == 6
+    assert len(optuna.load_study(study_name=summary.study_name, storage=storage).trials) == 3
+    assert "lora #2" in (tmp_path / "tiny.report" / "results.md").read_text()
+
+
+def test_the_readme_sweep_example_parses(tmp_path):
+    text = re.search(r"```yaml\n(  # glue\.yaml.*?)\n  ```", (ROOT / "README.md").read_text(),
+                     re.S).group(1)
+    text = textwrap.dedent(text)
+    write_glue(tmp_path / "glue_data")
+    (tmp_path / "glue_data" / "RTE").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "glue_data" / "RTE" / name).write_text("index\tsentence1\tsentence2\tlabel\n")
+    (tmp_path / "path" / "to" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (tmp_path / "path" / "to" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
+    (tmp_path / "glue.yaml").write_text(text)
+    s = parse(tmp_path / "glue.yaml")
+    assert len(s.trials) == 3 * 2 * 3 * (2 + 1 + 1 + 1)
+    assert {t.method for t in s.trials} == {"lora", "ia3", "seq_bn", "bitfit"}
+
+
+def test_parallel_auto_measures_the_layouts(tmp_path, capsys):
+    path = tiny_sweep(tmp_path, textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2]
+        k: [8]
+        seeds: [0]
+        training: {{max_steps: 2, per_device_train_batch_size: 4}}
+        methods: {{bitfit: {{}}}}
+        run: {{parallel: auto}}
+        """))
+    assert sweep.run(path, report=False)["done"] == 1
+    out = capsys.readouterr().out
+    cpus = len(os.sched_getaffinity(0))
+    m = re.search(r"layout measured: (.*) -> (\d+) trial\(s\) at a time x (\d+) thread\(s\)", out)
+    assert m and int(m.group(2)) * int(m.group(3)) == cpus, out
+    assert f"{cpus} x 1 thread(s)" in m.group(1) and f"1 x {cpus} thread(s)" in m.group(1)
+    assert f"{m.group(2)} at a time x {m.group(3)} thread(s)" in out
+    assert {r["threads"] for r in sweep.load(path, as_frame=False)} == {int(m.group(3))}
