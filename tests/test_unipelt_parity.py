@@ -15,8 +15,14 @@ import peftcore
 from peftcore import PeftModel, get_peft_model
 from peftcore.tuners.bottleneck import DoubleSeqBnConfig
 from peftcore.tuners.unipelt import ConfigUnion, LoRAConfig, PrefixTuningConfig, UniPELTConfig
-from test_bottleneck_parity import (ADAMW, PREFIX, _batch, _close, _hf_bare, _hf_logits,  # noqa: F401
-                                    _pc_bare, _pc_logits, _seeded, hf_models)
+from parity import ADAMW, hf_models  # noqa: F401
+from parity import batch as _batch
+from parity import close as _close
+from parity import hf_logits as _hf_logits
+from parity import pc_load as _pc_bare
+from parity import pc_logits as _pc_logits
+from parity import seeded_values as _seeded
+from test_bottleneck_parity import PREFIX, _hf_bare
 
 CONFIGS = {
     "unipelt": lambda: UniPELTConfig(task_type="SEQ_CLS"),
