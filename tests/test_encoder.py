@@ -787,11 +787,11 @@ def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
     if no_grad:
         with peftcore.no_grad():
             compact = model(ids, attention_mask=mask).logits
-            hidden, _, full = model._run(model._prepare_inputs(ids, mask, None, None), True)
+            hidden, _, full, _ = model._run(model._prepare_inputs(ids, mask, None, None), True)
         assert hidden.shape == ids.shape + (TINY["hidden_size"],)
         np.testing.assert_allclose(compact, full, rtol=1e-5, atol=1e-6)
         return
-    hidden, _, full = model._run(model._prepare_inputs(ids, mask, None, None), True)
+    hidden, _, full, _ = model._run(model._prepare_inputs(ids, mask, None, None), True)
     model.backward(g)
     full_grads = {n: p.grad.copy() for n, p in model.named_parameters()}
     model.zero_grad()
