@@ -111,7 +111,7 @@ def check_ray_address(address):
                          f"10.0.0.1:6379), 'auto' or 'local'; got {address!r}")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
-            pass
+            pass  # it answers: that is all this probe asks
     except OSError as exc:
         raise SweepError(f"Ray address {address} does not answer ({exc.strerror or exc}); "
                          f"nothing was started") from None
@@ -314,7 +314,8 @@ class GridSource:
         return not self.queue
 
     def done(self, row):
-        pass
+        """A grid's trials are fixed in advance: a finished one changes nothing to come (the
+        Optuna source tells its study here)."""
 
 
 def _job(sweep, row, threads):

@@ -75,7 +75,7 @@ def _yaml_loader(source):
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        """SafeLoader's own copy, so the constructors added below stay out of PyYAML's."""
 
     # YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3); read it as the number people mean
     Loader.add_implicit_resolver(
