@@ -36,7 +36,10 @@ cores distort the timings.
 --baseline DIR: also run DIR's peftcore (another checkout, its extension built in place:
 `git worktree add DIR <commit> && cd DIR && python3 setup.py build_ext --inplace`) in every
 peftcore mode, taking turns with this checkout's, and print this / baseline speed ratios:
-a change's effect measured side by side in one run.
+a change's effect measured side by side in one run. Then one more child per mode imports
+both checkouts' peftcore (the baseline's as `peftcore_baseline`) and alternates their steps:
+the median of those paired ratios, with its quartiles, survives the load and CPU steal that
+drift between separate processes.
 
 Targets: peftcore LoRA step / full step <= 0.72 (the ideal is 2/3: no weight gradients of the
 frozen base); peftcore merged inference at most 3 % slower than the bare model (merged / bare
@@ -48,6 +51,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -143,6 +147,71 @@ def child_interleaved(args):
     return harness.interleaved_inference(args, bare, peft_model.merge_and_unload())
 
 
+def import_baseline(checkout):
+    """The peftcore of another checkout (its extension built in place) as the package
+    `peftcore_baseline`, importable beside this checkout's `peftcore` in one process: the two
+    extensions are separate shared objects, each with its own state."""
+    import importlib.util
+    folder = Path(checkout) / "peftcore"
+    spec = importlib.util.spec_from_file_location(
+        "peftcore_baseline", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peftcore_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _paired_side(pc, args):
+    """A callable running one step of args.mode with the package `pc` (peftcore or the
+    baseline's), on the same weights, LoRA values and batch as the separate children."""
+    import numpy as np
+    pc.set_num_threads(args.threads)
+    model = pc.AutoModelForSequenceClassification.from_pretrained(args.folder)
+    if args.mode in ("lora", "merged"):
+        model = pc.get_peft_model(model, pc.LoraConfig(**LORA))
+    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
+    if args.mode == "merged":
+        _lora_values(model)
+        model = model.merge_and_unload()
+    if args.mode in TRAIN_MODES:
+        if args.mode == "full":
+            for p in model.parameters():
+                p.requires_grad = True
+        opt = pc.optim.AdamW([p for p in model.parameters() if p.requires_grad], **ADAMW)
+        model.train()
+
+        def step():
+            model(ids, attention_mask=mask, labels=labels)
+            model.backward()
+            opt.step()
+            opt.zero_grad()
+        return step
+    model.eval()
+
+    def forward():
+        with pc.no_grad():
+            return np.asarray(model(ids, attention_mask=mask).logits)
+    return forward
+
+
+def child_paired_baseline(args):
+    """This checkout's peftcore and the baseline's in one process, their steps alternating
+    (the order flipping every round): the median of the paired time ratios (this checkout's
+    speed over the baseline's) is robust to load and CPU steal that drift between the
+    separate processes."""
+    import numpy as np
+
+    import peftcore
+    base = import_baseline(args.baseline)
+    fns = {"this": _paired_side(peftcore, args), "baseline": _paired_side(base, args)}
+    times = harness.alternate(fns, args.warmup, args.steps)
+    pairs = [b / t for b, t in zip(times["baseline"], times["this"])]
+    return {"times": times, "ratio": float(np.median(pairs)),
+            "quartiles": [float(q) for q in np.percentile(pairs, [25, 75])],
+            "this_seq_per_s": args.batch / statistics.median(times["this"]),
+            "baseline_seq_per_s": args.batch / statistics.median(times["baseline"])}
+
+
 def child_main(args):
     if args.child == "prepare":
         result = child_prepare(args)
@@ -150,6 +219,8 @@ def child_main(args):
         result = child_torch(args)
     elif args.child == "interleaved":
         result = child_interleaved(args)
+    elif args.child == "paired-baseline":
+        result = child_paired_baseline(args)
     else:
         result = child_peftcore(args)
     print_result(result)
@@ -161,6 +232,9 @@ def run_child(kind, args, model, folder, mode="bare"):
     if kind == "baseline":
         return harness.run_child(__file__, "peftcore", args, model, folder, mode,
                                  repo=args.baseline)
+    if kind == "paired-baseline":
+        return harness.run_child(__file__, kind, args, model, folder, mode,
+                                 extra=("--baseline", args.baseline))
     return harness.run_child(__file__, kind, args, model, folder, mode)
 
 
@@ -178,7 +252,8 @@ def parse_args():
     ap.add_argument("--json", help="also write all results to this file")
     ap.add_argument("--baseline", help="another checkout (built in place) whose peftcore runs "
                                        "beside this one's: speed ratios this / baseline")
-    harness.add_child_arguments(ap, ("prepare", "interleaved") + FRAMEWORKS, MODES)
+    harness.add_child_arguments(ap, ("prepare", "interleaved", "paired-baseline") + FRAMEWORKS,
+                                MODES)
     args = harness.finish_run_arguments(ap.parse_args(), ap)
     if args.quick:
         args.models = args.models or "minilm"
@@ -196,6 +271,11 @@ def parse_args():
             ap.error(f"--baseline {base}: no peftcore/_C*.so there (build it in place first)")
         args.baseline = str(base)
     return args
+
+
+def fmt_paired(r):
+    return "" if r is None else \
+        f"{r['ratio']:.3f} ({r['quartiles'][0]:.3f}-{r['quartiles'][1]:.3f})"
 
 
 def main():
@@ -247,6 +327,14 @@ def main():
                     if diff > 1e-3:
                         problems.append(f"{model} {mode}: peftcore and torch logits differ by "
                                         f"{diff:.2e}")
+                if args.baseline:
+                    r = run_child("paired-baseline", args, model, folder, mode)
+                    res["paired_baseline"] = r
+                    print(f"    {mode:6} paired in one process, alternating: this "
+                          f"{r['this_seq_per_s']:.2f} seq/s, baseline "
+                          f"{r['baseline_seq_per_s']:.2f} seq/s, median paired this / baseline "
+                          f"{r['ratio']:.3f} (quartiles {r['quartiles'][0]:.3f}-"
+                          f"{r['quartiles'][1]:.3f})", flush=True)
             if not args.no_interleaved and {"merged", "bare"} <= set(args.mode_list):
                 r = run_child("interleaved", args, model, folder)
                 interleaved[model] = r
@@ -262,15 +350,16 @@ def main():
     print()
     if args.baseline:
         print(f"this checkout against --baseline {args.baseline}, side by side:\n")
-        print("| model | mode | this seq/s | baseline seq/s | this / baseline | this RSS MB | "
-              "baseline RSS MB |")
-        print("|" + "|".join(["---"] * 7) + "|")
+        print("| model | mode | this seq/s | baseline seq/s | this / baseline | paired in one "
+              "process | this RSS MB | baseline RSS MB |")
+        print("|" + "|".join(["---"] * 8) + "|")
         for model, modes in results.items():
             for mode, res in modes.items():
                 p, b = res.get("peftcore"), res.get("baseline")
                 if p and b:
                     print(f"| {model} | {labels[mode]} | {p['seq_per_s']:.2f} | "
                           f"{b['seq_per_s']:.2f} | {p['seq_per_s'] / b['seq_per_s']:.3f} | "
+                          f"{fmt_paired(res.get('paired_baseline'))} | "
                           f"{p['peak_mb']:.0f} | {b['peak_mb']:.0f} |")
         print()
     for model, modes in results.items():
