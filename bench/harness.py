@@ -481,6 +481,46 @@ def alternate(fns, warmup, steps):
     return times
 
 
+def paired_train(args, ours, theirs, adamw):
+    """peftcore's model `ours` and torch's `theirs` (each with its trainable parameters set)
+    taking turns at a training step (forward with labels, backward, AdamW step, zero_grad; train
+    mode) on the same batch in one process: `ratio`, the median over rounds of torch's time over
+    peftcore's (peftcore's speed-up), its quartiles, each side's seq/s and trainable count. The
+    paired ratio is robust to load and CPU steal that drift between separate processes."""
+    import numpy as np
+    import torch
+
+    import peftcore
+    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
+    t_ids, t_mask, t_labels = (torch.from_numpy(a) for a in (ids, mask, labels))
+    ours_trainable = [p for p in ours.parameters() if p.requires_grad]
+    theirs_trainable = [p for p in theirs.parameters() if p.requires_grad]
+    ours_opt = peftcore.optim.AdamW(ours_trainable, **adamw)
+    theirs_opt = torch.optim.AdamW(theirs_trainable, **adamw)
+    ours.train()
+    theirs.train()
+
+    def step_ours():
+        ours(ids, attention_mask=mask, labels=labels)
+        ours.backward()
+        ours_opt.step()
+        ours_opt.zero_grad()
+
+    def step_theirs():
+        theirs(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss.backward()
+        theirs_opt.step()
+        theirs_opt.zero_grad()
+
+    times = alternate({"peftcore": step_ours, "torch": step_theirs}, args.warmup, args.steps)
+    pairs = [t / o for t, o in zip(times["torch"], times["peftcore"])]
+    return {"times": times, "ratio": float(np.median(pairs)),
+            "quartiles": [float(q) for q in np.percentile(pairs, [25, 75])],
+            "peftcore_seq_per_s": args.batch / statistics.median(times["peftcore"]),
+            "torch_seq_per_s": args.batch / statistics.median(times["torch"]),
+            "trainable": [int(sum(p.size for p in ours_trainable)),
+                          int(sum(p.numel() for p in theirs_trainable))]}
+
+
 def interleaved_inference(args, bare, other, name="merged"):
     """peftcore inference of a bare and an `other` model in one process (eval, no_grad),
     forwards alternating: each one's times and seq/s, and `ratio`, the median over rounds of

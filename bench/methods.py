@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -140,47 +139,15 @@ def child_interleaved(args):
 
 def child_paired(args):
     """A training step of torch and of peftcore in one process, alternating (the order flips
-    every round): the median of the paired time ratios is robust to load that drifts while
-    the separate processes run. Both models are built as in their own children."""
-    import numpy as np
-    import torch
-    import transformers
-
+    every round; see harness.paired_train). Both models are built as in their own children."""
     import peftcore
-    torch.set_num_threads(args.threads)
     peftcore.set_num_threads(args.threads)
-    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
     ours, _ = _peftcore_model(args, args.mode)
-    ours_opt = peftcore.optim.AdamW([p for p in ours.parameters() if p.requires_grad], **ADAMW)
-    theirs = transformers.BertForSequenceClassification.from_pretrained(args.folder)
-    if args.mode == "ia3":
-        import peft
-        theirs = peft.get_peft_model(theirs, peft.IA3Config(**IA3))
-    else:
+    theirs, _ = harness.torch_model(args, "IA3Config" if args.mode == "ia3" else None, IA3)
+    if args.mode == "bitfit":
         for name, p in theirs.named_parameters():
             p.requires_grad_(_bias_only(name))
-    theirs_opt = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], **ADAMW)
-    t_ids, t_mask, t_labels = (torch.from_numpy(a) for a in (ids, mask, labels))
-    ours.train()
-    theirs.train()
-
-    def step_ours():
-        ours(ids, attention_mask=mask, labels=labels)
-        ours.backward()
-        ours_opt.step()
-        ours_opt.zero_grad()
-
-    def step_theirs():
-        theirs(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss.backward()
-        theirs_opt.step()
-        theirs_opt.zero_grad()
-
-    times = harness.alternate({"peftcore": step_ours, "torch": step_theirs}, args.warmup,
-                              args.steps)
-    pairs = [t / o for t, o in zip(times["torch"], times["peftcore"])]  # peftcore speed-up
-    return {"times": times, "ratio": float(np.median(pairs)),
-            "peftcore_seq_per_s": args.batch / statistics.median(times["peftcore"]),
-            "torch_seq_per_s": args.batch / statistics.median(times["torch"])}
+    return harness.paired_train(args, ours, theirs, ADAMW)
 
 
 def child_main(args):

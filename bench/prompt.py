@@ -29,7 +29,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import harness
@@ -72,56 +71,10 @@ def _models(args, method):
     return ours, theirs
 
 
-def _alternate(fns: dict, steps, warmup):
-    """Median seconds of each fn over `steps` rounds, the order flipping every round, and
-    the per-round times."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times = {n: [] for n in names}
-    for i in range(steps):
-        for n in (names if i % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[n]()
-            times[n].append(time.perf_counter() - t0)
-    return times
-
-
 def child_train(args):
     """torch + peft and peftcore training steps alternating in one process."""
-    import numpy as np
-    import torch
-
-    import peftcore
     ours, theirs = _models(args, args.mode)
-    ids, mask, labels = make_batch(args, MODELS[args.model]["vocab_size"])
-    t_ids, t_mask, t_labels = (torch.from_numpy(a) for a in (ids, mask, labels))
-    ours_trainable = [p for p in ours.parameters() if p.requires_grad]
-    theirs_trainable = [p for p in theirs.parameters() if p.requires_grad]
-    ours_opt = peftcore.optim.AdamW(ours_trainable, **ADAMW)
-    theirs_opt = torch.optim.AdamW(theirs_trainable, **ADAMW)
-    ours.train()
-    theirs.train()
-
-    def step_ours():
-        ours(ids, attention_mask=mask, labels=labels)
-        ours.backward()
-        ours_opt.step()
-        ours_opt.zero_grad()
-
-    def step_theirs():
-        theirs(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss.backward()
-        theirs_opt.step()
-        theirs_opt.zero_grad()
-
-    times = _alternate({"peftcore": step_ours, "torch": step_theirs}, args.steps, args.warmup)
-    pairs = [t / o for t, o in zip(times["torch"], times["peftcore"])]
-    return {"ratio": float(np.median(pairs)),
-            "peftcore_seq_per_s": args.batch / statistics.median(times["peftcore"]),
-            "torch_seq_per_s": args.batch / statistics.median(times["torch"]),
-            "trainable": [sum(p.size for p in ours_trainable),
-                          sum(p.numel() for p in theirs_trainable)]}
+    return harness.paired_train(args, ours, theirs, ADAMW)
 
 
 def child_infer(args):
@@ -148,7 +101,7 @@ def child_infer(args):
                 with torch.inference_mode():
                     m(input_ids=t_ids, attention_mask=t_mask)
         fns[method] = run
-    times = _alternate(fns, args.steps, args.warmup)
+    times = harness.alternate(fns, args.warmup, args.steps)
     return {m: {"overhead": float(np.median([t / b for t, b in zip(times[m], times["bare"])]) - 1),
                 "seq_per_s": args.batch / statistics.median(times[m])}
             for m in fns}
