@@ -60,6 +60,7 @@ def _load_model_and_tokenizer(args, train_texts, num_labels):
         tokenizer = data.load_tokenizer(path, args.max_length)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
         _check_max_length(args.max_length, model.config)
+        args.tokenizer_path = str(path)
         return model, tokenizer, str(path)
     _fill_defaults(args, RANDOM_DEFAULTS)
     tokenizer = data.build_wordpiece_tokenizer_from_texts(train_texts, vocab_size=2000,
@@ -100,30 +101,118 @@ def _check_max_length(max_length, config):
 
 # AdapterHub's two placements of the bottleneck adapter, by their papers' names.
 BOTTLENECK_CONFIGS = {"pfeiffer": "SeqBnConfig", "houlsby": "DoubleSeqBnConfig"}
+PROMPT_CONFIGS = {"prompt_tuning": "PromptTuningConfig", "p_tuning": "PromptEncoderConfig",
+                  "prefix_tuning": "PrefixTuningConfig"}
+METHODS = ("lora", "ia3", "bitfit", *BOTTLENECK_CONFIGS, *PROMPT_CONFIGS, "unipelt", "full")
+UNIPELT_PARTS = ("prefix_tuning", "adapter", "lora")
+
+
+def _method_name(text):
+    """--method: a method's name, hyphens and case as the user likes (p-tuning, Prefix_Tuning)."""
+    return text.strip().lower().replace("-", "_")
+
+
+def _names(text):
+    return None if text is None else [m.strip() for m in text.split(",")]
+
+
+def _peft_options(pairs):
+    """--peft-option NAME=VALUE (repeatable) -> {name: value}, each value read as a YAML
+    scalar or list (16, 0.1, true, [query, value], MLP)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--peft-option expects NAME=VALUE, got {pair!r}")
+        try:
+            out[name.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--peft-option {pair!r}: the value is not a YAML scalar or list "
+                             f"({exc.problem})") from None
+    return out
+
+
+def _with_options(config_class, options, fixed):
+    """config_class(**fixed, **options), each option checked against the config's fields."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"--peft-option {unknown[0]}: {config_class.__name__} has no such field "
+                         f"(its fields: {', '.join(sorted(fields - {'peft_type'}))})")
+    return config_class(**{**fixed, **options})
 
 
 def _peft_config(args, model):
-    from . import BitFitConfig, IA3Config, LoraConfig
+    from . import BitFitConfig, IA3Config, LoraConfig, tuners
 
-    targets = None if args.target_modules is None else \
-        [m.strip() for m in args.target_modules.split(",")]
+    targets = _names(args.target_modules)
+    options = _peft_options(getattr(args, "peft_option", None))
     if args.method == "lora":
-        return LoraConfig(task_type="SEQ_CLS", r=args.r, lora_alpha=args.lora_alpha,
-                          lora_dropout=args.lora_dropout, bias=getattr(args, "bias", "none"),
-                          target_modules=targets)
+        return _with_options(LoraConfig, options, dict(
+            task_type="SEQ_CLS", r=args.r, lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout, bias=getattr(args, "bias", "none"),
+            target_modules=targets))
     if args.method == "ia3":
-        ff = None if args.feedforward_modules is None else \
-            [m.strip() for m in args.feedforward_modules.split(",")]
-        return IA3Config(task_type="SEQ_CLS", target_modules=targets, feedforward_modules=ff)
+        return _with_options(IA3Config, options, dict(
+            task_type="SEQ_CLS", target_modules=targets,
+            feedforward_modules=_names(args.feedforward_modules)))
     if args.method == "bitfit":
-        return BitFitConfig(task_type="SEQ_CLS", target_modules=targets)
+        return _with_options(BitFitConfig, options, dict(task_type="SEQ_CLS",
+                                                         target_modules=targets))
     if args.method in BOTTLENECK_CONFIGS:
-        from . import tuners
-        config_class = getattr(tuners, BOTTLENECK_CONFIGS[args.method])
-        options = {} if args.reduction_factor is None else \
-            {"reduction_factor": args.reduction_factor}
-        return config_class(task_type="SEQ_CLS", **options)
+        fixed = {"task_type": "SEQ_CLS"}
+        if args.reduction_factor is not None:
+            fixed["reduction_factor"] = args.reduction_factor
+        return _with_options(getattr(tuners, BOTTLENECK_CONFIGS[args.method]), options, fixed)
+    if args.method in PROMPT_CONFIGS:
+        return _with_options(getattr(tuners, PROMPT_CONFIGS[args.method]), options,
+                             _prompt_options(args))
+    if args.method == "unipelt":
+        if options:
+            raise ValueError("--peft-option does not apply to --method unipelt (a union of "
+                             "three configs): choose its parts with --unipelt-parts")
+        parts = _names(args.unipelt_parts) or list(UNIPELT_PARTS)
+        bad = [p for p in parts if p not in UNIPELT_PARTS]
+        if bad or not parts:
+            raise ValueError(f"--unipelt-parts expects names from {', '.join(UNIPELT_PARTS)}, "
+                             f"got {args.unipelt_parts!r}")
+        from . import UniPELTConfig
+        return UniPELTConfig(task_type="SEQ_CLS",
+                             **{p: False for p in UNIPELT_PARTS if p not in parts})
     return None  # full fine-tuning
+
+
+def _prompt_options(args):
+    """PromptTuningConfig / PromptEncoderConfig / PrefixTuningConfig's fields from the
+    prompt-learning options given (the config's own defaults for the rest)."""
+    out = {"task_type": "SEQ_CLS", "num_virtual_tokens": args.num_virtual_tokens}
+    given = {"encoder_hidden_size": args.encoder_hidden_size,
+             "encoder_reparameterization_type": args.encoder_reparameterization_type,
+             "prefix_projection": args.prefix_projection or None,
+             "prompt_tuning_init": args.prompt_tuning_init,
+             "prompt_tuning_init_text": args.prompt_tuning_init_text}
+    allowed = {"prompt_tuning": ("prompt_tuning_init", "prompt_tuning_init_text"),
+               "p_tuning": ("encoder_hidden_size", "encoder_reparameterization_type"),
+               "prefix_tuning": ("encoder_hidden_size", "prefix_projection")}[args.method]
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} does not apply to --method {args.method} (its options: "
+                             + ", ".join("--" + a.replace("_", "-") for a in allowed) + ")")
+        out[name] = value
+    if args.prompt_tuning_init_text is not None:
+        if getattr(args, "tokenizer_path", None) is None:
+            raise ValueError("--prompt-tuning-init-text needs the tokenizer of a model folder "
+                             "(--model PATH); the random model's tokenizer is not saved")
+        out["prompt_tuning_init"] = "TEXT"
+        out["tokenizer_name_or_path"] = args.tokenizer_path
+    return out
 
 
 def _class_weights(text):
@@ -311,7 +400,7 @@ def _weights_ok(text):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftcore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    ft = sub.add_parser("finetune", help="fine-tune (LoRA, (IA)3, BitFit or full) on a GLUE "
+    ft = sub.add_parser("finetune", help="fine-tune (any PEFT method, or full) on a GLUE "
                         "task (or generated data)")
     pre, rnd = PRETRAINED_DEFAULTS, RANDOM_DEFAULTS
 
@@ -324,9 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "distributes them (MNLI: dev_matched.tsv, dev_mismatched.tsv, ...)")
     ft.add_argument("--model", help="Hugging Face model folder (default: all-MiniLM-L6-v2 if installed), "
                     "or 'random' for a small untrained BERT")
-    ft.add_argument("--method", default="lora", choices=["lora", "ia3", "bitfit", *BOTTLENECK_CONFIGS, "full"],
+    ft.add_argument("--method", default="lora", type=_method_name, choices=METHODS,
                     help="PEFT method (pfeiffer / houlsby: bottleneck adapters as AdapterHub's "
-                         "SeqBnConfig / DoubleSeqBnConfig), or full fine-tuning (default lora)")
+                         "SeqBnConfig / DoubleSeqBnConfig; p_tuning: PromptEncoderConfig; "
+                         "unipelt: UniPELTConfig), or full fine-tuning (default lora)")
+    ft.add_argument("--peft-option", action="append", metavar="NAME=VALUE",
+                    help="any field of the method's config (repeatable; the value is read as "
+                         "YAML: 16, 0.1, true, [query, value]); overrides the flags below")
     lora = ft.add_argument_group("LoRA (--method lora)")
     lora.add_argument("--r", type=_POSITIVE_INT, default=None, help=default("r"))
     lora.add_argument("--lora-alpha", type=_POSITIVE, default=None, help=default("lora_alpha"))
@@ -346,6 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
     bn = ft.add_argument_group("bottleneck adapters (--method pfeiffer|houlsby)")
     bn.add_argument("--reduction-factor", type=_POSITIVE, default=None,
                     help="bottleneck size = hidden size // this (default: the config's, 16)")
+    pl = ft.add_argument_group("prompt learning (--method prompt_tuning|p_tuning|prefix_tuning)")
+    pl.add_argument("--num-virtual-tokens", type=_POSITIVE_INT, default=20,
+                    help="virtual tokens (prefix rows) P (default %(default)s)")
+    pl.add_argument("--encoder-hidden-size", type=_POSITIVE_INT, default=None,
+                    help="P-tuning's encoder / the prefix projection's hidden size "
+                         "(default: the model's)")
+    pl.add_argument("--encoder-reparameterization-type", choices=["MLP", "LSTM"],
+                    type=str.upper, default=None, help="P-tuning's encoder (default MLP)")
+    pl.add_argument("--prefix-projection", action="store_true",
+                    help="prefix tuning through an MLP with tanh (default: none, P-tuning v2)")
+    pl.add_argument("--prompt-tuning-init", choices=["RANDOM", "SAMPLE_VOCAB", "TEXT"],
+                    type=str.upper, default=None, help="prompt tuning's initial prompt "
+                    "(default RANDOM)")
+    pl.add_argument("--prompt-tuning-init-text", default=None,
+                    help="initialise the prompt from this text's token embeddings (TEXT)")
+    up = ft.add_argument_group("UniPELT (--method unipelt)")
+    up.add_argument("--unipelt-parts", default=None,
+                    help="gated submodules, comma-separated from prefix_tuning, adapter, lora "
+                         "(default all three: UniPELT(APL); prefix_tuning,adapter: UniPELT(AP))")
     tr = ft.add_argument_group("training (transformers' TrainingArguments)")
     tr.add_argument("--epochs", type=_POSITIVE, default=None, help=default("epochs"))
     tr.add_argument("--max-steps", type=_POSITIVE_INT, default=None)

@@ -37,6 +37,10 @@ def _summary(text):
     ("WNLI", "lora", {"accuracy", "loss"}, ["WNLI.tsv"]),
     ("SST-2", "pfeiffer", {"accuracy", "loss"}, ["SST-2.tsv"]),
     ("RTE", "houlsby", {"accuracy", "loss"}, ["RTE.tsv"]),
+    ("MRPC", "prefix_tuning", {"f1", "accuracy", "loss"}, ["MRPC.tsv"]),
+    ("SST-2", "p-tuning", {"accuracy", "loss"}, ["SST-2.tsv"]),
+    ("QNLI", "prompt_tuning", {"accuracy", "loss"}, ["QNLI.tsv"]),
+    ("RTE", "unipelt", {"accuracy", "loss"}, ["RTE.tsv"]),
 ])
 def test_each_task_and_method_runs_reports_and_predicts(glue_root, tmp_path, capsys, task, method,
                                                         metrics, submissions):
@@ -46,7 +50,7 @@ def test_each_task_and_method_runs_reports_and_predicts(glue_root, tmp_path, cap
                  "--predict"]) == 0
     text = capsys.readouterr().out
     summary = _summary(text)
-    assert set(summary["dev_after"]) == metrics and summary["method"] == method
+    assert set(summary["dev_after"]) == metrics and summary["method"] == method.replace("-", "_")
     report = json.loads((out / "report.json").read_text())
     for key in ("trainable_params", "all_params", "train_seconds", "peak_rss_mb",
                 "latency_ms_batch_1", "latency_ms_batch_32", "dev"):
@@ -130,6 +134,67 @@ def test_bottleneck_methods_build_adapterhub_configs(method, config_class, mh_ad
     assert type(config).__name__ == config_class == type(default).__name__
     assert (config.reduction_factor, default.reduction_factor) == (4, 16)
     assert config.mh_adapter is mh_adapter and config.output_adapter is True
+
+
+def _config(*argv):
+    from peftcore.cli import PRETRAINED_DEFAULTS, _fill_defaults, _peft_config, build_parser
+
+    args = build_parser().parse_args(["finetune", *argv])
+    _fill_defaults(args, PRETRAINED_DEFAULTS)  # as loading a --model folder does
+    args.tokenizer_path = "/models/minilm"
+    return _peft_config(args, None)
+
+
+def test_prompt_methods_unipelt_and_any_config_field_from_the_command_line():
+    config = _config("--method", "P-Tuning", "--encoder-reparameterization-type", "lstm",
+                     "--encoder-hidden-size", "64", "--num-virtual-tokens", "8")
+    assert type(config).__name__ == "PromptEncoderConfig"
+    assert (config.num_virtual_tokens, config.encoder_hidden_size) == (8, 64)
+    assert str(getattr(config.encoder_reparameterization_type, "value",
+                       config.encoder_reparameterization_type)) == "LSTM"
+    config = _config("--method", "prefix_tuning", "--prefix-projection")
+    assert type(config).__name__ == "PrefixTuningConfig"
+    assert (config.num_virtual_tokens, config.prefix_projection) == (20, True)
+    assert _config("--method", "prefix_tuning").prefix_projection is False  # P-tuning v2
+    config = _config("--method", "prompt_tuning", "--prompt-tuning-init-text", "great movie")
+    assert str(getattr(config.prompt_tuning_init, "value", config.prompt_tuning_init)) == "TEXT"
+    assert (config.prompt_tuning_init_text, config.tokenizer_name_or_path) == \
+        ("great movie", "/models/minilm")
+    apl = _config("--method", "unipelt")
+    ap = _config("--method", "unipelt", "--unipelt-parts", "prefix_tuning, adapter")
+    assert [type(c).__name__ for c in apl.configs] == \
+        ["PrefixTuningConfig", "SeqBnConfig", "LoRAConfig"]
+    assert [type(c).__name__ for c in ap.configs] == ["PrefixTuningConfig", "SeqBnConfig"]
+    assert all(c.use_gating for c in apl.configs + ap.configs)
+    config = _config("--method", "lora", "--peft-option", "r=4", "--peft-option",
+                     "target_modules=[query, key]", "--peft-option", "use_rslora=true")
+    assert (config.r, sorted(config.target_modules), config.use_rslora) == \
+        (4, ["key", "query"], True)
+    config = _config("--method", "pfeiffer", "--peft-option", "non_linearity=swish",
+                     "--peft-option", "leave_out=[0, 1]")
+    assert (config.non_linearity, list(config.leave_out)) == ("swish", [0, 1])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "lora", "--peft-option", "rank=4"],
+     "--peft-option rank: LoraConfig has no such field"),
+    (["--method", "ia3", "--peft-option", "r"], "--peft-option expects NAME=VALUE, got 'r'"),
+    (["--method", "prefix_tuning", "--prompt-tuning-init-text", "good"],
+     "--prompt-tuning-init-text does not apply to --method prefix_tuning"),
+    (["--method", "p_tuning", "--prefix-projection"],
+     "--prefix-projection does not apply to --method p_tuning"),
+    (["--method", "unipelt", "--unipelt-parts", "prefix_tuning,ia3"],
+     "--unipelt-parts expects names from prefix_tuning, adapter, lora"),
+    (["--method", "unipelt", "--peft-option", "r=4"], "--peft-option does not apply"),
+    (["--method", "prompt_tuning", "--num-virtual-tokens", "60"],
+     "60 virtual tokens and 32 input tokens need positions"),  # beyond the model's 64
+])
+def test_method_options_that_do_not_fit_are_refused_by_name(glue_root, argv, message, capsys):
+    assert main([*BASE, "--task", "SST-2", "--glue-dir", str(glue_root), "--max-steps", "1",
+                 *argv]) == 2
+    captured = capsys.readouterr()
+    assert re.search(re.escape(message), captured.err), captured.err
+    assert "Traceback" not in captured.err
 
 
 def test_every_task_is_a_choice():
