@@ -63,6 +63,11 @@
     X(VOID, void, pc_dropout_backward,                                                       \
       (float *dinp, const float *dout, int64_t n, float p, uint64_t seed),                   \
       (dinp, dout, n, p, seed))                                                              \
+    X(VOID, void, pc_dropout_backward_inplace, (float *d, int64_t n, float p, uint64_t seed),  \
+      (d, n, p, seed))                                                                       \
+    X(VOID, void, pc_bias_dropout_residual,                                                  \
+      (float *y, const float *bias, const float *residual, int N, int C, float p, uint64_t seed), \
+      (y, bias, residual, N, C, p, seed))                                                    \
     X(VALUE, bool, pc_dropout_keep, (uint64_t seed, uint64_t i, float p), (seed, i, p))      \
     X(VOID, void, pc_embedding_forward,                                                      \
       (float *out, const int64_t *ids, const float *weight, int N, int C), (out, ids, weight, N, C)) \

@@ -177,6 +177,9 @@ void pc_add_backward(float *da, float *db, const float *dout, int64_t n);
  * elements are scaled by 1/(1-p). The mask depends on (seed, i) only, never on threads. */
 void pc_dropout_forward(float *out, const float *inp, int64_t n, float p, uint64_t seed);
 void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uint64_t seed);
+void pc_dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed);
+void pc_bias_dropout_residual(float *y, const float *bias, const float *residual, int N, int C,
+                              float p, uint64_t seed);
 /* keep-or-drop of element i (the same mask the functions above use) */
 bool pc_dropout_keep(uint64_t seed, uint64_t i, float p);
 

@@ -423,6 +423,29 @@ def test_dropout_mask_depends_on_index_only():
     np.testing.assert_array_equal(F.dropout(x.reshape(10, 100), 0.5, seed=3).ravel(), full)
 
 
+def _splitmix_keep(seed, n, p):
+    """The documented mask: element i kept iff the top 24 bits of splitmix64's finaliser
+    over seed + golden-ratio·(i+1), as a float in [0, 1), are >= p (float32 arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * \
+            np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    u = (z >> np.uint64(40)).astype(np.float32) * np.float32(1 / 16777216)
+    return u >= np.float32(p)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.25, 1 / 3, 0.9, 2.0 ** -24, 3 * 2.0 ** -25,
+                               np.nextafter(np.float32(0.5), np.float32(1)), 1 - 2.0 ** -24])
+def test_dropout_mask_is_the_documented_function_bit_for_bit(p):
+    """The kernels compare the hash's top 24 bits with ceil(p·2^24) in integers; that must be
+    the float comparison exactly, also at p on and between multiples of 2^-24."""
+    n, seed = 300_000, 2024
+    kept = F.dropout(np.ones(n, np.float32), float(np.float32(p)), seed=seed) != 0
+    np.testing.assert_array_equal(kept, _splitmix_keep(seed, n, np.float32(p)))
+
+
 @pytest.mark.parametrize("shape", [(1,), (3, 5), (7, 13, 17)])
 def test_dropout_backward_uses_the_same_mask(shape):
     rng = rng_for("dropout_bwd", shape)

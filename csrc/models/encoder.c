@@ -684,13 +684,6 @@ static void dropout_inplace(float *x, int64_t n, float p, uint64_t seed) {
 }
 
 /* dx = mask ⊙ dy / (1-p) in place */
-static void dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed) {
-    if (p <= 0.0f) return;
-    float scale = 1.0f / (1.0f - p);
-    PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++) d[i] = pc_keep(seed, (uint64_t)i, p) ? d[i] * scale : 0.0f;
-}
-
 /* ------------------------------------------------------------ linears */
 
 static bool wants_grad(const pc_tensor *t) { return t && t->requires_grad; }
@@ -790,44 +783,6 @@ static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, c
     if (!xe) return -1;
     pc_linear_forward(y, xe, pc_f32(s->weight), late ? NULL : pc_f32(s->bias), N, s->in, s->out);
     return slot_output(enc, s, y, s->out, xe, s->in, N, row);
-}
-
-/* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
- * (element n·C + c, as dropout_inplace counts) and the skip connection in one pass; bias
- * NULL: added already; residual NULL: the branch alone (a block adapter adds it) */
-static void bias_dropout_residual(float *y, const float *bias, const float *residual, int N,
-                                  int C, float p, uint64_t seed) {
-    const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
-    PC_PARALLEL_FOR((int64_t)N * C)
-    for (int n = 0; n < N; n++) {
-        float *row = y + (int64_t)n * C;
-        if (!residual) {
-            if (p > 0.0f) {
-                const uint64_t first = (uint64_t)n * (uint64_t)C;
-                for (int c = 0; c < C; c++)
-                    row[c] = pc_keep(seed, first + c, p) ? (bias ? row[c] + bias[c] : row[c]) * scale
-                                                         : 0.0f;
-            } else if (bias) {
-                for (int c = 0; c < C; c++) row[c] += bias[c];
-            }
-            continue;
-        }
-        const float *res = residual + (int64_t)n * C;
-        if (p > 0.0f) {
-            const uint64_t first = (uint64_t)n * (uint64_t)C;
-            if (bias)
-                for (int c = 0; c < C; c++)
-                    row[c] = (pc_keep(seed, first + c, p) ? (row[c] + bias[c]) * scale : 0.0f) +
-                             res[c];
-            else
-                for (int c = 0; c < C; c++)
-                    row[c] = (pc_keep(seed, first + c, p) ? row[c] * scale : 0.0f) + res[c];
-        } else if (bias) {
-            for (int c = 0; c < C; c++) row[c] = (row[c] + bias[c]) + res[c];
-        } else {
-            for (int c = 0; c < C; c++) row[c] = row[c] + res[c];
-        }
-    }
 }
 
 /* Weight and bias gradients of one linear, for those that want them (the weight's unless
@@ -1178,7 +1133,7 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     pc_site *attn_block = &lp->block[PC_BLOCK_ATTENTION], *ffn_block = &lp->block[PC_BLOCK_FFN];
     const float *late_bias;
     if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row, &late_bias) < 0) return -1;
-    bias_dropout_residual(a->r1, late_bias, attn_block->n ? NULL : r.xq, Nq, C, p_hidden,
+    pc_bias_dropout_residual(a->r1, late_bias, attn_block->n ? NULL : r.xq, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_AO));
     if (attn_block->n) {
         const pc_block_call bc = block_call(enc, l, PC_BLOCK_ATTENTION, Nq, r.Tq, false);
@@ -1192,7 +1147,7 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     bias_activation(enc, a->act, a->pre, late_bias, Nq, I);
     float *r2 = a->r2 ? a->r2 : out;
     if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias) < 0) return -1;
-    bias_dropout_residual(r2, late_bias, ffn_block->n ? NULL : a->h1, Nq, C, p_hidden,
+    pc_bias_dropout_residual(r2, late_bias, ffn_block->n ? NULL : a->h1, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_O));
     if (ffn_block->n) {
         const pc_block_call bc = block_call(enc, l, PC_BLOCK_FFN, Nq, r.Tq, false);
@@ -1481,7 +1436,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         memcpy(d_h1, d_r, sizeof(float) * NqC);
     }
     /* the branch gets its dropout */
-    dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
+    pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
     /* o = act·Woᵀ + bo; act is recomputed when Wo's backward reads it */
     if (slot_reads_input(lp->slot[SLOT_O]))
         activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
@@ -1520,7 +1475,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
                 memcpy(d_x + (int64_t)b * T * C, d_res + (int64_t)b * C, sizeof(float) * C);
         }
     }
-    dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
+    pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
     /* ao = ctx·Waoᵀ + bao */
     if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq, true) < 0) return -1;
     /* ctx = attention(q, k, v) */
@@ -1632,7 +1587,7 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
     float *d = enc->d_r;
     memcpy(d, d_emb, sizeof(float) * (size_t)N * C);
     if (enc->training)
-        dropout_backward_inplace(d, (int64_t)N * C, enc->cfg.hidden_dropout,
+        pc_dropout_backward_inplace(d, (int64_t)N * C, enc->cfg.hidden_dropout,
                                  site_seed(enc->seed, -1, SITE_EMB));
     float *d_sum = enc->d_h1;
     memset(d_sum, 0, sizeof(float) * (size_t)N * C);
@@ -1681,17 +1636,17 @@ static int head_backward(pc_encoder *enc, const float *d_logits_in, const float 
     }
     if (d_logits && c->head == PC_HEAD_BERT) {
         if (slot_backward(enc, enc->cls_out, d_pooled, d_logits, enc->head_x1, B, false) < 0) return -1;
-        dropout_backward_inplace(d_pooled, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
+        pc_dropout_backward_inplace(d_pooled, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
         via_pooler = true;
     } else if (d_logits && c->head == PC_HEAD_ROBERTA) {
         memset(tmp, 0, sizeof(float) * BC);
         if (slot_backward(enc, enc->cls_out, tmp, d_logits, enc->head_x2, B, false) < 0) return -1;
-        dropout_backward_inplace(tmp, BC, p, site_seed(enc->seed, -1, SITE_HEAD2));
+        pc_dropout_backward_inplace(tmp, BC, p, site_seed(enc->seed, -1, SITE_HEAD2));
         float *d_pre = enc->d_qkv;
         memset(d_pre, 0, sizeof(float) * BC);
         pc_tanh_backward(d_pre, tmp, enc->head_h, BC);
         if (slot_backward(enc, enc->cls_dense, d_cls, d_pre, enc->head_x1, B, false) < 0) return -1;
-        dropout_backward_inplace(d_cls, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
+        pc_dropout_backward_inplace(d_cls, BC, p, site_seed(enc->seed, -1, SITE_HEAD1));
     } else if (d_pooled_in) {
         memcpy(d_pooled, d_pooled_in, sizeof(float) * BC);
         via_pooler = true;

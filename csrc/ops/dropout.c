@@ -4,16 +4,53 @@
 bool pc_dropout_keep(uint64_t seed, uint64_t i, float p) { return pc_keep(seed, i, p); }
 
 void pc_dropout_forward(float *out, const float *inp, int64_t n, float p, uint64_t seed) {
-    float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const uint64_t t = pc_keep_threshold(p);
     PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++)
-        out[i] = pc_keep(seed, (uint64_t)i, p) ? inp[i] * scale : 0.0f;
+    for (int64_t i = 0; i < n; i++) out[i] = pc_keep_t(seed, (uint64_t)i, t) ? inp[i] * scale : 0.0f;
 }
 
 /* the forward was out = inp·mask/(1-p), so dinp += dout·mask/(1-p) */
 void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uint64_t seed) {
-    float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const uint64_t t = pc_keep_threshold(p);
     PC_PARALLEL_FOR(n)
     for (int64_t i = 0; i < n; i++)
-        if (pc_keep(seed, (uint64_t)i, p)) dinp[i] += dout[i] * scale;
+        if (pc_keep_t(seed, (uint64_t)i, t)) dinp[i] += dout[i] * scale;
+}
+
+/* d (n) = d·mask/(1-p) in place: dropout's backward when its input's gradient is d alone */
+void pc_dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed) {
+    if (p <= 0.0f) return;
+    const float scale = 1.0f / (1.0f - p);
+    const uint64_t t = pc_keep_threshold(p);
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) d[i] = pc_keep_t(seed, (uint64_t)i, t) ? d[i] * scale : 0.0f;
+}
+
+/* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
+ * (element n·C + c, as pc_dropout_forward counts) and the skip connection in one pass; bias
+ * NULL: added already; residual NULL: the branch alone */
+void pc_bias_dropout_residual(float *y, const float *bias, const float *residual, int N, int C,
+                              float p, uint64_t seed) {
+    const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+    const uint64_t t = pc_keep_threshold(p);
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) {
+        float *row = y + (int64_t)n * C;
+        const uint64_t first = (uint64_t)n * (uint64_t)C;
+        const float *res = residual ? residual + (int64_t)n * C : NULL;
+        if (p > 0.0f) {
+            if (bias)
+                for (int c = 0; c < C; c++)
+                    row[c] = pc_keep_t(seed, first + c, t) ? (row[c] + bias[c]) * scale : 0.0f;
+            else
+                for (int c = 0; c < C; c++)
+                    row[c] = pc_keep_t(seed, first + c, t) ? row[c] * scale : 0.0f;
+        } else if (bias) {
+            for (int c = 0; c < C; c++) row[c] += bias[c];
+        }
+        if (res)
+            for (int c = 0; c < C; c++) row[c] += res[c];
+    }
 }

@@ -20,13 +20,28 @@ static inline int pc_threads_for(int64_t work) {
 }
 
 /* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(i+1);
- * element i is kept iff its top 24 bits, as a uniform in [0,1), are >= p. */
-static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
+ * element i is kept iff its top 24 bits, as a uniform in [0,1), are >= p. As the integer
+ * u = z >> 40 is exact in a float and so is u·2⁻²⁴, that is u >= ceil(p·2²⁴): the
+ * threshold pc_keep_threshold gives, compared in integers (which vectorise where a 64-bit
+ * integer to float conversion does not, as on AVX2). */
+static inline uint64_t pc_keep_threshold(float p) {
+    if (p != p || p > 1.0f) return (uint64_t)1 << 24; /* never kept */
+    if (p <= 0.0f) return 0;
+    const float x = p * 16777216.0f;       /* exact: a power-of-two scaling, <= 2^24 */
+    const uint64_t t = (uint64_t)x;
+    return (float)t < x ? t + 1 : t;
+}
+
+static inline bool pc_keep_t(uint64_t seed, uint64_t i, uint64_t threshold) {
     uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+    return (z >> 40) >= threshold;
+}
+
+static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
+    return pc_keep_t(seed, i, pc_keep_threshold(p));
 }
 
 /* exp's two halves, for a float or a pc_vec: r = x - n·ln2 (ln2 in a high part exact in

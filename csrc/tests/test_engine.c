@@ -16,6 +16,7 @@
 
 #include "engine.h"
 #include "models/encoder.h"
+#include "ops/kernels.h" /* pc_keep_threshold */
 
 #ifndef RTOL
 #define RTOL 1e-4
@@ -721,6 +722,19 @@ static void test_runtime(void) {
     check_true("dropout_keep: keep rate within 6 sigma of 0.75",
                fabs(kept / (double)n - 0.75) < 6 * sqrt(0.25 * 0.75 / n));
     check_true("dropout_keep: p = 0 keeps everything", pc_dropout_keep(1, 5, 0.0f));
+    /* the kernels compare the hash's top 24 bits u with pc_keep_threshold(p) in integers:
+     * the same as the float comparison u·2^-24 >= p for every u, on and between the
+     * multiples of 2^-24 */
+    const float ps[] = {0.0f, 1e-30f, 0x1p-24f, 0x1.8p-24f, 0.1f, 0.25f, 1.0f / 3.0f,
+                        0.5f, nextafterf(0.5f, 1.0f), 0.9f, 1.0f - 0x1p-24f, 1.0f, 1.5f, NAN};
+    bool same = true;
+    for (size_t j = 0; j < sizeof ps / sizeof ps[0]; j++) {
+        const uint64_t t = pc_keep_threshold(ps[j]);
+        for (uint64_t u = 0; u < (1u << 24) && same; u++)
+            same = (u >= t) == ((float)u * (1.0f / 16777216.0f) >= ps[j]);
+    }
+    check_true("dropout_keep: the integer threshold equals the float comparison for all 2^24 "
+               "values", same);
 }
 
 /* Element counts that overflow int64 (or whose bytes do) are refused, never wrapped: a
