@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import peftcore
-from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters  # noqa: F401,E501
+from helpers import check_entries_by_finite_differences, one_thread, randomize_parameters, random_batch  # noqa: F401,E501
 from peftcore import (PeftConfig, PeftModel, PeftType, PrefixTuningConfig, PromptEncoderConfig,
                       PromptTuningConfig, get_peft_model)
 
@@ -30,11 +30,7 @@ def _base(seed=0, **overrides):
 
 
 def _batch(B=3, T=6, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, 40, (B, T))
-    mask = np.ones_like(ids)
-    mask[-1, T - 2:] = 0
-    return ids, mask, rng.integers(0, 3, B)
+    return random_batch(B, T, seed, low=3, pad=2)
 
 
 CONFIGS = {
