@@ -348,6 +348,27 @@ class BaseTunerLayer(Module):
                 for a in self.adapter_names()}
 
 
+class ModulePerAdapter(BaseTunerLayer):
+    """A tuner layer holding one Module per adapter name: among its own children, or in its
+    child container `_container` when that is set."""
+
+    _container = ""
+
+    def _per_adapter(self) -> dict:
+        return self._modules[self._container]._modules if self._container else self._modules
+
+    def adapter_names(self) -> list:
+        return list(self._per_adapter())
+
+    def adapter_parameters(self, adapter: str) -> list:
+        module = self._per_adapter().get(adapter)
+        return [] if module is None else [p for _, p in module.named_parameters()]
+
+    def delete_adapter(self, adapter: str):
+        self._per_adapter().pop(adapter, None)
+        super().delete_adapter(adapter)
+
+
 class ParameterDict(Module):
     """HF's nn.ParameterDict of per-adapter vectors: `<name>.<adapter>` is the Parameter."""
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ...models.modules import LayerNorm, Module, named_container
-from ..tuners_utils import BaseTunerLayer, new_parameter, set_block_adapters
+from ..tuners_utils import ModulePerAdapter, new_parameter, set_block_adapters
 
 
 class Dense(Module):
@@ -196,7 +196,7 @@ def _truncated_normal(rng, std: float, bound: float, shape) -> np.ndarray:
     return out
 
 
-class BottleneckLayer(BaseTunerLayer):
+class BottleneckLayer(ModulePerAdapter):
     """The `adapters` ModuleDict of one output block: one Adapter per adapter name; tells
     the engine which one runs there."""
 
@@ -213,17 +213,6 @@ class BottleneckLayer(BaseTunerLayer):
             rng = np.random.default_rng(config.init_weights_seed)
         module.init_weights(config.init_weights, rng)
         self._modules[adapter] = module
-
-    def adapter_names(self) -> list:
-        return list(self._modules)
-
-    def adapter_parameters(self, adapter: str) -> list:
-        module = self._modules.get(adapter)
-        return [] if module is None else [p for _, p in module.named_parameters()]
-
-    def delete_adapter(self, adapter: str):
-        self._modules.pop(adapter, None)
-        super().delete_adapter(adapter)
 
     def sync(self):
         a = self.running_adapter()

@@ -22,7 +22,7 @@ import numpy as np
 from ... import functional as F
 from ...models.modules import Embedding, Module, named_container
 from ..bottleneck.layer import Dense, _shown
-from ..tuners_utils import BaseTunerLayer, new_parameter, set_block_adapters, set_linear_adapters
+from ..tuners_utils import ModulePerAdapter, new_parameter, set_block_adapters, set_linear_adapters
 
 
 def _kaiming_uniform(shape, fan_in, rng):
@@ -39,21 +39,8 @@ def _gate(fin: int, outputs: int, rng) -> Dense:
     return gate
 
 
-class _PerAdapter(BaseTunerLayer):
-    """A BaseTunerLayer whose per-adapter modules live in one container `_container`."""
-
-    _container = ""
-
-    def adapter_names(self) -> list:
-        return list(self._modules[self._container]._modules)
-
-    def adapter_parameters(self, adapter: str) -> list:
-        module = self._modules[self._container]._modules.get(adapter)
-        return [] if module is None else [p for _, p in module.named_parameters()]
-
-    def delete_adapter(self, adapter: str):
-        self._modules[self._container]._modules.pop(adapter, None)
-        super().delete_adapter(adapter)
+class _PerAdapter(ModulePerAdapter):
+    """UniPELT's tuner layers: per-adapter modules, nothing to merge."""
 
     def merge_one(self, adapter: str):
         raise ValueError("UniPELT's gated submodules cannot be merged into the base weights")
@@ -107,17 +94,6 @@ class LoRALayer(_PerAdapter):
     def __init__(self, engine, index: int, fin: int, fout: int):
         super().__init__(engine, index)
         self.fin, self.fout = fin, fout   # its children are the adapters' LoRA modules
-
-    def adapter_names(self) -> list:
-        return list(self._modules)
-
-    def adapter_parameters(self, adapter: str) -> list:
-        module = self._modules.get(adapter)
-        return [] if module is None else [p for _, p in module.named_parameters()]
-
-    def delete_adapter(self, adapter: str):
-        self._modules.pop(adapter, None)
-        BaseTunerLayer.delete_adapter(self, adapter)
 
     def add(self, adapter: str, config, rng):
         self._modules[adapter] = LoRA(self.fin, self.fout, config, rng)
