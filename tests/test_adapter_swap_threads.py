@@ -50,12 +50,15 @@ def forwards():
             errors.append(repr(exc)); continue
         results.append(min((float(np.abs(out - r).max()), k) for k, r in refs.items()))
 
-def run(seconds, change):
+def run(seconds, change, min_forwards=200, max_seconds=90):
+    # at least `seconds` of churn, then on until the forwards (which a busy or
+    # throttled CI machine starves) reach min_forwards, within max_seconds
     threads = [threading.Thread(target=forwards) for _ in range(4)]
     for t in threads: t.start()
     changes = 0
-    deadline = time.time() + seconds
-    while time.time() < deadline:
+    start = time.time()
+    while (time.time() < start + seconds
+           or (len(results) < min_forwards and time.time() < start + max_seconds)):
         change(changes); changes += 1
     stop.set()
     for t in threads: t.join()
@@ -94,13 +97,13 @@ run(SECONDS, lambda i: pm.set_adapter(["other"] if i % 2 == 0 else ["default"]))
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_forwards_see_whole_model_states(scenario):
-    code = PRELUDE.replace("SECONDS", "2") + SCENARIOS[scenario].replace("SECONDS", "2.5")
+    code = PRELUDE + SCENARIOS[scenario].replace("SECONDS", "2.5")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120,
+                          text=True, timeout=180,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["forwards"] > 50 and report["changes"] > 10, report
+    assert report["forwards"] >= 200 and report["changes"] > 10, report
     assert not report["errors"], report
     assert report["torn"] == 0, report  # each forward saw one whole state
     if scenario not in ("add_delete", "merge_unmerge"):  # merged logits are default's
