@@ -100,6 +100,12 @@
       (dinp, dweight, dbias, dout, inp, weight, N, IC, OC))                                  \
     X(VOID, void, pc_column_sums, (float *dst, const float *src, int ld, int N, int C),      \
       (dst, src, ld, N, C))                                                                  \
+    X(VOID, void, pc_column_dots_scale,                                                      \
+      (float *dst, float *d, int ldd, const float *v, int ldv, const float *l, int N, int C),  \
+      (dst, d, ldd, v, ldv, l, N, C))                                                        \
+    X(VOID, void, pc_scale_columns,                                                          \
+      (float *y, int ldy, const float *x, int ldx, const float *l, int N, int C, float *save), \
+      (y, ldy, x, ldx, l, N, C, save))                                                       \
     X(VALUE, float, pc_cross_entropy_forward,                                                \
       (const float *logits, const int64_t *targets, int N, int C, int64_t ignore_index,      \
        int *count),                                                                          \

@@ -126,6 +126,13 @@ void pc_linear_backward(float *dinp, float *dweight, float *dbias, const float *
 
 /* dst (C) += Σ_n src[n, :] over N rows of stride ld (threads own whole columns) */
 void pc_column_sums(float *dst, const float *src, int ld, int N, int C);
+/* dst (C) += Σ_n d[n, :]·v[n, :] (dst NULL: none), then d[n, :] ⊙= l (l NULL: none): the
+ * backward of a per-column scale. Each column is summed in row order whatever the threads. */
+void pc_column_dots_scale(float *dst, float *d, int ldd, const float *v, int ldv,
+                          const float *l, int N, int C);
+/* y[n, :] = x[n, :] ⊙ l over N rows (y may be x); when save, save (N,C) = x first */
+void pc_scale_columns(float *y, int ldy, const float *x, int ldx, const float *l, int N, int C,
+                      float *save);
 
 /* embedding: ids (N) in [0,V) -> out (N,C) = weight[ids]; ids are checked by the caller */
 void pc_embedding_forward(float *out, const int64_t *ids, const float *weight, int N, int C);

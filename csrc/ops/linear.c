@@ -24,17 +24,78 @@ void pc_linear_backward(float *dinp, float *dweight, float *dbias, const float *
     if (dbias) pc_column_sums(dbias, dout, OC, N, OC);
 }
 
-void pc_column_sums(float *dst, const float *src, int ld, int N, int C) {
-    enum { BLOCK = 64 };
-    int nblocks = (C + BLOCK - 1) / BLOCK;
-    PC_PARALLEL_FOR((int64_t)N * C)
-    for (int blk = 0; blk < nblocks; blk++) {
-        int c0 = blk * BLOCK, c1 = c0 + BLOCK < C ? c0 + BLOCK : C;
-        float acc[BLOCK] = {0};
-        for (int n = 0; n < N; n++) {
-            const float *row = src + (int64_t)n * ld;
-            for (int c = c0; c < c1; c++) acc[c - c0] += row[c];
+/* The column reductions of a backward, one implementation: dst (C) += Σ_n d[n]·v[n] (or
+ * Σ_n d[n] when v is NULL) over N rows, each column summed in row order from zero and then
+ * added to dst; then, when l, d[n] ⊙= l. Threads own whole 64-column blocks and walk their
+ * blocks 8 rows at a time, so their loads stream along rows (a block's own column of rows,
+ * one block after another, ran at a third of the speed on 1536 columns) and no bit depends
+ * on the thread count. */
+enum { COL_BLOCK = 64, COL_ROWS = 8, COL_GROUP = 32 };
+
+static inline __attribute__((always_inline)) void
+column_tile(float *acc, float *d, int ldd, const float *v, int ldv, const float *l, int n0,
+            int n1, int w, bool dot, bool scale) {
+    for (int n = n0; n < n1; n++) {
+        float *dn = d + (int64_t)n * ldd;
+        const float *vn = dot ? v + (int64_t)n * ldv : NULL;
+        for (int i = 0; i < w; i++) {
+            acc[i] += dot ? dn[i] * vn[i] : dn[i];
+            if (scale) dn[i] *= l[i];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+column_reduce(float *dst, float *d, int ldd, const float *v, int ldv, const float *l, int N,
+              int C, bool dot, bool scale) {
+    const int nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
+    const int threads = pc_threads_for((int64_t)N * C);
+    int per = (nblocks + threads - 1) / threads;
+    per = per > COL_GROUP ? COL_GROUP : per < 1 ? 1 : per;
+    const int ngroups = (nblocks + per - 1) / per;
+    PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
+    for (int g = 0; g < ngroups; g++) {
+        const int c0 = g * per * COL_BLOCK;
+        const int c1 = c0 + per * COL_BLOCK < C ? c0 + per * COL_BLOCK : C;
+        float acc[COL_GROUP * COL_BLOCK];
+        memset(acc, 0, sizeof(float) * (c1 - c0));
+        for (int n0 = 0; n0 < N; n0 += COL_ROWS) {
+            const int n1 = n0 + COL_ROWS < N ? n0 + COL_ROWS : N;
+            for (int b = c0; b < c1; b += COL_BLOCK) {
+                float *a = acc + (b - c0);
+                const float *vb = dot ? v + b : NULL, *lb = scale ? l + b : NULL;
+                if (c1 - b >= COL_BLOCK) /* the whole block: a fixed trip count */
+                    column_tile(a, d + b, ldd, vb, ldv, lb, n0, n1, COL_BLOCK, dot, scale);
+                else
+                    column_tile(a, d + b, ldd, vb, ldv, lb, n0, n1, c1 - b, dot, scale);
+            }
         }
         for (int c = c0; c < c1; c++) dst[c] += acc[c - c0];
+    }
+}
+
+void pc_column_sums(float *dst, const float *src, int ld, int N, int C) {
+    column_reduce(dst, (float *)src, ld, NULL, 0, NULL, N, C, false, false);
+}
+
+void pc_column_dots_scale(float *dst, float *d, int ldd, const float *v, int ldv,
+                          const float *l, int N, int C) {
+    if (dst && l)
+        column_reduce(dst, d, ldd, v, ldv, l, N, C, true, true);
+    else if (dst)
+        column_reduce(dst, d, ldd, v, ldv, NULL, N, C, true, false);
+    else if (l)
+        pc_scale_columns(d, ldd, d, ldd, l, N, C, NULL);
+}
+
+/* y[n] = x[n] ⊙ l for N rows of C columns (y may be x); with save, save (N,C) = x first */
+void pc_scale_columns(float *y, int ldy, const float *x, int ldx, const float *l, int N, int C,
+                      float *save) {
+    PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (int64_t)n * ldx;
+        float *yn = y + (int64_t)n * ldy;
+        if (save) memcpy(save + (int64_t)n * C, xn, sizeof(float) * C);
+        for (int i = 0; i < C; i++) yn[i] = xn[i] * l[i];
     }
 }

@@ -137,6 +137,53 @@ static void test_linear(int N, int IC, int OC, bool use_bias) {
     pc_free(db); pc_free(dx2); free(ref); free(rdx); free(rdw); free(rdb); free(rdx2);
 }
 
+/* ------------------------------------------------------------------ column kernels */
+
+/* pc_column_dots_scale, pc_column_sums and pc_scale_columns on strided rows (ld > C), against
+ * double loops; C past one group of blocks and not a multiple of 64, N not a multiple of
+ * the 8-row tile; the same bits on 1 and 2 threads */
+static void test_column_kernels(int N, int C) {
+    char what[96];
+    const int ldd = C + 3, ldv = C + 5;
+    float *d = frand((size_t)N * ldd, 1), *v = frand((size_t)N * ldv, 1), *l = frand(C, 1);
+    float *d2 = pc_alloc((size_t)N * ldd * 4), *dl = frand(C, 1), *dl2 = pc_alloc(C * 4);
+    float *sums = frand(C, 1), *y = pc_alloc((size_t)N * C * 4), *save = pc_alloc((size_t)N * C * 4);
+    double *ref_dl = dfrom(dl, C), *ref_sums = dfrom(sums, C), *ref_d = dzeros((size_t)N * C);
+    double *ref_y = dzeros((size_t)N * C), *ref_save = dzeros((size_t)N * C);
+    float *got_d = pc_alloc((size_t)N * C * 4);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            const double dv = d[(size_t)n * ldd + c];
+            ref_dl[c] += dv * v[(size_t)n * ldv + c];
+            ref_sums[c] += dv;
+            ref_d[(size_t)n * C + c] = dv * l[c];
+            ref_y[(size_t)n * C + c] = (double)v[(size_t)n * ldv + c] * l[c];
+            ref_save[(size_t)n * C + c] = v[(size_t)n * ldv + c];
+        }
+    memcpy(d2, d, (size_t)N * ldd * 4);
+    memcpy(dl2, dl, C * 4);
+    const int before = pc_get_num_threads();
+    pc_set_num_threads(1);
+    pc_column_sums(sums, d, ldd, N, C);
+    pc_column_dots_scale(dl, d, ldd, v, ldv, l, N, C);
+    pc_set_num_threads(2);
+    pc_column_dots_scale(dl2, d2, ldd, v, ldv, l, N, C);
+    pc_scale_columns(y, C, v, ldv, l, N, C, save);
+    pc_set_num_threads(before);
+    for (int n = 0; n < N; n++) memcpy(got_d + (size_t)n * C, d + (size_t)n * ldd, C * 4);
+    snprintf(what, sizeof what, "column kernels N=%d C=%d", N, C);
+    check_part(what, "column_sums", sums, ref_sums, C);
+    check_part(what, "column_dots_scale dst", dl, ref_dl, C);
+    check_part(what, "column_dots_scale d", got_d, ref_d, (size_t)N * C);
+    check_part(what, "scale_columns y", y, ref_y, (size_t)N * C);
+    check_part(what, "scale_columns save", save, ref_save, (size_t)N * C);
+    snprintf(what, sizeof what, "column kernels N=%d C=%d: 1 vs 2 threads bitwise equal", N, C);
+    check_true(what, memcmp(dl, dl2, C * 4) == 0 && memcmp(d, d2, (size_t)N * ldd * 4) == 0);
+    pc_free(d); pc_free(v); pc_free(l); pc_free(d2); pc_free(dl); pc_free(dl2); pc_free(sums);
+    pc_free(y); pc_free(save); pc_free(got_d);
+    free(ref_dl); free(ref_sums); free(ref_d); free(ref_y); free(ref_save);
+}
+
 /* ------------------------------------------------------------------ layernorm */
 
 static void test_layernorm(int N, int C) {
@@ -905,6 +952,11 @@ int main(void) {
     static const int lin[][3] = {{1, 1, 1}, {3, 5, 7}, {91, 17, 5}, {1, 64, 65}, {33, 70, 19}};
     for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++)
         for (int bias = 0; bias < 2; bias++) test_linear(lin[i][0], lin[i][1], lin[i][2], bias);
+
+    static const int cols[][2] = {{1, 1}, {7, 63}, {129, 64}, {300, 130}, {203, 1536},
+                                  {33, 2113}};
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        test_column_kernels(cols[i][0], cols[i][1]);
 
     static const int ln[][2] = {{1, 1}, {3, 5}, {91, 17}, {2, 130}};
     for (size_t i = 0; i < sizeof ln / sizeof ln[0]; i++) test_layernorm(ln[i][0], ln[i][1]);
