@@ -157,14 +157,7 @@ class BottleneckModel(BaseTuner):
                 if f"{KEY_PREFIX}{match.group('block')}.{rest}" in out:
                     continue
             out[f"{KEY_PREFIX}{match.group('block')}.{rest}"] = value
-        head, _ = _read_one(directory, SAFE_HEAD_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, required=False)
-        out.update({KEY_PREFIX + k: v for k, v in head.items()})
-        if head and config.task_type is None and (directory / HEAD_CONFIG_NAME).is_file():
-            # AdapterHub saved a classification model's own head beside the adapter: it
-            # trains with it, as modules_to_save does for PEFT's SEQ_CLS task
-            head_meta = json.loads((directory / HEAD_CONFIG_NAME).read_text())
-            if str(head_meta.get("model_class", "")).endswith("ForSequenceClassification"):
-                config.task_type = TaskType.SEQ_CLS
+        _read_head(directory, config, out)
         return out, source
 
     def write_adapter(self, directory: Path, adapter_name: str, config):
@@ -215,6 +208,18 @@ def _read_one(directory: Path, safe: str, legacy: str, required: bool):
     if required:
         raise FileNotFoundError(f"no {safe} (or {legacy}) in {directory}")
     return {}, None
+
+
+def _read_head(directory: Path, config, out: dict) -> None:
+    """The head AdapterHub saved beside an adapter (if any) into `out`, keyed as
+    adapter_state_dict keys it. A classification model's own head trains with the adapter,
+    as modules_to_save does for PEFT's SEQ_CLS task, so such a head sets config.task_type."""
+    head, _ = _read_one(directory, SAFE_HEAD_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, required=False)
+    out.update({KEY_PREFIX + k: v for k, v in head.items()})
+    if head and config.task_type is None and (directory / HEAD_CONFIG_NAME).is_file():
+        head_meta = json.loads((directory / HEAD_CONFIG_NAME).read_text())
+        if str(head_meta.get("model_class", "")).endswith("ForSequenceClassification"):
+            config.task_type = TaskType.SEQ_CLS
 
 
 def _safetensors(tensors: dict) -> bytes:

@@ -26,9 +26,18 @@ import numpy as np
 
 from ...utils.io import json_bytes, write_files_together
 from ..bottleneck.layer import BottleneckLayer, expected_adapter_state
-from ..bottleneck.model import (CONFIG_NAME, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME,
-                                SAFE_HEAD_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME,
-                                _label2id, _read_one, _safetensors, block_of)
+from ..bottleneck.model import (
+    CONFIG_NAME,
+    HEAD_CONFIG_NAME,
+    SAFE_HEAD_WEIGHTS_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    _label2id,
+    _read_head,
+    _read_one,
+    _safetensors,
+    block_of,
+)
 from ..tuners_utils import KEY_PREFIX, BaseTuner, Plan
 from .layer import LoRALayer, PrefixTuningLayer, PrefixTuningPool
 
@@ -252,14 +261,7 @@ class UniPELTModel(BaseTuner):
                                  f"{file_name!r} (expected '<module>.<loras|adapters|"
                                  f"prefix_gates|prefix_tunings>.{file_name}.<part>')")
             out[f"{KEY_PREFIX}{m.group('head')}.{m.group('rest')}"] = value
-        head, _ = _read_one(directory, SAFE_HEAD_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, required=False)
-        out.update({KEY_PREFIX + k: v for k, v in head.items()})
-        if head and config.task_type is None and (directory / HEAD_CONFIG_NAME).is_file():
-            head_meta = json.loads((directory / HEAD_CONFIG_NAME).read_text())
-            if str(head_meta.get("model_class", "")).endswith("ForSequenceClassification"):
-                from ...config import TaskType
-
-                config.task_type = TaskType.SEQ_CLS
+        _read_head(directory, config, out)
         return out, source
 
     def write_adapter(self, directory: Path, adapter_name: str, config):
