@@ -5,6 +5,8 @@ train time).
 
     python bench/glue_trainer.py --glue-dir ../shared/glue --task RTE
     python bench/glue_trainer.py --glue-dir ../shared/glue --task MRPC --only peftcore
+    python bench/glue_trainer.py --glue-dir ../shared/glue --task SST-2 --epochs 1 \
+        --eval-steps 500 --patience 3 --lr 5e-4
 """
 from __future__ import annotations
 
@@ -27,7 +29,11 @@ def training_arguments(args, out):
     return dict(output_dir=out, learning_rate=args.lr, num_train_epochs=args.epochs,
                 per_device_train_batch_size=32, per_device_eval_batch_size=128,
                 warmup_ratio=0.06, weight_decay=0.01, max_grad_norm=1.0, seed=args.seed,
-                eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+                **({"eval_strategy": "steps", "eval_steps": args.eval_steps,
+                    "save_strategy": "steps", "save_steps": args.eval_steps}
+                   if args.eval_steps else
+                   {"eval_strategy": "epoch", "save_strategy": "epoch"}),
+                save_total_limit=1,
                 metric_for_best_model=args.metric, load_best_model_at_end=True,
                 disable_tqdm=True)
 
@@ -135,6 +141,8 @@ def main():
     p.add_argument("--task", default="RTE")
     p.add_argument("--metric", default=None, help="default: the task's first metric")
     p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--eval-steps", type=int, default=None,
+                   help="evaluate (and checkpoint) every N steps; default: each epoch")
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=128)
