@@ -42,12 +42,12 @@
       (float *out, float *probs, const float *q, const float *k, const float *v,             \
        const float *key_mask, const pc_attention_dims *dims, float dropout_p, uint64_t seed), \
       (out, probs, q, k, v, key_mask, dims, dropout_p, seed))                                \
-    X(VALUE, int64_t, pc_attention_folded_scratch_floats, (const pc_attention_dims *dims),   \
-      (dims))                                                                                \
+    X(VALUE, int64_t, pc_attention_folded_scratch_floats,                                    \
+      (const pc_attention_dims *dims, int prefix_rows), (dims, prefix_rows))                 \
     X(VOID, void, pc_attention_first_query_folded,                                           \
-      (float *out, const float *q, const float *x, const float *wk, const float *wv,         \
-       const float *bv, const float *key_mask, const pc_attention_dims *dims, float *scratch), \
-      (out, q, x, wk, wv, bv, key_mask, dims, scratch))                                      \
+      (float *out, const float *q, const float *x, const pc_folded_projections *f,           \
+       const float *key_mask, const pc_attention_dims *dims, float *scratch),                \
+      (out, q, x, f, key_mask, dims, scratch))                                               \
     X(VALUE, int, pc_attention_backward,                                                     \
       (float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q, \
        const float *k, const float *v, const pc_attention_dims *dims, float dropout_p,       \

@@ -228,17 +228,24 @@ int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dou
  * whose only wanted output is the first token's and after which no backward runs. Keys and
  * values are never projected: with Wk_h, Wv_h (D,C) head h's rows of Wk, Wv and x_j the
  * layer's input rows,
- *   q_h·(Wk_h x_j + bk_h)/√D = (Wk_hᵀ q_h/√D)·x_j + const   (the constant leaves softmax)
- *   Σ_j p_j (Wv_h x_j + bv_h) = Wv_h (Σ_j p_j x_j) + bv_h     (Σ_j p_j = 1)
- * so each key costs 2·H·C multiply-adds instead of 2·C² for its projections. dims: Tq = 1,
- * ld_q the row stride of q (B,H·D); x (B,Tk,C) with row stride C = H·D; wk, wv (C,C)
- * row-major (out, in); bv (C); key_mask (B,Tk) or NULL; out (B,C) receives the context
- * rows. scratch: pc_attention_folded_scratch_floats(dims) floats. */
-int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *dims);
+ *   q_h·(Wk_h x_j + bk_h)/√D = (Wk_hᵀ q_h/√D)·x_j + q_h·bk_h/√D
+ *   Σ_j p_j (Wv_h x_j + bv_h) = Wv_h (Σ_j p_j x_j) + bv_h Σ_j p_j
+ * so each key costs 2·H·C multiply-adds instead of 2·C² for its projections. Without a
+ * prefix the constant q_h·bk_h/√D leaves the softmax and Σ_j p_j = 1. With one, every query
+ * first attends to the same P rows of keys and values (projected already), whose scores
+ * are shifted by that constant instead. */
+typedef struct {
+    const float *wk, *bk, *wv, *bv; /* (C,C) row-major (out, in), and (C) */
+    const float *prefix;            /* (P,2C) rows k|v, or NULL */
+    int prefix_rows;                /* P */
+} pc_folded_projections;
+/* dims: Tq = 1, Tk = T the sequences' own keys, ld_q the row stride of q (B,H·D); x (B,T,C)
+ * with row stride C = H·D; key_mask (B,T) or NULL (the prefix is never masked); out (B,C)
+ * receives the context rows. scratch: pc_attention_folded_scratch_floats(dims, P) floats. */
+int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *dims, int prefix_rows);
 void pc_attention_first_query_folded(float *out, const float *q, const float *x,
-                                     const float *wk, const float *wv, const float *bv,
-                                     const float *key_mask, const pc_attention_dims *dims,
-                                     float *scratch);
+                                     const pc_folded_projections *f, const float *key_mask,
+                                     const pc_attention_dims *dims, float *scratch);
 
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */

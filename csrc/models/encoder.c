@@ -958,8 +958,9 @@ typedef struct {
 
 /* The last layer of an eval first-token forward that no backward follows folds the key and
  * value projections into attention (pc_attention_first_query_folded) when every adapter on
- * them allows it and the fold's scratch fits where k|v (N,2C) would be:
- * H·(2C + T) + T <= 2·T·C, which also means it is cheaper (it needs about T >= H). */
+ * them allows it, a prefix (if any) is not gated per sequence, and the fold's scratch fits
+ * where k|v (N,2C) would be: H·(2C + P + T + 1) + P + T <= 2·T·C, which also means it is
+ * cheaper (it needs about T >= H). */
 static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
     const layer_params *lp = &enc->layer[l];
     const pc_encoder_config *c = &enc->cfg;
@@ -970,8 +971,8 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
         for (int k = 0; k < PC_LINEAR_SITES; k++)
             adapters_allow = adapters_allow &&
                              pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV);
-    return !enc->keeping && !enc->training && adapters_allow && !lp->kv.n &&
-           pc_attention_folded_scratch_floats(&dims) <= (int64_t)B * T * 2 * C;
+    return !enc->keeping && !enc->training && adapters_allow && !pc_site_kv_gated(&lp->kv) &&
+           pc_attention_folded_scratch_floats(&dims, kv_rows_of(lp)) <= (int64_t)B * T * 2 * C;
 }
 
 /* B sequences from x on; first_x receives their first tokens' rows in the last layer */
@@ -1111,22 +1112,28 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         if (slot_output(enc, slot, y, ldy, xe, C, rows, u_row) < 0) return -1;
     }
     const int P = kv_rows_of(lp);
-    const pc_attention_dims dims = P ? prefixed_dims(enc, &r, B, P) : attention_dims(enc, &r, B);
-    if (P) {
+    if (r.folded) {
+        /* the scratch takes the place of k|v; a prefix's own rows go in kv */
+        const pc_attention_dims dims = attention_dims(enc, &r, B);
+        const pc_adapter *prefix = P ? lp->kv.entry[0].adapter : NULL;
+        if (prefix) prefix->method->kv_forward(prefix, a->kv, a->kv + C, 2 * C);
+        const pc_folded_projections fold = {wqkv + (int64_t)C * C, bqkv + C,
+                                            wqkv + (int64_t)2 * C * C, bqkv + 2 * C,
+                                            prefix ? a->kv : NULL, P};
+        pc_attention_first_query_folded(a->ctx, r.q, x, &fold, key_mask, &dims, a->qkv);
+    } else if (P) {
+        const pc_attention_dims dims = prefixed_dims(enc, &r, B, P);
         /* a prefix: every query also attends to P rows of the prefix's keys and values */
         if (prefixed_keys(enc, lp, &r, B, T, C, x, key_mask, a->kv, a->kv_mask, u_row) < 0)
             return -1;
         if (pc_attention_forward(a->ctx, a->probs, r.q, a->kv, a->kv + C, a->kv_mask, &dims,
                                  p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
             return -1;
-    } else if (r.folded) {
-        /* the scratch takes the place of k|v */
-        pc_attention_first_query_folded(a->ctx, r.q, x, wqkv + (int64_t)C * C,
-                                        wqkv + (int64_t)2 * C * C, bqkv + 2 * C, key_mask,
-                                        &dims, a->qkv);
-    } else if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
-                                    site_seed(enc->seed, l, SITE_ATTN)) < 0) {
-        return -1;
+    } else {
+        const pc_attention_dims dims = attention_dims(enc, &r, B);
+        if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
+                                 site_seed(enc->seed, l, SITE_ATTN)) < 0)
+            return -1;
     }
     pc_linear_slot *ao = lp->slot[SLOT_AO], *inter = lp->slot[SLOT_I], *o = lp->slot[SLOT_O];
     /* each block's junction: LayerNorm(branch + residual), or its adapter */

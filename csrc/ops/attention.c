@@ -146,49 +146,80 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
     return failed ? -1 : 0;
 }
 
-int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d) {
-    const int64_t C = (int64_t)d->H * d->D;
-    return (int64_t)d->B * (d->H * (2 * C + d->Tk) + d->Tk);
+int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d, int prefix_rows) {
+    const int64_t C = (int64_t)d->H * d->D, Tk = (int64_t)prefix_rows + d->Tk;
+    return (int64_t)d->B * (d->H * (2 * C + Tk + (prefix_rows ? 1 : 0)) + Tk);
 }
 
-/* Per head h, Wk_h and Wv_h being rows h·D ... h·D + D - 1 of Wk and Wv:
- *   U (B,H,C):   u_bh = Wk_hᵀ q_bh / √D            (per head, (B,D)·(D,C))
- *   S (B,H,Tk):  s_bh = softmax(U_b · x_bᵀ + mask bias)   (per sequence, (H,C)·(C,Tk))
- *   X̄ (B,H,C):   x̄_bh = Σ_j s_bh,j x_bj          (per sequence, (H,Tk)·(Tk,C))
- *   out_bh = Wv_h x̄_bh + bv_h                     (per head, (B,C)·(C,D)) */
+/* Per head h, Wk_h and Wv_h being rows h·D ... h·D + D - 1 of Wk and Wv, and the prefix's
+ * P rows first in each row of S:
+ *   U (B,H,C):     u_bh = Wk_hᵀ q_bh / √D            (per head, (B,D)·(D,C))
+ *   S (B,H,P+T):   s_bh = softmax([q_bh·(kp_j,h - bk_h)/√D]_j<P, U_b · x_bᵀ + mask bias)
+ *   X̄ (B,H,C):     x̄_bh = Σ_j s_bh,P+j x_bj         (per sequence, (H,T)·(T,C))
+ *   σ (B,H):       σ_bh = Σ_j s_bh,P+j                (1 without a prefix)
+ *   out_bh = Σ_j<P s_bh,j vp_j,h + Wv_h x̄_bh + σ_bh bv_h   (per head, (B,C)·(C,D)) */
 void pc_attention_first_query_folded(float *out, const float *q, const float *x,
-                                     const float *wk, const float *wv, const float *bv,
-                                     const float *key_mask, const pc_attention_dims *d,
-                                     float *scratch) {
-    const int B = d->B, Tk = d->Tk, H = d->H, D = d->D, C = H * D;
+                                     const pc_folded_projections *f, const float *key_mask,
+                                     const pc_attention_dims *d, float *scratch) {
+    const int B = d->B, T = d->Tk, H = d->H, D = d->D, C = H * D;
+    const int P = f->prefix ? f->prefix_rows : 0, Tk = P + T;
     float *U = scratch, *S = U + (int64_t)B * H * C, *Xbar = S + (int64_t)B * H * Tk;
-    float *biases = Xbar + (int64_t)B * H * C;
+    float *biases = Xbar + (int64_t)B * H * C, *sigma = biases + (int64_t)B * Tk;
     const float scale = 1.0f / sqrtf((float)D);
     PC_PARALLEL_FOR((int64_t)B * C * C)
     for (int h = 0; h < H; h++)
         pc_sgemm_serial(false, false, B, C, D, scale, q + (int64_t)h * D, d->ld_q,
-                        wk + (int64_t)h * D * C, C, 0.0f, U + (int64_t)h * C, H * C);
-    PC_PARALLEL_FOR((int64_t)B * H * Tk * C)
+                        f->wk + (int64_t)h * D * C, C, 0.0f, U + (int64_t)h * C, H * C);
+    PC_PARALLEL_FOR((int64_t)B * H * T * C)
     for (int b = 0; b < B; b++) {
-        const float *xb = x + (int64_t)b * Tk * C;
+        const float *xb = x + (int64_t)b * T * C, *qb = q + (int64_t)b * d->ld_q;
         float *Sb = S + (int64_t)b * H * Tk;
-        pc_sgemm_serial(false, true, H, Tk, C, 1.0f, U + (int64_t)b * H * C, C, xb, C, 0.0f,
-                        Sb, Tk);
-        const float *bias = key_mask ? mask_bias(biases + (int64_t)b * Tk,
-                                                 key_mask + (int64_t)b * Tk, Tk)
-                                     : NULL;
-        for (int h = 0; h < H; h++)
-            pc_softmax_row_biased(Sb + (int64_t)h * Tk, Sb + (int64_t)h * Tk, bias, Tk);
-        pc_sgemm_serial(false, false, H, C, Tk, 1.0f, Sb, Tk, xb, C, 0.0f,
+        pc_sgemm_serial(false, true, H, T, C, 1.0f, U + (int64_t)b * H * C, C, xb, C, 0.0f,
+                        Sb + P, Tk);
+        float *bias = NULL;
+        if (key_mask) {
+            bias = biases + (int64_t)b * Tk;
+            for (int j = 0; j < P; j++) bias[j] = 0.0f;
+            mask_bias(bias + P, key_mask + (int64_t)b * T, T);
+        }
+        for (int h = 0; h < H; h++) {
+            float *s = Sb + (int64_t)h * Tk;
+            const float *qh = qb + (int64_t)h * D;
+            if (P) {
+                const float shift = pc_dot(qh, f->bk + (int64_t)h * D, D);
+                for (int j = 0; j < P; j++)
+                    s[j] = (pc_dot(qh, f->prefix + (int64_t)j * 2 * C + (int64_t)h * D, D) -
+                            shift) * scale;
+            }
+            pc_softmax_row_biased(s, s, bias, Tk);
+        }
+        pc_sgemm_serial(false, false, H, C, T, 1.0f, Sb + P, Tk, xb, C, 0.0f,
                         Xbar + (int64_t)b * H * C, C);
+        if (!P) continue;
+        /* the prefix's share of the context, which the last step adds to */
+        for (int h = 0; h < H; h++) {
+            const float *s = Sb + (int64_t)h * Tk;
+            float *o = out + (int64_t)b * C + (int64_t)h * D;
+            float real = 0.0f;
+            for (int j = 0; j < T; j++) real += s[P + j];
+            sigma[(int64_t)b * H + h] = real;
+            for (int e = 0; e < D; e++) o[e] = 0.0f;
+            for (int j = 0; j < P; j++) {
+                const float *vp = f->prefix + (int64_t)j * 2 * C + C + (int64_t)h * D;
+                for (int e = 0; e < D; e++) o[e] += s[j] * vp[e];
+            }
+        }
     }
     PC_PARALLEL_FOR((int64_t)B * C * C)
     for (int h = 0; h < H; h++) {
         float *out_h = out + (int64_t)h * D;
+        const float *bv = f->bv + (int64_t)h * D;
         pc_sgemm_serial(false, true, B, D, C, 1.0f, Xbar + (int64_t)h * C, H * C,
-                        wv + (int64_t)h * D * C, C, 0.0f, out_h, C);
-        for (int b = 0; b < B; b++)
-            for (int e = 0; e < D; e++) out_h[(int64_t)b * C + e] += bv[(int64_t)h * D + e];
+                        f->wv + (int64_t)h * D * C, C, P ? 1.0f : 0.0f, out_h, C);
+        for (int b = 0; b < B; b++) {
+            const float w = P ? sigma[(int64_t)b * H + h] : 1.0f;
+            for (int e = 0; e < D; e++) out_h[(int64_t)b * C + e] += w * bv[e];
+        }
     }
 }
 

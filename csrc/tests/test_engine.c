@@ -410,12 +410,14 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
 
 /* the same op with 1 and 2 threads gives the same bits (work is split by owned rows/cols) */
 /* Folded first-query attention against projecting keys and values explicitly (in double):
- * k_j = Wk x_j + bk, v_j = Wv x_j + bv, then softmax(q·k_j/√D + mask bias)·v per head. */
-static void test_folded_attention(int B, int T, int H, int D, bool masked) {
-    const int C = H * D, ld_q = 2 * C; /* q rows inside a wider buffer */
+ * k_j = Wk x_j + bk, v_j = Wv x_j + bv after P prefix rows of k|v given as they are, then
+ * softmax(q·k_j/√D + mask bias)·v per head. */
+static void test_folded_attention(int B, int T, int H, int D, int P, bool masked) {
+    const int C = H * D, ld_q = 2 * C, Tk = P + T; /* q rows inside a wider buffer */
     float *q = frand((size_t)B * ld_q, 1), *x = frand((size_t)B * T * C, 1);
     float *wk = frand((size_t)C * C, 0.5f), *wv = frand((size_t)C * C, 0.5f);
     float *bk = frand(C, 1), *bv = frand(C, 1);
+    float *prefix = P ? frand((size_t)P * 2 * C, 2) : NULL;
     float *mask = NULL;
     if (masked) {
         mask = pc_alloc((size_t)B * T * sizeof(float));
@@ -423,12 +425,18 @@ static void test_folded_attention(int B, int T, int H, int D, bool masked) {
             for (int t = 0; t < T; t++) mask[b * T + t] = t < T - b ? 1.0f : 0.0f;
     }
     const pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C};
-    float *scratch = frand((size_t)pc_attention_folded_scratch_floats(&dims), 100);
+    const pc_folded_projections fold = {wk, bk, wv, bv, prefix, P};
+    float *scratch = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
     float *out = frand((size_t)B * C, 100);
-    pc_attention_first_query_folded(out, q, x, wk, wv, bv, mask, &dims, scratch);
+    pc_attention_first_query_folded(out, q, x, &fold, mask, &dims, scratch);
 
-    double *ref = dzeros((size_t)B * C), *kj = dzeros((size_t)T * C), *vj = dzeros((size_t)T * C);
-    double *p = dzeros(T);
+    double *ref = dzeros((size_t)B * C), *kj = dzeros((size_t)Tk * C), *vj = dzeros((size_t)Tk * C);
+    double *p = dzeros(Tk);
+    for (int j = 0; j < P; j++)
+        for (int o = 0; o < C; o++) {
+            kj[(size_t)j * C + o] = prefix[(size_t)j * 2 * C + o];
+            vj[(size_t)j * C + o] = prefix[(size_t)j * 2 * C + C + o];
+        }
     for (int b = 0; b < B; b++) {
         for (int j = 0; j < T; j++)
             for (int o = 0; o < C; o++) {
@@ -438,31 +446,32 @@ static void test_folded_attention(int B, int T, int H, int D, bool masked) {
                     sk += (double)wk[(size_t)o * C + c] * xc;
                     sv += (double)wv[(size_t)o * C + c] * xc;
                 }
-                kj[(size_t)j * C + o] = sk;
-                vj[(size_t)j * C + o] = sv;
+                kj[(size_t)(P + j) * C + o] = sk;
+                vj[(size_t)(P + j) * C + o] = sv;
             }
         for (int h = 0; h < H; h++) {
             double mx = -INFINITY, sum = 0;
-            for (int j = 0; j < T; j++) {
+            for (int j = 0; j < Tk; j++) {
                 double s = 0;
                 for (int d = 0; d < D; d++) s += (double)q[(size_t)b * ld_q + h * D + d] * kj[(size_t)j * C + h * D + d];
-                p[j] = s / sqrt((double)D) + (mask && mask[b * T + j] == 0.0f ? -FLT_MAX : 0.0);
+                bool off = mask && j >= P && mask[b * T + j - P] == 0.0f;
+                p[j] = s / sqrt((double)D) + (off ? -FLT_MAX : 0.0);
                 mx = fmax(mx, p[j]);
             }
-            for (int j = 0; j < T; j++) sum += (p[j] = exp(p[j] - mx));
+            for (int j = 0; j < Tk; j++) sum += (p[j] = exp(p[j] - mx));
             for (int d = 0; d < D; d++) {
                 double s = 0;
-                for (int j = 0; j < T; j++) s += p[j] / sum * vj[(size_t)j * C + h * D + d];
+                for (int j = 0; j < Tk; j++) s += p[j] / sum * vj[(size_t)j * C + h * D + d];
                 ref[(size_t)b * C + h * D + d] = s;
             }
         }
     }
     char name[128];
-    snprintf(name, sizeof name, "attention_first_query_folded B=%d T=%d H=%d D=%d mask=%d", B, T,
-             H, D, masked);
+    snprintf(name, sizeof name, "attention_first_query_folded B=%d T=%d H=%d D=%d P=%d mask=%d",
+             B, T, H, D, P, masked);
     check(name, out, ref, (size_t)B * C);
     pc_free(q); pc_free(x); pc_free(wk); pc_free(wv); pc_free(bk); pc_free(bv); pc_free(mask);
-    pc_free(scratch); pc_free(out);
+    pc_free(prefix); pc_free(scratch); pc_free(out);
     free(ref); free(kj); free(vj); free(p);
 }
 
@@ -983,7 +992,9 @@ int main(void) {
     static const int folded[][4] = {{1, 1, 1, 1}, {2, 5, 3, 2}, {3, 17, 2, 8}, {2, 40, 4, 16}};
     for (size_t i = 0; i < sizeof folded / sizeof folded[0]; i++)
         for (int masked = 0; masked < 2; masked++)
-            test_folded_attention(folded[i][0], folded[i][1], folded[i][2], folded[i][3], masked);
+            for (int P = 0; P < 2; P++) /* without a prefix, then with one of 1 or 5 rows */
+                test_folded_attention(folded[i][0], folded[i][1], folded[i][2], folded[i][3],
+                                      P ? 1 + 4 * (int)(i % 2) : 0, masked);
 
     test_encoder_adapters();
     test_encoder_hidden_capture();
