@@ -5,6 +5,7 @@ inference overhead over the bare model.
     python bench/prompt.py [--models minilm] [--methods prompt,p_tuning_mlp,...]
                            [--virtual-tokens 20] [--steps N] [--warmup N] [--batch 32]
                            [--seq 128] [--threads 2] [--isa avx2] [--quick] [--json FILE]
+                           [--only train|infer]
 
 The model is built as in bench/methods.py (bench/harness.py): a transformers
 BertForSequenceClassification (2 labels, MiniLM's shape by default) with torch.manual_seed(0),
@@ -120,6 +121,7 @@ def parse_args():
     harness.add_isa_argument(ap)
     ap.add_argument("--quick", action="store_true", help="smoke test: batch 4 x seq 32, 1 step")
     ap.add_argument("--json", help="also write all results to this file")
+    ap.add_argument("--only", choices=("train", "infer"), help="measure only one of the two")
     ap.add_argument("--child", choices=("prepare", "train", "infer"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -153,7 +155,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             harness.run_child(__file__, "prepare", args, model, tmp, "bare", extra)
             res = {"train": {}, "infer": {}}
-            for method in args.method_list:
+            for method in args.method_list if args.only != "infer" else []:
                 r = harness.run_child(__file__, "train", args, model, tmp, method, extra)
                 res["train"][method] = r
                 print(f"  {model} {method:18s} train step: peftcore {r['peftcore_seq_per_s']:6.2f} "
@@ -162,7 +164,7 @@ def main():
                       f"  trainable {r['trainable'][0]:,} / {r['trainable'][1]:,}  load avg "
                       f"{r['load'][0]:.1f}->{r['load'][1]:.1f}, other processes "
                       f"{r['others_cores'] or 0:.2f} cores", flush=True)
-            for fw in ("peftcore", "torch"):
+            for fw in ("peftcore", "torch") if args.only != "train" else []:
                 r = harness.run_child(__file__, "infer", args, model, tmp, fw, extra)
                 res["infer"][fw] = r
                 for method in args.method_list:
