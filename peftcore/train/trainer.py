@@ -69,7 +69,7 @@ class TrainingArguments:
     max_grad_norm: float | None = 1.0
     seed: int = 42
     eval_strategy: str | None = None      # no, steps, epoch; None: steps if eval_steps else no
-    eval_steps: int | None = None         # evaluate every n steps (and at the end)
+    eval_steps: int | None = None         # evaluate every n steps (train() also at the end)
     save_strategy: str = "no"             # no, steps, epoch
     save_steps: int | None = None         # default: eval_steps
     save_total_limit: int | None = None   # older checkpoints deleted; the best one is kept
