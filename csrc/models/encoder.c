@@ -1336,6 +1336,10 @@ int pc_encoder_forward(pc_encoder *enc, const int64_t *ids, const int64_t *posit
             const int64_t per = enc->inference_rows / workers / T;
             group = per < 1 ? 1 : per < group ? (int)per : group;
         }
+        /* as few groups as that allows, evened out (16 sequences as 8 + 8, not 14 + 2: a
+         * short last group runs short GEMMs) */
+        const int share = B / workers, groups = (share + group - 1) / group;
+        group = (share + groups - 1) / groups;
     }
     if (ensure_activations(enc, B, T, keep_activations, probs_per_layer, workers, group,
                            first_token_only) < 0)
