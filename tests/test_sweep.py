@@ -615,3 +615,64 @@ def test_parallel_auto_measures_the_layouts(tmp_path, capsys):
     assert f"{cpus} x 1 thread(s)" in m.group(1) and f"1 x {cpus} thread(s)" in m.group(1)
     assert f"{m.group(2)} at a time x {m.group(3)} thread(s)" in out
     assert {r["threads"] for r in sweep.load(path, as_frame=False)} == {int(m.group(3))}
+
+
+def test_rest_dev_chooses_the_checkpoint_and_the_official_dev_scores_with_gates(tmp_path):
+    """few_shot_dev: rest -> the best checkpoint is chosen on rows of the rest of train and
+    the score is the official dev split's; a gated method records its mean gates, which the
+    report draws as heat maps; an older database gains the column."""
+    path = tiny_sweep(tmp_path, textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16, few_shot_dev: rest, few_shot_dev_size: 20}}
+        tasks: [SST-2, MRPC]
+        k: [16]
+        seeds: [0]
+        training: {{learning_rate: 1.0e-2, max_steps: 6, per_device_train_batch_size: 8,
+                    eval_strategy: steps, eval_steps: 2, save_strategy: steps, save_steps: 2,
+                    load_best_model_at_end: true, warmup_ratio: 0.0}}
+        methods:
+          lora: {{r: 2, target_modules: [query, value]}}
+          unipelt: {{}}
+        run: {{parallel: 2, threads: 1}}
+        """))
+    # a database from before the extra column: the store adds it
+    con = sqlite3.connect(tmp_path / "tiny.sweep.db")
+    con.execute("CREATE TABLE trials (id TEXT PRIMARY KEY, position INTEGER NOT NULL, "
+                "task TEXT NOT NULL, k TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL, "
+                "label TEXT NOT NULL, variant INTEGER NOT NULL DEFAULT 0, config TEXT NOT NULL, "
+                "status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, "
+                "started REAL, finished REAL, metrics TEXT, score REAL, eval_history TEXT, "
+                "losses TEXT, steps INTEGER, train_seconds REAL NOT NULL DEFAULT 0, "
+                "wall_seconds REAL NOT NULL DEFAULT 0, peak_rss_mb REAL, trainable_params "
+                "INTEGER, all_params INTEGER, n_train INTEGER, n_dev INTEGER, threads INTEGER, "
+                "resumed_from INTEGER, error TEXT, backend TEXT, host TEXT, study TEXT, "
+                "study_trial INTEGER)")
+    con.close()
+    counts = sweep.run(path, progress=False)
+    assert counts["done"] == 4 and counts["failed"] == 0
+    rows = sweep.load(path, as_frame=False)
+    for r in rows:
+        assert r["n_train"] == 16 and r["n_dev"] == 30   # the official dev split: 120 - 90
+        sel = r["selection_metrics"]
+        history = [m for _, m in r["eval_history"]]
+        assert len(history) == 3 and sel is not None
+        # the checkpoint kept is the best on the rest-of-train rows (20 of them: 0.05 steps)
+        assert sel["loss"] == pytest.approx(min(m["loss"] for m in history), abs=1e-6) or \
+            sel["accuracy"] == pytest.approx(max(m["accuracy"] for m in history), abs=1e-6)
+        assert round(sel["accuracy"] * 20) == pytest.approx(sel["accuracy"] * 20, abs=1e-6)
+        assert round(r["accuracy"] * 30) == pytest.approx(r["accuracy"] * 30, abs=1e-6)
+        assert r["score"] == pytest.approx(100 * (r["accuracy"] if r["task"] == "SST-2" else
+                                                  (r["accuracy"] + r["f1"]) / 2), abs=1e-6)
+        if r["method"] == "lora":
+            assert r["gates"] is None
+            continue
+        assert list(r["gates"]) == ["0"]
+        subs = r["gates"]["0"]
+        assert set(subs) == {"lora_query", "lora_value", "prefix", "adapter_output"}
+        assert all(0.0 < v < 1.0 for v in subs.values())
+    folder = tmp_path / "tiny.report"
+    assert "official dev split; the checkpoint was chosen on rows of the rest of train" in \
+        (folder / "results.md").read_text()
+    heat = folder / "gates_unipelt_k16.png"
+    assert heat.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(folder.glob("gates_lora*"))

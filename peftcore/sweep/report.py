@@ -1,6 +1,7 @@
 """Reports of a sweep's database: tables (Markdown and CSV: method × task, mean ± std over
 seeds, with the GLUE average, per K) and PNG plots (metric vs K per method, learning curves,
-score vs train time, score vs trainable parameters).
+score vs train time, score vs trainable parameters), and for gated methods (UniPELT) a heat
+map of the mean gates, layers × submodules, a panel per task, per method and K.
 
 Scores are each task's GLUE score × 100 (the mean of its official metrics: F1 and accuracy
 for MRPC/QQP, Matthews for CoLA, ...). The "GLUE avg" column is the mean of a row's task
@@ -49,8 +50,10 @@ def load(path, as_frame: bool | None = None):
     """The sweep's trials, one row each: id, task, k, seed, method, label, status, score,
     each metric (as metric columns), train_seconds, wall_seconds, peak_rss_mb,
     trainable_params, all_params, steps, n_train, n_dev, eval_history, losses, options,
-    training, error. A pandas DataFrame when pandas is installed (unless as_frame=False),
-    else a list of dicts."""
+    training, error, selection_metrics (the checkpoint-choosing dev set's, when the score is
+    a test set's: few_shot_dev "rest") and gates ({layer: {submodule: mean gate}} of a gated
+    method, else None). A pandas DataFrame when pandas is installed (unless
+    as_frame=False), else a list of dicts."""
     rows = []
     for r in trials(path):
         row = {key: r[key] for key in ("id", "task", "k", "seed", "method", "label", "status",
@@ -64,6 +67,9 @@ def load(path, as_frame: bool | None = None):
         row["losses"] = r["losses"] or []
         row["options"] = r["config"]["options"]
         row["training"] = r["config"]["training"]
+        extra = r.get("extra") or {}
+        row["selection_metrics"] = extra.get("selection_metrics")
+        row["gates"] = extra.get("gates")
         rows.append(row)
     if as_frame is False:
         return rows
@@ -325,6 +331,41 @@ def plot_score_vs(done, x_key, xlabel, path, log=False):
     plt.close(fig)
 
 
+def _slug(text) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("_")
+
+
+def plot_gates(done, folder) -> dict:
+    """Per method label and K with gates: the mean gate (over seeds and the scored rows) of
+    each layer × submodule, a panel per task -> {file name: path}."""
+    from ..tuners.unipelt.gates import plot_gate_heatmap
+
+    groups = {}
+    for r in done:
+        gates = (r.get("extra") or {}).get("gates")
+        if gates:
+            groups.setdefault((r["label"], r["k"]), {}).setdefault(r["task"], []).append(gates)
+    written = {}
+    plt = _plt() if groups else None
+    for (label, k), by_task in sorted(groups.items(), key=lambda kv: (kv[0][0], _k_order(kv[0][1]))):
+        fig, axes = plt.subplots(1, len(by_task), figsize=(4.6 * len(by_task), 4.2), squeeze=False)
+        for ax, (task, runs) in zip(axes[0], by_task.items()):
+            mean = {}
+            for layer in sorted({layer for g in runs for layer in g}, key=int):
+                subs = {sub for g in runs for sub in g.get(layer, {})}
+                mean[int(layer)] = {sub: float(np.mean([g[layer][sub] for g in runs
+                                                         if sub in g.get(layer, {})]))
+                                    for sub in subs}
+            plot_gate_heatmap(mean, ax=ax, title=f"{task}, K={k} ({len(runs)} seeds)")
+        fig.suptitle(f"{label}: mean gates")
+        fig.tight_layout()
+        name = f"gates_{_slug(label)}_k{k}.png"
+        fig.savefig(Path(folder) / name, dpi=100)
+        plt.close(fig)
+        written[name] = Path(folder) / name
+    return written
+
+
 PLOTS = ("metric_vs_k.png", "learning_curves.png", "score_vs_train_time.png",
          "score_vs_trainable_params.png")
 
@@ -344,9 +385,12 @@ def write_reports(path, out_dir=None, plots: bool = True, quiet: bool = False, o
     tasks = list(dict.fromkeys(e["task"] for e in entries if e["task"] != AVG))
     counts = {s: sum(r["status"] == s for r in rows) for s in
               ("done", "failed", "interrupted", "pending", "running")}
+    tested = any((r.get("extra") or {}).get("selection_metrics") for r in done)
+    scored_on = ("the official dev split; the checkpoint was chosen on rows of the rest of "
+                 "train" if tested else "dev")
     head = (f"# Sweep {db.name.removesuffix('.sweep.db')}\n\n"
             f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
-            ". Scores: each task's GLUE score × 100 on dev.\n\n")
+            f". Scores: each task's GLUE score × 100 on {scored_on}.\n\n")
     written = {}
     md = head + (markdown_table(entries, tasks) if entries else "No finished trial yet.\n")
     for name, text in (("results.md", md), ("results.csv", csv_table(entries)),
@@ -360,6 +404,7 @@ def write_reports(path, out_dir=None, plots: bool = True, quiet: bool = False, o
         plot_score_vs(done, "trainable_params", "trainable parameters", folder / PLOTS[3],
                       log=True)
         written.update({p: folder / p for p in PLOTS})
+        written.update(plot_gates(done, folder))
     if not quiet:
         print(md, file=out)
         print(f"report written to {folder}", file=out)

@@ -40,11 +40,15 @@ CREATE TABLE IF NOT EXISTS trials (
     train_seconds REAL NOT NULL DEFAULT 0, wall_seconds REAL NOT NULL DEFAULT 0,
     peak_rss_mb REAL, trainable_params INTEGER, all_params INTEGER,
     n_train INTEGER, n_dev INTEGER, threads INTEGER, resumed_from INTEGER,
-    error TEXT, backend TEXT, host TEXT, study TEXT, study_trial INTEGER
+    error TEXT, backend TEXT, host TEXT, study TEXT, study_trial INTEGER,
+    extra TEXT
 );
 """
 
-JSON_COLUMNS = ("config", "metrics", "eval_history", "losses")
+# columns added after the first release, with their types: ALTERed into older databases
+ADDED_COLUMNS = (("extra", "TEXT"),)
+
+JSON_COLUMNS = ("config", "metrics", "eval_history", "losses", "extra")
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
 
 
@@ -70,6 +74,10 @@ class Store:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         con.execute(statement)
+                have = {r[1] for r in con.execute("PRAGMA table_info(trials)")}
+                for column, kind in ADDED_COLUMNS:
+                    if column not in have:
+                        con.execute(f"ALTER TABLE trials ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as exc:
             raise SweepError(f"{self.path}: not a sweep database ({exc})") from None
 
@@ -186,13 +194,13 @@ class Store:
                 "losses=?, steps=?, train_seconds=train_seconds+?, wall_seconds=wall_seconds+?, "
                 "peak_rss_mb=max(coalesce(peak_rss_mb, 0), ?), trainable_params=?, all_params=?, "
                 "n_train=?, n_dev=?, threads=?, resumed_from=?, host=coalesce(?, host), "
-                "error=NULL WHERE id=? AND status='running'",
+                "extra=?, error=NULL WHERE id=? AND status='running'",
                 (time.time(), json.dumps(result["metrics"]), result["score"],
                  json.dumps(result["eval_history"]), json.dumps(result["losses"]),
                  result["steps"], result["train_seconds"], result["wall_seconds"],
                  result["peak_rss_mb"], result["trainable_params"], result["all_params"],
                  result["n_train"], result["n_dev"], result["threads"], result["resumed_from"],
-                 result.get("host"), trial_id)).rowcount
+                 result.get("host"), json.dumps(result.get("extra")), trial_id)).rowcount
         return n == 1
 
     def fail(self, trial_id: str, error: str, status: str = "failed", wall_seconds: float = 0.0):

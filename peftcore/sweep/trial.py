@@ -1,6 +1,11 @@
 """One trial: load the task's data (K examples drawn with the seed), build the model, add the
 method, train with the Trainer (checkpoints in the trial's folder), evaluate on dev.
 
+With ``few_shot_dev: rest`` the trial follows the low-resource protocol of UniPELT (Mao et al.,
+2022): the checkpoint is chosen on rows of the rest of train, and the score is the official
+dev split's, which the training never saw. A trial whose model has gates (UniPELT, or
+``use_gating``) also records their mean over the scored rows.
+
 ``run_trial`` runs in a process of its own (a spawned child of the local driver, or a Ray
 worker) and returns plain data; the driver writes it to the database. A trial whose folder
 holds a checkpoint resumes from it: the run continues bit for bit (same thread count and
@@ -25,9 +30,11 @@ def _rows(split, rows):
     return [a[i] for i in rows], (None if b is None else [b[i] for i in rows]), y[rows]
 
 
-def load_splits(task, data: dict, k, seed: int) -> tuple[dict, dict]:
-    """{"train": (a, b, y), dev name: (a, b, y), ...} for one trial, and the full train split
-    (the tokenizer of a random model is built from it, the same for every trial)."""
+def load_splits(task, data: dict, k, seed: int) -> tuple[dict, dict, dict]:
+    """{"train": (a, b, y), dev name: (a, b, y), ...} for one trial (the dev sets choose the
+    best checkpoint), the test sets {official dev name: (a, b, y)} when the dev rows come from
+    the rest of train (else {}: the official dev sets are the dev sets), and the full train
+    split (the tokenizer of a random model is built from it, the same for every trial)."""
     from ..train import glue, sampling
 
     spec = glue.get_task(task)
@@ -48,16 +55,17 @@ def load_splits(task, data: dict, k, seed: int) -> tuple[dict, dict]:
                                                  dev_size=data["few_shot_dev_size"],
                                                  stratify=stratify)
         out["train"] = _rows(full, rows)
-    if dev_rows is not None:
-        out["validation"] = _rows(full, dev_rows)
-    else:
-        for name in spec.validation_splits:
-            split = splits[name]
-            cap = data["max_dev_samples"]
-            if cap is not None and cap < len(split[2]):  # the same rows for every trial
-                split = _rows(split, sampling.sample_k(split[2], cap, 0, stratify))
-            out[name] = split
-    return out, full
+    official = {}
+    for name in spec.validation_splits:
+        split = splits[name]
+        cap = data["max_dev_samples"]
+        if cap is not None and cap < len(split[2]):  # the same rows for every trial
+            split = _rows(split, sampling.sample_k(split[2], cap, 0, stratify))
+        official[name] = split
+    if dev_rows is None:
+        return {**out, **official}, {}, full
+    out["validation"] = _rows(full, dev_rows)
+    return out, official, full
 
 
 def _model_and_tokenizer(model_spec, full_train, max_length, num_labels, seed):
@@ -111,15 +119,16 @@ def run_trial(job: dict) -> dict:
     spec = get_task(cfg["task"])
     seed = cfg["seed"]
     peftcore.manual_seed(seed)
-    splits, full = load_splits(spec, common["data"], cfg["k"], seed)
+    splits, tests, full = load_splits(spec, common["data"], cfg["k"], seed)
     max_length = common["data"]["max_length"]
     model, tokenizer = _model_and_tokenizer(common["model"], full, max_length, spec.num_labels, seed)
     a, b, y = splits["train"]
     train_enc = data.encode(tokenizer, a, b, max_length)
-    dev_sets = {}
-    for name, (da, db, dy) in splits.items():
-        if name != "train":
-            dev_sets[DEV_SHORT.get(name, name)] = (data.encode(tokenizer, da, db, max_length), dy)
+    def encoded(sets):
+        return {DEV_SHORT.get(name, name): (data.encode(tokenizer, da, db, max_length), dy)
+                for name, (da, db, dy) in sets.items() if name != "train"}
+
+    dev_sets, test_sets = encoded(splits), encoded(tests)
     config = _peft_config(cfg["method"], cfg["options"])
     if config is not None:
         model = get_peft_model(model, config)
@@ -132,7 +141,12 @@ def run_trial(job: dict) -> dict:
     trainer = Trainer(model, targs, (train_enc, y), eval_dataset=dev_sets, task=spec,
                       run_identity=identity)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    selection = None
+    if test_sets:  # the best checkpoint was chosen on dev; the score is the test sets'
+        selection = trainer.evaluate()
+        trainer.eval_sets = test_sets
     final = trainer.evaluate()
+    scored = next(iter((test_sets or dev_sets).values()))
     if spec.name == "MNLI" and "mm_accuracy" in final:
         score = metrics.task_score(spec, {"accuracy": final["accuracy"],
                                           "accuracy_mm": final["mm_accuracy"]})
@@ -152,8 +166,28 @@ def run_trial(job: dict) -> dict:
             "wall_seconds": time.perf_counter() - wall_start,
             "peak_rss_mb": report.peak_rss_mb(), "trainable_params": counts["trainable_params"],
             "all_params": counts["all_params"], "n_train": int(len(y)),
-            "n_dev": int(len(next(iter(dev_sets.values()))[1])), "threads": job["threads"],
-            "resumed_from": resumed, "host": socket.gethostname()}
+            "n_dev": int(len(scored[1])), "threads": job["threads"],
+            "resumed_from": resumed, "host": socket.gethostname(),
+            "extra": {"selection_metrics": selection, "gates": _mean_gates(model, scored[0])}}
+
+
+def _mean_gates(model, encodings, batch_size: int = 64):
+    """{layer: {submodule: mean gate}} over the rows (eval mode), or None without gates."""
+    from ..tuners.unipelt.gates import mean_gate_values
+    from ..train.data import iterate_batches
+
+    if getattr(model, "get_gate_values", None) is None:
+        return None
+    batches = []
+    for batch in iterate_batches(encodings, None, batch_size, sort_by_length=True):
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask",
+                                                            "token_type_ids")}
+        try:
+            batches.append(model.get_gate_values(**inputs))
+        except ValueError:  # the model's adapters have no gate
+            return None
+    means = mean_gate_values(batches)
+    return {str(layer): subs for layer, subs in sorted(means.items())} or None
 
 
 def run_logged(job: dict):
