@@ -176,6 +176,25 @@ def test_expansion_grids_lists_and_labels(tmp_path):
     assert parse(path).fingerprint() == s.fingerprint()   # the same file, the same trials
 
 
+def test_list_entries_may_name_their_label(tmp_path):
+    path = _write(tmp_path, BASE + textwrap.dedent("""        methods:
+          - {method: unipelt, label: UniPELT(APL)}
+          - {method: unipelt, label: UniPELT(AP), lora: false, training: {learning_rate: [1e-3, 3e-3]}}
+          - {method: lora}
+        """))
+    s = parse(path)
+    assert [t.label for t in s.trials] == ["UniPELT(APL)", "UniPELT(AP) learning_rate=0.001",
+                                           "UniPELT(AP) learning_rate=0.003", "lora"]
+    assert s.trials[1].options == {"lora": False}   # the label is not an option
+    # the label names the trial in the tables only: the same trial under another label is
+    # still the same trial
+    unnamed = _write(tmp_path, BASE + "methods:\n  - {method: unipelt}\n", name="u.yaml")
+    assert parse(unnamed).trials[0].id == s.trials[0].id
+    bad = _write(tmp_path, BASE + "methods:\n  - {method: lora, label: ''}\n", name="b.yaml")
+    with pytest.raises(SweepError, match=r":4: methods\[0\]\.label: expected a name"):
+        parse(bad)
+
+
 def test_random_search_draws_the_same_configs_from_its_seed(tmp_path):
     text = BASE + textwrap.dedent("""\
         seeds: [0, 1]

@@ -20,7 +20,8 @@ the methods with their options, and optionally a search and limits::
 A plain list is a grid, except for options whose value is itself a list (``target_modules``,
 ``leave_out``, ``class_weights``, ...): there a list is the value, and ``{grid: [[...], [...]]}``
 is a grid (``{grid: [...]}`` works for every option). ``methods`` is a mapping (one entry per
-method) or a list of ``{method: NAME, ...}`` entries (several variants of one method).
+method) or a list of ``{method: NAME, ...}`` entries (several variants of one method; an
+entry's ``label: TEXT`` names it in the tables, e.g. "UniPELT(AP)").
 
 Every error names the file, the line (YAML and JSON, which is read as YAML) and the key.
 """
@@ -268,6 +269,7 @@ class Sweep:
     limits: dict
     run: dict
     search: dict | None
+    method_labels: list = dataclasses.field(default_factory=list)  # per entry of methods
     trials: list = dataclasses.field(default_factory=list)
 
     @property
@@ -410,11 +412,11 @@ def parse(path) -> Sweep:
             continue  # measured: see runner.measure_layout
         if not (_is_int(v) and v >= 1):
             raise SweepError(where(_line(run, k), f"run.{k}") + f": expected an int >= 1, got {v!r}")
-    methods = _methods(data, where, train_opts, training)
+    methods, method_labels = _methods(data, where, train_opts, training)
     search = _search(data, where, methods, train_opts)
     sweep = Sweep(path=path, name=name, model=model, data=data_opts, tasks=tasks, ks=ks,
                   seeds=seeds, methods=methods, training=_plain(training), limits=_plain(limits),
-                  run=_plain(run), search=search)
+                  run=_plain(run), search=search, method_labels=method_labels)
     sweep.trials = expand(sweep, where)
     return sweep
 
@@ -523,6 +525,7 @@ def _methods(data, where, train_opts, shared_training):
         raise SweepError(where(data.line, "methods") + ": missing (required)")
     known = available_methods()
     entries = []  # (name, options LDict, line, key path)
+    labels = {}   # entry -> its label in the tables (a list entry's "label"), else its method
     if isinstance(raw, dict):
         for name, opts in raw.items():
             entries.append((name, opts, _line(raw, name), f"methods.{name}"))
@@ -535,9 +538,13 @@ def _methods(data, where, train_opts, shared_training):
             if not isinstance(item, dict) or "method" not in item:
                 raise SweepError(where(line, f"methods[{i}]") + ": expected a method name or "
                                  "{method: NAME, option: value, ...}")
-            opts = LDict((k, v) for k, v in item.items() if k != "method")
+            if "label" in item and not (isinstance(item["label"], str) and item["label"].strip()):
+                raise SweepError(where(_line(item, "label"), f"methods[{i}].label") +
+                                 f": expected a name for the tables, got {item['label']!r}")
+            opts = LDict((k, v) for k, v in item.items() if k not in ("method", "label"))
             opts.lines = {k: _line(item, k) for k in opts}
             opts.line = line
+            labels[len(entries)] = item.get("label")
             entries.append((item["method"], opts, line, f"methods[{i}]"))
     else:
         raise SweepError(where(_line(data, "methods"), "methods") + ": expected a mapping or a list")
@@ -578,7 +585,7 @@ def _methods(data, where, train_opts, shared_training):
             merged[t] = _grid(tv, train_opts[t], tw)
         merged.update(training)  # the method's own replace the shared ones
         out.append((name, cls, grids, merged, line, key))
-    return out
+    return out, [labels.get(i) or entry[0] for i, entry in enumerate(out)]
 
 
 def _unknown_training(name):
@@ -735,7 +742,8 @@ def expand(sweep: Sweep, where=None) -> list:
             except (TypeError, ValueError) as exc:
                 raise SweepError(where(line, key) + f": TrainingArguments({_args(targs)}) is "
                                  f"refused: {exc}") from None
-            variants.append((options, targs, _label(name, combo, varying)))
+            base = sweep.method_labels[index] if sweep.method_labels else name
+            variants.append((options, targs, _label(base, combo, varying)))
         used = {lab for *_, vs in method_variants for _, _, lab in vs}
         if any(label in used for _, _, label in variants):  # another entry of the method
             variants = [(o, t, f"{label} [{key}]") for o, t, label in variants]
