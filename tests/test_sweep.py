@@ -176,7 +176,7 @@ def test_expansion_grids_lists_and_labels(tmp_path):
     assert parse(path).fingerprint() == s.fingerprint()   # the same file, the same trials
 
 
-def test_list_entries_may_name_their_label(tmp_path):
+def test_list_entries_may_name_their_label_and_methods_their_k(tmp_path):
     path = _write(tmp_path, BASE + textwrap.dedent("""        methods:
           - {method: unipelt, label: UniPELT(APL)}
           - {method: unipelt, label: UniPELT(AP), lora: false, training: {learning_rate: [1e-3, 3e-3]}}
@@ -190,6 +190,15 @@ def test_list_entries_may_name_their_label(tmp_path):
     # still the same trial
     unnamed = _write(tmp_path, BASE + "methods:\n  - {method: unipelt}\n", name="u.yaml")
     assert parse(unnamed).trials[0].id == s.trials[0].id
+    # a method may run at some of the sweep's K values only
+    some = _write(tmp_path, BASE + "k: [8, 16, all]\nmethods:\n  lora: {}\n  ia3: {k: [8, all]}\n"
+                  "  bitfit: {k: 16}\n", name="k.yaml")
+    assert [(t.k, t.method) for t in parse(some).trials] == [
+        (8, "lora"), (8, "ia3"), (16, "lora"), (16, "bitfit"), ("all", "lora"), ("all", "ia3")]
+    wrong = _write(tmp_path, BASE + "k: [8, 16]\nmethods:\n  lora: {}\n  ia3: {k: [8, 100]}\n",
+                   name="w.yaml")
+    with pytest.raises(SweepError, match=r":6: methods\.ia3\.k: 100 is not one of the sweep's K"):
+        parse(wrong)
     bad = _write(tmp_path, BASE + "methods:\n  - {method: lora, label: ''}\n", name="b.yaml")
     with pytest.raises(SweepError, match=r":4: methods\[0\]\.label: expected a name"):
         parse(bad)

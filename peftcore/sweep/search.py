@@ -34,6 +34,9 @@ class OptunaSource:
         for k in sweep.ks:
             for task in sweep.tasks:
                 for entry, (name, cls, grids, training, line, key) in enumerate(sweep.methods):
+                    if sweep.method_ks and sweep.method_ks[entry] is not None and \
+                            k not in sweep.method_ks[entry]:
+                        continue
                     combos = _variants(name, grids, training, None, entry)
                     space = {k2: d for k2, d in search["space"].items()
                              if k2.startswith("training.") or k2.startswith(f"{name}.")}
@@ -45,6 +48,8 @@ class OptunaSource:
                             sampler=optuna.samplers.TPESampler(seed=search["seed"] + index))
                         self.groups.append({"study": study, "name": study_name, "task": task,
                                             "k": k, "method": name, "combo": combo,
+                                            "label": sweep.method_labels[entry]
+                                            if sweep.method_labels else name,
                                             "space": space, "index": index, "variant": v})
                         index += 1
         self.queue = []
@@ -126,7 +131,7 @@ class OptunaSource:
                 value = trial.suggest_float(key, dist["low"], dist["high"], log=dist["log"])
             (training if scope == "training" else options)[opt] = value
             drawn.append(f"{opt}={value:.3g}" if isinstance(value, float) else f"{opt}={value}")
-        label = f"{g['method']} #{trial.number} " + " ".join(drawn)
+        label = f"{g['label']} #{trial.number} " + " ".join(drawn)
         common = self.sweep.common()
         for s, seed in enumerate(self.sweep.seeds):
             position = (g["index"] * 10000 + trial.number) * 100 + s

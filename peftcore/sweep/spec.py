@@ -21,7 +21,8 @@ A plain list is a grid, except for options whose value is itself a list (``targe
 ``leave_out``, ``class_weights``, ...): there a list is the value, and ``{grid: [[...], [...]]}``
 is a grid (``{grid: [...]}`` works for every option). ``methods`` is a mapping (one entry per
 method) or a list of ``{method: NAME, ...}`` entries (several variants of one method; an
-entry's ``label: TEXT`` names it in the tables, e.g. "UniPELT(AP)").
+entry's ``label: TEXT`` names it in the tables, e.g. "UniPELT(AP)"). A method's ``k: [...]``
+runs it at those of the sweep's K values only.
 
 Every error names the file, the line (YAML and JSON, which is read as YAML) and the key.
 """
@@ -270,6 +271,7 @@ class Sweep:
     run: dict
     search: dict | None
     method_labels: list = dataclasses.field(default_factory=list)  # per entry of methods
+    method_ks: list = dataclasses.field(default_factory=list)  # per entry: its K values or None
     trials: list = dataclasses.field(default_factory=list)
 
     @property
@@ -302,6 +304,8 @@ class Sweep:
             what["definition"] = {
                 "tasks": self.tasks, "k": self.ks, "seeds": self.seeds, "search": self.search,
                 "methods": [(m[0], m[2], m[3]) for m in self.methods]}
+            if any(k is not None for k in self.method_ks):
+                what["definition"]["method_ks"] = self.method_ks
         text = json.dumps(what, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -412,11 +416,11 @@ def parse(path) -> Sweep:
             continue  # measured: see runner.measure_layout
         if not (_is_int(v) and v >= 1):
             raise SweepError(where(_line(run, k), f"run.{k}") + f": expected an int >= 1, got {v!r}")
-    methods, method_labels = _methods(data, where, train_opts, training)
+    methods, method_labels, method_ks = _methods(data, where, train_opts, training, ks)
     search = _search(data, where, methods, train_opts)
     sweep = Sweep(path=path, name=name, model=model, data=data_opts, tasks=tasks, ks=ks,
                   seeds=seeds, methods=methods, training=_plain(training), limits=_plain(limits),
-                  run=_plain(run), search=search, method_labels=method_labels)
+                  run=_plain(run), search=search, method_labels=method_labels, method_ks=method_ks)
     sweep.trials = expand(sweep, where)
     return sweep
 
@@ -519,13 +523,14 @@ def _check_task_data(spec, data_opts, where):
             raise SweepError(where + f": no data for {spec.name}: {f} not found")
 
 
-def _methods(data, where, train_opts, shared_training):
+def _methods(data, where, train_opts, shared_training, ks=None):
     raw = data.get("methods")
     if raw is None:
         raise SweepError(where(data.line, "methods") + ": missing (required)")
     known = available_methods()
     entries = []  # (name, options LDict, line, key path)
     labels = {}   # entry -> its label in the tables (a list entry's "label"), else its method
+    only_k = []   # entry -> the sweep's K values it runs at (its own "k"), or None: all
     if isinstance(raw, dict):
         for name, opts in raw.items():
             entries.append((name, opts, _line(raw, name), f"methods.{name}"))
@@ -562,9 +567,19 @@ def _methods(data, where, train_opts, shared_training):
             raise SweepError(where(line, key) + f": expected a mapping of options, got {opts!r}")
         cls = known[name]
         allowed = method_options(cls) if cls is not None else {}
-        grids, training = {}, {}
+        grids, training, entry_k = {}, {}, None
         for opt, value in opts.items():
             w = where(_line(opts, opt), f"{key}.{opt}")
+            if opt == "k":  # a subset of the sweep's K values
+                values = value if isinstance(value, list) else [value]
+                if not values:
+                    raise SweepError(w + ": empty list (it expands to no trial)")
+                for v in values:
+                    if v not in (ks or []):
+                        raise SweepError(w + f": {v!r} is not one of the sweep's K values "
+                                         f"{ks}")
+                entry_k = list(dict.fromkeys(values))
+                continue
             if opt == "training":
                 if not isinstance(value, dict):
                     raise SweepError(w + ": expected a mapping of Trainer arguments")
@@ -585,7 +600,8 @@ def _methods(data, where, train_opts, shared_training):
             merged[t] = _grid(tv, train_opts[t], tw)
         merged.update(training)  # the method's own replace the shared ones
         out.append((name, cls, grids, merged, line, key))
-    return out, [labels.get(i) or entry[0] for i, entry in enumerate(out)]
+        only_k.append(entry_k)
+    return out, [labels.get(i) or entry[0] for i, entry in enumerate(out)], only_k
 
 
 def _unknown_training(name):
@@ -755,6 +771,9 @@ def expand(sweep: Sweep, where=None) -> list:
     for k in sweep.ks:   # the smaller K first: a partial run has whole tables of them
         for task in sweep.tasks:
             for index, (name, line, key, variants) in enumerate(method_variants):
+                if sweep.method_ks and sweep.method_ks[index] is not None and \
+                        k not in sweep.method_ks[index]:
+                    continue
                 for v, (options, targs, label) in enumerate(variants):
                     for seed in sweep.seeds:
                         t = make_trial(common, len(trials), task, k, seed, name, options, targs,
