@@ -578,8 +578,10 @@ def test_the_readme_sweep_example_parses(tmp_path):
     (tmp_path / "path" / "to" / "all-MiniLM-L6-v2" / "config.json").write_text("{}")
     (tmp_path / "glue.yaml").write_text(text)
     s = parse(tmp_path / "glue.yaml")
-    assert len(s.trials) == 3 * 2 * 3 * (2 + 1 + 1 + 1)
+    # tasks x seeds x (2 lora + seq_bn + bitfit) x 2 K, + ia3 at K = 100 only
+    assert len(s.trials) == 3 * 3 * (2 + 1 + 1) * 2 + 3 * 3
     assert {t.method for t in s.trials} == {"lora", "ia3", "seq_bn", "bitfit"}
+    assert {t.k for t in s.trials if t.method == "ia3"} == {100}
 
 
 def test_unipelt_is_the_papers_union_with_parts_left_out_by_name(tmp_path):
