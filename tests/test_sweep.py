@@ -706,3 +706,22 @@ def test_rest_dev_chooses_the_checkpoint_and_the_official_dev_scores_with_gates(
     heat = folder / "gates_unipelt_k16.png"
     assert heat.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(folder.glob("gates_lora*"))
+
+
+def test_the_files_order_and_labels_apply_to_the_trials_already_there(tmp_path):
+    first = _write(tmp_path, BASE + "methods:\n  - {method: lora, label: LoRA}\n")
+    store = Store(tmp_path / "s.sweep.db")
+    try:
+        store.sync(parse(first))
+        # --extend with a method placed before it: the new order is the run order
+        first.write_text(BASE + "methods:\n  - {method: bitfit}\n  - {method: lora, label: LoRA r8}\n")
+        assert store.sync(parse(first), extend=True) == {"new": 1, "known": 1}
+        assert [(r["method"], r["label"]) for r in store.trials()] == [("bitfit", "bitfit"),
+                                                                       ("lora", "LoRA r8")]
+        # a new label alone is the same sweep: no --extend needed, the tables take it
+        first.write_text(BASE + "methods:\n  - {method: bitfit, label: BitFit}\n"
+                         "  - {method: lora, label: LoRA}\n")
+        assert store.sync(parse(first)) == {"new": 0, "known": 2}
+        assert [r["label"] for r in store.trials()] == ["BitFit", "LoRA"]
+    finally:
+        store.close()

@@ -151,6 +151,9 @@ class Store:
                 if t.id not in ids:
                     self._insert(con, t)
                     new += 1
+                else:  # the file's order is the run order; a label names a trial, it is not one
+                    con.execute("UPDATE trials SET position=?, label=? WHERE id=?",
+                                (t.position, t.label, t.id))
         return {"new": new, "known": len(sweep.trials) - new}
 
     @staticmethod
