@@ -356,7 +356,7 @@ def plot_gates(done, folder) -> dict:
                 mean[int(layer)] = {sub: float(np.mean([g[layer][sub] for g in runs
                                                          if sub in g.get(layer, {})]))
                                     for sub in subs}
-            plot_gate_heatmap(mean, ax=ax, title=f"{task}, K={k} ({len(runs)} seeds)")
+            plot_gate_heatmap(mean, ax=ax, title=f"{task}, K={k} ({len(runs)} seed{'' if len(runs) == 1 else 's'})")
         fig.suptitle(f"{label}: mean gates")
         fig.tight_layout()
         name = f"gates_{_slug(label)}_k{k}.png"
