@@ -198,10 +198,29 @@ bool pc_dropout_keep(uint64_t seed, uint64_t i, float p);
  * bias -FLT_MAX as transformers does (a fully masked row becomes uniform).
  * probs (B,H,Tq,Tk): softmax(QKᵀ/√D + bias), saved for the backward (before dropout).
  * out (B,Tq,H·D) row stride H·D = dropout(probs)·V. */
+typedef struct pc_attention_prefix pc_attention_prefix;
 typedef struct {
     int B, Tq, Tk, H, D;
     int ld_q, ld_kv;
+    const pc_attention_prefix *prefix; /* NULL, or P more keys/values before each sequence's */
 } pc_attention_dims;
+
+/* A prefix (prefix tuning, P-tuning v2): P rows of keys k and values v (head h at columns
+ * h·D, row stride ld) that each sequence's queries attend to before its Tk own, unmasked.
+ * Sequence b's rows start at + b·stride (0: every sequence shares them). The probabilities
+ * are then (B,H,Tq,P+Tk), the prefix's columns first, and key_mask still covers the Tk own
+ * keys. The backward writes (never adds) each sequence's prefix gradients to dk, dv: (B,P,·)
+ * with row stride d_ld, sequence b's at + b·d_stride. The keys and values are read where
+ * they are: no (B, P+Tk) copy of them is made. */
+struct pc_attention_prefix {
+    int P;
+    const float *k, *v;
+    int ld;
+    int64_t stride;
+    float *dk, *dv;
+    int d_ld;
+    int64_t d_stride;
+};
 
 /* probs may be NULL when no backward follows (each thread then keeps one pair's in
  * scratch); -1 when that scratch cannot be allocated. */

@@ -48,7 +48,7 @@ typedef struct {
 typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
-    float *kv, *kv_mask; /* with a prefix: (B, P+T, 2C) its rows then k|v, and the mask */
+    float *kv; /* with a prefix: its rows k|v (P,2C), per sequence (B,P,2C) when gated */
 } layer_acts;
 
 typedef struct {
@@ -101,7 +101,7 @@ struct pc_encoder {
     /* gradient scratch */
     float *d_x, *d_y, *d_h1, *d_r, *d_qkv, *d_ctx, *d_act, *d_head; /* d_x, d_y: ping-pong */
     float *d_logits; /* (B,L) a copy of the given gradient (adapters may transform it) */
-    float *d_kv;     /* (B, P+T, 2C) with prefixes: the gradient of a layer's keys|values */
+    float *d_kv;     /* (B, P, 2C) with prefixes: each sequence's gradient of the prefix rows */
     /* linears with input-site adapters: their modified input (forward), then in the
      * backward its gradient and the rebuilt input side by side; (rows, 2·widest input) */
     float *in_scratch;
@@ -501,11 +501,8 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         TAKE(a->ln1_rstd, Ng);
         TAKE(a->ln2_mean, Ng);
         TAKE(a->ln2_rstd, Ng);
-        a->kv = a->kv_mask = NULL;
-        if (pl->prefix) {
-            TAKE(a->kv, pl->group * Tk * 2 * C);
-            TAKE(a->kv_mask, pl->group * Tk);
-        }
+        a->kv = NULL;
+        if (pl->prefix) TAKE(a->kv, pl->group * pl->prefix * 2 * C);
     }
     for (int l = 0; l < L; l++) {
         layer_acts *a = base ? &enc->acts[l] : &unused;
@@ -535,11 +532,8 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         TAKE(a->ln1_rstd, N);
         TAKE(a->ln2_mean, N);
         TAKE(a->ln2_rstd, N);
-        a->kv = a->kv_mask = NULL;
-        if (pl->prefix && kv_rows_of(&enc->layer[l])) {
-            TAKE(a->kv, B * Tk * 2 * C);
-            TAKE(a->kv_mask, B * Tk);
-        }
+        a->kv = NULL;
+        if (pl->prefix && kv_rows_of(&enc->layer[l])) TAKE(a->kv, B * pl->prefix * 2 * C);
     }
     TAKE(enc->first_x, B * C);
     TAKE(enc->cls_in, B * C);
@@ -560,7 +554,7 @@ static int64_t lay_out_activations(pc_encoder *enc, const act_plan *pl, float *b
         TAKE(enc->d_head, B * C);
         TAKE(enc->d_logits, B * nl);
         enc->d_kv = NULL;
-        if (pl->prefix) TAKE(enc->d_kv, B * Tk * 2 * C);
+        if (pl->prefix) TAKE(enc->d_kv, B * pl->prefix * 2 * C);
     } else if (base) {
         enc->d_x = enc->d_y = enc->d_h1 = enc->d_r = enc->d_qkv = enc->d_ctx = enc->d_act = NULL;
         enc->d_head = enc->d_logits = NULL;
@@ -965,7 +959,8 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
     const layer_params *lp = &enc->layer[l];
     const pc_encoder_config *c = &enc->cfg;
     const int64_t T = enc->T, C = c->hidden, H = c->heads;
-    const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C)};
+    const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C),
+                                    NULL};
     bool adapters_allow = true;
     for (int s = SLOT_K; s <= SLOT_V; s++)
         for (int k = 0; k < PC_LINEAR_SITES; k++)
@@ -996,40 +991,31 @@ static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *q
 
 static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows *r, int B) {
     pc_attention_dims d = {B, r->Tq, enc->T, enc->cfg.heads, enc->cfg.hidden / enc->cfg.heads,
-                           r->ld_q, r->ld_kv};
+                           r->ld_q, r->ld_kv, NULL};
     return d;
 }
 
-/* Layer l's keys and values with its prefix: kv (B, P+T, 2C) holds, per sequence, the P
- * prefix rows then its own T rows of k|v (from r's k, whose v follows at +C), and mask
- * (B, P+T) ones for the prefix then the sequence's key mask. */
-static int prefixed_keys(const pc_encoder *enc, layer_params *lp, const layer_rows *r, int B,
-                         int T, int C, const float *x, const float *key_mask, float *kv,
-                         float *mask, int64_t row) {
-    const int P = kv_rows_of(lp), Tk = P + T;
+/* Where layer l's prefix rows k|v live (in kv, see layer_acts), and where the backward puts
+ * each sequence's gradient of them (d_kv, (B,P,2C)) */
+static pc_attention_prefix prefix_view(const layer_params *lp, int C, float *kv, float *d_kv) {
+    const int P = kv_rows_of(lp);
+    const int64_t seq = (int64_t)P * 2 * C;
+    return (pc_attention_prefix){P, kv, kv + C, 2 * C, pc_site_kv_gated(&lp->kv) ? seq : 0,
+                                 d_kv, d_kv ? d_kv + C : NULL, 2 * C, seq};
+}
+
+/* Layer l's prefix rows for B sequences into kv: the adapter's P rows k|v, which every
+ * sequence shares; a gated prefix scales a copy per sequence by its gates, computed from x. */
+static int prefix_forward(const pc_encoder *enc, layer_params *lp, int B, int T, int C,
+                          const float *x, float *kv, int64_t row) {
+    const int P = kv_rows_of(lp);
     const pc_adapter *prefix = lp->kv.entry[0].adapter;
     prefix->method->kv_forward(prefix, kv, kv + C, 2 * C);
-    for (int b = 0; b < B; b++) {
-        float *seq = kv + (int64_t)b * Tk * 2 * C;
-        if (b) memcpy(seq, kv, sizeof(float) * P * 2 * C);
-        for (int t = 0; t < T; t++)
-            memcpy(seq + (int64_t)(P + t) * 2 * C, r->k + ((int64_t)b * T + t) * r->ld_kv,
-                   sizeof(float) * 2 * C);
-        for (int j = 0; j < Tk; j++)
-            mask[(int64_t)b * Tk + j] = j < P || !key_mask ? 1.0f : key_mask[(int64_t)b * T + j - P];
-    }
-    /* a gated prefix scales each sequence's rows by its gates, computed from x */
+    if (!pc_site_kv_gated(&lp->kv)) return 0;
+    const int64_t seq = (int64_t)P * 2 * C;
+    for (int b = 1; b < B; b++) memcpy(kv + b * seq, kv, sizeof(float) * (size_t)seq);
     const pc_site_call call = {B * T, C, C, T, enc->training, 0};
-    return pc_site_kv_gate_forward(&lp->kv, &call, kv, 2 * C, (int64_t)Tk * 2 * C, x, C, row,
-                                   enc->keeping);
-}
-
-/* the attention's dims with a prefix of P rows before each sequence's keys */
-static pc_attention_dims prefixed_dims(const pc_encoder *enc, const layer_rows *r, int B, int P) {
-    pc_attention_dims d = attention_dims(enc, r, B);
-    d.Tk += P;
-    d.ld_kv = 2 * enc->cfg.hidden;
-    return d;
+    return pc_site_kv_gate_forward(&lp->kv, &call, kv, 2 * C, seq, x, C, row, enc->keeping);
 }
 
 /* slot s ∈ {q, k, v}: where its output lives and which input rows feed it */
@@ -1122,12 +1108,13 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
                                             prefix ? a->kv : NULL, P};
         pc_attention_first_query_folded(a->ctx, r.q, x, &fold, key_mask, &dims, a->qkv);
     } else if (P) {
-        const pc_attention_dims dims = prefixed_dims(enc, &r, B, P);
         /* a prefix: every query also attends to P rows of the prefix's keys and values */
-        if (prefixed_keys(enc, lp, &r, B, T, C, x, key_mask, a->kv, a->kv_mask, u_row) < 0)
-            return -1;
-        if (pc_attention_forward(a->ctx, a->probs, r.q, a->kv, a->kv + C, a->kv_mask, &dims,
-                                 p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        if (prefix_forward(enc, lp, B, T, C, x, a->kv, u_row) < 0) return -1;
+        const pc_attention_prefix view = prefix_view(lp, C, a->kv, NULL);
+        pc_attention_dims dims = attention_dims(enc, &r, B);
+        dims.prefix = &view;
+        if (pc_attention_forward(a->ctx, a->probs, r.q, r.k, r.v, key_mask, &dims, p_attn,
+                                 site_seed(enc->seed, l, SITE_ATTN)) < 0)
             return -1;
     } else {
         const pc_attention_dims dims = attention_dims(enc, &r, B);
@@ -1492,31 +1479,28 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* ctx = attention(q, k, v) */
     const int P = kv_rows_of(lp);
     if (P) {
-        /* with a prefix: the gradients of the prefixed keys|values (B, P+T, 2C), then the
-         * sequences' rows to d_qkv's k|v and the prefix's rows summed over the batch */
-        const int Tk = P + T;
-        const pc_attention_dims pd = prefixed_dims(enc, &r, B, P);
+        /* with a prefix: the sequences' key|value gradients straight into d_qkv, each
+         * sequence's gradient of the prefix rows into d_kv (B, P, 2C), then summed over the
+         * batch */
+        const int64_t seq = (int64_t)P * 2 * C;
         float *d_kv = enc->d_kv;
-        if (!enc->probs_per_layer &&
-            pc_attention_probs(a->probs, r.q, a->kv, a->kv_mask, &pd) < 0)
+        const pc_attention_prefix view = prefix_view(lp, C, a->kv, d_kv);
+        pc_attention_dims pd = attention_dims(enc, &r, B);
+        pd.prefix = &view;
+        const float *key_mask = enc->has_mask ? enc->key_mask : NULL;
+        if (!enc->probs_per_layer && pc_attention_probs(a->probs, r.q, r.k, key_mask, &pd) < 0)
             return -1;
-        if (pc_attention_backward_into(dr.q, d_kv, d_kv + C, enc->d_ctx, a->probs, r.q, a->kv,
-                                       a->kv + C, &pd, p_attn,
-                                       site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v,
+                                       &pd, p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
             return -1;
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++)
-                memcpy(dr.k + ((int64_t)b * T + t) * dr.ld_kv,
-                       d_kv + ((int64_t)b * Tk + P + t) * 2 * C, sizeof(float) * 2 * C);
         /* a gated prefix: its gates' gradients and x's share, and each sequence's rows
          * scaled back by its gates */
         const pc_site_call call = {N, C, C, T, enc->training, 0};
-        if (pc_site_kv_gate_backward(&lp->kv, &call, d_kv, 2 * C, (int64_t)Tk * 2 * C,
-                                     need_dx ? d_x : NULL, C, x, C, 0) < 0)
+        if (pc_site_kv_gate_backward(&lp->kv, &call, d_kv, 2 * C, seq, need_dx ? d_x : NULL, C,
+                                     x, C, 0) < 0)
             return -1;
         for (int b = 1; b < B; b++) /* in order, into the first sequence's prefix rows */
-            for (int64_t i = 0; i < (int64_t)P * 2 * C; i++)
-                d_kv[i] += d_kv[(int64_t)b * Tk * 2 * C + i];
+            for (int64_t i = 0; i < seq; i++) d_kv[i] += d_kv[b * seq + i];
         const pc_adapter *prefix = lp->kv.entry[0].adapter;
         if (prefix->method->kv_backward(prefix, d_kv, d_kv + C, 2 * C) < 0) return -1;
     } else {

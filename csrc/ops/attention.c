@@ -18,24 +18,37 @@
  * roundings unless told otherwise) */
 #pragma GCC optimize("fp-contract=fast")
 
-/* dst (D,T) = src (T,D) with row stride ld: a head's keys or values as columns */
-static void transpose_head(float *dst, const float *src, int T, int D, int ld) {
+/* columns [j0, j0 + T) of dst (D, ldd) = src (T,D) with row stride ld: a head's keys or
+ * values as columns */
+static void transpose_head(float *dst, int ldd, int j0, const float *src, int T, int D,
+                           int ld) {
     for (int d = 0; d < D; d++)
-        for (int t = 0; t < T; t++) dst[(int64_t)d * T + t] = src[(int64_t)t * ld + d];
+        for (int t = 0; t < T; t++) dst[(int64_t)d * ldd + j0 + t] = src[(int64_t)t * ld + d];
 }
 
 /* the per-pair products go to pc_tile_gemm when their widths (Tk for scores, D for outputs)
  * hold at least one 16-float vector, else to BLIS */
 static bool use_tiles(int width) { return width >= 16; }
 
-/* C (Tq,Tk) = alpha·X (Tq,D)·Yᵀ for Y (Tk,D): through Yᵀ in scratch (D·Tk floats) */
-static void times_keys_transposed(int Tq, int Tk, int D, float alpha, const float *X, int ldx,
-                                  const float *Y, int ldy, float *scratch, float *C) {
+/* One pair's keys (or values): P prefix rows (Yp, row stride ldp; P may be 0) then Tk own
+ * rows (Y, row stride ldy), each (·,D). */
+typedef struct {
+    const float *Yp, *Y;
+    int P, Tk, ldp, ldy;
+} pair_rows;
+
+/* C (Tq,P+Tk) = alpha·X (Tq,D)·Yᵀ for Y's P+Tk rows: through Yᵀ in scratch (D·(P+Tk)
+ * floats), one product over both parts */
+static void times_keys_transposed(int Tq, int D, float alpha, const float *X, int ldx,
+                                  const pair_rows *y, float *scratch, float *C) {
+    const int P = y->P, Tk = P + y->Tk;
     if (use_tiles(Tk) && scratch) {
-        transpose_head(scratch, Y, Tk, D, ldy);
+        if (P) transpose_head(scratch, Tk, 0, y->Yp, P, D, y->ldp);
+        transpose_head(scratch, Tk, P, y->Y, y->Tk, D, y->ldy);
         pc_tile_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, Tk, 0.0f, C, Tk);
     } else {
-        pc_sgemm_serial(false, true, Tq, Tk, D, alpha, X, ldx, Y, ldy, 0.0f, C, Tk);
+        if (P) pc_sgemm_serial(false, true, Tq, P, D, alpha, X, ldx, y->Yp, y->ldp, 0.0f, C, Tk);
+        pc_sgemm_serial(false, true, Tq, y->Tk, D, alpha, X, ldx, y->Y, y->ldy, 0.0f, C + P, Tk);
     }
 }
 
@@ -70,30 +83,62 @@ static float *mask_bias(float *bias, const float *m, int Tk) {
     return bias;
 }
 
-/* per-thread scratch of pair_probs: Kᵀ (D,Tk), then the mask's bias row (Tk) */
-static int64_t probs_scratch_floats(const pc_attention_dims *d) {
-    return (int64_t)(d->D + 1) * d->Tk;
+static int prefix_rows(const pc_attention_dims *d) { return d->prefix ? d->prefix->P : 0; }
+
+/* every key of a pair: the prefix's and the sequence's own */
+static int all_keys(const pc_attention_dims *d) { return prefix_rows(d) + d->Tk; }
+
+/* pair (b, h)'s keys (which = 0) or values (1): the prefix's rows, then the sequence's */
+static pair_rows rows_of_pair(const pc_attention_dims *d, const float *own, int b, int h,
+                              int which) {
+    const pc_attention_prefix *p = d->prefix;
+    pair_rows r = {NULL, own + (int64_t)b * d->Tk * d->ld_kv + (int64_t)h * d->D, 0, d->Tk, 0,
+                   d->ld_kv};
+    if (p) {
+        r.Yp = (which ? p->v : p->k) + b * p->stride + (int64_t)h * d->D;
+        r.P = p->P;
+        r.ldp = p->ld;
+    }
+    return r;
 }
 
-/* S (Tq,Tk) of pair bh = softmax(Q·Kᵀ/√D + mask bias), row by row */
+/* per-thread scratch of pair_probs: Kᵀ (D,P+Tk), then the mask's bias row (P+Tk) */
+static int64_t probs_scratch_floats(const pc_attention_dims *d) {
+    return (int64_t)(d->D + 1) * all_keys(d);
+}
+
+/* S (Tq,P+Tk) of pair bh = softmax(Q·Kᵀ/√D + mask bias), row by row */
 static void pair_probs(float *S, const float *q, const float *k, const float *key_mask,
                        const pc_attention_dims *d, int64_t bh, float *scratch) {
-    const int Tq = d->Tq, Tk = d->Tk, b = (int)(bh / d->H), h = (int)(bh % d->H);
+    const int Tq = d->Tq, Tk = all_keys(d), P = prefix_rows(d);
+    const int b = (int)(bh / d->H), h = (int)(bh % d->H);
     const float *Q = q + (int64_t)b * Tq * d->ld_q + (int64_t)h * d->D;
-    const float *K = k + (int64_t)b * Tk * d->ld_kv + (int64_t)h * d->D;
-    times_keys_transposed(Tq, Tk, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, K, d->ld_kv,
-                          scratch, S);
-    float *bias = key_mask ? mask_bias(scratch + (int64_t)d->D * Tk, key_mask + (int64_t)b * Tk, Tk)
-                           : NULL;
+    const pair_rows keys = rows_of_pair(d, k, b, h, 0);
+    times_keys_transposed(Tq, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, &keys, scratch, S);
+    float *bias = NULL;
+    if (key_mask) {
+        bias = scratch + (int64_t)d->D * Tk;
+        for (int j = 0; j < P; j++) bias[j] = 0.0f;
+        mask_bias(bias + P, key_mask + (int64_t)b * d->Tk, d->Tk);
+    }
     for (int i = 0; i < Tq; i++) {
         float *row = S + (int64_t)i * Tk;
         pc_softmax_row_biased(row, row, bias, Tk);
     }
 }
 
+/* out (Tq,D) = P (Tq,Tk+P) · V: the prefix's rows, then the sequence's added */
+static void times_values(int Tq, int D, const float *probs, const pair_rows *v, float *out,
+                         int ldo) {
+    const int Tk = v->P + v->Tk;
+    if (v->P) times_head(false, Tq, D, v->P, 1.0f, probs, Tk, v->Yp, v->ldp, 0.0f, out, ldo);
+    times_head(false, Tq, D, v->Tk, 1.0f, probs + v->P, Tk, v->Y, v->ldy, v->P ? 1.0f : 0.0f,
+               out, ldo);
+}
+
 int pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
                        const pc_attention_dims *dims) {
-    const int64_t pair = (int64_t)dims->Tq * dims->Tk, pairs = (int64_t)dims->B * dims->H;
+    const int64_t pair = (int64_t)dims->Tq * all_keys(dims), pairs = (int64_t)dims->B * dims->H;
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for(pairs * pair))
     {
@@ -110,8 +155,8 @@ int pc_attention_probs(float *probs, const float *q, const float *k, const float
 int pc_attention_forward(float *out, float *probs, const float *q, const float *k,
                          const float *v, const float *key_mask, const pc_attention_dims *dims,
                          float dropout_p, uint64_t seed) {
-    const int B = dims->B, Tq = dims->Tq, Tk = dims->Tk, H = dims->H, D = dims->D;
-    const int C = H * D, ld_kv = dims->ld_kv;
+    const int B = dims->B, Tq = dims->Tq, Tk = all_keys(dims), H = dims->H, D = dims->D;
+    const int C = H * D;
     const int64_t pair = (int64_t)Tq * Tk;
     const bool use_dropout = dropout_p > 0.0f;
     bool failed = false;
@@ -129,7 +174,7 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
             if (!kt) continue;
             int b = (int)(bh / H), h = (int)(bh % H);
-            const float *V = v + (int64_t)b * Tk * ld_kv + (int64_t)h * D;
+            const pair_rows V = rows_of_pair(dims, v, b, h, 1);
             float *S = probs ? probs + bh * pair : own_probs;
             pair_probs(S, q, k, key_mask, dims, bh, kt);
             const float *P = S;
@@ -137,9 +182,7 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
                 dropout_probs(dropped, NULL, S, pair, dropout_p, seed, bh);
                 P = dropped;
             }
-            /* out (Tq,D) = P (Tq,Tk) · V (Tk,D) */
-            times_head(false, Tq, D, Tk, 1.0f, P, Tk, V, ld_kv, 0.0f,
-                       out + (int64_t)b * Tq * C + (int64_t)h * D, C);
+            times_values(Tq, D, P, &V, out + (int64_t)b * Tq * C + (int64_t)h * D, C);
         }
         free(kt);
     }
@@ -226,13 +269,17 @@ void pc_attention_first_query_folded(float *out, const float *q, const float *x,
 /* Backward of one pair, mirroring the forward:
  *   dP' (Tq,Tk) = dO · Vᵀ          dV += P'ᵀ · dO        (P' = dropout(P))
  *   dP = dropout_backward(dP')     dS = P ⊙ (dP - rowsum(dP ⊙ P))
- *   dQ += dS · K / √D              dK += dSᵀ · Q / √D */
+ *   dQ += dS · K / √D              dK += dSᵀ · Q / √D
+ * With a prefix, K and V's first P rows are its own and their dK, dV rows go to its
+ * gradients (written: each pair owns its sequence's rows and head's columns there). */
 static int attention_backward(float *dq, float *dk, float *dv, const float *dout,
                               const float *probs, const float *q, const float *k,
                               const float *v, const pc_attention_dims *dims, float dropout_p,
                               uint64_t seed, float beta) {
-    const int B = dims->B, Tq = dims->Tq, Tk = dims->Tk, H = dims->H, D = dims->D;
-    const int C = H * D, ld_q = dims->ld_q, ld_kv = dims->ld_kv;
+    const int B = dims->B, Tq = dims->Tq, Tk = all_keys(dims), H = dims->H, D = dims->D;
+    const int C = H * D, ld_q = dims->ld_q, ld_kv = dims->ld_kv, NP = prefix_rows(dims);
+    const int T = dims->Tk; /* the sequence's own keys */
+    const pc_attention_prefix *pre = dims->prefix;
     const int64_t pair = (int64_t)Tq * Tk;
     const float scale = 1.0f / sqrtf((float)D);
     const bool use_dropout = dropout_p > 0.0f;
@@ -252,7 +299,14 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             if (!dS) continue;
             int b = (int)(bh / H), h = (int)(bh % H);
             int64_t q0 = (int64_t)b * Tq * ld_q + (int64_t)h * D;
-            int64_t kv0 = (int64_t)b * Tk * ld_kv + (int64_t)h * D;
+            int64_t kv0 = (int64_t)b * T * ld_kv + (int64_t)h * D;
+            const pair_rows keys = rows_of_pair(dims, k, b, h, 0);
+            const pair_rows values = rows_of_pair(dims, v, b, h, 1);
+            float *dpk = NULL, *dpv = NULL;
+            if (NP) {
+                dpk = pre->dk + b * pre->d_stride + (int64_t)h * D;
+                dpv = pre->dv + b * pre->d_stride + (int64_t)h * D;
+            }
             const float *dO = dout + (int64_t)b * Tq * C + (int64_t)h * D;
             const float *P = probs + bh * pair;
             const float *Pd = P;
@@ -260,8 +314,9 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 dropout_probs(dropped, keep, P, pair, dropout_p, seed, bh);
                 Pd = dropped;
             }
-            times_keys_transposed(Tq, Tk, D, 1.0f, dO, C, v + kv0, ld_kv, vt, dS);
-            times_head(true, Tk, D, Tq, 1.0f, Pd, Tk, dO, C, beta, dv + kv0, ld_kv);
+            times_keys_transposed(Tq, D, 1.0f, dO, C, &values, vt, dS);
+            if (NP) times_head(true, NP, D, Tq, 1.0f, Pd, Tk, dO, C, 0.0f, dpv, pre->d_ld);
+            times_head(true, T, D, Tq, 1.0f, Pd + NP, Tk, dO, C, beta, dv + kv0, ld_kv);
             if (use_dropout) {
                 float inv_keep = 1.0f / (1.0f - dropout_p);
                 for (int64_t e = 0; e < pair; e++) dS[e] = keep[e] ? dS[e] * inv_keep : 0.0f;
@@ -272,8 +327,13 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 float dot = pc_dot(ds, p, Tk);
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
-            times_head(false, Tq, D, Tk, scale, dS, Tk, k + kv0, ld_kv, beta, dq + q0, ld_q);
-            times_head(true, Tk, D, Tq, scale, dS, Tk, q + q0, ld_q, beta, dk + kv0, ld_kv);
+            if (NP) {
+                times_head(false, Tq, D, NP, scale, dS, Tk, keys.Yp, keys.ldp, beta, dq + q0, ld_q);
+                times_head(true, NP, D, Tq, scale, dS, Tk, q + q0, ld_q, 0.0f, dpk, pre->d_ld);
+            }
+            times_head(false, Tq, D, T, scale, dS + NP, Tk, k + kv0, ld_kv, NP ? 1.0f : beta,
+                       dq + q0, ld_q);
+            times_head(true, T, D, Tq, scale, dS + NP, Tk, q + q0, ld_q, beta, dk + kv0, ld_kv);
         }
         free(dS);
     }

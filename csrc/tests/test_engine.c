@@ -280,7 +280,7 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
     float *qbuf = frand(nq, 1), *kbuf = fused ? qbuf : frand(nkv, 1),
           *vbuf = fused ? qbuf : frand(nkv, 1);
     const float *q = qbuf, *k = kbuf + (fused ? C : 0), *v = vbuf + (fused ? 2 * C : 0);
-    const pc_attention_dims dims = {B, Tq, T, H, D, ld, ld};
+    const pc_attention_dims dims = {B, Tq, T, H, D, ld, ld, NULL};
     float *mask = NULL;
     if (masked) {
         mask = pc_alloc((size_t)B * T * sizeof(float));
@@ -409,6 +409,95 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
 /* ------------------------------------------------------------------ threads */
 
 /* the same op with 1 and 2 threads gives the same bits (work is split by owned rows/cols) */
+/* A prefix read in place (pc_attention_prefix: P shared or per-sequence rows of keys and
+ * values before each sequence's own) against the same attention over keys and values copied
+ * into one (B, P+T) buffer with the prefix unmasked: probabilities, outputs, and every
+ * gradient, the prefix's per sequence, under dropout and a mask. */
+static void test_prefixed_attention(int B, int Tq, int T, int H, int D, int P, bool shared,
+                                    bool masked, float p) {
+    char name[200];
+    const int C = H * D, Tk = P + T;
+    const uint64_t seed = 777;
+    float *q = frand((size_t)B * Tq * C, 1), *kv = frand((size_t)B * T * 2 * C, 1);
+    float *pre = frand((size_t)(shared ? 1 : B) * P * 2 * C, 1);
+    float *mask = NULL, *cat_mask = pc_alloc((size_t)B * Tk * sizeof(float));
+    if (masked) mask = pc_alloc((size_t)B * T * sizeof(float));
+    float *cat = pc_alloc((size_t)B * Tk * 2 * C * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        const float *pb = pre + (shared ? 0 : (size_t)b * P * 2 * C);
+        memcpy(cat + (size_t)b * Tk * 2 * C, pb, sizeof(float) * P * 2 * C);
+        memcpy(cat + ((size_t)b * Tk + P) * 2 * C, kv + (size_t)b * T * 2 * C,
+               sizeof(float) * T * 2 * C);
+        for (int j = 0; j < Tk; j++) {
+            float m = j < P ? 1.0f : (b == 0 || j - P < T - 1 - b) ? 1.0f : 0.0f;
+            if (masked && j >= P) mask[b * T + j - P] = m;
+            cat_mask[b * Tk + j] = masked ? m : 1.0f;
+        }
+    }
+    float *dp = frand((size_t)B * P * 2 * C, 100); /* written, whatever it held */
+    const pc_attention_prefix prefix = {P, pre, pre + C, 2 * C, shared ? 0 : (int64_t)P * 2 * C,
+                                        dp, dp + C, 2 * C, (int64_t)P * 2 * C};
+    const pc_attention_dims dims = {B, Tq, T, H, D, C, 2 * C, &prefix};
+    const pc_attention_dims cat_dims = {B, Tq, Tk, H, D, C, 2 * C, NULL};
+    const size_t nout = (size_t)B * Tq * C, nprobs = (size_t)B * H * Tq * Tk;
+    float *out = frand(nout, 100), *probs = frand(nprobs, 100);
+    float *rout = frand(nout, 100), *rprobs = frand(nprobs, 100);
+    pc_attention_forward(out, probs, q, kv, kv + C, mask, &dims, p, seed);
+    pc_attention_forward(rout, rprobs, q, cat, cat + C, cat_mask, &cat_dims, p, seed);
+    snprintf(name, sizeof name, "prefixed attention B=%d Tq=%d T=%d H=%d D=%d P=%d shared=%d "
+             "mask=%d p=%.1f", B, Tq, T, H, D, P, shared, masked, p);
+    char what[260];
+    double *ref = dfrom(rprobs, nprobs);
+    snprintf(what, sizeof what, "%s: probs", name);
+    check(what, probs, ref, nprobs);
+    free(ref);
+    ref = dfrom(rout, nout);
+    snprintf(what, sizeof what, "%s: out", name);
+    check(what, out, ref, nout);
+    free(ref);
+    float *again = frand(nprobs, 100);
+    pc_attention_probs(again, q, kv, mask, &dims);
+    snprintf(what, sizeof what, "%s: probs alone are the forward's bits", name);
+    check_true(what, memcmp(again, probs, sizeof(float) * nprobs) == 0);
+
+    /* backward: written (_into), then added (the prefix's rows are written either way) */
+    float *dout = frand(nout, 1);
+    for (int add = 0; add < 2; add++) {
+        float *dq = frand((size_t)B * Tq * C, 1), *dkv = frand((size_t)B * T * 2 * C, 1);
+        float *rdq = pc_alloc((size_t)B * Tq * C * sizeof(float));
+        float *rdkv = pc_alloc((size_t)B * Tk * 2 * C * sizeof(float));
+        double *want_q = dfrom(dq, (size_t)B * Tq * C), *want_kv = dfrom(dkv, (size_t)B * T * 2 * C);
+        if (add)
+            pc_attention_backward(dq, dkv, dkv + C, dout, probs, q, kv, kv + C, &dims, p, seed);
+        else
+            pc_attention_backward_into(dq, dkv, dkv + C, dout, probs, q, kv, kv + C, &dims, p,
+                                       seed);
+        pc_attention_backward_into(rdq, rdkv, rdkv + C, dout, rprobs, q, cat, cat + C,
+                                   &cat_dims, p, seed);
+        double *want_p = dzeros((size_t)B * P * 2 * C);
+        for (size_t i = 0; i < (size_t)B * Tq * C; i++) want_q[i] = (add ? want_q[i] : 0) + rdq[i];
+        for (int b = 0; b < B; b++) {
+            for (size_t i = 0; i < (size_t)T * 2 * C; i++) {
+                size_t at = (size_t)b * T * 2 * C + i;
+                want_kv[at] = (add ? want_kv[at] : 0) + rdkv[((size_t)b * Tk + P) * 2 * C + i];
+            }
+            for (size_t i = 0; i < (size_t)P * 2 * C; i++)
+                want_p[(size_t)b * P * 2 * C + i] = rdkv[(size_t)b * Tk * 2 * C + i];
+        }
+        snprintf(what, sizeof what, "%s: %s dq", name, add ? "+=" : "=");
+        check(what, dq, want_q, (size_t)B * Tq * C);
+        snprintf(what, sizeof what, "%s: %s dk|dv", name, add ? "+=" : "=");
+        check(what, dkv, want_kv, (size_t)B * T * 2 * C);
+        snprintf(what, sizeof what, "%s: the prefix's gradients per sequence", name);
+        check(what, dp, want_p, (size_t)B * P * 2 * C);
+        pc_free(dq); pc_free(dkv); pc_free(rdq); pc_free(rdkv);
+        free(want_q); free(want_kv); free(want_p);
+    }
+    pc_free(q); pc_free(kv); pc_free(pre); pc_free(mask); pc_free(cat_mask); pc_free(cat);
+    pc_free(dp); pc_free(out); pc_free(probs); pc_free(rout); pc_free(rprobs); pc_free(again);
+    pc_free(dout);
+}
+
 /* Folded first-query attention against projecting keys and values explicitly (in double):
  * k_j = Wk x_j + bk, v_j = Wv x_j + bv after P prefix rows of k|v given as they are, then
  * softmax(q·k_j/√D + mask bias)·v per head. */
@@ -424,7 +513,7 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) mask[b * T + t] = t < T - b ? 1.0f : 0.0f;
     }
-    const pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C};
+    const pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C, NULL};
     const pc_folded_projections fold = {wk, bk, wv, bv, prefix, P};
     float *scratch = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
     float *out = frand((size_t)B * C, 100);
@@ -484,7 +573,7 @@ static void test_thread_determinism(void) {
           *v = frand((size_t)B * T * C, 1);
     float *o1 = pc_alloc((size_t)B * T * C * 4), *o2 = pc_alloc((size_t)B * T * C * 4);
     float *p1 = pc_alloc((size_t)B * H * T * T * 4), *p2 = pc_alloc((size_t)B * H * T * T * 4);
-    const pc_attention_dims dims = {B, T, T, H, D, C, C};
+    const pc_attention_dims dims = {B, T, T, H, D, C, C, NULL};
     int before = pc_get_num_threads();
     pc_set_num_threads(1);
     pc_linear_forward(y1, x, w, bias, N, IC, OC);
@@ -989,6 +1078,17 @@ int main(void) {
     test_attention(2, 6, 6, 3, 4, true, 0.0f, true);
     test_attention(2, 6, 6, 3, 4, true, 0.2f, true);
     test_attention(2, 33, 33, 2, 32, true, 0.2f, true);
+    /* prefixes: tiled (P + T >= 16) and not, 1 and several rows, one query or all */
+    static const int prefixed[][5] = {{1, 1, 1, 1, 1}, {2, 5, 3, 2, 3}, {3, 13, 2, 8, 4},
+                                      {2, 40, 4, 16, 5}, {2, 24, 3, 32, 20}};
+    for (size_t i = 0; i < sizeof prefixed / sizeof prefixed[0]; i++)
+        for (int shared = 0; shared < 2; shared++)
+            for (int masked = 0; masked < 2; masked++) {
+                const int *c = prefixed[i];
+                test_prefixed_attention(c[0], c[1], c[1], c[2], c[3], c[4], shared, masked,
+                                        masked ? 0.3f : 0.0f);
+                test_prefixed_attention(c[0], 1, c[1], c[2], c[3], c[4], shared, masked, 0.0f);
+            }
     static const int folded[][4] = {{1, 1, 1, 1}, {2, 5, 3, 2}, {3, 17, 2, 8}, {2, 40, 4, 16}};
     for (size_t i = 0; i < sizeof folded / sizeof folded[0]; i++)
         for (int masked = 0; masked < 2; masked++)
