@@ -6,6 +6,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "../engine.h"
 
 /* Parallel loops: our threads follow pc_set_num_threads; small jobs stay on one thread.
@@ -123,17 +127,39 @@ static inline void pc_storev(float *p, pc_vec v) { *(pc_vec_alias *)p = v; }
 
 static inline pc_vec pc_splat(float x) { return (pc_vec){0} + x; }
 
-/* the first `count` (< PC_VW) floats of p as lanes, the rest 0; and back */
+/* the first `count` (< PC_VW) floats of p as lanes, the rest 0; and back. Masked loads and
+ * stores on AVX-512 and AVX2: memory past count is never touched. */
 static inline pc_vec pc_load_head(const float *p, int64_t count) {
+#if defined(__AVX512F__)
+    return (pc_vec)_mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1u), p);
+#elif defined(__AVX2__)
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return (pc_vec)_mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lanes));
+#else
     float lanes[PC_VW] = {0};
     memcpy(lanes, p, sizeof(float) * (size_t)count);
     return pc_loadv(lanes);
+#endif
 }
 
 static inline void pc_store_head(float *p, pc_vec v, int64_t count) {
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1u), (__m512)v);
+#elif defined(__AVX2__)
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lanes), (__m256)v);
+#else
     float lanes[PC_VW];
     pc_storev(lanes, v);
     memcpy(p, lanes, sizeof(float) * (size_t)count);
+#endif
+}
+
+/* lanes below count: all ones, the others zero */
+static inline pc_ivec pc_lanes_below(int count) {
+    pc_ivec index;
+    for (int i = 0; i < PC_VW; i++) index[i] = i;
+    return index < count;
 }
 
 /* lanes of a where mask (all ones or all zeros per lane) is set, else of b */
@@ -228,18 +254,18 @@ static inline pc_vec pc_gelu_derivative_v(pc_vec x) {
 }
 
 /* One row in place or out of place: y = exp(z - max z) / Σ exp(z - max z) with
- * z = x + bias (bias (C), e.g. an attention mask's 0 / -FLT_MAX, or NULL). Whole vectors
- * first, the last C mod PC_VW lanes one by one. */
+ * z = x + bias (bias (C), e.g. an attention mask's 0 / -FLT_MAX, or NULL). Whole vectors,
+ * then the last C mod PC_VW lanes as one masked vector (their sum joins the whole vectors'
+ * before the lanes are added up). */
 static inline void pc_softmax_row_biased(float *y, const float *x, const float *bias, int C) {
-    const int c16 = C / PC_VW * PC_VW;
-    pc_vec mv = pc_splat(-INFINITY);
+    const int c16 = C / PC_VW * PC_VW, tail = C - c16;
+    const pc_ivec in_tail = pc_lanes_below(tail);
+    pc_vec zt = pc_splat(0.0f);
+    if (tail) zt = pc_load_head(x + c16, tail) + (bias ? pc_load_head(bias + c16, tail) : zt);
+    pc_vec mv = tail ? pc_select(in_tail, zt, pc_splat(-INFINITY)) : pc_splat(-INFINITY);
     for (int c = 0; c < c16; c += PC_VW)
         mv = pc_vmax(pc_loadv(x + c) + (bias ? pc_loadv(bias + c) : pc_splat(0.0f)), mv);
-    float mx = pc_hmax(mv);
-    for (int c = c16; c < C; c++) {
-        float z = x[c] + (bias ? bias[c] : 0.0f);
-        mx = z > mx ? z : mx;
-    }
+    const float mx = pc_hmax(mv);
     pc_vec sv = pc_splat(0.0f);
     for (int c = 0; c < c16; c += PC_VW) {
         pc_vec z = pc_loadv(x + c) + (bias ? pc_loadv(bias + c) : pc_splat(0.0f));
@@ -247,14 +273,14 @@ static inline void pc_softmax_row_biased(float *y, const float *x, const float *
         pc_storev(y + c, e);
         sv += e;
     }
-    float sum = pc_hsum(sv);
-    for (int c = c16; c < C; c++) {
-        y[c] = pc_expf(x[c] + (bias ? bias[c] : 0.0f) - mx);
-        sum += y[c];
+    pc_vec et = pc_splat(0.0f);
+    if (tail) {
+        et = pc_select(in_tail, pc_exp_nonpositive(pc_select(in_tail, zt - mx, et)), et);
+        sv += et;
     }
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / pc_hsum(sv);
     for (int c = 0; c < c16; c += PC_VW) pc_storev(y + c, pc_loadv(y + c) * inv);
-    for (int c = c16; c < C; c++) y[c] *= inv;
+    if (tail) pc_store_head(y + c16, et * inv, tail);
 }
 
 static inline void pc_softmax_row(float *y, const float *x, int C) {

@@ -6,7 +6,7 @@
  * instruction set: AVX-512's 32 registers hold 8 × 2 accumulators of 16 floats; AVX2's 16
  * hold 6 × 2 of 8 floats (plus the two B vectors and A's broadcast), as SSE's do of 4.
  * Partial tiles: up to TILE_ROWS rows × 1 vector; columns past the last whole vector in a
- * scalar loop. Every element sums over k in order, whatever tile computes it, so the same
+ * masked vector. Every element sums over k in order, whatever tile computes it, so the same
  * inputs give the same bits. */
 #include "tiles.h"
 
@@ -74,18 +74,53 @@ static inline void pair_tile_full(int K, float alpha, const float *A, int64_t a_
         pair_tile_update(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
 }
 
-/* A narrow tile: rows (<= TILE_ROWS, a constant where inlined) × one vector. */
-static inline __attribute__((always_inline)) void pair_tile_narrow(
-    int rows, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
+/* A narrow tile: rows (<= TILE_ROWS, a constant where inlined) × one vector, or × the
+ * first `cols` (< PC_VW) columns of one (masked loads and stores: nothing past them is
+ * touched). */
+static inline __attribute__((always_inline)) void pair_tile_narrow_cols(
+    int rows, int cols, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
     const float *B, int ldb, float beta, float *C, int ldc) {
     pc_vec acc[TILE_ROWS];
     for (int r = 0; r < TILE_ROWS; r++) acc[r] = (pc_vec){0};
     for (int k = 0; k < K; k++) {
         const float *a = A + k * a_col;
-        const pc_vec b0 = pc_loadv(B + (int64_t)k * ldb);
+        const float *b = B + (int64_t)k * ldb;
+        const pc_vec b0 = cols == PC_VW ? pc_loadv(b) : pc_load_head(b, cols);
         for (int r = 0; r < rows; r++) acc[r] += a[r * a_row] * b0;
     }
-    for (int r = 0; r < rows; r++) store_tile_row(C + (int64_t)r * ldc, acc[r], alpha, beta);
+    for (int r = 0; r < rows; r++) {
+        float *c = C + (int64_t)r * ldc;
+        if (cols == PC_VW) {
+            store_tile_row(c, acc[r], alpha, beta);
+        } else {
+            const pc_vec v = alpha * acc[r];
+            pc_store_head(c, beta == 0.0f ? v : v + beta * pc_load_head(c, cols), cols);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void pair_tile_narrow(
+    int rows, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
+    const float *B, int ldb, float beta, float *C, int ldc) {
+    pair_tile_narrow_cols(rows, PC_VW, K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
+}
+
+/* the last N mod PC_VW columns of `rows` rows */
+static __attribute__((noinline)) void pair_tile_tail(int rows, int cols, int K, float alpha,
+                                                     const float *A, int64_t a_row,
+                                                     int64_t a_col, const float *B, int ldb,
+                                                     float beta, float *C, int ldc) {
+#define TAIL_TILE(R)                                                                          \
+    case R:                                                                                   \
+        pair_tile_narrow_cols(R, cols, K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);      \
+        break;
+    switch (rows) {
+        TAIL_TILE(1) TAIL_TILE(2) TAIL_TILE(3) TAIL_TILE(4) TAIL_TILE(5) TAIL_TILE(6)
+#if TILE_ROWS_MAX_PARTIAL > 5 /* AVX-512: tiles of 8 rows */
+        TAIL_TILE(7) TAIL_TILE(8)
+#endif
+    }
+#undef TAIL_TILE
 }
 
 void pc_tile_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
@@ -117,13 +152,9 @@ void pc_tile_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A
 #undef PARTIAL_TILE
             }
         }
-        for (int r = 0; r < rows; r++) /* columns past the last whole vector */
-            for (int j = n16; j < N; j++) {
-                float sum = 0.0f;
-                for (int k = 0; k < K; k++) sum += Ai[r * a_row + k * a_col] * B[(int64_t)k * ldb + j];
-                float *c = Ci + (int64_t)r * ldc + j;
-                *c = beta == 0.0f ? alpha * sum : alpha * sum + beta * *c;
-            }
+        if (N > n16) /* columns past the last whole vector */
+            pair_tile_tail(rows, N - n16, K, alpha, Ai, a_row, a_col, B + n16, ldb, beta,
+                           Ci + n16, ldc);
     }
 }
 
