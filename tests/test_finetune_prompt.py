@@ -72,10 +72,13 @@ def test_prefix_tuning_sst2_subset_lifts_dev_accuracy(minilm_dir, sst2):
 
 @pytest.mark.filterwarnings("ignore:Some weights")
 def test_p_tuning_mlp_fits_a_subset(minilm_dir, sst2):
-    """Measured: training accuracy 0.52 -> 0.92, loss 0.69 -> 0.52."""
+    """Measured: training accuracy 0.42 -> 0.64 and 0.86, the first / last 10 steps' loss
+    0.70 -> 0.62 and 0.69 -> 0.46, in two builds whose kernels round differently: at lr
+    3e-2 Adam carries a 1e-8 difference in the first step's logits into another
+    trajectory, so the bars sit below the worse of the two."""
     config = peftcore.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=P,
                                           encoder_hidden_size=128)
-    _fits_subset(minilm_dir, sst2, config, 3e-2, 0.08, 0.15)
+    _fits_subset(minilm_dir, sst2, config, 3e-2, 0.05, 0.15)
 
 
 @pytest.mark.slow
