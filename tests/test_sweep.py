@@ -333,6 +333,7 @@ def test_tiny_sweep_end_to_end_tables_plots_and_load(tmp_path, capsys):
     mrpc_f1 = [e for e in table if e["task"] == "MRPC" and e["metric"] == "f1"]
     assert len(mrpc_f1) == 2   # MRPC's official metrics are there too
     assert "### K = 8" in md and "### K = 24" in md and "| method | SST-2 | MRPC | GLUE avg |" in md
+    assert "**" not in md   # one method: no best to mark
     for name in ("metric_vs_k.png", "learning_curves.png", "score_vs_train_time.png",
                  "score_vs_trainable_params.png"):
         data = (folder / name).read_bytes()
@@ -725,3 +726,25 @@ def test_the_files_order_and_labels_apply_to_the_trials_already_there(tmp_path):
         assert [r["label"] for r in store.trials()] == ["BitFit", "LoRA"]
     finally:
         store.close()
+
+
+def test_markdown_table_marks_each_columns_best():
+    """Per K and column, the best mean (as shown, to 2 decimals; ties all) is in bold."""
+    from peftcore.sweep.report import AVG, markdown_table
+
+    def entry(k, label, task, mean, std=1.0):
+        return {"k": k, "label": label, "method": label, "task": task, "metric": "score",
+                "mean": mean, "std": std, "n": 3}
+
+    entries = [entry("100", "A", "SST-2", 70.001), entry("100", "A", "RTE", 50.0),
+               entry("100", "A", AVG, 60.0005, float("nan")),
+               entry("100", "B", "SST-2", 69.999), entry("100", "B", "RTE", 55.0),
+               entry("100", "B", AVG, 62.4995, float("nan")),
+               entry("1000", "A", "SST-2", 80.0), entry("1000", "A", "RTE", 60.0),
+               entry("1000", "A", AVG, 70.0, float("nan"))]
+    md = markdown_table(entries, ["SST-2", "RTE"])
+    k100, k1000 = md.split("### K = 1000")
+    # 70.001 and 69.999 both show as 70.00: a tie, both bold
+    assert "| A | **70.00 ± 1.00** | 50.00 ± 1.00 | 60.00 |" in k100
+    assert "| B | **70.00 ± 1.00** | **55.00 ± 1.00** | **62.50** |" in k100
+    assert "| A | 80.00 ± 1.00 | 60.00 ± 1.00 | 70.00 |" in k1000   # alone at this K

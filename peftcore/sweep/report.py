@@ -136,7 +136,7 @@ def _first(done, label):
 
 def markdown_table(entries, tasks) -> str:
     """One table per K: a row per method (label), a column per task (score mean ± std) and
-    the GLUE average."""
+    the GLUE average. Where a table has several rows, each column's best mean is in bold."""
     lines = []
     ks = sorted({e["k"] for e in entries}, key=_k_order)
     for k in ks:
@@ -149,16 +149,20 @@ def markdown_table(entries, tasks) -> str:
         header = ["method", *tasks, AVG]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        best = {}   # the best mean shown in each column
+        for e in mine:
+            best[e["task"]] = max(best.get(e["task"], -np.inf), round(e["mean"], 2))
         for label in labels:
             cells = [label]
             for task in [*tasks, AVG]:
                 e = next((e for e in mine if e["label"] == label and e["task"] == task), None)
                 if e is None:
                     cells.append("–")
-                elif task == AVG:
-                    cells.append(f"{e['mean']:.2f}")
-                else:
-                    cells.append(f"{e['mean']:.2f} ± {e['std']:.2f}")
+                    continue
+                text = f"{e['mean']:.2f}" if task == AVG else f"{e['mean']:.2f} ± {e['std']:.2f}"
+                if len(labels) > 1 and round(e["mean"], 2) == best[task]:
+                    text = f"**{text}**"
+                cells.append(text)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
