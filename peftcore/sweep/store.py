@@ -194,7 +194,7 @@ class Store:
         with self.write() as con:
             n = con.execute(
                 "UPDATE trials SET status='done', finished=?, metrics=?, score=?, eval_history=?, "
-                "losses=?, steps=?, train_seconds=train_seconds+?, wall_seconds=wall_seconds+?, "
+                "losses=?, steps=?, train_seconds=?, wall_seconds=wall_seconds+?, "
                 "peak_rss_mb=max(coalesce(peak_rss_mb, 0), ?), trainable_params=?, all_params=?, "
                 "n_train=?, n_dev=?, threads=?, resumed_from=?, host=coalesce(?, host), "
                 "extra=?, error=NULL WHERE id=? AND status='running'",

@@ -82,7 +82,7 @@ class TrainingArguments:
     class_weights: object = None          # None, "balanced" or one weight per class
     oversample: bool = False              # repeat rare classes' rows up to the largest class
     disable_tqdm: bool = False
-    time_budget: float | None = None      # stop training after this many seconds
+    time_budget: float | None = None      # stop after this many seconds (resumes included)
 
     def __post_init__(self):
         _check(self.learning_rate, "learning_rate", "a finite number > 0", is_finite_real, lambda v: v > 0)
@@ -164,7 +164,7 @@ class EarlyStoppingCallback:
 @dataclass
 class TrainResult:
     steps: int
-    train_seconds: float
+    train_seconds: float   # the whole run's, a resumed one's counted from its checkpoint's
     losses: list = field(default_factory=list)
     evals: list = field(default_factory=list)   # (step, metrics)
     examples_per_second: float = 0.0
@@ -677,11 +677,13 @@ class Trainer:
 
         state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
                  "best_step": None, "best_checkpoint": None, "patience_count": 0,
-                 "evals": [], "losses": [], "stopped_early": False}
+                 "evals": [], "losses": [], "stopped_early": False, "train_seconds": 0.0}
         best_params = None
         if resume_from_checkpoint not in (None, False):
             saved, path = self._resume(resume_from_checkpoint)
-            state.update({k: saved[k] for k in state})
+            state.update({k: saved[k] for k in state if k != "train_seconds"})
+            # the time trained up to the checkpoint (older checkpoints did not keep it: 0)
+            state["train_seconds"] = float(saved.get("train_seconds", 0.0))
             if self.output_dir is not None:
                 self._truncate_log(state["global_step"])
             if args.load_best_model_at_end and state["best_checkpoint"]:
@@ -697,6 +699,7 @@ class Trainer:
                    dynamic_ncols=True)
         model = self.model
         model.train()
+        before = state["train_seconds"]   # a resumed run's time counts what came before
         start = time.perf_counter()
         seen, smoothed = 0, None
         accum, bs = args.gradient_accumulation_steps, args.per_device_train_batch_size
@@ -739,7 +742,7 @@ class Trainer:
                     self._log({"step": step, "epoch": round(epoch_float, 6), "loss": step_loss,
                                "learning_rate": lr, "grad_norm": grad_norm})
                 smoothed = step_loss if smoothed is None else 0.95 * smoothed + 0.05 * step_loss
-                elapsed = time.perf_counter() - start
+                elapsed = before + time.perf_counter() - start
                 postfix = {"loss": f"{smoothed:.4f}", "lr": f"{lr:.2e}"}
                 if last_eval is not None:
                     postfix[self.best_metric_name] = f"{last_eval:.4f}"
@@ -778,6 +781,7 @@ class Trainer:
                     (args.save_strategy == "steps" and step % args.save_steps == 0) or
                     (args.save_strategy == "epoch" and (end_of_epoch or last)))
                 if due_save:
+                    state["train_seconds"] = before + time.perf_counter() - start
                     if state["best_step"] == step:
                         state["best_checkpoint"] = str(self.output_dir / f"{CHECKPOINT_PREFIX}{step}")
                     self._save_checkpoint(state)
@@ -787,8 +791,9 @@ class Trainer:
                     break
         bar.close()
         result.steps = state["global_step"]
-        result.train_seconds = time.perf_counter() - start
-        result.examples_per_second = seen / max(result.train_seconds, 1e-9)
+        run_seconds = time.perf_counter() - start
+        result.train_seconds = state["train_seconds"] = before + run_seconds
+        result.examples_per_second = seen / max(run_seconds, 1e-9)
         result.stopped_early = state["stopped_early"]
         result.best_metric, result.best_step = state["best_metric"], state["best_step"]
         if args.load_best_model_at_end and best_params is not None:
