@@ -549,7 +549,7 @@ def _add_sweep_parser(sub):
                      help="engine threads per trial (default run.threads, else 1)")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=_sweep_run)
-    st = actions.add_parser("status", help="trials by status, and the errors")
+    st = actions.add_parser("status", help="trials by status, the time left, and the errors")
     st.add_argument("file", help="the sweep file or its .sweep.db")
     st.set_defaults(func=_sweep_status)
     rp = actions.add_parser("report", help="tables (Markdown, CSV) and plots (PNG)")

@@ -748,3 +748,28 @@ def test_markdown_table_marks_each_columns_best():
     assert "| A | **70.00 ± 1.00** | 50.00 ± 1.00 | 60.00 |" in k100
     assert "| B | **70.00 ± 1.00** | **55.00 ± 1.00** | **62.50** |" in k100
     assert "| A | 80.00 ± 1.00 | 60.00 ± 1.00 | 70.00 |" in k1000   # alone at this K
+
+
+def test_status_says_how_long_the_trials_left_should_take(tmp_path):
+    """Each trial left is guessed at the mean wall time of the finished ones of its method and
+    task, else of its method, else of all; divided by run.parallel."""
+    path = _write(tmp_path, "data: {glue_dir: glue}\ntasks: [SST-2, MRPC]\nseeds: [0, 1]\n"
+                            "k: [8]\nrun: {parallel: 2}\n"
+                            "methods:\n  lora: {r: 2}\n  bitfit: {}\n  ia3: {}\n")
+    s = parse(path)
+    store = Store(path.with_name(path.stem + ".sweep.db"))
+    store.sync(s)
+    trials = {(t.method, t.task, t.seed): t.id for t in s.trials}
+    assert len(trials) == 12
+    for key, wall in ((("lora", "SST-2", 0), 100.0), (("lora", "SST-2", 1), 300.0),
+                      (("bitfit", "MRPC", 0), 500.0)):
+        store.start(trials[key], "local")
+        assert store.finish(trials[key], {**_result(50), "wall_seconds": wall})
+    store.close()
+    # left: lora on MRPC x 2 (its method's mean, 200 s), bitfit on SST-2 x 2 and on MRPC x 1
+    # (500 s), ia3 x 4 (none of its method finished: the mean of all, 300 s)
+    # -> 3100 s; 1550 s at 2 at a time
+    text = sweep.status_text(path)
+    assert "left: 9 trial(s), about 52 min of trial time" in text
+    assert "26 min at 2 at a time" in text
+    assert "at a time" not in sweep.status_text(path.with_name(path.stem + ".sweep.db"))

@@ -416,7 +416,8 @@ def write_reports(path, out_dir=None, plots: bool = True, quiet: bool = False, o
 
 
 def status_text(path) -> str:
-    """Counts by status, the running trials and the failed ones with their errors."""
+    """Counts by status, the time the trials left should take, the running trials and the
+    failed ones with their errors."""
     rows = trials(path)
     counts = {}
     for r in rows:
@@ -426,9 +427,51 @@ def status_text(path) -> str:
     if done:
         lines.append(f"train time so far: {sum(r['train_seconds'] for r in done):.1f} s "
                      f"(wall {sum(r['wall_seconds'] for r in rows):.1f} s over all trials)")
+    left = [r for r in rows if r["status"] in ("pending", "running", "interrupted")]
+    if done and left:
+        seconds = sum(_expected_wall(done, r) for r in left)
+        line = (f"left: {len(left)} trial(s), about {_duration(seconds)} of trial time (each "
+                f"as the finished ones of its method and task took, else of its method, else "
+                f"of all)")
+        parallel = _parallel(path)
+        if parallel:
+            line += f", {_duration(seconds / parallel)} at {parallel} at a time"
+        lines.append(line)
     for r in rows:
         if r["status"] in ("running", "failed", "interrupted"):
             error = (r["error"] or "").splitlines()[0] if r["error"] else ""
             lines.append(f"  {r['status']:<11} {r['id']}  {r['label']} {r['task']} K={r['k']} "
                          f"seed {r['seed']}" + (f": {error}" if error else ""))
     return "\n".join(lines)
+
+
+def _expected_wall(done, trial) -> float:
+    """A trial's wall time, guessed from the finished trials most like it."""
+    for same in (lambda r: (r["label"], r["task"]) == (trial["label"], trial["task"]),
+                 lambda r: r["label"] == trial["label"], lambda r: True):
+        times = [r["wall_seconds"] for r in done if same(r)]
+        if times:
+            return float(np.mean(times))
+    return 0.0
+
+
+def _parallel(path) -> int | None:
+    """How many trials the sweep file runs at a time, as `sweep run` does without options
+    (None for a database path, 'auto', or a file that no longer parses)."""
+    if Path(path).suffix == ".db":
+        return None
+    from .runner import _default_parallel
+    from .spec import parse
+
+    try:
+        run = parse(path).run
+    except (SweepError, OSError):
+        return None
+    value = run.get("parallel") or _default_parallel(run.get("threads", 1))
+    return value if isinstance(value, int) else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
