@@ -512,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rows of the rest of train for dev (default K)")
     tr.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                     help="resume from a checkpoint folder (default: --output-dir's last good one)")
-    ft.add_argument("--time-budget", type=_POSITIVE, default=None, help="seconds of training at most (a resumed run counts the time before its checkpoint)")
+    ft.add_argument("--time-budget", type=_POSITIVE, default=None,
+                    help="seconds of training at most (a resumed run counts the time before "
+                         "its checkpoint)")
     ft.add_argument("--seed", type=_checked(int, "an int >= 0", lambda v: v >= 0), default=42)
     ft.add_argument("--threads", type=_POSITIVE_INT, default=None)
     ft.add_argument("--output-dir", default=None,
