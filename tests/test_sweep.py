@@ -773,3 +773,131 @@ def test_status_says_how_long_the_trials_left_should_take(tmp_path):
     assert "left: 9 trial(s), about 52 min of trial time" in text
     assert "26 min at 2 at a time" in text
     assert "at a time" not in sweep.status_text(path.with_name(path.stem + ".sweep.db"))
+
+
+def _model_folder(folder: Path, weights: bytes = b"\x01\x02weights") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "README.md").write_text("not part of the model")
+    return folder
+
+
+def _located_sweep(tmp_path, where: str) -> Path:
+    """A sweep file whose model and data live in tmp_path/where."""
+    return _write(tmp_path, f"model: {where}/model\ndata: {{glue_dir: {where}/glue}}\n"
+                            f"tasks: [SST-2]\nk: [8]\nseeds: [0, 1]\nmethods: {{lora: {{}}}}\n")
+
+
+def test_trials_keep_their_ids_when_the_model_or_the_data_move(tmp_path):
+    _model_folder(tmp_path / "a" / "model")
+    write_glue(tmp_path / "a" / "glue")
+    first = parse(_located_sweep(tmp_path, "a"))
+    store = Store(tmp_path / "s.sweep.db")
+    try:
+        store.sync(first)
+        # another venv or machine: the same files elsewhere name the same trials
+        os.rename(tmp_path / "a", tmp_path / "b")
+        moved = parse(_located_sweep(tmp_path, "b"))
+        assert moved.common() != first.common()
+        assert [t.id for t in moved.trials] == [t.id for t in first.trials]
+        assert moved.fingerprint() == first.fingerprint()
+        assert store.sync(moved) == {"new": 0, "known": 2}
+        # files the loader does not read don't matter; the weights do
+        (tmp_path / "b" / "model" / "README.md").write_text("edited")
+        assert [t.id for t in parse(_located_sweep(tmp_path, "b")).trials] == \
+            [t.id for t in first.trials]
+        (tmp_path / "b" / "model" / "model.safetensors").write_bytes(b"\x01\x03weights")
+        other = parse(_located_sweep(tmp_path, "b"))
+        assert not {t.id for t in other.trials} & {t.id for t in first.trials}
+        with pytest.raises(SweepError, match="made by another version"):
+            store.sync(other)
+        with pytest.raises(SweepError, match="cannot change the model or data"):
+            store.sync(other, extend=True)
+        assert {r["id"] for r in store.trials()} == {t.id for t in first.trials}
+    finally:
+        store.close()
+
+
+def _make_legacy(db: Path, runs: Path):
+    """Turn a database into what an older peftcore wrote: trials named by the model's and
+    data's paths (spec.trial_id over common()), no identity, the old fingerprint."""
+    from peftcore.sweep.spec import trial_id
+
+    con = sqlite3.connect(db)
+    common = json.loads(con.execute("SELECT value FROM meta WHERE key='common'").fetchone()[0])
+    renamed = {}
+    for tid, config in con.execute("SELECT id, config FROM trials").fetchall():
+        renamed[tid] = trial_id(common, json.loads(config))
+        con.execute("UPDATE trials SET id=? WHERE id=?", (renamed[tid], tid))
+        if (runs / tid).is_dir():
+            os.rename(runs / tid, runs / renamed[tid])
+    con.execute("DELETE FROM meta WHERE key='identity'")
+    con.commit()
+    con.close()
+    return common, renamed
+
+
+def test_an_older_database_named_by_paths_is_renamed_and_resumes(tmp_path):
+    _model_folder(tmp_path / "a" / "model")
+    write_glue(tmp_path / "a" / "glue")
+    path = _located_sweep(tmp_path, "a")
+    s = parse(path)
+    store = Store(s.db_path)
+    store.sync(s)
+    done, left = s.trials
+    store.start(done.id, "local")
+    store.finish(done.id, _result(1))
+    (s.runs_dir / left.id / "checkpoint-2").mkdir(parents=True)
+    store.close()
+    common, renamed = _make_legacy(s.db_path, s.runs_dir)
+    assert set(renamed.values()).isdisjoint({done.id, left.id})
+    con = sqlite3.connect(s.db_path)
+    con.execute("UPDATE meta SET value=? WHERE key='fingerprint'",
+                (json.dumps(s.fingerprint(legacy_common=common)),))
+    con.commit()
+    con.close()
+    store = Store(s.db_path)
+    try:   # the same file: no --extend needed; the trials and their checkpoints get new names
+        assert store.sync(parse(path)) == {"new": 0, "known": 2}
+        rows = {r["id"]: r for r in store.trials()}
+        assert set(rows) == {done.id, left.id}
+        assert rows[done.id]["status"] == "done" and rows[done.id]["score"] is not None
+        assert rows[left.id]["status"] == "pending"
+        assert (s.runs_dir / left.id / "checkpoint-2").is_dir()
+        assert not (s.runs_dir / renamed[left.id]).exists()
+        assert store.meta("fingerprint") == s.fingerprint()
+        assert store.sync(parse(path)) == {"new": 0, "known": 2}   # once only
+    finally:
+        store.close()
+    # an older database and a file that adds a seed: --extend adds it to the renamed trials
+    _make_legacy(s.db_path, s.runs_dir)
+    path.write_text(path.read_text().replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    store = Store(s.db_path)
+    try:
+        with pytest.raises(SweepError, match="run with --extend"):
+            store.sync(parse(path))
+        assert store.sync(parse(path), extend=True) == {"new": 1, "known": 2}
+        assert {done.id, left.id} < {r["id"] for r in store.trials()}
+    finally:
+        store.close()
+
+
+def test_an_older_database_whose_model_is_gone_is_refused(tmp_path):
+    _model_folder(tmp_path / "a" / "model")
+    write_glue(tmp_path / "a" / "glue")
+    s = parse(_located_sweep(tmp_path, "a"))
+    store = Store(s.db_path)
+    store.sync(s)
+    store.close()
+    _make_legacy(s.db_path, s.runs_dir)
+    os.rename(tmp_path / "a", tmp_path / "b")
+    before = sqlite3.connect(s.db_path).execute("SELECT id FROM trials ORDER BY id").fetchall()
+    store = Store(s.db_path)
+    try:
+        with pytest.raises(SweepError, match=r"older peftcore.*cannot be read now"):
+            store.sync(parse(_located_sweep(tmp_path, "b")), extend=True)
+    finally:
+        store.close()
+    assert sqlite3.connect(s.db_path).execute("SELECT id FROM trials ORDER BY id").fetchall() \
+        == before

@@ -132,12 +132,12 @@ class OptunaSource:
             (training if scope == "training" else options)[opt] = value
             drawn.append(f"{opt}={value:.3g}" if isinstance(value, float) else f"{opt}={value}")
         label = f"{g['label']} #{trial.number} " + " ".join(drawn)
-        common = self.sweep.common()
+        ident = self.sweep.identity()
         for s, seed in enumerate(self.sweep.seeds):
             position = (g["index"] * 10000 + trial.number) * 100 + s
-            t = make_trial(common, position, g["task"], g["k"], seed, g["method"], options,
+            t = make_trial(ident, position, g["task"], g["k"], seed, g["method"], options,
                            training, label, g["variant"])
-            t.id = trial_id(common, {**t.config(), "study": g["name"], "number": trial.number})
+            t.id = trial_id(ident, {**t.config(), "study": g["name"], "number": trial.number})
             self.store.add_trial(t, study=g["name"], study_trial=trial.number)
         self.queue += [r for r in self._rows(g["name"]) if r["study_trial"] == trial.number]
 

@@ -273,6 +273,7 @@ class Sweep:
     method_labels: list = dataclasses.field(default_factory=list)  # per entry of methods
     method_ks: list = dataclasses.field(default_factory=list)  # per entry: its K values or None
     trials: list = dataclasses.field(default_factory=list)
+    _identity: dict | None = dataclasses.field(default=None, repr=False)
 
     @property
     def db_path(self) -> Path:
@@ -290,16 +291,28 @@ class Sweep:
         """What every trial shares: the model and the data settings."""
         return {"model": self.model, "data": self.data}
 
+    def identity(self) -> dict:
+        """What of the model and data settings names a trial: the model's files by content,
+        the data options but not the data's folder (computed once)."""
+        if self._identity is None:
+            self._identity = identity(self.common())
+        return self._identity
+
     @property
     def search_dynamic(self) -> bool:
         """An Optuna search: the trials come from the studies as they run."""
         return self.search is not None and self.search["type"] == "optuna"
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, legacy_common: dict | None = None) -> str:
         """What defines the trials: the model, the data and every trial's id (not the run
-        settings, limits, comments or layout of the file); for an Optuna search, its
-        definition."""
-        what = {"common": self.common(), "trials": sorted(t.id for t in self.trials)}
+        settings, limits, comments or layout of the file, nor where the model and the data
+        are); for an Optuna search, its definition. legacy_common: the fingerprint an
+        older peftcore gave the file with these settings (it named trials by paths)."""
+        if legacy_common is None:
+            what = {"common": self.identity(), "trials": sorted(t.id for t in self.trials)}
+        else:
+            what = {"common": legacy_common,
+                    "trials": sorted(trial_id(legacy_common, t.config()) for t in self.trials)}
         if self.search_dynamic:
             what["definition"] = {
                 "tasks": self.tasks, "k": self.ks, "seeds": self.seeds, "search": self.search,
@@ -727,9 +740,40 @@ def _short(value):
     return str(value)
 
 
-def trial_id(common: dict, config: dict) -> str:
-    text = json.dumps({"common": common, "trial": config}, sort_keys=True, default=str)
+def trial_id(identity: dict, config: dict) -> str:
+    text = json.dumps({"common": identity, "trial": config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+MODEL_FILE_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
+
+
+def model_digest(folder) -> str:
+    """SHA-256 over a model folder's config, tokenizer and weight files (names and bytes):
+    the same model anywhere (another venv, another machine) gives the same digest."""
+    h = hashlib.sha256()
+    files = sorted(f for f in Path(folder).iterdir()
+                   if f.is_file() and f.suffix in MODEL_FILE_SUFFIXES)
+    if not any(f.name == "config.json" for f in files):
+        raise FileNotFoundError(f"{folder}: no config.json")
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def identity(common: dict) -> dict:
+    """common's model and data as they name trials: a model folder by the digest of its
+    files, the data options without the folder they are read from. Moving the model or the
+    data, or reinstalling the model in another environment, keeps every trial's id."""
+    model = common["model"]
+    if "path" in model:
+        model = {"sha256": model_digest(model["path"])}
+    data = {k: v for k, v in common["data"].items() if k != "glue_dir"}
+    return {"model": model, "data": data}
 
 
 def expand(sweep: Sweep, where=None) -> list:
@@ -767,7 +811,7 @@ def expand(sweep: Sweep, where=None) -> list:
     if sweep.search is not None and sweep.search["type"] == "optuna":
         return []  # the trials come from the studies, as they run
     trials, seen = [], {}
-    common = sweep.common()
+    common = sweep.identity()
     for k in sweep.ks:   # the smaller K first: a partial run has whole tables of them
         for task in sweep.tasks:
             for index, (name, line, key, variants) in enumerate(method_variants):
@@ -790,10 +834,11 @@ def expand(sweep: Sweep, where=None) -> list:
     return trials
 
 
-def make_trial(common, position, task, k, seed, name, options, training, label, variant) -> Trial:
+def make_trial(identity, position, task, k, seed, name, options, training, label,
+               variant) -> Trial:
     config = {"task": task, "k": k, "seed": seed, "method": name, "options": options,
               "training": training}
-    return Trial(id=trial_id(common, config), position=position, task=task, k=k, seed=seed,
+    return Trial(id=trial_id(identity, config), position=position, task=task, k=k, seed=seed,
                  method=name, options=options, training=training, label=label, variant=variant)
 
 

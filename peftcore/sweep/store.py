@@ -115,8 +115,11 @@ class Store:
         refused, unless extend=True and every trial it holds is still in the file (then the
         new trials are added). -> {"new": n, "known": m}."""
         fingerprint = sweep.fingerprint()
+        renamed = []
         with self.write() as con:
             old = self.meta("fingerprint")
+            if old is not None and self.meta("identity") is None:
+                old = self._rename_legacy_trials(con, sweep, old, renamed)
             ids = {r["id"] for r in con.execute("SELECT id FROM trials")}
             mine = {t.id for t in sweep.trials}
             if old is not None and old != fingerprint and sweep.search_dynamic is False:
@@ -127,6 +130,8 @@ class Store:
                         f"({len(mine - ids)} trial(s) new, {len(gone)} of its {len(ids)} not in "
                         f"the file now); refused: run with --extend to add the new trials, or "
                         f"use another file name for another sweep")
+                if self.meta("identity") != sweep.identity():
+                    raise SweepError("--extend cannot change the model or data settings; refused")
                 if gone:
                     example = con.execute("SELECT label, task, k, seed FROM trials WHERE id=?",
                                           (sorted(gone)[0],)).fetchone()
@@ -135,14 +140,13 @@ class Store:
                         f"trial(s) in {self.path.name} are not in {sweep.path.name} any more, "
                         f"e.g. {example['label']} on {example['task']} K={example['k']} seed "
                         f"{example['seed']}; refused")
-                if self.meta("common") != sweep.common():
-                    raise SweepError("--extend cannot change the model or data settings; refused")
             if old is not None and old != fingerprint and sweep.search_dynamic:
                 if not extend:
                     raise SweepError(f"{self.path} was made by another version of "
                                      f"{sweep.path.name}; refused: run with --extend")
             for key, value in (("fingerprint", fingerprint), ("sweep_file", str(sweep.path)),
-                               ("common", sweep.common()), ("name", sweep.name)):
+                               ("common", sweep.common()), ("identity", sweep.identity()),
+                               ("name", sweep.name)):
                 con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
             con.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
                         (fingerprint, time.time(), len(mine)))
@@ -154,7 +158,42 @@ class Store:
                 else:  # the file's order is the run order; a label names a trial, it is not one
                     con.execute("UPDATE trials SET position=?, label=? WHERE id=?",
                                 (t.position, t.label, t.id))
+        for before, after in renamed:  # their checkpoints follow them, once the ids are in
+            if (sweep.runs_dir / before).is_dir() and not (sweep.runs_dir / after).exists():
+                os.replace(sweep.runs_dir / before, sweep.runs_dir / after)
         return {"new": new, "known": len(sweep.trials) - new}
+
+    def _rename_legacy_trials(self, con, sweep, old_fingerprint, renamed) -> str:
+        """A database from an older peftcore names its trials by the model's and the data's
+        paths: rename them by identity (spec.identity). -> the stored fingerprint as the
+        new scheme gives it when the file is the one that made the database, else the old."""
+        from .spec import identity, trial_id
+
+        common = self.meta("common")
+        if common is None:
+            return old_fingerprint
+        try:
+            then = identity(common)
+        except OSError as exc:
+            raise SweepError(
+                f"{self.path} was made by an older peftcore, which named trials by where the "
+                f"model was; that model folder cannot be read now ({exc}), so its trials "
+                f"cannot be matched to {sweep.path.name}'s; refused") from None
+        if then != sweep.identity():
+            raise SweepError(f"{self.path} was made with another model or other data settings "
+                             f"than {sweep.path.name} names; refused")
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (json.dumps(then),))
+        for row in con.execute("SELECT id, config, study, study_trial FROM trials").fetchall():
+            config = json.loads(row["config"])
+            if row["study"] is not None:
+                config = {**config, "study": row["study"], "number": row["study_trial"]}
+            if trial_id(common, config) == row["id"]:
+                new_id = trial_id(then, config)
+                con.execute("UPDATE trials SET id=? WHERE id=?", (new_id, row["id"]))
+                renamed.append((row["id"], new_id))
+        if sweep.fingerprint(legacy_common=common) == old_fingerprint:
+            return sweep.fingerprint()
+        return old_fingerprint
 
     @staticmethod
     def _insert(con, t, study=None, study_trial=None):
