@@ -142,13 +142,15 @@
       (dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C))                           \
     X(VALUE, int, pc_lora_forward,                                                           \
       (float *y, int ldy, float *u, const float *x, int ldx, const float *A, const float *B, \
-       int N, int in, int out, int r, float scale, float p, uint64_t seed),                  \
-      (y, ldy, u, x, ldx, A, B, N, in, out, r, scale, p, seed))                              \
+       int N, int in, int out, int r, float scale, const float *row_scale, float p,          \
+       uint64_t seed),                                                                       \
+      (y, ldy, u, x, ldx, A, B, N, in, out, r, scale, row_scale, p, seed))                   \
     X(VALUE, int, pc_lora_backward,                                                          \
       (float *dx, int lddx, float *dA, float *dB, const float *dy, int ldy, const float *u,  \
        const float *x, int ldx, const float *A, const float *B, int N, int in, int out,      \
-       int r, float scale, float p, uint64_t seed),                                          \
-      (dx, lddx, dA, dB, dy, ldy, u, x, ldx, A, B, N, in, out, r, scale, p, seed))           \
+       int r, float scale, const float *row_scale, float p, uint64_t seed),                  \
+      (dx, lddx, dA, dB, dy, ldy, u, x, ldx, A, B, N, in, out, r, scale, row_scale, p,       \
+       seed))                                                                                \
     X(VOID, void, pc_adamw_step,                                                             \
       (float *p, const float *g, float *m, float *v, int64_t n, int64_t t, float lr,         \
        float beta1, float beta2, float eps, float weight_decay),                             \

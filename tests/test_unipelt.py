@@ -109,6 +109,43 @@ def test_gated_prefix_grads_by_finite_differences(gates):
         check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
 
 
+def test_gated_lora_with_dropout_backward_matches_finite_differences():
+    """Gated LoRA runs every row of the batch in one call with its sequence's gate as the
+    row's scale; with dropout the backward must see the forward's masks: pinning the model's
+    count of forwards makes a train-mode forward deterministic, checked by differences."""
+    config = UniPELTConfig(prefix_tuning=False, adapter=False,
+                           lora=LoRAConfig(r=2, alpha=2, dropout=0.4), task_type="SEQ_CLS")
+    pm = get_peft_model(_base(), config)
+    _randomize_adapters(pm)
+    pm.train()
+    base = pm.get_base_model()
+    ids, mask, labels = _batch(seed=6)
+
+    def loss():
+        base._forwards = 4321  # every forward draws the same masks
+        return float(pm(ids, attention_mask=mask, labels=labels).loss)
+
+    train_loss = loss()
+    assert loss() == train_loss
+    pm.eval()
+    assert abs(loss() - train_loss) > 1e-4  # dropout really acts in train mode
+    pm.train()
+    base._forwards = 4321
+    pm(ids, attention_mask=mask, labels=labels)
+    pm.backward()
+    rng = np.random.default_rng(7)
+    names = [n for n, p in pm.named_parameters() if p.requires_grad and "lora" in n]
+    assert any("gate" in n for n in names) and any("lora_A" in n for n in names), names
+    for n, p in pm.named_parameters():
+        if n not in names:
+            continue
+        g = p.grad.astype(np.float64)
+        assert np.abs(g).max() > 0, n
+        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
+                   tuple(int(rng.integers(k)) for k in g.shape)]
+        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, n)
+
+
 def test_engine_refuses_a_bad_prefix_gate():
     model = _base()
     C = CFG["hidden_size"]

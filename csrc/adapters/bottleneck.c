@@ -398,6 +398,10 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
             for (int t = 0; t < T; t++) {
                 const int64_t i = (int64_t)b * T + t;
                 const uint64_t first = (uint64_t)i * (uint64_t)C;
+                if (s.p == 0.0f && s.scale_len <= 1) { /* one scaling for every channel */
+                    dg += (double)scale_at(&s, 0) * pc_gate_dot(d_o + i * C, L.u + i * C, C);
+                    continue;
+                }
                 double acc = 0.0;
                 for (int k = 0; k < C; k++) {
                     float q = L.u[i * C + k] * scale_at(&s, k);

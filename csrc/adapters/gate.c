@@ -2,9 +2,21 @@
  * methods that take one: G gate outputs per sequence, each the mean over the sequence's T
  * rows of sigmoid(x·wgᵀ + bg), wg (G,in), bg (G). */
 #include <math.h>
+#include <stdlib.h>
 
 #include "../ops/kernels.h"
 #include "adapter.h"
+
+float pc_gate_dot(const float *x, const float *w, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) acc[k] += x[i + k] * w[i + k];
+    float sum = 0.0f;
+    for (int k = 0; k < 16; k++) sum += acc[k];
+    for (; i < n; i++) sum += x[i] * w[i];
+    return sum;
+}
 
 void pc_gate_forward(float *sig, float *g, const float *x, int ldx, const float *wg,
                      const float *bg, int N, int T, int in, int G) {
@@ -12,9 +24,7 @@ void pc_gate_forward(float *sig, float *g, const float *x, int ldx, const float 
     PC_PARALLEL_FOR((int64_t)N * in * G)
     for (int n = 0; n < N; n++)
         for (int j = 0; j < G; j++) {
-            float v = bg[j];
-            const float *w = wg + (int64_t)j * in, *xr = x + (int64_t)n * ldx;
-            for (int i = 0; i < in; i++) v += xr[i] * w[i];
+            const float v = bg[j] + pc_gate_dot(x + (int64_t)n * ldx, wg + (int64_t)j * in, in);
             sig[(int64_t)n * G + j] = 1.0f / (1.0f + expf(-v));
         }
     /* g (B,G): their mean over each sequence */
@@ -26,22 +36,53 @@ void pc_gate_forward(float *sig, float *g, const float *x, int ldx, const float 
         }
 }
 
-void pc_gate_backward(float *dwg, float *dbg, float *dx, int lddx, const float *dg,
-                      const float *sig, const float *x, int ldx, const float *wg, int N, int T,
-                      int in, int G) {
+enum { GATE_COLUMNS = 64 }; /* columns of dwg per task of the backward */
+
+int pc_gate_backward(float *dwg, float *dbg, float *dx, int lddx, const float *dg,
+                     const float *sig, const float *x, int ldx, const float *wg, int N, int T,
+                     int in, int G) {
     /* in the forward g_bj = mean_t s_tj, s = sigmoid(logit): so d logit_tj = dg_bj / T ·
      * s_tj (1 − s_tj), and logit_tj = x_t·wg_j + bg_j hands it to wg_j, bg_j and x_t */
-    for (int n = 0; n < N; n++) {
-        const int b = n / T;
-        const float *xr = x + (int64_t)n * ldx;
+    float *dl = malloc(sizeof(float) * (size_t)N * G);
+    if (!dl) return -1;
+    for (int n = 0; n < N; n++)
         for (int j = 0; j < G; j++) {
             const float s = sig[(int64_t)n * G + j];
-            const float dl = dg[(int64_t)b * G + j] / (float)T * s * (1.0f - s);
-            if (dwg)
-                for (int i = 0; i < in; i++) dwg[(int64_t)j * in + i] += dl * xr[i];
-            if (dbg) dbg[j] += dl;
-            if (dx)
-                for (int i = 0; i < in; i++) dx[(int64_t)n * lddx + i] += dl * wg[(int64_t)j * in + i];
+            dl[(int64_t)n * G + j] = dg[(int64_t)(n / T) * G + j] / (float)T * s * (1.0f - s);
+        }
+    if (dwg) {
+        /* Σ over rows in order, each task a block of columns: the same sums on any number
+         * of threads */
+        const int blocks = (in + GATE_COLUMNS - 1) / GATE_COLUMNS;
+        PC_PARALLEL_FOR((int64_t)N * in * G)
+        for (int task = 0; task < blocks * G; task++) {
+            const int j = task / blocks, i0 = task % blocks * GATE_COLUMNS;
+            const int i1 = i0 + GATE_COLUMNS < in ? i0 + GATE_COLUMNS : in;
+            float acc[GATE_COLUMNS] = {0};
+            for (int n = 0; n < N; n++) {
+                const float d = dl[(int64_t)n * G + j];
+                const float *xr = x + (int64_t)n * ldx;
+                for (int i = i0; i < i1; i++) acc[i - i0] += d * xr[i];
+            }
+            for (int i = i0; i < i1; i++) dwg[(int64_t)j * in + i] += acc[i - i0];
         }
     }
+    if (dbg)
+        for (int j = 0; j < G; j++) {
+            double sum = 0.0;
+            for (int n = 0; n < N; n++) sum += dl[(int64_t)n * G + j];
+            dbg[j] += (float)sum;
+        }
+    if (dx) {
+        PC_PARALLEL_FOR((int64_t)N * in * G)
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < G; j++) {
+                const float d = dl[(int64_t)n * G + j];
+                const float *w = wg + (int64_t)j * in;
+                float *dxr = dx + (int64_t)n * lddx;
+                for (int i = 0; i < in; i++) dxr[i] += d * w[i];
+            }
+    }
+    free(dl);
+    return 0;
 }

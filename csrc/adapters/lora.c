@@ -54,9 +54,12 @@ static unsigned lora_keeps(const pc_adapter *a) {
     return PC_KEEPS_LATE_BIAS | PC_KEEPS_GRADIENT | (gated(a) ? 0u : PC_KEEPS_FIRST_TOKEN_ONLY);
 }
 
-/* sequence b's own dropout stream (the kernel counts rows from 0 in each call) */
-static uint64_t sequence_seed(uint64_t seed, int b) {
-    return b ? pc_site_seed(seed, 1000 + b) : seed;
+/* gated: each row's scale, its sequence's gate g_b (the caller frees it) */
+static float *row_gates(const float *g, int N, int T) {
+    float *rs = malloc(sizeof(float) * (size_t)N);
+    if (rs)
+        for (int n = 0; n < N; n++) rs[n] = g[n / T];
+    return rs;
 }
 
 static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, int ldy,
@@ -64,19 +67,17 @@ static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, in
     const int r = rank(a), N = c->N;
     if (!gated(a))
         return pc_lora_forward(y, ldy, saved, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]), N,
-                               c->in, c->out, r, a->scale, dropout_p(a, c), c->seed);
-    /* the gate of each sequence (gate.c), then its rows with c = g_b */
+                               c->in, c->out, r, a->scale, NULL, dropout_p(a, c), c->seed);
+    /* the gate of each sequence (gate.c), then every row in one call, scaled by its g_b */
     float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
     pc_gate_forward(sig, g, x, ldx, pc_f32(a->t[T_GATE_W]), pc_f32(a->t[T_GATE_B]), N, c->T,
                     c->in, 1);
-    const int T = c->T, seqs = N / T;
-    for (int b = 0; b < seqs; b++)
-        if (pc_lora_forward(y + (int64_t)b * T * ldy, ldy, u + (int64_t)b * T * r,
-                            x + (int64_t)b * T * ldx, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]),
-                            T, c->in, c->out, r, g[b], dropout_p(a, c),
-                            sequence_seed(c->seed, b)) < 0)
-            return -1;
-    return 0;
+    float *rs = row_gates(g, N, c->T);
+    if (!rs) return -1;
+    const int status = pc_lora_forward(y, ldy, u, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]),
+                                       N, c->in, c->out, r, 1.0f, rs, dropout_p(a, c), c->seed);
+    free(rs);
+    return status;
 }
 
 static int lora_gate_values(const pc_adapter *a, int N, int T, int in, int out,
@@ -98,7 +99,7 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
     const int r = rank(a), N = c->N;
     if (!gated(a))
         return pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, lddy, saved, x, ldx,
-                                pc_f32(A), pc_f32(B), N, c->in, c->out, r, a->scale,
+                                pc_f32(A), pc_f32(B), N, c->in, c->out, r, a->scale, NULL,
                                 dropout_p(a, c), c->seed);
     const float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
     const int T = c->T, seqs = N / T;
@@ -118,28 +119,29 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
     /* dyB (N,r) = dy (N,out) · B (out,r), one GEMM; then dg_b = Σ over b's rows of dyB·u */
     float *dg = malloc(sizeof(float) * (size_t)seqs);
     float *dyB = malloc(sizeof(float) * (size_t)N * r);
-    if (!dg || !dyB) {
+    float *rs = row_gates(g, N, T);
+    if (!dg || !dyB || !rs) {
         free(dg);
         free(dyB);
+        free(rs);
         return -1;
     }
     pc_sgemm(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r);
-    int status = 0;
-    for (int b = 0; b < seqs && status == 0; b++) {
+    for (int b = 0; b < seqs; b++) {
         double sum = 0.0;
         for (int64_t i = (int64_t)b * T * r; i < (int64_t)(b + 1) * T * r; i++)
             sum += (double)dyB[i] * u[i];
         dg[b] = (float)sum;
-        if (pc_lora_backward(dx ? dx + (int64_t)b * T * lddx : NULL, lddx, pc_f32(dA), pc_f32(dB),
-                             dy + (int64_t)b * T * lddy, lddy, u + (int64_t)b * T * r,
-                             x + (int64_t)b * T * ldx, ldx, pc_f32(A), Bw, T, c->in, c->out, r,
-                             g[b], dropout_p(a, c), sequence_seed(c->seed, b)) < 0)
-            status = -1;
     }
+    int status = pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, lddy, u, x, ldx,
+                                  pc_f32(A), Bw, N, c->in, c->out, r, 1.0f, rs, dropout_p(a, c),
+                                  c->seed);
     /* then the gate's logits (gate.c) */
-    if (status == 0) pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, c->in, 1);
+    if (status == 0)
+        status = pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, c->in, 1);
     free(dg);
     free(dyB);
+    free(rs);
     return status;
 }
 

@@ -122,10 +122,11 @@ static int prefix_gate_backward(const pc_adapter *a, const pc_site_call *c, floa
         dg[b * G] += (float)dk;
         dg[b * G + G - 1] += (float)dv;
     }
+    int status = 0;
     if (dwg || dbg || dx)
-        pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, pc_f32(gw), N, T, C, G);
+        status = pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, pc_f32(gw), N, T, C, G);
     free(dg);
-    return 0;
+    return status;
 }
 
 static int prefix_gate_values(const pc_adapter *a, int N, int T, int in, int out,

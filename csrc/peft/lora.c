@@ -89,19 +89,22 @@ static float *scaled_transpose(const float *B, int out, int r, float scale) {
 }
 
 int pc_lora_forward(float *y, int ldy, float *u, const float *x, int ldx, const float *A,
-                    const float *B, int N, int in, int out, int r, float scale, float p,
-                    uint64_t seed) {
+                    const float *B, int N, int in, int out, int r, float scale,
+                    const float *row_scale, float p, uint64_t seed) {
     float *Bt = scaled_transpose(B, out, r, scale);
     if (!Bt) return -1;
     int failed = 0;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)N * (in + out) * r / 8))
     {
-        /* per thread with dropout: the row's keep factors and dropped input */
-        float *keep = p > 0.0f ? malloc(sizeof(float) * 2 * (size_t)in) : NULL;
-        if (p > 0.0f && !keep) failed = 1;
+        /* per thread: with dropout the row's keep factors and dropped input; with row
+         * scales the row's scaled u */
+        const size_t floats = (p > 0.0f ? 2 * (size_t)in : 0) + (row_scale ? (size_t)r : 0);
+        float *keep = floats ? malloc(sizeof(float) * floats) : NULL;
+        float *us = keep && row_scale ? keep + (p > 0.0f ? 2 * (size_t)in : 0) : NULL;
+        if (floats && !keep) failed = 1;
         #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
-            if (p > 0.0f && !keep) continue;
+            if (floats && !keep) continue;
             const float *xn = x + (int64_t)n * ldx;
             if (p > 0.0f) {
                 dropout_row(keep, keep + in, xn, n, in, p, seed);
@@ -109,7 +112,9 @@ int pc_lora_forward(float *y, int ldy, float *u, const float *x, int ldx, const 
             }
             float *un = u + (int64_t)n * r;
             row_dots(un, xn, A, r, in);
-            row_update(y + (int64_t)n * ldy, un, Bt, r, out, NULL);
+            if (us)
+                for (int j = 0; j < r; j++) us[j] = row_scale[n] * un[j];
+            row_update(y + (int64_t)n * ldy, us ? us : un, Bt, r, out, NULL);
         }
         free(keep);
     }
@@ -119,7 +124,8 @@ int pc_lora_forward(float *y, int ldy, float *u, const float *x, int ldx, const 
 
 int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy, int ldy,
                      const float *u, const float *x, int ldx, const float *A, const float *B,
-                     int N, int in, int out, int r, float scale, float p, uint64_t seed) {
+                     int N, int in, int out, int r, float scale, const float *row_scale,
+                     float p, uint64_t seed) {
     const int nchunks = (N + CHUNK - 1) / CHUNK;
     float *Bt = scaled_transpose(B, out, r, 1.0f);
     /* per-chunk partial sums: dBt (r,out) and dA (r,in), each written whole by its chunk */
@@ -135,12 +141,13 @@ int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy,
     #pragma omp parallel num_threads(pc_threads_for((int64_t)N * (in + out) * r / 8))
     {
         /* per thread: g (CHUNK,r); with dropout one row's keep factors; for dA with dropout
-         * the chunk's dropped input (CHUNK,in) */
-        const bool keep_xd = dA && dropout;
-        const size_t floats = (size_t)CHUNK * r + (dropout ? (size_t)in : 0) +
-                              (keep_xd ? (size_t)CHUNK * in : 0);
+         * the chunk's dropped input (CHUNK,in); for dB with row scales the chunk's scaled u */
+        const bool keep_xd = dA && dropout, scale_u = dB && row_scale;
+        const size_t floats = (size_t)CHUNK * r + (scale_u ? (size_t)CHUNK * r : 0) +
+                              (dropout ? (size_t)in : 0) + (keep_xd ? (size_t)CHUNK * in : 0);
         float *g = malloc(sizeof(float) * floats);
-        float *keep = g && dropout ? g + (size_t)CHUNK * r : NULL;
+        float *us = g && scale_u ? g + (size_t)CHUNK * r : NULL;
+        float *keep = g && dropout ? g + (size_t)CHUNK * r * (scale_u ? 2 : 1) : NULL;
         float *xd = keep && keep_xd ? keep + in : NULL;
         if (!g) failed = 1;
         #pragma omp for schedule(static)
@@ -152,7 +159,11 @@ int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy,
                 float *gn = g + (int64_t)m * r;
                 /* g = s·dy·B */
                 row_dots(gn, dy + (int64_t)n * ldy, Bt, r, out);
-                for (int j = 0; j < r; j++) gn[j] *= scale;
+                const float sn = row_scale ? scale * row_scale[n] : scale;
+                for (int j = 0; j < r; j++) gn[j] *= sn;
+                if (us)
+                    for (int j = 0; j < r; j++)
+                        us[(int64_t)m * r + j] = row_scale[n] * u[(int64_t)n * r + j];
                 if (dropout && (dx || xd))
                     dropout_row(keep, xd ? xd + (int64_t)m * in : NULL, x + (int64_t)n * ldx,
                                 n, in, p, seed);
@@ -163,7 +174,7 @@ int pc_lora_backward(float *dx, int lddx, float *dA, float *dB, const float *dy,
             float *dA_part = partials ? dBt_part + (int64_t)r * out : NULL;
             /* dBt (r,out) = s·uᵀ·dy and dA (r,in) = gᵀ·xd over the chunk's rows */
             if (dB)
-                pc_tile_gemm(true, r, out, rows, scale, u + (int64_t)n0 * r, r,
+                pc_tile_gemm(true, r, out, rows, scale, us ? us : u + (int64_t)n0 * r, r,
                              dy + (int64_t)n0 * ldy, ldy, 0.0f, dBt_part, out);
             if (dA)
                 pc_tile_gemm(true, r, in, rows, 1.0f, g, r, xd ? xd : x + (int64_t)n0 * ldx,
