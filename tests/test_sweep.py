@@ -901,3 +901,34 @@ def test_an_older_database_whose_model_is_gone_is_refused(tmp_path):
         store.close()
     assert sqlite3.connect(s.db_path).execute("SELECT id FROM trials ORDER BY id").fetchall() \
         == before
+
+
+def test_lowres_summary_averages_per_seed_and_compares_unipelt(tmp_path):
+    """bench/lowres_summary.py: per K, each method's average over the tasks every method
+    finished, its std over seeds of the per-seed averages, UniPELT minus the best single
+    method per seed, and the mean gates."""
+    write_glue(tmp_path / "glue")
+    path = _write(tmp_path, "data: {glue_dir: glue}\ntasks: [SST-2, MRPC]\nk: [8]\n"
+                            "seeds: [0, 1]\nmethods:\n  - {method: lora, label: LoRA}\n"
+                            "  - {method: unipelt, label: UniPELT(APL)}\n")
+    s = parse(path)
+    scores = {("LoRA", "SST-2"): (60, 70), ("LoRA", "MRPC"): (80, 90),
+              ("UniPELT(APL)", "SST-2"): (64, 66), ("UniPELT(APL)", "MRPC"): (85, 93)}
+    store = Store(s.db_path)
+    try:
+        store.sync(s)
+        for t in s.trials:
+            store.start(t.id, "local")
+            result = _result(scores[(t.label, t.task)][t.seed])
+            if t.label.startswith("UniPELT"):
+                result["extra"] = {"gates": {"0": {"adapter": 0.2 + t.seed, "prefix": 0.5}}}
+            store.finish(t.id, result)
+    finally:
+        store.close()
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "lowres_summary.py"), str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    # per seed: LoRA (60+80)/2=70, (70+90)/2=80; UniPELT 74.5, 79.5
+    assert re.search(r"LoRA\s+75\.00 ± 7\.07", out), out
+    assert re.search(r"UniPELT\(APL\)\s+77\.00 ± 3\.54", out), out
+    assert "UniPELT(APL) - best single (LoRA): +2.00 (per seed +4.5, -0.5)" in out, out
+    assert re.search(r"UniPELT\(APL\)\s+K=8\s+MRPC\s+adapter 0\.70\s+prefix 0\.50", out), out
