@@ -74,6 +74,19 @@ def _param(values):
     return p
 
 
+def _check_by_differences(named, loss, rng, entries_of=None):
+    """Each parameter's gradient is non-zero, and at its largest entry and a random one
+    matches central differences of loss (entries_of(name, g) may choose others)."""
+    for name, p in named:
+        g = p.grad.astype(np.float64)
+        assert np.abs(g).max() > 0, name
+        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
+                   tuple(int(rng.integers(k)) for k in g.shape)]
+        if entries_of is not None:
+            entries = entries_of(name, g) or entries
+        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, name)
+
+
 @pytest.mark.parametrize("gates", [1, 2])
 def test_gated_prefix_grads_by_finite_differences(gates):
     """Keys, values, the gate's weight and bias, and the encoder's own weights below it (the
@@ -98,15 +111,10 @@ def test_gated_prefix_grads_by_finite_differences(gates):
 
     model(ids, attention_mask=mask, labels=labels)
     model.backward()
-    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for key, p in list(params.items()) + list(own.items()):
-        g = p.grad.astype(np.float64)
-        assert np.abs(g).max() > 0, key
-        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
-                   tuple(int(rng.integers(k)) for k in g.shape)]
-        if key.endswith("word_embeddings.weight"):
-            entries = [(int(ids[0, 1]), 3), (int(ids[1, 2]), 7)]
-        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
+    own = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    _check_by_differences(list(params.items()) + own, loss, rng, lambda name, g: (
+        [(int(ids[0, 1]), 3), (int(ids[1, 2]), 7)] if name.endswith("word_embeddings.weight")
+        else None))
 
 
 def test_gated_lora_with_dropout_backward_matches_finite_differences():
@@ -136,14 +144,7 @@ def test_gated_lora_with_dropout_backward_matches_finite_differences():
     rng = np.random.default_rng(7)
     names = [n for n, p in pm.named_parameters() if p.requires_grad and "lora" in n]
     assert any("gate" in n for n in names) and any("lora_A" in n for n in names), names
-    for n, p in pm.named_parameters():
-        if n not in names:
-            continue
-        g = p.grad.astype(np.float64)
-        assert np.abs(g).max() > 0, n
-        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
-                   tuple(int(rng.integers(k)) for k in g.shape)]
-        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, n)
+    _check_by_differences([(n, p) for n, p in pm.named_parameters() if n in names], loss, rng)
 
 
 def test_engine_refuses_a_bad_prefix_gate():
@@ -289,15 +290,8 @@ def test_prefix_pool_gradient_by_finite_differences():
 
     pm(ids, attention_mask=mask, labels=labels)
     pm.backward()
-    rng = np.random.default_rng(0)
-    for name, p in pm.named_parameters():
-        if not p.requires_grad:
-            continue
-        g = p.grad.astype(np.float64)
-        assert np.abs(g).max() > 0, name
-        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
-                   tuple(int(rng.integers(k)) for k in g.shape)]
-        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, name)
+    _check_by_differences([(n, p) for n, p in pm.named_parameters() if p.requires_grad], loss,
+                          np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------ files
