@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,15 +187,20 @@ def test_a_resumed_runs_train_time_and_time_budget_count_the_time_before(tmp_pat
     """Checkpoints keep the training time so far; a resumed run's train_seconds adds its own
     to it, and its time_budget counts both (a checkpoint without the record counts 0)."""
     enc, labels = make_data(24)
-    whole = Trainer(make_model(), _args(tmp_path), (enc, labels)).train()
+
+    def timed(trainer, **kw):  # (result, the wall time of the call): bounds that hold under load
+        w0 = time.perf_counter()
+        result = trainer.train(**kw)
+        return result, time.perf_counter() - w0
+
+    whole, wall = timed(Trainer(make_model(), _args(tmp_path), (enc, labels)))
     state = lambda step: json.loads((tmp_path / f"checkpoint-{step}" / "trainer_state.json")
                                     .read_text())
     t4, t8, t12 = (state(s)["train_seconds"] for s in (4, 8, 12))
-    assert 0 < t4 < t8 < t12 == pytest.approx(whole.train_seconds, abs=0.05)
-    assert whole.train_seconds <= t12 + 0.05
-    resumed = Trainer(make_model(), _args(tmp_path), (enc, labels)).train(
-        resume_from_checkpoint=tmp_path / "checkpoint-8")
-    assert resumed.steps == 12 and resumed.train_seconds > t8
+    assert 0 < t4 < t8 < t12 <= whole.train_seconds <= wall
+    resumed, wall = timed(Trainer(make_model(), _args(tmp_path), (enc, labels)),
+                          resume_from_checkpoint=tmp_path / "checkpoint-8")
+    assert resumed.steps == 12 and t8 < resumed.train_seconds <= t8 + wall
     # a budget the time before the checkpoint already spent: one step, then stop
     out = Trainer(make_model(), _args(tmp_path, time_budget=t8 / 2), (enc, labels)).train(
         resume_from_checkpoint=tmp_path / "checkpoint-8")
@@ -202,10 +208,10 @@ def test_a_resumed_runs_train_time_and_time_budget_count_the_time_before(tmp_pat
     old = state(4)
     del old["train_seconds"]
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps(old))
-    again = Trainer(make_model(), _args(tmp_path), (enc, labels)).train(
-        resume_from_checkpoint=tmp_path / "checkpoint-4")
-    assert again.steps == 12 and again.train_seconds > 0
-    assert state(12)["train_seconds"] == pytest.approx(again.train_seconds, abs=0.05)
+    again, wall = timed(Trainer(make_model(), _args(tmp_path), (enc, labels)),
+                        resume_from_checkpoint=tmp_path / "checkpoint-4")
+    assert again.steps == 12 and 0 < again.train_seconds <= wall   # counted from 0
+    assert 0 < state(12)["train_seconds"] <= again.train_seconds
 
 
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path):
