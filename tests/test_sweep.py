@@ -775,6 +775,26 @@ def test_status_says_how_long_the_trials_left_should_take(tmp_path):
     assert "at a time" not in sweep.status_text(path.with_name(path.stem + ".sweep.db"))
 
 
+def test_status_scales_a_method_by_how_much_longer_a_task_takes(tmp_path):
+    """A method not yet run on a task: its time on the other tasks, each times how much
+    longer the task took than that one for the methods that ran both."""
+    path = _write(tmp_path, "data: {glue_dir: glue}\ntasks: [SST-2, MRPC]\nseeds: [0]\n"
+                            "k: [8]\nrun: {parallel: 1}\nmethods:\n  lora: {r: 2}\n  bitfit: {}\n"
+                            "  ia3: {}\n")
+    s = parse(path)
+    store = Store(s.db_path)
+    store.sync(s)
+    trials = {(t.method, t.task): t.id for t in s.trials}
+    # bitfit: MRPC took 3x SST-2's time; ia3: 2x -> MRPC is 2.5x SST-2 for lora's guess
+    for key, wall in ((("lora", "SST-2"), 100.0), (("bitfit", "SST-2"), 100.0),
+                      (("bitfit", "MRPC"), 300.0), (("ia3", "SST-2"), 200.0),
+                      (("ia3", "MRPC"), 400.0)):
+        store.start(trials[key], "local")
+        assert store.finish(trials[key], {**_result(50), "wall_seconds": wall})
+    store.close()
+    assert "left: 1 trial(s), about 4 min of trial time" in sweep.status_text(path)  # 250 s
+
+
 def _model_folder(folder: Path, weights: bytes = b"\x01\x02weights") -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text('{"model_type": "bert"}')

@@ -431,8 +431,8 @@ def status_text(path) -> str:
     if done and left:
         seconds = sum(_expected_wall(done, r) for r in left)
         line = (f"left: {len(left)} trial(s), about {_duration(seconds)} of trial time (each "
-                f"as the finished ones of its method and task took, else of its method, else "
-                f"of all)")
+                f"as the finished ones of its method and task took, else of its method scaled "
+                f"by how the task's time compares, else of all)")
         parallel = _parallel(path)
         if parallel:
             line += f", {_duration(seconds / parallel)} at {parallel} at a time"
@@ -446,12 +446,29 @@ def status_text(path) -> str:
 
 
 def _expected_wall(done, trial) -> float:
-    """A trial's wall time, guessed from the finished trials most like it."""
-    for same in (lambda r: (r["label"], r["task"]) == (trial["label"], trial["task"]),
-                 lambda r: r["label"] == trial["label"], lambda r: True):
-        times = [r["wall_seconds"] for r in done if same(r)]
-        if times:
-            return float(np.mean(times))
+    """A trial's wall time, guessed from the finished trials most like it: those of its
+    method and task; else its method's on other tasks, each scaled by how much slower this
+    task ran than that one for the methods that ran both; else its method's; else all."""
+    def mean(label=None, task=None):
+        times = [r["wall_seconds"] for r in done if label in (None, r["label"]) and
+                 task in (None, r["task"])]
+        return float(np.mean(times)) if times else None
+
+    label, task = trial["label"], trial["task"]
+    if (own := mean(label, task)) is not None:
+        return own
+    guesses = []
+    for other_task in sorted({r["task"] for r in done if r["label"] == label}):
+        ratios = [mean(other, task) / mean(other, other_task)
+                  for other in sorted({r["label"] for r in done if r["task"] == task})
+                  if mean(other, other_task)]
+        if ratios:
+            guesses.append(mean(label, other_task) * float(np.mean(ratios)))
+    if guesses:
+        return float(np.mean(guesses))
+    for guess in (mean(label), mean()):
+        if guess is not None:
+            return guess
     return 0.0
 
 
