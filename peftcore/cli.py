@@ -549,6 +549,9 @@ def _add_sweep_parser(sub):
                           "CPUs // threads); 'auto': measure which layout trains fastest")
     run.add_argument("--threads", type=_POSITIVE_INT, default=None,
                      help="engine threads per trial (default run.threads, else 1)")
+    run.add_argument("--only", action="append", metavar="METHOD", default=None,
+                     help="run only this method's trials (its label in the tables, or its "
+                          "method name; repeat for several); the others wait for a later run")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=_sweep_run)
     st = actions.add_parser("status", help="trials by status, the time left, and the errors")
@@ -566,7 +569,7 @@ def _sweep_run(args):
 
     counts = sweep.run(args.file, retry_failed=args.retry_failed, extend=args.extend,
                        backend=args.backend, address=args.address, parallel=args.parallel,
-                       threads=args.threads, progress=not args.no_progress)
+                       threads=args.threads, progress=not args.no_progress, only=args.only)
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
 
 

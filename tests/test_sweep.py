@@ -952,3 +952,32 @@ def test_lowres_summary_averages_per_seed_and_compares_unipelt(tmp_path):
     assert re.search(r"UniPELT\(APL\)\s+77\.00 ± 3\.54", out), out
     assert "UniPELT(APL) - best single (LoRA): +2.00 (per seed +4.5, -0.5)" in out, out
     assert re.search(r"UniPELT\(APL\)\s+K=8\s+MRPC\s+adapter 0\.70\s+prefix 0\.50", out), out
+
+
+def test_only_runs_the_named_methods_first_and_refuses_unknown_names(tmp_path, capsys):
+    from peftcore.cli import main
+
+    path = tiny_sweep(tmp_path, textwrap.dedent("""\
+        model: {model}
+        data: {{glue_dir: glue, max_length: 16}}
+        tasks: [SST-2]
+        k: [8]
+        seeds: [0, 1]
+        training: {{max_steps: 2, per_device_train_batch_size: 4}}
+        methods:
+          - {{method: lora, label: LoRA r2, r: 2}}
+          - {{method: bitfit}}
+        run: {{parallel: 2, threads: 1}}
+        """))
+    assert main(["sweep", "run", str(path), "--no-progress", "--only", "lora-ish"]) == 2
+    assert re.search(r"--only 'lora-ish': no trial of tiny\.yaml has this label or method; its "
+                     r"labels: LoRA r2, bitfit", capsys.readouterr().err)
+    assert not (tmp_path / "tiny.sweep.db").exists()   # nothing started
+    with pytest.raises(SweepError, match="expected a list of method labels"):
+        sweep.run(path, only="bitfit")
+    sweep.run(path, only=["bitfit"], progress=False, report=False)
+    status = {(r["label"], r["seed"]): r["status"] for r in sweep.load(path, as_frame=False)}
+    assert status == {("bitfit", 0): "done", ("bitfit", 1): "done",
+                      ("LoRA r2", 0): "pending", ("LoRA r2", 1): "pending"}
+    assert main(["sweep", "run", str(path), "--no-progress", "--only", "LoRA r2"]) == 0
+    assert {r["status"] for r in sweep.load(path, as_frame=False)} == {"done"}

@@ -231,11 +231,14 @@ def measure_layout(sweep, row, steps: int = 4, out=None) -> tuple[int, int]:
 def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str = "local",
         address=None, parallel: int | None = None, threads: int | None = None,
         progress: bool = True, report: bool = True, ray_cpus: int | None = None,
-        max_trials: int | None = None, out=None) -> dict:
+        max_trials: int | None = None, only=None, out=None) -> dict:
     """Run (or resume) the sweep of a sweep file. -> the trial counts by status.
-    max_trials: start at most this many trials in this call (for tests and smoke runs)."""
+    max_trials: start at most this many trials in this call (for tests and smoke runs).
+    only: method labels (as the tables name them) or method names; this call runs only
+    their trials, the others wait for a later call."""
     out = out or sys.stdout
     sweep = parse(path)
+    only = _check_only(sweep, only)
     if backend not in ("local", "ray"):
         raise SweepError(f"backend must be 'local' or 'ray', got {backend!r}")
     threads = threads or sweep.run.get("threads", 1)
@@ -263,7 +266,7 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
                     if t["status"] == "failed":
                         shutil.rmtree(sweep.runs_dir / t["id"], ignore_errors=True)
                         store.reset(t["id"])
-            source = _source(sweep, store)
+            source = _source(sweep, store, only)
             if parallel == "auto":
                 first = source.next()
                 if first is None:
@@ -289,18 +292,35 @@ def run(path, *, retry_failed: bool = False, extend: bool = False, backend: str 
     return counts
 
 
-def _source(sweep, store):
+def _check_only(sweep, only):
+    """--only's names as a set (None: every trial); each must name some of the file's trials."""
+    if only is None:
+        return None
+    if isinstance(only, str) or not all(isinstance(name, str) for name in only) or not only:
+        raise SweepError(f"only: expected a list of method labels or names, got {only!r}")
+    if sweep.search_dynamic:
+        raise SweepError("--only picks among a grid's trials; an Optuna search draws its own")
+    known = {t.label for t in sweep.trials} | {t.method for t in sweep.trials}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        labels = sorted({t.label for t in sweep.trials})
+        raise SweepError(f"--only {unknown[0]!r}: no trial of {sweep.path.name} has this label "
+                         f"or method; its labels: {', '.join(labels)}")
+    return set(only)
+
+
+def _source(sweep, store, only=None):
     if sweep.search_dynamic:
         from .search import OptunaSource
         return OptunaSource(sweep, store)
-    return GridSource(sweep, store)
+    return GridSource(sweep, store, only)
 
 
 class GridSource:
-    """The sweep file's trials that need running, in order."""
+    """The sweep file's trials that need running (of the methods in `only`), in order."""
 
-    def __init__(self, sweep, store):
-        ids = {t.id for t in sweep.trials}
+    def __init__(self, sweep, store, only=None):
+        ids = {t.id for t in sweep.trials if only is None or t.label in only or t.method in only}
         self.queue = [r for r in store.trials() if r["id"] in ids and
                       r["status"] in ("pending", "interrupted")]
         self.total = len(ids)
