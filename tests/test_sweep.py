@@ -57,6 +57,17 @@ TINY_MODEL = ("{random: {hidden_size: 16, num_hidden_layers: 1, num_attention_he
               "intermediate_size: 32, vocab_size: 200}}")
 
 
+# SST-2 at K = 8, seeds 0 and 1, 2 steps: a file's head for tiny_sweep, its methods to follow
+TWO_SEEDS = """\
+model: {model}
+data: {{glue_dir: glue, max_length: 16}}
+tasks: [SST-2]
+k: [8]
+seeds: [0, 1]
+training: {{max_steps: 2, per_device_train_batch_size: 4}}
+"""
+
+
 def tiny_sweep(folder: Path, body: str = None, name: str = "tiny.yaml", glue="glue",
                **fmt) -> Path:
     """A small sweep file over the generated data: 2 tasks x 2 K x 2 seeds = 8 LoRA trials
@@ -352,15 +363,7 @@ def test_tiny_sweep_end_to_end_tables_plots_and_load(tmp_path, capsys):
 def test_cli_status_report_and_refusals(tmp_path, capsys):
     from peftcore.cli import main
 
-    path = tiny_sweep(tmp_path, textwrap.dedent("""\
-        model: {model}
-        data: {{glue_dir: glue, max_length: 16}}
-        tasks: [SST-2]
-        k: [8]
-        seeds: [0, 1]
-        training: {{max_steps: 2, per_device_train_batch_size: 4}}
-        methods: {{bitfit: {{}}}}
-        """))
+    path = tiny_sweep(tmp_path, TWO_SEEDS + "methods: {{bitfit: {{}}}}\n")
     broken = tmp_path / "broken.yaml"
     broken.write_text(path.read_text().replace("bitfit: {}", "bitfit: {r: 2}"))
     assert main(["sweep", "run", str(broken), "--no-progress"]) == 2
@@ -957,13 +960,7 @@ def test_lowres_summary_averages_per_seed_and_compares_unipelt(tmp_path):
 def test_only_runs_the_named_methods_first_and_refuses_unknown_names(tmp_path, capsys):
     from peftcore.cli import main
 
-    path = tiny_sweep(tmp_path, textwrap.dedent("""\
-        model: {model}
-        data: {{glue_dir: glue, max_length: 16}}
-        tasks: [SST-2]
-        k: [8]
-        seeds: [0, 1]
-        training: {{max_steps: 2, per_device_train_batch_size: 4}}
+    path = tiny_sweep(tmp_path, TWO_SEEDS + textwrap.dedent("""\
         methods:
           - {{method: lora, label: LoRA r2, r: 2}}
           - {{method: bitfit}}
