@@ -106,6 +106,15 @@
     X(VOID, void, pc_scale_columns,                                                          \
       (float *y, int ldy, const float *x, int ldx, const float *l, int N, int C, float *save), \
       (y, ldy, x, ldx, l, N, C, save))                                                       \
+    X(VALUE, float, pc_gate_dot, (const float *x, const float *w, int n), (x, w, n))          \
+    X(VOID, void, pc_gate_forward,                                                           \
+      (float *sig, float *g, const float *x, int ldx, const float *wg, const float *bg, int N, \
+       int T, int in, int G),                                                                \
+      (sig, g, x, ldx, wg, bg, N, T, in, G))                                                 \
+    X(VALUE, int, pc_gate_backward,                                                          \
+      (float *dwg, float *dbg, float *dx, int lddx, const float *dg, const float *sig,       \
+       const float *x, int ldx, const float *wg, int N, int T, int in, int G),               \
+      (dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, in, G))                                \
     X(VALUE, float, pc_cross_entropy_forward,                                                \
       (const float *logits, const int64_t *targets, int N, int C, int64_t ignore_index,      \
        int *count),                                                                          \

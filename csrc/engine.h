@@ -134,6 +134,19 @@ void pc_column_dots_scale(float *dst, float *d, int ldd, const float *v, int ldv
 void pc_scale_columns(float *y, int ldy, const float *x, int ldx, const float *l, int N, int C,
                       float *save);
 
+/* x·w over n floats, in four vectors of running sums of the set's native width */
+float pc_gate_dot(const float *x, const float *w, int n);
+
+/* UniPELT's gates (ops/gate.c): sig (N,G) = sigmoid(x·wgᵀ + bg), wg (G,in), bg (G); g (N/T, G)
+ * their means over each sequence's T rows. The backward from dg (N/T, G): dwg, dbg (NULL:
+ * not wanted) += their gradients, dx (NULL: not wanted) += x's share; -1 when out of
+ * memory. */
+void pc_gate_forward(float *sig, float *g, const float *x, int ldx, const float *wg,
+                     const float *bg, int N, int T, int in, int G);
+int pc_gate_backward(float *dwg, float *dbg, float *dx, int lddx, const float *dg,
+                     const float *sig, const float *x, int ldx, const float *wg, int N, int T,
+                     int in, int G);
+
 /* embedding: ids (N) in [0,V) -> out (N,C) = weight[ids]; ids are checked by the caller */
 void pc_embedding_forward(float *out, const int64_t *ids, const float *weight, int N, int C);
 /* dweight (V,C) scatter-add: dweight[ids[n]] += dout[n] (deterministic) */

@@ -59,6 +59,10 @@
 #define pc_column_sums PC_ISA_NAME(pc_column_sums, PC_ISA)
 #define pc_column_dots_scale PC_ISA_NAME(pc_column_dots_scale, PC_ISA)
 #define pc_scale_columns PC_ISA_NAME(pc_scale_columns, PC_ISA)
+/* ops/gate.c */
+#define pc_gate_dot PC_ISA_NAME(pc_gate_dot, PC_ISA)
+#define pc_gate_forward PC_ISA_NAME(pc_gate_forward, PC_ISA)
+#define pc_gate_backward PC_ISA_NAME(pc_gate_backward, PC_ISA)
 /* ops/loss.c */
 #define pc_cross_entropy_forward PC_ISA_NAME(pc_cross_entropy_forward, PC_ISA)
 #define pc_cross_entropy_backward PC_ISA_NAME(pc_cross_entropy_backward, PC_ISA)

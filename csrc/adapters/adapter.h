@@ -29,7 +29,7 @@
  *                       each sequence by virtual tokens).
  *
  * Gates: a method may scale what it adds by a gate computed from its site's input, as
- * UniPELT does (the mean over each sequence's rows of sigmoid(x·wg + bg), gate.c): LoRA,
+ * UniPELT does (the mean over each sequence's rows of sigmoid(x·wg + bg), ops/gate.c): LoRA,
  * the bottleneck adapter and the prefix take optional gate tensors (the prefix's gate reads
  * the layer's input and scales its keys and values per sequence). A gated adapter's rows depend on their
  * whole sequence, so it declares (adapter_keeps) that a first-token-only last layer does not
@@ -248,19 +248,6 @@ int pc_site_kv_gate_backward(pc_site *s, const pc_site_call *c, float *dkv, int 
  * N/T · PC_GATE_MAX floats); returns G, 0 when it has no gate */
 enum { PC_GATE_MAX = 2 };
 int pc_site_gate_values(const pc_site *s, int k, int N, int T, int in, int out, float *g);
-
-/* x·w over n floats, in 16 running sums that the compiler keeps in vector registers */
-float pc_gate_dot(const float *x, const float *w, int n);
-
-/* UniPELT's gates (gate.c): sig (N,G) = sigmoid(x·wgᵀ + bg), wg (G,in), bg (G); g (N/T, G)
- * their means over each sequence's T rows. The backward from dg (N/T, G): dwg, dbg (NULL:
- * not wanted) += their gradients, dx (NULL: not wanted) += x's share; -1 when out of
- * memory. */
-void pc_gate_forward(float *sig, float *g, const float *x, int ldx, const float *wg,
-                     const float *bg, int N, int T, int in, int G);
-int pc_gate_backward(float *dwg, float *dbg, float *dx, int lddx, const float *dg,
-                     const float *sig, const float *x, int ldx, const float *wg, int N, int T,
-                     int in, int G);
 
 /* seed of adapter k of a site for a step (so two adapters never share a dropout mask) */
 uint64_t pc_site_seed(uint64_t site_seed, int k);

@@ -267,7 +267,7 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     pc_sgemm(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 1.0f, L->u, C);
     /* o = dropout(u · scaling), gated */
     if (s->gated) {
-        /* the sequences' gates (gate.c) into g's first entries, then spread to each row,
+        /* the sequences' gates (ops/gate.c) into g's first entries, then spread to each row,
          * from the last sequence back (row b·T + t ≥ b: no gate is overwritten unread) */
         const int T = c->T, seqs = n / T;
         pc_gate_forward(L->sig, L->g, L->z, C, s->wg, s->bg, n, T, C, 1);

@@ -2,7 +2,7 @@
  * B (out,r) and c the scale, or, gated (UniPELT, Mao et al. 2022, as AdapterHub's LoRA with
  * use_gating), c = g_b = mean over sequence b's rows of sigmoid(x·wg + bg), wg (1,in), bg (1).
  * It saves u = dropout(x)·Aᵀ (N,r) for the backward (and, gated, each row's sigmoid and the
- * sequences' gates g, gate.c);
+ * sequences' gates g, ops/gate.c);
  * the row kernels are peft/lora.c's (compiled per instruction set). Ungated it adds a term
  * independent of y, so the bias may follow it and the gradient of y passes through it
  * unchanged; gated, the same, but its rows depend on their whole sequence. */
@@ -68,7 +68,7 @@ static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, in
     if (!gated(a))
         return pc_lora_forward(y, ldy, saved, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]), N,
                                c->in, c->out, r, a->scale, NULL, dropout_p(a, c), c->seed);
-    /* the gate of each sequence (gate.c), then every row in one call, scaled by its g_b */
+    /* the gate of each sequence (ops/gate.c), then every row in one call, scaled by its g_b */
     float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
     pc_gate_forward(sig, g, x, ldx, pc_f32(a->t[T_GATE_W]), pc_f32(a->t[T_GATE_B]), N, c->T,
                     c->in, 1);
@@ -136,7 +136,7 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
     int status = pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, lddy, u, x, ldx,
                                   pc_f32(A), Bw, N, c->in, c->out, r, 1.0f, rs, dropout_p(a, c),
                                   c->seed);
-    /* then the gate's logits (gate.c) */
+    /* then the gate's logits (ops/gate.c) */
     if (status == 0)
         status = pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, c->in, 1);
     free(dg);

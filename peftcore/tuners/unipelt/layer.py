@@ -8,10 +8,10 @@
     <...>.output.adapters.<adapter>.*               (the bottleneck tuner's BottleneckLayer)
 
 The engine runs LoRA at the linear's output site and the prefix at the layer's KV site, each
-with its gate (csrc/adapters/lora.c, prefix.c, gate.c). The prefix pool's MLP is composed
-of peftcore.functional ops: before every forward it writes each layer's key and value rows
-into the tensors the KV sites read, and after every backward it carries their gradients
-back to its parameters (EncoderModel's adapter hooks).
+with its gate (csrc/adapters/lora.c, prefix.c, csrc/ops/gate.c). The prefix pool's MLP is
+composed of peftcore.functional ops: before every forward it writes each layer's key and
+value rows into the tensors the KV sites read, and after every backward it carries their
+gradients back to its parameters (EncoderModel's adapter hooks).
 """
 from __future__ import annotations
 
