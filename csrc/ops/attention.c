@@ -13,6 +13,7 @@
 
 #include "kernels.h"
 #include "tiles.h"
+#include "transpose.h"
 
 /* the softmax's exponential wants fused multiply-adds (ISO C mode keeps a·b + c as two
  * roundings unless told otherwise) */
@@ -22,8 +23,7 @@
  * values as columns */
 static void transpose_head(float *dst, int ldd, int j0, const float *src, int T, int D,
                            int ld) {
-    for (int d = 0; d < D; d++)
-        for (int t = 0; t < T; t++) dst[(int64_t)d * ldd + j0 + t] = src[(int64_t)t * ld + d];
+    pc_transpose_strided(dst + j0, ldd, src, ld, T, D);
 }
 
 /* the per-pair products go to pc_tile_gemm when their widths (Tk for scores, D for outputs)

@@ -54,11 +54,7 @@
 
 #include "../engine.h"
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#elif defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "transpose.h"
 
 /* the kernel set BLIS runs, read from its context by pc_gemm_packed_init */
 static struct {
@@ -122,55 +118,24 @@ static pack_buffers *thread_buffers(size_t a_floats, size_t b_floats) {
 
 #if defined(__AVX512F__)
 
-static inline __mmask16 first_lanes(int n) {
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
-}
-
 static inline void copy_lanes(float *dst, const float *src, int rows, int width) {
     for (int i = 0; i < width; i += 16)
-        _mm512_mask_storeu_ps(dst + i, first_lanes(width - i),
-                              _mm512_maskz_loadu_ps(first_lanes(rows - i), src + i));
-}
-
-/* r[i] lane j -> r[j] lane i: a 16×16 transpose in registers */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int p = 0; p < 8; p++) {
-        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-    }
-    for (int q = 0; q < 4; q++) {
-        __m512d x0 = _mm512_castps_pd(t[4 * q]), x1 = _mm512_castps_pd(t[4 * q + 1]);
-        __m512d x2 = _mm512_castps_pd(t[4 * q + 2]), x3 = _mm512_castps_pd(t[4 * q + 3]);
-        u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
-        u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
-        u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
-        u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512 e0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
-        __m512 e1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
-        __m512 e2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
-        __m512 e3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
-        r[c] = _mm512_shuffle_f32x4(e0, e2, 0x88);
-        r[8 + c] = _mm512_shuffle_f32x4(e0, e2, 0xDD);
-        r[4 + c] = _mm512_shuffle_f32x4(e1, e3, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(e1, e3, 0xDD);
-    }
+        _mm512_mask_storeu_ps(dst + i, pc_first_lanes(width - i),
+                              _mm512_maskz_loadu_ps(pc_first_lanes(rows - i), src + i));
 }
 
 /* 16 rows at a time (16 streams through memory rather than 32), 16 k at a time */
 static void pack_across_k(float *p, int width, int rows, int kc, const float *s, int64_t rs) {
     const int k16 = kc / 16 * 16;
     for (int h = 0; h < width; h += 16) {
-        const __mmask16 lanes = first_lanes(width - h);
+        const __mmask16 lanes = pc_first_lanes(width - h);
         const int live = rows - h < 16 ? rows - h : 16; /* rows < 0: none */
         for (int k0 = 0; k0 < k16; k0 += 16) {
             __m512 r[16];
             for (int i = 0; i < 16; i++)
                 r[i] = i < live ? _mm512_loadu_ps(s + (int64_t)(h + i) * rs + k0)
                                 : _mm512_setzero_ps();
-            transpose16(r);
+            pc_transpose16(r);
             for (int kk = 0; kk < 16; kk++)
                 _mm512_mask_storeu_ps(p + (int64_t)(k0 + kk) * width + h, lanes, r[kk]);
         }
@@ -182,58 +147,11 @@ static void pack_across_k(float *p, int width, int rows, int kc, const float *s,
 
 #elif defined(__AVX2__)
 
-/* lanes [0, n) set, for maskload */
-static inline __m256i first_lanes(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-/* dst[0..n) = v's first n lanes, 1 <= n <= 8, in at most three plain stores (masked
- * stores are slow on AMD) */
-static inline void store_lanes(float *dst, __m256 v, int n) {
-    if (n >= 8) {
-        _mm256_storeu_ps(dst, v);
-        return;
-    }
-    __m128 x = _mm256_castps256_ps128(v);
-    if (n >= 4) {
-        _mm_storeu_ps(dst, x);
-        x = _mm256_extractf128_ps(v, 1);
-        dst += 4;
-        n -= 4;
-    }
-    if (n >= 2) {
-        _mm_storel_pi((__m64 *)dst, x);
-        x = _mm_movehl_ps(x, x);
-        dst += 2;
-        n -= 2;
-    }
-    if (n) _mm_store_ss(dst, x);
-}
-
 static inline void copy_lanes(float *dst, const float *src, int rows, int width) {
     for (int i = 0; i < width; i += 8) {
         const __m256 v = rows - i >= 8 ? _mm256_loadu_ps(src + i)
-                                       : _mm256_maskload_ps(src + i, first_lanes(rows - i));
-        store_lanes(dst + i, v, width - i);
-    }
-}
-
-/* r[i] lane j -> r[j] lane i: an 8×8 transpose in registers */
-static inline void transpose8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int p = 0; p < 4; p++) { /* t0 = a0 b0 a1 b1 | a4 b4 a5 b5, t1 = a2 b2 a3 b3 | ... */
-        t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-        t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-    }
-    for (int q = 0; q < 2; q++) { /* u0 = a0 b0 c0 d0 | a4 b4 c4 d4, u1 = a1 ... */
-        u[4 * q] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
-        u[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
-        u[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
-        u[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; c++) { /* rows a-d from u[c], e-h from u[4 + c] */
-        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
-        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+                                       : _mm256_maskload_ps(src + i, pc_first_lanes(rows - i));
+        pc_store_lanes(dst + i, v, width - i);
     }
 }
 
@@ -248,9 +166,9 @@ static void pack_across_k(float *p, int width, int rows, int kc, const float *s,
             for (int i = 0; i < 8; i++)
                 r[i] = i < live ? _mm256_loadu_ps(s + (int64_t)(h + i) * rs + k0)
                                 : _mm256_setzero_ps();
-            transpose8(r);
+            pc_transpose8(r);
             for (int kk = 0; kk < 8; kk++)
-                store_lanes(p + (int64_t)(k0 + kk) * width + h, r[kk], lanes);
+                pc_store_lanes(p + (int64_t)(k0 + kk) * width + h, r[kk], lanes);
         }
     }
     for (int k = k8; k < kc; k++)
@@ -266,18 +184,6 @@ static inline void copy_lanes(float *dst, const float *src, int rows, int width)
     for (; i < width; i++) dst[i] = 0.0f;
 }
 
-#if defined(__SSE2__)
-/* r[i] lane j -> r[j] lane i: a 4×4 transpose in registers */
-static inline void transpose4(__m128 r[4]) {
-    const __m128 t0 = _mm_unpacklo_ps(r[0], r[1]), t1 = _mm_unpacklo_ps(r[2], r[3]); /* a0 b0 a1 b1 */
-    const __m128 t2 = _mm_unpackhi_ps(r[0], r[1]), t3 = _mm_unpackhi_ps(r[2], r[3]); /* a2 b2 a3 b3 */
-    r[0] = _mm_movelh_ps(t0, t1);
-    r[1] = _mm_movehl_ps(t1, t0);
-    r[2] = _mm_movelh_ps(t2, t3);
-    r[3] = _mm_movehl_ps(t3, t2);
-}
-#endif
-
 static void pack_across_k(float *p, int width, int rows, int kc, const float *s, int64_t rs) {
     int k4 = 0;
 #if defined(__SSE2__)
@@ -290,7 +196,7 @@ static void pack_across_k(float *p, int width, int rows, int kc, const float *s,
                 for (int i = 0; i < 4; i++)
                     r[i] = i < live ? _mm_loadu_ps(s + (int64_t)(h + i) * rs + k0)
                                     : _mm_setzero_ps();
-                transpose4(r);
+                pc_transpose4(r);
                 for (int kk = 0; kk < 4; kk++) _mm_storeu_ps(p + (int64_t)(k0 + kk) * width + h, r[kk]);
             }
         }

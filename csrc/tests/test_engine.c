@@ -1065,8 +1065,9 @@ int main(void) {
     static const int at[][4] = {{1, 1, 1, 1}, {1, 1, 3, 2}, {2, 5, 1, 4}, {2, 5, 3, 2},
                                 {3, 7, 3, 5}, {2, 16, 4, 8},
                                 /* register-tiled pair products: full and partial tiles of
-                                 * rows and of 32, 16 and fewer columns */
-                                {2, 37, 2, 16}, {1, 40, 1, 48}, {2, 24, 3, 32}};
+                                 * rows and of 32, 16 and fewer columns; heads of widths
+                                 * that leave partial blocks in the keys' transposes */
+                                {2, 37, 2, 16}, {1, 40, 1, 48}, {2, 24, 3, 32}, {2, 21, 2, 12}};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
         for (int masked = 0; masked < 2; masked++) {
             test_attention(at[i][0], at[i][1], at[i][1], at[i][2], at[i][3], masked, 0.0f, false);
