@@ -273,8 +273,9 @@ static void scale_output(float *C, int M, int N, int ldc, float beta) {
 
 /* Multi-threaded GEMM: our threads split C into row (or column) blocks and each runs
  * single-threaded BLIS on its block. Every element of C is computed by one thread in the
- * same order whatever the thread count, and idle threads sleep (OMP_WAIT_POLICY=passive)
- * instead of spinning in BLIS's barriers, which collapses when the cores are oversubscribed. */
+ * same order whatever the thread count, and no thread waits in BLIS's barriers (spinning
+ * there collapsed when the cores were oversubscribed); between regions OpenMP's threads spin
+ * briefly, then sleep (GOMP_SPINCOUNT, set by the Python package). */
 void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;

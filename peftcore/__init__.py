@@ -1,9 +1,15 @@
 """peftcore: parameter-efficient fine-tuning on a C engine over BLIS."""
 import os as _os
 
-# Idle OpenMP threads of the engine should sleep, not spin: spinning steals the cores from
-# BLIS's own threads between kernels (libgomp reads this once, when it is loaded).
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads of the engine wait spinning for a short while (10,000 rounds, tens of
+# microseconds) before they sleep. The engine's parallel regions follow each other closely,
+# and sleeping at once (OMP_WAIT_POLICY=PASSIVE) made every region wake its threads: 3-5 %
+# of a 2-thread train step. Longer spins steal the cores from other processes: two 2-thread
+# trainings sharing 2 cores lost 6 % at 30,000 rounds and 16 % at 100,000 (libgomp's default
+# is 300,000), nothing at 10,000.
+# The user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; libgomp reads them once, when loaded.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from . import _C  # noqa: E402
 from . import functional

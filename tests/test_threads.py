@@ -3,6 +3,7 @@ background thread can run a forward while another trains, swaps adapters or drop
 Every engine call is atomic (one engine lock): results are those of some order of the calls,
 and nothing frees memory another call is using. Each scenario runs in a child interpreter,
 so a crash fails the test instead of killing the suite."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -203,3 +204,21 @@ def test_forked_children_run(name):
         pytest.fail(f"{name}: hung (no result in 180 s)")
     assert proc.returncode == 0 and "DONE" in proc.stdout, (
         f"exit code {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("given, want", [
+    ({}, ("10000", None)),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, (None, "PASSIVE")),
+    ({"GOMP_SPINCOUNT": "5"}, ("5", None)),
+])
+def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise(given, want):
+    """Importing peftcore sets libgomp's spin count to 10,000 rounds before an idle thread
+    sleeps, and leaves a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(given)
+    code = ("import os, peftcore; print(os.environ.get('GOMP_SPINCOUNT'), "
+            "os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(w) for w in want]
