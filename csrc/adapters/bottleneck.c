@@ -458,6 +458,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     if (dbu) pc_column_sums(dbu, d_o, C, N, C);
     pc_sgemm(false, false, N, r, C, 1.0f, d_o, C, s.Wu, r, 0.0f, dact, r);
     /* a = f(d) */
+    PC_PARALLEL_FOR((int64_t)N * r * 8)
     for (int64_t i = 0; i < (int64_t)N * r; i++) dd[i] = dact[i] * act_slope(s.act, L.d[i]);
     /* d = z1·Wdᵀ + bd */
     const float *z1 = s.norm_before ? L.z1 : L.z;
@@ -483,22 +484,29 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         for (int i = 0; i < N; i++)
             for (int k = 0; k < C; k++) dz[(int64_t)i * C + k] += dlogit[i] * s.wg[k];
     }
-    if (s.res == RES_Z)
+    if (s.res == RES_Z) {
+        PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) dz[i] += dres[i];
+    }
     /* pre: z = LN(h + x) or h */
     if (s.ln_before_orig) {
         memset(dh, 0, sizeof(float) * NC);
+        PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) L.s[i] = h[i] + x[i]; /* the LayerNorm's input again */
         pc_layernorm_backward(dh, c->d_ln_w, c->d_ln_b, dz, L.s, c->ln_w, L.pre_mean,
                               L.pre_rstd, N, C);
+        PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) dx[i] += dh[i];
     } else {
         memcpy(dh, dz, sizeof(float) * NC);
     }
-    if (s.res == RES_H || s.res == RES_S)
-        for (int64_t i = 0; i < NC; i++) dh[i] += dres[i];
-    if (s.res == RES_S)
-        for (int64_t i = 0; i < NC; i++) dx[i] += dres[i];
+    if (s.res == RES_H || s.res == RES_S) {
+        PC_PARALLEL_FOR(NC)
+        for (int64_t i = 0; i < NC; i++) {
+            dh[i] += dres[i];
+            if (s.res == RES_S) dx[i] += dres[i];
+        }
+    }
     free(work);
     return 0;
 }
