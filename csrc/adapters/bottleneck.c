@@ -375,12 +375,8 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         memcpy(d_o, dout, sizeof(float) * NC);
         memset(dx, 0, sizeof(float) * NC);
     }
-    /* the adapter's residual, after or before LNa */
-    if (s.arb) {
-        memset(dres, 0, sizeof(float) * NC);
-    } else {
-        memcpy(dres, d_o, sizeof(float) * NC);
-    }
+    /* the adapter's residual, after LNa (here) or before it (below) */
+    if (!s.arb) memcpy(dres, d_o, sizeof(float) * NC);
     if (s.norm_after) {
         memset(dz, 0, sizeof(float) * NC); /* dz is free until the down projection */
         pc_layernorm_backward(dz, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean, L.na_rstd, N, C);
