@@ -16,12 +16,12 @@
 #if defined(__AVX512F__)
 
 /* lanes [0, n) set */
-static inline __mmask16 pc_first_lanes(int n) {
+static inline __attribute__((always_inline)) __mmask16 pc_first_lanes(int n) {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
 /* r[i] lane j -> r[j] lane i: a 16×16 transpose in registers */
-static inline void pc_transpose16(__m512 r[16]) {
+static inline __attribute__((always_inline)) void pc_transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
     for (int p = 0; p < 8; p++) {
         t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
@@ -50,13 +50,13 @@ static inline void pc_transpose16(__m512 r[16]) {
 #elif defined(__AVX2__)
 
 /* lanes [0, n) set, for maskload */
-static inline __m256i pc_first_lanes(int n) {
+static inline __attribute__((always_inline)) __m256i pc_first_lanes(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* dst[0..n) = v's first n lanes, 1 <= n <= 8, in at most three plain stores (masked
  * stores are slow on AMD) */
-static inline void pc_store_lanes(float *dst, __m256 v, int n) {
+static inline __attribute__((always_inline)) void pc_store_lanes(float *dst, __m256 v, int n) {
     if (n >= 8) {
         _mm256_storeu_ps(dst, v);
         return;
@@ -78,7 +78,7 @@ static inline void pc_store_lanes(float *dst, __m256 v, int n) {
 }
 
 /* r[i] lane j -> r[j] lane i: an 8×8 transpose in registers */
-static inline void pc_transpose8(__m256 r[8]) {
+static inline __attribute__((always_inline)) void pc_transpose8(__m256 r[8]) {
     __m256 t[8], u[8];
     for (int p = 0; p < 4; p++) { /* t0 = a0 b0 a1 b1 | a4 b4 a5 b5, t1 = a2 b2 a3 b3 | ... */
         t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
@@ -99,7 +99,7 @@ static inline void pc_transpose8(__m256 r[8]) {
 #elif defined(__SSE2__)
 
 /* r[i] lane j -> r[j] lane i: a 4×4 transpose in registers */
-static inline void pc_transpose4(__m128 r[4]) {
+static inline __attribute__((always_inline)) void pc_transpose4(__m128 r[4]) {
     const __m128 t0 = _mm_unpacklo_ps(r[0], r[1]), t1 = _mm_unpacklo_ps(r[2], r[3]); /* a0 b0 a1 b1 */
     const __m128 t2 = _mm_unpackhi_ps(r[0], r[1]), t3 = _mm_unpackhi_ps(r[2], r[3]); /* a2 b2 a3 b3 */
     r[0] = _mm_movelh_ps(t0, t1);
