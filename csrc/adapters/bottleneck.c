@@ -357,14 +357,14 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
           *dnaw = grad_of(a->t[T_NA_W], &oom), *dnab = grad_of(a->t[T_NA_B], &oom),
           *dwg = grad_of(a->t[T_GATE_W], &oom), *dbg = grad_of(a->t[T_GATE_B], &oom),
           *dscale = grad_of(a->t[T_SCALE], &oom);
-    /* do (N,C), dres (N,C), dz (N,C), dd (N,r), and per row the gate's logit gradient */
+    /* do (N,C), dres (N,C), dz (N,C), dd (N,r), and per sequence the gate's gradient */
     float *work = malloc(sizeof(float) * (size_t)(3 * NC + 2 * (int64_t)N * r + N));
     if (oom || !work) {
         free(work);
         return -1;
     }
     float *d_o = work, *dres = work + NC, *dz = work + 2 * NC, *dd = dz + NC,
-          *dact = dd + (int64_t)N * r, *dlogit = dact + (int64_t)N * r;
+          *dact = dd + (int64_t)N * r, *dgate = dact + (int64_t)N * r;
     /* post: out = LN(o + x) */
     if (s.ln_after_orig) {
         memset(d_o, 0, sizeof(float) * NC);
@@ -406,10 +406,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
                 }
                 dg += acc;
             }
-            for (int t = 0; t < T; t++) {
-                const int64_t i = (int64_t)b * T + t;
-                dlogit[i] = (float)(dg / T) * L.sig[i] * (1.0f - L.sig[i]);
-            }
+            dgate[b] = (float)dg;
         }
     }
     PC_PARALLEL_FOR(NC)
@@ -468,17 +465,11 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     } else {
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C);
     }
-    /* the gate: logit = z·wg + bg */
-    if (s.gated) {
-        if (dwg) pc_sgemm(true, false, 1, C, N, 1.0f, dlogit, 1, L.z, C, 1.0f, dwg, C);
-        if (dbg) {
-            double sum = 0.0;
-            for (int i = 0; i < N; i++) sum += dlogit[i];
-            dbg[0] += (float)sum;
-        }
-        PC_PARALLEL_FOR(NC)
-        for (int i = 0; i < N; i++)
-            for (int k = 0; k < C; k++) dz[(int64_t)i * C + k] += dlogit[i] * s.wg[k];
+    /* the gate, g = mean over the sequence of sigmoid(z·wg + bg) (ops/gate.c) */
+    if (s.gated &&
+        pc_gate_backward(dwg, dbg, dz, C, dgate, L.sig, L.z, C, s.wg, N, c->T, C, 1) < 0) {
+        free(work);
+        return -1;
     }
     if (s.res == RES_Z) {
         PC_PARALLEL_FOR(NC)
