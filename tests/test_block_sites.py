@@ -248,8 +248,9 @@ def test_bad_block_entries_raise_and_change_nothing(entry, error, message):
                          ids=["qv", "qv+ffn"])
 def test_gated_lora_matches_adapters(torch_refs, dims, tmp_path):
     """The linear output site's LoRA with a gate (UniPELT's, AdapterHub's use_gating): the
-    gate, a mean over each sequence's rows, replaces alpha/r; the last layer then runs whole
-    (its rows depend on their sequence)."""
+    gate, a mean over each sequence's rows, replaces alpha/r. On query and value the last
+    layer still runs at the first tokens (the query's gate is handed the layer's input at
+    every row); with the feed-forward's LoRA it runs whole."""
     torch, transformers, adapters = torch_refs
     torch.manual_seed(3)
     tm = transformers.BertForSequenceClassification(transformers.BertConfig(**CFG))

@@ -147,6 +147,52 @@ def test_gated_lora_with_dropout_backward_matches_finite_differences():
     _check_by_differences([(n, p) for n, p in pm.named_parameters() if n in names], loss, rng)
 
 
+@pytest.mark.parametrize("intermediate", [False, True], ids=["qv", "qv+intermediate"])
+def test_gated_lora_runs_the_last_layer_at_first_tokens(intermediate):
+    """Gated LoRA on the query and value averages over the layer's input, which the last layer
+    has at every row: a classification forward still computes that layer at the first tokens
+    only, handing the query's gate the rest of the sequences. Logits, every gradient and the
+    gates equal the whole last layer's (which the hidden states ask for). On the intermediate
+    projection, whose input exists there at the first tokens only, the layer runs whole."""
+    config = UniPELTConfig(prefix_tuning=False, adapter=False, task_type="SEQ_CLS",
+                           lora=LoRAConfig(r=2, alpha=2, intermediate_lora=intermediate))
+    pm = get_peft_model(_base(), config)
+    _randomize_adapters(pm)
+    pm.eval()
+    model = pm.get_base_model()
+    ids, mask, _ = _batch()
+    g = np.random.default_rng(5).standard_normal((ids.shape[0], CFG["num_labels"]))
+    trainable = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+    assert any("gate" in n for n, _ in trainable)
+    out = model(ids, attention_mask=mask, output_hidden_states=True)
+    whole_gates = model._engine.gate_values()
+    model.backward(g.astype(np.float32))
+    whole_grads = {n: p.grad.copy() for n, p in trainable}
+    pm.zero_grad()
+    compact = model(ids, attention_mask=mask).logits
+    gates = model._engine.gate_values()
+    np.testing.assert_allclose(compact, out.logits, rtol=1e-5, atol=1e-6)
+    assert [k[:3] for k in gates] == [k[:3] for k in whole_gates] and len(gates) >= 4
+    for (layer, site, which, a), (_, _, _, b) in zip(gates, whole_gates):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=str((layer, which)))
+    model.backward(g.astype(np.float32))
+    for n, p in trainable:
+        scale = max(np.abs(whole_grads[n]).max(), 1e-6)
+        np.testing.assert_allclose(p.grad, whole_grads[n], rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=n)
+        assert np.abs(p.grad).max() > 0, n
+    model(ids, attention_mask=mask)
+    if intermediate:  # the whole last layer ran: its hidden states exist
+        model._engine.backward(d_hidden=np.zeros(out.hidden_states[-1].shape, np.float32))
+    else:
+        with pytest.raises(RuntimeError, match="hidden"):
+            model._engine.backward(d_hidden=np.zeros(out.hidden_states[-1].shape, np.float32))
+    with peftcore.no_grad():  # inference: first tokens, split among workers
+        model.inference_rows = ids.shape[1]
+        np.testing.assert_allclose(model(ids, attention_mask=mask).logits, out.logits,
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_engine_refuses_a_bad_prefix_gate():
     model = _base()
     C = CFG["hidden_size"]

@@ -158,8 +158,10 @@ void pc_site_clear(pc_site *s) {
 bool pc_site_keeps(const pc_site *s, unsigned flags) {
     for (int i = 0; i < s->n; i++) {
         const pc_adapter *a = s->entry[i].adapter;
-        const unsigned keeps = a->method->adapter_keeps ? a->method->adapter_keeps(a)
-                                                        : a->method->keeps;
+        unsigned keeps = a->method->adapter_keeps ? a->method->adapter_keeps(a)
+                                                  : a->method->keeps;
+        /* rows independent of each other: handed their sequences' rows, it ignores them */
+        if (keeps & PC_KEEPS_FIRST_TOKEN_ONLY) keeps |= PC_KEEPS_FIRST_TOKENS_WITH_SEQUENCES;
         if ((keeps & flags) != flags) return false;
     }
     return true;
@@ -209,6 +211,12 @@ static pc_site_call entry_call(const pc_site_call *c, int k) {
     return ck;
 }
 
+/* the rows a call's saved floats are reserved for: its own, or those of the sequences it
+ * was handed (seq_x) */
+static int64_t call_rows(const pc_site_call *c) {
+    return c->seq_x ? (int64_t)c->N * c->seq_T : c->N;
+}
+
 static float *saved_rows(const pc_site_entry *e, const pc_site_call *c, int64_t row, bool keeping) {
     const int64_t per = e->adapter->method->saved_per_row(e->adapter, c->in, c->out, keeping);
     return per ? e->saved + row * per : NULL;
@@ -217,7 +225,7 @@ static float *saved_rows(const pc_site_entry *e, const pc_site_call *c, int64_t 
 int pc_site_output_forward(pc_site *s, const pc_site_call *c, float *y, int ldy, const float *x,
                            int ldx, int64_t row, bool keeping) {
     if (!s->n) return 0;
-    if (pc_site_reserve(s, c->in, c->out, row + c->N, keeping) < 0) return -1;
+    if (pc_site_reserve(s, c->in, c->out, row + call_rows(c), keeping) < 0) return -1;
     for (int k = 0; k < s->n; k++) {
         const pc_site_entry *e = &s->entry[k];
         const pc_site_call ck = entry_call(c, k);

@@ -33,7 +33,10 @@
  * the bottleneck adapter and the prefix take optional gate tensors (the prefix's gate reads
  * the layer's input and scales its keys and values per sequence). A gated adapter's rows depend on their
  * whole sequence, so it declares (adapter_keeps) that a first-token-only last layer does not
- * hold for it, and the encoder then runs that layer whole.
+ * hold for it, and the encoder then runs that layer whole; unless, like LoRA, it can run on
+ * the first tokens alone when handed their sequences' every row of the same input (its gate
+ * reads nothing else): the encoder can do that for the query projection, whose input is the
+ * layer's, and then keeps the first-token-only last layer.
  *
  * Activations: an adapter saves what its backward needs in a buffer the site owns for it,
  * saved_per_row floats per row of the batch (grown, never shrunk, freed with the encoder's
@@ -72,17 +75,28 @@ enum {
     /* in the last layer: a classification forward may compute only each sequence's first
      * token there (the adapter's rows are independent of each other) */
     PC_KEEPS_FIRST_TOKEN_ONLY = 1u << 3,
+    /* the same when the call also hands it the rows of the first tokens' whole sequences
+     * (pc_site_call's seq_x): its gate averages over those */
+    PC_KEEPS_FIRST_TOKENS_WITH_SEQUENCES = 1u << 4,
 };
 
 enum { PC_ADAPTER_MAX_TENSORS = 12, PC_ADAPTER_MAX_OPTIONS = 8, PC_SITE_MAX_ADAPTERS = 4 };
 
 typedef struct pc_adapter pc_adapter;
 
-/* One call at a site: N rows of a linear (in, out), sequences of T rows each */
+/* One call at a site: N rows of a linear (in, out), sequences of T rows each. When the N
+ * rows are the first tokens of N sequences (T = 1) whose every row of the same input exists,
+ * seq_x holds those (N·seq_T rows, stride seq_ldx) for gates to average over, and the
+ * backward adds their share of the gradient to seq_dx (stride seq_lddx, the rows of seq_x;
+ * NULL: not wanted). Otherwise seq_x is NULL. */
 typedef struct {
     int N, in, out, T;
     bool training; /* train mode: the adapter's dropout acts */
     uint64_t seed; /* the adapter's random stream for this step and site */
+    const float *seq_x;
+    int seq_ldx, seq_T;
+    float *seq_dx;
+    int seq_lddx;
 } pc_site_call;
 
 /* One call at a block site: the junction of N rows (sequences of T rows each) */
@@ -157,7 +171,8 @@ typedef struct {
                             int64_t seq, float *dx, int lddx, const float *x, int ldx,
                             const float *saved);
     /* A gated adapter's gates after a forward of one call over N rows (sequences of T) whose
-     * saved rows start at `saved` (keeping): g (N/T, G) ← them; returns G (0: not gated) */
+     * saved rows start at `saved` (keeping): g (N/T, G) ← them; returns G (0: not gated).
+     * The same when that call ran on the sequences' first tokens (seq_x). */
     int (*gate_values)(const pc_adapter *a, int N, int T, int in, int out, const float *saved,
                        float *g);
 

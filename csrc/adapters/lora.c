@@ -1,11 +1,12 @@
 /* LoRA (Hu et al. 2021) at a linear's output site: y' = y + c·dropout(x)·Aᵀ·Bᵀ with A (r,in),
  * B (out,r) and c the scale, or, gated (UniPELT, Mao et al. 2022, as AdapterHub's LoRA with
  * use_gating), c = g_b = mean over sequence b's rows of sigmoid(x·wg + bg), wg (1,in), bg (1).
- * It saves u = dropout(x)·Aᵀ (N,r) for the backward (and, gated, each row's sigmoid and the
- * sequences' gates g, ops/gate.c);
+ * It saves u = dropout(x)·Aᵀ (N,r) for the backward (and, gated, first the sequences' gates
+ * g and each row's sigmoid, ops/gate.c);
  * the row kernels are peft/lora.c's (compiled per instruction set). Ungated it adds a term
  * independent of y, so the bias may follow it and the gradient of y passes through it
- * unchanged; gated, the same, but its rows depend on their whole sequence. */
+ * unchanged; gated, the same, but its rows depend on their whole sequence: on the first
+ * tokens alone it needs the rest of their sequences' input (pc_site_call's seq_x). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,14 +45,38 @@ static float dropout_p(const pc_adapter *a, const pc_site_call *c) {
     return c->training ? a->dropout : 0.0f;
 }
 
-/* u is the kernel's scratch in every forward, and what the backward reads; gated, then each
- * row's sigmoid and its sequence's mean */
+/* u is the kernel's scratch in every forward, and what the backward reads; gated, before it
+ * each sequence's gate and each row's sigmoid (see gate_rows) */
 static int64_t lora_saved_per_row(const pc_adapter *a, int in, int out, bool keeping) {
     return rank(a) + (gated(a) ? 2 : 0);
 }
 
 static unsigned lora_keeps(const pc_adapter *a) {
-    return PC_KEEPS_LATE_BIAS | PC_KEEPS_GRADIENT | (gated(a) ? 0u : PC_KEEPS_FIRST_TOKEN_ONLY);
+    return PC_KEEPS_LATE_BIAS | PC_KEEPS_GRADIENT |
+           (gated(a) ? PC_KEEPS_FIRST_TOKENS_WITH_SEQUENCES : PC_KEEPS_FIRST_TOKEN_ONLY);
+}
+
+/* The rows a gated call's gates average over: its own N (sequences of T), or, on first
+ * tokens, their sequences' (seq_x). Its saved floats: the gates g (one per sequence) at 0,
+ * the rows' sigmoids from `sig`, u (N,r) from `u`: within the N·(r + 2) floats of the
+ * call's own rows, or of the sequences' N·seq_T rows, which the site then reserves. */
+typedef struct {
+    const float *x;
+    int ldx, rows, T;
+    float *dx; /* the backward's share through the gates goes here */
+    int lddx;
+    int64_t sig, u;
+} gate_rows;
+
+static gate_rows gate_rows_of(const pc_site_call *c, const float *x, int ldx, float *dx,
+                              int lddx) {
+    gate_rows r = {x, ldx, c->N, c->T, dx, lddx, 0, 0};
+    if (c->seq_x)
+        r = (gate_rows){c->seq_x, c->seq_ldx, c->N * c->seq_T, c->seq_T, c->seq_dx,
+                        c->seq_lddx, 0, 0};
+    r.sig = r.rows / r.T;
+    r.u = r.sig + r.rows;
+    return r;
 }
 
 /* gated: each row's scale, its sequence's gate g_b (the caller frees it) */
@@ -69,13 +94,14 @@ static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, in
         return pc_lora_forward(y, ldy, saved, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]), N,
                                c->in, c->out, r, a->scale, NULL, dropout_p(a, c), c->seed);
     /* the gate of each sequence (ops/gate.c), then every row in one call, scaled by its g_b */
-    float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
-    pc_gate_forward(sig, g, x, ldx, pc_f32(a->t[T_GATE_W]), pc_f32(a->t[T_GATE_B]), N, c->T,
-                    c->in, 1);
-    float *rs = row_gates(g, N, c->T);
+    const gate_rows gr = gate_rows_of(c, x, ldx, NULL, 0);
+    pc_gate_forward(saved + gr.sig, saved, gr.x, gr.ldx, pc_f32(a->t[T_GATE_W]),
+                    pc_f32(a->t[T_GATE_B]), gr.rows, gr.T, c->in, 1);
+    float *rs = row_gates(saved, N, c->T);
     if (!rs) return -1;
-    const int status = pc_lora_forward(y, ldy, u, x, ldx, pc_f32(a->t[T_A]), pc_f32(a->t[T_B]),
-                                       N, c->in, c->out, r, 1.0f, rs, dropout_p(a, c), c->seed);
+    const int status = pc_lora_forward(y, ldy, saved + gr.u, x, ldx, pc_f32(a->t[T_A]),
+                                       pc_f32(a->t[T_B]), N, c->in, c->out, r, 1.0f, rs,
+                                       dropout_p(a, c), c->seed);
     free(rs);
     return status;
 }
@@ -83,7 +109,7 @@ static int lora_forward(const pc_adapter *a, const pc_site_call *c, float *y, in
 static int lora_gate_values(const pc_adapter *a, int N, int T, int in, int out,
                             const float *saved, float *g) {
     if (!gated(a)) return 0;
-    memcpy(g, saved + (int64_t)N * rank(a) + N, sizeof(float) * (size_t)(N / T));
+    memcpy(g, saved, sizeof(float) * (size_t)(N / T)); /* first in either layout */
     return 1;
 }
 
@@ -101,7 +127,8 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
         return pc_lora_backward(dx, lddx, pc_f32(dA), pc_f32(dB), dy, lddy, saved, x, ldx,
                                 pc_f32(A), pc_f32(B), N, c->in, c->out, r, a->scale, NULL,
                                 dropout_p(a, c), c->seed);
-    const float *u = saved, *sig = saved + (int64_t)N * r, *g = sig + N;
+    const gate_rows gr = gate_rows_of(c, x, ldx, dx, lddx);
+    const float *g = saved, *u = saved + gr.u;
     const int T = c->T, seqs = N / T;
     /* dg_b = Σ over b's rows of dy·(u·Bᵀ) = Σ (dy·B)·u, then the gate's logits */
     const float *Bw = pc_f32(B), *wg = pc_f32(a->t[T_GATE_W]);
@@ -138,7 +165,8 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
                                   c->seed);
     /* then the gate's logits (ops/gate.c) */
     if (status == 0)
-        status = pc_gate_backward(dwg, dbg, dx, lddx, dg, sig, x, ldx, wg, N, T, c->in, 1);
+        status = pc_gate_backward(dwg, dbg, gr.dx, gr.lddx, dg, saved + gr.sig, gr.x, gr.ldx, wg,
+                                  gr.rows, gr.T, c->in, 1);
     free(dg);
     free(dyB);
     free(rs);

@@ -711,9 +711,24 @@ static pc_site_call site_call(const pc_encoder *enc, const pc_linear_slot *s, pc
     const int index = (int)(s - enc->slots), kind = index % SLOTS_PER_LAYER;
     const bool first_rows = enc->first_token_only && s->layer == enc->cfg.layers - 1 &&
                             kind != SLOT_K && kind != SLOT_V;
-    pc_site_call c = {N, s->in, s->out, s->layer < 0 || first_rows ? 1 : enc->T, enc->training,
-                      site_seed(enc->seed, index,
-                                site == PC_SITE_LINEAR_IN ? SITE_ADAPTER_IN : SITE_ADAPTER_OUT)};
+    pc_site_call c = {.N = N, .in = s->in, .out = s->out,
+                      .T = s->layer < 0 || first_rows ? 1 : enc->T, .training = enc->training,
+                      .seed = site_seed(enc->seed, index,
+                                        site == PC_SITE_LINEAR_IN ? SITE_ADAPTER_IN
+                                                                  : SITE_ADAPTER_OUT)};
+    return c;
+}
+
+/* The query projection's call in a first-token-only last layer, which runs on the first
+ * tokens: it also carries x, the layer's input at every row of those sequences (T each),
+ * for gates to average over, and dx (NULL: not wanted), where their share of x's gradient
+ * goes. */
+static pc_site_call with_sequences(pc_site_call c, const float *x, int T, float *dx) {
+    c.seq_x = x;
+    c.seq_ldx = c.in;
+    c.seq_T = T;
+    c.seq_dx = dx;
+    c.seq_lddx = c.in;
     return c;
 }
 
@@ -1014,7 +1029,7 @@ static int prefix_forward(const pc_encoder *enc, layer_params *lp, int B, int T,
     if (!pc_site_kv_gated(&lp->kv)) return 0;
     const int64_t seq = (int64_t)P * 2 * C;
     for (int b = 1; b < B; b++) memcpy(kv + b * seq, kv, sizeof(float) * (size_t)seq);
-    const pc_site_call call = {B * T, C, C, T, enc->training, 0};
+    const pc_site_call call = {.N = B * T, .in = C, .out = C, .T = T, .training = enc->training};
     return pc_site_kv_gate_forward(&lp->kv, &call, kv, 2 * C, seq, x, C, row, enc->keeping);
 }
 
@@ -1095,7 +1110,10 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
             for (int n = 0; n < rows; n++)
                 for (int c = 0; c < C; c++) y[(int64_t)n * ldy + c] += b[c];
         }
-        if (slot_output(enc, slot, y, ldy, xe, C, rows, u_row) < 0) return -1;
+        pc_site_call call = site_call(enc, slot, PC_SITE_LINEAR_OUT, rows);
+        if (s == SLOT_Q && r.first_tokens) call = with_sequences(call, x, T, NULL);
+        if (pc_site_output_forward(out_site(slot), &call, y, ldy, xe, C, u_row, enc->keeping) < 0)
+            return -1;
     }
     const int P = kv_rows_of(lp);
     if (r.folded) {
@@ -1277,15 +1295,27 @@ static int workers_forward(pc_encoder *enc, int B, int workers, int group) {
     return layers_forward(enc, &enc->workers[0], workers * share, B, group);
 }
 
-/* every adapter of the last layer leaves its rows independent, so it may run on the first
- * tokens alone */
+/* every adapter of the last layer may run on the first tokens alone: its rows are
+ * independent, or it is on the query's output and needs only the layer's input of every row
+ * besides (with_sequences; which the backward hands it only when no input site of q, k, v
+ * makes a projection's backward its own). The keys and values run on every row anyway. */
 static bool last_layer_allows_first_tokens(const pc_encoder *enc) {
     const layer_params *lp = &enc->layer[enc->cfg.layers - 1];
     for (int k = 0; k < PC_BLOCKS; k++)
         if (!pc_site_keeps(&lp->block[k], PC_KEEPS_FIRST_TOKEN_ONLY)) return false;
-    for (int s = 0; s < SLOTS_PER_LAYER; s++)
-        for (int k = 0; k < PC_LINEAR_SITES; k++)
-            if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FIRST_TOKEN_ONLY)) return false;
+    bool qkv_inputs = false;
+    for (int s = SLOT_Q; s <= SLOT_V; s++) qkv_inputs |= in_site(lp->slot[s])->n > 0;
+    for (int s = 0; s < SLOTS_PER_LAYER; s++) {
+        if (s == SLOT_K || s == SLOT_V) continue;
+        for (int k = 0; k < PC_LINEAR_SITES; k++) {
+            const pc_site *site = &lp->slot[s]->site[k];
+            if (pc_site_keeps(site, PC_KEEPS_FIRST_TOKEN_ONLY)) continue;
+            if (s == SLOT_Q && k == PC_SITE_LINEAR_OUT && !qkv_inputs &&
+                pc_site_keeps(site, PC_KEEPS_FIRST_TOKENS_WITH_SEQUENCES))
+                continue;
+            return false;
+        }
+    }
     return true;
 }
 
@@ -1495,7 +1525,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
             return -1;
         /* a gated prefix: its gates' gradients and x's share, and each sequence's rows
          * scaled back by its gates */
-        const pc_site_call call = {N, C, C, T, enc->training, 0};
+        const pc_site_call call = {.N = N, .in = C, .out = C, .T = T, .training = enc->training};
         if (pc_site_kv_gate_backward(&lp->kv, &call, d_kv, 2 * C, seq, need_dx ? d_x : NULL, C,
                                      x, C, 0) < 0)
             return -1;
@@ -1534,7 +1564,8 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         pc_linear_slot *slot = lp->slot[s];
         float *dy; const float *in; int ldy, rows;
         qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
-        const pc_site_call call = site_call(enc, slot, PC_SITE_LINEAR_OUT, rows);
+        pc_site_call call = site_call(enc, slot, PC_SITE_LINEAR_OUT, rows);
+        if (s == SLOT_Q && r.first_tokens) call = with_sequences(call, x, T, need_dx ? d_x : NULL);
         if (pc_site_output_backward(out_site(slot), &call, dy, ldy, need_dx ? d_x : NULL,
                                     s == SLOT_Q ? ld_dxq : C, in, C, 0) < 0)
             return -1;
