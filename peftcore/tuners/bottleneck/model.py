@@ -163,7 +163,6 @@ class BottleneckModel(BaseTuner):
     def write_adapter(self, directory: Path, adapter_name: str, config):
         """AdapterHub's files for adapter `adapter_name`, with PEFT's fields added to its
         adapter_config.json."""
-        model = self.model
         state = self.adapter_state_dict(adapter_name)
         adapter, head = {}, {}
         for key, value in state.items():
@@ -176,28 +175,32 @@ class BottleneckModel(BaseTuner):
                             f"{rest.rpartition('.')[2]}"] = value
             else:
                 head[bare] = value
-        meta = self._file_meta(adapter_name)
-        peft = config.to_dict()
-        body = {"config": config.adapterhub_dict(), **meta,
-                **{k: peft[k] for k in ("peft_type", "task_type", "modules_to_save",
-                                        "inference_mode", "base_model_name_or_path", "revision")}}
-        files = [(SAFE_WEIGHTS_NAME, lambda: _safetensors(adapter)),
-                 (CONFIG_NAME, lambda: json_bytes(body))]
-        if head:
-            labels = _label2id(model.config)
-            head_meta = {"config": None, **meta, "name": None, "label2id": labels,
-                         "num_labels": model.config.num_labels}
-            files += [(SAFE_HEAD_WEIGHTS_NAME, lambda: _safetensors(head)),
-                      (HEAD_CONFIG_NAME, lambda: json_bytes(head_meta))]
-        write_files_together(directory, files)
+        write_adapterhub_files(directory, self.model, config, adapter_name, adapter, head)
 
-    def _file_meta(self, adapter_name: str) -> dict:
-        from ... import __version__
 
-        c = self.model.config
-        return {"hidden_size": c.hidden_size, "model_class": type(self.model).__name__,
-                "model_name": c.name_or_path or "", "model_type": c.model_type,
-                "name": adapter_name, "version": f"peftcore.{__version__}"}
+def write_adapterhub_files(directory: Path, model, config, adapter_name: str, adapter: dict,
+                           head: dict) -> None:
+    """AdapterHub's files for one adapter of `model`, written together: its weights `adapter`
+    (keyed as AdapterHub keys them) and adapter_config.json with PEFT's fields added; with
+    `head` (the classification head's weights), AdapterHub's head files beside them."""
+    from ... import __version__
+
+    c = model.config
+    meta = {"hidden_size": c.hidden_size, "model_class": type(model).__name__,
+            "model_name": c.name_or_path or "", "model_type": c.model_type,
+            "name": adapter_name, "version": f"peftcore.{__version__}"}
+    peft = config.to_dict()
+    body = {"config": config.adapterhub_dict(), **meta,
+            **{k: peft[k] for k in ("peft_type", "task_type", "modules_to_save",
+                                    "inference_mode", "base_model_name_or_path", "revision")}}
+    files = [(SAFE_WEIGHTS_NAME, lambda: _safetensors(adapter)),
+             (CONFIG_NAME, lambda: json_bytes(body))]
+    if head:
+        head_meta = {"config": None, **meta, "name": None, "label2id": _label2id(c),
+                     "num_labels": c.num_labels}
+        files += [(SAFE_HEAD_WEIGHTS_NAME, lambda: _safetensors(head)),
+                  (HEAD_CONFIG_NAME, lambda: json_bytes(head_meta))]
+    write_files_together(directory, files)
 
 
 def _read_one(directory: Path, safe: str, legacy: str, required: bool):

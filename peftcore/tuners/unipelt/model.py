@@ -24,19 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ...utils.io import json_bytes, write_files_together
 from ..bottleneck.layer import BottleneckLayer, expected_adapter_state
 from ..bottleneck.model import (
     CONFIG_NAME,
-    HEAD_CONFIG_NAME,
-    SAFE_HEAD_WEIGHTS_NAME,
     SAFE_WEIGHTS_NAME,
     WEIGHTS_NAME,
-    _label2id,
     _read_head,
     _read_one,
-    _safetensors,
     block_of,
+    write_adapterhub_files,
 )
 from ..tuners_utils import KEY_PREFIX, BaseTuner, Plan
 from .layer import LoRALayer, PrefixTuningLayer, PrefixTuningPool
@@ -293,32 +289,12 @@ class UniPELTModel(BaseTuner):
             bare = key[len(KEY_PREFIX):]
             if not any(bare.startswith(n + ".") for n in layer_names):
                 head[bare] = value
-        meta = self._file_meta(adapter_name)
-        peft = config.to_dict()
-        body = {"config": config.adapterhub_dict(), **meta,
-                **{k: peft[k] for k in ("peft_type", "task_type", "modules_to_save",
-                                        "inference_mode", "base_model_name_or_path", "revision")}}
-        files = [(SAFE_WEIGHTS_NAME, lambda: _safetensors(adapter)),
-                 (CONFIG_NAME, lambda: json_bytes(body))]
-        if head:
-            head_meta = {"config": None, **meta, "name": None,
-                         "label2id": _label2id(model.config), "num_labels": model.config.num_labels}
-            files += [(SAFE_HEAD_WEIGHTS_NAME, lambda: _safetensors(head)),
-                      (HEAD_CONFIG_NAME, lambda: json_bytes(head_meta))]
-        write_files_together(directory, files)
+        write_adapterhub_files(directory, model, config, adapter_name, adapter, head)
 
     def _attention_name(self, layer: int) -> str:
         base = self.model.base_model_prefix
         head = f"{base}." if base in self.model._modules else ""
         return f"{head}encoder.layer.{layer}.attention.self"
-
-    def _file_meta(self, adapter_name: str) -> dict:
-        from ... import __version__
-
-        c = self.model.config
-        return {"hidden_size": c.hidden_size, "model_class": type(self.model).__name__,
-                "model_name": c.name_or_path or "", "model_type": c.model_type,
-                "name": adapter_name, "version": f"peftcore.{__version__}"}
 
     # ------------------------------------------------------------ gates
 
