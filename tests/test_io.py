@@ -235,3 +235,31 @@ def test_adapter_files_load_in_peft(tmp_path):
     save_adapter_files(tmp_path, cfg.to_dict(), _tensors())
     assert peft.PeftConfig.from_pretrained(str(tmp_path)).r == 8
     assert set(load_file(str(tmp_path / "adapter_model.safetensors"))) == set(_tensors())
+
+
+def test_save_figure_is_atomic(tmp_path, monkeypatch):
+    """A figure is rendered in memory, then written as atomic_write_bytes writes: a render
+    that fails leaves the previous file whole and no temp file behind."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    p = tmp_path / "plot.png"
+    io.save_figure(fig, p)
+    first = p.read_bytes()
+    assert first.startswith(b"\x89PNG")
+    io.save_figure(fig, tmp_path / "plot.svg")
+    assert b"<svg" in (tmp_path / "plot.svg").read_bytes()
+
+    def render_then_fail(target, **kwargs):
+        target.write(b"\x89PNG half a file")
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(fig, "savefig", render_then_fail)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        io.save_figure(fig, p)
+    assert p.read_bytes() == first
+    assert sorted(os.listdir(tmp_path)) == ["plot.png", "plot.svg"]
+    plt.close(fig)

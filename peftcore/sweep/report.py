@@ -247,9 +247,18 @@ def plot_metric_vs_k(done, entries, path):
         ax.set_ylabel("dev score")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path):
+    """The figure laid out, written atomically and closed."""
+    from ..utils.io import save_figure
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _k_size(done, task, k):
@@ -298,9 +307,7 @@ def plot_learning_curves(done, path):
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _eval_score(task, metrics, task_score):
@@ -330,9 +337,7 @@ def plot_score_vs(done, x_key, xlabel, path, log=False):
         ax.set_ylabel("dev score")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _slug(text) -> str:
@@ -362,10 +367,8 @@ def plot_gates(done, folder) -> dict:
                                     for sub in subs}
             plot_gate_heatmap(mean, ax=ax, title=f"{task}, K={k} ({len(runs)} seed{'' if len(runs) == 1 else 's'})")
         fig.suptitle(f"{label}: mean gates")
-        fig.tight_layout()
         name = f"gates_{_slug(label)}_k{k}.png"
-        fig.savefig(Path(folder) / name, dpi=100)
-        plt.close(fig)
+        _save(plt, fig, Path(folder) / name)
         written[name] = Path(folder) / name
     return written
 

@@ -51,6 +51,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(directory)
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """A matplotlib figure into `path`, in the format its suffix names (PNG without one),
+    written atomically: rendered in memory first, so a failed render leaves `path` as it was."""
+    from io import BytesIO
+
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    buffer = BytesIO()
+    fig.savefig(buffer, format=suffix or "png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def _temp_file_in(directory, name: str) -> tuple[int, str]:
     """A temp file next to `name` in `directory`; an OSError names the folder and the file
     being saved (not the temp file's random name)."""

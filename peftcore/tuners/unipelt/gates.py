@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...utils.io import atomic_write_bytes
+from ...utils.io import atomic_write_bytes, save_figure
 
 
 def _rows(gates: dict):
@@ -104,5 +104,5 @@ def plot_gate_heatmap(gates, path=None, title="UniPELT gates", ax=None):
     fig.colorbar(image, ax=ax, label="mean gate")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     return fig
