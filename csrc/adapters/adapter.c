@@ -33,6 +33,24 @@ static void unknown_method(const char *method, char *err, size_t errlen) {
     snprintf(err, errlen, "unknown adapter method '%s' (known: %s)", method, known);
 }
 
+/* a new adapter of method m at site holding (and retaining) t[0..m->num_tensors), NULL
+ * where an optional one is absent; NULL with a message in err when out of memory */
+static pc_adapter *adapter_alloc(const pc_adapter_method *m, pc_site_kind site,
+                                 pc_tensor *const *t, char *err, size_t errlen) {
+    pc_adapter *a = calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->method = m;
+    a->site = site;
+    for (int i = 0; i < m->num_tensors; i++) {
+        a->t[i] = t[i];
+        if (t[i]) pc_tensor_retain(t[i]);
+    }
+    return a;
+}
+
 pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *const *t, int n,
                            float scale, float dropout, int in, int out, char *err,
                            size_t errlen) {
@@ -65,19 +83,10 @@ pc_adapter *pc_adapter_new(const char *method, pc_site_kind site, pc_tensor *con
         given[i] = t[i];
     }
     if (m->check(given, site, in, out, scale, dropout, err, errlen) < 0) return NULL;
-    pc_adapter *a = calloc(1, sizeof *a);
-    if (!a) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    a->method = m;
-    a->site = site;
+    pc_adapter *a = adapter_alloc(m, site, given, err, errlen);
+    if (!a) return NULL;
     a->scale = scale;
     a->dropout = dropout;
-    for (int i = 0; i < n; i++) {
-        a->t[i] = t[i];
-        pc_tensor_retain(t[i]);
-    }
     return a;
 }
 
@@ -106,17 +115,8 @@ pc_adapter *pc_site_adapter_new(const char *method, pc_site_kind site, pc_tensor
         }
     }
     if (m->block_check(t, opt, C, err, errlen) < 0) return NULL;
-    pc_adapter *a = calloc(1, sizeof *a);
-    if (!a) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    a->method = m;
-    a->site = site;
-    for (int i = 0; i < m->num_tensors; i++) {
-        a->t[i] = t[i];
-        if (t[i]) pc_tensor_retain(t[i]);
-    }
+    pc_adapter *a = adapter_alloc(m, site, t, err, errlen);
+    if (!a) return NULL;
     for (int i = 0; i < m->num_options; i++) a->opt[i] = opt[i];
     return a;
 }
