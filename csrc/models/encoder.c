@@ -767,10 +767,12 @@ static const float *slot_input(pc_encoder *enc, pc_linear_slot *s, const float *
     return xs;
 }
 
-/* the output site's adapters over y (N,out) stride ldy, x (N,in) the GEMM's input */
+/* the output site's adapters over y (N,out) stride ldy, x (N,in) the GEMM's input; seq_x:
+ * NULL, or the layer's input at every row of the N first tokens' sequences (with_sequences) */
 static int slot_output(pc_encoder *enc, pc_linear_slot *s, float *y, int ldy, const float *x,
-                       int ldx, int N, int64_t row) {
-    const pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_OUT, N);
+                       int ldx, int N, int64_t row, const float *seq_x) {
+    pc_site_call c = site_call(enc, s, PC_SITE_LINEAR_OUT, N);
+    if (seq_x) c = with_sequences(c, seq_x, enc->T, NULL);
     return pc_site_output_forward(out_site(s), &c, y, ldy, x, ldx, row, enc->keeping);
 }
 
@@ -778,7 +780,7 @@ static int slot_forward(pc_encoder *enc, pc_linear_slot *s, float *y, const floa
     const float *xe = slot_input(enc, s, x, s->in, N, 0);
     if (!xe) return -1;
     pc_linear_forward(y, xe, pc_f32(s->weight), pc_f32(s->bias), N, s->in, s->out);
-    return slot_output(enc, s, y, s->out, xe, s->in, N, 0);
+    return slot_output(enc, s, y, s->out, xe, s->in, N, 0, NULL);
 }
 
 /* y = x·Wᵀ (+ adapters) leaving the bias to the pass after the GEMM (bias_dropout_residual,
@@ -791,7 +793,7 @@ static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, c
     const float *xe = slot_input(enc, s, x, s->in, N, row);
     if (!xe) return -1;
     pc_linear_forward(y, xe, pc_f32(s->weight), late ? NULL : pc_f32(s->bias), N, s->in, s->out);
-    return slot_output(enc, s, y, s->out, xe, s->in, N, row);
+    return slot_output(enc, s, y, s->out, xe, s->in, N, row, NULL);
 }
 
 /* Weight and bias gradients of one linear, for those that want them (the weight's unless
@@ -1110,9 +1112,8 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
             for (int n = 0; n < rows; n++)
                 for (int c = 0; c < C; c++) y[(int64_t)n * ldy + c] += b[c];
         }
-        pc_site_call call = site_call(enc, slot, PC_SITE_LINEAR_OUT, rows);
-        if (s == SLOT_Q && r.first_tokens) call = with_sequences(call, x, T, NULL);
-        if (pc_site_output_forward(out_site(slot), &call, y, ldy, xe, C, u_row, enc->keeping) < 0)
+        if (slot_output(enc, slot, y, ldy, xe, C, rows, u_row,
+                        s == SLOT_Q && r.first_tokens ? x : NULL) < 0)
             return -1;
     }
     const int P = kv_rows_of(lp);
