@@ -66,6 +66,19 @@ def _hf_bare(hf_models, model_type):
     return model
 
 
+def _hf_loading(hf_models, model_type, folder):
+    """A bare AdapterHub model that loaded the adapter in `folder` (safetensors) as
+    "loaded" and made it active, in eval mode."""
+    model = _hf_bare(hf_models, model_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        name = model.load_adapter(str(folder), load_as="loaded", set_active=True,
+                                  use_safetensors=True)
+    assert name == "loaded"
+    model.eval()
+    return model
+
+
 def _pair(hf_models, model_type, config_name, name="default"):
     import adapters
     cls, kw = CONFIGS[config_name]
@@ -180,13 +193,7 @@ def test_peftcore_files_load_in_adapterhub(hf_models, case, tmp_path):
     b = batch(seed=8)
     want = pc_logits(ours, b)
     ours.save_pretrained(tmp_path)
-    model = _hf_bare(hf_models, case[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        name = model.load_adapter(str(tmp_path), load_as="loaded", set_active=True,
-                                  use_safetensors=True)
-    assert name == "loaded"
-    model.eval()
+    model = _hf_loading(hf_models, case[0], tmp_path)
     close(hf_logits(model, b), want, 1e-4, "AdapterHub loading peftcore's adapter")
     theirs_params = {n: p.detach().numpy() for n, p in model.named_parameters()}
     for name, p in ours.named_parameters():

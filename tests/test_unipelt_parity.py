@@ -22,7 +22,7 @@ from parity import hf_logits as _hf_logits
 from parity import pc_load as _pc_bare
 from parity import pc_logits as _pc_logits
 from parity import seeded_values as _seeded
-from test_bottleneck_parity import PREFIX, _hf_bare
+from test_bottleneck_parity import PREFIX, _hf_bare, _hf_loading
 
 CONFIGS = {
     "unipelt": lambda: UniPELTConfig(task_type="SEQ_CLS"),
@@ -253,13 +253,7 @@ def test_peftcore_files_load_in_adapterhub(hf_models, case, tmp_path):
     b = _batch(seed=8)
     want = _pc_logits(ours, b)
     ours.save_pretrained(tmp_path)
-    model = _hf_bare(hf_models, case[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        name = model.load_adapter(str(tmp_path), load_as="loaded", set_active=True,
-                                  use_safetensors=True)
-    assert name == "loaded"
-    model.eval()
+    model = _hf_loading(hf_models, case[0], tmp_path)
     _close(_hf_logits(model, b), want, 1e-4, "AdapterHub loading peftcore's adapter")
     # and back: peftcore reads its own files to the same logits
     back = PeftModel.from_pretrained(_pc_bare(hf_models, case[0]), tmp_path)
