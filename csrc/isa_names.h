@@ -75,6 +75,7 @@
 /* ops/norm.c */
 #define pc_layernorm_forward PC_ISA_NAME(pc_layernorm_forward, PC_ISA)
 #define pc_layernorm_backward PC_ISA_NAME(pc_layernorm_backward, PC_ISA)
+#define pc_layernorm_backward_to PC_ISA_NAME(pc_layernorm_backward_to, PC_ISA)
 /* ops/tiles.c (called by other kernels only: no dispatch entry) */
 #define pc_tile_gemm PC_ISA_NAME(pc_tile_gemm, PC_ISA)
 /* peft/lora.c */

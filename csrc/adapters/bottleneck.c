@@ -366,11 +366,9 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     float *d_o = work, *dres = work + NC, *dz = work + 2 * NC, *dd = dz + NC,
           *dact = dd + (int64_t)N * r, *dgate = dact + (int64_t)N * r;
     /* post: out = LN(o + x) */
-    if (s.ln_after_orig) {
-        memset(d_o, 0, sizeof(float) * NC);
-        pc_layernorm_backward(d_o, c->d_ln_w, c->d_ln_b, dout, L.po_in, c->ln_w, L.po_mean,
-                              L.po_rstd, N, C);
-        memcpy(dx, d_o, sizeof(float) * NC);
+    if (s.ln_after_orig) { /* dx starts as d_o: both in one pass */
+        pc_layernorm_backward_to(d_o, dx, c->d_ln_w, c->d_ln_b, dout, L.po_in, c->ln_w,
+                                 L.po_mean, L.po_rstd, N, C);
     } else {
         memcpy(d_o, dout, sizeof(float) * NC);
         memset(dx, 0, sizeof(float) * NC);
@@ -460,8 +458,8 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     if (s.norm_before) {
         float *dz1 = d_o; /* free again */
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz1, C);
-        memset(dz, 0, sizeof(float) * NC);
-        pc_layernorm_backward(dz, dnbw, dnbb, dz1, L.z, s.nbw, L.nb_mean, L.nb_rstd, N, C);
+        pc_layernorm_backward_to(dz, NULL, dnbw, dnbb, dz1, L.z, s.nbw, L.nb_mean, L.nb_rstd,
+                                 N, C);
     } else {
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C);
     }
@@ -477,11 +475,10 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     }
     /* pre: z = LN(h + x) or h */
     if (s.ln_before_orig) {
-        memset(dh, 0, sizeof(float) * NC);
         PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) L.s[i] = h[i] + x[i]; /* the LayerNorm's input again */
-        pc_layernorm_backward(dh, c->d_ln_w, c->d_ln_b, dz, L.s, c->ln_w, L.pre_mean,
-                              L.pre_rstd, N, C);
+        pc_layernorm_backward_to(dh, NULL, c->d_ln_w, c->d_ln_b, dz, L.s, c->ln_w, L.pre_mean,
+                                 L.pre_rstd, N, C);
         PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) dx[i] += dh[i];
     } else {

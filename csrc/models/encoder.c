@@ -1457,12 +1457,11 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         if (oom || pc_site_block_backward(ffn_block, &bc, d_r, d_h1, d_out, a->r2, a->h1, 0) < 0)
             return -1;
     } else {
-        /* out = LN2(r2): d_r (Nq,C) = LN2ᵀ d_out */
-        memset(d_r, 0, sizeof(float) * NqC);
-        pc_layernorm_backward(d_r, grad_or_null(lp->ln2_w, &oom), grad_or_null(lp->ln2_b, &oom),
-                              d_out, a->r2, pc_f32(lp->ln2_w), a->ln2_mean, a->ln2_rstd, Nq, C);
-        /* r2 = dropout(o) + h1: the residual passes d_r to h1 */
-        memcpy(d_h1, d_r, sizeof(float) * NqC);
+        /* out = LN2(r2): d_r (Nq,C) = LN2ᵀ d_out; r2 = dropout(o) + h1: the residual
+         * passes d_r to h1 (a copy written in the same pass) */
+        pc_layernorm_backward_to(d_r, d_h1, grad_or_null(lp->ln2_w, &oom),
+                                 grad_or_null(lp->ln2_b, &oom), d_out, a->r2, pc_f32(lp->ln2_w),
+                                 a->ln2_mean, a->ln2_rstd, Nq, C);
     }
     /* the branch gets its dropout */
     pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
@@ -1481,6 +1480,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     if (slot_backward(enc, lp->slot[SLOT_I], d_h1, d_pre, a->h1, Nq, false) < 0) return -1;
     /* d_res: the gradient of the attention block's residual input xq */
     float *d_res = d_r;
+    bool dx_has_residual = false; /* d_x holds the residual's share already */
     if (attn_block->n) {
         /* h1 = junction(r1, xq): d_r and d_res (in d_ctx, free until the AO backward) */
         d_res = enc->d_ctx;
@@ -1488,14 +1488,17 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         if (oom || pc_site_block_backward(attn_block, &bc, d_r, d_res, d_h1, a->r1, r.xq, 0) < 0)
             return -1;
     } else {
-        /* h1 = LN1(r1), r1 = dropout(ao) + xq: the residual gets d_r */
-        memset(d_r, 0, sizeof(float) * NqC);
-        pc_layernorm_backward(d_r, grad_or_null(lp->ln1_w, &oom), grad_or_null(lp->ln1_b, &oom),
-                              d_h1, a->r1, pc_f32(lp->ln1_w), a->ln1_mean, a->ln1_rstd, Nq, C);
+        /* h1 = LN1(r1), r1 = dropout(ao) + xq: the residual gets d_r, which d_x takes as its
+         * share in the same pass when every row was computed */
+        float *copy = need_dx && !r.first_tokens ? d_x : NULL;
+        pc_layernorm_backward_to(d_r, copy, grad_or_null(lp->ln1_w, &oom),
+                                 grad_or_null(lp->ln1_b, &oom), d_h1, a->r1, pc_f32(lp->ln1_w),
+                                 a->ln1_mean, a->ln1_rstd, Nq, C);
+        dx_has_residual = copy != NULL;
     }
     /* the residual's share of d_x (at the first tokens only, when only those rows were
      * computed) */
-    if (need_dx) {
+    if (need_dx && !dx_has_residual) {
         if (!r.first_tokens) {
             memcpy(d_x, d_res, sizeof(float) * NqC);
         } else {

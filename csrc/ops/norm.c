@@ -29,10 +29,12 @@ void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
 /* With x̂ = (x - mean)·rstd and y = x̂·w + b:
  *   dbias += Σ_n dy,  dweight += Σ_n dy·x̂
  *   dx = rstd · (g - mean_c(g) - x̂·mean_c(g·x̂))  where g = dy·w
- * dx is row-parallel; the column sums are column-parallel (deterministic). */
-void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                           const float *inp, const float *weight, const float *mean,
-                           const float *rstd, int N, int C) {
+ * dx is row-parallel; the column sums are column-parallel (deterministic). dx is added to
+ * dinp, or (pc_layernorm_backward_to) stored in dinp and in dcopy when that is not NULL. */
+static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweight,
+                               float *dbias, const float *dout, const float *inp,
+                               const float *weight, const float *mean, const float *rstd, int N,
+                               int C) {
     if (dinp) {
         PC_PARALLEL_FOR((int64_t)N * C)
         for (int n = 0; n < N; n++) {
@@ -48,9 +50,17 @@ void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const floa
             }
             g_mean /= C;
             gx_mean /= C;
+            if (add) {
+                for (int c = 0; c < C; c++) {
+                    float xhat = (x[c] - m) * s;
+                    dx[c] += s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
+                }
+                continue;
+            }
+            float *copy = dcopy ? dcopy + (int64_t)n * C : dx;
             for (int c = 0; c < C; c++) {
                 float xhat = (x[c] - m) * s;
-                dx[c] += s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
+                dx[c] = copy[c] = s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
             }
         }
     }
@@ -75,4 +85,16 @@ void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const floa
             }
         }
     }
+}
+
+void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, const float *mean,
+                           const float *rstd, int N, int C) {
+    layernorm_backward(dinp, NULL, true, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+}
+
+void pc_layernorm_backward_to(float *dinp, float *dcopy, float *dweight, float *dbias,
+                              const float *dout, const float *inp, const float *weight,
+                              const float *mean, const float *rstd, int N, int C) {
+    layernorm_backward(dinp, dcopy, false, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
 }

@@ -235,6 +235,28 @@ static void test_layernorm(int N, int C) {
     check_part(name, "dinp", dx, rdx, (size_t)N * C);
     check_part(name, "dweight", dw, rdw, C);
     check_part(name, "dbias", db, rdb, C);
+
+    /* the storing form: the gradient a zeroed buffer accumulates, stored over whatever the
+     * outputs held (NaN here), in the copy too; the parameter sums still add */
+    float *dz = pc_alloc(sizeof(float) * (size_t)N * C), *ds = pc_alloc(sizeof(float) * (size_t)N * C);
+    float *dc = pc_alloc(sizeof(float) * (size_t)N * C), *dw2 = frand(C, 1), *db2 = frand(C, 1);
+    memcpy(dw2, dw, sizeof(float) * C);
+    memcpy(db2, db, sizeof(float) * C);
+    pc_layernorm_backward(dz, NULL, NULL, dy, x, w, mean, rstd, N, C);
+    pc_layernorm_backward(NULL, dw, db, dy, x, w, mean, rstd, N, C);
+    for (size_t i = 0; i < (size_t)N * C; i++) ds[i] = dc[i] = NAN;
+    pc_layernorm_backward_to(ds, dc, dw2, db2, dy, x, w, mean, rstd, N, C);
+    snprintf(name, sizeof name, "layernorm_backward_to N=%d C=%d: stores dinp and its copy "
+             "(bitwise the sum from zero), adds the parameter sums", N, C);
+    check_true(name, memcmp(ds, dz, sizeof(float) * (size_t)N * C) == 0 &&
+                         memcmp(dc, dz, sizeof(float) * (size_t)N * C) == 0 &&
+                         memcmp(dw2, dw, sizeof(float) * C) == 0 &&
+                         memcmp(db2, db, sizeof(float) * C) == 0);
+    for (size_t i = 0; i < (size_t)N * C; i++) ds[i] = NAN;
+    pc_layernorm_backward_to(ds, NULL, NULL, NULL, dy, x, w, mean, rstd, N, C);
+    snprintf(name, sizeof name, "layernorm_backward_to N=%d C=%d without a copy", N, C);
+    check_true(name, memcmp(ds, dz, sizeof(float) * (size_t)N * C) == 0);
+    pc_free(dz); pc_free(ds); pc_free(dc); pc_free(dw2); pc_free(db2);
     pc_free(x); pc_free(w); pc_free(b); pc_free(y); pc_free(mean); pc_free(rstd); pc_free(dy);
     pc_free(dx); pc_free(dw); pc_free(db);
     free(ry); free(rm); free(rr); free(rdx); free(rdw); free(rdb);
