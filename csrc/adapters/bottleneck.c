@@ -251,7 +251,7 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
         pc_layernorm_forward(L->z, L->pre_mean, L->pre_rstd, L->s, c->ln_w, c->ln_b, n, C,
                              c->ln_eps);
     } else {
-        memcpy(L->z, h, sizeof(float) * nC);
+        pc_copy_floats(L->z, h, nC);
     }
     /* down, non-linearity, up */
     const float *z1 = L->z;
@@ -259,11 +259,11 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
         pc_layernorm_forward(L->z1, L->nb_mean, L->nb_rstd, L->z, s->nbw, s->nbb, n, C, s->eps);
         z1 = L->z1;
     }
-    for (int i = 0; i < n; i++) memcpy(L->d + (int64_t)i * r, s->bd, sizeof(float) * r);
+    pc_fill_rows(L->d, s->bd, n, r);
     pc_sgemm(false, true, n, r, C, 1.0f, z1, C, s->Wd, C, 1.0f, L->d, r);
     PC_PARALLEL_FOR((int64_t)n * r * 8)
     for (int64_t i = 0; i < (int64_t)n * r; i++) L->a[i] = act_forward(s->act, L->d[i]);
-    for (int i = 0; i < n; i++) memcpy(L->u + (int64_t)i * C, s->bu, sizeof(float) * C);
+    pc_fill_rows(L->u, s->bu, n, C);
     pc_sgemm(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 1.0f, L->u, C);
     /* o = dropout(u · scaling), gated */
     if (s->gated) {
@@ -291,7 +291,7 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
         }
     }
     if (s->norm_after) {
-        memcpy(L->na_in, out, sizeof(float) * nC);
+        pc_copy_floats(L->na_in, out, nC);
         pc_layernorm_forward(out, L->na_mean, L->na_rstd, L->na_in, s->naw, s->nab, n, C, s->eps);
     }
     if (!s->arb) {
@@ -370,17 +370,18 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         pc_layernorm_backward_to(d_o, dx, c->d_ln_w, c->d_ln_b, dout, L.po_in, c->ln_w,
                                  L.po_mean, L.po_rstd, N, C);
     } else {
-        memcpy(d_o, dout, sizeof(float) * NC);
-        memset(dx, 0, sizeof(float) * NC);
+        pc_copy_floats(d_o, dout, NC);
+        pc_copy_floats(dx, NULL, NC);
     }
     /* the adapter's residual, after LNa (here) or before it (below) */
-    if (!s.arb) memcpy(dres, d_o, sizeof(float) * NC);
+    if (!s.arb) pc_copy_floats(dres, d_o, NC);
     if (s.norm_after) {
-        memset(dz, 0, sizeof(float) * NC); /* dz is free until the down projection */
-        pc_layernorm_backward(dz, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean, L.na_rstd, N, C);
-        memcpy(d_o, dz, sizeof(float) * NC);
+        /* dz is free until the down projection */
+        pc_layernorm_backward_to(dz, NULL, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean,
+                                 L.na_rstd, N, C);
+        pc_copy_floats(d_o, dz, NC);
     }
-    if (s.arb) memcpy(dres, d_o, sizeof(float) * NC);
+    if (s.arb) pc_copy_floats(dres, d_o, NC);
     /* o = q·g, q = dropout(u·scaling): d_o becomes du in place (gate and scaling gradients
      * on the way) */
     const float keep_scale = s.p > 0.0f ? 1.0f / (1.0f - s.p) : 1.0f;
@@ -482,7 +483,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) dx[i] += dh[i];
     } else {
-        memcpy(dh, dz, sizeof(float) * NC);
+        pc_copy_floats(dh, dz, NC);
     }
     if (s.res == RES_H || s.res == RES_S) {
         PC_PARALLEL_FOR(NC)

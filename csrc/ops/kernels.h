@@ -23,6 +23,27 @@ static inline int pc_threads_for(int64_t work) {
     return work >= 32768 ? pc_threads_here() : 1;
 }
 
+/* dst = src (n floats), or 0 where src is NULL, on the threads: a serial memcpy of a
+ * batch's activations leaves the other threads waiting */
+static inline void pc_copy_floats(float *dst, const float *src, int64_t n) {
+    enum { CHUNK = 1 << 14 };
+    const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+    PC_PARALLEL_FOR(n)
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t i = c * CHUNK, len = n - i < CHUNK ? n - i : CHUNK;
+        if (src)
+            memcpy(dst + i, src + i, sizeof(float) * (size_t)len);
+        else
+            memset(dst + i, 0, sizeof(float) * (size_t)len);
+    }
+}
+
+/* each of dst's rows (rows × C, contiguous) = row: a bias before a GEMM adds to it */
+static inline void pc_fill_rows(float *dst, const float *row, int64_t rows, int C) {
+    PC_PARALLEL_FOR(rows * C)
+    for (int64_t i = 0; i < rows; i++) memcpy(dst + i * C, row, sizeof(float) * (size_t)C);
+}
+
 /* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(i+1);
  * element i is kept iff its top 24 bits, as a uniform in [0,1), are >= p. As the integer
  * u = z >> 40 is exact in a float and so is u·2⁻²⁴, that is u >= ceil(p·2²⁴): the
