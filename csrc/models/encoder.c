@@ -1030,7 +1030,7 @@ static int prefix_forward(const pc_encoder *enc, layer_params *lp, int B, int T,
     prefix->method->kv_forward(prefix, kv, kv + C, 2 * C);
     if (!pc_site_kv_gated(&lp->kv)) return 0;
     const int64_t seq = (int64_t)P * 2 * C;
-    for (int b = 1; b < B; b++) memcpy(kv + b * seq, kv, sizeof(float) * (size_t)seq);
+    pc_fill_rows(kv + seq, kv, B - 1, (int)seq);
     const pc_site_call call = {.N = B * T, .in = C, .out = C, .T = T, .training = enc->training};
     return pc_site_kv_gate_forward(&lp->kv, &call, kv, 2 * C, seq, x, C, row, enc->keeping);
 }
@@ -1500,9 +1500,9 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
      * computed) */
     if (need_dx && !dx_has_residual) {
         if (!r.first_tokens) {
-            memcpy(d_x, d_res, sizeof(float) * NqC);
+            pc_copy_floats(d_x, d_res, NqC);
         } else {
-            memset(d_x, 0, sizeof(float) * (size_t)N * C);
+            pc_copy_floats(d_x, NULL, (int64_t)N * C);
             for (int b = 0; b < B; b++)
                 memcpy(d_x + (int64_t)b * T * C, d_res + (int64_t)b * C, sizeof(float) * C);
         }
@@ -1615,14 +1615,14 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
     const int N = enc->B * enc->T, C = enc->cfg.hidden;
     int oom = 0;
     float *d = enc->d_r;
-    memcpy(d, d_emb, sizeof(float) * (size_t)N * C);
+    pc_copy_floats(d, d_emb, (int64_t)N * C);
     if (enc->training)
         pc_dropout_backward_inplace(d, (int64_t)N * C, enc->cfg.hidden_dropout,
                                  site_seed(enc->seed, -1, SITE_EMB));
     float *d_sum = enc->d_h1;
-    memset(d_sum, 0, sizeof(float) * (size_t)N * C);
-    pc_layernorm_backward(d_sum, grad_or_null(enc->emb_ln_w, &oom), grad_or_null(enc->emb_ln_b, &oom),
-                          d, enc->emb_sum, pc_f32(enc->emb_ln_w), enc->emb_mean, enc->emb_rstd, N, C);
+    pc_layernorm_backward_to(d_sum, NULL, grad_or_null(enc->emb_ln_w, &oom),
+                             grad_or_null(enc->emb_ln_b, &oom), d, enc->emb_sum,
+                             pc_f32(enc->emb_ln_w), enc->emb_mean, enc->emb_rstd, N, C);
     float *dw = grad_or_null(enc->word_emb, &oom), *dp = grad_or_null(enc->pos_emb, &oom),
           *dt = grad_or_null(enc->type_emb, &oom);
     if (oom) return -1;
@@ -1722,7 +1722,7 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
     if (d_logits || d_pooled) {
         if (head_backward(enc, d_logits, d_pooled, d_out, need_below_head) < 0) return -1;
     } else {
-        memcpy(d_out, d_hidden, sizeof(float) * (size_t)N * C);
+        pc_copy_floats(d_out, d_hidden, (int64_t)N * C);
     }
     if (!need_below_head) return 0;
     for (int l = c->layers - 1; l >= 0 && l >= lowest; l--) {
