@@ -50,17 +50,16 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
             }
             g_mean /= C;
             gx_mean /= C;
-            if (add) {
-                for (int c = 0; c < C; c++) {
-                    float xhat = (x[c] - m) * s;
-                    dx[c] += s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
-                }
-                continue;
-            }
-            float *copy = dcopy ? dcopy + (int64_t)n * C : dx;
+            float *copy = dcopy ? dcopy + (int64_t)n * C : NULL;
             for (int c = 0; c < C; c++) {
                 float xhat = (x[c] - m) * s;
-                dx[c] = copy[c] = s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
+                float v = s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
+                if (add) {
+                    dx[c] += v;
+                } else {
+                    dx[c] = v;
+                    if (copy) copy[c] = v;
+                }
             }
         }
     }
