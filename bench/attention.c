@@ -32,11 +32,12 @@ static void fill(float *x, int64_t n, uint32_t salt) {
 /* best forward and backward seconds of 5 calls */
 static int measure(int B, int H, int D, int T, float p, double *fwd, double *bwd) {
     const int C = H * D;
-    float *qkv = malloc(sizeof(float) * (size_t)B * T * 3 * C);
-    float *dqkv = malloc(sizeof(float) * (size_t)B * T * 3 * C);
-    float *probs = malloc(sizeof(float) * (size_t)B * H * T * T);
-    float *dout = malloc(sizeof(float) * (size_t)B * T * C);
-    float *out = malloc(sizeof(float) * (size_t)B * T * C);
+    /* the engine's allocator, as the encoder's buffers (huge pages where Linux grants them) */
+    float *qkv = pc_alloc(sizeof(float) * (size_t)B * T * 3 * C);
+    float *dqkv = pc_alloc(sizeof(float) * (size_t)B * T * 3 * C);
+    float *probs = pc_alloc(sizeof(float) * (size_t)B * H * T * T);
+    float *dout = pc_alloc(sizeof(float) * (size_t)B * T * C);
+    float *out = pc_alloc(sizeof(float) * (size_t)B * T * C);
     if (!qkv || !dqkv || !probs || !dout || !out) return -1;
     fill(qkv, (int64_t)B * T * 3 * C, 1);
     fill(dout, (int64_t)B * T * C, 2);
@@ -56,11 +57,11 @@ static int measure(int B, int H, int D, int T, float p, double *fwd, double *bwd
             *bwd = t2 - t1 < *bwd ? t2 - t1 : *bwd;
         }
     }
-    free(qkv);
-    free(dqkv);
-    free(probs);
-    free(dout);
-    free(out);
+    pc_free(qkv);
+    pc_free(dqkv);
+    pc_free(probs);
+    pc_free(dout);
+    pc_free(out);
     return 0;
 }
 
