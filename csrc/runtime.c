@@ -363,7 +363,8 @@ void *pc_alloc(size_t bytes) {
     size_t rounded = (bytes + 63) / 64 * 64;
     if (rounded == 0) rounded = 64;
     const bool huge = rounded >= 2 * (size_t)HUGE_PAGE;
-    void *p = aligned_alloc(huge ? HUGE_PAGE : 64, huge ? (rounded + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : rounded);
+    const size_t align = huge ? HUGE_PAGE : 64;
+    void *p = aligned_alloc(align, (rounded + align - 1) / align * align);
     if (!p) return NULL;
 #ifdef MADV_HUGEPAGE
     if (huge) madvise(p, rounded, MADV_HUGEPAGE); /* advice: its failure changes nothing */
