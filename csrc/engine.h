@@ -185,6 +185,12 @@ void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t 
 void pc_gelu_span(float *out, const float *inp, int64_t n, bool tanh_approx);
 /* d ⊙= gelu'(inp): the gradient of GELU's output becomes its input's, in place */
 void pc_gelu_grad_inplace(float *d, const float *inp, int64_t n, bool tanh_approx);
+/* The backward of y = gelu(pre) ⊙ l over N rows of C columns (contiguous) in one pass, gelu
+ * recomputed from pre: dl (C) += Σ_n d[n] ⊙ gelu(pre[n]) (dl NULL: not wanted), each
+ * column summed in row order as pc_column_dots_scale does, and d[n] ← (d[n] ⊙ l) ⊙
+ * gelu'(pre[n]) in place, the gradient of pre. */
+void pc_gelu_scale_backward(float *dl, float *d, const float *pre, const float *l, int N, int C,
+                            bool tanh_approx);
 void pc_tanh_forward(float *out, const float *inp, int64_t n);
 void pc_tanh_backward(float *dinp, const float *dout, const float *out, int64_t n);
 void pc_relu_forward(float *out, const float *inp, int64_t n);

@@ -20,6 +20,7 @@
 #define pc_gelu_span PC_ISA_NAME(pc_gelu_span, PC_ISA)
 #define pc_gelu_forward PC_ISA_NAME(pc_gelu_forward, PC_ISA)
 #define pc_gelu_grad_inplace PC_ISA_NAME(pc_gelu_grad_inplace, PC_ISA)
+#define pc_gelu_scale_backward PC_ISA_NAME(pc_gelu_scale_backward, PC_ISA)
 #define pc_gelu_backward PC_ISA_NAME(pc_gelu_backward, PC_ISA)
 #define pc_tanh_forward PC_ISA_NAME(pc_tanh_forward, PC_ISA)
 #define pc_tanh_backward PC_ISA_NAME(pc_tanh_backward, PC_ISA)

@@ -53,6 +53,10 @@ static int ia3_backward(const pc_adapter *a, const pc_site_call *c, float *dy, i
     return 0;
 }
 
+static pc_tensor *ia3_column_scale(const pc_adapter *a) {
+    return a->site == PC_SITE_LINEAR_IN ? a->t[0] : NULL;
+}
+
 const pc_adapter_method pc_ia3_method = {
     .name = "ia3",
     .sites = 1u << PC_SITE_LINEAR_IN | 1u << PC_SITE_LINEAR_OUT,
@@ -63,4 +67,5 @@ const pc_adapter_method pc_ia3_method = {
     .saved_per_row = ia3_saved_per_row,
     .forward = ia3_forward,
     .backward = ia3_backward,
+    .column_scale = ia3_column_scale,
 };

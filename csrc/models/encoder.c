@@ -698,6 +698,20 @@ static bool slot_has_trainable(const pc_linear_slot *s) {
            pc_site_trains(&s->site[PC_SITE_LINEAR_OUT]);
 }
 
+/* The vector l of the slot's input site when its one adapter is a column scale (x ⊙ l) that
+ * the activation producing x can apply in its own passes: forward, bias_activation scales
+ * as it writes; backward, pc_gelu_scale_backward recomputes GELU once for l's gradient and
+ * pre's. Only where nothing else reads the scaled input: no output adapters, a frozen
+ * weight; and for GELU, the activation of every model here. NULL otherwise. */
+static pc_tensor *fused_input_scale(const pc_encoder *enc, pc_linear_slot *s) {
+    const pc_site *in = &s->site[PC_SITE_LINEAR_IN];
+    if (in->n != 1 || s->site[PC_SITE_LINEAR_OUT].n || wants_grad(s->weight)) return NULL;
+    if (enc->cfg.activation != PC_ACT_GELU && enc->cfg.activation != PC_ACT_GELU_TANH)
+        return NULL;
+    const pc_adapter *a = in->entry[0].adapter;
+    return a->method->column_scale ? a->method->column_scale(a) : NULL;
+}
+
 /* The backward reads the linear's input: for its weight's gradient or its adapters */
 static bool slot_reads_input(const pc_linear_slot *s) {
     return wants_grad(s->weight) || s->site[PC_SITE_LINEAR_IN].n || s->site[PC_SITE_LINEAR_OUT].n;
@@ -785,12 +799,13 @@ static int slot_forward(pc_encoder *enc, pc_linear_slot *s, float *y, const floa
 
 /* y = x·Wᵀ (+ adapters) leaving the bias to the pass after the GEMM (bias_dropout_residual,
  * bias_activation: one pass over y instead of two), which gets it in *late_bias; NULL when
- * the output site's adapters need y with its bias, which the GEMM then adds itself */
+ * the output site's adapters need y with its bias, which the GEMM then adds itself.
+ * input_done: x has been through the input site already (fused_input_scale). */
 static int slot_forward_unbiased(pc_encoder *enc, pc_linear_slot *s, float *y, const float *x,
-                                 int N, int64_t row, const float **late_bias) {
+                                 int N, int64_t row, const float **late_bias, bool input_done) {
     const bool late = pc_site_keeps(out_site(s), PC_KEEPS_LATE_BIAS);
     *late_bias = late ? pc_f32(s->bias) : NULL;
-    const float *xe = slot_input(enc, s, x, s->in, N, row);
+    const float *xe = input_done ? x : slot_input(enc, s, x, s->in, N, row);
     if (!xe) return -1;
     pc_linear_forward(y, xe, pc_f32(s->weight), late ? NULL : pc_f32(s->bias), N, s->in, s->out);
     return slot_output(enc, s, y, s->out, xe, s->in, N, row, NULL);
@@ -892,10 +907,10 @@ static void activation_forward(const pc_encoder *enc, float *out, const float *i
     }
 }
 
-/* pre (N,I) += bias (unless NULL), act = activation(pre) in one pass (act may be pre: in
- * place) */
+/* pre (N,I) += bias (unless NULL), act = activation(pre) ⊙ scale (scale NULL: none) in one
+ * pass (act may be pre: in place) */
 static void bias_activation(const pc_encoder *enc, float *act, float *pre, const float *bias,
-                            int N, int I) {
+                            const float *scale, int N, int I) {
     const int kind = enc->cfg.activation;
     PC_PARALLEL_FOR((int64_t)N * I)
     for (int n = 0; n < N; n++) {
@@ -911,6 +926,8 @@ static void bias_activation(const pc_encoder *enc, float *act, float *pre, const
             for (int i = 0; i < I; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
             break;
         }
+        if (scale)
+            for (int i = 0; i < I; i++) y[i] *= scale[i];
     }
 }
 
@@ -1145,7 +1162,8 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     /* each block's junction: LayerNorm(branch + residual), or its adapter */
     pc_site *attn_block = &lp->block[PC_BLOCK_ATTENTION], *ffn_block = &lp->block[PC_BLOCK_FFN];
     const float *late_bias;
-    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row, &late_bias) < 0) return -1;
+    if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row, &late_bias, false) < 0)
+        return -1;
     pc_bias_dropout_residual(a->r1, late_bias, attn_block->n ? NULL : r.xq, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_AO));
     if (attn_block->n) {
@@ -1156,10 +1174,13 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
                              pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
     }
-    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row, &late_bias) < 0) return -1;
-    bias_activation(enc, a->act, a->pre, late_bias, Nq, I);
+    if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row, &late_bias, false) < 0)
+        return -1;
+    const pc_tensor *scale = fused_input_scale(enc, o);
+    bias_activation(enc, a->act, a->pre, late_bias, scale ? pc_f32(scale) : NULL, Nq, I);
     float *r2 = a->r2 ? a->r2 : out;
-    if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias) < 0) return -1;
+    if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias, scale != NULL) < 0)
+        return -1;
     pc_bias_dropout_residual(r2, late_bias, ffn_block->n ? NULL : a->h1, Nq, C, p_hidden,
                           site_seed(enc->seed, l, SITE_O));
     if (ffn_block->n) {
@@ -1465,13 +1486,26 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     }
     /* the branch gets its dropout */
     pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
-    /* o = act·Woᵀ + bo; act is recomputed when Wo's backward reads it */
-    if (slot_reads_input(lp->slot[SLOT_O]))
-        activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
-    if (slot_backward(enc, lp->slot[SLOT_O], enc->d_act, d_r, a->act, Nq, true) < 0) return -1;
-    /* act = gelu(pre): d_pre = d_act ⊙ gelu'(pre), in place */
     float *d_pre = enc->d_act;
-    activation_backward_inplace(enc, d_pre, a->pre, (int64_t)Nq * I);
+    pc_linear_slot *o = lp->slot[SLOT_O];
+    pc_tensor *scale = fused_input_scale(enc, o);
+    if (scale) {
+        /* o = (gelu(pre) ⊙ l)·Woᵀ + bo, Wo frozen: the product's input gradient, then l's
+         * and pre's in one pass */
+        if (gemm_and_output_backward(enc, o, d_pre, I, false, d_r, C, NULL, I, Nq) < 0 ||
+            linear_param_grads(o, d_r, C, NULL, I, Nq, false) < 0)
+            return -1;
+        float *dl = grad_or_null(scale, &oom);
+        if (oom) return -1;
+        pc_gelu_scale_backward(dl, d_pre, a->pre, pc_f32(scale), Nq, I,
+                               c->activation == PC_ACT_GELU_TANH);
+    } else {
+        /* o = act·Woᵀ + bo; act is recomputed when Wo's backward reads it */
+        if (slot_reads_input(o)) activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
+        if (slot_backward(enc, o, d_pre, d_r, a->act, Nq, true) < 0) return -1;
+        /* act = gelu(pre): d_pre = d_act ⊙ gelu'(pre), in place */
+        activation_backward_inplace(enc, d_pre, a->pre, (int64_t)Nq * I);
+    }
     /* pre = h1·Wiᵀ + bi; h1 is recomputed when Wi's backward reads it (block adapters keep
      * every layer's) */
     if (slot_reads_input(lp->slot[SLOT_I]) && a->h1 == enc->h1)

@@ -24,7 +24,70 @@ static void gelu_exact_grad_span(float *d, const float *inp, int64_t n) {
                                   pc_gelu_derivative_v(pc_load_head(inp + nv, rest)), rest);
     }
 }
+
+/* One column group [c0, c1) of pc_gelu_scale_backward over all N rows: acc (c1 - c0)
+ * gathers the column dots when dot */
+static void gelu_scale_group(float *acc, float *d, const float *pre, const float *l, int N,
+                             int C, int c0, int c1, bool dot) {
+    for (int n = 0; n < N; n++) {
+        float *dn = d + (int64_t)n * C;
+        const float *xn = pre + (int64_t)n * C;
+        for (int c = c0; c < c1; c += PC_VW) {
+            const int w = c1 - c < PC_VW ? c1 - c : PC_VW;
+            const pc_vec x = w == PC_VW ? pc_loadv(xn + c) : pc_load_head(xn + c, w);
+            const pc_vec dv = w == PC_VW ? pc_loadv(dn + c) : pc_load_head(dn + c, w);
+            const pc_vec lv = w == PC_VW ? pc_loadv(l + c) : pc_load_head(l + c, w);
+            /* as pc_gelu_v and pc_gelu_derivative_v, one exponential for both */
+            const pc_vec e = pc_exp_nonpositive(-0.5f * x * x);
+            const pc_vec cdf = pc_normal_cdf_with(x, e);
+            if (dot) {
+                float *a = acc + (c - c0);
+                const pc_vec sum = w == PC_VW ? pc_loadv(a) : pc_load_head(a, w);
+                if (w == PC_VW) pc_storev(a, sum + dv * (x * cdf));
+                else pc_store_head(a, sum + dv * (x * cdf), w);
+            }
+            const pc_ivec finite_tail = pc_splat(13.0f) > pc_select(x < 0.0f, -x, x);
+            const pc_vec xpdf = pc_select(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat(0.0f));
+            const pc_vec g = (dv * lv) * (cdf + xpdf);
+            if (w == PC_VW) pc_storev(dn + c, g); else pc_store_head(dn + c, g, w);
+        }
+    }
+}
+
 #pragma GCC pop_options
+
+/* the tanh form, element by element, contracted as gelu_grad_span's is */
+static void gelu_tanh_scale_group(float *acc, float *d, const float *pre, const float *l, int N,
+                                  int C, int c0, int c1, bool dot) {
+    for (int n = 0; n < N; n++) {
+        float *dn = d + (int64_t)n * C;
+        const float *xn = pre + (int64_t)n * C;
+        for (int c = c0; c < c1; c++) {
+            if (dot) acc[c - c0] += dn[c] * pc_gelu_tanh(xn[c]);
+            dn[c] = (dn[c] * l[c]) * pc_gelu_tanh_derivative(xn[c]);
+        }
+    }
+}
+
+/* threads own whole column groups (pc_column_group_width), as in the column reductions */
+void pc_gelu_scale_backward(float *dl, float *d, const float *pre, const float *l, int N, int C,
+                            bool tanh_approx) {
+    const int threads = pc_threads_for((int64_t)N * C);
+    const int width = pc_column_group_width(C, threads);
+    const int groups = (C + width - 1) / width;
+    PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
+    for (int g = 0; g < groups; g++) {
+        const int c0 = g * width, c1 = c0 + width < C ? c0 + width : C;
+        float acc[PC_COLUMN_GROUP_MAX];
+        if (dl) memset(acc, 0, sizeof(float) * (c1 - c0));
+        if (tanh_approx)
+            gelu_tanh_scale_group(acc, d, pre, l, N, C, c0, c1, dl != NULL);
+        else
+            gelu_scale_group(acc, d, pre, l, N, C, c0, c1, dl != NULL);
+        if (dl)
+            for (int c = c0; c < c1; c++) dl[c] += acc[c - c0];
+    }
+}
 
 void pc_gelu_span(float *out, const float *inp, int64_t n, bool tanh_approx) {
     if (!tanh_approx) {

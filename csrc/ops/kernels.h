@@ -23,6 +23,20 @@ static inline int pc_threads_for(int64_t work) {
     return work >= 32768 ? pc_threads_here() : 1;
 }
 
+/* Column reductions that must not depend on the thread count (a bias's gradient, (IA)³'s
+ * vector's) give each thread whole groups of 64-column blocks, at most 32 blocks a group,
+ * and sum every column in row order: the width of a group for C columns */
+enum { PC_COLUMN_BLOCK = 64, PC_COLUMN_GROUP_MAX = 32 * PC_COLUMN_BLOCK };
+
+static inline int pc_column_group_width(int C, int threads) {
+    const int blocks = (C + PC_COLUMN_BLOCK - 1) / PC_COLUMN_BLOCK;
+    int per = (blocks + threads - 1) / threads;
+    per = per > PC_COLUMN_GROUP_MAX / PC_COLUMN_BLOCK ? PC_COLUMN_GROUP_MAX / PC_COLUMN_BLOCK
+          : per < 1                                   ? 1
+                                                      : per;
+    return per * PC_COLUMN_BLOCK;
+}
+
 /* dst = src (n floats), or 0 where src is NULL, on the threads: a serial memcpy of a
  * batch's activations leaves the other threads waiting */
 static inline void pc_copy_floats(float *dst, const float *src, int64_t n) {

@@ -30,7 +30,7 @@ void pc_linear_backward(float *dinp, float *dweight, float *dbias, const float *
  * blocks 8 rows at a time, so their loads stream along rows (a block's own column of rows,
  * one block after another, ran at a third of the speed on 1536 columns) and no bit depends
  * on the thread count. */
-enum { COL_BLOCK = 64, COL_ROWS = 8, COL_GROUP = 32 };
+enum { COL_BLOCK = PC_COLUMN_BLOCK, COL_ROWS = 8 };
 
 static inline __attribute__((always_inline)) void
 column_tile(float *acc, float *d, int ldd, const float *v, int ldv, const float *l, int n0,
@@ -48,16 +48,13 @@ column_tile(float *acc, float *d, int ldd, const float *v, int ldv, const float 
 static inline __attribute__((always_inline)) void
 column_reduce(float *dst, float *d, int ldd, const float *v, int ldv, const float *l, int N,
               int C, bool dot, bool scale) {
-    const int nblocks = (C + COL_BLOCK - 1) / COL_BLOCK;
     const int threads = pc_threads_for((int64_t)N * C);
-    int per = (nblocks + threads - 1) / threads;
-    per = per > COL_GROUP ? COL_GROUP : per < 1 ? 1 : per;
-    const int ngroups = (nblocks + per - 1) / per;
+    const int width = pc_column_group_width(C, threads);
+    const int ngroups = (C + width - 1) / width;
     PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
     for (int g = 0; g < ngroups; g++) {
-        const int c0 = g * per * COL_BLOCK;
-        const int c1 = c0 + per * COL_BLOCK < C ? c0 + per * COL_BLOCK : C;
-        float acc[COL_GROUP * COL_BLOCK];
+        const int c0 = g * width, c1 = c0 + width < C ? c0 + width : C;
+        float acc[PC_COLUMN_GROUP_MAX];
         memset(acc, 0, sizeof(float) * (c1 - c0));
         for (int n0 = 0; n0 < N; n0 += COL_ROWS) {
             const int n1 = n0 + COL_ROWS < N ? n0 + COL_ROWS : N;

@@ -184,6 +184,72 @@ static void test_column_kernels(int N, int C) {
     free(ref_dl); free(ref_sums); free(ref_d); free(ref_y); free(ref_save);
 }
 
+/* pc_gelu_scale_backward (exact and tanh GELU) against double loops; the gradient of pre the
+ * same bits as GELU recomputed, pc_column_dots_scale and pc_gelu_grad_inplace one after
+ * another; the same bits on 1 and 2 threads; dl NULL leaves the gradient of pre as it was */
+static double gelu_ref(double x, bool tanh_approx, double *deriv) {
+    if (!tanh_approx) {
+        const double cdf = 0.5 * (1.0 + erf(x / sqrt(2.0))), pdf = exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
+        *deriv = cdf + x * pdf;
+        return x * cdf;
+    }
+    const double k = sqrt(2.0 / M_PI), u = k * (x + 0.044715 * x * x * x), t = tanh(u);
+    *deriv = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+    return 0.5 * x * (1.0 + t);
+}
+
+static void test_gelu_scale_backward(int N, int C, bool tanh_approx) {
+    char what[96];
+    const size_t NC = (size_t)N * C;
+    float *pre = frand(NC, 4), *d = frand(NC, 1), *l = frand(C, 1), *dl = frand(C, 1);
+    float *d1 = pc_alloc(NC * 4), *d2 = pc_alloc(NC * 4), *d3 = pc_alloc(NC * 4);
+    float *dl2 = pc_alloc(C * 4), *act = pc_alloc(NC * 4), *dl3 = pc_alloc(C * 4);
+    double *ref_dl = dfrom(dl, C), *ref_d = dzeros(NC);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            const size_t i = (size_t)n * C + c;
+            double deriv;
+            const double a = gelu_ref(pre[i], tanh_approx, &deriv);
+            ref_dl[c] += (double)d[i] * a;
+            ref_d[i] = (double)d[i] * l[c] * deriv;
+        }
+    memcpy(d1, d, NC * 4);
+    memcpy(d2, d, NC * 4);
+    memcpy(d3, d, NC * 4);
+    memcpy(dl2, dl, C * 4);
+    memcpy(dl3, dl, C * 4);
+    const int before = pc_get_num_threads();
+    pc_set_num_threads(1);
+    pc_gelu_scale_backward(dl, d1, pre, l, N, C, tanh_approx);
+    pc_set_num_threads(2);
+    pc_gelu_scale_backward(dl2, d2, pre, l, N, C, tanh_approx);
+    /* the three passes it fuses */
+    pc_gelu_forward(act, pre, (int64_t)NC, tanh_approx);
+    pc_column_dots_scale(dl3, d3, C, act, C, l, N, C);
+    pc_gelu_grad_inplace(d3, pre, (int64_t)NC, tanh_approx);
+    pc_set_num_threads(before);
+    snprintf(what, sizeof what, "gelu_scale_backward%s N=%d C=%d", tanh_approx ? " (tanh)" : "",
+             N, C);
+    check_part(what, "dl", dl, ref_dl, C);
+    check_part(what, "d", d1, ref_d, NC);
+    double *unfused = dfrom(dl3, C);
+    check_part(what, "dl against the three passes", dl, unfused, C);
+    free(unfused);
+    char bits[224];
+    snprintf(bits, sizeof bits, "%s: d the same bits as the three passes", what);
+    check_true(bits, memcmp(d1, d3, NC * 4) == 0);
+    snprintf(bits, sizeof bits, "%s: 1 vs 2 threads bitwise equal", what);
+    check_true(bits, memcmp(dl, dl2, C * 4) == 0 && memcmp(d1, d2, NC * 4) == 0);
+    /* no dl: only the gradient of pre, the same */
+    memcpy(d2, d, NC * 4);
+    pc_gelu_scale_backward(NULL, d2, pre, l, N, C, tanh_approx);
+    snprintf(bits, sizeof bits, "%s: without dl the same gradient of pre", what);
+    check_true(bits, memcmp(d1, d2, NC * 4) == 0);
+    pc_free(pre); pc_free(d); pc_free(l); pc_free(dl); pc_free(d1); pc_free(d2); pc_free(d3);
+    pc_free(dl2); pc_free(act); pc_free(dl3);
+    free(ref_dl); free(ref_d);
+}
+
 /* ------------------------------------------------------------------ layernorm */
 
 static void test_layernorm(int N, int C) {
@@ -1077,6 +1143,10 @@ int main(void) {
                                   {33, 2113}};
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
         test_column_kernels(cols[i][0], cols[i][1]);
+
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        for (int tanh_approx = 0; tanh_approx < 2; tanh_approx++)
+            test_gelu_scale_backward(cols[i][0], cols[i][1], tanh_approx);
 
     static const int ln[][2] = {{1, 1}, {3, 5}, {91, 17}, {2, 130}};
     for (size_t i = 0; i < sizeof ln / sizeof ln[0]; i++) test_layernorm(ln[i][0], ln[i][1]);
