@@ -261,7 +261,9 @@ int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                           const float *probs, const float *q, const float *k, const float *v,
                           const pc_attention_dims *dims, float dropout_p, uint64_t seed);
 /* The same, but dq, dk, dv receive the gradients (what they held is never read): every
- * element of their B·Tq (or B·Tk) rows and H·D columns is written. */
+ * element of their B·Tq (or B·Tk) rows and H·D columns is written. In both, any of dq, dk,
+ * dv may be NULL: not wanted, and the products that only it needs are skipped (a prefix's
+ * own gradients are always made). */
 int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dout,
                                const float *probs, const float *q, const float *k,
                                const float *v, const pc_attention_dims *dims, float dropout_p,

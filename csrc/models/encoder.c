@@ -1544,7 +1544,12 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
     /* ao = ctx·Waoᵀ + bao */
     if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq, true) < 0) return -1;
-    /* ctx = attention(q, k, v) */
+    /* ctx = attention(q, k, v); the gradient of q, k or v only where x's is wanted or that
+     * projection has something to train (the lowest trained layer needs no more) */
+    bool want[3];
+    for (int s = SLOT_Q; s <= SLOT_V; s++)
+        want[s - SLOT_Q] = need_dx || slot_has_trainable(lp->slot[s]);
+    float *dq = want[0] ? dr.q : NULL, *dk = want[1] ? dr.k : NULL, *dv = want[2] ? dr.v : NULL;
     const int P = kv_rows_of(lp);
     if (P) {
         /* with a prefix: the sequences' key|value gradients straight into d_qkv, each
@@ -1558,8 +1563,8 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         const float *key_mask = enc->has_mask ? enc->key_mask : NULL;
         if (!enc->probs_per_layer && pc_attention_probs(a->probs, r.q, r.k, key_mask, &pd) < 0)
             return -1;
-        if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v,
-                                       &pd, p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        if (pc_attention_backward_into(dq, dk, dv, enc->d_ctx, a->probs, r.q, r.k, r.v, &pd,
+                                       p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
             return -1;
         /* a gated prefix: its gates' gradients and x's share, and each sequence's rows
          * scaled back by its gates */
@@ -1576,8 +1581,8 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         if (!enc->probs_per_layer &&
             pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims) < 0)
             return -1;
-        if (pc_attention_backward_into(dr.q, dr.k, dr.v, enc->d_ctx, a->probs, r.q, r.k, r.v,
-                                       &dims, p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        if (pc_attention_backward_into(dq, dk, dv, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
+                                       p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
             return -1;
     }
     /* q, k, v = x·Wᵀ + b (a query row's input gradient belongs to d_x's row of that token:
@@ -1588,6 +1593,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     if (inputs_adapted) {
         /* an input site makes that projection's input its own: each projection whole */
         for (int s = SLOT_Q; s <= SLOT_V; s++) {
+            if (!want[s - SLOT_Q]) continue;
             float *dy; const float *in; int ldy, rows;
             qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
             if (linear_backward(enc, lp->slot[s], need_dx ? d_x : NULL, s == SLOT_Q ? ld_dxq : C,
@@ -1599,6 +1605,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* the output sites first: they turn d_qkv into the gradient of the fused GEMM's output
      * and add their shares to d_x */
     for (int s = SLOT_Q; s <= SLOT_V; s++) {
+        if (!want[s - SLOT_Q]) continue;
         pc_linear_slot *slot = lp->slot[s];
         float *dy; const float *in; int ldy, rows;
         qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
@@ -1625,6 +1632,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         qkv_weights_done = true;
     }
     for (int s = SLOT_Q; s <= SLOT_V; s++) {
+        if (!want[s - SLOT_Q]) continue;
         float *dy; const float *in; int ldy, rows;
         qkv_slot_view(&dr, s, x, N, &dy, &ldy, &in, &rows);
         if (linear_param_grads(lp->slot[s], dy, ldy, in, C, rows, qkv_weights_done) < 0)

@@ -343,17 +343,18 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             }
             const float *dO =
                 gather_head(dO_c, dout + (int64_t)b * Tq * C + (int64_t)h * D, Tq, C, D);
-            const float *Qh = gather_head(q_c, q + q0, Tq, ld_q, D);
-            const float *Kh = gather_head(k_c, k + kv0, T, ld_kv, D);
+            const float *Qh = dk || NP ? gather_head(q_c, q + q0, Tq, ld_q, D) : NULL;
+            const float *Kh = dq ? gather_head(k_c, k + kv0, T, ld_kv, D) : NULL;
             const float *P = probs + bh * pair;
             if (use_dropout)
                 dropout_probs(Pd, ld, keep, P, Tq, Tk, dropout_p, seed, bh);
             else
                 for (int i = 0; i < Tq; i++)
                     memcpy(Pd + (int64_t)i * ld, P + (int64_t)i * Tk, sizeof(float) * Tk);
-            times_keys_transposed(Tq, D, 1.0f, dO, D, &values, vt, dS, ld);
             if (NP) times_head(true, NP, D, Tq, 1.0f, Pd, ld, dO, D, 0.0f, dpv, pre->d_ld);
-            times_head(true, T, D, Tq, 1.0f, Pd + NP, ld, dO, D, beta, dv + kv0, ld_kv);
+            if (dv) times_head(true, T, D, Tq, 1.0f, Pd + NP, ld, dO, D, beta, dv + kv0, ld_kv);
+            if (!dq && !dk && !NP) continue; /* no gradient of the scores wanted */
+            times_keys_transposed(Tq, D, 1.0f, dO, D, &values, vt, dS, ld);
             const float inv_keep = use_dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
             for (int i = 0; i < Tq; i++) {
                 float *ds = dS + (int64_t)i * ld;
@@ -366,12 +367,15 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
             if (NP) {
-                times_head(false, Tq, D, NP, scale, dS, ld, keys.Yp, keys.ldp, beta, dq + q0, ld_q);
+                if (dq)
+                    times_head(false, Tq, D, NP, scale, dS, ld, keys.Yp, keys.ldp, beta, dq + q0,
+                               ld_q);
                 times_head(true, NP, D, Tq, scale, dS, ld, Qh, D, 0.0f, dpk, pre->d_ld);
             }
-            times_head(false, Tq, D, T, scale, dS + NP, ld, Kh, D, NP ? 1.0f : beta,
-                       dq + q0, ld_q);
-            times_head(true, T, D, Tq, scale, dS + NP, ld, Qh, D, beta, dk + kv0, ld_kv);
+            if (dq)
+                times_head(false, Tq, D, T, scale, dS + NP, ld, Kh, D, NP ? 1.0f : beta,
+                           dq + q0, ld_q);
+            if (dk) times_head(true, T, D, Tq, scale, dS + NP, ld, Qh, D, beta, dk + kv0, ld_kv);
         }
         free(dS);
     }

@@ -485,6 +485,29 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
         check_part(name, "dq", dqbuf, rdq, nq);
         check_part(name, "dk", dkbuf, rdk, nkv);
         check_part(name, "dv", dvbuf, rdv, nkv);
+        /* any of dq, dk, dv not wanted (NULL): the others the same bits, its buffer untouched */
+        float *part[3] = {pc_alloc(nq * 4), pc_alloc(nkv * 4), pc_alloc(nkv * 4)};
+        const float *full[3] = {dqbuf, dkbuf, dvbuf};
+        const size_t count[3] = {nq, nkv, nkv};
+        bool same = true;
+        for (int wanted = 0; wanted < 7; wanted++) {
+            for (int i = 0; i < 3; i++)
+                for (size_t e = 0; e < count[i]; e++) part[i][e] = NAN;
+            pc_attention_backward_into(wanted & 1 ? part[0] : NULL, wanted & 2 ? part[1] : NULL,
+                                       wanted & 4 ? part[2] : NULL, dout, probs, q, k, v, &dims,
+                                       p, seed);
+            for (int i = 0; i < 3; i++)
+                for (size_t e = 0; e < count[i]; e++) {
+                    const bool untouched = isnan(part[i][e]);
+                    same &= wanted & (1 << i) ? memcmp(&part[i][e], &full[i][e], 4) == 0
+                                              : untouched;
+                }
+        }
+        snprintf(name, sizeof name, "attention_backward_into B=%d Tq=%d T=%d H=%d D=%d mask=%d "
+                 "p=%.1f: dq, dk, dv each optional, the rest the same bits", B, Tq, T, H, D,
+                 masked, p);
+        check_true(name, same);
+        for (int i = 0; i < 3; i++) pc_free(part[i]);
     }
     free(init_q); free(init_k); free(init_v);
 
@@ -578,6 +601,17 @@ static void test_prefixed_attention(int B, int Tq, int T, int H, int D, int P, b
         check(what, dkv, want_kv, (size_t)B * T * 2 * C);
         snprintf(what, sizeof what, "%s: the prefix's gradients per sequence", name);
         check(what, dp, want_p, (size_t)B * P * 2 * C);
+        if (!add) {
+            /* none of q, k, v wanted: the prefix's gradients alone, the same bits */
+            float *kept = pc_alloc((size_t)B * P * 2 * C * sizeof(float));
+            memcpy(kept, dp, (size_t)B * P * 2 * C * sizeof(float));
+            for (size_t i = 0; i < (size_t)B * P * 2 * C; i++) dp[i] = NAN;
+            pc_attention_backward_into(NULL, NULL, NULL, dout, probs, q, kv, kv + C, &dims, p,
+                                       seed);
+            snprintf(what, sizeof what, "%s: the prefix's gradients alone, the same bits", name);
+            check_true(what, memcmp(kept, dp, (size_t)B * P * 2 * C * sizeof(float)) == 0);
+            pc_free(kept);
+        }
         pc_free(dq); pc_free(dkv); pc_free(rdq); pc_free(rdkv);
         free(want_q); free(want_kv); free(want_p);
     }
