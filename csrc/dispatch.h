@@ -155,8 +155,8 @@
     X(VOID, void, pc_layernorm_backward_to,                                                  \
       (float *dinp, float *dcopy, float *dweight, float *dbias, const float *dout,           \
        const float *inp, const float *weight, const float *mean, const float *rstd, int N,   \
-       int C),                                                                               \
-      (dinp, dcopy, dweight, dbias, dout, inp, weight, mean, rstd, N, C))                    \
+       int C, float p, uint64_t seed),                                                       \
+      (dinp, dcopy, dweight, dbias, dout, inp, weight, mean, rstd, N, C, p, seed))           \
     X(VALUE, int, pc_lora_forward,                                                           \
       (float *y, int ldy, float *u, const float *x, int ldx, const float *A, const float *B, \
        int N, int in, int out, int r, float scale, const float *row_scale, float p,          \

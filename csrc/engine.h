@@ -171,11 +171,14 @@ void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
 void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *weight, const float *mean,
                            const float *rstd, int N, int C);
-/* the same, but the input's gradient is stored (not added) in dinp, and also in dcopy when
- * that is not NULL (a residual's second use of it) */
+/* the same, but the input's gradient is stored (not added) in dcopy when that is not NULL
+ * (a residual's share) and in dinp through dropout's backward of rate p (0: none; the mask
+ * of pc_dropout_forward with seed over the N·C elements): the branch that was dropped out
+ * before the residual sum this LayerNorm normalizes */
 void pc_layernorm_backward_to(float *dinp, float *dcopy, float *dweight, float *dbias,
                               const float *dout, const float *inp, const float *weight,
-                              const float *mean, const float *rstd, int N, int C);
+                              const float *mean, const float *rstd, int N, int C, float p,
+                              uint64_t seed);
 
 /* Activations over n elements. GELU: exact x·Φ(x), or the tanh approximation. */
 void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx);

@@ -519,8 +519,8 @@ FD_CONFIG = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attentio
                  attention_probs_dropout_prob=0.0)
 
 
-def _fd_model(model_type, head, num_labels=3, seed=0):
-    cfg = dict(FD_CONFIG, model_type=model_type, num_labels=num_labels)
+def _fd_model(model_type, head, num_labels=3, seed=0, **overrides):
+    cfg = dict(FD_CONFIG, model_type=model_type, num_labels=num_labels, **overrides)
     if model_type == "roberta":
         cfg.update(pad_token_id=1, type_vocab_size=1, max_position_embeddings=18)
     cls = AutoModelForSequenceClassification if head else AutoModel
@@ -591,6 +591,28 @@ def test_finite_differences_seqcls(model_type, num_labels):
             if model_type == "bert" else
             ["classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight"])
     _fd_check(loss, model, [prefix + n for n in FD_NAMES] + head, ids)
+
+
+def test_finite_differences_train_mode_through_dropout():
+    """Train-mode gradients through every dropout (the embeddings', the attention
+    probabilities', both residual branches', the head's) against central differences: each
+    loss is evaluated with the same masks, the model's forward count held where it was."""
+    model = _fd_model("bert", head=True, hidden_dropout_prob=0.2,
+                      attention_probs_dropout_prob=0.2).train()
+    ids, mask = _batch("bert", FD_CONFIG["vocab_size"], B=3, T=6, seed=2)
+    labels = np.array([0, 2, 1])
+
+    def loss():
+        model._forwards = 7  # the same dropout masks every time
+        return float(model(ids, attention_mask=mask, labels=labels).loss)
+
+    loss()
+    model.backward()
+    dropped = loss()
+    model.eval()
+    assert abs(float(model(ids, attention_mask=mask, labels=labels).loss) - dropped) > 1e-3
+    model.train()
+    _fd_check(loss, model, ["bert." + n for n in FD_NAMES] + ["classifier.weight"], ids)
 
 
 def test_finite_differences_automodel():

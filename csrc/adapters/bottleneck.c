@@ -368,7 +368,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     /* post: out = LN(o + x) */
     if (s.ln_after_orig) { /* dx starts as d_o: both in one pass */
         pc_layernorm_backward_to(d_o, dx, c->d_ln_w, c->d_ln_b, dout, L.po_in, c->ln_w,
-                                 L.po_mean, L.po_rstd, N, C);
+                                 L.po_mean, L.po_rstd, N, C, 0.0f, 0);
     } else {
         pc_copy_floats(d_o, dout, NC);
         pc_copy_floats(dx, NULL, NC);
@@ -378,7 +378,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     if (s.norm_after) {
         /* dz is free until the down projection */
         pc_layernorm_backward_to(dz, NULL, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean,
-                                 L.na_rstd, N, C);
+                                 L.na_rstd, N, C, 0.0f, 0);
         pc_copy_floats(d_o, dz, NC);
     }
     if (s.arb) pc_copy_floats(dres, d_o, NC);
@@ -460,7 +460,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         float *dz1 = d_o; /* free again */
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz1, C);
         pc_layernorm_backward_to(dz, NULL, dnbw, dnbb, dz1, L.z, s.nbw, L.nb_mean, L.nb_rstd,
-                                 N, C);
+                                 N, C, 0.0f, 0);
     } else {
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C);
     }
@@ -479,7 +479,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) L.s[i] = h[i] + x[i]; /* the LayerNorm's input again */
         pc_layernorm_backward_to(dh, NULL, c->d_ln_w, c->d_ln_b, dz, L.s, c->ln_w, L.pre_mean,
-                                 L.pre_rstd, N, C);
+                                 L.pre_rstd, N, C, 0.0f, 0);
         PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) dx[i] += dh[i];
     } else {

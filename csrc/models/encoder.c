@@ -1478,14 +1478,15 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         if (oom || pc_site_block_backward(ffn_block, &bc, d_r, d_h1, d_out, a->r2, a->h1, 0) < 0)
             return -1;
     } else {
-        /* out = LN2(r2): d_r (Nq,C) = LN2ᵀ d_out; r2 = dropout(o) + h1: the residual
-         * passes d_r to h1 (a copy written in the same pass) */
+        /* out = LN2(r2) with r2 = dropout(o) + h1: in one pass the residual's share of
+         * LN2ᵀ d_out to h1 and the branch's, through its dropout, to d_r (Nq,C) */
         pc_layernorm_backward_to(d_r, d_h1, grad_or_null(lp->ln2_w, &oom),
                                  grad_or_null(lp->ln2_b, &oom), d_out, a->r2, pc_f32(lp->ln2_w),
-                                 a->ln2_mean, a->ln2_rstd, Nq, C);
+                                 a->ln2_mean, a->ln2_rstd, Nq, C, p_hidden,
+                                 site_seed(enc->seed, l, SITE_O));
     }
-    /* the branch gets its dropout */
-    pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
+    if (ffn_block->n) /* the branch gets its dropout */
+        pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
     float *d_pre = enc->d_act;
     pc_linear_slot *o = lp->slot[SLOT_O];
     pc_tensor *scale = fused_input_scale(enc, o);
@@ -1515,6 +1516,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     /* d_res: the gradient of the attention block's residual input xq */
     float *d_res = d_r;
     bool dx_has_residual = false; /* d_x holds the residual's share already */
+    bool dropped = false;         /* d_r has been through the branch's dropout */
     if (attn_block->n) {
         /* h1 = junction(r1, xq): d_r and d_res (in d_ctx, free until the AO backward) */
         d_res = enc->d_ctx;
@@ -1522,12 +1524,15 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         if (oom || pc_site_block_backward(attn_block, &bc, d_r, d_res, d_h1, a->r1, r.xq, 0) < 0)
             return -1;
     } else {
-        /* h1 = LN1(r1), r1 = dropout(ao) + xq: the residual gets d_r, which d_x takes as its
-         * share in the same pass when every row was computed */
+        /* h1 = LN1(r1), r1 = dropout(ao) + xq: the residual's share goes to d_x in the same
+         * pass when every row was computed, and then the branch's, through its dropout, to
+         * d_r; else d_r takes the residual's share, for the first tokens' rows of d_x below */
         float *copy = need_dx && !r.first_tokens ? d_x : NULL;
+        dropped = copy || !need_dx;
         pc_layernorm_backward_to(d_r, copy, grad_or_null(lp->ln1_w, &oom),
                                  grad_or_null(lp->ln1_b, &oom), d_h1, a->r1, pc_f32(lp->ln1_w),
-                                 a->ln1_mean, a->ln1_rstd, Nq, C);
+                                 a->ln1_mean, a->ln1_rstd, Nq, C, dropped ? p_hidden : 0.0f,
+                                 site_seed(enc->seed, l, SITE_AO));
         dx_has_residual = copy != NULL;
     }
     /* the residual's share of d_x (at the first tokens only, when only those rows were
@@ -1541,7 +1546,8 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
                 memcpy(d_x + (int64_t)b * T * C, d_res + (int64_t)b * C, sizeof(float) * C);
         }
     }
-    pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
+    if (!dropped)
+        pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
     /* ao = ctx·Waoᵀ + bao */
     if (slot_backward(enc, lp->slot[SLOT_AO], enc->d_ctx, d_r, a->ctx, Nq, true) < 0) return -1;
     /* ctx = attention(q, k, v); the gradient of q, k or v only where x's is wanted or that
@@ -1664,7 +1670,7 @@ static int embeddings_backward(pc_encoder *enc, const float *d_emb) {
     float *d_sum = enc->d_h1;
     pc_layernorm_backward_to(d_sum, NULL, grad_or_null(enc->emb_ln_w, &oom),
                              grad_or_null(enc->emb_ln_b, &oom), d, enc->emb_sum,
-                             pc_f32(enc->emb_ln_w), enc->emb_mean, enc->emb_rstd, N, C);
+                             pc_f32(enc->emb_ln_w), enc->emb_mean, enc->emb_rstd, N, C, 0.0f, 0);
     float *dw = grad_or_null(enc->word_emb, &oom), *dp = grad_or_null(enc->pos_emb, &oom),
           *dt = grad_or_null(enc->type_emb, &oom);
     if (oom) return -1;

@@ -30,11 +30,16 @@ void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
  *   dbias += Σ_n dy,  dweight += Σ_n dy·x̂
  *   dx = rstd · (g - mean_c(g) - x̂·mean_c(g·x̂))  where g = dy·w
  * dx is row-parallel; the column sums are column-parallel (deterministic). dx is added to
- * dinp, or (pc_layernorm_backward_to) stored in dinp and in dcopy when that is not NULL. */
+ * dinp, or (pc_layernorm_backward_to) stored in dcopy when that is not NULL and in dinp
+ * through dropout's backward (p > 0: element n·C + c kept or not as pc_dropout_forward
+ * decides with seed, then scaled by 1/(1 - p)). */
 static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweight,
                                float *dbias, const float *dout, const float *inp,
                                const float *weight, const float *mean, const float *rstd, int N,
-                               int C) {
+                               int C, float p, uint64_t seed) {
+    const bool drop = !add && p > 0.0f;
+    const float scale = drop ? 1.0f / (1.0f - p) : 1.0f;
+    const uint64_t threshold = pc_keep_threshold(p);
     if (dinp) {
         PC_PARALLEL_FOR((int64_t)N * C)
         for (int n = 0; n < N; n++) {
@@ -51,14 +56,15 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
             g_mean /= C;
             gx_mean /= C;
             float *copy = dcopy ? dcopy + (int64_t)n * C : NULL;
+            const uint64_t first = (uint64_t)n * (uint64_t)C;
             for (int c = 0; c < C; c++) {
                 float xhat = (x[c] - m) * s;
                 float v = s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
                 if (add) {
                     dx[c] += v;
                 } else {
-                    dx[c] = v;
                     if (copy) copy[c] = v;
+                    dx[c] = !drop ? v : pc_keep_t(seed, first + c, threshold) ? v * scale : 0.0f;
                 }
             }
         }
@@ -89,11 +95,14 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
 void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *weight, const float *mean,
                            const float *rstd, int N, int C) {
-    layernorm_backward(dinp, NULL, true, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    layernorm_backward(dinp, NULL, true, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
+                       0.0f, 0);
 }
 
 void pc_layernorm_backward_to(float *dinp, float *dcopy, float *dweight, float *dbias,
                               const float *dout, const float *inp, const float *weight,
-                              const float *mean, const float *rstd, int N, int C) {
-    layernorm_backward(dinp, dcopy, false, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+                              const float *mean, const float *rstd, int N, int C, float p,
+                              uint64_t seed) {
+    layernorm_backward(dinp, dcopy, false, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
+                       p, seed);
 }

@@ -311,7 +311,7 @@ static void test_layernorm(int N, int C) {
     pc_layernorm_backward(dz, NULL, NULL, dy, x, w, mean, rstd, N, C);
     pc_layernorm_backward(NULL, dw, db, dy, x, w, mean, rstd, N, C);
     for (size_t i = 0; i < (size_t)N * C; i++) ds[i] = dc[i] = NAN;
-    pc_layernorm_backward_to(ds, dc, dw2, db2, dy, x, w, mean, rstd, N, C);
+    pc_layernorm_backward_to(ds, dc, dw2, db2, dy, x, w, mean, rstd, N, C, 0.0f, 0);
     snprintf(name, sizeof name, "layernorm_backward_to N=%d C=%d: stores dinp and its copy "
              "(bitwise the sum from zero), adds the parameter sums", N, C);
     check_true(name, memcmp(ds, dz, sizeof(float) * (size_t)N * C) == 0 &&
@@ -319,9 +319,18 @@ static void test_layernorm(int N, int C) {
                          memcmp(dw2, dw, sizeof(float) * C) == 0 &&
                          memcmp(db2, db, sizeof(float) * C) == 0);
     for (size_t i = 0; i < (size_t)N * C; i++) ds[i] = NAN;
-    pc_layernorm_backward_to(ds, NULL, NULL, NULL, dy, x, w, mean, rstd, N, C);
+    pc_layernorm_backward_to(ds, NULL, NULL, NULL, dy, x, w, mean, rstd, N, C, 0.0f, 0);
     snprintf(name, sizeof name, "layernorm_backward_to N=%d C=%d without a copy", N, C);
     check_true(name, memcmp(ds, dz, sizeof(float) * (size_t)N * C) == 0);
+    /* through a dropout: dinp what pc_dropout_backward_inplace makes of the gradient, the
+     * copy the gradient itself */
+    for (size_t i = 0; i < (size_t)N * C; i++) ds[i] = dc[i] = NAN;
+    pc_layernorm_backward_to(ds, dc, NULL, NULL, dy, x, w, mean, rstd, N, C, 0.3f, 77);
+    const bool copy_plain = memcmp(dc, dz, sizeof(float) * (size_t)N * C) == 0;
+    pc_dropout_backward_inplace(dz, (int64_t)N * C, 0.3f, 77);
+    snprintf(name, sizeof name, "layernorm_backward_to N=%d C=%d through dropout: dinp the "
+             "dropout's backward bitwise, the copy without it", N, C);
+    check_true(name, copy_plain && memcmp(ds, dz, sizeof(float) * (size_t)N * C) == 0);
     pc_free(dz); pc_free(ds); pc_free(dc); pc_free(dw2); pc_free(db2);
     pc_free(x); pc_free(w); pc_free(b); pc_free(y); pc_free(mean); pc_free(rstd); pc_free(dy);
     pc_free(dx); pc_free(dw); pc_free(db);
