@@ -70,19 +70,23 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
         }
     }
     if (dweight || dbias) {
-        enum { BLOCK = 64 };
-        int nblocks = (C + BLOCK - 1) / BLOCK;
-        PC_PARALLEL_FOR((int64_t)N * C)
-        for (int blk = 0; blk < nblocks; blk++) {
-            int c0 = blk * BLOCK, c1 = c0 + BLOCK < C ? c0 + BLOCK : C;
-            float dw[BLOCK] = {0}, db[BLOCK] = {0};
+        /* threads own whole column groups and walk the rows once each (a sweep per 64-column
+         * block read every row's lines several times over, prefetched neighbours and all) */
+        const int threads = pc_threads_for((int64_t)N * C);
+        const int width = pc_column_group_width(C, threads);
+        const int groups = (C + width - 1) / width;
+        PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
+        for (int g = 0; g < groups; g++) {
+            const int c0 = g * width, c1 = c0 + width < C ? c0 + width : C;
+            float dw[PC_COLUMN_GROUP_MAX], db[PC_COLUMN_GROUP_MAX];
+            memset(dw, 0, sizeof(float) * (c1 - c0));
+            memset(db, 0, sizeof(float) * (c1 - c0));
             for (int n = 0; n < N; n++) {
                 const float *x = inp + (int64_t)n * C, *dy = dout + (int64_t)n * C;
                 float m = mean[n], s = rstd[n];
-                for (int c = c0; c < c1; c++) {
-                    dw[c - c0] += dy[c] * (x[c] - m) * s;
-                    db[c - c0] += dy[c];
-                }
+                if (dweight)
+                    for (int c = c0; c < c1; c++) dw[c - c0] += dy[c] * (x[c] - m) * s;
+                for (int c = c0; c < c1; c++) db[c - c0] += dy[c];
             }
             for (int c = c0; c < c1; c++) {
                 if (dweight) dweight[c] += dw[c - c0];
