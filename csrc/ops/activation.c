@@ -69,15 +69,13 @@ static void gelu_tanh_scale_group(float *acc, float *d, const float *pre, const 
     }
 }
 
-/* threads own whole column groups (pc_column_group_width), as in the column reductions */
+/* threads own whole column groups (pc_column_groups_of), as in the column reductions */
 void pc_gelu_scale_backward(float *dl, float *d, const float *pre, const float *l, int N, int C,
                             bool tanh_approx) {
-    const int threads = pc_threads_for((int64_t)N * C);
-    const int width = pc_column_group_width(C, threads);
-    const int groups = (C + width - 1) / width;
-    PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
-    for (int g = 0; g < groups; g++) {
-        const int c0 = g * width, c1 = c0 + width < C ? c0 + width : C;
+    const pc_column_groups cg = pc_column_groups_of(N, C);
+    PC_PRAGMA(omp parallel for schedule(static) num_threads(cg.threads))
+    for (int g = 0; g < cg.count; g++) {
+        const int c0 = g * cg.width, c1 = pc_column_group_end(&cg, g, C);
         float acc[PC_COLUMN_GROUP_MAX];
         if (dl) memset(acc, 0, sizeof(float) * (c1 - c0));
         if (tanh_approx)

@@ -25,16 +25,29 @@ static inline int pc_threads_for(int64_t work) {
 
 /* Column reductions that must not depend on the thread count (a bias's gradient, (IA)³'s
  * vector's) give each thread whole groups of 64-column blocks, at most 32 blocks a group,
- * and sum every column in row order: the width of a group for C columns */
+ * and sum every column in row order. For N rows of C columns: the threads, the groups and
+ * their width; group g holds columns [g·width, min((g + 1)·width, C)). */
 enum { PC_COLUMN_BLOCK = 64, PC_COLUMN_GROUP_MAX = 32 * PC_COLUMN_BLOCK };
 
-static inline int pc_column_group_width(int C, int threads) {
+typedef struct {
+    int threads, count, width;
+} pc_column_groups;
+
+static inline pc_column_groups pc_column_groups_of(int64_t N, int C) {
+    pc_column_groups g;
+    g.threads = pc_threads_for(N * C);
     const int blocks = (C + PC_COLUMN_BLOCK - 1) / PC_COLUMN_BLOCK;
-    int per = (blocks + threads - 1) / threads;
+    int per = (blocks + g.threads - 1) / g.threads;
     per = per > PC_COLUMN_GROUP_MAX / PC_COLUMN_BLOCK ? PC_COLUMN_GROUP_MAX / PC_COLUMN_BLOCK
           : per < 1                                   ? 1
                                                       : per;
-    return per * PC_COLUMN_BLOCK;
+    g.width = per * PC_COLUMN_BLOCK;
+    g.count = (C + g.width - 1) / g.width;
+    return g;
+}
+
+static inline int pc_column_group_end(const pc_column_groups *g, int i, int C) {
+    return (i + 1) * g->width < C ? (i + 1) * g->width : C;
 }
 
 /* dst = src (n floats), or 0 where src is NULL, on the threads: a serial memcpy of a

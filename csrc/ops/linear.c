@@ -48,12 +48,10 @@ column_tile(float *acc, float *d, int ldd, const float *v, int ldv, const float 
 static inline __attribute__((always_inline)) void
 column_reduce(float *dst, float *d, int ldd, const float *v, int ldv, const float *l, int N,
               int C, bool dot, bool scale) {
-    const int threads = pc_threads_for((int64_t)N * C);
-    const int width = pc_column_group_width(C, threads);
-    const int ngroups = (C + width - 1) / width;
-    PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
-    for (int g = 0; g < ngroups; g++) {
-        const int c0 = g * width, c1 = c0 + width < C ? c0 + width : C;
+    const pc_column_groups cg = pc_column_groups_of(N, C);
+    PC_PRAGMA(omp parallel for schedule(static) num_threads(cg.threads))
+    for (int g = 0; g < cg.count; g++) {
+        const int c0 = g * cg.width, c1 = pc_column_group_end(&cg, g, C);
         float acc[PC_COLUMN_GROUP_MAX];
         memset(acc, 0, sizeof(float) * (c1 - c0));
         for (int n0 = 0; n0 < N; n0 += COL_ROWS) {

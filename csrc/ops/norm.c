@@ -72,12 +72,10 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
     if (dweight || dbias) {
         /* threads own whole column groups and walk the rows once each (a sweep per 64-column
          * block read every row's lines several times over, prefetched neighbours and all) */
-        const int threads = pc_threads_for((int64_t)N * C);
-        const int width = pc_column_group_width(C, threads);
-        const int groups = (C + width - 1) / width;
-        PC_PRAGMA(omp parallel for schedule(static) num_threads(threads))
-        for (int g = 0; g < groups; g++) {
-            const int c0 = g * width, c1 = c0 + width < C ? c0 + width : C;
+        const pc_column_groups cg = pc_column_groups_of(N, C);
+        PC_PRAGMA(omp parallel for schedule(static) num_threads(cg.threads))
+        for (int g = 0; g < cg.count; g++) {
+            const int c0 = g * cg.width, c1 = pc_column_group_end(&cg, g, C);
             float dw[PC_COLUMN_GROUP_MAX], db[PC_COLUMN_GROUP_MAX];
             memset(dw, 0, sizeof(float) * (c1 - c0));
             memset(db, 0, sizeof(float) * (c1 - c0));
