@@ -37,18 +37,15 @@ static void gelu_scale_group(float *acc, float *d, const float *pre, const float
             const pc_vec x = w == PC_VW ? pc_loadv(xn + c) : pc_load_head(xn + c, w);
             const pc_vec dv = w == PC_VW ? pc_loadv(dn + c) : pc_load_head(dn + c, w);
             const pc_vec lv = w == PC_VW ? pc_loadv(l + c) : pc_load_head(l + c, w);
-            /* as pc_gelu_v and pc_gelu_derivative_v, one exponential for both */
-            const pc_vec e = pc_exp_nonpositive(-0.5f * x * x);
-            const pc_vec cdf = pc_normal_cdf_with(x, e);
+            pc_vec gelu;
+            const pc_vec deriv = pc_gelu_value_derivative_v(x, &gelu);
             if (dot) {
                 float *a = acc + (c - c0);
                 const pc_vec sum = w == PC_VW ? pc_loadv(a) : pc_load_head(a, w);
-                if (w == PC_VW) pc_storev(a, sum + dv * (x * cdf));
-                else pc_store_head(a, sum + dv * (x * cdf), w);
+                if (w == PC_VW) pc_storev(a, sum + dv * gelu);
+                else pc_store_head(a, sum + dv * gelu, w);
             }
-            const pc_ivec finite_tail = pc_splat(13.0f) > pc_select(x < 0.0f, -x, x);
-            const pc_vec xpdf = pc_select(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat(0.0f));
-            const pc_vec g = (dv * lv) * (cdf + xpdf);
+            const pc_vec g = (dv * lv) * deriv;
             if (w == PC_VW) pc_storev(dn + c, g); else pc_store_head(dn + c, g, w);
         }
     }

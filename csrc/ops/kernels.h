@@ -291,14 +291,21 @@ static inline pc_vec pc_gelu_v(pc_vec x) {
 
 #define PC_INV_SQRT_2PI 0.3989422804014327f
 
-/* gelu'(x) = Φ(x) + x·φ(x) on a vector, one exponential serving both. At ±inf x·φ(x) would
- * be ±inf·0 = NaN; for |x| >= 13 it is below 1e-35, so it is dropped (a NaN x still
- * propagates through Φ). */
-static inline pc_vec pc_gelu_derivative_v(pc_vec x) {
+/* gelu'(x) = Φ(x) + x·φ(x) on a vector, one exponential serving both (and gelu(x) in *value,
+ * for a caller that wants it too). At ±inf x·φ(x) would be ±inf·0 = NaN; for |x| >= 13 it
+ * is below 1e-35, so it is dropped (a NaN x still propagates through Φ). */
+static inline pc_vec pc_gelu_value_derivative_v(pc_vec x, pc_vec *value) {
     const pc_vec e = pc_exp_nonpositive(-0.5f * x * x);
+    const pc_vec cdf = pc_normal_cdf_with(x, e);
+    *value = x * cdf; /* gelu(x), as pc_gelu_v has it */
     const pc_ivec finite_tail = pc_splat(13.0f) > pc_select(x < 0.0f, -x, x);
     const pc_vec xpdf = pc_select(finite_tail, x * PC_INV_SQRT_2PI * e, pc_splat(0.0f));
-    return pc_normal_cdf_with(x, e) + xpdf;
+    return cdf + xpdf;
+}
+
+static inline pc_vec pc_gelu_derivative_v(pc_vec x) {
+    pc_vec value;
+    return pc_gelu_value_derivative_v(x, &value);
 }
 
 /* One row in place or out of place: y = exp(z - max z) / Σ exp(z - max z) with
