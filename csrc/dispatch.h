@@ -17,6 +17,9 @@
       (out, inp, n, tanh_approx))                                                            \
     X(VOID, void, pc_gelu_grad_inplace, (float *d, const float *inp, int64_t n, bool tanh_approx), \
       (d, inp, n, tanh_approx))                                                              \
+    X(VOID, void, pc_gelu_value_slope_span, (float *out, float *x, int64_t n, bool tanh_approx), \
+      (out, x, n, tanh_approx))                                                              \
+    X(VOID, void, pc_mul_inplace, (float *d, const float *s, int64_t n), (d, s, n))            \
     X(VOID, void, pc_gelu_scale_backward,                                                    \
       (float *dl, float *d, const float *pre, const float *l, int N, int C, bool tanh_approx), \
       (dl, d, pre, l, N, C, tanh_approx))                                                    \

@@ -188,6 +188,12 @@ void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t 
 void pc_gelu_span(float *out, const float *inp, int64_t n, bool tanh_approx);
 /* d ⊙= gelu'(inp): the gradient of GELU's output becomes its input's, in place */
 void pc_gelu_grad_inplace(float *d, const float *inp, int64_t n, bool tanh_approx);
+/* out = gelu(x) and x = gelu'(x) in place, on the calling thread alone: a forward that
+ * keeps the slope instead of GELU's input, for a backward that needs only d ⊙= slope. The
+ * same bits as pc_gelu_span and pc_gelu_grad_inplace's factor. */
+void pc_gelu_value_slope_span(float *out, float *x, int64_t n, bool tanh_approx);
+/* d ⊙= s elementwise */
+void pc_mul_inplace(float *d, const float *s, int64_t n);
 /* The backward of y = gelu(pre) ⊙ l over N rows of C columns (contiguous) in one pass, gelu
  * recomputed from pre: dl (C) += Σ_n d[n] ⊙ gelu(pre[n]) (dl NULL: not wanted), each
  * column summed in row order as pc_column_dots_scale does, and d[n] ← (d[n] ⊙ l) ⊙

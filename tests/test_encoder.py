@@ -615,6 +615,49 @@ def test_finite_differences_train_mode_through_dropout():
     _fd_check(loss, model, ["bert." + n for n in FD_NAMES] + ["classifier.weight"], ids)
 
 
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
+def test_frozen_output_weights_keep_gelus_slope(hidden_act):
+    """Where the feed-forward output weights are frozen the forward keeps gelu'(pre) in place
+    of pre. The gradients are the same bits as where those weights train (pre kept, gelu
+    recomputed) and agree with central differences. A weight set to train between the
+    forward and the backward is refused, the forward kept for a backward as it was made."""
+    ids, mask = _batch("bert", FD_CONFIG["vocab_size"], B=3, T=6, seed=2)
+    labels = np.array([0, 2, 1])
+    trained = ["bert.encoder.layer.0.intermediate.dense.bias",
+               "bert.encoder.layer.1.attention.self.query.weight",
+               "bert.encoder.layer.0.output.dense.bias", "classifier.weight"]
+    grads = []
+    for wo_trains in (False, True):
+        model = _fd_model("bert", head=True, hidden_act=hidden_act, hidden_dropout_prob=0.2).train()
+        for name, p in model.named_parameters():
+            p.requires_grad = name in trained or (wo_trains and name.endswith("output.dense.weight")
+                                                  and "attention" not in name)
+        model._forwards = 3
+        model(ids, attention_mask=mask, labels=labels)
+        model.backward()
+        grads.append({n: p.grad.copy() for n, p in model.named_parameters() if n in trained})
+    for name in trained:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)
+
+    def loss():
+        model._forwards = 3
+        return float(model(ids, attention_mask=mask, labels=labels).loss)
+
+    for name, p in model.named_parameters():
+        p.requires_grad = name in trained
+        p.grad = None
+    loss()
+    wo = model.bert.encoder.layer[1].output.dense.weight
+    wo.requires_grad = True
+    with pytest.raises(RuntimeError, match="set to train after the last forward"):
+        model.backward()
+    wo.requires_grad = False
+    model.backward()
+    for name in trained:
+        np.testing.assert_array_equal(model.get_parameter(name).grad, grads[0][name], err_msg=name)
+    _fd_check(loss, model, trained, ids)
+
+
 def test_finite_differences_automodel():
     model = _fd_model("bert", head=False)
     ids, mask = _batch("bert", FD_CONFIG["vocab_size"], B=3, T=6, seed=3)

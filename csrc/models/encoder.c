@@ -49,6 +49,7 @@ typedef struct {
     float *qkv, *probs, *ctx, *r1, *ln1_mean, *ln1_rstd, *h1, *pre, *act, *r2, *ln2_mean,
         *ln2_rstd, *out;
     float *kv; /* with a prefix: its rows k|v (P,2C), per sequence (B,P,2C) when gated */
+    bool pre_is_slope; /* pre holds gelu'(pre) (ffn_keeps_slope) */
 } layer_acts;
 
 typedef struct {
@@ -717,6 +718,17 @@ static bool slot_reads_input(const pc_linear_slot *s) {
     return wants_grad(s->weight) || s->site[PC_SITE_LINEAR_IN].n || s->site[PC_SITE_LINEAR_OUT].n;
 }
 
+/* Whether a forward that keeps its activations keeps GELU's slope gelu'(pre) in place of
+ * pre: when the backward needs nothing of pre but that, i.e. the output projection's
+ * backward does not read act (frozen weight, no adapters) and no (IA)3 scale is fused into
+ * GELU's passes. The slope costs the forward a few operations on the exponential it
+ * computes anyway and turns the backward's GELU pass into a product. */
+static bool ffn_keeps_slope(const pc_encoder *enc, const pc_linear_slot *o) {
+    const int kind = enc->cfg.activation;
+    return enc->keeping && (kind == PC_ACT_GELU || kind == PC_ACT_GELU_TANH) &&
+           !slot_reads_input(o) && !fused_input_scale(enc, (pc_linear_slot *)o);
+}
+
 /* A call at one of the slot's sites for N rows: whole sequences of T rows in the layers,
  * except the first-token rows of a first-token-only last layer (all but keys and values)
  * and the head's (one row per sequence) */
@@ -908,9 +920,10 @@ static void activation_forward(const pc_encoder *enc, float *out, const float *i
 }
 
 /* pre (N,I) += bias (unless NULL), act = activation(pre) ⊙ scale (scale NULL: none) in one
- * pass (act may be pre: in place) */
+ * pass (act may be pre: in place); slope (GELU, act apart from pre): pre becomes GELU's
+ * slope at pre (ffn_keeps_slope) */
 static void bias_activation(const pc_encoder *enc, float *act, float *pre, const float *bias,
-                            const float *scale, int N, int I) {
+                            const float *scale, int N, int I, bool slope) {
     const int kind = enc->cfg.activation;
     PC_PARALLEL_FOR((int64_t)N * I)
     for (int n = 0; n < N; n++) {
@@ -920,7 +933,10 @@ static void bias_activation(const pc_encoder *enc, float *act, float *pre, const
         switch (kind) {
         case PC_ACT_GELU:
         case PC_ACT_GELU_TANH:
-            pc_gelu_span(y, x, I, kind == PC_ACT_GELU_TANH);
+            if (slope)
+                pc_gelu_value_slope_span(y, x, I, kind == PC_ACT_GELU_TANH);
+            else
+                pc_gelu_span(y, x, I, kind == PC_ACT_GELU_TANH);
             break;
         case PC_ACT_RELU:
             for (int i = 0; i < I; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
@@ -1177,7 +1193,9 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row, &late_bias, false) < 0)
         return -1;
     const pc_tensor *scale = fused_input_scale(enc, o);
-    bias_activation(enc, a->act, a->pre, late_bias, scale ? pc_f32(scale) : NULL, Nq, I);
+    a->pre_is_slope = ffn_keeps_slope(enc, o);
+    bias_activation(enc, a->act, a->pre, late_bias, scale ? pc_f32(scale) : NULL, Nq, I,
+                    a->pre_is_slope);
     float *r2 = a->r2 ? a->r2 : out;
     if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias, scale != NULL) < 0)
         return -1;
@@ -1500,6 +1518,10 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         if (oom) return -1;
         pc_gelu_scale_backward(dl, d_pre, a->pre, pc_f32(scale), Nq, I,
                                c->activation == PC_ACT_GELU_TANH);
+    } else if (a->pre_is_slope) {
+        /* o = act·Woᵀ + bo, its backward reading nothing of act; the forward kept gelu'(pre) */
+        if (slot_backward(enc, o, d_pre, d_r, NULL, Nq, true) < 0) return -1;
+        pc_mul_inplace(d_pre, a->pre, (int64_t)Nq * I);
     } else {
         /* o = act·Woᵀ + bo; act is recomputed when Wo's backward reads it */
         if (slot_reads_input(o)) activation_forward(enc, a->act, a->pre, (int64_t)Nq * I);
@@ -1751,6 +1773,10 @@ int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_h
     if (!enc->has_forward) return -2;
     if (!enc->backward_ready) return -3;
     if (d_hidden && enc->first_token_only && enc->cfg.layers > 0) return -4;
+    /* a forward that kept GELU's slope kept nothing to rebuild act from: an output
+     * projection whose backward reads act (its weight set to train since) needs a new one */
+    for (int l = 0; l < enc->cfg.layers; l++)
+        if (enc->acts[l].pre_is_slope && slot_reads_input(enc->layer[l].slot[SLOT_O])) return -5;
     /* one backward per forward, whatever part of the model it reaches (and also when it
      * fails half-way): the layer loop below overwrites activations with gradients */
     enc->has_forward = false;

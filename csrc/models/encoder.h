@@ -100,7 +100,9 @@ int pc_encoder_gate_values(const pc_encoder *enc, pc_gate_visit visit, void *ctx
  * d_pooled (B,C) or d_hidden (B,T,C) (either may be given without a head). Returns 0,
  * -1 when out of memory, -2 when there was no forward, -3 when the forward did not keep its
  * activations (keep_activations false: inference, one set of buffers for all layers), -4 for
- * d_hidden after a first-token-only forward. */
+ * d_hidden after a first-token-only forward, -5 when a feed-forward output weight that was
+ * frozen in the forward trains now (the forward kept GELU's slope, not its input). -2 to -5
+ * leave the forward as it was. */
 int pc_encoder_backward(pc_encoder *enc, const float *d_logits, const float *d_hidden,
                         const float *d_pooled);
 

@@ -25,6 +25,25 @@ static void gelu_exact_grad_span(float *d, const float *inp, int64_t n) {
     }
 }
 
+/* out = gelu(x), x = gelu'(x) in place: both from one exponential, the same bits as
+ * gelu_exact_span and gelu_exact_grad_span */
+static void gelu_exact_value_slope_span(float *out, float *x, int64_t n) {
+    const int64_t nv = n / PC_VW * PC_VW;
+    for (int64_t i = 0; i < nv; i += PC_VW) {
+        pc_vec value;
+        const pc_vec slope = pc_gelu_value_derivative_v(pc_loadv(x + i), &value);
+        pc_storev(out + i, value);
+        pc_storev(x + i, slope);
+    }
+    if (nv < n) {
+        const int64_t rest = n - nv;
+        pc_vec value;
+        const pc_vec slope = pc_gelu_value_derivative_v(pc_load_head(x + nv, rest), &value);
+        pc_store_head(out + nv, value, rest);
+        pc_store_head(x + nv, slope, rest);
+    }
+}
+
 /* One column group [c0, c1) of pc_gelu_scale_backward over all N rows: acc (c1 - c0)
  * gathers the column dots when dot */
 static void gelu_scale_group(float *acc, float *d, const float *pre, const float *l, int N,
@@ -92,6 +111,18 @@ void pc_gelu_span(float *out, const float *inp, int64_t n, bool tanh_approx) {
     for (int64_t i = 0; i < n; i++) out[i] = pc_gelu_tanh(inp[i]);
 }
 
+void pc_gelu_value_slope_span(float *out, float *x, int64_t n, bool tanh_approx) {
+    if (!tanh_approx) {
+        gelu_exact_value_slope_span(out, x, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        out[i] = pc_gelu_tanh(v);
+        x[i] = pc_gelu_tanh_derivative(v);
+    }
+}
+
 /* d (n) ⊙= gelu'(inp) on one thread */
 static void gelu_grad_span(float *d, const float *inp, int64_t n, bool tanh_approx) {
     if (!tanh_approx) {
@@ -122,6 +153,11 @@ void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx) 
 
 void pc_gelu_grad_inplace(float *d, const float *inp, int64_t n, bool tanh_approx) {
     over_chunks(gelu_grad_span, d, inp, n, tanh_approx);
+}
+
+void pc_mul_inplace(float *d, const float *s, int64_t n) {
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) d[i] *= s[i];
 }
 
 /* dinp += dout · gelu'(inp) */

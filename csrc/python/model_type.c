@@ -620,6 +620,12 @@ static PyObject *encoder_backward(PcEncoderObject *self, PyObject *args, PyObjec
                         "it kept no activations to backpropagate through");
         return NULL;
     }
+    if (rc == -5) {
+        PyErr_SetString(PyExc_RuntimeError, "a feed-forward output weight was set to train after "
+                        "the last forward, which kept only what the frozen weight needed: run "
+                        "the forward again");
+        return NULL;
+    }
     if (rc == -4) {
         PyErr_SetString(PyExc_RuntimeError, "grad_hidden needs a forward that returned the hidden "
                         "states; the last one computed only the first tokens the head reads");

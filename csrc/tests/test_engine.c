@@ -240,6 +240,23 @@ static void test_gelu_scale_backward(int N, int C, bool tanh_approx) {
     check_true(bits, memcmp(d1, d3, NC * 4) == 0);
     snprintf(bits, sizeof bits, "%s: 1 vs 2 threads bitwise equal", what);
     check_true(bits, memcmp(dl, dl2, C * 4) == 0 && memcmp(d1, d2, NC * 4) == 0);
+    /* the forward's slope: gelu(pre) and gelu'(pre) in one pass, the same bits as
+     * pc_gelu_forward and the factor pc_gelu_grad_inplace applies (d = 1) */
+    float *slope = pc_alloc(NC * 4), *value = pc_alloc(NC * 4), *ones = pc_alloc(NC * 4);
+    memcpy(slope, pre, NC * 4);
+    for (size_t i = 0; i < NC; i++) ones[i] = 1.0f;
+    pc_gelu_value_slope_span(value, slope, (int64_t)NC, tanh_approx);
+    pc_gelu_grad_inplace(ones, pre, (int64_t)NC, tanh_approx);
+    snprintf(bits, sizeof bits, "%s: value and slope the same bits as gelu and gelu'", what);
+    check_true(bits, memcmp(value, act, NC * 4) == 0 && memcmp(slope, ones, NC * 4) == 0);
+    /* and the backward's product with it: d ⊙ slope is d ⊙= gelu'(pre) */
+    memcpy(d2, d, NC * 4);
+    memcpy(d3, d, NC * 4);
+    pc_mul_inplace(d2, slope, (int64_t)NC);
+    pc_gelu_grad_inplace(d3, pre, (int64_t)NC, tanh_approx);
+    snprintf(bits, sizeof bits, "%s: d times the slope the same bits as gelu's backward", what);
+    check_true(bits, memcmp(d2, d3, NC * 4) == 0);
+    pc_free(slope); pc_free(value); pc_free(ones);
     /* no dl: only the gradient of pre, the same */
     memcpy(d2, d, NC * 4);
     pc_gelu_scale_backward(NULL, d2, pre, l, N, C, tanh_approx);

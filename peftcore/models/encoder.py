@@ -703,12 +703,15 @@ class SequenceClassificationBase(EncoderModel):
         forward with labels, or of any loss whose gradient w.r.t. the logits is given."""
         with self._lock:
             self._check_forward_fresh()
-            if grad_logits is None:
+            pending = grad_logits is None
+            if pending:
                 if self._pending_grad is None:
                     raise RuntimeError("backward() without grad_logits needs a forward with "
                                        "labels first")
-                grad_logits, self._pending_grad = self._pending_grad, None
+                grad_logits = self._pending_grad
             self._engine_backward(d_logits=np.asarray(grad_logits))
+            if pending:  # kept where the engine refused and the forward stays usable
+                self._pending_grad = None
 
 
 class BertModel(AutoModelBase):
