@@ -94,8 +94,8 @@
     X(VALUE, bool, pc_gemm_packed_use, (bool on), (on))                                      \
     X(VALUE, bool, pc_sgemm_packed,                                                          \
       (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda, \
-       const float *B, int ldb, float beta, float *C, int ldc),                              \
-      (trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))                      \
+       const float *B, int ldb, float beta, float *C, int ldc, const float *bias),            \
+      (trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias))                \
     X(VOID, void, pc_linear_forward,                                                         \
       (float *out, const float *inp, const float *weight, const float *bias, int N, int IC,  \
        int OC),                                                                              \

@@ -56,11 +56,16 @@ void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
 void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta,
                      float *C, int ldc);
-/* The same product through our own packing and BLIS's micro-kernel (gemm_packed.c), where
+/* C(M,N) = op(A)·op(B) + bias (N) on every row, the bias added to each element after its
+ * whole sum (the bits of the product and then a pass adding the bias), on the packed path
+ * while the product's tiles are in cache. */
+void pc_sgemm_biased(bool trans_a, bool trans_b, int M, int N, int K, const float *A, int lda,
+                     const float *B, int ldb, const float *bias, float *C, int ldc);
+/* The same products through our own packing and BLIS's micro-kernel (gemm_packed.c), where
  * that is the path in use: false, with C untouched, where it is not. M, N, K >= 1. */
 bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc);
+                     int ldc, const float *bias);
 bool pc_gemm_packed_enabled(void);
 /* turn the packed path on or off; false when asked for it and BLIS's kernel set cannot be fed */
 bool pc_gemm_packed_use(bool on);

@@ -277,17 +277,19 @@ static void scale_output(float *C, int M, int N, int ldc, float beta) {
  * same order whatever the thread count, and no thread waits in BLIS's barriers (spinning
  * there collapsed when the cores were oversubscribed); between regions OpenMP's threads spin
  * briefly, then sleep (GOMP_SPINCOUNT, set by the Python package). */
-void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
-              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+static void gemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                        int ldc, const float *bias);
+
+/* pc_sgemm, plus a bias (N) on every row of C (NULL: none) */
+static void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc,
+                 const float *bias) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        scale_output(C, M, N, ldc, beta);
-        return;
-    }
     const int nt = pc_threads_here();
     /* small products: thread start-up costs more than it saves */
     if ((int64_t)M * N * K < ((int64_t)1 << 21) || nt == 1) {
-        pc_sgemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
         return;
     }
     const bool split_rows = M >= N;
@@ -303,34 +305,55 @@ void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, cons
             if (split_rows) {
                 /* rows [begin, end) of op(A) and of C */
                 const float *Ablk = trans_a ? A + begin : A + (int64_t)begin * lda;
-                pc_sgemm_serial(trans_a, trans_b, end - begin, N, K, alpha, Ablk, lda, B, ldb,
-                                beta, C + (int64_t)begin * ldc, ldc);
+                gemm_serial(trans_a, trans_b, end - begin, N, K, alpha, Ablk, lda, B, ldb, beta,
+                            C + (int64_t)begin * ldc, ldc, bias);
             } else {
                 /* columns [begin, end) of op(B) and of C */
                 const float *Bblk = trans_b ? B + (int64_t)begin * ldb : B + begin;
-                pc_sgemm_serial(trans_a, trans_b, M, end - begin, K, alpha, A, lda, Bblk, ldb,
-                                beta, C + begin, ldc);
+                gemm_serial(trans_a, trans_b, M, end - begin, K, alpha, A, lda, Bblk, ldb, beta,
+                            C + begin, ldc, bias ? bias + begin : NULL);
             }
         }
     }
 }
 
-void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc) {
+void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+}
+
+void pc_sgemm_biased(bool trans_a, bool trans_b, int M, int N, int K, const float *A, int lda,
+                     const float *B, int ldb, const float *bias, float *C, int ldc) {
+    gemm(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc, bias);
+}
+
+static void gemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                        int ldc, const float *bias) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         scale_output(C, M, N, ldc, beta);
-        return;
+    } else if (!pc_sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                                bias)) {
+        rntm_t rntm;
+        bli_rntm_init(&rntm);
+        bli_rntm_set_num_threads(1, &rntm);
+        if (!blis_sup) bli_rntm_disable_l3_sup(&rntm);
+        bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+                     trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A,
+                     lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL, &rntm);
+    } else {
+        return; /* the packed path added the bias */
     }
-    if (pc_sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
-    rntm_t rntm;
-    bli_rntm_init(&rntm);
-    bli_rntm_set_num_threads(1, &rntm);
-    if (!blis_sup) bli_rntm_disable_l3_sup(&rntm);
-    bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
-                 trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, M, N, K, &alpha, (float *)A,
-                 lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL, &rntm);
+    if (bias)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] += bias[j];
+}
+
+void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc) {
+    gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 bool pc_set_gemm_path(const char *name) {

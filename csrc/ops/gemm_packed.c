@@ -256,12 +256,24 @@ static void pack_block(float *p, int64_t ps, int width, int64_t count, int kc, c
 
 static inline int64_t round_to_line(int64_t floats) { return (floats + 15) / 16 * 16; }
 
+/* A bias on a tile the kernel has just stored: each of `lines` lines of `len` contiguous
+ * floats (stride ld) gets bias[0, len) added, after the whole sum over k as a separate pass
+ * would add it */
+static inline void add_bias_lines(float *c, int64_t ld, int lines, int len, const float *bias) {
+    for (int l = 0; l < lines; l++) {
+        float *row = c + (int64_t)l * ld;
+        for (int j = 0; j < len; j++) row[j] += bias[j];
+    }
+}
+
 /* C'(m, n) (element (i, j) at c[i·rs_c + j·cs_c]) = alpha·A'·B' + beta·C' with
  * A'(i, k) = a[i·ars + k·acs] (m, k) and B'(k, j) = b[k·brs + j·bcs] (k, n); A' is packed in
- * MR-row panels, B' in NR-column panels. */
+ * MR-row panels, B' in NR-column panels. bias (NULL: none) is added to each tile once its
+ * sum is complete, along C's contiguous direction: bias[i] to C'(i, j) when rs_c == 1,
+ * bias[j] when cs_c == 1. */
 static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                        int64_t ars, int64_t acs, const float *b, int64_t brs, int64_t bcs,
-                       float beta, float *c, int64_t rs_c, int64_t cs_c) {
+                       float beta, float *c, int64_t rs_c, int64_t cs_c, const float *bias) {
     const int MR = ukr.mr, NR = ukr.nr;
     const int64_t MC = ukr.mc, KC = ukr.kc, NC = ukr.nc;
     const int64_t nc_max = n < NC ? n : NC, kc_max = k < KC ? k : KC, mc_max = m < MC ? m : MC;
@@ -297,9 +309,15 @@ static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float
                         bli_auxinfo_set_next_a(last_row ? buf->a : ap + ps_a, &aux);
                         bli_auxinfo_set_next_b(!last_row ? bp : jr + NR < nc ? bp + ps_b : buf->b,
                                                &aux);
-                        ukr.kernel(mr, nr, kc, &alpha, ap, bp, (float *)&beta_here,
-                                   c + (ic + ir) * rs_c + (jc + jr) * cs_c, rs_c, cs_c, &aux,
-                                   ukr.context);
+                        float *tile = c + (ic + ir) * rs_c + (jc + jr) * cs_c;
+                        ukr.kernel(mr, nr, kc, &alpha, ap, bp, (float *)&beta_here, tile, rs_c,
+                                   cs_c, &aux, ukr.context);
+                        if (bias && pc + kc >= k) {
+                            if (rs_c == 1)
+                                add_bias_lines(tile, cs_c, nr, mr, bias + ic + ir);
+                            else
+                                add_bias_lines(tile, rs_c, mr, nr, bias + jc + jr);
+                        }
                     }
                 }
             }
@@ -351,18 +369,19 @@ bool pc_gemm_packed_use(bool on) {
     return ukr.enabled == on;
 }
 
-/* Row-major C (M, N) = alpha·op(A)·op(B) + beta·C. A row-preferring kernel computes C as
- * is; a column-preferring one computes the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so it too
- * stores along C's rows. False (C untouched) when disabled or out of memory. M, N, K >= 1. */
+/* Row-major C (M, N) = alpha·op(A)·op(B) + beta·C (+ bias (N) on every row, unless NULL).
+ * A row-preferring kernel computes C as is; a column-preferring one computes the
+ * column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so it too stores along C's rows. False (C untouched) when
+ * disabled or out of memory. M, N, K >= 1. */
 bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc) {
+                     int ldc, const float *bias) {
     if (!ukr.enabled) return false;
     /* op(A)(i, k) = A[i·a_rs + k·a_cs], op(B)(k, j) = B[k·b_rs + j·b_cs] */
     const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
     const int64_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
     if (ukr.prefers_rows)
-        return gemm_tiles(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc, 1);
+        return gemm_tiles(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc, 1, bias);
     /* A'(i, k) = op(B)(k, i), B'(k, j) = op(A)(j, k), C'(i, j) = C(j, i) */
-    return gemm_tiles(N, M, K, alpha, B, b_cs, b_rs, A, a_cs, a_rs, beta, C, 1, ldc);
+    return gemm_tiles(N, M, K, alpha, B, b_cs, b_rs, A, a_cs, a_rs, beta, C, 1, ldc, bias);
 }

@@ -4,13 +4,10 @@
 /* out (N,OC) = inp (N,IC) · weight (OC,IC)ᵀ + bias (OC) */
 void pc_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int IC, int OC) {
-    float beta = 0.0f;
-    if (bias) {
-        PC_PARALLEL_FOR((int64_t)N * OC)
-        for (int n = 0; n < N; n++) memcpy(out + (int64_t)n * OC, bias, sizeof(float) * OC);
-        beta = 1.0f;
-    }
-    pc_sgemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, beta, out, OC);
+    if (bias)
+        pc_sgemm_biased(false, true, N, OC, IC, inp, IC, weight, IC, bias, out, OC);
+    else
+        pc_sgemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f, out, OC);
 }
 
 /* In the forward out = inp·Wᵀ + b, so now:

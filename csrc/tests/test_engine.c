@@ -865,13 +865,13 @@ static void test_sgemm_packed(void) {
             snprintf(name, sizeof name, "sgemm_packed %dx%dx%d trans_a=%d trans_b=%d beta=%g",
                      M, N, K, ta, tb, beta);
             if (available) {
-                bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
                 check_true(name, done);
                 check_rounding(name, C, ref, scale, (size_t)M * ldc);
             } else {
                 float *before = pc_alloc((size_t)M * ldc * sizeof(float));
                 memcpy(before, C, (size_t)M * ldc * sizeof(float));
-                bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
                 check_true(name, !done && memcmp(before, C, (size_t)M * ldc * sizeof(float)) == 0);
                 pc_free(before);
             }
@@ -957,6 +957,33 @@ static void sgemm_blocks_case(const char *path, int M, int N, int K, bool ta, bo
     pc_free(whole); pc_free(part); pc_free(start);
 }
 
+/* pc_sgemm_biased: the bits of the product (alpha 1, beta 0) and then a pass adding the bias,
+ * on 1 and 2 threads; C's padding untouched */
+static void sgemm_biased_case(const char *path, int M, int N, int K, bool ta, bool tb,
+                              const float *A, int lda, const float *B, int ldb, const float *C0,
+                              int ldc) {
+    const size_t bytes = (size_t)M * ldc * sizeof(float);
+    float *want = pc_alloc(bytes), *got = pc_alloc(bytes), *bias = frand((size_t)N, 1);
+    memcpy(want, C0, bytes);
+    pc_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, want, ldc);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) want[(int64_t)i * ldc + j] += bias[j];
+    const int before = pc_get_num_threads();
+    for (int threads = 1; threads <= 2; threads++) {
+        pc_set_num_threads(threads);
+        memcpy(got, C0, bytes);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) got[(int64_t)i * ldc + j] = NAN; /* overwritten */
+        pc_sgemm_biased(ta, tb, M, N, K, A, lda, B, ldb, bias, got, ldc);
+        char what[200];
+        snprintf(what, sizeof what, "sgemm_biased [%s] %dx%dx%d trans_a=%d trans_b=%d, %d "
+                 "thread(s): the product's bits plus the bias", path, M, N, K, ta, tb, threads);
+        check_true(what, memcmp(got, want, bytes) == 0);
+    }
+    pc_set_num_threads(before);
+    pc_free(want); pc_free(got); pc_free(bias);
+}
+
 static void test_sgemm_blocks(void) {
     static const int shapes[][3] = {{1, 1, 1},      {1, 1000, 3},    {3, 17, 1000},
                                     {17, 257, 1},   {257, 3, 17},    {1000, 17, 257},
@@ -991,6 +1018,7 @@ static void test_sgemm_blocks(void) {
                 for (int beta = 0; beta < 2; beta++)
                     sgemm_blocks_case(paths[p], M, N, K, ta, tb, (float)beta, A, lda, B, ldb,
                                       C0, ldc, sum, mag);
+                sgemm_biased_case(paths[p], M, N, K, ta, tb, A, lda, B, ldb, C0, ldc);
             }
             pc_free(A); pc_free(B); pc_free(C0); free(sum); free(mag);
         }
