@@ -269,11 +269,12 @@ static inline void add_bias_lines(float *c, int64_t ld, int lines, int len, cons
 /* C'(m, n) (element (i, j) at c[i·rs_c + j·cs_c]) = alpha·A'·B' + beta·C' with
  * A'(i, k) = a[i·ars + k·acs] (m, k) and B'(k, j) = b[k·brs + j·bcs] (k, n); A' is packed in
  * MR-row panels, B' in NR-column panels. bias (NULL: none) is added to each tile once its
- * sum is complete, along C's contiguous direction: bias[i] to C'(i, j) when rs_c == 1,
- * bias[j] when cs_c == 1. */
+ * sum is complete: bias[i] to C'(i, j) when bias_on_rows (C' is Cᵀ, rs_c == 1), else bias[j]
+ * (cs_c == 1). */
 static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                        int64_t ars, int64_t acs, const float *b, int64_t brs, int64_t bcs,
-                       float beta, float *c, int64_t rs_c, int64_t cs_c, const float *bias) {
+                       float beta, float *c, int64_t rs_c, int64_t cs_c, const float *bias,
+                       bool bias_on_rows) {
     const int MR = ukr.mr, NR = ukr.nr;
     const int64_t MC = ukr.mc, KC = ukr.kc, NC = ukr.nc;
     const int64_t nc_max = n < NC ? n : NC, kc_max = k < KC ? k : KC, mc_max = m < MC ? m : MC;
@@ -313,7 +314,7 @@ static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float
                         ukr.kernel(mr, nr, kc, &alpha, ap, bp, (float *)&beta_here, tile, rs_c,
                                    cs_c, &aux, ukr.context);
                         if (bias && pc + kc >= k) {
-                            if (rs_c == 1)
+                            if (bias_on_rows)
                                 add_bias_lines(tile, cs_c, nr, mr, bias + ic + ir);
                             else
                                 add_bias_lines(tile, rs_c, mr, nr, bias + jc + jr);
@@ -381,7 +382,8 @@ bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alph
     const int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
     const int64_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
     if (ukr.prefers_rows)
-        return gemm_tiles(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc, 1, bias);
+        return gemm_tiles(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc, 1, bias,
+                          false);
     /* A'(i, k) = op(B)(k, i), B'(k, j) = op(A)(j, k), C'(i, j) = C(j, i) */
-    return gemm_tiles(N, M, K, alpha, B, b_cs, b_rs, A, a_cs, a_rs, beta, C, 1, ldc, bias);
+    return gemm_tiles(N, M, K, alpha, B, b_cs, b_rs, A, a_cs, a_rs, beta, C, 1, ldc, bias, true);
 }

@@ -958,7 +958,8 @@ static void sgemm_blocks_case(const char *path, int M, int N, int K, bool ta, bo
 }
 
 /* pc_sgemm_biased: the bits of the product (alpha 1, beta 0) and then a pass adding the bias,
- * on 1 and 2 threads; C's padding untouched */
+ * on 1 and 2 threads; C's padding untouched. ldc may be N (no padding: with N = 1 a
+ * row-preferring kernel's tiles then have both strides 1) */
 static void sgemm_biased_case(const char *path, int M, int N, int K, bool ta, bool tb,
                               const float *A, int lda, const float *B, int ldb, const float *C0,
                               int ldc) {
@@ -976,8 +977,8 @@ static void sgemm_biased_case(const char *path, int M, int N, int K, bool ta, bo
             for (int j = 0; j < N; j++) got[(int64_t)i * ldc + j] = NAN; /* overwritten */
         pc_sgemm_biased(ta, tb, M, N, K, A, lda, B, ldb, bias, got, ldc);
         char what[200];
-        snprintf(what, sizeof what, "sgemm_biased [%s] %dx%dx%d trans_a=%d trans_b=%d, %d "
-                 "thread(s): the product's bits plus the bias", path, M, N, K, ta, tb, threads);
+        snprintf(what, sizeof what, "sgemm_biased [%s] %dx%dx%d ldc=%d trans_a=%d trans_b=%d, %d "
+                 "thread(s): the product's bits plus the bias", path, M, N, K, ldc, ta, tb, threads);
         check_true(what, memcmp(got, want, bytes) == 0);
     }
     pc_set_num_threads(before);
@@ -988,7 +989,7 @@ static void test_sgemm_blocks(void) {
     static const int shapes[][3] = {{1, 1, 1},      {1, 1000, 3},    {3, 17, 1000},
                                     {17, 257, 1},   {257, 3, 17},    {1000, 17, 257},
                                     {257, 1000, 3}, {17, 1000, 257}, {257, 17, 1000},
-                                    {17, 257, 1000}};
+                                    {17, 257, 1000}, {300, 1, 40}};
     static const char *const paths[2] = {"packed", "blis"};
     const char *before = pc_gemm_path();
     bool have[2];
@@ -1019,6 +1020,7 @@ static void test_sgemm_blocks(void) {
                     sgemm_blocks_case(paths[p], M, N, K, ta, tb, (float)beta, A, lda, B, ldb,
                                       C0, ldc, sum, mag);
                 sgemm_biased_case(paths[p], M, N, K, ta, tb, A, lda, B, ldb, C0, ldc);
+                sgemm_biased_case(paths[p], M, N, K, ta, tb, A, lda, B, ldb, C0, N); /* tight */
             }
             pc_free(A); pc_free(B); pc_free(C0); free(sum); free(mag);
         }
