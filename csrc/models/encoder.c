@@ -723,10 +723,10 @@ static bool slot_reads_input(const pc_linear_slot *s) {
  * backward does not read act (frozen weight, no adapters) and no (IA)3 scale is fused into
  * GELU's passes. The slope costs the forward a few operations on the exponential it
  * computes anyway and turns the backward's GELU pass into a product. */
-static bool ffn_keeps_slope(const pc_encoder *enc, const pc_linear_slot *o) {
+static bool ffn_keeps_slope(const pc_encoder *enc, pc_linear_slot *o) {
     const int kind = enc->cfg.activation;
     return enc->keeping && (kind == PC_ACT_GELU || kind == PC_ACT_GELU_TANH) &&
-           !slot_reads_input(o) && !fused_input_scale(enc, (pc_linear_slot *)o);
+           !slot_reads_input(o) && !fused_input_scale(enc, o);
 }
 
 /* A call at one of the slot's sites for N rows: whole sequences of T rows in the layers,
