@@ -74,6 +74,8 @@
     X(VOID, void, pc_bias_dropout_residual,                                                  \
       (float *y, const float *bias, const float *residual, int N, int C, float p, uint64_t seed), \
       (y, bias, residual, N, C, p, seed))                                                    \
+    X(VOID, void, pc_sum_dropout_backward,                                                   \
+      (float *d, const float *a, int64_t n, float p, uint64_t seed), (d, a, n, p, seed))      \
     X(VALUE, bool, pc_dropout_keep, (uint64_t seed, uint64_t i, float p), (seed, i, p))      \
     X(VOID, void, pc_embedding_forward,                                                      \
       (float *out, const int64_t *ids, const float *weight, int N, int C), (out, ids, weight, N, C)) \
@@ -160,6 +162,16 @@
        const float *inp, const float *weight, const float *mean, const float *rstd, int N,   \
        int C, float p, uint64_t seed),                                                       \
       (dinp, dcopy, dweight, dbias, dout, inp, weight, mean, rstd, N, C, p, seed))           \
+    X(VOID, void, pc_layernorm_forward_sum,                                                  \
+      (float *out, float *mean, float *rstd, float *sum, const float *a, const float *b,     \
+       const float *weight, const float *bias, int N, int C, float eps),                     \
+      (out, mean, rstd, sum, a, b, weight, bias, N, C, eps))                                 \
+    X(VOID, void, pc_layernorm_backward_junction,                                            \
+      (float *dbranch, float *dres, const float *dextra, bool extra_to_res, float *dweight,  \
+       float *dbias, const float *dout, const float *inp, const float *weight,               \
+       const float *mean, const float *rstd, int N, int C, float p, uint64_t seed),          \
+      (dbranch, dres, dextra, extra_to_res, dweight, dbias, dout, inp, weight, mean, rstd, N, \
+       C, p, seed))                                                                          \
     X(VALUE, int, pc_lora_forward,                                                           \
       (float *y, int ldy, float *u, const float *x, int ldx, const float *A, const float *B, \
        int N, int in, int out, int r, float scale, const float *row_scale, float p,          \

@@ -185,6 +185,19 @@ void pc_layernorm_backward_to(float *dinp, float *dcopy, float *dweight, float *
                               const float *mean, const float *rstd, int N, int C, float p,
                               uint64_t seed);
 
+/* sum = a + b and out = LayerNorm(sum) in one pass (out may be a or b): a residual junction */
+void pc_layernorm_forward_sum(float *out, float *mean, float *rstd, float *sum, const float *a,
+                              const float *b, const float *weight, const float *bias, int N,
+                              int C, float eps);
+/* a junction's LayerNorm backward: with v the input's gradient, dres += v (then += dextra
+ * when extra_to_res) and dbranch = dropout's backward (rate p, as pc_layernorm_backward_to)
+ * of v + dextra; dextra may be NULL (none) or dbranch itself */
+void pc_layernorm_backward_junction(float *dbranch, float *dres, const float *dextra,
+                                    bool extra_to_res, float *dweight, float *dbias,
+                                    const float *dout, const float *inp, const float *weight,
+                                    const float *mean, const float *rstd, int N, int C, float p,
+                                    uint64_t seed);
+
 /* Activations over n elements. GELU: exact x·Φ(x), or the tanh approximation. */
 void pc_gelu_forward(float *out, const float *inp, int64_t n, bool tanh_approx);
 void pc_gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n,
@@ -223,6 +236,8 @@ void pc_add_backward(float *da, float *db, const float *dout, int64_t n);
 void pc_dropout_forward(float *out, const float *inp, int64_t n, float p, uint64_t seed);
 void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uint64_t seed);
 void pc_dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed);
+/* d = dropout's backward of d + a (p 0: the sum alone) */
+void pc_sum_dropout_backward(float *d, const float *a, int64_t n, float p, uint64_t seed);
 void pc_bias_dropout_residual(float *y, const float *bias, const float *residual, int N, int C,
                               float p, uint64_t seed);
 /* keep-or-drop of element i (the same mask the functions above use) */

@@ -45,6 +45,7 @@
 #define pc_dropout_keep PC_ISA_NAME(pc_dropout_keep, PC_ISA)
 #define pc_dropout_backward_inplace PC_ISA_NAME(pc_dropout_backward_inplace, PC_ISA)
 #define pc_bias_dropout_residual PC_ISA_NAME(pc_bias_dropout_residual, PC_ISA)
+#define pc_sum_dropout_backward PC_ISA_NAME(pc_sum_dropout_backward, PC_ISA)
 /* ops/embedding.c */
 #define pc_embedding_forward PC_ISA_NAME(pc_embedding_forward, PC_ISA)
 #define pc_embedding_backward PC_ISA_NAME(pc_embedding_backward, PC_ISA)
@@ -79,6 +80,8 @@
 #define pc_layernorm_forward PC_ISA_NAME(pc_layernorm_forward, PC_ISA)
 #define pc_layernorm_backward PC_ISA_NAME(pc_layernorm_backward, PC_ISA)
 #define pc_layernorm_backward_to PC_ISA_NAME(pc_layernorm_backward_to, PC_ISA)
+#define pc_layernorm_forward_sum PC_ISA_NAME(pc_layernorm_forward_sum, PC_ISA)
+#define pc_layernorm_backward_junction PC_ISA_NAME(pc_layernorm_backward_junction, PC_ISA)
 /* ops/tiles.c (called by other kernels only: no dispatch entry) */
 #define pc_tile_gemm PC_ISA_NAME(pc_tile_gemm, PC_ISA)
 /* peft/lora.c */

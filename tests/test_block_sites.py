@@ -194,6 +194,76 @@ def test_block_adapter_grads_finite_differences():
         check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
 
 
+FLOWS = {  # the backward's paths: z = LN(h + x) or h; residual h, h + x or z; norms, gate
+    "pfeiffer": {"non_linearity": "relu", "residual_before_ln": True,
+                 "original_ln_before": True, "original_ln_after": True},
+    "houlsby": {"non_linearity": "silu", "residual_before_ln": True,
+                "original_ln_before": False, "original_ln_after": True},
+    "post_add_gated_norms": {"non_linearity": "gelu", "residual_before_ln": "post_add",
+                             "original_ln_before": True, "original_ln_after": False},
+    "residual_z_ln_after": {"non_linearity": "tanh", "residual_before_ln": False,
+                            "original_ln_before": False, "original_ln_after": True,
+                            "adapter_residual_before_ln": True},
+}
+
+
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_block_adapter_grads_through_dropout_finite_differences(flow):
+    """Train mode with the branches' dropout (which the adapter's backward applies to the
+    branch's gradient) and the adapter's own: central differences of a loss whose masks are
+    held fixed, for the adapter's tensors, the blocks' LayerNorms, the branches below each
+    junction (attention output and FFN output biases) and the embeddings under layer 0."""
+    rng = np.random.default_rng(11)
+    model = peftcore.AutoModelForSequenceClassification.from_config(
+        dict(CFG, model_type="bert", hidden_dropout_prob=0.2), seed=0)
+    trained = ("LayerNorm.weight", "attention.output.dense.bias", "output.dense.bias")
+    for n, p in model.named_parameters():
+        p[...] = p + 0.2 * rng.standard_normal(p.shape)
+        p.requires_grad = n.endswith(trained)
+    C, r = CFG["hidden_size"], 8
+    extra = flow == "post_add_gated_norms"
+    params = {}
+    for l in range(2):
+        for block in BLOCKS:
+            t = {"down_weight": 0.4 * rng.standard_normal((r, C)),
+                 "down_bias": 0.4 * rng.standard_normal(r),
+                 "up_weight": 0.4 * rng.standard_normal((C, r)),
+                 "up_bias": 0.4 * rng.standard_normal(C)}
+            if extra:
+                t.update({"norm_before_weight": 1 + 0.3 * rng.standard_normal(C),
+                          "norm_before_bias": 0.3 * rng.standard_normal(C),
+                          "norm_after_weight": 1 + 0.3 * rng.standard_normal(C),
+                          "norm_after_bias": 0.3 * rng.standard_normal(C),
+                          "gate_weight": 0.4 * rng.standard_normal((1, C)),
+                          "gate_bias": 0.4 * rng.standard_normal(1),
+                          "scaling": 1 + 0.3 * rng.standard_normal(C)})
+            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
+            params.update({f"{l}.{block}.{k}": p for k, p in t.items()})
+            model._engine.set_block_adapters(l, block, [(
+                "bottleneck", {k: p.tensor for k, p in t.items()},
+                dict(FLOWS[flow], dropout=0.25, scaling=0.7))])
+    model.train()
+    ids, mask, labels = _batch(seed=6)
+
+    def loss():
+        model._forwards = 3  # the same dropout masks every time
+        return float(model(ids, attention_mask=mask, labels=labels).loss)
+
+    loss()
+    model.backward()
+    dropped = loss()
+    model.eval()
+    assert abs(float(model(ids, attention_mask=mask, labels=labels).loss) - dropped) > 1e-3
+    model.train()
+    checked = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(checked) == 2 * 4 + 1  # 2 LayerNorms and 2 branch biases a layer, embeddings'
+    for key, p in list(params.items()) + list(checked.items()):
+        g = p.grad.astype(np.float64)
+        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
+                   tuple(int(rng.integers(k)) for k in g.shape)]
+        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
+
+
 def test_removing_block_adapters_restores_the_bare_model_bitwise():
     model = peftcore.AutoModelForSequenceClassification.from_config(
         dict(CFG, model_type="bert"), seed=0)

@@ -107,6 +107,11 @@ typedef struct {
     const float *ln_w, *ln_b; /* the block's LayerNorm */
     float ln_eps;
     float *d_ln_w, *d_ln_b;   /* backward: its gradients, or NULL where frozen */
+    /* the dropout the encoder applied to the branch h before the junction (rate 0: none;
+     * element n·C + c with branch_seed, as pc_dropout_forward): the backward returns dh
+     * through it */
+    float branch_p;
+    uint64_t branch_seed;
 } pc_block_call;
 
 typedef struct {
@@ -152,8 +157,8 @@ typedef struct {
      * be neither. 0, or -1 out of memory. */
     int (*block_forward)(const pc_adapter *a, const pc_block_call *c, float *out,
                          const float *h, const float *x, float *saved, bool keeping);
-    /* dh, dx (N,C) = the gradients of h and x (overwritten) from dout; tensor and LayerNorm
-     * gradients accumulated. */
+    /* dh, dx (N,C) = the gradients of h (through the branch's dropout, c->branch_p) and x,
+     * overwritten, from dout; tensor and LayerNorm gradients accumulated. */
     int (*block_backward)(const pc_adapter *a, const pc_block_call *c, float *dh, float *dx,
                           const float *dout, const float *h, const float *x,
                           const float *saved);

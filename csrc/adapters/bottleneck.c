@@ -199,7 +199,7 @@ static int64_t lay_out(const shape *s, int64_t n, float *base, rows_layout *L) {
     } while (0)
     TAKE(pre_mean, 1, s->ln_before_orig);
     TAKE(pre_rstd, 1, s->ln_before_orig);
-    TAKE(z, s->C, true);
+    TAKE(z, s->C, s->ln_before_orig); /* else z is h itself, which the backward gets again */
     TAKE(nb_mean, 1, s->norm_before);
     TAKE(nb_rstd, 1, s->norm_before);
     TAKE(z1, s->C, s->norm_before);
@@ -214,7 +214,7 @@ static int64_t lay_out(const shape *s, int64_t n, float *base, rows_layout *L) {
     TAKE(po_mean, 1, s->ln_after_orig);
     TAKE(po_rstd, 1, s->ln_after_orig);
     TAKE(po_in, s->C, s->ln_after_orig);
-    TAKE(s, s->C, s->ln_before_orig); /* scratch: h + x before the first LayerNorm */
+    TAKE(s, s->C, s->ln_before_orig); /* h + x, the first LayerNorm's input */
 #undef TAKE
     return used;
 }
@@ -238,6 +238,11 @@ static float scale_at(const shape *s, int c) {
 
 /* ------------------------------------------------------------ forward */
 
+/* the adapter's input z: LN(h + x) as saved, or h itself */
+static const float *z_of(const shape *s, const rows_layout *L, const float *h) {
+    return s->ln_before_orig ? L->z : h;
+}
+
 /* Rows [0, n) (rows row0.. of the batch, sequences of T rows): out from h and x */
 static void forward_rows(const shape *s, const pc_block_call *c, const rows_layout *L, int n,
                          int64_t row0, float *out, const float *h, const float *x,
@@ -245,69 +250,71 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     const int C = s->C, r = s->r;
     const int64_t nC = (int64_t)n * C;
     /* pre */
-    if (s->ln_before_orig) {
-        PC_PARALLEL_FOR(nC)
-        for (int64_t i = 0; i < nC; i++) L->s[i] = h[i] + x[i];
-        pc_layernorm_forward(L->z, L->pre_mean, L->pre_rstd, L->s, c->ln_w, c->ln_b, n, C,
-                             c->ln_eps);
-    } else {
-        pc_copy_floats(L->z, h, nC);
-    }
+    if (s->ln_before_orig)
+        pc_layernorm_forward_sum(L->z, L->pre_mean, L->pre_rstd, L->s, h, x, c->ln_w, c->ln_b,
+                                 n, C, c->ln_eps);
+    const float *z = z_of(s, L, h);
     /* down, non-linearity, up */
-    const float *z1 = L->z;
+    const float *z1 = z;
     if (s->norm_before) {
-        pc_layernorm_forward(L->z1, L->nb_mean, L->nb_rstd, L->z, s->nbw, s->nbb, n, C, s->eps);
+        pc_layernorm_forward(L->z1, L->nb_mean, L->nb_rstd, z, s->nbw, s->nbb, n, C, s->eps);
         z1 = L->z1;
     }
-    pc_fill_rows(L->d, s->bd, n, r);
-    pc_sgemm(false, true, n, r, C, 1.0f, z1, C, s->Wd, C, 1.0f, L->d, r);
+    pc_sgemm_biased(false, true, n, r, C, z1, C, s->Wd, C, s->bd, L->d, r);
     PC_PARALLEL_FOR((int64_t)n * r * 8)
     for (int64_t i = 0; i < (int64_t)n * r; i++) L->a[i] = act_forward(s->act, L->d[i]);
-    pc_fill_rows(L->u, s->bu, n, C);
-    pc_sgemm(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 1.0f, L->u, C);
-    /* o = dropout(u · scaling), gated */
+    pc_sgemm_biased(false, true, n, C, r, L->a, r, s->Wu, r, s->bu, L->u, C);
     if (s->gated) {
         /* the sequences' gates (ops/gate.c) into g's first entries, then spread to each row,
          * from the last sequence back (row b·T + t ≥ b: no gate is overwritten unread) */
         const int T = c->T, seqs = n / T;
-        pc_gate_forward(L->sig, L->g, L->z, C, s->wg, s->bg, n, T, C, 1);
+        pc_gate_forward(L->sig, L->g, z, C, s->wg, s->bg, n, T, C, 1);
         for (int b = seqs - 1; b >= 0; b--)
             for (int t = T - 1; t >= 0; t--) L->g[(int64_t)b * T + t] = L->g[b];
     }
+    /* o = dropout(u · scaling)·g, plus the residual unless a LayerNorm (LNa) comes between:
+     * into LNa's input, or out */
+    const bool residual_now = s->arb || !s->norm_after;
+    float *o_rows = s->norm_after ? L->na_in : out;
     const float keep_scale = s->p > 0.0f ? 1.0f / (1.0f - s->p) : 1.0f;
     PC_PARALLEL_FOR(nC)
     for (int i = 0; i < n; i++) {
-        float *o = out + (int64_t)i * C;
+        float *o = o_rows + (int64_t)i * C;
         const float *u = L->u + (int64_t)i * C;
-        const float *res = s->res == RES_Z ? L->z + (int64_t)i * C : h + (int64_t)i * C;
+        const float *res = s->res == RES_Z ? z + (int64_t)i * C : h + (int64_t)i * C;
         const float *xs = x + (int64_t)i * C;
         const uint64_t first = (uint64_t)(row0 + i) * (uint64_t)C;
+        if (s->p == 0.0f && s->scale_len != C) {
+            /* one scaling, no dropout: branch-free loops (a gate of 1 multiplies exactly) */
+            const float sc = scale_at(s, 0), g = s->gated ? L->g[i] : 1.0f;
+            if (!residual_now)
+                for (int k = 0; k < C; k++) o[k] = u[k] * sc * g;
+            else if (s->res == RES_S)
+                for (int k = 0; k < C; k++) o[k] = u[k] * sc * g + (res[k] + xs[k]);
+            else
+                for (int k = 0; k < C; k++) o[k] = u[k] * sc * g + res[k];
+            continue;
+        }
         for (int k = 0; k < C; k++) {
             float q = u[k] * scale_at(s, k);
             if (s->p > 0.0f) q = pc_keep(seed, first + k, s->p) ? q * keep_scale : 0.0f;
             if (s->gated) q *= L->g[i];
-            if (s->arb) q += s->res == RES_S ? res[k] + xs[k] : res[k];
+            if (residual_now) q += s->res == RES_S ? res[k] + xs[k] : res[k];
             o[k] = q;
         }
     }
     if (s->norm_after) {
-        pc_copy_floats(L->na_in, out, nC);
         pc_layernorm_forward(out, L->na_mean, L->na_rstd, L->na_in, s->naw, s->nab, n, C, s->eps);
-    }
-    if (!s->arb) {
-        PC_PARALLEL_FOR(nC)
-        for (int64_t i = 0; i < nC; i++) {
-            const float *res = s->res == RES_Z ? L->z : h;
-            out[i] += s->res == RES_S ? res[i] + x[i] : res[i];
+        if (!s->arb) {
+            const float *res = s->res == RES_Z ? z : h;
+            PC_PARALLEL_FOR(nC)
+            for (int64_t i = 0; i < nC; i++) out[i] += s->res == RES_S ? res[i] + x[i] : res[i];
         }
     }
     /* post */
-    if (s->ln_after_orig) {
-        PC_PARALLEL_FOR(nC)
-        for (int64_t i = 0; i < nC; i++) L->po_in[i] = out[i] + x[i];
-        pc_layernorm_forward(out, L->po_mean, L->po_rstd, L->po_in, c->ln_w, c->ln_b, n, C,
-                             c->ln_eps);
-    }
+    if (s->ln_after_orig)
+        pc_layernorm_forward_sum(out, L->po_mean, L->po_rstd, L->po_in, out, x, c->ln_w, c->ln_b,
+                                 n, C, c->ln_eps);
 }
 
 static int bn_forward(const pc_adapter *a, const pc_block_call *c, float *out, const float *h,
@@ -350,6 +357,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     const int64_t NC = (int64_t)N * C;
     rows_layout L;
     lay_out(&s, N, (float *)saved, &L);
+    const float *z = z_of(&s, &L, h);
     int oom = 0;
     float *dWd = grad_of(a->t[T_DOWN_W], &oom), *dbd = grad_of(a->t[T_DOWN_B], &oom),
           *dWu = grad_of(a->t[T_UP_W], &oom), *dbu = grad_of(a->t[T_UP_B], &oom),
@@ -357,33 +365,35 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
           *dnaw = grad_of(a->t[T_NA_W], &oom), *dnab = grad_of(a->t[T_NA_B], &oom),
           *dwg = grad_of(a->t[T_GATE_W], &oom), *dbg = grad_of(a->t[T_GATE_B], &oom),
           *dscale = grad_of(a->t[T_SCALE], &oom);
-    /* do (N,C), dres (N,C), dz (N,C), dd (N,r), and per sequence the gate's gradient */
+    /* three (N,C) buffers (LNa's input gradient, du, dz), dact and dd (N,r), and per
+     * sequence the gate's gradient */
     float *work = malloc(sizeof(float) * (size_t)(3 * NC + 2 * (int64_t)N * r + N));
     if (oom || !work) {
         free(work);
         return -1;
     }
-    float *d_o = work, *dres = work + NC, *dz = work + 2 * NC, *dd = dz + NC,
+    float *w_na = work, *w_du = work + NC, *dz = work + 2 * NC, *dd = dz + NC,
           *dact = dd + (int64_t)N * r, *dgate = dact + (int64_t)N * r;
-    /* post: out = LN(o + x) */
-    if (s.ln_after_orig) { /* dx starts as d_o: both in one pass */
+    /* post: out = LN(o + x); d_o lives in dh until the last step, x's share goes to dx */
+    float *d_o = dh;
+    if (s.ln_after_orig) {
         pc_layernorm_backward_to(d_o, dx, c->d_ln_w, c->d_ln_b, dout, L.po_in, c->ln_w,
                                  L.po_mean, L.po_rstd, N, C, 0.0f, 0);
     } else {
         pc_copy_floats(d_o, dout, NC);
         pc_copy_floats(dx, NULL, NC);
     }
-    /* the adapter's residual, after LNa (here) or before it (below) */
-    if (!s.arb) pc_copy_floats(dres, d_o, NC);
+    /* dq, the gradient of q (plus the residual's when LNa comes after both), and dres, the
+     * residual's, after LNa or before it */
+    const float *dq = d_o, *dres = d_o;
     if (s.norm_after) {
-        /* dz is free until the down projection */
-        pc_layernorm_backward_to(dz, NULL, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean,
+        pc_layernorm_backward_to(w_na, NULL, dnaw, dnab, d_o, L.na_in, s.naw, L.na_mean,
                                  L.na_rstd, N, C, 0.0f, 0);
-        pc_copy_floats(d_o, dz, NC);
+        dq = w_na;
+        if (s.arb) dres = w_na;
     }
-    if (s.arb) pc_copy_floats(dres, d_o, NC);
-    /* o = q·g, q = dropout(u·scaling): d_o becomes du in place (gate and scaling gradients
-     * on the way) */
+    /* q = dropout(u·scaling)·g: the gate's gradient, then du (dq itself when all three are
+     * identities) */
     const float keep_scale = s.p > 0.0f ? 1.0f / (1.0f - s.p) : 1.0f;
     if (s.gated) {
         const int T = c->T, seqs = N / T;
@@ -394,29 +404,42 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
                 const int64_t i = (int64_t)b * T + t;
                 const uint64_t first = (uint64_t)i * (uint64_t)C;
                 if (s.p == 0.0f && s.scale_len <= 1) { /* one scaling for every channel */
-                    dg += (double)scale_at(&s, 0) * pc_gate_dot(d_o + i * C, L.u + i * C, C);
+                    dg += (double)scale_at(&s, 0) * pc_gate_dot(dq + i * C, L.u + i * C, C);
                     continue;
                 }
                 double acc = 0.0;
                 for (int k = 0; k < C; k++) {
                     float q = L.u[i * C + k] * scale_at(&s, k);
                     if (s.p > 0.0f) q = pc_keep(c->seed, first + k, s.p) ? q * keep_scale : 0.0f;
-                    acc += (double)d_o[i * C + k] * q;
+                    acc += (double)dq[i * C + k] * q;
                 }
                 dg += acc;
             }
             dgate[b] = (float)dg;
         }
     }
-    PC_PARALLEL_FOR(NC)
-    for (int i = 0; i < N; i++) {
-        const uint64_t first = (uint64_t)i * (uint64_t)C;
-        float *du = d_o + (int64_t)i * C;
-        for (int k = 0; k < C; k++) {
-            float v = s.gated ? du[k] * L.g[i] : du[k];
-            if (s.p > 0.0f) v = pc_keep(c->seed, first + k, s.p) ? v * keep_scale : 0.0f;
-            du[k] = v; /* the gradient of u·scaling */
+    const bool unit_scale = s.scale_len == 0 && s.scale_value == 1.0f;
+    const float *du = dq;
+    if (s.gated || s.p > 0.0f || !unit_scale) {
+        /* the gradient of u·scaling (gate, dropout), then of u unless scaling learns: its
+         * gradient reads the former */
+        PC_PARALLEL_FOR(NC)
+        for (int i = 0; i < N; i++) {
+            const uint64_t first = (uint64_t)i * (uint64_t)C;
+            const float *d = dq + (int64_t)i * C;
+            float *o = w_du + (int64_t)i * C;
+            if (s.p == 0.0f && s.scale_len == 0) { /* branch-free: a gate of 1 is exact */
+                const float g = s.gated ? L.g[i] : 1.0f, sc = s.scale_value;
+                for (int k = 0; k < C; k++) o[k] = d[k] * g * sc;
+                continue;
+            }
+            for (int k = 0; k < C; k++) {
+                float v = s.gated ? d[k] * L.g[i] : d[k];
+                if (s.p > 0.0f) v = pc_keep(c->seed, first + k, s.p) ? v * keep_scale : 0.0f;
+                o[k] = dscale ? v : v * scale_at(&s, k);
+            }
         }
+        du = w_du;
     }
     if (dscale) {
         /* Σ over rows of du_s·u per channel (rows in order within a block of channels),
@@ -431,7 +454,7 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
             const int k1 = k0 + 64 < C ? k0 + 64 : C;
             for (int i = 0; i < N; i++)
                 for (int k = k0; k < k1; k++)
-                    per_channel[k] += (double)d_o[(int64_t)i * C + k] * L.u[(int64_t)i * C + k];
+                    per_channel[k] += (double)w_du[(int64_t)i * C + k] * L.u[(int64_t)i * C + k];
         }
         if (s.scale_len == C) {
             for (int k = 0; k < C; k++) dscale[k] += (float)per_channel[k];
@@ -441,32 +464,32 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
             dscale[0] += (float)sum;
         }
         free(per_channel);
+        PC_PARALLEL_FOR(NC)
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < C; k++) w_du[(int64_t)i * C + k] *= scale_at(&s, k);
     }
-    PC_PARALLEL_FOR(NC)
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < C; k++) d_o[(int64_t)i * C + k] *= scale_at(&s, k);
     /* u = a·Wuᵀ + bu */
-    if (dWu) pc_sgemm(true, false, C, r, N, 1.0f, d_o, C, L.a, r, 1.0f, dWu, r);
-    if (dbu) pc_column_sums(dbu, d_o, C, N, C);
-    pc_sgemm(false, false, N, r, C, 1.0f, d_o, C, s.Wu, r, 0.0f, dact, r);
+    if (dWu) pc_sgemm(true, false, C, r, N, 1.0f, du, C, L.a, r, 1.0f, dWu, r);
+    if (dbu) pc_column_sums(dbu, du, C, N, C);
+    pc_sgemm(false, false, N, r, C, 1.0f, du, C, s.Wu, r, 0.0f, dact, r);
     /* a = f(d) */
     PC_PARALLEL_FOR((int64_t)N * r * 8)
     for (int64_t i = 0; i < (int64_t)N * r; i++) dd[i] = dact[i] * act_slope(s.act, L.d[i]);
     /* d = z1·Wdᵀ + bd */
-    const float *z1 = s.norm_before ? L.z1 : L.z;
+    const float *z1 = s.norm_before ? L.z1 : z;
     if (dWd) pc_sgemm(true, false, r, C, N, 1.0f, dd, r, z1, C, 1.0f, dWd, C);
     if (dbd) pc_column_sums(dbd, dd, r, N, r);
     if (s.norm_before) {
-        float *dz1 = d_o; /* free again */
+        float *dz1 = w_du; /* du is read no more */
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz1, C);
-        pc_layernorm_backward_to(dz, NULL, dnbw, dnbb, dz1, L.z, s.nbw, L.nb_mean, L.nb_rstd,
-                                 N, C, 0.0f, 0);
+        pc_layernorm_backward_to(dz, NULL, dnbw, dnbb, dz1, z, s.nbw, L.nb_mean, L.nb_rstd, N,
+                                 C, 0.0f, 0);
     } else {
         pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C);
     }
     /* the gate, g = mean over the sequence of sigmoid(z·wg + bg) (ops/gate.c) */
     if (s.gated &&
-        pc_gate_backward(dwg, dbg, dz, C, dgate, L.sig, L.z, C, s.wg, N, c->T, C, 1) < 0) {
+        pc_gate_backward(dwg, dbg, dz, C, dgate, L.sig, z, C, s.wg, N, c->T, C, 1) < 0) {
         free(work);
         return -1;
     }
@@ -474,23 +497,19 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
         PC_PARALLEL_FOR(NC)
         for (int64_t i = 0; i < NC; i++) dz[i] += dres[i];
     }
-    /* pre: z = LN(h + x) or h */
+    /* pre: z = LN(h + x) or h; dh (holding d_o, which dres may be) gets the residual's share
+     * when that is h (or h + x), and then the branch's dropout */
+    const float *res_share = s.res == RES_Z ? NULL : dres;
     if (s.ln_before_orig) {
-        PC_PARALLEL_FOR(NC)
-        for (int64_t i = 0; i < NC; i++) L.s[i] = h[i] + x[i]; /* the LayerNorm's input again */
-        pc_layernorm_backward_to(dh, NULL, c->d_ln_w, c->d_ln_b, dz, L.s, c->ln_w, L.pre_mean,
-                                 L.pre_rstd, N, C, 0.0f, 0);
-        PC_PARALLEL_FOR(NC)
-        for (int64_t i = 0; i < NC; i++) dx[i] += dh[i];
+        pc_layernorm_backward_junction(dh, dx, res_share, s.res == RES_S, c->d_ln_w, c->d_ln_b,
+                                       dz, L.s, c->ln_w, L.pre_mean, L.pre_rstd, N, C,
+                                       c->branch_p, c->branch_seed);
+    } else if (res_share) { /* RES_H: dh = dropout(dres + dz) */
+        if (res_share != dh) pc_copy_floats(dh, res_share, NC);
+        pc_sum_dropout_backward(dh, dz, NC, c->branch_p, c->branch_seed);
     } else {
         pc_copy_floats(dh, dz, NC);
-    }
-    if (s.res == RES_H || s.res == RES_S) {
-        PC_PARALLEL_FOR(NC)
-        for (int64_t i = 0; i < NC; i++) {
-            dh[i] += dres[i];
-            if (s.res == RES_S) dx[i] += dres[i];
-        }
+        pc_dropout_backward_inplace(dh, NC, c->branch_p, c->branch_seed);
     }
     free(work);
     return 0;

@@ -1088,7 +1088,9 @@ static pc_block_call block_call_grads(pc_encoder *enc, int l, pc_block_kind bloc
     pc_block_call c = {N, enc->cfg.hidden, T, enc->training,
                        site_seed(enc->seed, l, block == PC_BLOCK_ATTENTION ? SITE_BLOCK_ATTN
                                                                            : SITE_BLOCK_FFN),
-                       pc_f32(w), pc_f32(b), enc->cfg.layer_norm_eps, NULL, NULL};
+                       pc_f32(w), pc_f32(b), enc->cfg.layer_norm_eps, NULL, NULL,
+                       enc->training ? enc->cfg.hidden_dropout : 0.0f,
+                       site_seed(enc->seed, l, block == PC_BLOCK_ATTENTION ? SITE_AO : SITE_O)};
     if (grads) {
         c.d_ln_w = grad_or_null(w, oom);
         c.d_ln_b = grad_or_null(b, oom);
@@ -1491,7 +1493,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     pc_site *attn_block = &lp->block[PC_BLOCK_ATTENTION], *ffn_block = &lp->block[PC_BLOCK_FFN];
     float *d_r = enc->d_r, *d_h1 = enc->d_h1;
     if (ffn_block->n) {
-        /* out = junction(r2, h1): d_r, d_h1 from its adapter */
+        /* out = junction(r2, h1): d_r (through the branch's dropout), d_h1 from its adapter */
         const pc_block_call bc = block_call_grads(enc, l, PC_BLOCK_FFN, Nq, r.Tq, true, &oom);
         if (oom || pc_site_block_backward(ffn_block, &bc, d_r, d_h1, d_out, a->r2, a->h1, 0) < 0)
             return -1;
@@ -1503,8 +1505,6 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
                                  a->ln2_mean, a->ln2_rstd, Nq, C, p_hidden,
                                  site_seed(enc->seed, l, SITE_O));
     }
-    if (ffn_block->n) /* the branch gets its dropout */
-        pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_O));
     float *d_pre = enc->d_act;
     pc_linear_slot *o = lp->slot[SLOT_O];
     pc_tensor *scale = fused_input_scale(enc, o);
@@ -1540,8 +1540,11 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     bool dx_has_residual = false; /* d_x holds the residual's share already */
     bool dropped = false;         /* d_r has been through the branch's dropout */
     if (attn_block->n) {
-        /* h1 = junction(r1, xq): d_r and d_res (in d_ctx, free until the AO backward) */
-        d_res = enc->d_ctx;
+        /* h1 = junction(r1, xq): d_r (through the branch's dropout) and d_res, straight into
+         * d_x when every row was computed, else in d_ctx (free until the AO backward) */
+        dx_has_residual = need_dx && !r.first_tokens;
+        d_res = dx_has_residual ? d_x : enc->d_ctx;
+        dropped = true;
         const pc_block_call bc = block_call_grads(enc, l, PC_BLOCK_ATTENTION, Nq, r.Tq, true, &oom);
         if (oom || pc_site_block_backward(attn_block, &bc, d_r, d_res, d_h1, a->r1, r.xq, 0) < 0)
             return -1;

@@ -28,6 +28,18 @@ void pc_dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed) {
     for (int64_t i = 0; i < n; i++) d[i] = pc_keep_t(seed, (uint64_t)i, t) ? d[i] * scale : 0.0f;
 }
 
+/* d (n) = dropout's backward of d + a: a branch's gradient from two shares, then its dropout
+ * (element i as pc_dropout_forward counts) */
+void pc_sum_dropout_backward(float *d, const float *a, int64_t n, float p, uint64_t seed) {
+    const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+    const uint64_t t = pc_keep_threshold(p);
+    PC_PARALLEL_FOR(n)
+    for (int64_t i = 0; i < n; i++) {
+        const float v = d[i] + a[i];
+        d[i] = p <= 0.0f || pc_keep_t(seed, (uint64_t)i, t) ? v * scale : 0.0f;
+    }
+}
+
 /* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
  * (element n·C + c, as pc_dropout_forward counts) and the skip connection in one pass; bias
  * NULL: added already; residual NULL: the branch alone */

@@ -3,26 +3,43 @@
 
 /* inp (N,C): mean_n = Σ_c x/C, var_n = Σ_c (x-mean)²/C, rstd_n = 1/√(var_n + eps),
  * out = (x - mean)·rstd·weight + bias. Two-pass statistics in double for accuracy. */
+/* one row: y = LN(x) (y may be x) */
+static inline __attribute__((always_inline)) void layernorm_row(float *y, float *mean, float *rstd, const float *x,
+                                 const float *weight, const float *bias, int C, float eps) {
+    double sum = 0.0;
+    #pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; c++) sum += x[c];
+    float m = (float)(sum / C);
+    double sq = 0.0;
+    #pragma omp simd reduction(+ : sq)
+    for (int c = 0; c < C; c++) {
+        float d = x[c] - m;
+        sq += (double)d * d;
+    }
+    float s = (float)(1.0 / sqrt(sq / C + eps));
+    for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+    if (mean) *mean = m;
+    if (rstd) *rstd = s;
+}
+
 void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *weight, const float *bias, int N, int C, float eps) {
     PC_PARALLEL_FOR((int64_t)N * C)
+    for (int n = 0; n < N; n++)
+        layernorm_row(out + (int64_t)n * C, mean ? mean + n : NULL, rstd ? rstd + n : NULL,
+                      inp + (int64_t)n * C, weight, bias, C, eps);
+}
+
+/* sum = a + b, out = LN(sum), a row at a time while it is in cache (out may be a or b) */
+void pc_layernorm_forward_sum(float *out, float *mean, float *rstd, float *sum, const float *a,
+                              const float *b, const float *weight, const float *bias, int N,
+                              int C, float eps) {
+    PC_PARALLEL_FOR((int64_t)N * C)
     for (int n = 0; n < N; n++) {
-        const float *x = inp + (int64_t)n * C;
-        float *y = out + (int64_t)n * C;
-        double sum = 0.0;
-        #pragma omp simd reduction(+ : sum)
-        for (int c = 0; c < C; c++) sum += x[c];
-        float m = (float)(sum / C);
-        double sq = 0.0;
-        #pragma omp simd reduction(+ : sq)
-        for (int c = 0; c < C; c++) {
-            float d = x[c] - m;
-            sq += (double)d * d;
-        }
-        float s = (float)(1.0 / sqrt(sq / C + eps));
-        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
-        if (mean) mean[n] = m;
-        if (rstd) rstd[n] = s;
+        const int64_t o = (int64_t)n * C;
+        for (int c = 0; c < C; c++) sum[o + c] = a[o + c] + b[o + c];
+        layernorm_row(out + o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, sum + o, weight,
+                      bias, C, eps);
     }
 }
 
@@ -32,12 +49,37 @@ void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
  * dx is row-parallel; the column sums are column-parallel (deterministic). dx is added to
  * dinp, or (pc_layernorm_backward_to) stored in dcopy when that is not NULL and in dinp
  * through dropout's backward (p > 0: element n·C + c kept or not as pc_dropout_forward
- * decides with seed, then scaled by 1/(1 - p)). */
-static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweight,
-                               float *dbias, const float *dout, const float *inp,
-                               const float *weight, const float *mean, const float *rstd, int N,
-                               int C, float p, uint64_t seed) {
-    const bool drop = !add && p > 0.0f;
+ * decides with seed, then scaled by 1/(1 - p)); or, in
+ * pc_layernorm_backward_junction: dcopy += dx (+ dextra), dinp = dropout's backward of
+ * dx + dextra. */
+enum { LN_ADD, LN_STORE, LN_JUNCTION };
+
+/* a junction's row: v the input's gradient; res += v (+ extra), branch = drop(v + extra),
+ * extra may be branch itself (each element read before it is written) */
+static inline __attribute__((always_inline)) void
+junction_row(float *branch, float *res, const float *extra, bool in_place, bool extra_to_res,
+             const float *dy,
+             const float *x, const float *weight, float m, float s, float g_mean, float gx_mean,
+             int C, bool drop, float scale, uint64_t threshold, uint64_t seed, uint64_t first) {
+    for (int c = 0; c < C; c++) {
+        const float xhat = (x[c] - m) * s;
+        float v = s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
+        res[c] += v;
+        if (extra) { /* in place: extra is branch (a vector load then a store, as ever) */
+            const float e = in_place ? branch[c] : extra[c];
+            if (extra_to_res) res[c] += e;
+            v += e;
+        }
+        branch[c] = !drop ? v : pc_keep_t(seed, first + c, threshold) ? v * scale : 0.0f;
+    }
+}
+
+static void layernorm_backward(float *dinp, float *dcopy, int mode, const float *dextra,
+                               bool extra_to_copy, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight,
+                               const float *mean, const float *rstd, int N, int C, float p,
+                               uint64_t seed) {
+    const bool add = mode == LN_ADD, drop = !add && p > 0.0f;
     const float scale = drop ? 1.0f / (1.0f - p) : 1.0f;
     const uint64_t threshold = pc_keep_threshold(p);
     if (dinp) {
@@ -57,6 +99,21 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
             gx_mean /= C;
             float *copy = dcopy ? dcopy + (int64_t)n * C : NULL;
             const uint64_t first = (uint64_t)n * (uint64_t)C;
+            const float *extra = dextra ? dextra + (int64_t)n * C : NULL;
+            if (mode == LN_JUNCTION) {
+                /* the flags as constants in each call, so that each loop is branch-free */
+#define JUNCTION(e, in_place, to_res)                                                          \
+    junction_row(dx, copy, e, in_place, to_res, dy, x, weight, m, s, g_mean, gx_mean, C, drop, \
+                 scale, threshold, seed, first)
+                if (!extra)
+                    JUNCTION(NULL, false, false);
+                else if (extra == dx)
+                    extra_to_copy ? JUNCTION(extra, true, true) : JUNCTION(extra, true, false);
+                else
+                    extra_to_copy ? JUNCTION(extra, false, true) : JUNCTION(extra, false, false);
+#undef JUNCTION
+                continue;
+            }
             for (int c = 0; c < C; c++) {
                 float xhat = (x[c] - m) * s;
                 float v = s * (dy[c] * weight[c] - g_mean - xhat * gx_mean);
@@ -97,14 +154,23 @@ static void layernorm_backward(float *dinp, float *dcopy, bool add, float *dweig
 void pc_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                            const float *inp, const float *weight, const float *mean,
                            const float *rstd, int N, int C) {
-    layernorm_backward(dinp, NULL, true, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
-                       0.0f, 0);
+    layernorm_backward(dinp, NULL, LN_ADD, NULL, false, dweight, dbias, dout, inp, weight, mean,
+                       rstd, N, C, 0.0f, 0);
 }
 
 void pc_layernorm_backward_to(float *dinp, float *dcopy, float *dweight, float *dbias,
                               const float *dout, const float *inp, const float *weight,
                               const float *mean, const float *rstd, int N, int C, float p,
                               uint64_t seed) {
-    layernorm_backward(dinp, dcopy, false, dweight, dbias, dout, inp, weight, mean, rstd, N, C,
-                       p, seed);
+    layernorm_backward(dinp, dcopy, LN_STORE, NULL, false, dweight, dbias, dout, inp, weight,
+                       mean, rstd, N, C, p, seed);
+}
+
+void pc_layernorm_backward_junction(float *dbranch, float *dres, const float *dextra,
+                                    bool extra_to_res, float *dweight, float *dbias,
+                                    const float *dout, const float *inp, const float *weight,
+                                    const float *mean, const float *rstd, int N, int C, float p,
+                                    uint64_t seed) {
+    layernorm_backward(dbranch, dres, LN_JUNCTION, dextra, extra_to_res, dweight, dbias, dout,
+                       inp, weight, mean, rstd, N, C, p, seed);
 }

@@ -348,6 +348,68 @@ static void test_layernorm(int N, int C) {
     snprintf(name, sizeof name, "layernorm_backward_to N=%d C=%d through dropout: dinp the "
              "dropout's backward bitwise, the copy without it", N, C);
     check_true(name, copy_plain && memcmp(ds, dz, sizeof(float) * (size_t)N * C) == 0);
+
+    /* a junction's forms, bitwise the passes they fuse. Forward: sum = a + b, out = LN(sum),
+     * also with out over a (as the adapters call it) */
+    const size_t NC = (size_t)N * C;
+    float *a2 = frand(NC, 2), *sum = pc_alloc(sizeof(float) * NC), *out = pc_alloc(sizeof(float) * NC);
+    float *want_sum = pc_alloc(sizeof(float) * NC), *want_out = pc_alloc(sizeof(float) * NC);
+    float *m2 = pc_alloc(sizeof(float) * (size_t)N), *r2 = pc_alloc(sizeof(float) * (size_t)N);
+    for (size_t i = 0; i < NC; i++) want_sum[i] = a2[i] + x[i];
+    pc_layernorm_forward(want_out, mean, rstd, want_sum, w, b, N, C, eps);
+    pc_layernorm_forward_sum(out, m2, r2, sum, a2, x, w, b, N, C, eps);
+    bool same = !memcmp(sum, want_sum, sizeof(float) * NC) && !memcmp(out, want_out, sizeof(float) * NC) &&
+                !memcmp(m2, mean, sizeof(float) * N) && !memcmp(r2, rstd, sizeof(float) * N);
+    pc_layernorm_forward_sum(a2, NULL, NULL, sum, a2, x, w, b, N, C, eps); /* out over a */
+    same = same && !memcmp(a2, want_out, sizeof(float) * NC);
+    snprintf(name, sizeof name, "layernorm_forward_sum N=%d C=%d: the sum, then LayerNorm, "
+             "bitwise (out over an input too)", N, C);
+    check_true(name, same);
+    /* backward: with v LN's input gradient, res += v (+ extra), branch = dropout(v + extra),
+     * extra apart or the branch itself */
+    float *v = pc_alloc(sizeof(float) * NC), *extra = frand(NC, 1), *res0 = frand(NC, 1);
+    float *br = pc_alloc(sizeof(float) * NC), *res = pc_alloc(sizeof(float) * NC);
+    float *want_br = pc_alloc(sizeof(float) * NC), *want_res = pc_alloc(sizeof(float) * NC);
+    pc_layernorm_backward_to(v, NULL, NULL, NULL, dy, x, w, mean, rstd, N, C, 0.0f, 0);
+    for (int variant = 0; variant < 6; variant++) {
+        const bool with_extra = variant >= 2, in_place = variant >= 4, to_res = variant % 2;
+        const float p = variant == 1 ? 0.0f : 0.3f;
+        for (size_t i = 0; i < NC; i++) {
+            want_res[i] = res0[i] + v[i];
+            if (with_extra && to_res) want_res[i] += extra[i];
+            want_br[i] = with_extra ? v[i] + extra[i] : v[i];
+        }
+        pc_dropout_backward_inplace(want_br, (int64_t)NC, p, 91);
+        memcpy(res, res0, sizeof(float) * NC);
+        if (in_place) memcpy(br, extra, sizeof(float) * NC);
+        float *dw3 = frand(C, 1), *db3 = frand(C, 1), *dw4 = pc_alloc(sizeof(float) * C),
+              *db4 = pc_alloc(sizeof(float) * C);
+        memcpy(dw4, dw3, sizeof(float) * C);
+        memcpy(db4, db3, sizeof(float) * C);
+        pc_layernorm_backward(NULL, dw4, db4, dy, x, w, mean, rstd, N, C);
+        pc_layernorm_backward_junction(br, res, !with_extra ? NULL : in_place ? br : extra, to_res,
+                                       dw3, db3, dy, x, w, mean, rstd, N, C, p, 91);
+        snprintf(name, sizeof name, "layernorm_backward_junction N=%d C=%d extra %s%s, p %.1f: "
+                 "the separate passes' bits", N, C, !with_extra ? "none" : in_place ? "in place"
+                 : "apart", with_extra && to_res ? " (to res too)" : "", p);
+        check_true(name, !memcmp(br, want_br, sizeof(float) * NC) &&
+                             !memcmp(res, want_res, sizeof(float) * NC) &&
+                             !memcmp(dw3, dw4, sizeof(float) * C) && !memcmp(db3, db4, sizeof(float) * C));
+        pc_free(dw3); pc_free(db3); pc_free(dw4); pc_free(db4);
+    }
+    /* a branch's two shares, then its dropout */
+    for (int k = 0; k < 2; k++) {
+        const float p = k ? 0.25f : 0.0f;
+        for (size_t i = 0; i < NC; i++) want_br[i] = br[i] + extra[i];
+        pc_dropout_backward_inplace(want_br, (int64_t)NC, p, 5);
+        pc_sum_dropout_backward(br, extra, (int64_t)NC, p, 5);
+        snprintf(name, sizeof name, "sum_dropout_backward n=%d p %.2f: the sum, then dropout's "
+                 "backward, bitwise", N * C, p);
+        check_true(name, !memcmp(br, want_br, sizeof(float) * NC));
+    }
+    pc_free(a2); pc_free(sum); pc_free(out); pc_free(want_sum); pc_free(want_out); pc_free(m2);
+    pc_free(r2); pc_free(v); pc_free(extra); pc_free(res0); pc_free(br); pc_free(res);
+    pc_free(want_br); pc_free(want_res);
     pc_free(dz); pc_free(ds); pc_free(dc); pc_free(dw2); pc_free(db2);
     pc_free(x); pc_free(w); pc_free(b); pc_free(y); pc_free(mean); pc_free(rstd); pc_free(dy);
     pc_free(dx); pc_free(dw); pc_free(db);
