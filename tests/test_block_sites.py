@@ -264,6 +264,59 @@ def test_block_adapter_grads_through_dropout_finite_differences(flow):
         check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
 
 
+@pytest.mark.parametrize("blocks", [("ffn",), ("attention", "ffn")])
+def test_backward_stopping_under_the_lowest_adapter_changes_no_gradient(blocks):
+    """Where nothing under the lowest adapter trains, the backward stops at its junction:
+    every gradient is the same bits as where a bias under it trains (and the backward goes
+    down to it), and that bias's gradient is what central differences give."""
+    rng = np.random.default_rng(4)
+    model = peftcore.AutoModelForSequenceClassification.from_config(
+        dict(CFG, model_type="bert", hidden_dropout_prob=0.1), seed=0)
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith("classifier")
+    C, r = CFG["hidden_size"], 8
+    adapters = {}
+    for l in range(2):
+        for block in blocks:
+            t = {"down_weight": 0.4 * rng.standard_normal((r, C)),
+                 "down_bias": 0.4 * rng.standard_normal(r),
+                 "up_weight": 0.4 * rng.standard_normal((C, r)),
+                 "up_bias": 0.4 * rng.standard_normal(C)}
+            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
+            adapters.update({f"{l}.{block}.{k}": p for k, p in t.items()})
+            model._engine.set_block_adapters(l, block, [(
+                "bottleneck", {k: p.tensor for k, p in t.items()},
+                {"non_linearity": "silu", "residual_before_ln": True,
+                 "original_ln_before": block == "ffn", "original_ln_after": True})])
+    model.train()
+    ids, mask, labels = _batch(seed=8)
+    params = dict(model.named_parameters())
+    under = params["bert.encoder.layer.0.attention.self.query.bias"]
+
+    def grads(under_trains):
+        under.requires_grad = under_trains
+        for p in list(adapters.values()) + list(params.values()):
+            p.grad = None
+        model._forwards = 5
+        model(ids, attention_mask=mask, labels=labels)
+        model.backward()
+        return {k: p.grad.copy() for k, p in list(adapters.items()) + list(params.items())
+                if p.grad is not None}
+
+    stopped, through = grads(False), grads(True)
+    assert set(through) - set(stopped) == {"bert.encoder.layer.0.attention.self.query.bias"}
+    for k, g in stopped.items():
+        assert np.array_equal(g, through[k]), k
+
+    def loss():
+        model._forwards = 5
+        return float(model(ids, attention_mask=mask, labels=labels).loss)
+
+    g = through["bert.encoder.layer.0.attention.self.query.bias"].astype(np.float64)
+    check_entries_by_finite_differences(under, g, [(int(np.argmax(np.abs(g))),), (3,)], loss,
+                                        1e-2, 2e-2, 5e-5, "query.bias")
+
+
 def test_removing_block_adapters_restores_the_bare_model_bitwise():
     model = peftcore.AutoModelForSequenceClassification.from_config(
         dict(CFG, model_type="bert"), seed=0)

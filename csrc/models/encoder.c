@@ -1474,8 +1474,21 @@ static bool embeddings_trainable(const pc_encoder *enc) {
            wants_grad(enc->emb_ln_w) || wants_grad(enc->emb_ln_b);
 }
 
+/* Whether anything of a layer under its FFN junction (ffn) or under its attention junction
+ * trains: where a backward that wants no gradient of the layer's input may stop */
+static bool trains_under_junction(const layer_params *lp, bool ffn) {
+    if (ffn && (slot_has_trainable(lp->slot[SLOT_O]) || slot_has_trainable(lp->slot[SLOT_I]) ||
+                pc_site_trains(&lp->block[PC_BLOCK_ATTENTION]) || wants_grad(lp->ln1_w) ||
+                wants_grad(lp->ln1_b)))
+        return true;
+    for (int s = SLOT_Q; s <= SLOT_AO; s++)
+        if (slot_has_trainable(lp->slot[s])) return true;
+    return pc_site_trains(&lp->kv);
+}
+
 /* d_out (Nq,C) is the gradient of the layer's output rows; on return d_x (N,C) holds the
- * gradient of its input when need_dx. Mirrors layer_forward line by line. */
+ * gradient of its input when need_dx. Mirrors layer_forward line by line, as far down as a
+ * gradient is wanted. */
 static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, float *d_x,
                           bool need_dx) {
     const pc_encoder_config *c = &enc->cfg;
@@ -1505,6 +1518,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
                                  a->ln2_mean, a->ln2_rstd, Nq, C, p_hidden,
                                  site_seed(enc->seed, l, SITE_O));
     }
+    if (!need_dx && !trains_under_junction(lp, true)) return oom ? -1 : 0;
     float *d_pre = enc->d_act;
     pc_linear_slot *o = lp->slot[SLOT_O];
     pc_tensor *scale = fused_input_scale(enc, o);
@@ -1571,6 +1585,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
                 memcpy(d_x + (int64_t)b * T * C, d_res + (int64_t)b * C, sizeof(float) * C);
         }
     }
+    if (!need_dx && !trains_under_junction(lp, false)) return oom ? -1 : 0;
     if (!dropped)
         pc_dropout_backward_inplace(d_r, NqC, p_hidden, site_seed(enc->seed, l, SITE_AO));
     /* ao = ctx·Waoᵀ + bao */
