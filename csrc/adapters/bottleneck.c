@@ -13,10 +13,12 @@
  *           o += r before (adapter_residual_before_ln) or after LNa (ln_after)
  *   post    out = original_ln_after ? LN(o + x) : o
  *
- * The backward mirrors it line by line. A forward that keeps its activations saves, as
- * (N, width) matrices in the site's buffer: the LayerNorms' statistics and inputs, z, z1,
- * d, a, u and the gate's sigmoids; one that does not works through sequences in chunks
- * with scratch of its own. */
+ * The backward mirrors it, in as few passes over the batch as the options allow (the sums
+ * and LayerNorms fused, the branch's dropout applied by its last one). A forward that keeps
+ * its activations saves, as (N, width) matrices in the site's buffer: the LayerNorms'
+ * statistics and inputs, z (unless it is h, which the backward is handed again), z1, d, a,
+ * u and the gate's sigmoids; one that does not works through sequences in chunks with
+ * scratch of its own. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
