@@ -164,8 +164,8 @@
       (dinp, dcopy, dweight, dbias, dout, inp, weight, mean, rstd, N, C, p, seed))           \
     X(VOID, void, pc_layernorm_forward_sum,                                                  \
       (float *out, float *mean, float *rstd, float *sum, const float *a, const float *b,     \
-       const float *weight, const float *bias, int N, int C, float eps),                     \
-      (out, mean, rstd, sum, a, b, weight, bias, N, C, eps))                                 \
+       const float *c3, const float *weight, const float *bias, int N, int C, float eps),    \
+      (out, mean, rstd, sum, a, b, c3, weight, bias, N, C, eps))                             \
     X(VOID, void, pc_layernorm_backward_junction,                                            \
       (float *dbranch, float *dres, const float *dextra, bool extra_to_res, float *dweight,  \
        float *dbias, const float *dout, const float *inp, const float *weight,               \

@@ -185,10 +185,11 @@ void pc_layernorm_backward_to(float *dinp, float *dcopy, float *dweight, float *
                               const float *mean, const float *rstd, int N, int C, float p,
                               uint64_t seed);
 
-/* sum = a + b and out = LayerNorm(sum) in one pass (out may be a or b): a residual junction */
+/* sum = (a + b) + c3 (c3 NULL: a + b) and out = LayerNorm(sum) in one pass (out may be an
+ * input): a residual junction */
 void pc_layernorm_forward_sum(float *out, float *mean, float *rstd, float *sum, const float *a,
-                              const float *b, const float *weight, const float *bias, int N,
-                              int C, float eps);
+                              const float *b, const float *c3, const float *weight,
+                              const float *bias, int N, int C, float eps);
 /* a junction's LayerNorm backward: with v the input's gradient, dres += v (then += dextra
  * when extra_to_res) and dbranch = dropout's backward (rate p, as pc_layernorm_backward_to)
  * of v + dextra; dextra may be NULL (none) or dbranch itself */

@@ -253,8 +253,8 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     const int64_t nC = (int64_t)n * C;
     /* pre */
     if (s->ln_before_orig)
-        pc_layernorm_forward_sum(L->z, L->pre_mean, L->pre_rstd, L->s, h, x, c->ln_w, c->ln_b,
-                                 n, C, c->ln_eps);
+        pc_layernorm_forward_sum(L->z, L->pre_mean, L->pre_rstd, L->s, h, x, NULL, c->ln_w,
+                                 c->ln_b, n, C, c->ln_eps);
     const float *z = z_of(s, L, h);
     /* down, non-linearity, up */
     const float *z1 = z;
@@ -273,6 +273,13 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
         pc_gate_forward(L->sig, L->g, z, C, s->wg, s->bg, n, T, C, 1);
         for (int b = seqs - 1; b >= 0; b--)
             for (int t = T - 1; t >= 0; t--) L->g[(int64_t)b * T + t] = L->g[b];
+    }
+    /* post, where o is u + h: LN((u + h) + x) in one pass, nothing of o stored */
+    if (s->ln_after_orig && !s->norm_after && s->res == RES_H && s->p == 0.0f && !s->gated &&
+        s->scale_len == 0 && s->scale_value == 1.0f) {
+        pc_layernorm_forward_sum(out, L->po_mean, L->po_rstd, L->po_in, L->u, h, x, c->ln_w,
+                                 c->ln_b, n, C, c->ln_eps);
+        return;
     }
     /* o = dropout(u · scaling)·g, plus the residual unless a LayerNorm (LNa) comes between:
      * into LNa's input, or out */
@@ -315,8 +322,8 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     }
     /* post */
     if (s->ln_after_orig)
-        pc_layernorm_forward_sum(out, L->po_mean, L->po_rstd, L->po_in, out, x, c->ln_w, c->ln_b,
-                                 n, C, c->ln_eps);
+        pc_layernorm_forward_sum(out, L->po_mean, L->po_rstd, L->po_in, out, x, NULL, c->ln_w,
+                                 c->ln_b, n, C, c->ln_eps);
 }
 
 static int bn_forward(const pc_adapter *a, const pc_block_call *c, float *out, const float *h,

@@ -30,14 +30,18 @@ void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
                       inp + (int64_t)n * C, weight, bias, C, eps);
 }
 
-/* sum = a + b, out = LN(sum), a row at a time while it is in cache (out may be a or b) */
+/* sum = (a + b) + c (c NULL: a + b), out = LN(sum), a row at a time while it is in cache
+ * (out may be an input) */
 void pc_layernorm_forward_sum(float *out, float *mean, float *rstd, float *sum, const float *a,
-                              const float *b, const float *weight, const float *bias, int N,
-                              int C, float eps) {
+                              const float *b, const float *c3, const float *weight,
+                              const float *bias, int N, int C, float eps) {
     PC_PARALLEL_FOR((int64_t)N * C)
     for (int n = 0; n < N; n++) {
         const int64_t o = (int64_t)n * C;
-        for (int c = 0; c < C; c++) sum[o + c] = a[o + c] + b[o + c];
+        if (c3)
+            for (int c = 0; c < C; c++) sum[o + c] = (a[o + c] + b[o + c]) + c3[o + c];
+        else
+            for (int c = 0; c < C; c++) sum[o + c] = a[o + c] + b[o + c];
         layernorm_row(out + o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, sum + o, weight,
                       bias, C, eps);
     }

@@ -357,13 +357,22 @@ static void test_layernorm(int N, int C) {
     float *m2 = pc_alloc(sizeof(float) * (size_t)N), *r2 = pc_alloc(sizeof(float) * (size_t)N);
     for (size_t i = 0; i < NC; i++) want_sum[i] = a2[i] + x[i];
     pc_layernorm_forward(want_out, mean, rstd, want_sum, w, b, N, C, eps);
-    pc_layernorm_forward_sum(out, m2, r2, sum, a2, x, w, b, N, C, eps);
+    pc_layernorm_forward_sum(out, m2, r2, sum, a2, x, NULL, w, b, N, C, eps);
     bool same = !memcmp(sum, want_sum, sizeof(float) * NC) && !memcmp(out, want_out, sizeof(float) * NC) &&
                 !memcmp(m2, mean, sizeof(float) * N) && !memcmp(r2, rstd, sizeof(float) * N);
-    pc_layernorm_forward_sum(a2, NULL, NULL, sum, a2, x, w, b, N, C, eps); /* out over a */
+    /* three terms: (a + b) + c */
+    float *c3 = frand(NC, 3);
+    for (size_t i = 0; i < NC; i++) want_sum[i] = (a2[i] + x[i]) + c3[i];
+    pc_layernorm_forward(want_out, NULL, NULL, want_sum, w, b, N, C, eps);
+    pc_layernorm_forward_sum(out, NULL, NULL, sum, a2, x, c3, w, b, N, C, eps);
+    same = same && !memcmp(sum, want_sum, sizeof(float) * NC) && !memcmp(out, want_out, sizeof(float) * NC);
+    for (size_t i = 0; i < NC; i++) want_sum[i] = a2[i] + x[i];
+    pc_layernorm_forward(want_out, NULL, NULL, want_sum, w, b, N, C, eps);
+    pc_free(c3);
+    pc_layernorm_forward_sum(a2, NULL, NULL, sum, a2, x, NULL, w, b, N, C, eps); /* out over a */
     same = same && !memcmp(a2, want_out, sizeof(float) * NC);
-    snprintf(name, sizeof name, "layernorm_forward_sum N=%d C=%d: the sum, then LayerNorm, "
-             "bitwise (out over an input too)", N, C);
+    snprintf(name, sizeof name, "layernorm_forward_sum N=%d C=%d: the sum (of two or three), "
+             "then LayerNorm, bitwise (out over an input too)", N, C);
     check_true(name, same);
     /* backward: with v LN's input gradient, res += v (+ extra), branch = dropout(v + extra),
      * extra apart or the branch itself */
