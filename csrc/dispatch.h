@@ -74,6 +74,11 @@
     X(VOID, void, pc_bias_dropout_residual,                                                  \
       (float *y, const float *bias, const float *residual, int N, int C, float p, uint64_t seed), \
       (y, bias, residual, N, C, p, seed))                                                    \
+    X(VOID, void, pc_bias_dropout_residual_norm,                                             \
+      (float *y, const float *bias, const float *residual, int N, int C, float p,            \
+       uint64_t seed, float *out, float *mean, float *rstd, const float *weight,             \
+       const float *ln_bias, float eps),                                                     \
+      (y, bias, residual, N, C, p, seed, out, mean, rstd, weight, ln_bias, eps))             \
     X(VOID, void, pc_sum_dropout_backward,                                                   \
       (float *d, const float *a, int64_t n, float p, uint64_t seed), (d, a, n, p, seed))      \
     X(VALUE, bool, pc_dropout_keep, (uint64_t seed, uint64_t i, float p), (seed, i, p))      \

@@ -239,8 +239,15 @@ void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uin
 void pc_dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed);
 /* d = dropout's backward of d + a (p 0: the sum alone) */
 void pc_sum_dropout_backward(float *d, const float *a, int64_t n, float p, uint64_t seed);
+/* y (N,C) = dropout(y + bias) + residual, element n·C + c (bias, residual NULL: none) */
 void pc_bias_dropout_residual(float *y, const float *bias, const float *residual, int N, int C,
                               float p, uint64_t seed);
+/* the same, then out = LayerNorm(y) with mean, rstd (N) per row, in one pass (out may be y):
+ * the bits of the two calls */
+void pc_bias_dropout_residual_norm(float *y, const float *bias, const float *residual, int N,
+                                   int C, float p, uint64_t seed, float *out, float *mean,
+                                   float *rstd, const float *weight, const float *ln_bias,
+                                   float eps);
 /* keep-or-drop of element i (the same mask the functions above use) */
 bool pc_dropout_keep(uint64_t seed, uint64_t i, float p);
 

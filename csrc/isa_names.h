@@ -46,6 +46,7 @@
 #define pc_dropout_backward_inplace PC_ISA_NAME(pc_dropout_backward_inplace, PC_ISA)
 #define pc_bias_dropout_residual PC_ISA_NAME(pc_bias_dropout_residual, PC_ISA)
 #define pc_sum_dropout_backward PC_ISA_NAME(pc_sum_dropout_backward, PC_ISA)
+#define pc_bias_dropout_residual_norm PC_ISA_NAME(pc_bias_dropout_residual_norm, PC_ISA)
 /* ops/embedding.c */
 #define pc_embedding_forward PC_ISA_NAME(pc_embedding_forward, PC_ISA)
 #define pc_embedding_backward PC_ISA_NAME(pc_embedding_backward, PC_ISA)

@@ -1182,15 +1182,17 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     const float *late_bias;
     if (slot_forward_unbiased(enc, ao, a->r1, a->ctx, Nq, u_row, &late_bias, false) < 0)
         return -1;
-    pc_bias_dropout_residual(a->r1, late_bias, attn_block->n ? NULL : r.xq, Nq, C, p_hidden,
-                          site_seed(enc->seed, l, SITE_AO));
     if (attn_block->n) {
+        pc_bias_dropout_residual(a->r1, late_bias, NULL, Nq, C, p_hidden,
+                                 site_seed(enc->seed, l, SITE_AO));
         const pc_block_call bc = block_call(enc, l, PC_BLOCK_ATTENTION, Nq, r.Tq, false);
         if (pc_site_block_forward(attn_block, &bc, a->h1, a->r1, r.xq, u_row, enc->keeping) < 0)
             return -1;
     } else {
-        pc_layernorm_forward(a->h1, a->ln1_mean, a->ln1_rstd, a->r1, pc_f32(lp->ln1_w),
-                             pc_f32(lp->ln1_b), Nq, C, c->layer_norm_eps);
+        pc_bias_dropout_residual_norm(a->r1, late_bias, r.xq, Nq, C, p_hidden,
+                                      site_seed(enc->seed, l, SITE_AO), a->h1, a->ln1_mean,
+                                      a->ln1_rstd, pc_f32(lp->ln1_w), pc_f32(lp->ln1_b),
+                                      c->layer_norm_eps);
     }
     if (slot_forward_unbiased(enc, inter, a->pre, a->h1, Nq, u_row, &late_bias, false) < 0)
         return -1;
@@ -1201,14 +1203,16 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
     float *r2 = a->r2 ? a->r2 : out;
     if (slot_forward_unbiased(enc, o, r2, a->act, Nq, u_row, &late_bias, scale != NULL) < 0)
         return -1;
-    pc_bias_dropout_residual(r2, late_bias, ffn_block->n ? NULL : a->h1, Nq, C, p_hidden,
-                          site_seed(enc->seed, l, SITE_O));
     if (ffn_block->n) {
+        pc_bias_dropout_residual(r2, late_bias, NULL, Nq, C, p_hidden,
+                                 site_seed(enc->seed, l, SITE_O));
         const pc_block_call bc = block_call(enc, l, PC_BLOCK_FFN, Nq, r.Tq, false);
         return pc_site_block_forward(ffn_block, &bc, out, r2, a->h1, u_row, enc->keeping);
     }
-    pc_layernorm_forward(out, a->ln2_mean, a->ln2_rstd, r2, pc_f32(lp->ln2_w),
-                         pc_f32(lp->ln2_b), Nq, C, c->layer_norm_eps);
+    pc_bias_dropout_residual_norm(r2, late_bias, a->h1, Nq, C, p_hidden,
+                                  site_seed(enc->seed, l, SITE_O), out, a->ln2_mean,
+                                  a->ln2_rstd, pc_f32(lp->ln2_w), pc_f32(lp->ln2_b),
+                                  c->layer_norm_eps);
     return 0;
 }
 

@@ -71,6 +71,27 @@ static inline void pc_fill_rows(float *dst, const float *row, int64_t rows, int 
     for (int64_t i = 0; i < rows; i++) memcpy(dst + i * C, row, sizeof(float) * (size_t)C);
 }
 
+/* one row of LayerNorm: y = (x - mean)·rstd·weight + bias (y may be x), statistics in double
+ * (pc_layernorm_forward); the row's mean and rstd to *mean, *rstd unless NULL */
+static inline __attribute__((always_inline)) void
+pc_layernorm_row(float *y, float *mean, float *rstd, const float *x, const float *weight,
+                 const float *bias, int C, float eps) {
+    double sum = 0.0;
+    #pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; c++) sum += x[c];
+    float m = (float)(sum / C);
+    double sq = 0.0;
+    #pragma omp simd reduction(+ : sq)
+    for (int c = 0; c < C; c++) {
+        float d = x[c] - m;
+        sq += (double)d * d;
+    }
+    float s = (float)(1.0 / sqrt(sq / C + eps));
+    for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+    if (mean) *mean = m;
+    if (rstd) *rstd = s;
+}
+
 /* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(i+1);
  * element i is kept iff its top 24 bits, as a uniform in [0,1), are >= p. As the integer
  * u = z >> 40 is exact in a float and so is u·2⁻²⁴, that is u >= ceil(p·2²⁴): the

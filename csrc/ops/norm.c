@@ -3,30 +3,11 @@
 
 /* inp (N,C): mean_n = Σ_c x/C, var_n = Σ_c (x-mean)²/C, rstd_n = 1/√(var_n + eps),
  * out = (x - mean)·rstd·weight + bias. Two-pass statistics in double for accuracy. */
-/* one row: y = LN(x) (y may be x) */
-static inline __attribute__((always_inline)) void layernorm_row(float *y, float *mean, float *rstd, const float *x,
-                                 const float *weight, const float *bias, int C, float eps) {
-    double sum = 0.0;
-    #pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; c++) sum += x[c];
-    float m = (float)(sum / C);
-    double sq = 0.0;
-    #pragma omp simd reduction(+ : sq)
-    for (int c = 0; c < C; c++) {
-        float d = x[c] - m;
-        sq += (double)d * d;
-    }
-    float s = (float)(1.0 / sqrt(sq / C + eps));
-    for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
-    if (mean) *mean = m;
-    if (rstd) *rstd = s;
-}
-
 void pc_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *weight, const float *bias, int N, int C, float eps) {
     PC_PARALLEL_FOR((int64_t)N * C)
     for (int n = 0; n < N; n++)
-        layernorm_row(out + (int64_t)n * C, mean ? mean + n : NULL, rstd ? rstd + n : NULL,
+        pc_layernorm_row(out + (int64_t)n * C, mean ? mean + n : NULL, rstd ? rstd + n : NULL,
                       inp + (int64_t)n * C, weight, bias, C, eps);
 }
 
@@ -42,7 +23,7 @@ void pc_layernorm_forward_sum(float *out, float *mean, float *rstd, float *sum, 
             for (int c = 0; c < C; c++) sum[o + c] = (a[o + c] + b[o + c]) + c3[o + c];
         else
             for (int c = 0; c < C; c++) sum[o + c] = a[o + c] + b[o + c];
-        layernorm_row(out + o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, sum + o, weight,
+        pc_layernorm_row(out + o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, sum + o, weight,
                       bias, C, eps);
     }
 }

@@ -406,6 +406,27 @@ static void test_layernorm(int N, int C) {
                              !memcmp(dw3, dw4, sizeof(float) * C) && !memcmp(db3, db4, sizeof(float) * C));
         pc_free(dw3); pc_free(db3); pc_free(dw4); pc_free(db4);
     }
+    /* a junction's forward: the branch's bias, dropout and residual, then LayerNorm, in one
+     * pass (out apart or over y), against the two calls */
+    for (int variant = 0; variant < 8; variant++) {
+        const float p = variant & 1 ? 0.2f : 0.0f;
+        const bool with_bias = variant & 2, over = variant & 4;
+        float *bias2 = frand((size_t)C, 1);
+        memcpy(want_sum, a2, sizeof(float) * NC);
+        pc_bias_dropout_residual(want_sum, with_bias ? bias2 : NULL, x, N, C, p, 17);
+        pc_layernorm_forward(want_out, mean, rstd, want_sum, w, b, N, C, eps);
+        memcpy(sum, a2, sizeof(float) * NC);
+        float *o = over ? sum : out;
+        pc_bias_dropout_residual_norm(sum, with_bias ? bias2 : NULL, x, N, C, p, 17, o, m2, r2, w,
+                                      b, eps);
+        snprintf(name, sizeof name, "bias_dropout_residual_norm N=%d C=%d p %.1f%s%s: the two "
+                 "calls' bits", N, C, p, with_bias ? ", bias" : "", over ? ", out over y" : "");
+        check_true(name, (over || !memcmp(sum, want_sum, sizeof(float) * NC)) &&
+                             !memcmp(o, want_out, sizeof(float) * NC) &&
+                             !memcmp(m2, mean, sizeof(float) * N) &&
+                             !memcmp(r2, rstd, sizeof(float) * N));
+        pc_free(bias2);
+    }
     /* a branch's two shares, then its dropout */
     for (int k = 0; k < 2; k++) {
         const float p = k ? 0.25f : 0.0f;
