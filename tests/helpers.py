@@ -47,6 +47,33 @@ UNMODELLED_MODULES = ("dropout", "intermediate_act_fn", "activation", "lora_embe
                       "lora_embedding_B", "lora_magnitude_vector")
 
 
+def fixed_masks_loss(model, ids, mask, labels, forwards):
+    """loss() of a train-mode forward whose dropout masks are the same at every call (the
+    model's forward count held at `forwards`)."""
+    def loss():
+        model._forwards = forwards
+        return float(model(ids, attention_mask=mask, labels=labels).loss)
+    return loss
+
+
+def assert_dropout_acts(model, loss, ids, mask, labels):
+    """The train-mode loss differs from the eval one: the dropout under test really ran."""
+    dropped = loss()
+    model.eval()
+    assert abs(float(model(ids, attention_mask=mask, labels=labels).loss) - dropped) > 1e-3
+    model.train()
+
+
+def check_grads_by_finite_differences(params, loss, rng, eps, rtol, atol):
+    """Each parameter's gradient (name -> parameter) at its largest entry and at one drawn at
+    random, against central differences of loss()."""
+    for key, p in params.items():
+        g = p.grad.astype(np.float64)
+        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
+                   tuple(int(rng.integers(k)) for k in g.shape)]
+        check_entries_by_finite_differences(p, g, entries, loss, eps, rtol, atol, key)
+
+
 def torch_repr_as_peftcore(text: str) -> str:
     """torch's repr of a transformers / HF PEFT model without the one-line entries of
     UNMODELLED_MODULES: what peftcore's repr of the same model must print."""

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import peftcore
-from helpers import (check_entries_by_finite_differences, engine_param, one_thread,  # noqa: F401
-                     random_batch)
+from helpers import (assert_dropout_acts, check_entries_by_finite_differences,  # noqa: F401
+                     check_grads_by_finite_differences, engine_param, fixed_masks_loss,
+                     one_thread, random_batch)
 from peftcore import _C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,6 +154,32 @@ def test_logits_and_grads_match_adapters(torch_refs, name, tmp_path):
                                    out.logits.detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+def _random_bottlenecks(model, rng, blocks, options_of, every_part=False, scaling_len=None, r=8):
+    """Bottleneck adapters of random tensors at `blocks` of both layers (options_of(block):
+    their options); every_part: both norms, a gate and a scaling of scaling_len elements too.
+    Their parameters by "layer.block.tensor"."""
+    C, params = CFG["hidden_size"], {}
+    for l in range(2):
+        for block in blocks:
+            t = {"down_weight": 0.4 * rng.standard_normal((r, C)),
+                 "down_bias": 0.4 * rng.standard_normal(r),
+                 "up_weight": 0.4 * rng.standard_normal((C, r)),
+                 "up_bias": 0.4 * rng.standard_normal(C)}
+            if every_part:
+                t.update({"norm_before_weight": 1 + 0.3 * rng.standard_normal(C),
+                          "norm_before_bias": 0.3 * rng.standard_normal(C),
+                          "norm_after_weight": 1 + 0.3 * rng.standard_normal(C),
+                          "norm_after_bias": 0.3 * rng.standard_normal(C),
+                          "gate_weight": 0.4 * rng.standard_normal((1, C)),
+                          "gate_bias": 0.4 * rng.standard_normal(1),
+                          "scaling": 1 + 0.3 * rng.standard_normal(scaling_len)})
+            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
+            params.update({f"{l}.{block}.{k}": p for k, p in t.items()})
+            model._engine.set_block_adapters(l, block, [(
+                "bottleneck", {k: p.tensor for k, p in t.items()}, options_of(block))])
+    return params
+
+
 def test_block_adapter_grads_finite_differences():
     """Every switch at once (norms, gate, learned scaling, "post_add"), without torch"""
     rng = np.random.default_rng(3)
@@ -161,24 +188,9 @@ def test_block_adapter_grads_finite_differences():
     for n, p in model.named_parameters():
         p[...] = p + 0.2 * rng.standard_normal(p.shape)
         p.requires_grad = n.endswith("LayerNorm.weight")  # the block's own LayerNorms too
-    C, r = CFG["hidden_size"], 8
-    params = {}
-    for l in range(2):
-        for block in BLOCKS:
-            t = {"down_weight": 0.4 * rng.standard_normal((r, C)), "down_bias": 0.4 * rng.standard_normal(r),
-                 "up_weight": 0.4 * rng.standard_normal((C, r)), "up_bias": 0.4 * rng.standard_normal(C),
-                 "norm_before_weight": 1 + 0.3 * rng.standard_normal(C),
-                 "norm_before_bias": 0.3 * rng.standard_normal(C),
-                 "norm_after_weight": 1 + 0.3 * rng.standard_normal(C),
-                 "norm_after_bias": 0.3 * rng.standard_normal(C),
-                 "gate_weight": 0.4 * rng.standard_normal((1, C)), "gate_bias": 0.4 * rng.standard_normal(1),
-                 "scaling": 1 + 0.3 * rng.standard_normal(1)}
-            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
-            params.update({f"{l}.{block}.{k}": p for k, p in t.items()})
-            model._engine.set_block_adapters(l, block, [(
-                "bottleneck", {k: p.tensor for k, p in t.items()},
-                {"non_linearity": "silu", "residual_before_ln": "post_add",
-                 "original_ln_before": True, "original_ln_after": True})])
+    params = _random_bottlenecks(model, rng, BLOCKS, lambda block: {
+        "non_linearity": "silu", "residual_before_ln": "post_add", "original_ln_before": True,
+        "original_ln_after": True}, every_part=True, scaling_len=1)
     ids, mask, labels = _batch(seed=5)
 
     def loss():
@@ -187,11 +199,7 @@ def test_block_adapter_grads_finite_differences():
     model(ids, attention_mask=mask, labels=labels)
     model.backward()
     ln = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for key, p in list(params.items()) + list(ln.items()):
-        g = p.grad.astype(np.float64)
-        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
-                   tuple(int(rng.integers(k)) for k in g.shape)]
-        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
+    check_grads_by_finite_differences({**params, **ln}, loss, rng, 1e-2, 2e-2, 5e-5)
 
 
 FLOWS = {  # the backward's paths: z = LN(h + x) or h; residual h, h + x or z; norms, gate
@@ -220,48 +228,19 @@ def test_block_adapter_grads_through_dropout_finite_differences(flow):
     for n, p in model.named_parameters():
         p[...] = p + 0.2 * rng.standard_normal(p.shape)
         p.requires_grad = n.endswith(trained)
-    C, r = CFG["hidden_size"], 8
-    extra = flow == "post_add_gated_norms"
-    params = {}
-    for l in range(2):
-        for block in BLOCKS:
-            t = {"down_weight": 0.4 * rng.standard_normal((r, C)),
-                 "down_bias": 0.4 * rng.standard_normal(r),
-                 "up_weight": 0.4 * rng.standard_normal((C, r)),
-                 "up_bias": 0.4 * rng.standard_normal(C)}
-            if extra:
-                t.update({"norm_before_weight": 1 + 0.3 * rng.standard_normal(C),
-                          "norm_before_bias": 0.3 * rng.standard_normal(C),
-                          "norm_after_weight": 1 + 0.3 * rng.standard_normal(C),
-                          "norm_after_bias": 0.3 * rng.standard_normal(C),
-                          "gate_weight": 0.4 * rng.standard_normal((1, C)),
-                          "gate_bias": 0.4 * rng.standard_normal(1),
-                          "scaling": 1 + 0.3 * rng.standard_normal(C)})
-            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
-            params.update({f"{l}.{block}.{k}": p for k, p in t.items()})
-            model._engine.set_block_adapters(l, block, [(
-                "bottleneck", {k: p.tensor for k, p in t.items()},
-                dict(FLOWS[flow], dropout=0.25, scaling=0.7))])
+    params = _random_bottlenecks(model, rng, BLOCKS,
+                                 lambda block: dict(FLOWS[flow], dropout=0.25, scaling=0.7),
+                                 every_part=flow == "post_add_gated_norms",
+                                 scaling_len=CFG["hidden_size"])
     model.train()
     ids, mask, labels = _batch(seed=6)
-
-    def loss():
-        model._forwards = 3  # the same dropout masks every time
-        return float(model(ids, attention_mask=mask, labels=labels).loss)
-
+    loss = fixed_masks_loss(model, ids, mask, labels, 3)
     loss()
     model.backward()
-    dropped = loss()
-    model.eval()
-    assert abs(float(model(ids, attention_mask=mask, labels=labels).loss) - dropped) > 1e-3
-    model.train()
+    assert_dropout_acts(model, loss, ids, mask, labels)
     checked = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert len(checked) == 2 * 4 + 1  # 2 LayerNorms and 2 branch biases a layer, embeddings'
-    for key, p in list(params.items()) + list(checked.items()):
-        g = p.grad.astype(np.float64)
-        entries = [np.unravel_index(int(np.argmax(np.abs(g))), g.shape),
-                   tuple(int(rng.integers(k)) for k in g.shape)]
-        check_entries_by_finite_differences(p, g, entries, loss, 1e-2, 2e-2, 5e-5, key)
+    check_grads_by_finite_differences({**params, **checked}, loss, rng, 1e-2, 2e-2, 5e-5)
 
 
 @pytest.mark.parametrize("blocks", [("ffn",), ("attention", "ffn")])
@@ -274,20 +253,9 @@ def test_backward_stopping_under_the_lowest_adapter_changes_no_gradient(blocks):
         dict(CFG, model_type="bert", hidden_dropout_prob=0.1), seed=0)
     for n, p in model.named_parameters():
         p.requires_grad = n.startswith("classifier")
-    C, r = CFG["hidden_size"], 8
-    adapters = {}
-    for l in range(2):
-        for block in blocks:
-            t = {"down_weight": 0.4 * rng.standard_normal((r, C)),
-                 "down_bias": 0.4 * rng.standard_normal(r),
-                 "up_weight": 0.4 * rng.standard_normal((C, r)),
-                 "up_bias": 0.4 * rng.standard_normal(C)}
-            t = {k: engine_param(v.astype(np.float32)) for k, v in t.items()}
-            adapters.update({f"{l}.{block}.{k}": p for k, p in t.items()})
-            model._engine.set_block_adapters(l, block, [(
-                "bottleneck", {k: p.tensor for k, p in t.items()},
-                {"non_linearity": "silu", "residual_before_ln": True,
-                 "original_ln_before": block == "ffn", "original_ln_after": True})])
+    adapters = _random_bottlenecks(model, rng, blocks, lambda block: {
+        "non_linearity": "silu", "residual_before_ln": True,
+        "original_ln_before": block == "ffn", "original_ln_after": True})
     model.train()
     ids, mask, labels = _batch(seed=8)
     params = dict(model.named_parameters())
@@ -308,10 +276,7 @@ def test_backward_stopping_under_the_lowest_adapter_changes_no_gradient(blocks):
     for k, g in stopped.items():
         assert np.array_equal(g, through[k]), k
 
-    def loss():
-        model._forwards = 5
-        return float(model(ids, attention_mask=mask, labels=labels).loss)
-
+    loss = fixed_masks_loss(model, ids, mask, labels, 5)
     g = through["bert.encoder.layer.0.attention.self.query.bias"].astype(np.float64)
     check_entries_by_finite_differences(under, g, [(int(np.argmax(np.abs(g))),), (3,)], loss,
                                         1e-2, 2e-2, 5e-5, "query.bias")

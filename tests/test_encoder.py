@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import check_entries_by_finite_differences, torch_repr_as_peftcore
+from helpers import (assert_dropout_acts, check_entries_by_finite_differences, fixed_masks_loss,
+                     torch_repr_as_peftcore)
 
 import peftcore
 from peftcore import AutoModel, AutoModelForSequenceClassification
@@ -602,16 +603,10 @@ def test_finite_differences_train_mode_through_dropout():
     ids, mask = _batch("bert", FD_CONFIG["vocab_size"], B=3, T=6, seed=2)
     labels = np.array([0, 2, 1])
 
-    def loss():
-        model._forwards = 7  # the same dropout masks every time
-        return float(model(ids, attention_mask=mask, labels=labels).loss)
-
+    loss = fixed_masks_loss(model, ids, mask, labels, 7)
     loss()
     model.backward()
-    dropped = loss()
-    model.eval()
-    assert abs(float(model(ids, attention_mask=mask, labels=labels).loss) - dropped) > 1e-3
-    model.train()
+    assert_dropout_acts(model, loss, ids, mask, labels)
     _fd_check(loss, model, ["bert." + n for n in FD_NAMES] + ["classifier.weight"], ids)
 
 
