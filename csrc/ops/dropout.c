@@ -40,9 +40,7 @@ void pc_sum_dropout_backward(float *d, const float *a, int64_t n, float p, uint6
     }
 }
 
-/* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
- * (element n·C + c, as pc_dropout_forward counts) and the skip connection in one pass; bias
- * NULL: added already; residual NULL: the branch alone */
+/* one row of pc_bias_dropout_residual, its first element numbered `first` */
 static inline __attribute__((always_inline)) void
 bias_dropout_residual_row(float *row, const float *bias, const float *res, int C, float p,
                           float scale, uint64_t t, uint64_t seed, uint64_t first) {
@@ -51,7 +49,8 @@ bias_dropout_residual_row(float *row, const float *bias, const float *res, int C
             for (int c = 0; c < C; c++)
                 row[c] = pc_keep_t(seed, first + c, t) ? (row[c] + bias[c]) * scale : 0.0f;
         else
-            for (int c = 0; c < C; c++) row[c] = pc_keep_t(seed, first + c, t) ? row[c] * scale : 0.0f;
+            for (int c = 0; c < C; c++)
+                row[c] = pc_keep_t(seed, first + c, t) ? row[c] * scale : 0.0f;
     } else if (bias) {
         for (int c = 0; c < C; c++) row[c] += bias[c];
     }
@@ -59,14 +58,18 @@ bias_dropout_residual_row(float *row, const float *bias, const float *res, int C
         for (int c = 0; c < C; c++) row[c] += res[c];
 }
 
+/* y (N,C) = dropout(y + bias) + residual: a residual branch's linear output, its dropout
+ * (element n·C + c, as pc_dropout_forward counts) and the skip connection in one pass; bias
+ * NULL: added already; residual NULL: the branch alone */
 void pc_bias_dropout_residual(float *y, const float *bias, const float *residual, int N, int C,
                               float p, uint64_t seed) {
     const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
     const uint64_t t = pc_keep_threshold(p);
     PC_PARALLEL_FOR((int64_t)N * C)
     for (int n = 0; n < N; n++)
-        bias_dropout_residual_row(y + (int64_t)n * C, bias, residual ? residual + (int64_t)n * C : NULL,
-                                  C, p, scale, t, seed, (uint64_t)n * (uint64_t)C);
+        bias_dropout_residual_row(y + (int64_t)n * C, bias,
+                                  residual ? residual + (int64_t)n * C : NULL, C, p, scale, t,
+                                  seed, (uint64_t)n * (uint64_t)C);
 }
 
 /* the same, then out = LayerNorm(y) (mean, rstd per row; out may be y) while each row is in

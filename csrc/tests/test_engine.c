@@ -352,20 +352,23 @@ static void test_layernorm(int N, int C) {
     /* a junction's forms, bitwise the passes they fuse. Forward: sum = a + b, out = LN(sum),
      * also with out over a (as the adapters call it) */
     const size_t NC = (size_t)N * C;
-    float *a2 = frand(NC, 2), *sum = pc_alloc(sizeof(float) * NC), *out = pc_alloc(sizeof(float) * NC);
+    float *a2 = frand(NC, 2), *sum = pc_alloc(sizeof(float) * NC);
+    float *out = pc_alloc(sizeof(float) * NC);
     float *want_sum = pc_alloc(sizeof(float) * NC), *want_out = pc_alloc(sizeof(float) * NC);
     float *m2 = pc_alloc(sizeof(float) * (size_t)N), *r2 = pc_alloc(sizeof(float) * (size_t)N);
     for (size_t i = 0; i < NC; i++) want_sum[i] = a2[i] + x[i];
     pc_layernorm_forward(want_out, mean, rstd, want_sum, w, b, N, C, eps);
     pc_layernorm_forward_sum(out, m2, r2, sum, a2, x, NULL, w, b, N, C, eps);
-    bool same = !memcmp(sum, want_sum, sizeof(float) * NC) && !memcmp(out, want_out, sizeof(float) * NC) &&
+    bool same = !memcmp(sum, want_sum, sizeof(float) * NC) &&
+                !memcmp(out, want_out, sizeof(float) * NC) &&
                 !memcmp(m2, mean, sizeof(float) * N) && !memcmp(r2, rstd, sizeof(float) * N);
     /* three terms: (a + b) + c */
     float *c3 = frand(NC, 3);
     for (size_t i = 0; i < NC; i++) want_sum[i] = (a2[i] + x[i]) + c3[i];
     pc_layernorm_forward(want_out, NULL, NULL, want_sum, w, b, N, C, eps);
     pc_layernorm_forward_sum(out, NULL, NULL, sum, a2, x, c3, w, b, N, C, eps);
-    same = same && !memcmp(sum, want_sum, sizeof(float) * NC) && !memcmp(out, want_out, sizeof(float) * NC);
+    same = same && !memcmp(sum, want_sum, sizeof(float) * NC) &&
+           !memcmp(out, want_out, sizeof(float) * NC);
     for (size_t i = 0; i < NC; i++) want_sum[i] = a2[i] + x[i];
     pc_layernorm_forward(want_out, NULL, NULL, want_sum, w, b, N, C, eps);
     pc_free(c3);
@@ -403,7 +406,8 @@ static void test_layernorm(int N, int C) {
                  : "apart", with_extra && to_res ? " (to res too)" : "", p);
         check_true(name, !memcmp(br, want_br, sizeof(float) * NC) &&
                              !memcmp(res, want_res, sizeof(float) * NC) &&
-                             !memcmp(dw3, dw4, sizeof(float) * C) && !memcmp(db3, db4, sizeof(float) * C));
+                             !memcmp(dw3, dw4, sizeof(float) * C) &&
+                             !memcmp(db3, db4, sizeof(float) * C));
         pc_free(dw3); pc_free(db3); pc_free(dw4); pc_free(db4);
     }
     /* a junction's forward: the branch's bias, dropout and residual, then LayerNorm, in one
