@@ -516,9 +516,8 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     } else if (res_share) { /* RES_H: dh = dropout(dres + dz) */
         if (res_share != dh) pc_copy_floats(dh, res_share, NC);
         pc_sum_dropout_backward(dh, dz, NC, c->branch_p, c->branch_seed);
-    } else {
-        pc_copy_floats(dh, dz, NC);
-        pc_dropout_backward_inplace(dh, NC, c->branch_p, c->branch_seed);
+    } else { /* RES_Z: dh = dropout(dz), the mask the forward's */
+        pc_dropout_forward(dh, dz, NC, c->branch_p, c->branch_seed);
     }
     free(work);
     return 0;
