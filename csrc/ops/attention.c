@@ -73,19 +73,39 @@ static void times_head(bool trans_a, int M, int D, int K, float alpha, const flo
 static void dropout_probs(float *dst, int ldd, uint8_t *keep, const float *probs, int Tq,
                           int Tk, float p, uint64_t seed, int64_t bh) {
     const float scale = 1.0f / (1.0f - p);
+    const uint64_t t = pc_keep_threshold(p);
     const uint64_t base = (uint64_t)bh * (uint64_t)Tq * (uint64_t)Tk;
     for (int i = 0; i < Tq; i++) {
         const float *row = probs + (int64_t)i * Tk;
         float *d = dst + (int64_t)i * ldd;
         const uint64_t first = base + (uint64_t)i * (uint64_t)Tk;
         if (!keep) {
-            for (int j = 0; j < Tk; j++) d[j] = pc_keep(seed, first + j, p) ? row[j] * scale : 0.0f;
+            pc_dropout_span(d, row, Tk, scale, seed, first, t);
             continue;
         }
         uint8_t *kr = keep + (int64_t)i * ldd;
-        for (int j = 0; j < Tk; j++) kr[j] = pc_keep(seed, first + j, p);
-        for (int j = 0; j < Tk; j++) d[j] = kr[j] ? row[j] * scale : 0.0f;
+        int32_t m[PC_KEEP_CHUNK];
+        for (int j0 = 0; j0 < Tk; j0 += PC_KEEP_CHUNK) {
+            const int len = pc_keep_chunk_at(Tk, j0);
+            pc_keep_mask(m, seed, first + (uint64_t)j0, len, t);
+            for (int j = 0; j < len; j++) kr[j0 + j] = (uint8_t)(m[j] & 1);
+            pc_apply_keep(d + j0, row + j0, m, len, scale);
+        }
     }
+}
+
+/* d[j] = d[j]·scale where keep[j] (1 or 0) is set, else 0, for j < n: the product and-ed
+ * with the bytes widened to a mask */
+static void apply_keep_bytes(float *d, const uint8_t *keep, int n, float scale) {
+    typedef uint8_t bytes __attribute__((vector_size(PC_VW)));
+    int j = 0;
+    for (; j + PC_VW <= n; j += PC_VW) {
+        bytes b;
+        memcpy(&b, keep + j, sizeof b);
+        const pc_ivec k = -__builtin_convertvector(b, pc_ivec);
+        pc_storev(d + j, (pc_vec)(k & (pc_ivec)(pc_loadv(d + j) * scale)));
+    }
+    for (; j < n; j++) d[j] = keep[j] ? d[j] * scale : 0.0f;
 }
 
 /* A row stride of at least n floats, whole cache lines, and an odd number of them: the
@@ -361,7 +381,7 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 const float *p = P + (int64_t)i * Tk;
                 if (use_dropout) {
                     const uint8_t *kr = keep + (int64_t)i * ld;
-                    for (int j = 0; j < Tk; j++) ds[j] = kr[j] ? ds[j] * inv_keep : 0.0f;
+                    apply_keep_bytes(ds, kr, Tk, inv_keep);
                 }
                 float dot = pc_dot(ds, p, Tk);
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);

@@ -7,7 +7,9 @@ void pc_dropout_forward(float *out, const float *inp, int64_t n, float p, uint64
     const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
     const uint64_t t = pc_keep_threshold(p);
     PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++) out[i] = pc_keep_t(seed, (uint64_t)i, t) ? inp[i] * scale : 0.0f;
+    for (int64_t j0 = 0; j0 < n; j0 += PC_KEEP_CHUNK)
+        pc_dropout_span(out + j0, inp + j0, pc_keep_chunk_at(n, j0), scale, seed, (uint64_t)j0,
+                        t);
 }
 
 /* the forward was out = inp·mask/(1-p), so dinp += dout·mask/(1-p) */
@@ -15,17 +17,27 @@ void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uin
     const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
     const uint64_t t = pc_keep_threshold(p);
     PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++)
-        if (pc_keep_t(seed, (uint64_t)i, t)) dinp[i] += dout[i] * scale;
+    for (int64_t j0 = 0; j0 < n; j0 += PC_KEEP_CHUNK) {
+        const int len = pc_keep_chunk_at(n, j0);
+        int32_t keep[PC_KEEP_CHUNK];
+        pc_keep_mask(keep, seed, (uint64_t)j0, len, t);
+        float *d = dinp + j0;
+        const float *g = dout + j0;
+        int j = 0;
+        for (; j + PC_VW <= len; j += PC_VW) {
+            pc_ivec k;
+            memcpy(&k, keep + j, sizeof k);
+            const pc_vec v = pc_loadv(d + j);
+            pc_storev(d + j, pc_select(k, v + pc_loadv(g + j) * scale, v));
+        }
+        for (; j < len; j++) d[j] = keep[j] ? d[j] + g[j] * scale : d[j];
+    }
 }
 
 /* d (n) = d·mask/(1-p) in place: dropout's backward when its input's gradient is d alone */
 void pc_dropout_backward_inplace(float *d, int64_t n, float p, uint64_t seed) {
     if (p <= 0.0f) return;
-    const float scale = 1.0f / (1.0f - p);
-    const uint64_t t = pc_keep_threshold(p);
-    PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++) d[i] = pc_keep_t(seed, (uint64_t)i, t) ? d[i] * scale : 0.0f;
+    pc_dropout_forward(d, d, n, p, seed);
 }
 
 /* d (n) = dropout's backward of d + a: a branch's gradient from two shares, then its dropout
@@ -34,9 +46,11 @@ void pc_sum_dropout_backward(float *d, const float *a, int64_t n, float p, uint6
     const float scale = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
     const uint64_t t = pc_keep_threshold(p);
     PC_PARALLEL_FOR(n)
-    for (int64_t i = 0; i < n; i++) {
-        const float v = d[i] + a[i];
-        d[i] = p <= 0.0f || pc_keep_t(seed, (uint64_t)i, t) ? v * scale : 0.0f;
+    for (int64_t j0 = 0; j0 < n; j0 += PC_KEEP_CHUNK) {
+        const int len = pc_keep_chunk_at(n, j0);
+        float *v = d + j0;
+        for (int j = 0; j < len; j++) v[j] += a[j0 + j];
+        if (p > 0.0f) pc_dropout_span(v, v, len, scale, seed, (uint64_t)j0, t);
     }
 }
 
@@ -44,16 +58,9 @@ void pc_sum_dropout_backward(float *d, const float *a, int64_t n, float p, uint6
 static inline __attribute__((always_inline)) void
 bias_dropout_residual_row(float *row, const float *bias, const float *res, int C, float p,
                           float scale, uint64_t t, uint64_t seed, uint64_t first) {
-    if (p > 0.0f) {
-        if (bias)
-            for (int c = 0; c < C; c++)
-                row[c] = pc_keep_t(seed, first + c, t) ? (row[c] + bias[c]) * scale : 0.0f;
-        else
-            for (int c = 0; c < C; c++)
-                row[c] = pc_keep_t(seed, first + c, t) ? row[c] * scale : 0.0f;
-    } else if (bias) {
+    if (bias)
         for (int c = 0; c < C; c++) row[c] += bias[c];
-    }
+    if (p > 0.0f) pc_dropout_span(row, row, C, scale, seed, first, t);
     if (res)
         for (int c = 0; c < C; c++) row[c] += res[c];
 }

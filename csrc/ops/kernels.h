@@ -117,8 +117,54 @@ static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
     return pc_keep_t(seed, i, pc_keep_threshold(p));
 }
 
-/* exp's two halves, for a float or a pc_vec: r = x - n·ln2 (ln2 in a high part exact in
- * float and a low part), then exp(r) for |r| <= ln2/2 by its degree-6 Taylor polynomial */
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* x·c mod 2⁶⁴ per 64-bit lane, c's halves in clo and chi: AVX2 multiplies only 32-bit
+ * halves (left to itself, GCC keeps the hash scalar, with a branch per element) */
+static inline __m256i pc_mul64_by(__m256i x, __m256i clo, __m256i chi) {
+    const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(x, 32), clo),
+                                           _mm256_mul_epu32(x, chi));
+    return _mm256_add_epi64(_mm256_mul_epu32(x, clo), _mm256_slli_epi64(cross, 32));
+}
+
+/* all ones in the lanes of z = seed + golden-ratio·(i+1) that pc_keep_t drops. The final
+ * z ^= z >> 31 leaves bits 40-63 as they are, so it is skipped. */
+static inline __m256i pc_dropped4(__m256i z, __m256i threshold) {
+    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 30));
+    z = pc_mul64_by(z, _mm256_set1_epi64x(0x1CE4E5B9), _mm256_set1_epi64x(0xBF58476D));
+    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 27));
+    z = pc_mul64_by(z, _mm256_set1_epi64x(0x133111EB), _mm256_set1_epi64x(0x94D049BB));
+    return _mm256_cmpgt_epi64(threshold, _mm256_srli_epi64(z, 40)); /* both below 2^63 */
+}
+#endif
+
+/* keep[j] = -1 if pc_keep_t keeps element first + j, else 0, for j < n: dropout's mask by
+ * whole vectors, for a loop that then applies it */
+static inline void pc_keep_mask(int32_t *keep, uint64_t seed, uint64_t first, int n,
+                                uint64_t threshold) {
+    int j = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    const uint64_t g = 0x9E3779B97F4A7C15ull, z = seed + (first + 1) * g;
+    __m256i lo = _mm256_setr_epi64x((int64_t)z, (int64_t)(z + g), (int64_t)(z + 2 * g),
+                                    (int64_t)(z + 3 * g));
+    __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x((int64_t)(4 * g)));
+    const __m256i step = _mm256_set1_epi64x((int64_t)(8 * g));
+    const __m256i t = _mm256_set1_epi64x((int64_t)threshold);
+    for (; j + 8 <= n; j += 8) {
+        /* the low halves of both dropped masks, in element order, inverted */
+        const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(pc_dropped4(lo, t)),
+                                                _mm256_castsi256_ps(pc_dropped4(hi, t)),
+                                                _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256i dropped =
+            _mm256_permute4x64_epi64(_mm256_castps_si256(halves), _MM_SHUFFLE(3, 1, 2, 0));
+        _mm256_storeu_si256((__m256i *)(keep + j),
+                            _mm256_xor_si256(dropped, _mm256_set1_epi32(-1)));
+        lo = _mm256_add_epi64(lo, step);
+        hi = _mm256_add_epi64(hi, step);
+    }
+#endif
+    for (; j < n; j++) keep[j] = pc_keep_t(seed, first + (uint64_t)j, threshold) ? -1 : 0;
+}
+
 #define PC_LOG2_E 1.44269504088896341f
 #define PC_EXP_REDUCE(x, n) (((x) - (n) * 0.693145751953125f) - (n) * 1.428606765330187045e-06f)
 #define PC_EXP_POLY(r)                                                                       \
@@ -234,6 +280,38 @@ static inline pc_ivec pc_lanes_below(int count) {
 /* lanes of a where mask (all ones or all zeros per lane) is set, else of b */
 static inline pc_vec pc_select(pc_ivec mask, pc_vec a, pc_vec b) {
     return (pc_vec)((mask & (pc_ivec)a) | (~mask & (pc_ivec)b));
+}
+
+/* d[j] = s[j]·scale where keep[j] (-1 or 0, pc_keep_mask's) is set, else 0, for j < n (d
+ * may be s): the product and-ed with the mask */
+static inline void pc_apply_keep(float *d, const float *s, const int32_t *keep, int n,
+                                 float scale) {
+    int j = 0;
+    for (; j + PC_VW <= n; j += PC_VW) {
+        pc_ivec k;
+        memcpy(&k, keep + j, sizeof k);
+        pc_storev(d + j, (pc_vec)(k & (pc_ivec)(pc_loadv(s + j) * scale)));
+    }
+    for (; j < n; j++) d[j] = keep[j] ? s[j] * scale : 0.0f;
+}
+
+/* dst[j] = src[j]·scale where element first + j is kept, else 0, for j < n (dst may be src):
+ * dropout by a mask made a chunk at a time */
+enum { PC_KEEP_CHUNK = 256 };
+
+/* the length of the chunk of PC_KEEP_CHUNK elements at j0 of n */
+static inline int pc_keep_chunk_at(int64_t n, int64_t j0) {
+    return n - j0 < PC_KEEP_CHUNK ? (int)(n - j0) : PC_KEEP_CHUNK;
+}
+
+static inline void pc_dropout_span(float *dst, const float *src, int64_t n, float scale,
+                                   uint64_t seed, uint64_t first, uint64_t threshold) {
+    int32_t keep[PC_KEEP_CHUNK];
+    for (int64_t j0 = 0; j0 < n; j0 += PC_KEEP_CHUNK) {
+        const int len = pc_keep_chunk_at(n, j0);
+        pc_keep_mask(keep, seed, first + (uint64_t)j0, len, threshold);
+        pc_apply_keep(dst + j0, src + j0, keep, len, scale);
+    }
 }
 
 /* lane-wise max; a NaN lane in a yields b's lane, as the scalar x > m ? x : m */

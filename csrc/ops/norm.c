@@ -55,8 +55,9 @@ junction_row(float *branch, float *res, const float *extra, bool in_place, bool 
             if (extra_to_res) res[c] += e;
             v += e;
         }
-        branch[c] = !drop ? v : pc_keep_t(seed, first + c, threshold) ? v * scale : 0.0f;
+        branch[c] = v;
     }
+    if (drop) pc_dropout_span(branch, branch, C, scale, seed, first, threshold);
 }
 
 static void layernorm_backward(float *dinp, float *dcopy, int mode, const float *dextra,
@@ -106,9 +107,10 @@ static void layernorm_backward(float *dinp, float *dcopy, int mode, const float 
                     dx[c] += v;
                 } else {
                     if (copy) copy[c] = v;
-                    dx[c] = !drop ? v : pc_keep_t(seed, first + c, threshold) ? v * scale : 0.0f;
+                    dx[c] = v;
                 }
             }
+            if (drop) pc_dropout_span(dx, dx, C, scale, seed, first, threshold);
         }
     }
     if (dweight || dbias) {

@@ -74,7 +74,12 @@ static void dropout_row(float *keep, float *xd, const float *x, int n, int in, f
                         uint64_t seed) {
     const float scale = 1.0f / (1.0f - p);
     const uint64_t base = (uint64_t)n * in;
-    for (int i = 0; i < in; i++) keep[i] = pc_keep(seed, base + i, p) ? scale : 0.0f;
+    const uint64_t t = pc_keep_threshold(p);
+    float ones[PC_KEEP_CHUNK]; /* the mask times 1/(1-p), a chunk at a time */
+    for (int i = 0; i < PC_KEEP_CHUNK; i++) ones[i] = 1.0f;
+    for (int i0 = 0; i0 < in; i0 += PC_KEEP_CHUNK)
+        pc_dropout_span(keep + i0, ones, pc_keep_chunk_at(in, i0),
+                        scale, seed, base + (uint64_t)i0, t);
     if (xd)
         for (int i = 0; i < in; i++) xd[i] = keep[i] != 0.0f ? x[i] * keep[i] : 0.0f;
 }

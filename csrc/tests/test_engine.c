@@ -1154,6 +1154,34 @@ static void test_runtime(void) {
     }
     check_true("dropout_keep: the integer threshold equals the float comparison for all 2^24 "
                "values", same);
+    /* the kernels' masks, made by whole vectors, are pc_dropout_keep's: element i of
+     * pc_dropout_forward, and element n·C + c of a row of C = 37 (rows starting off any
+     * vector boundary) */
+    enum { N = 29, C = 37, LEN = N * C };
+    float ones[LEN], out[LEN], acc[LEN], rows[LEN];
+    for (int i = 0; i < LEN; i++) ones[i] = 1.0f;
+    const float drops[] = {0.1f, 0.5f, 0x1p-24f, 1.0f - 0x1p-24f};
+    const uint64_t seeds[] = {0, 12345, ~0ull};
+    bool fwd = true, bwd = true, res = true;
+    for (size_t a = 0; a < sizeof drops / sizeof drops[0]; a++)
+        for (size_t b = 0; b < sizeof seeds / sizeof seeds[0]; b++) {
+            const float p = drops[a], scale = 1.0f / (1.0f - p);
+            const uint64_t seed = seeds[b];
+            pc_dropout_forward(out, ones, LEN, p, seed);
+            for (int i = 0; i < LEN; i++) acc[i] = 2.0f, rows[i] = 0.5f;
+            pc_dropout_backward(acc, ones, LEN, p, seed);
+            pc_bias_dropout_residual(rows, ones, NULL, N, C, p, seed);
+            for (int i = 0; i < LEN; i++) {
+                const bool kept = pc_dropout_keep(seed, (uint64_t)i, p);
+                fwd = fwd && out[i] == (kept ? scale : 0.0f);
+                bwd = bwd && acc[i] == (kept ? 2.0f + scale : 2.0f);
+                res = res && rows[i] == (kept ? 1.5f * scale : 0.0f);
+            }
+        }
+    check_true("dropout: pc_dropout_forward keeps what pc_dropout_keep keeps", fwd);
+    check_true("dropout: pc_dropout_backward adds where pc_dropout_keep keeps", bwd);
+    check_true("dropout: pc_bias_dropout_residual's rows of 37 keep what pc_dropout_keep keeps",
+               res);
 }
 
 /* Element counts that overflow int64 (or whose bytes do) are refused, never wrapped: a
