@@ -75,13 +75,20 @@ static void dropout_row(float *keep, float *xd, const float *x, int n, int in, f
     const float scale = 1.0f / (1.0f - p);
     const uint64_t base = (uint64_t)n * in;
     const uint64_t t = pc_keep_threshold(p);
-    float ones[PC_KEEP_CHUNK]; /* the mask times 1/(1-p), a chunk at a time */
-    for (int i = 0; i < PC_KEEP_CHUNK; i++) ones[i] = 1.0f;
-    for (int i0 = 0; i0 < in; i0 += PC_KEEP_CHUNK)
-        pc_dropout_span(keep + i0, ones, pc_keep_chunk_at(in, i0),
-                        scale, seed, base + (uint64_t)i0, t);
-    if (xd)
-        for (int i = 0; i < in; i++) xd[i] = keep[i] != 0.0f ? x[i] * keep[i] : 0.0f;
+    const pc_ivec factor = (pc_ivec)pc_splat(scale);
+    int32_t m[PC_KEEP_CHUNK];
+    for (int i0 = 0; i0 < in; i0 += PC_KEEP_CHUNK) { /* a chunk's mask, used twice */
+        const int len = pc_keep_chunk_at(in, i0);
+        pc_keep_mask(m, seed, base + (uint64_t)i0, len, t);
+        int i = 0;
+        for (; i + PC_VW <= len; i += PC_VW) {
+            pc_ivec k;
+            memcpy(&k, m + i, sizeof k);
+            pc_storev(keep + i0 + i, (pc_vec)(k & factor));
+        }
+        for (; i < len; i++) keep[i0 + i] = m[i] ? scale : 0.0f;
+        if (xd) pc_apply_keep(xd + i0, x + i0, m, len, scale);
+    }
 }
 
 /* Bt (r,out) = scale · Bᵀ, so the rank-r updates run along contiguous rows */
