@@ -165,6 +165,8 @@ static inline void pc_keep_mask(int32_t *keep, uint64_t seed, uint64_t first, in
     for (; j < n; j++) keep[j] = pc_keep_t(seed, first + (uint64_t)j, threshold) ? -1 : 0;
 }
 
+/* exp's two halves, for a float or a pc_vec: r = x - n·ln2 (ln2 in a high part exact in
+ * float and a low part), then exp(r) for |r| <= ln2/2 by its degree-6 Taylor polynomial */
 #define PC_LOG2_E 1.44269504088896341f
 #define PC_EXP_REDUCE(x, n) (((x) - (n) * 0.693145751953125f) - (n) * 1.428606765330187045e-06f)
 #define PC_EXP_POLY(r)                                                                       \
@@ -295,15 +297,15 @@ static inline void pc_apply_keep(float *d, const float *s, const int32_t *keep, 
     for (; j < n; j++) d[j] = keep[j] ? s[j] * scale : 0.0f;
 }
 
-/* dst[j] = src[j]·scale where element first + j is kept, else 0, for j < n (dst may be src):
- * dropout by a mask made a chunk at a time */
+/* masks are made PC_KEEP_CHUNK elements at a time, in a buffer on the stack; the length of
+ * the chunk at j0 of n */
 enum { PC_KEEP_CHUNK = 256 };
-
-/* the length of the chunk of PC_KEEP_CHUNK elements at j0 of n */
 static inline int pc_keep_chunk_at(int64_t n, int64_t j0) {
     return n - j0 < PC_KEEP_CHUNK ? (int)(n - j0) : PC_KEEP_CHUNK;
 }
 
+/* dst[j] = src[j]·scale where element first + j is kept, else 0, for j < n (dst may be src):
+ * dropout */
 static inline void pc_dropout_span(float *dst, const float *src, int64_t n, float scale,
                                    uint64_t seed, uint64_t first, uint64_t threshold) {
     int32_t keep[PC_KEEP_CHUNK];
