@@ -3,7 +3,7 @@
     python bench/lora.py [--models minilm,bert-base] [--modes lora,full,merged,bare]
                          [--steps N] [--warmup N] [--batch 32] [--seq 128] [--threads 2]
                          [--rounds 2] [--torch-modes ...] [--quick] [--json FILE]
-                         [--baseline DIR]
+                         [--baseline DIR] [--paired] [--isa avx2|avx512|baseline]
 
 For each model shape a transformers BertForSequenceClassification (2 labels) is built with
 torch.manual_seed(0) and saved (save_pretrained) to a temporary folder; both frameworks load
@@ -40,6 +40,10 @@ a change's effect measured side by side in one run. Then one more child per mode
 both checkouts' peftcore (the baseline's as `peftcore_baseline`) and alternates their steps:
 the median of those paired ratios, with its quartiles, survives the load and CPU steal that
 drift between separate processes.
+
+--paired: one more child per model builds both LoRA models and alternates torch's and
+peftcore's train steps in one process: the median of those paired ratios (peftcore's
+speed-up), with its quartiles, also survives load that drifts between processes.
 
 Targets: peftcore LoRA step / full step <= 0.72 (the ideal is 2/3: no weight gradients of the
 frozen base); peftcore merged inference at most 3 % slower than the bare model (merged / bare
@@ -212,6 +216,17 @@ def child_paired_baseline(args):
             "baseline_seq_per_s": args.batch / statistics.median(times["baseline"])}
 
 
+def child_paired(args):
+    """A LoRA training step of torch + peft and of peftcore in one process, alternating (the
+    order flips every round; see harness.paired_train), each model built as in its own
+    child."""
+    import peftcore
+    peftcore.set_num_threads(args.threads)
+    ours = peftcore.get_peft_model(harness.peftcore_model(args), peftcore.LoraConfig(**LORA))
+    theirs, _ = harness.torch_model(args, "LoraConfig", LORA)
+    return harness.paired_train(args, ours, theirs, ADAMW)
+
+
 def child_main(args):
     if args.child == "prepare":
         result = child_prepare(args)
@@ -221,6 +236,8 @@ def child_main(args):
         result = child_interleaved(args)
     elif args.child == "paired-baseline":
         result = child_paired_baseline(args)
+    elif args.child == "paired":
+        result = child_paired(args)
     else:
         result = child_peftcore(args)
     print_result(result)
@@ -252,8 +269,11 @@ def parse_args():
     ap.add_argument("--json", help="also write all results to this file")
     ap.add_argument("--baseline", help="another checkout (built in place) whose peftcore runs "
                                        "beside this one's: speed ratios this / baseline")
-    harness.add_child_arguments(ap, ("prepare", "interleaved", "paired-baseline") + FRAMEWORKS,
-                                MODES)
+    ap.add_argument("--paired", action="store_true",
+                    help="also alternate torch's and peftcore's LoRA train steps in one process "
+                         "(robust to load that drifts between processes)")
+    harness.add_child_arguments(ap, ("prepare", "interleaved", "paired-baseline", "paired") +
+                                FRAMEWORKS, MODES)
     args = harness.finish_run_arguments(ap.parse_args(), ap)
     if args.quick:
         args.models = args.models or "minilm"
@@ -327,6 +347,13 @@ def main():
                     if diff > 1e-3:
                         problems.append(f"{model} {mode}: peftcore and torch logits differ by "
                                         f"{diff:.2e}")
+                if args.paired and mode == "lora":
+                    r = run_child("paired", args, model, folder, mode)
+                    res["paired"] = r
+                    print(f"    lora   paired, one process, alternating: peftcore "
+                          f"{r['peftcore_seq_per_s']:.2f} seq/s, torch {r['torch_seq_per_s']:.2f}"
+                          f" seq/s, median paired peftcore / torch {r['ratio']:.2f}x (quartiles "
+                          f"{r['quartiles'][0]:.2f}-{r['quartiles'][1]:.2f})", flush=True)
                 if args.baseline:
                     r = run_child("paired-baseline", args, model, folder, mode)
                     res["paired_baseline"] = r

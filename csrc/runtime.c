@@ -26,6 +26,7 @@ static bool blis_sup = false;
 static const char *const x86_features[] = {"ssse3", "sse4.2", "avx", "avx2", "fma", "fma4",
                                            "avx512f", "avx512dq", "avx512bw", "avx512vl"};
 
+#if defined(__x86_64__) || defined(__i386__)
 /* feature named in PEFTCORE_DISABLE_CPU_FEATURES (comma or space separated): treated as
  * absent, so the paths of CPUs without it can be run here (as NumPy's
  * NPY_DISABLE_CPU_FEATURES) */
@@ -42,6 +43,7 @@ static bool disabled_by_user(const char *feature) {
     }
     return false;
 }
+#endif
 
 bool pc_cpu_has(const char *feature) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -139,8 +139,8 @@ static inline __m256i pc_dropped4(__m256i z, __m256i threshold) {
 
 /* keep[j] = -1 if pc_keep_t keeps element first + j, else 0, for j < n: dropout's mask by
  * whole vectors, for a loop that then applies it */
-static inline void pc_keep_mask(int32_t *keep, uint64_t seed, uint64_t first, int n,
-                                uint64_t threshold) {
+static inline __attribute__((always_inline)) void
+pc_keep_mask(int32_t *keep, uint64_t seed, uint64_t first, int n, uint64_t threshold) {
     int j = 0;
 #if defined(__AVX2__) && !defined(__AVX512F__)
     const uint64_t g = 0x9E3779B97F4A7C15ull, z = seed + (first + 1) * g;
@@ -286,8 +286,8 @@ static inline pc_vec pc_select(pc_ivec mask, pc_vec a, pc_vec b) {
 
 /* d[j] = s[j]·scale where keep[j] (-1 or 0, pc_keep_mask's) is set, else 0, for j < n (d
  * may be s): the product and-ed with the mask */
-static inline void pc_apply_keep(float *d, const float *s, const int32_t *keep, int n,
-                                 float scale) {
+static inline __attribute__((always_inline)) void
+pc_apply_keep(float *d, const float *s, const int32_t *keep, int n, float scale) {
     int j = 0;
     for (; j + PC_VW <= n; j += PC_VW) {
         pc_ivec k;
@@ -306,8 +306,9 @@ static inline int pc_keep_chunk_at(int64_t n, int64_t j0) {
 
 /* dst[j] = src[j]·scale where element first + j is kept, else 0, for j < n (dst may be src):
  * dropout */
-static inline void pc_dropout_span(float *dst, const float *src, int64_t n, float scale,
-                                   uint64_t seed, uint64_t first, uint64_t threshold) {
+static inline __attribute__((always_inline)) void
+pc_dropout_span(float *dst, const float *src, int64_t n, float scale, uint64_t seed,
+                uint64_t first, uint64_t threshold) {
     int32_t keep[PC_KEEP_CHUNK];
     for (int64_t j0 = 0; j0 < n; j0 += PC_KEEP_CHUNK) {
         const int len = pc_keep_chunk_at(n, j0);
