@@ -25,10 +25,8 @@ void pc_dropout_backward(float *dinp, const float *dout, int64_t n, float p, uin
         const float *g = dout + j0;
         int j = 0;
         for (; j + PC_VW <= len; j += PC_VW) {
-            pc_ivec k;
-            memcpy(&k, keep + j, sizeof k);
             const pc_vec v = pc_loadv(d + j);
-            pc_storev(d + j, pc_select(k, v + pc_loadv(g + j) * scale, v));
+            pc_storev(d + j, pc_select(pc_load_keep(keep + j), v + pc_loadv(g + j) * scale, v));
         }
         for (; j < len; j++) d[j] = keep[j] ? d[j] + g[j] * scale : d[j];
     }

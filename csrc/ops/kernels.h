@@ -284,15 +284,20 @@ static inline pc_vec pc_select(pc_ivec mask, pc_vec a, pc_vec b) {
     return (pc_vec)((mask & (pc_ivec)a) | (~mask & (pc_ivec)b));
 }
 
+/* PC_VW lanes of a mask from pc_keep_mask's int32 array */
+static inline pc_ivec pc_load_keep(const int32_t *keep) {
+    pc_ivec k;
+    memcpy(&k, keep, sizeof k);
+    return k;
+}
+
 /* d[j] = s[j]·scale where keep[j] (-1 or 0, pc_keep_mask's) is set, else 0, for j < n (d
  * may be s): the product and-ed with the mask */
 static inline __attribute__((always_inline)) void
 pc_apply_keep(float *d, const float *s, const int32_t *keep, int n, float scale) {
     int j = 0;
     for (; j + PC_VW <= n; j += PC_VW) {
-        pc_ivec k;
-        memcpy(&k, keep + j, sizeof k);
-        pc_storev(d + j, (pc_vec)(k & (pc_ivec)(pc_loadv(s + j) * scale)));
+        pc_storev(d + j, (pc_vec)(pc_load_keep(keep + j) & (pc_ivec)(pc_loadv(s + j) * scale)));
     }
     for (; j < n; j++) d[j] = keep[j] ? s[j] * scale : 0.0f;
 }

@@ -82,9 +82,7 @@ static void dropout_row(float *keep, float *xd, const float *x, int n, int in, f
         pc_keep_mask(m, seed, base + (uint64_t)i0, len, t);
         int i = 0;
         for (; i + PC_VW <= len; i += PC_VW) {
-            pc_ivec k;
-            memcpy(&k, m + i, sizeof k);
-            pc_storev(keep + i0 + i, (pc_vec)(k & factor));
+            pc_storev(keep + i0 + i, (pc_vec)(pc_load_keep(m + i) & factor));
         }
         for (; i < len; i++) keep[i0 + i] = m[i] ? scale : 0.0f;
         if (xd) pc_apply_keep(xd + i0, x + i0, m, len, scale);
