@@ -85,6 +85,7 @@
 #define pc_layernorm_backward_junction PC_ISA_NAME(pc_layernorm_backward_junction, PC_ISA)
 /* ops/tiles.c (called by other kernels only: no dispatch entry) */
 #define pc_tile_gemm PC_ISA_NAME(pc_tile_gemm, PC_ISA)
+#define pc_tile_gemm_split PC_ISA_NAME(pc_tile_gemm_split, PC_ISA)
 /* peft/lora.c */
 #define pc_lora_forward PC_ISA_NAME(pc_lora_forward, PC_ISA)
 #define pc_lora_backward PC_ISA_NAME(pc_lora_backward, PC_ISA)

@@ -43,15 +43,20 @@ typedef struct {
     int P, Tk, ldp, ldy;
 } pair_rows;
 
-/* C (Tq,P+Tk) = alpha·X (Tq,D)·Yᵀ for Y's P+Tk rows: through Yᵀ in scratch (D·(P+Tk)
- * floats), one product over both parts */
+/* A row stride for n keys of a 64-byte aligned buffer: whole cache lines, so that every row
+ * starts on one. A prefix makes n = P + T, which at other strides would split each
+ * vector's load (and store) across two lines. */
+static int line_stride(int n) { return (n + 15) / 16 * 16; }
+
+/* C (Tq,P+Tk) = alpha·X (Tq,D)·Yᵀ for Y's P+Tk rows: through Yᵀ in 64-byte aligned scratch
+ * (D·line_stride(P+Tk) floats), one product over both parts */
 static void times_keys_transposed(int Tq, int D, float alpha, const float *X, int ldx,
                                   const pair_rows *y, float *scratch, float *C, int ldc) {
-    const int P = y->P, Tk = P + y->Tk;
+    const int P = y->P, Tk = P + y->Tk, ldt = line_stride(Tk);
     if (use_tiles(Tk) && scratch) {
-        if (P) transpose_head(scratch, Tk, 0, y->Yp, P, D, y->ldp);
-        transpose_head(scratch, Tk, P, y->Y, y->Tk, D, y->ldy);
-        pc_tile_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, Tk, 0.0f, C, ldc);
+        if (P) transpose_head(scratch, ldt, 0, y->Yp, P, D, y->ldp);
+        transpose_head(scratch, ldt, P, y->Y, y->Tk, D, y->ldy);
+        pc_tile_gemm(false, Tq, Tk, D, alpha, X, ldx, scratch, ldt, 0.0f, C, ldc);
     } else {
         if (P) pc_sgemm_serial(false, true, Tq, P, D, alpha, X, ldx, y->Yp, y->ldp, 0.0f, C, ldc);
         pc_sgemm_serial(false, true, Tq, y->Tk, D, alpha, X, ldx, y->Y, y->ldy, 0.0f, C + P, ldc);
@@ -67,16 +72,16 @@ static void times_head(bool trans_a, int M, int D, int K, float alpha, const flo
         pc_sgemm_serial(trans_a, false, M, D, K, alpha, A, lda, Y, ldy, beta, C, ldc);
 }
 
-/* dropout on the probabilities (Tq,Tk) of pair bh, into dst with row stride ldd: element
- * (i,j) has index bh·Tq·Tk + i·Tk + j. keep (row stride ldd, or NULL) receives the mask for
- * the backward's second use of it. */
-static void dropout_probs(float *dst, int ldd, uint8_t *keep, const float *probs, int Tq,
-                          int Tk, float p, uint64_t seed, int64_t bh) {
+/* dropout on the probabilities (Tq,Tk) of pair bh (row stride lds), into dst with row
+ * stride ldd: element (i,j) has index bh·Tq·Tk + i·Tk + j. keep (row stride ldd, or NULL)
+ * receives the mask for the backward's second use of it. */
+static void dropout_probs(float *dst, int ldd, uint8_t *keep, const float *probs, int lds,
+                          int Tq, int Tk, float p, uint64_t seed, int64_t bh) {
     const float scale = 1.0f / (1.0f - p);
     const uint64_t t = pc_keep_threshold(p);
     const uint64_t base = (uint64_t)bh * (uint64_t)Tq * (uint64_t)Tk;
     for (int i = 0; i < Tq; i++) {
-        const float *row = probs + (int64_t)i * Tk;
+        const float *row = probs + (int64_t)i * lds;
         float *d = dst + (int64_t)i * ldd;
         const uint64_t first = base + (uint64_t)i * (uint64_t)Tk;
         if (!keep) {
@@ -149,38 +154,51 @@ static const float *gather_head(float *dst, const float *src, int rows, int64_t 
     return dst;
 }
 
-/* per-thread scratch of pair_probs: Kᵀ (D,P+Tk), then the mask's bias row (P+Tk) */
+/* per-thread scratch of pair_probs, 64-byte aligned: Kᵀ (D,P+Tk) with row stride
+ * line_stride(P+Tk), then the mask's bias row (P+Tk) */
 static int64_t probs_scratch_floats(const pc_attention_dims *d) {
-    return (int64_t)(d->D + 1) * all_keys(d);
+    return (int64_t)d->D * line_stride(all_keys(d)) + all_keys(d);
 }
 
-/* S (Tq,P+Tk) of pair bh = softmax(Q·Kᵀ/√D + mask bias), row by row */
-static void pair_probs(float *S, const float *q, const float *k, const float *key_mask,
+/* floats of 64-byte aligned memory, or NULL */
+static float *aligned_floats(int64_t floats) {
+    return aligned_alloc(64, (sizeof(float) * (size_t)floats + 63) / 64 * 64);
+}
+
+/* S (Tq,P+Tk) of pair bh, row stride lds, = softmax(Q·Kᵀ/√D + mask bias), row by row */
+static void pair_probs(float *S, int lds, const float *q, const float *k, const float *key_mask,
                        const pc_attention_dims *d, int64_t bh, float *scratch) {
     const int Tq = d->Tq, Tk = all_keys(d), P = prefix_rows(d);
     const int b = (int)(bh / d->H), h = (int)(bh % d->H);
     const float *Q = q + (int64_t)b * Tq * d->ld_q + (int64_t)h * d->D;
     const pair_rows keys = rows_of_pair(d, k, b, h, 0);
-    times_keys_transposed(Tq, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, &keys, scratch, S, Tk);
+    times_keys_transposed(Tq, d->D, 1.0f / sqrtf((float)d->D), Q, d->ld_q, &keys, scratch, S,
+                          lds);
     float *bias = NULL;
     if (key_mask) {
-        bias = scratch + (int64_t)d->D * Tk;
+        bias = scratch + (int64_t)d->D * line_stride(Tk);
         for (int j = 0; j < P; j++) bias[j] = 0.0f;
         mask_bias(bias + P, key_mask + (int64_t)b * d->Tk, d->Tk);
     }
     for (int i = 0; i < Tq; i++) {
-        float *row = S + (int64_t)i * Tk;
+        float *row = S + (int64_t)i * lds;
         pc_softmax_row_biased(row, row, bias, Tk);
     }
 }
 
-/* out (Tq,D) = P (Tq,Tk+P) · V: the prefix's rows, then the sequence's added */
-static void times_values(int Tq, int D, const float *probs, const pair_rows *v, float *out,
-                         int ldo) {
-    const int Tk = v->P + v->Tk;
-    if (v->P) times_head(false, Tq, D, v->P, 1.0f, probs, Tk, v->Yp, v->ldp, 0.0f, out, ldo);
-    times_head(false, Tq, D, v->Tk, 1.0f, probs + v->P, Tk, v->Y, v->ldy, v->P ? 1.0f : 0.0f,
-               out, ldo);
+/* C (M,D) = alpha·A (M,P+T)·Y + beta·C for a pair's P + T keys or values Y: one product
+ * over both parts, the prefix's rows first */
+static void times_pair_rows(int M, int D, float alpha, const float *A, int lda,
+                            const pair_rows *y, float beta, float *C, int ldc) {
+    if (!y->P) {
+        times_head(false, M, D, y->Tk, alpha, A, lda, y->Y, y->ldy, beta, C, ldc);
+    } else if (use_tiles(D)) {
+        pc_tile_gemm_split(false, M, D, y->P, y->Tk, alpha, A, lda, y->Yp, y->ldp, y->Y,
+                           y->ldy, beta, C, ldc);
+    } else {
+        times_head(false, M, D, y->P, alpha, A, lda, y->Yp, y->ldp, beta, C, ldc);
+        times_head(false, M, D, y->Tk, alpha, A + y->P, lda, y->Y, y->ldy, 1.0f, C, ldc);
+    }
 }
 
 int pc_attention_probs(float *probs, const float *q, const float *k, const float *key_mask,
@@ -189,11 +207,12 @@ int pc_attention_probs(float *probs, const float *q, const float *k, const float
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for(pairs * pair))
     {
-        float *scratch = malloc(sizeof(float) * (size_t)probs_scratch_floats(dims));
+        float *scratch = aligned_floats(probs_scratch_floats(dims));
         if (!scratch) failed = true; /* benign race: every writer stores true */
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < pairs; bh++)
-            if (scratch) pair_probs(probs + bh * pair, q, k, key_mask, dims, bh, scratch);
+            if (scratch)
+                pair_probs(probs + bh * pair, all_keys(dims), q, k, key_mask, dims, bh, scratch);
         free(scratch);
     }
     return failed ? -1 : 0;
@@ -209,13 +228,14 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
-        /* per thread: pair_probs' scratch; without probs (no backward follows) the pair's
-         * probabilities; with dropout the dropped ones */
-        const int64_t own = probs_scratch_floats(dims);
-        const int64_t floats = own + (probs ? 0 : pair) + (use_dropout ? pair : 0);
-        float *kt = malloc(sizeof(float) * (size_t)floats);
+        /* per thread, 64-byte aligned: pair_probs' scratch; without probs (no backward
+         * follows) the pair's probabilities; with dropout the dropped ones. The last two
+         * with rows on whole cache lines. */
+        const int ld = line_stride(Tk);
+        const int64_t own = line_stride((int)probs_scratch_floats(dims)), mine = (int64_t)Tq * ld;
+        float *kt = aligned_floats(own + (probs ? 0 : mine) + (use_dropout ? mine : 0));
         float *own_probs = kt ? kt + own : NULL;
-        float *dropped = own_probs ? own_probs + (probs ? 0 : pair) : NULL;
+        float *dropped = own_probs ? own_probs + (probs ? 0 : mine) : NULL;
         if (!kt) failed = true;
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
@@ -223,13 +243,17 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
             int b = (int)(bh / H), h = (int)(bh % H);
             const pair_rows V = rows_of_pair(dims, v, b, h, 1);
             float *S = probs ? probs + bh * pair : own_probs;
-            pair_probs(S, q, k, key_mask, dims, bh, kt);
+            const int lds = probs ? Tk : ld;
+            pair_probs(S, lds, q, k, key_mask, dims, bh, kt);
             const float *P = S;
+            int ldp = lds;
             if (use_dropout) {
-                dropout_probs(dropped, Tk, NULL, S, Tq, Tk, dropout_p, seed, bh);
+                dropout_probs(dropped, ld, NULL, S, lds, Tq, Tk, dropout_p, seed, bh);
                 P = dropped;
+                ldp = ld;
             }
-            times_values(Tq, D, P, &V, out + (int64_t)b * Tq * C + (int64_t)h * D, C);
+            times_pair_rows(Tq, D, 1.0f, P, ldp, &V, 0.0f,
+                            out + (int64_t)b * Tq * C + (int64_t)h * D, C);
         }
         free(kt);
     }
@@ -340,10 +364,10 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
         const int64_t padded = (int64_t)Tq * ld;
         const int64_t heads = (int64_t)(2 * Tq + T) * D;
         const int64_t floats =
-            2 * padded + (int64_t)D * Tk + heads + (use_dropout ? padded / 4 : 0);
-        float *dS = aligned_alloc(64, (sizeof(float) * (size_t)floats + 63) / 64 * 64);
+            2 * padded + (int64_t)D * line_stride(Tk) + heads + (use_dropout ? padded / 4 : 0);
+        float *dS = aligned_floats(floats);
         float *Pd = dS ? dS + padded : NULL, *vt = Pd ? Pd + padded : NULL;
-        float *dO_c = vt ? vt + (int64_t)D * Tk : NULL;
+        float *dO_c = vt ? vt + (int64_t)D * line_stride(Tk) : NULL;
         float *q_c = dO_c ? dO_c + (int64_t)Tq * D : NULL;
         float *k_c = q_c ? q_c + (int64_t)Tq * D : NULL;
         uint8_t *keep = use_dropout && k_c ? (uint8_t *)(k_c + (int64_t)T * D) : NULL;
@@ -367,7 +391,7 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             const float *Kh = dq ? gather_head(k_c, k + kv0, T, ld_kv, D) : NULL;
             const float *P = probs + bh * pair;
             if (use_dropout)
-                dropout_probs(Pd, ld, keep, P, Tq, Tk, dropout_p, seed, bh);
+                dropout_probs(Pd, ld, keep, P, Tk, Tq, Tk, dropout_p, seed, bh);
             else
                 for (int i = 0; i < Tq; i++)
                     memcpy(Pd + (int64_t)i * ld, P + (int64_t)i * Tk, sizeof(float) * Tk);
@@ -386,15 +410,11 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 float dot = pc_dot(ds, p, Tk);
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
-            if (NP) {
-                if (dq)
-                    times_head(false, Tq, D, NP, scale, dS, ld, keys.Yp, keys.ldp, beta, dq + q0,
-                               ld_q);
-                times_head(true, NP, D, Tq, scale, dS, ld, Qh, D, 0.0f, dpk, pre->d_ld);
+            if (NP) times_head(true, NP, D, Tq, scale, dS, ld, Qh, D, 0.0f, dpk, pre->d_ld);
+            if (dq) {
+                const pair_rows gathered = {keys.Yp, Kh, NP, T, keys.ldp, D};
+                times_pair_rows(Tq, D, scale, dS, ld, &gathered, beta, dq + q0, ld_q);
             }
-            if (dq)
-                times_head(false, Tq, D, T, scale, dS + NP, ld, Kh, D, NP ? 1.0f : beta,
-                           dq + q0, ld_q);
             if (dk) times_head(true, T, D, Tq, scale, dS + NP, ld, Qh, D, beta, dk + kv0, ld_kv);
         }
         free(dS);

@@ -26,68 +26,98 @@ enum { TILE_ROWS = 8 }; /* 8 rows × 2 vectors: 16 of 32 registers */
 enum { TILE_ROWS = 6 }; /* 6 rows × 2 vectors: 12 of 16 registers */
 #endif
 
+/* B (K1+K2, N) as two blocks of rows: K1 at b1 (row stride ld1), then K2 at b2 (ld2). A
+ * product over keys that live in two buffers (a prefix's and a sequence's own) runs as one,
+ * its sums in registers across both, instead of a second pass that reloads C. */
+typedef struct {
+    const float *b1, *b2;
+    int k1, k2, ld1, ld2;
+} tile_b;
+
 /* Store a finished accumulator: beta == 0 overwrites, so whatever C held (NaN included)
  * does not leak in. */
 static inline void store_tile_row(float *c, pc_vec acc, float alpha, float beta) {
     pc_storev(c, beta == 0.0f ? alpha * acc : alpha * acc + beta * pc_loadv(c));
 }
 
-/* The full tile: TILE_ROWS × 2·PC_VW columns of C = alpha·op(A)·B + beta·C, where
- * op(A)[i][k] = A[i·a_row + k·a_col] and B (K,2·PC_VW) has row stride ldb. One copy overwrites
- * C (beta == 0), one updates it: a store without the branch keeps the accumulators in
- * registers to the end. */
-#define PAIR_TILE_FULL(name, STORE)                                                           \
-    static __attribute__((noinline)) void name(                         \
-        int K, float alpha, const float *A, int64_t a_row, int64_t a_col, const float *B,     \
-        int ldb, float beta, float *C, int ldc) {                                             \
+/* acc[r][0..1] += op(A)[r][k]·B[k][j .. j + PC_VW + cols2) for k over one block of B's rows
+ * (K rows from B, row stride ldb); the second vector holds cols2 (<= PC_VW) columns */
+static inline __attribute__((always_inline)) void pair_tile_block(
+    pc_vec acc[TILE_ROWS][2], int cols2, int K, const float *A, int64_t a_row, int64_t a_col,
+    const float *B, int ldb) {
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;
+        const pc_vec b0 = pc_loadv(b);
+        const pc_vec b1 = cols2 == PC_VW ? pc_loadv(b + PC_VW) : pc_load_head(b + PC_VW, cols2);
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < TILE_ROWS; r++) {
+            const float s = a[r * a_row];
+            acc[r][0] += s * b0;
+            acc[r][1] += s * b1;
+        }
+    }
+}
+
+/* The full tile: TILE_ROWS × (PC_VW + cols2) columns from j of C = alpha·op(A)·B + beta·C,
+ * where op(A)[i][k] = A[i·a_row + k·a_col]. One copy overwrites C (beta == 0), one updates
+ * it, both with two whole vectors: a store without the branch keeps the accumulators in
+ * registers to the end. The third takes a second vector of fewer columns (masked). */
+#define PAIR_TILE(name, COLS2, STORE1)                                                        \
+    static __attribute__((noinline)) void name(                                               \
+        int cols2, float alpha, const float *A, int64_t a_row, int64_t a_col,                 \
+        const tile_b *B, int j, float beta, float *C, int ldc) {                              \
         pc_vec acc[TILE_ROWS][2];                                                             \
         _Pragma("GCC unroll 8")                                                               \
         for (int r = 0; r < TILE_ROWS; r++) acc[r][0] = acc[r][1] = (pc_vec){0};              \
-        for (int k = 0; k < K; k++) {                                                         \
-            const float *b = B + (int64_t)k * ldb, *a = A + k * a_col;                        \
-            const pc_vec b0 = pc_loadv(b), b1 = pc_loadv(b + PC_VW);                          \
-            _Pragma("GCC unroll 8")                                                           \
-            for (int r = 0; r < TILE_ROWS; r++) {                                             \
-                const float s = a[r * a_row];                                                 \
-                acc[r][0] += s * b0;                                                          \
-                acc[r][1] += s * b1;                                                          \
+        pair_tile_block(acc, COLS2, B->k1, A, a_row, a_col, B->b1 + j, B->ld1);               \
+        pair_tile_block(acc, COLS2, B->k2, A + B->k1 * a_col, a_row, a_col, B->b2 + j,        \
+                        B->ld2);                                                              \
+        _Pragma("GCC unroll 8")                                                               \
+        for (int r = 0; r < TILE_ROWS; r++) {                                                 \
+            float *c = C + (int64_t)r * ldc;                                                  \
+            STORE1(c, acc[r][0]);                                                             \
+            if (COLS2 == PC_VW) {                                                             \
+                STORE1(c + PC_VW, acc[r][1]);                                                 \
+            } else {                                                                          \
+                const pc_vec v = alpha * acc[r][1];                                           \
+                pc_store_head(c + PC_VW,                                                      \
+                              beta == 0.0f ? v : v + beta * pc_load_head(c + PC_VW, cols2),   \
+                              cols2);                                                         \
             }                                                                                 \
         }                                                                                     \
-        _Pragma("GCC unroll 8")                                                               \
-        for (int r = 0; r < TILE_ROWS; r++)                                                   \
-            _Pragma("GCC unroll 2")                                                           \
-            for (int half = 0; half < 2; half++) {                                            \
-                float *c = C + (int64_t)r * ldc + PC_VW * half;                               \
-                STORE;                                                                        \
-            }                                                                                 \
     }
-PAIR_TILE_FULL(pair_tile_overwrite, pc_storev(c, alpha * acc[r][half]))
-PAIR_TILE_FULL(pair_tile_update, pc_storev(c, alpha * acc[r][half] + beta * pc_loadv(c)))
-#undef PAIR_TILE_FULL
-
-static inline void pair_tile_full(int K, float alpha, const float *A, int64_t a_row,
-                                  int64_t a_col, const float *B, int ldb, float beta, float *C,
-                                  int ldc) {
-    if (beta == 0.0f)
-        pair_tile_overwrite(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
-    else
-        pair_tile_update(K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
-}
+#define OVERWRITE(c, acc) pc_storev(c, alpha * (acc))
+#define UPDATE(c, acc) pc_storev(c, alpha * (acc) + beta * pc_loadv(c))
+#define EITHER(c, acc) store_tile_row(c, acc, alpha, beta)
+PAIR_TILE(pair_tile_overwrite, PC_VW, OVERWRITE)
+PAIR_TILE(pair_tile_update, PC_VW, UPDATE)
+PAIR_TILE(pair_tile_masked, cols2, EITHER)
+#undef OVERWRITE
+#undef UPDATE
+#undef EITHER
+#undef PAIR_TILE
 
 /* A narrow tile: rows (<= TILE_ROWS, a constant where inlined) × one vector, or × the
  * first `cols` (< PC_VW) columns of one (masked loads and stores: nothing past them is
  * touched). */
-static inline __attribute__((always_inline)) void pair_tile_narrow_cols(
-    int rows, int cols, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
-    const float *B, int ldb, float beta, float *C, int ldc) {
-    pc_vec acc[TILE_ROWS];
-    for (int r = 0; r < TILE_ROWS; r++) acc[r] = (pc_vec){0};
+static inline __attribute__((always_inline)) void narrow_block(
+    pc_vec acc[TILE_ROWS], int rows, int cols, int K, const float *A, int64_t a_row,
+    int64_t a_col, const float *B, int ldb) {
     for (int k = 0; k < K; k++) {
         const float *a = A + k * a_col;
         const float *b = B + (int64_t)k * ldb;
         const pc_vec b0 = cols == PC_VW ? pc_loadv(b) : pc_load_head(b, cols);
         for (int r = 0; r < rows; r++) acc[r] += a[r * a_row] * b0;
     }
+}
+
+static inline __attribute__((always_inline)) void pair_tile_narrow_cols(
+    int rows, int cols, float alpha, const float *A, int64_t a_row, int64_t a_col,
+    const tile_b *B, int j, float beta, float *C, int ldc) {
+    pc_vec acc[TILE_ROWS];
+    for (int r = 0; r < TILE_ROWS; r++) acc[r] = (pc_vec){0};
+    narrow_block(acc, rows, cols, B->k1, A, a_row, a_col, B->b1 + j, B->ld1);
+    narrow_block(acc, rows, cols, B->k2, A + B->k1 * a_col, a_row, a_col, B->b2 + j, B->ld2);
     for (int r = 0; r < rows; r++) {
         float *c = C + (int64_t)r * ldc;
         if (cols == PC_VW) {
@@ -100,19 +130,19 @@ static inline __attribute__((always_inline)) void pair_tile_narrow_cols(
 }
 
 static inline __attribute__((always_inline)) void pair_tile_narrow(
-    int rows, int K, float alpha, const float *A, int64_t a_row, int64_t a_col,
-    const float *B, int ldb, float beta, float *C, int ldc) {
-    pair_tile_narrow_cols(rows, PC_VW, K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
+    int rows, float alpha, const float *A, int64_t a_row, int64_t a_col, const tile_b *B,
+    int j, float beta, float *C, int ldc) {
+    pair_tile_narrow_cols(rows, PC_VW, alpha, A, a_row, a_col, B, j, beta, C, ldc);
 }
 
 /* the last N mod PC_VW columns of `rows` rows */
-static __attribute__((noinline)) void pair_tile_tail(int rows, int cols, int K, float alpha,
+static __attribute__((noinline)) void pair_tile_tail(int rows, int cols, float alpha,
                                                      const float *A, int64_t a_row,
-                                                     int64_t a_col, const float *B, int ldb,
+                                                     int64_t a_col, const tile_b *B, int j,
                                                      float beta, float *C, int ldc) {
 #define TAIL_TILE(R)                                                                          \
     case R:                                                                                   \
-        pair_tile_narrow_cols(R, cols, K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);      \
+        pair_tile_narrow_cols(R, cols, alpha, A, a_row, a_col, B, j, beta, C, ldc);           \
         break;
     switch (rows) {
         TAIL_TILE(1) TAIL_TILE(2) TAIL_TILE(3) TAIL_TILE(4) TAIL_TILE(5) TAIL_TILE(6)
@@ -123,25 +153,36 @@ static __attribute__((noinline)) void pair_tile_tail(int rows, int cols, int K, 
 #undef TAIL_TILE
 }
 
-void pc_tile_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
-                  const float *B, int ldb, float beta, float *C, int ldc) {
+static void tile_gemm(bool trans_a, int M, int N, float alpha, const float *A, int lda,
+                      const tile_b *B, float beta, float *C, int ldc) {
     const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
     const int n32 = N / (2 * PC_VW) * (2 * PC_VW), n16 = N / PC_VW * PC_VW;
+    /* whole rows of tiles: more than one vector left past the pairs goes to a pair with a
+     * masked second vector, which costs a pair's time; one or less, a narrow tile */
+    const bool masked_pair = N - n32 > PC_VW;
     for (int i = 0; i < M; i += TILE_ROWS) {
         const int rows = M - i < TILE_ROWS ? M - i : TILE_ROWS;
         const float *Ai = A + i * a_row;
         float *Ci = C + (int64_t)i * ldc;
         if (rows == TILE_ROWS) {
-            for (int j = 0; j < n32; j += 2 * PC_VW)
-                pair_tile_full(K, alpha, Ai, a_row, a_col, B + j, ldb, beta, Ci + j, ldc);
+            for (int j = 0; j < n32; j += 2 * PC_VW) {
+                if (beta == 0.0f)
+                    pair_tile_overwrite(PC_VW, alpha, Ai, a_row, a_col, B, j, beta, Ci + j, ldc);
+                else
+                    pair_tile_update(PC_VW, alpha, Ai, a_row, a_col, B, j, beta, Ci + j, ldc);
+            }
+            if (masked_pair) {
+                pair_tile_masked(N - n16, alpha, Ai, a_row, a_col, B, n32, beta, Ci + n32, ldc);
+                continue;
+            }
             if (n16 > n32)
-                pair_tile_narrow(TILE_ROWS, K, alpha, Ai, a_row, a_col, B + n32, ldb, beta,
-                                 Ci + n32, ldc);
+                pair_tile_narrow(TILE_ROWS, alpha, Ai, a_row, a_col, B, n32, beta, Ci + n32,
+                                 ldc);
         } else {
             /* a constant row count per case keeps the accumulators in registers */
             for (int j = 0; j < n16; j += PC_VW) {
 #define PARTIAL_TILE(R) \
-    case R: pair_tile_narrow(R, K, alpha, Ai, a_row, a_col, B + j, ldb, beta, Ci + j, ldc); break;
+    case R: pair_tile_narrow(R, alpha, Ai, a_row, a_col, B, j, beta, Ci + j, ldc); break;
                 switch (rows) {
                     PARTIAL_TILE(1) PARTIAL_TILE(2) PARTIAL_TILE(3) PARTIAL_TILE(4)
                     PARTIAL_TILE(5)
@@ -153,8 +194,19 @@ void pc_tile_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A
             }
         }
         if (N > n16) /* columns past the last whole vector */
-            pair_tile_tail(rows, N - n16, K, alpha, Ai, a_row, a_col, B + n16, ldb, beta,
-                           Ci + n16, ldc);
+            pair_tile_tail(rows, N - n16, alpha, Ai, a_row, a_col, B, n16, beta, Ci + n16, ldc);
     }
 }
 
+void pc_tile_gemm(bool trans_a, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc) {
+    const tile_b b = {B, B, K, 0, ldb, ldb};
+    tile_gemm(trans_a, M, N, alpha, A, lda, &b, beta, C, ldc);
+}
+
+void pc_tile_gemm_split(bool trans_a, int M, int N, int K1, int K2, float alpha,
+                        const float *A, int lda, const float *B1, int ldb1, const float *B2,
+                        int ldb2, float beta, float *C, int ldc) {
+    const tile_b b = {B1, B2, K1, K2, ldb1, ldb2};
+    tile_gemm(trans_a, M, N, alpha, A, lda, &b, beta, C, ldc);
+}

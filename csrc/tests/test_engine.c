@@ -1373,7 +1373,10 @@ int main(void) {
                                 /* register-tiled pair products: full and partial tiles of
                                  * rows and of 32, 16 and fewer columns; heads of widths
                                  * that leave partial blocks in the keys' transposes */
-                                {2, 37, 2, 16}, {1, 40, 1, 48}, {2, 24, 3, 32}, {2, 21, 2, 12}};
+                                {2, 37, 2, 16}, {1, 40, 1, 48}, {2, 24, 3, 32}, {2, 21, 2, 12},
+                                /* a pair of vectors whose second is partial: 27 keys are
+                                 * 16 + 11 (AVX-512) and 2·8 + 8 + 3 (AVX2) */
+                                {2, 27, 2, 16}};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
         for (int masked = 0; masked < 2; masked++) {
             test_attention(at[i][0], at[i][1], at[i][1], at[i][2], at[i][3], masked, 0.0f, false);
@@ -1387,7 +1390,10 @@ int main(void) {
     test_attention(2, 33, 33, 2, 32, true, 0.2f, true);
     /* prefixes: tiled (P + T >= 16) and not, 1 and several rows, one query or all */
     static const int prefixed[][5] = {{1, 1, 1, 1, 1}, {2, 5, 3, 2, 3}, {3, 13, 2, 8, 4},
-                                      {2, 40, 4, 16, 5}, {2, 24, 3, 32, 20}};
+                                      {2, 40, 4, 16, 5}, {2, 24, 3, 32, 20},
+                                      /* MiniLM's 128 tokens and 20 rows: 148 keys end in a
+                                       * partial pair of vectors on AVX-512 */
+                                      {1, 128, 2, 32, 20}, {2, 9, 2, 16, 18}};
     for (size_t i = 0; i < sizeof prefixed / sizeof prefixed[0]; i++)
         for (int shared = 0; shared < 2; shared++)
             for (int masked = 0; masked < 2; masked++) {
