@@ -92,13 +92,11 @@ pc_layernorm_row(float *y, float *mean, float *rstd, const float *x, const float
     if (rstd) *rstd = s;
 }
 
-/* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(c+1) gives
- * 64 well-mixed bits per counter c, and counter c serves elements 2c and 2c+1: element i
- * takes bits 40-63 of counter i/2's hash when i is even, bits 16-39 when it is odd, as a
- * 24-bit uniform u. It is kept iff u·2⁻²⁴ >= p. As u is exact in a float and so is u·2⁻²⁴,
- * that is u >= ceil(p·2²⁴): the threshold pc_keep_threshold gives, compared in integers
- * (which vectorise where a 64-bit integer to float conversion does not, as on AVX2). One
- * hash per two elements halves the multiplies, which AVX2 has only for 32-bit halves. */
+/* Dropout's counter-based RNG: splitmix64's finaliser over seed + golden-ratio·(i+1);
+ * element i is kept iff its top 24 bits, as a uniform in [0,1), are >= p. As the integer
+ * u = z >> 40 is exact in a float and so is u·2⁻²⁴, that is u >= ceil(p·2²⁴): the
+ * threshold pc_keep_threshold gives, compared in integers (which vectorise where a 64-bit
+ * integer to float conversion does not, as on AVX2). */
 static inline uint64_t pc_keep_threshold(float p) {
     if (p != p || p > 1.0f) return (uint64_t)1 << 24; /* never kept */
     if (p <= 0.0f) return 0;
@@ -107,22 +105,12 @@ static inline uint64_t pc_keep_threshold(float p) {
     return (float)t < x ? t + 1 : t;
 }
 
-#define PC_KEEP_GOLDEN 0x9E3779B97F4A7C15ull
-
-static inline uint64_t pc_keep_hash(uint64_t seed, uint64_t c) {
-    uint64_t z = seed + (c + 1) * PC_KEEP_GOLDEN;
+static inline bool pc_keep_t(uint64_t seed, uint64_t i, uint64_t threshold) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* element i's 24-bit uniform from z, its counter's hash */
-static inline uint64_t pc_keep_bits(uint64_t z, uint64_t i) {
-    return i & 1 ? (z >> 16) & 0xFFFFFF : z >> 40;
-}
-
-static inline bool pc_keep_t(uint64_t seed, uint64_t i, uint64_t threshold) {
-    return pc_keep_bits(pc_keep_hash(seed, i >> 1), i) >= threshold;
+    z ^= z >> 31;
+    return (z >> 40) >= threshold;
 }
 
 static inline bool pc_keep(uint64_t seed, uint64_t i, float p) {
@@ -138,19 +126,14 @@ static inline __m256i pc_mul64_by(__m256i x, __m256i clo, __m256i chi) {
     return _mm256_add_epi64(_mm256_mul_epu32(x, clo), _mm256_slli_epi64(cross, 32));
 }
 
-/* all ones in the 32-bit lanes 2k, 2k+1 whose elements pc_keep_t drops, for the four
- * counters' z = seed + golden-ratio·(c+1) in the 64-bit lanes k */
-static inline __m256i pc_dropped8(__m256i z, __m256i threshold) {
+/* all ones in the lanes of z = seed + golden-ratio·(i+1) that pc_keep_t drops. The final
+ * z ^= z >> 31 leaves bits 40-63 as they are, so it is skipped. */
+static inline __m256i pc_dropped4(__m256i z, __m256i threshold) {
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 30));
     z = pc_mul64_by(z, _mm256_set1_epi64x(0x1CE4E5B9), _mm256_set1_epi64x(0xBF58476D));
     z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 27));
     z = pc_mul64_by(z, _mm256_set1_epi64x(0x133111EB), _mm256_set1_epi64x(0x94D049BB));
-    z = _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
-    /* the even element's bits 40-63 in the low half, the odd one's 16-39 in the high */
-    const __m256i u = _mm256_or_si256(
-        _mm256_srli_epi64(z, 40),
-        _mm256_and_si256(_mm256_slli_epi64(z, 16), _mm256_set1_epi64x(0x00FFFFFF00000000ll)));
-    return _mm256_cmpgt_epi32(threshold, u); /* both below 2^31 */
+    return _mm256_cmpgt_epi64(threshold, _mm256_srli_epi64(z, 40)); /* both below 2^63 */
 }
 #endif
 
@@ -159,29 +142,27 @@ static inline __m256i pc_dropped8(__m256i z, __m256i threshold) {
 static inline __attribute__((always_inline)) void
 pc_keep_mask(int32_t *keep, uint64_t seed, uint64_t first, int n, uint64_t threshold) {
     int j = 0;
-    if (n > 0 && (first & 1)) { /* the odd half of a counter: the rest start on one */
-        keep[0] = pc_keep_t(seed, first, threshold) ? -1 : 0;
-        j = 1;
-    }
-    uint64_t c = (first + (uint64_t)j) >> 1;
 #if defined(__AVX2__) && !defined(__AVX512F__)
-    const uint64_t g = PC_KEEP_GOLDEN, z = seed + (c + 1) * g;
-    __m256i zs = _mm256_setr_epi64x((int64_t)z, (int64_t)(z + g), (int64_t)(z + 2 * g),
+    const uint64_t g = 0x9E3779B97F4A7C15ull, z = seed + (first + 1) * g;
+    __m256i lo = _mm256_setr_epi64x((int64_t)z, (int64_t)(z + g), (int64_t)(z + 2 * g),
                                     (int64_t)(z + 3 * g));
-    const __m256i step = _mm256_set1_epi64x((int64_t)(4 * g));
-    const __m256i t = _mm256_set1_epi32((int32_t)threshold);
-    for (; j + 8 <= n; j += 8, c += 4) {
+    __m256i hi = _mm256_add_epi64(lo, _mm256_set1_epi64x((int64_t)(4 * g)));
+    const __m256i step = _mm256_set1_epi64x((int64_t)(8 * g));
+    const __m256i t = _mm256_set1_epi64x((int64_t)threshold);
+    for (; j + 8 <= n; j += 8) {
+        /* the low halves of both dropped masks, in element order, inverted */
+        const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(pc_dropped4(lo, t)),
+                                                _mm256_castsi256_ps(pc_dropped4(hi, t)),
+                                                _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256i dropped =
+            _mm256_permute4x64_epi64(_mm256_castps_si256(halves), _MM_SHUFFLE(3, 1, 2, 0));
         _mm256_storeu_si256((__m256i *)(keep + j),
-                            _mm256_xor_si256(pc_dropped8(zs, t), _mm256_set1_epi32(-1)));
-        zs = _mm256_add_epi64(zs, step);
+                            _mm256_xor_si256(dropped, _mm256_set1_epi32(-1)));
+        lo = _mm256_add_epi64(lo, step);
+        hi = _mm256_add_epi64(hi, step);
     }
 #endif
-    for (; j + 2 <= n; j += 2, c++) {
-        const uint64_t z = pc_keep_hash(seed, c);
-        keep[j] = (z >> 40) >= threshold ? -1 : 0;
-        keep[j + 1] = ((z >> 16) & 0xFFFFFF) >= threshold ? -1 : 0;
-    }
-    if (j < n) keep[j] = pc_keep_t(seed, first + (uint64_t)j, threshold) ? -1 : 0;
+    for (; j < n; j++) keep[j] = pc_keep_t(seed, first + (uint64_t)j, threshold) ? -1 : 0;
 }
 
 /* exp's two halves, for a float or a pc_vec: r = x - n·ln2 (ln2 in a high part exact in

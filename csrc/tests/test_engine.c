@@ -1141,9 +1141,9 @@ static void test_runtime(void) {
     check_true("dropout_keep: keep rate within 6 sigma of 0.75",
                fabs(kept / (double)n - 0.75) < 6 * sqrt(0.25 * 0.75 / n));
     check_true("dropout_keep: p = 0 keeps everything", pc_dropout_keep(1, 5, 0.0f));
-    /* the kernels compare an element's 24 bits u of its counter's hash with
-     * pc_keep_threshold(p) in integers: the same as the float comparison u·2^-24 >= p for
-     * every u, on and between the multiples of 2^-24 */
+    /* the kernels compare the hash's top 24 bits u with pc_keep_threshold(p) in integers:
+     * the same as the float comparison u·2^-24 >= p for every u, on and between the
+     * multiples of 2^-24 */
     const float ps[] = {0.0f, 1e-30f, 0x1p-24f, 0x1.8p-24f, 0.1f, 0.25f, 1.0f / 3.0f,
                         0.5f, nextafterf(0.5f, 1.0f), 0.9f, 1.0f - 0x1p-24f, 1.0f, 1.5f, NAN};
     bool same = true;
