@@ -6,8 +6,11 @@
  * instruction set: AVX-512's 32 registers hold 8 × 2 accumulators of 16 floats; AVX2's 16
  * hold 6 × 2 of 8 floats (plus the two B vectors and A's broadcast), as SSE's do of 4.
  * Partial tiles: up to TILE_ROWS rows × 1 vector; columns past the last whole vector in a
- * masked vector. Every element sums over k in order, whatever tile computes it, so the same
- * inputs give the same bits. */
+ * masked vector, or, where more than one vector's worth is left past the pairs in a row of
+ * whole tiles, a pair whose second vector is masked (it costs a pair, where a narrow tile
+ * and a tail cost about two). B may come in two blocks of rows (pc_tile_gemm_split). Every
+ * element sums over k in order, whatever tile computes it, so the same inputs give the
+ * same bits. */
 #include "tiles.h"
 
 #include <string.h>
