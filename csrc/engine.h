@@ -264,6 +264,11 @@ typedef struct {
     int B, Tq, Tk, H, D;
     int ld_q, ld_kv;
     const pc_attention_prefix *prefix; /* NULL, or P more keys/values before each sequence's */
+    /* With dropout and probs: the forward stores each dropped probability negated (its sign
+     * bit set; probabilities are >= 0, so |p| is what it was), and the backward reads the
+     * mask back from the signs instead of drawing it again. Set it in both or in neither, and
+     * only for probs that pass from the forward to the backward untouched. */
+    bool marks_drops;
 } pc_attention_dims;
 
 /* A prefix (prefix tuning, P-tuning v2): P rows of keys k and values v (head h at columns

@@ -1010,7 +1010,7 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
     const pc_encoder_config *c = &enc->cfg;
     const int64_t T = enc->T, C = c->hidden, H = c->heads;
     const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C),
-                                    NULL};
+                                    NULL, false};
     bool adapters_allow = true;
     for (int s = SLOT_K; s <= SLOT_V; s++)
         for (int k = 0; k < PC_LINEAR_SITES; k++)
@@ -1040,8 +1040,9 @@ static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *q
 }
 
 static pc_attention_dims attention_dims(const pc_encoder *enc, const layer_rows *r, int B) {
+    /* probabilities kept from the forward for the backward carry their dropout mask */
     pc_attention_dims d = {B, r->Tq, enc->T, enc->cfg.heads, enc->cfg.hidden / enc->cfg.heads,
-                           r->ld_q, r->ld_kv, NULL};
+                           r->ld_q, r->ld_kv, NULL, enc->probs_per_layer};
     return d;
 }
 

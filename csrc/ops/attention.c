@@ -74,29 +74,64 @@ static void times_head(bool trans_a, int M, int D, int K, float alpha, const flo
 
 /* dropout on the probabilities (Tq,Tk) of pair bh (row stride lds), into dst with row
  * stride ldd: element (i,j) has index bh·Tq·Tk + i·Tk + j. keep (row stride ldd, or NULL)
- * receives the mask for the backward's second use of it. */
-static void dropout_probs(float *dst, int ldd, uint8_t *keep, const float *probs, int lds,
-                          int Tq, int Tk, float p, uint64_t seed, int64_t bh) {
+ * receives the mask for the backward's second use of it; with marks, the dropped
+ * probabilities are negated where they are (marks_drops). */
+static void dropout_probs(float *dst, int ldd, uint8_t *keep, float *probs, int lds, int Tq,
+                          int Tk, float p, uint64_t seed, int64_t bh, bool marks) {
     const float scale = 1.0f / (1.0f - p);
     const uint64_t t = pc_keep_threshold(p);
     const uint64_t base = (uint64_t)bh * (uint64_t)Tq * (uint64_t)Tk;
     for (int i = 0; i < Tq; i++) {
-        const float *row = probs + (int64_t)i * lds;
+        float *row = probs + (int64_t)i * lds;
         float *d = dst + (int64_t)i * ldd;
         const uint64_t first = base + (uint64_t)i * (uint64_t)Tk;
-        if (!keep) {
+        if (!keep && !marks) {
             pc_dropout_span(d, row, Tk, scale, seed, first, t);
             continue;
         }
-        uint8_t *kr = keep + (int64_t)i * ldd;
+        uint8_t *kr = keep ? keep + (int64_t)i * ldd : NULL;
         int32_t m[PC_KEEP_CHUNK];
         for (int j0 = 0; j0 < Tk; j0 += PC_KEEP_CHUNK) {
             const int len = pc_keep_chunk_at(Tk, j0);
             pc_keep_mask(m, seed, first + (uint64_t)j0, len, t);
-            for (int j = 0; j < len; j++) kr[j0 + j] = (uint8_t)(m[j] & 1);
+            if (kr)
+                for (int j = 0; j < len; j++) kr[j0 + j] = (uint8_t)(m[j] & 1);
             pc_apply_keep(d + j0, row + j0, m, len, scale);
+            if (!marks) continue;
+            float *r = row + j0;
+            int j = 0;
+            for (; j + PC_VW <= len; j += PC_VW) /* the sign bit where m is 0 */
+                pc_storev(r + j, (pc_vec)((pc_ivec)pc_loadv(r + j) |
+                                          (~pc_load_keep(m + j) & ((pc_ivec){0} + INT32_MIN))));
+            for (; j < len; j++) r[j] = m[j] ? r[j] : -r[j];
         }
     }
+}
+
+/* The forward's marks read back, for the probabilities (Tq,Tk) in s (row stride lds): dst
+ * (row stride ldd) = |s|·scale where s's sign bit is clear, else 0, as dropout_probs made
+ * them from the unmarked ones */
+static void marked_dropout_probs(float *dst, int ldd, const float *s, int lds, int Tq, int Tk,
+                                 float scale) {
+    for (int i = 0; i < Tq; i++) {
+        const float *row = s + (int64_t)i * lds;
+        float *d = dst + (int64_t)i * ldd;
+        int j = 0;
+        for (; j + PC_VW <= Tk; j += PC_VW) {
+            const pc_vec v = pc_loadv(row + j);
+            pc_storev(d + j, (pc_vec)(((pc_ivec)v >= 0) & (pc_ivec)(v * scale)));
+        }
+        for (; j < Tk; j++) d[j] = signbit(row[j]) ? 0.0f : row[j] * scale;
+    }
+}
+
+/* d[j] = d[j]·scale where s[j]'s sign bit is clear (kept), else 0, for j < n */
+static void apply_keep_signs(float *d, const float *s, int n, float scale) {
+    int j = 0;
+    for (; j + PC_VW <= n; j += PC_VW)
+        pc_storev(d + j, (pc_vec)(((pc_ivec)pc_loadv(s + j) >= 0) &
+                                  (pc_ivec)(pc_loadv(d + j) * scale)));
+    for (; j < n; j++) d[j] = signbit(s[j]) ? 0.0f : d[j] * scale;
 }
 
 /* d[j] = d[j]·scale where keep[j] (1 or 0) is set, else 0, for j < n: the product and-ed
@@ -248,7 +283,8 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
             const float *P = S;
             int ldp = lds;
             if (use_dropout) {
-                dropout_probs(dropped, ld, NULL, S, lds, Tq, Tk, dropout_p, seed, bh);
+                dropout_probs(dropped, ld, NULL, S, lds, Tq, Tk, dropout_p, seed, bh,
+                              probs && dims->marks_drops);
                 P = dropped;
                 ldp = ld;
             }
@@ -353,7 +389,7 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
     const pc_attention_prefix *pre = dims->prefix;
     const int64_t pair = (int64_t)Tq * Tk;
     const float scale = 1.0f / sqrtf((float)D);
-    const bool use_dropout = dropout_p > 0.0f;
+    const bool use_dropout = dropout_p > 0.0f, marked = use_dropout && dims->marks_drops;
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
@@ -364,13 +400,13 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
         const int64_t padded = (int64_t)Tq * ld;
         const int64_t heads = (int64_t)(2 * Tq + T) * D;
         const int64_t floats =
-            2 * padded + (int64_t)D * line_stride(Tk) + heads + (use_dropout ? padded / 4 : 0);
+            2 * padded + (int64_t)D * line_stride(Tk) + heads + (use_dropout && !marked ? padded / 4 : 0);
         float *dS = aligned_floats(floats);
         float *Pd = dS ? dS + padded : NULL, *vt = Pd ? Pd + padded : NULL;
         float *dO_c = vt ? vt + (int64_t)D * line_stride(Tk) : NULL;
         float *q_c = dO_c ? dO_c + (int64_t)Tq * D : NULL;
         float *k_c = q_c ? q_c + (int64_t)Tq * D : NULL;
-        uint8_t *keep = use_dropout && k_c ? (uint8_t *)(k_c + (int64_t)T * D) : NULL;
+        uint8_t *keep = use_dropout && !marked && k_c ? (uint8_t *)(k_c + (int64_t)T * D) : NULL;
         if (!dS) failed = true;
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
@@ -390,8 +426,10 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             const float *Qh = dk || NP ? gather_head(q_c, q + q0, Tq, ld_q, D) : NULL;
             const float *Kh = dq ? gather_head(k_c, k + kv0, T, ld_kv, D) : NULL;
             const float *P = probs + bh * pair;
-            if (use_dropout)
-                dropout_probs(Pd, ld, keep, P, Tk, Tq, Tk, dropout_p, seed, bh);
+            if (marked)
+                marked_dropout_probs(Pd, ld, P, Tk, Tq, Tk, 1.0f / (1.0f - dropout_p));
+            else if (use_dropout)
+                dropout_probs(Pd, ld, keep, (float *)P, Tk, Tq, Tk, dropout_p, seed, bh, false);
             else
                 for (int i = 0; i < Tq; i++)
                     memcpy(Pd + (int64_t)i * ld, P + (int64_t)i * Tk, sizeof(float) * Tk);
@@ -403,12 +441,13 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             for (int i = 0; i < Tq; i++) {
                 float *ds = dS + (int64_t)i * ld;
                 const float *p = P + (int64_t)i * Tk;
-                if (use_dropout) {
-                    const uint8_t *kr = keep + (int64_t)i * ld;
-                    apply_keep_bytes(ds, kr, Tk, inv_keep);
-                }
+                if (marked)
+                    apply_keep_signs(ds, p, Tk, inv_keep);
+                else if (use_dropout)
+                    apply_keep_bytes(ds, keep + (int64_t)i * ld, Tk, inv_keep);
+                /* a marked p < 0 meets ds = 0 in the dot, and is |p| below */
                 float dot = pc_dot(ds, p, Tk);
-                for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
+                for (int j = 0; j < Tk; j++) ds[j] = fabsf(p[j]) * (ds[j] - dot);
             }
             if (NP) times_head(true, NP, D, Tq, scale, dS, ld, Qh, D, 0.0f, dpk, pre->d_ld);
             if (dq) {

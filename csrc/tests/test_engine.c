@@ -490,7 +490,7 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
     float *qbuf = frand(nq, 1), *kbuf = fused ? qbuf : frand(nkv, 1),
           *vbuf = fused ? qbuf : frand(nkv, 1);
     const float *q = qbuf, *k = kbuf + (fused ? C : 0), *v = vbuf + (fused ? 2 * C : 0);
-    const pc_attention_dims dims = {B, Tq, T, H, D, ld, ld, NULL};
+    const pc_attention_dims dims = {B, Tq, T, H, D, ld, ld, NULL, false};
     float *mask = NULL;
     if (masked) {
         mask = pc_alloc((size_t)B * T * sizeof(float));
@@ -632,6 +632,43 @@ static void test_attention(int B, int Tq, int T, int H, int D, bool masked, floa
         for (int i = 0; i < 3; i++) pc_free(part[i]);
     }
     free(init_q); free(init_k); free(init_v);
+    if (p > 0.0f) {
+        /* marks_drops: the forward's output the same bits, each dropped probability negated
+         * (and nothing else changed), the backward the same bits from the signs as from the
+         * draws */
+        pc_attention_dims marking = dims;
+        marking.marks_drops = true;
+        float *out_m = frand(nout, 100), *probs_m = frand(nprobs, 100);
+        pc_attention_forward(out_m, probs_m, q, k, v, mask, &marking, p, seed);
+        bool signs = true;
+        for (size_t e = 0; e < nprobs; e++) {
+            const float a = fabsf(probs_m[e]);
+            signs &= memcmp(&a, &probs[e], 4) == 0 &&
+                     (signbit(probs_m[e]) != 0) == !pc_dropout_keep(seed, e, p);
+        }
+        snprintf(name, sizeof name, "attention marks_drops B=%d Tq=%d T=%d H=%d D=%d mask=%d "
+                 "p=%.1f fused=%d: out the same bits, dropped probabilities negated", B, Tq, T,
+                 H, D, masked, p, fused);
+        check_true(name, signs && memcmp(out_m, out, nout * 4) == 0);
+        float *g[2][3];
+        for (int m = 0; m < 2; m++) {
+            const size_t count[3] = {nq, nkv, nkv};
+            for (int i = 0; i < 3; i++) {
+                g[m][i] = pc_alloc(count[i] * 4);
+                for (size_t e = 0; e < count[i]; e++) g[m][i][e] = NAN;
+            }
+            pc_attention_backward_into(g[m][0], g[m][1], g[m][2], dout, m ? probs_m : probs, q,
+                                       k, v, m ? &marking : &dims, p, seed);
+        }
+        snprintf(name, sizeof name, "attention marks_drops B=%d Tq=%d T=%d H=%d D=%d mask=%d "
+                 "p=%.1f fused=%d: backward the same bits", B, Tq, T, H, D, masked, p, fused);
+        check_true(name, memcmp(g[0][0], g[1][0], nq * 4) == 0 &&
+                             memcmp(g[0][1], g[1][1], nkv * 4) == 0 &&
+                             memcmp(g[0][2], g[1][2], nkv * 4) == 0);
+        for (int m = 0; m < 2; m++)
+            for (int i = 0; i < 3; i++) pc_free(g[m][i]);
+        pc_free(out_m); pc_free(probs_m);
+    }
 
     pc_free(qbuf);
     if (!fused) { pc_free(kbuf); pc_free(vbuf); pc_free(dkbuf); pc_free(dvbuf); free(rdk); free(rdv); }
@@ -670,8 +707,8 @@ static void test_prefixed_attention(int B, int Tq, int T, int H, int D, int P, b
     float *dp = frand((size_t)B * P * 2 * C, 100); /* written, whatever it held */
     const pc_attention_prefix prefix = {P, pre, pre + C, 2 * C, shared ? 0 : (int64_t)P * 2 * C,
                                         dp, dp + C, 2 * C, (int64_t)P * 2 * C};
-    const pc_attention_dims dims = {B, Tq, T, H, D, C, 2 * C, &prefix};
-    const pc_attention_dims cat_dims = {B, Tq, Tk, H, D, C, 2 * C, NULL};
+    const pc_attention_dims dims = {B, Tq, T, H, D, C, 2 * C, &prefix, false};
+    const pc_attention_dims cat_dims = {B, Tq, Tk, H, D, C, 2 * C, NULL, false};
     const size_t nout = (size_t)B * Tq * C, nprobs = (size_t)B * H * Tq * Tk;
     float *out = frand(nout, 100), *probs = frand(nprobs, 100);
     float *rout = frand(nout, 100), *rprobs = frand(nprobs, 100);
@@ -737,6 +774,37 @@ static void test_prefixed_attention(int B, int Tq, int T, int H, int D, int P, b
         pc_free(dq); pc_free(dkv); pc_free(rdq); pc_free(rdkv);
         free(want_q); free(want_kv); free(want_p);
     }
+    if (p > 0.0f) {
+        /* marks_drops with a prefix: the same bits, forward and backward, prefix's included */
+        pc_attention_dims marking = dims;
+        marking.marks_drops = true;
+        float *out_m = frand(nout, 100), *probs_m = frand(nprobs, 100);
+        pc_attention_forward(out_m, probs_m, q, kv, kv + C, mask, &marking, p, seed);
+        bool same = memcmp(out_m, out, nout * 4) == 0;
+        for (size_t e = 0; e < nprobs; e++) {
+            const float a = fabsf(probs_m[e]);
+            same &= memcmp(&a, &probs[e], 4) == 0 &&
+                    (signbit(probs_m[e]) != 0) == !pc_dropout_keep(seed, e, p);
+        }
+        const size_t nq = (size_t)B * Tq * C, nkv = (size_t)B * T * 2 * C,
+                     np = (size_t)B * P * 2 * C;
+        float *g[2][3];
+        for (int m = 0; m < 2; m++) {
+            g[m][0] = pc_alloc(nq * 4);
+            g[m][1] = pc_alloc(nkv * 4);
+            g[m][2] = pc_alloc(np * 4);
+            pc_attention_backward_into(g[m][0], g[m][1], g[m][1] + C, dout, m ? probs_m : probs,
+                                       q, kv, kv + C, m ? &marking : &dims, p, seed);
+            memcpy(g[m][2], dp, np * 4);
+        }
+        same &= memcmp(g[0][0], g[1][0], nq * 4) == 0 && memcmp(g[0][1], g[1][1], nkv * 4) == 0 &&
+                memcmp(g[0][2], g[1][2], np * 4) == 0;
+        snprintf(what, sizeof what, "%s: marks_drops, forward and backward the same bits", name);
+        check_true(what, same);
+        for (int m = 0; m < 2; m++)
+            for (int i = 0; i < 3; i++) pc_free(g[m][i]);
+        pc_free(out_m); pc_free(probs_m);
+    }
     pc_free(q); pc_free(kv); pc_free(pre); pc_free(mask); pc_free(cat_mask); pc_free(cat);
     pc_free(dp); pc_free(out); pc_free(probs); pc_free(rout); pc_free(rprobs); pc_free(again);
     pc_free(dout);
@@ -757,7 +825,7 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) mask[b * T + t] = t < T - b ? 1.0f : 0.0f;
     }
-    const pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C, NULL};
+    const pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C, NULL, false};
     const pc_folded_projections fold = {wk, bk, wv, bv, prefix, P};
     float *scratch = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
     float *out = frand((size_t)B * C, 100);
@@ -817,7 +885,7 @@ static void test_thread_determinism(void) {
           *v = frand((size_t)B * T * C, 1);
     float *o1 = pc_alloc((size_t)B * T * C * 4), *o2 = pc_alloc((size_t)B * T * C * 4);
     float *p1 = pc_alloc((size_t)B * H * T * T * 4), *p2 = pc_alloc((size_t)B * H * T * T * 4);
-    const pc_attention_dims dims = {B, T, T, H, D, C, C, NULL};
+    const pc_attention_dims dims = {B, T, T, H, D, C, C, NULL, false};
     int before = pc_get_num_threads();
     pc_set_num_threads(1);
     pc_linear_forward(y1, x, w, bias, N, IC, OC);
