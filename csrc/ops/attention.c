@@ -74,15 +74,15 @@ static void times_head(bool trans_a, int M, int D, int K, float alpha, const flo
 
 /* dropout on the probabilities (Tq,Tk) of pair bh (row stride lds), into dst with row
  * stride ldd: element (i,j) has index bh·Tq·Tk + i·Tk + j. keep (row stride ldd, or NULL)
- * receives the mask for the backward's second use of it; with marks, the dropped
- * probabilities are negated where they are (marks_drops). */
-static void dropout_probs(float *dst, int ldd, uint8_t *keep, float *probs, int lds, int Tq,
-                          int Tk, float p, uint64_t seed, int64_t bh, bool marks) {
+ * receives the mask for the backward's second use of it. marks (NULL, or probs itself)
+ * receives the probabilities with the dropped ones negated (marks_drops). */
+static void dropout_probs(float *dst, int ldd, uint8_t *keep, const float *probs, int lds,
+                          int Tq, int Tk, float p, uint64_t seed, int64_t bh, float *marks) {
     const float scale = 1.0f / (1.0f - p);
     const uint64_t t = pc_keep_threshold(p);
     const uint64_t base = (uint64_t)bh * (uint64_t)Tq * (uint64_t)Tk;
     for (int i = 0; i < Tq; i++) {
-        float *row = probs + (int64_t)i * lds;
+        const float *row = probs + (int64_t)i * lds;
         float *d = dst + (int64_t)i * ldd;
         const uint64_t first = base + (uint64_t)i * (uint64_t)Tk;
         if (!keep && !marks) {
@@ -98,7 +98,7 @@ static void dropout_probs(float *dst, int ldd, uint8_t *keep, float *probs, int 
                 for (int j = 0; j < len; j++) kr[j0 + j] = (uint8_t)(m[j] & 1);
             pc_apply_keep(d + j0, row + j0, m, len, scale);
             if (!marks) continue;
-            float *r = row + j0;
+            float *r = marks + (int64_t)i * lds + j0;
             int j = 0;
             for (; j + PC_VW <= len; j += PC_VW) /* the sign bit where m is 0 */
                 pc_storev(r + j, (pc_vec)((pc_ivec)pc_loadv(r + j) |
@@ -284,7 +284,7 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
             int ldp = lds;
             if (use_dropout) {
                 dropout_probs(dropped, ld, NULL, S, lds, Tq, Tk, dropout_p, seed, bh,
-                              probs && dims->marks_drops);
+                              probs && dims->marks_drops ? S : NULL);
                 P = dropped;
                 ldp = ld;
             }
@@ -390,6 +390,7 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
     const int64_t pair = (int64_t)Tq * Tk;
     const float scale = 1.0f / sqrtf((float)D);
     const bool use_dropout = dropout_p > 0.0f, marked = use_dropout && dims->marks_drops;
+    const bool keeps_bytes = use_dropout && !marked; /* the mask drawn again, kept as bytes */
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * pair))
     {
@@ -400,13 +401,13 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
         const int64_t padded = (int64_t)Tq * ld;
         const int64_t heads = (int64_t)(2 * Tq + T) * D;
         const int64_t floats =
-            2 * padded + (int64_t)D * line_stride(Tk) + heads + (use_dropout && !marked ? padded / 4 : 0);
+            2 * padded + (int64_t)D * line_stride(Tk) + heads + (keeps_bytes ? padded / 4 : 0);
         float *dS = aligned_floats(floats);
         float *Pd = dS ? dS + padded : NULL, *vt = Pd ? Pd + padded : NULL;
         float *dO_c = vt ? vt + (int64_t)D * line_stride(Tk) : NULL;
         float *q_c = dO_c ? dO_c + (int64_t)Tq * D : NULL;
         float *k_c = q_c ? q_c + (int64_t)Tq * D : NULL;
-        uint8_t *keep = use_dropout && !marked && k_c ? (uint8_t *)(k_c + (int64_t)T * D) : NULL;
+        uint8_t *keep = keeps_bytes && k_c ? (uint8_t *)(k_c + (int64_t)T * D) : NULL;
         if (!dS) failed = true;
         #pragma omp for schedule(static)
         for (int64_t bh = 0; bh < (int64_t)B * H; bh++) {
@@ -429,7 +430,7 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             if (marked)
                 marked_dropout_probs(Pd, ld, P, Tk, Tq, Tk, 1.0f / (1.0f - dropout_p));
             else if (use_dropout)
-                dropout_probs(Pd, ld, keep, (float *)P, Tk, Tq, Tk, dropout_p, seed, bh, false);
+                dropout_probs(Pd, ld, keep, P, Tk, Tq, Tk, dropout_p, seed, bh, NULL);
             else
                 for (int i = 0; i < Tq; i++)
                     memcpy(Pd + (int64_t)i * ld, P + (int64_t)i * Tk, sizeof(float) * Tk);
