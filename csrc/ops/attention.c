@@ -108,30 +108,15 @@ static void dropout_probs(float *dst, int ldd, uint8_t *keep, const float *probs
     }
 }
 
-/* The forward's marks read back, for the probabilities (Tq,Tk) in s (row stride lds): dst
- * (row stride ldd) = |s|·scale where s's sign bit is clear, else 0, as dropout_probs made
- * them from the unmarked ones */
-static void marked_dropout_probs(float *dst, int ldd, const float *s, int lds, int Tq, int Tk,
-                                 float scale) {
-    for (int i = 0; i < Tq; i++) {
-        const float *row = s + (int64_t)i * lds;
-        float *d = dst + (int64_t)i * ldd;
-        int j = 0;
-        for (; j + PC_VW <= Tk; j += PC_VW) {
-            const pc_vec v = pc_loadv(row + j);
-            pc_storev(d + j, (pc_vec)(((pc_ivec)v >= 0) & (pc_ivec)(v * scale)));
-        }
-        for (; j < Tk; j++) d[j] = signbit(row[j]) ? 0.0f : row[j] * scale;
-    }
-}
-
-/* d[j] = d[j]·scale where s[j]'s sign bit is clear (kept), else 0, for j < n */
-static void apply_keep_signs(float *d, const float *s, int n, float scale) {
+/* d[j] = v[j]·scale where s[j]'s sign bit is clear (kept by the forward's marks), else 0,
+ * for j < n (d may be v): the dropped copy of marked probabilities (v = s), or the mask
+ * applied to their gradient (v = d) */
+static void keep_by_signs(float *d, const float *v, const float *s, int n, float scale) {
     int j = 0;
     for (; j + PC_VW <= n; j += PC_VW)
         pc_storev(d + j, (pc_vec)(((pc_ivec)pc_loadv(s + j) >= 0) &
-                                  (pc_ivec)(pc_loadv(d + j) * scale)));
-    for (; j < n; j++) d[j] = signbit(s[j]) ? 0.0f : d[j] * scale;
+                                  (pc_ivec)(pc_loadv(v + j) * scale)));
+    for (; j < n; j++) d[j] = signbit(s[j]) ? 0.0f : v[j] * scale;
 }
 
 /* d[j] = d[j]·scale where keep[j] (1 or 0) is set, else 0, for j < n: the product and-ed
@@ -428,7 +413,10 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
             const float *Kh = dq ? gather_head(k_c, k + kv0, T, ld_kv, D) : NULL;
             const float *P = probs + bh * pair;
             if (marked)
-                marked_dropout_probs(Pd, ld, P, Tk, Tq, Tk, 1.0f / (1.0f - dropout_p));
+                for (int i = 0; i < Tq; i++) {
+                    const float *row = P + (int64_t)i * Tk;
+                    keep_by_signs(Pd + (int64_t)i * ld, row, row, Tk, 1.0f / (1.0f - dropout_p));
+                }
             else if (use_dropout)
                 dropout_probs(Pd, ld, keep, P, Tk, Tq, Tk, dropout_p, seed, bh, NULL);
             else
@@ -443,7 +431,7 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 float *ds = dS + (int64_t)i * ld;
                 const float *p = P + (int64_t)i * Tk;
                 if (marked)
-                    apply_keep_signs(ds, p, Tk, inv_keep);
+                    keep_by_signs(ds, ds, p, Tk, inv_keep);
                 else if (use_dropout)
                     apply_keep_bytes(ds, keep + (int64_t)i * ld, Tk, inv_keep);
                 /* a marked p < 0 meets ds = 0 in the dot, and is |p| below */
