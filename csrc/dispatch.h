@@ -97,8 +97,9 @@
        const float *w_hh, int B, int T, int IN, int H, bool reverse),                        \
       (dx, dw_ih, dw_hh, db, dh, x, h, gates, c, w_ih, w_hh, B, T, IN, H, reverse))           \
     X(VOID, void, pc_gemm_packed_init, (void), ())                                           \
-    X(VALUE, bool, pc_gemm_packed_enabled, (void), ())                                       \
-    X(VALUE, bool, pc_gemm_packed_use, (bool on), (on))                                      \
+    X(VALUE, int, pc_gemm_packed_mode, (void), ())                                           \
+    X(VALUE, bool, pc_gemm_packed_has, (int mode), (mode))                                   \
+    X(VALUE, bool, pc_gemm_packed_use, (int mode), (mode))                                   \
     X(VALUE, bool, pc_sgemm_packed,                                                          \
       (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda, \
        const float *B, int ldb, float beta, float *C, int ldc, const float *bias),            \

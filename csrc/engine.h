@@ -66,14 +66,20 @@ void pc_sgemm_biased(bool trans_a, bool trans_b, int M, int N, int K, const floa
 bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C,
                      int ldc, const float *bias);
-bool pc_gemm_packed_enabled(void);
-/* turn the packed path on or off; false when asked for it and BLIS's kernel set cannot be fed */
-bool pc_gemm_packed_use(bool on);
+/* How products run (pc_gemm_packed_mode): not through gemm_packed.c (BLIS's own GEMM); both
+ * operands packed for BLIS's micro-kernel; or op(B) packed and op(A) read in place by BLIS's
+ * small-matrix kernel (the AVX2 kernel sets, where it measured faster) */
+enum { PC_GEMM_PACKED_OFF, PC_GEMM_PACKED_BOTH, PC_GEMM_PACKED_A_IN_PLACE };
+int pc_gemm_packed_mode(void);
+/* whether BLIS's kernel set can run a mode; switch to it (false, unchanged, where it cannot) */
+bool pc_gemm_packed_has(int mode);
+bool pc_gemm_packed_use(int mode);
 void pc_gemm_packed_init(void); /* by pc_runtime_init, after BLIS's */
 /* Who computes products (pc_sgemm_serial): "packed" (gemm_packed.c, the default where it
- * is faster), "blis" (bli_sgemm_ex with its small-matrix path off: a product's bits do not
+ * is faster, reading op(A) in place where it can), "packed-a" (gemm_packed.c packing both
+ * operands, where that differs), "blis" (bli_sgemm_ex with its small-matrix path off: a product's bits do not
  * depend on how it is split) or "blis-sup" (that path on: bits can change with the split;
- * for benchmarks). PEFTCORE_GEMM=blis|packed sets it at start-up. pc_set_gemm_path is false
+ * for benchmarks). PEFTCORE_GEMM=blis|packed|packed-a sets it at start-up. pc_set_gemm_path is false
  * for an unknown name or an unavailable path; call it while no product runs. */
 bool pc_set_gemm_path(const char *name);
 const char *pc_gemm_path(void);

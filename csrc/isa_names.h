@@ -55,7 +55,8 @@
 #define pc_lstm_backward PC_ISA_NAME(pc_lstm_backward, PC_ISA)
 /* ops/gemm_packed.c */
 #define pc_gemm_packed_init PC_ISA_NAME(pc_gemm_packed_init, PC_ISA)
-#define pc_gemm_packed_enabled PC_ISA_NAME(pc_gemm_packed_enabled, PC_ISA)
+#define pc_gemm_packed_mode PC_ISA_NAME(pc_gemm_packed_mode, PC_ISA)
+#define pc_gemm_packed_has PC_ISA_NAME(pc_gemm_packed_has, PC_ISA)
 #define pc_gemm_packed_use PC_ISA_NAME(pc_gemm_packed_use, PC_ISA)
 #define pc_sgemm_packed PC_ISA_NAME(pc_sgemm_packed, PC_ISA)
 /* ops/linear.c */

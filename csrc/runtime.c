@@ -360,10 +360,18 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
 
 bool pc_set_gemm_path(const char *name) {
     if (strcmp(name, "packed") == 0) {
-        if (!pc_gemm_packed_use(true)) return false;
+        /* op(A) read in place where the kernel set allows, else packed too */
+        if (!pc_gemm_packed_use(PC_GEMM_PACKED_A_IN_PLACE) &&
+            !pc_gemm_packed_use(PC_GEMM_PACKED_BOTH))
+            return false;
+        blis_sup = false;
+    } else if (strcmp(name, "packed-a") == 0) {
+        /* a distinct path only where "packed" reads op(A) in place */
+        if (!pc_gemm_packed_has(PC_GEMM_PACKED_A_IN_PLACE)) return false;
+        pc_gemm_packed_use(PC_GEMM_PACKED_BOTH);
         blis_sup = false;
     } else if (strcmp(name, "blis") == 0 || strcmp(name, "blis-sup") == 0) {
-        pc_gemm_packed_use(false);
+        pc_gemm_packed_use(PC_GEMM_PACKED_OFF);
         blis_sup = strcmp(name, "blis-sup") == 0;
     } else {
         return false;
@@ -372,7 +380,12 @@ bool pc_set_gemm_path(const char *name) {
 }
 
 const char *pc_gemm_path(void) {
-    return pc_gemm_packed_enabled() ? "packed" : blis_sup ? "blis-sup" : "blis";
+    switch (pc_gemm_packed_mode()) {
+    case PC_GEMM_PACKED_A_IN_PLACE: return "packed";
+    case PC_GEMM_PACKED_BOTH:
+        return pc_gemm_packed_has(PC_GEMM_PACKED_A_IN_PLACE) ? "packed-a" : "packed";
+    }
+    return blis_sup ? "blis-sup" : "blis";
 }
 
 /* Buffers of several MB (a batch's activations, their gradients) start on a 2 MB boundary

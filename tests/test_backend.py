@@ -111,6 +111,7 @@ def test_user_blis_arch_type_is_honoured():
 
 
 PACKED = "peftcore packing + BLIS micro-kernel"
+PACKED_BOTH = "peftcore packing of both operands + BLIS micro-kernel"
 # (instruction set, BLIS kernel set) where peftcore's packing is the default: where it
 # measured faster than BLIS's own GEMM (bench/gemm.py --paths; csrc/ops/gemm_packed.c)
 PACKED_BY_DEFAULT = {("avx512", "skx"), ("avx2", "haswell"), ("avx2", "zen3")}
@@ -141,12 +142,22 @@ def test_gemm_path_switch():
         assert peftcore.backend_info()["gemm"] == "BLIS"
         assert _C._set_gemm_path("blis-sup") == "blis"
         assert peftcore.backend_info()["gemm"] == "BLIS (small-matrix path on)"
-        with pytest.raises(ValueError, match="expected 'packed'"):
+        with pytest.raises(ValueError, match="expected 'packed' or 'packed-a'"):
             _C._set_gemm_path("fast")
+        # packing op(A) too is a path of its own only where "packed" reads it in place
+        # (BLIS's AVX2 kernel sets)
+        in_place = (peftcore.backend_info()["isa"], peftcore.backend_info()["blis_arch"]) in {
+            ("avx2", "haswell"), ("avx2", "zen3")}
+        if in_place:
+            assert _C._set_gemm_path("packed-a") == "blis-sup"
+            assert peftcore.backend_info()["gemm"] == PACKED_BOTH
+        else:
+            with pytest.raises(ValueError):
+                _C._set_gemm_path("packed-a")
         rng = np.random.default_rng(1)
         a = rng.standard_normal((37, 19), dtype=np.float32)
         b = rng.standard_normal((23, 19), dtype=np.float32)
-        for path in ("blis", "blis-sup", "packed"):
+        for path in ("blis", "blis-sup") + (("packed-a",) if in_place else ()) + ("packed",):
             _C._set_gemm_path(path)
             c = np.ones((37, 23), np.float32)
             _C._gemm(a, b, c, False, True, 2.0, 1.0)
@@ -181,7 +192,7 @@ def test_packed_gemm_matches_blis_in_a_model():
     """A forward and backward whose GEMMs have edges on every block (37-token sequences,
     widths 96 / 400) give the same logits and gradients, to float rounding, whoever packs."""
     results = {}
-    for choice in ("packed", "blis"):
+    for choice in ("packed", "packed-a", "blis"):
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("PEFTCORE_GEMM", None)
         if choice:
@@ -192,6 +203,12 @@ def test_packed_gemm_matches_blis_in_a_model():
         results[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
     ours, blis = results["packed"], results["blis"]
     assert blis["gemm"] == "BLIS" and ours["gemm"] == PACKED
+    # where op(A) is read in place, packing it too must give the same bits
+    both = results["packed-a"]
+    if both["gemm"] == PACKED_BOTH:
+        assert both["logits"] == ours["logits"] and both["grads"] == ours["grads"]
+    else:
+        assert both["gemm"] == PACKED
     np.testing.assert_allclose(ours["logits"], blis["logits"], rtol=1e-5, atol=1e-6)
     assert ours["grads"].keys() == blis["grads"].keys() and len(ours["grads"]) > 10
     # the scale of all gradients: the key bias's is zero in exact arithmetic (the softmax

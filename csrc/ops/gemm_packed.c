@@ -44,8 +44,20 @@
  *   baseline + penryn: 1.01, 0.90-1.10 (SSE2 8×4 kernel-bound at ~15 GFLOP/s; forward of
  *                      4096 rows 0.90-0.97). Not faster: BLIS stays the default.
  * Other kernel sets (a user's BLIS_ARCH_TYPE) were not measured and leave products to BLIS.
+ *
+ * On the AVX2 kernel sets (haswell, zen3) op(A) is not packed at all by default: their
+ * row-preferring kernel broadcasts A's elements one at a time, which BLIS's small-matrix
+ * ("sup") kernel for row-stored C does from any strides, so that kernel reads op(A) where
+ * it lies and only B is packed (sup_block). Every linear layer's op(A) (x, or dY) is
+ * k-contiguous, which packing must transpose; it is the bigger operand at 4096 rows. On an
+ * AMD Zen 4 (family 25 model 17) held to AVX2, zen3 kernels, 2 threads, alternating
+ * processes against packing both (PEFTCORE_GEMM=packed-a): the MiniLM forward at 32×128
+ * 404 ms against 423 (-4.4 %), a LoRA train step 899 ms against 942 (-4.6 %); one-thread
+ * products 1-3 % faster at 4096 rows, 4-8 % at 128 (bench/gemm.py --paths). skx has no
+ * float sup kernel in BLIS 0.9, and its column-preferring kernel broadcasts from B's panel. 
  * PEFTCORE_GEMM=blis leaves whole products to bli_sgemm_ex, PEFTCORE_GEMM=packed forces this
- * path; pc_set_gemm_path switches at run time (bench/gemm.py). */
+ * path, PEFTCORE_GEMM=packed-a this path with op(A) packed too; pc_set_gemm_path switches at
+ * run time (bench/gemm.py). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +77,13 @@ static struct {
     int mr, nr;        /* tile: the kernel computes C (mr×nr) at a time... */
     bool prefers_rows; /* ...storing along C's rows (else along its columns) */
     int64_t mc, kc, nc;
+    /* BLIS's small-matrix ("sup") kernel for row-stored C and B, which broadcasts A's
+     * elements from wherever they are (any strides): with it op(A) is read in place, not
+     * packed (see read_a_in_place); NULL where the kernel set has none with an MR×NR tile
+     * over the native kernel's NR */
+    sgemmsup_ker_ft sup;
+    int sup_mr;
+    bool a_in_place; /* products read op(A) in place through sup */
 } ukr;
 
 /* per thread: the packed A block (MC×KC) and B block (KC×NC), kept for the thread's life */
@@ -266,6 +285,58 @@ static inline void add_bias_lines(float *c, int64_t ld, int lines, int len, cons
     }
 }
 
+/* The product of one ic × pc block through the sup kernel, A read in place (a: its first
+ * element, A'(i, k) = a[i·ars + k·acs]), B from our packed NR-column panels (each a
+ * row-stored kc×NR block), C row-stored (stride ldc). Every element goes through the full
+ * sup_mr × NR tile's code, as in the native path: the kernel's edge variants for fewer rows
+ * or columns sum in other orders (a product's bits would then depend on how it is split),
+ * so an edge of rows is computed from a zero-padded copy of A's last rows and an edge of
+ * columns into a scratch tile (holding C's values first when beta != 0), then copied out.
+ * scratch: sup_mr·kc + mc·NR floats. */
+static void sup_block(int64_t mc, int64_t nc, int kc, float alpha, const float *a, int64_t ars,
+                      int64_t acs, float *b, int64_t ps_b, float beta, float *c, int64_t ldc,
+                      const float *bias, float *scratch) {
+    const int MR = ukr.sup_mr, NR = ukr.nr;
+    const int64_t whole = mc / MR * MR;
+    const int rest = (int)(mc - whole);
+    float *a_rest = scratch, *c_edge = scratch + (int64_t)MR * kc;
+    if (rest) /* A's last rows, zero-padded to a tile, row-stored with stride kc */
+        for (int i = 0; i < MR; i++)
+            for (int k = 0; k < kc; k++)
+                a_rest[(int64_t)i * kc + k] = i < rest ? a[(whole + i) * ars + k * acs] : 0.0f;
+    auxinfo_t aux;
+    memset(&aux, 0, sizeof aux);
+    for (int64_t jr = 0; jr < nc; jr += NR) {
+        const int nr = (int)(nc - jr < NR ? nc - jr : NR);
+        float *bp = b + jr / NR * ps_b, *cj = c + jr;
+        /* whole tiles of rows straight into C, or into c_edge (ld NR) for an edge of columns */
+        const bool edge = nr < NR;
+        float *dst = edge ? c_edge : cj;
+        const int64_t ld = edge ? NR : ldc;
+        if (edge && beta != 0.0f)
+            for (int64_t i = 0; i < whole; i++) memcpy(c_edge + i * NR, cj + i * ldc, sizeof(float) * nr);
+        if (whole) {
+            bli_auxinfo_set_ps_a(MR * ars, &aux);
+            ukr.sup(BLIS_NO_CONJUGATE, BLIS_NO_CONJUGATE, whole, NR, kc, &alpha, (float *)a, ars,
+                    acs, bp, NR, 1, &beta, dst, ld, 1, &aux, ukr.context);
+        }
+        if (rest) { /* the padded rows into a tile of their own */
+            float tile[16 * 64] = {0}; /* MR <= 16, NR <= 64: checked at start-up */
+            if (beta != 0.0f)
+                for (int i = 0; i < rest; i++)
+                    memcpy(tile + i * NR, cj + (whole + i) * ldc, sizeof(float) * nr);
+            bli_auxinfo_set_ps_a((int64_t)MR * kc, &aux);
+            ukr.sup(BLIS_NO_CONJUGATE, BLIS_NO_CONJUGATE, MR, NR, kc, &alpha, a_rest, kc, 1, bp,
+                    NR, 1, &beta, tile, NR, 1, &aux, ukr.context);
+            for (int i = 0; i < rest; i++)
+                memcpy(cj + (whole + i) * ldc, tile + i * NR, sizeof(float) * nr);
+        }
+        if (edge)
+            for (int64_t i = 0; i < whole; i++) memcpy(cj + i * ldc, c_edge + i * NR, sizeof(float) * nr);
+        if (bias) add_bias_lines(cj, ldc, (int)mc, nr, bias + jr);
+    }
+}
+
 /* C'(m, n) (element (i, j) at c[i·rs_c + j·cs_c]) = alpha·A'·B' + beta·C' with
  * A'(i, k) = a[i·ars + k·acs] (m, k) and B'(k, j) = b[k·brs + j·bcs] (k, n); A' is packed in
  * MR-row panels, B' in NR-column panels. bias (NULL: none) is added to each tile once its
@@ -281,8 +352,11 @@ static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float
     /* every panel starts on a cache line (the kernels load B, or A, with aligned loads);
      * the slack past the last one covers a kernel reading a step ahead */
     const int64_t slack = 2 * (int64_t)(MR > NR ? MR : NR) + 16;
+    const size_t a_floats = ukr.a_in_place
+                                ? (size_t)(ukr.sup_mr * kc_max + mc_max * NR)
+                                : (size_t)((mc_max + MR - 1) / MR * round_to_line(MR * kc_max) + slack);
     pack_buffers *buf =
-        thread_buffers((size_t)((mc_max + MR - 1) / MR * round_to_line(MR * kc_max) + slack),
+        thread_buffers(a_floats,
                        (size_t)((nc_max + NR - 1) / NR * round_to_line(NR * kc_max) + slack));
     if (!buf) return false;
     auxinfo_t aux;
@@ -296,6 +370,13 @@ static bool gemm_tiles(int64_t m, int64_t n, int64_t k, float alpha, const float
             const float beta_here = pc == 0 ? beta : 1.0f;
             const int64_t ps_a = round_to_line((int64_t)MR * kc), ps_b = round_to_line((int64_t)NR * kc);
             pack_block(buf->b, ps_b, NR, nc, kc, b + jc * bcs + pc * brs, bcs, brs);
+            if (ukr.a_in_place) { /* C row-stored here: rs_c == ldc, cs_c == 1 */
+                for (int64_t ic = 0; ic < m; ic += MC)
+                    sup_block(m - ic < MC ? m - ic : MC, nc, kc, alpha, a + ic * ars + pc * acs,
+                              ars, acs, buf->b, ps_b, beta_here, c + ic * rs_c + jc, rs_c,
+                              bias && pc + kc >= k ? bias + jc : NULL, buf->a);
+                continue;
+            }
             for (int64_t ic = 0; ic < m; ic += MC) {
                 const int64_t mc = m - ic < MC ? m - ic : MC;
                 pack_block(buf->a, ps_a, MR, mc, kc, a + ic * ars + pc * acs, ars, acs);
@@ -340,6 +421,17 @@ static bool packed_by_default(const char *arch) {
 #endif
 }
 
+/* Whether op(A) is read in place by BLIS's sup kernel, with B still packed by us, for this
+ * kernel set (the header comment) */
+static bool sup_by_default(const char *arch) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    return strcmp(arch, "haswell") == 0 || strcmp(arch, "zen3") == 0;
+#else
+    (void)arch;
+    return false;
+#endif
+}
+
 void pc_gemm_packed_init(void) {
     cntx_t *cntx = bli_gks_query_cntx();
     const int64_t mr = bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, cntx);
@@ -357,17 +449,36 @@ void pc_gemm_packed_init(void) {
     if (ukr.mc < mr || ukr.kc < 1 || ukr.nc < nr) return;
     if (pthread_key_create(&buffers_key, free_buffers) != 0) return;
     ukr.available = true;
+    if (ukr.prefers_rows && sup_by_default(pc_blis_arch()) &&
+        bli_cntx_get_l3_sup_blksz_def_dt(BLIS_FLOAT, BLIS_NR, cntx) == nr && nr <= 64) {
+        const int64_t sup_mr = bli_cntx_get_l3_sup_blksz_def_dt(BLIS_FLOAT, BLIS_MR, cntx);
+        ukr.sup = (sgemmsup_ker_ft)bli_cntx_get_l3_sup_ker_dt(BLIS_FLOAT, BLIS_RRR, cntx);
+        ukr.sup_mr = (int)sup_mr;
+        if (sup_mr < 1 || sup_mr > 16) ukr.sup = NULL;
+    }
     const char *choice = getenv("PEFTCORE_GEMM");
-    ukr.enabled = choice && strcmp(choice, "packed") == 0   ? true
-                  : choice && strcmp(choice, "blis") == 0 ? false
-                                                          : packed_by_default(pc_blis_arch());
+    const bool pack_a = choice && strcmp(choice, "packed-a") == 0;
+    ukr.enabled = choice && (strcmp(choice, "packed") == 0 || pack_a) ? true
+                  : choice && strcmp(choice, "blis") == 0            ? false
+                                                                     : packed_by_default(pc_blis_arch());
+    ukr.a_in_place = ukr.sup && !pack_a;
 }
 
-bool pc_gemm_packed_enabled(void) { return ukr.enabled; }
+int pc_gemm_packed_mode(void) {
+    return !ukr.enabled ? PC_GEMM_PACKED_OFF : ukr.a_in_place ? PC_GEMM_PACKED_A_IN_PLACE
+                                                               : PC_GEMM_PACKED_BOTH;
+}
 
-bool pc_gemm_packed_use(bool on) {
-    ukr.enabled = on && ukr.available;
-    return ukr.enabled == on;
+bool pc_gemm_packed_has(int mode) {
+    return mode == PC_GEMM_PACKED_OFF || (ukr.available && (mode == PC_GEMM_PACKED_BOTH ||
+                                                            (mode == PC_GEMM_PACKED_A_IN_PLACE && ukr.sup)));
+}
+
+bool pc_gemm_packed_use(int mode) {
+    if (!pc_gemm_packed_has(mode)) return false;
+    ukr.enabled = mode != PC_GEMM_PACKED_OFF;
+    ukr.a_in_place = mode == PC_GEMM_PACKED_A_IN_PLACE;
+    return true;
 }
 
 /* Row-major C (M, N) = alpha·op(A)·op(B) + beta·C (+ bias (N) on every row, unless NULL).

@@ -535,7 +535,7 @@ static int check_attention_inputs(PyArrayObject *q, PyArrayObject *k, PyArrayObj
 static pc_attention_dims attention_dims(PyArrayObject *q, PyArrayObject *k, int H) {
     int C = (int)PyArray_DIM(q, 2);
     pc_attention_dims d = {(int)PyArray_DIM(q, 0), (int)PyArray_DIM(q, 1), (int)PyArray_DIM(k, 1),
-                           H, C / H, C, C, NULL};
+                           H, C / H, C, C, NULL, false};
     return d;
 }
 

@@ -5,6 +5,7 @@
 static const char *gemm_description(void) {
     const char *path = pc_gemm_path();
     return strcmp(path, "packed") == 0     ? "peftcore packing + BLIS micro-kernel"
+           : strcmp(path, "packed-a") == 0 ? "peftcore packing of both operands + BLIS micro-kernel"
            : strcmp(path, "blis-sup") == 0 ? "BLIS (small-matrix path on)"
                                            : "BLIS";
 }
@@ -65,8 +66,8 @@ static PyObject *set_gemm_path(PyObject *self, PyObject *arg) {
     bool ok = pc_set_gemm_path(name);
     glue_engine_unlock();
     if (!ok) {
-        PyErr_Format(PyExc_ValueError, "_set_gemm_path: expected 'packed' (where BLIS's kernel "
-                     "set allows it), 'blis' or 'blis-sup', got '%s'", name);
+        PyErr_Format(PyExc_ValueError, "_set_gemm_path: expected 'packed' or 'packed-a' (where "
+                     "BLIS's kernel set allows them), 'blis' or 'blis-sup', got '%s'", name);
         return NULL;
     }
     return PyUnicode_FromString(before);
@@ -82,7 +83,7 @@ static PyMethodDef runtime_methods[] = {
     {"set_num_threads", set_num_threads, METH_O, "Threads for BLIS and the engine's kernels."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Current thread count."},
     {"_set_gemm_path", set_gemm_path, METH_O,
-     "Who computes products: 'packed', 'blis' or 'blis-sup' (benchmarks); returns the previous."},
+     "Who computes products: 'packed', 'packed-a', 'blis' or 'blis-sup' (benchmarks); returns the previous."},
     {"_before_fork", before_fork, METH_NOARGS, "Take the engine lock for a fork."},
     {"_after_fork_in_parent", after_fork_in_parent, METH_NOARGS, "Release it after the fork."},
     {"_after_fork_in_child", after_fork_in_child, METH_NOARGS, "A new engine lock in the child."},

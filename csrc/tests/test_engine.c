@@ -991,9 +991,16 @@ static void check_rounding(const char *what, const float *got, const double *ref
  * both sides of the kernels' MR / NR (skx 32 / 12, haswell 6 / 16, penryn 8 / 4) and of
  * BLIS's KC and MC blocks (skx 384 and 480, haswell 256 and 168), whether or not the packed
  * path is the default. Where it is not available it must say so and leave C alone. */
+static void test_sgemm_packed_path(const char *path);
+
 static void test_sgemm_packed(void) {
+    test_sgemm_packed_path("packed");
+    if (pc_gemm_packed_has(PC_GEMM_PACKED_A_IN_PLACE)) test_sgemm_packed_path("packed-a");
+}
+
+static void test_sgemm_packed_path(const char *path) {
     const char *before = pc_gemm_path();
-    const bool available = pc_set_gemm_path("packed");
+    const bool available = pc_set_gemm_path(path);
     static const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {32, 12, 16}, {33, 13, 17},
                                     {31, 11, 383}, {64, 24, 385}, {481, 25, 40},
                                     {100, 700, 769}, {7, 3100, 20}, {129, 384, 1536},
@@ -1026,8 +1033,8 @@ static void test_sgemm_packed(void) {
                 for (int i = 0; i < M; i++)
                     for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] = NAN;
             char name[128];
-            snprintf(name, sizeof name, "sgemm_packed %dx%dx%d trans_a=%d trans_b=%d beta=%g",
-                     M, N, K, ta, tb, beta);
+            snprintf(name, sizeof name, "sgemm_packed [%s] %dx%dx%d trans_a=%d trans_b=%d beta=%g",
+                     path, M, N, K, ta, tb, beta);
             if (available) {
                 bool done = pc_sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
                 check_true(name, done);
@@ -1042,8 +1049,8 @@ static void test_sgemm_packed(void) {
             pc_free(A); pc_free(B); pc_free(C); free(ref); free(scale);
         }
     pc_set_gemm_path(before);
-    printf("      packed GEMM %s, %s by default\n", available ? "available" : "unavailable",
-           pc_gemm_packed_enabled() ? "on" : "off");
+    printf("      packed GEMM [%s] %s, %s by default\n", path, available ? "available" : "unavailable",
+           pc_gemm_path());
 }
 
 /* A product's bits do not depend on how it is split: C (M, N) = alpha·op(A)·op(B) + beta·C
@@ -1154,10 +1161,10 @@ static void test_sgemm_blocks(void) {
                                     {17, 257, 1},   {257, 3, 17},    {1000, 17, 257},
                                     {257, 1000, 3}, {17, 1000, 257}, {257, 17, 1000},
                                     {17, 257, 1000}, {300, 1, 40}};
-    static const char *const paths[2] = {"packed", "blis"};
+    static const char *const paths[3] = {"packed", "packed-a", "blis"};
     const char *before = pc_gemm_path();
-    bool have[2];
-    for (int p = 0; p < 2; p++)
+    bool have[3];
+    for (int p = 0; p < 3; p++)
         if (!(have[p] = pc_set_gemm_path(paths[p])))
             printf("      sgemm blocks: no %s path for BLIS's %s kernels\n", paths[p], pc_blis_arch());
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -1177,7 +1184,7 @@ static void test_sgemm_blocks(void) {
                         sum[(int64_t)i * ldc + j] += t;
                         mag[(int64_t)i * ldc + j] += fabs(t);
                     }
-            for (int p = 0; p < 2; p++) {
+            for (int p = 0; p < 3; p++) {
                 if (!have[p]) continue;
                 pc_set_gemm_path(paths[p]);
                 for (int beta = 0; beta < 2; beta++)
