@@ -54,7 +54,7 @@
  * processes against packing both (PEFTCORE_GEMM=packed-a): the MiniLM forward at 32×128
  * 404 ms against 423 (-4.4 %), a LoRA train step 899 ms against 942 (-4.6 %); one-thread
  * products 1-3 % faster at 4096 rows, 4-8 % at 128 (bench/gemm.py --paths). skx has no
- * float sup kernel in BLIS 0.9, and its column-preferring kernel broadcasts from B's panel. 
+ * float sup kernel in BLIS 0.9, and its column-preferring kernel broadcasts from B's panel.
  * PEFTCORE_GEMM=blis leaves whole products to bli_sgemm_ex, PEFTCORE_GEMM=packed forces this
  * path, PEFTCORE_GEMM=packed-a this path with op(A) packed too; pc_set_gemm_path switches at
  * run time (bench/gemm.py). */
@@ -78,9 +78,8 @@ static struct {
     bool prefers_rows; /* ...storing along C's rows (else along its columns) */
     int64_t mc, kc, nc;
     /* BLIS's small-matrix ("sup") kernel for row-stored C and B, which broadcasts A's
-     * elements from wherever they are (any strides): with it op(A) is read in place, not
-     * packed (see read_a_in_place); NULL where the kernel set has none with an MR×NR tile
-     * over the native kernel's NR */
+     * elements from wherever they are (any strides), so op(A) can be read in place rather
+     * than packed (sup_block); NULL where the kernel set has none with the native NR */
     sgemmsup_ker_ft sup;
     int sup_mr;
     bool a_in_place; /* products read op(A) in place through sup */
