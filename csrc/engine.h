@@ -77,10 +77,11 @@ bool pc_gemm_packed_use(int mode);
 void pc_gemm_packed_init(void); /* by pc_runtime_init, after BLIS's */
 /* Who computes products (pc_sgemm_serial): "packed" (gemm_packed.c, the default where it
  * is faster, reading op(A) in place where it can), "packed-a" (gemm_packed.c packing both
- * operands, where that differs), "blis" (bli_sgemm_ex with its small-matrix path off: a product's bits do not
- * depend on how it is split) or "blis-sup" (that path on: bits can change with the split;
- * for benchmarks). PEFTCORE_GEMM=blis|packed|packed-a sets it at start-up. pc_set_gemm_path is false
- * for an unknown name or an unavailable path; call it while no product runs. */
+ * operands, where that differs), "blis" (bli_sgemm_ex with its small-matrix path off: a
+ * product's bits do not depend on how it is split) or "blis-sup" (that path on: bits can
+ * change with the split; for benchmarks). PEFTCORE_GEMM=blis|packed|packed-a sets it at
+ * start-up. pc_set_gemm_path is false for an unknown name or an unavailable path; call it
+ * while no product runs. */
 bool pc_set_gemm_path(const char *name);
 const char *pc_gemm_path(void);
 
