@@ -110,6 +110,7 @@ static inline __attribute__((always_inline)) void narrow_block(
         const float *a = A + k * a_col;
         const float *b = B + (int64_t)k * ldb;
         const pc_vec b0 = cols == PC_VW ? pc_loadv(b) : pc_load_head(b, cols);
+        _Pragma("GCC unroll 8")
         for (int r = 0; r < rows; r++) acc[r] += a[r * a_row] * b0;
     }
 }
@@ -118,9 +119,11 @@ static inline __attribute__((always_inline)) void pair_tile_narrow_cols(
     int rows, int cols, float alpha, const float *A, int64_t a_row, int64_t a_col,
     const tile_b *B, int j, float beta, float *C, int ldc) {
     pc_vec acc[TILE_ROWS];
+    _Pragma("GCC unroll 8")
     for (int r = 0; r < TILE_ROWS; r++) acc[r] = (pc_vec){0};
     narrow_block(acc, rows, cols, B->k1, A, a_row, a_col, B->b1 + j, B->ld1);
     narrow_block(acc, rows, cols, B->k2, A + B->k1 * a_col, a_row, a_col, B->b2 + j, B->ld2);
+    _Pragma("GCC unroll 8")
     for (int r = 0; r < rows; r++) {
         float *c = C + (int64_t)r * ldc;
         if (cols == PC_VW) {

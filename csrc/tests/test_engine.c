@@ -454,8 +454,12 @@ static void test_layernorm(int N, int C) {
 
 static void test_softmax(int N, int C) {
     char name[128];
-    float *x = frand((size_t)N * C, 5), *y = frand((size_t)N * C, 100);
+    /* y holds one float past the last row, which must keep its value */
+    float *x = frand((size_t)N * C, 5), *y = frand((size_t)N * C + 1, 100);
+    const float past = y[(size_t)N * C];
     pc_softmax_forward(y, x, N, C);
+    snprintf(name, sizeof name, "softmax_forward N=%d C=%d leaves the float past its rows", N, C);
+    check_true(name, y[(size_t)N * C] == past);
     double *ry = dzeros((size_t)N * C);
     for (int n = 0; n < N; n++) {
         double mx = -INFINITY, s = 0;
@@ -1440,7 +1444,10 @@ int main(void) {
     static const int ln[][2] = {{1, 1}, {3, 5}, {91, 17}, {2, 130}};
     for (size_t i = 0; i < sizeof ln / sizeof ln[0]; i++) test_layernorm(ln[i][0], ln[i][1]);
 
-    static const int sm[][2] = {{1, 1}, {3, 5}, {91, 17}, {4, 300}};
+    /* rows ending in every count of floats past the last whole vector (1-7 on AVX2, the
+     * partial stores going as 4, 2 and 1; 1-15 on AVX-512) */
+    static const int sm[][2] = {{1, 1}, {3, 5}, {91, 17}, {4, 300}, {2, 2},  {3, 3},
+                                {2, 6},  {5, 7}, {2, 22},  {3, 27},  {2, 150}, {1, 31}};
     for (size_t i = 0; i < sizeof sm / sizeof sm[0]; i++) test_softmax(sm[i][0], sm[i][1]);
 
     static const int at[][4] = {{1, 1, 1, 1}, {1, 1, 3, 2}, {2, 5, 1, 4}, {2, 5, 3, 2},
