@@ -64,6 +64,13 @@
        const float *k, const float *v, const pc_attention_dims *dims, float dropout_p,       \
        uint64_t seed),                                                                       \
       (dq, dk, dv, dout, probs, q, k, v, dims, dropout_p, seed))                             \
+    X(VALUE, int64_t, pc_attention_folded_backward_scratch_floats,                           \
+      (const pc_attention_dims *dims), (dims))                                               \
+    X(VALUE, int, pc_attention_first_query_backward_folded,                                  \
+      (float *dq, float *dx, const float *dout, const float *probs, const float *q,          \
+       const float *k, const float *v, const pc_folded_projections *f,                       \
+       const pc_attention_dims *dims, float dropout_p, uint64_t seed, float *scratch),       \
+      (dq, dx, dout, probs, q, k, v, f, dims, dropout_p, seed, scratch))                     \
     X(VOID, void, pc_dropout_forward,                                                        \
       (float *out, const float *inp, int64_t n, float p, uint64_t seed), (out, inp, n, p, seed)) \
     X(VOID, void, pc_dropout_backward,                                                       \

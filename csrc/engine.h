@@ -341,6 +341,24 @@ void pc_attention_first_query_folded(float *out, const float *q, const float *x,
                                      const pc_folded_projections *f, const float *key_mask,
                                      const pc_attention_dims *dims, float *scratch);
 
+/* The backward of one query per sequence (Tq = 1, after pc_attention_forward) with the key
+ * and value projections folded in, for frozen ones whose input gradient is wanted: dK and dV
+ * of the sequences' own keys are never formed. With s the scores' gradient and p' the
+ * dropped probabilities of head h over the own keys,
+ *   dx_j += Wk_hᵀ (s_j q_h/√D) + Wv_hᵀ (p'_j dO_h) = (s_j/√D)·(q_h Wk_h) + p'_j·(dO_h Wv_h)
+ * so each key costs 2·H·C multiply-adds instead of 2·C² for its projections' backward. dq
+ * (B,H·D) row stride dims->ld_q receives the queries' gradient, and the prefix's gradients
+ * go where dims->prefix says, as in pc_attention_backward_into; dx (B,T,C) row stride C
+ * receives the keys' and values' share of the input gradient (added). f: wk and wv (biases
+ * and prefix unused). scratch: pc_attention_folded_backward_scratch_floats(dims) floats. */
+int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *dims);
+int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *dout,
+                                             const float *probs, const float *q,
+                                             const float *k, const float *v,
+                                             const pc_folded_projections *f,
+                                             const pc_attention_dims *dims, float dropout_p,
+                                             uint64_t seed, float *scratch);
+
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */
 float pc_cross_entropy_forward(const float *logits, const int64_t *targets, int N, int C,

@@ -39,6 +39,10 @@
 #define pc_attention_first_query_folded PC_ISA_NAME(pc_attention_first_query_folded, PC_ISA)
 #define pc_attention_backward PC_ISA_NAME(pc_attention_backward, PC_ISA)
 #define pc_attention_backward_into PC_ISA_NAME(pc_attention_backward_into, PC_ISA)
+#define pc_attention_folded_backward_scratch_floats \
+    PC_ISA_NAME(pc_attention_folded_backward_scratch_floats, PC_ISA)
+#define pc_attention_first_query_backward_folded \
+    PC_ISA_NAME(pc_attention_first_query_backward_folded, PC_ISA)
 /* ops/dropout.c */
 #define pc_dropout_forward PC_ISA_NAME(pc_dropout_forward, PC_ISA)
 #define pc_dropout_backward PC_ISA_NAME(pc_dropout_backward, PC_ISA)

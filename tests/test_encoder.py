@@ -869,6 +869,40 @@ def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_frozen_last_keys_values_fold_into_the_backward(model_type):
+    """With the last layer's key and value projections frozen and layers below training, a
+    classification backward folds them into attention: their share of the layer's input
+    gradient comes from the attention's score and probability gradients, dK and dV are never
+    formed (TINY leaves the scratch room: H·(T + C) <= T·C). Every gradient equals the full
+    last layer's (run when hidden states are asked for, which never folds) up to rounding."""
+    model = _small(model_type).eval()
+    H, C, L = TINY["num_attention_heads"], TINY["hidden_size"], TINY["num_hidden_layers"]
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    assert H * (ids.shape[1] + C) <= ids.shape[1] * C
+    frozen = [n for n, p in model.named_parameters()
+              if f"layer.{L - 1}.attention.self.key." in n or f"layer.{L - 1}.attention.self.value." in n]
+    assert len(frozen) == 4
+    for n, p in model.named_parameters():
+        p.requires_grad = n not in frozen
+    g = np.random.default_rng(6).standard_normal((ids.shape[0], 2)).astype(np.float32)
+    _, _, full, _ = model._run(model._prepare_inputs(ids, mask, None, None), True)
+    model.backward(g)
+    full_grads = {n: p.grad.copy() for n, p in model.named_parameters() if n not in frozen}
+    model.zero_grad()
+    compact = model(ids, attention_mask=mask).logits
+    np.testing.assert_allclose(compact, full, rtol=1e-5, atol=1e-6)
+    model.backward(g)
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert p.grad is None, n
+            continue
+        scale = max(np.abs(full_grads[n]).max(), 1e-6)
+        np.testing.assert_allclose(p.grad, full_grads[n], rtol=1e-4, atol=1e-5 * scale, err_msg=n)
+    # the first layer's query weight gets its gradient through the folded keys and values
+    assert np.abs(model.get_parameter(f"{model_type}.encoder.layer.0.attention.self.query.weight").grad).max() > 0
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_grouped_inference_equals_whole_batch(model_type):
     """inference_rows splits a no_grad forward into groups of sequences: the outputs equal
     the whole batch's, and the activation buffers shrink to one group's."""

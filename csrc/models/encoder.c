@@ -1020,6 +1020,25 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
            pc_attention_folded_scratch_floats(&dims, kv_rows_of(lp)) <= (int64_t)B * T * 2 * C;
 }
 
+/* The backward of a first-token last layer folds the key and value projections the same
+ * way (pc_attention_first_query_backward_folded: their share of d_x without forming dK, dV)
+ * when x's gradient is wanted, neither projection trains, every adapter on them allows
+ * folding, no projection's input is adapted, and the scratch fits in d_qkv's k|v rows. */
+static bool can_fold_keys_values_backward(const pc_encoder *enc, int l, const layer_rows *r,
+                                          const pc_attention_dims *dims, bool need_dx) {
+    const layer_params *lp = &enc->layer[l];
+    if (!r->first_tokens || !need_dx) return false;
+    for (int s = SLOT_Q; s <= SLOT_V; s++)
+        if (lp->slot[s]->site[PC_SITE_LINEAR_IN].n) return false;
+    for (int s = SLOT_K; s <= SLOT_V; s++) {
+        if (slot_has_trainable(lp->slot[s])) return false;
+        for (int k = 0; k < PC_LINEAR_SITES; k++)
+            if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV)) return false;
+    }
+    return pc_attention_folded_backward_scratch_floats(dims) <=
+           (int64_t)dims->B * enc->T * 2 * enc->cfg.hidden;
+}
+
 /* B sequences from x on; first_x receives their first tokens' rows in the last layer */
 static layer_rows rows_of(const pc_encoder *enc, int l, const float *x, float *qkv, int B,
                           float *first_x) {
@@ -1491,6 +1510,25 @@ static bool trains_under_junction(const layer_params *lp, bool ffn) {
     return pc_site_trains(&lp->kv);
 }
 
+/* Attention's backward in layer l into dq, dk, dv (pc_attention_backward_into), or, with
+ * fold_dx, folded: the keys' and values' share added to fold_dx, scratch as its scratch */
+static int qkv_attention_backward(pc_encoder *enc, int l, const layer_rows *r, float *dq,
+                                  float *dk, float *dv, const pc_attention_dims *dims,
+                                  float *fold_dx, float *scratch) {
+    const layer_params *lp = &enc->layer[l];
+    const float p_attn = enc->training ? enc->cfg.attention_dropout : 0.0f;
+    const uint64_t seed = site_seed(enc->seed, l, SITE_ATTN);
+    float *probs = enc->acts[l].probs;
+    if (!fold_dx)
+        return pc_attention_backward_into(dq, dk, dv, enc->d_ctx, probs, r->q, r->k, r->v, dims,
+                                          p_attn, seed);
+    const int64_t C = enc->cfg.hidden;
+    const float *w = pc_f32(lp->qkv_w);
+    const pc_folded_projections f = {w + C * C, NULL, w + 2 * C * C, NULL, NULL, 0};
+    return pc_attention_first_query_backward_folded(dq, fold_dx, enc->d_ctx, probs, r->q, r->k,
+                                                    r->v, &f, dims, p_attn, seed, scratch);
+}
+
 /* d_out (Nq,C) is the gradient of the layer's output rows; on return d_x (N,C) holds the
  * gradient of its input when need_dx. Mirrors layer_forward line by line, as far down as a
  * gradient is wanted. */
@@ -1501,7 +1539,6 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     layer_params *lp = &enc->layer[l];
     layer_acts *a = &enc->acts[l];
     float p_hidden = enc->training ? c->hidden_dropout : 0.0f;
-    float p_attn = enc->training ? c->attention_dropout : 0.0f;
     int oom = 0;
     const layer_rows r = rows_of(enc, l, x, a->qkv, B, enc->first_x);
     const layer_rows dr = rows_of(enc, l, x, enc->d_qkv, B, enc->first_x); /* same layout */
@@ -1600,8 +1637,13 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     bool want[3];
     for (int s = SLOT_Q; s <= SLOT_V; s++)
         want[s - SLOT_Q] = need_dx || slot_has_trainable(lp->slot[s]);
-    float *dq = want[0] ? dr.q : NULL, *dk = want[1] ? dr.k : NULL, *dv = want[2] ? dr.v : NULL;
     const int P = kv_rows_of(lp);
+    const pc_attention_dims plain_dims = attention_dims(enc, &r, B);
+    /* folded: the keys' and values' share of d_x comes from the attention's backward, their
+     * gradients never formed (d_qkv's k|v rows are its scratch) */
+    const bool fold = can_fold_keys_values_backward(enc, l, &r, &plain_dims, need_dx);
+    if (fold) want[1] = want[2] = false;
+    float *dq = want[0] ? dr.q : NULL, *dk = want[1] ? dr.k : NULL, *dv = want[2] ? dr.v : NULL;
     if (P) {
         /* with a prefix: the sequences' key|value gradients straight into d_qkv, each
          * sequence's gradient of the prefix rows into d_kv (B, P, 2C), then summed over the
@@ -1614,8 +1656,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         const float *key_mask = enc->has_mask ? enc->key_mask : NULL;
         if (!enc->probs_per_layer && pc_attention_probs(a->probs, r.q, r.k, key_mask, &pd) < 0)
             return -1;
-        if (pc_attention_backward_into(dq, dk, dv, enc->d_ctx, a->probs, r.q, r.k, r.v, &pd,
-                                       p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        if (qkv_attention_backward(enc, l, &r, dq, dk, dv, &pd, fold ? d_x : NULL, dr.k) < 0)
             return -1;
         /* a gated prefix: its gates' gradients and x's share, and each sequence's rows
          * scaled back by its gates */
@@ -1628,12 +1669,12 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         const pc_adapter *prefix = lp->kv.entry[0].adapter;
         if (prefix->method->kv_backward(prefix, d_kv, d_kv + C, 2 * C) < 0) return -1;
     } else {
-        const pc_attention_dims dims = attention_dims(enc, &r, B);
         if (!enc->probs_per_layer &&
-            pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL, &dims) < 0)
+            pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL,
+                               &plain_dims) < 0)
             return -1;
-        if (pc_attention_backward_into(dq, dk, dv, enc->d_ctx, a->probs, r.q, r.k, r.v, &dims,
-                                       p_attn, site_seed(enc->seed, l, SITE_ATTN)) < 0)
+        if (qkv_attention_backward(enc, l, &r, dq, dk, dv, &plain_dims, fold ? d_x : NULL,
+                                   dr.k) < 0)
             return -1;
     }
     /* q, k, v = x·Wᵀ + b (a query row's input gradient belongs to d_x's row of that token:
@@ -1695,9 +1736,11 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
             /* d_x (N,C) += d_qkv (N,3C) · Wqkv (3C,C) */
             pc_sgemm(false, false, N, C, 3 * C, 1.0f, enc->d_qkv, 3 * C, w, C, 1.0f, d_x, C);
         } else {
-            /* d_x += d_kv (N,2C) · [Wk;Wv] (2C,C); first-token rows += d_q (B,C) · Wq */
-            pc_sgemm(false, false, N, C, 2 * C, 1.0f, dr.k, 2 * C, w + (int64_t)C * C, C, 1.0f,
-                     d_x, C);
+            /* d_x += d_kv (N,2C) · [Wk;Wv] (2C,C) (unless folded: added already); first-token
+             * rows += d_q (B,C) · Wq */
+            if (!fold)
+                pc_sgemm(false, false, N, C, 2 * C, 1.0f, dr.k, 2 * C, w + (int64_t)C * C, C,
+                         1.0f, d_x, C);
             pc_sgemm(false, false, B, C, C, 1.0f, dr.q, C, w, C, 1.0f, d_x, ld_dxq);
         }
     }

@@ -281,6 +281,10 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
     return failed ? -1 : 0;
 }
 
+int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *d) {
+    return (int64_t)d->B * 2 * d->H * (d->Tk + d->H * d->D);
+}
+
 int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d, int prefix_rows) {
     const int64_t C = (int64_t)d->H * d->D, Tk = (int64_t)prefix_rows + d->Tk;
     return (int64_t)d->B * (d->H * (2 * C + Tk + (prefix_rows ? 1 : 0)) + Tk);
@@ -364,7 +368,7 @@ void pc_attention_first_query_folded(float *out, const float *q, const float *x,
  *   dQ += dS · K / √D              dK += dSᵀ · Q / √D
  * With a prefix, K and V's first P rows are its own and their dK, dV rows go to its
  * gradients (written: each pair owns its sequence's rows and head's columns there). */
-static int attention_backward(float *dq, float *dk, float *dv, const float *dout,
+static int attention_backward(float *dq, float *dk, float *dv, float *coef, const float *dout,
                               const float *probs, const float *q, const float *k,
                               const float *v, const pc_attention_dims *dims, float dropout_p,
                               uint64_t seed, float beta) {
@@ -424,7 +428,9 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                     memcpy(Pd + (int64_t)i * ld, P + (int64_t)i * Tk, sizeof(float) * Tk);
             if (NP) times_head(true, NP, D, Tq, 1.0f, Pd, ld, dO, D, 0.0f, dpv, pre->d_ld);
             if (dv) times_head(true, T, D, Tq, 1.0f, Pd + NP, ld, dO, D, beta, dv + kv0, ld_kv);
-            if (!dq && !dk && !NP) continue; /* no gradient of the scores wanted */
+            float *coef_k = coef ? coef + ((int64_t)b * 2 * H + h) * T : NULL;
+            if (coef) memcpy(coef_k + (int64_t)H * T, Pd + NP, sizeof(float) * T);
+            if (!dq && !dk && !NP && !coef) continue; /* no gradient of the scores wanted */
             times_keys_transposed(Tq, D, 1.0f, dO, D, &values, vt, dS, ld);
             const float inv_keep = use_dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
             for (int i = 0; i < Tq; i++) {
@@ -444,6 +450,8 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
                 times_pair_rows(Tq, D, scale, dS, ld, &gathered, beta, dq + q0, ld_q);
             }
             if (dk) times_head(true, T, D, Tq, scale, dS + NP, ld, Qh, D, beta, dk + kv0, ld_kv);
+            if (coef)
+                for (int j = 0; j < T; j++) coef_k[j] = scale * dS[NP + j];
         }
         free(dS);
     }
@@ -453,12 +461,42 @@ static int attention_backward(float *dq, float *dk, float *dv, const float *dout
 int pc_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                           const float *probs, const float *q, const float *k, const float *v,
                           const pc_attention_dims *dims, float dropout_p, uint64_t seed) {
-    return attention_backward(dq, dk, dv, dout, probs, q, k, v, dims, dropout_p, seed, 1.0f);
+    return attention_backward(dq, dk, dv, NULL, dout, probs, q, k, v, dims, dropout_p, seed,
+                              1.0f);
 }
 
 int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dout,
                                const float *probs, const float *q, const float *k,
                                const float *v, const pc_attention_dims *dims, float dropout_p,
                                uint64_t seed) {
-    return attention_backward(dq, dk, dv, dout, probs, q, k, v, dims, dropout_p, seed, 0.0f);
+    return attention_backward(dq, dk, dv, NULL, dout, probs, q, k, v, dims, dropout_p, seed,
+                              0.0f);
+}
+
+int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *dout,
+                                             const float *probs, const float *q,
+                                             const float *k, const float *v,
+                                             const pc_folded_projections *f,
+                                             const pc_attention_dims *dims, float dropout_p,
+                                             uint64_t seed, float *scratch) {
+    const int B = dims->B, T = dims->Tk, H = dims->H, D = dims->D, C = H * D;
+    float *coef = scratch, *R = coef + (int64_t)B * 2 * H * T;
+    if (attention_backward(dq, NULL, NULL, coef, dout, probs, q, k, v, dims, dropout_p, seed,
+                           0.0f) < 0)
+        return -1;
+    /* R (B,2H,C): rows h = q_h·Wk_h (dK's coefficients carry 1/√D), rows H + h = dO_h·Wv_h */
+    PC_PARALLEL_FOR((int64_t)B * C * C * 2)
+    for (int i = 0; i < 2 * H; i++) {
+        const int h = i % H;
+        const float *in = i < H ? q + (int64_t)h * D : dout + (int64_t)h * D;
+        const float *w = (i < H ? f->wk : f->wv) + (int64_t)h * D * C;
+        pc_sgemm_serial(false, false, B, C, D, 1.0f, in, i < H ? dims->ld_q : C, w, C, 0.0f,
+                        R + (int64_t)i * C, 2 * H * C);
+    }
+    /* dx_b (T,C) += coef_bᵀ (T,2H) · R_b (2H,C) */
+    PC_PARALLEL_FOR((int64_t)B * T * C * 2 * H)
+    for (int b = 0; b < B; b++)
+        pc_sgemm_serial(true, false, T, C, 2 * H, 1.0f, coef + (int64_t)b * 2 * H * T, T,
+                        R + (int64_t)b * 2 * H * C, C, 1.0f, dx + (int64_t)b * T * C, C);
+    return 0;
 }

@@ -880,6 +880,82 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
     free(ref); free(kj); free(vj); free(p);
 }
 
+/* The folded backward of one query per sequence against the plain one: keys and values
+ * projected explicitly, pc_attention_backward_into's dK, dV taken back through Wk, Wv (in
+ * double) for the input gradient; dq and a shared prefix's gradients compared too, with
+ * dropout (marked in the probabilities or drawn again) and a mask. */
+static void test_folded_attention_backward(int B, int T, int H, int D, int P, bool masked,
+                                           float p_drop, bool marks) {
+    const int C = H * D, ld_q = 2 * C, Tk = P + T;
+    float *q = frand((size_t)B * ld_q, 1), *x = frand((size_t)B * T * C, 1);
+    float *wk = frand((size_t)C * C, 0.5f), *wv = frand((size_t)C * C, 0.5f);
+    float *kv = pc_alloc(sizeof(float) * (size_t)B * T * 2 * C);
+    for (int n = 0; n < B * T; n++)
+        for (int o = 0; o < 2 * C; o++) {
+            const float *w = (o < C ? wk : wv) + (size_t)(o % C) * C;
+            double s = 0;
+            for (int c = 0; c < C; c++) s += (double)w[c] * x[(size_t)n * C + c];
+            kv[(size_t)n * 2 * C + o] = (float)s;
+        }
+    float *pre = P ? frand((size_t)P * 2 * C, 2) : NULL;
+    float *d_pre = P ? frand((size_t)B * P * 2 * C, 100) : NULL;
+    float *d_pre_ref = P ? frand((size_t)B * P * 2 * C, 100) : NULL;
+    float *mask = NULL;
+    if (masked) {
+        mask = pc_alloc((size_t)B * T * sizeof(float));
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) mask[b * T + t] = t < T - b ? 1.0f : 0.0f;
+    }
+    pc_attention_prefix view = {P, pre, pre ? pre + C : NULL, 2 * C, 0,
+                                d_pre_ref, d_pre_ref ? d_pre_ref + C : NULL, 2 * C,
+                                (int64_t)P * 2 * C};
+    pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C, P ? &view : NULL, marks};
+    float *out = frand((size_t)B * C, 100), *probs = frand((size_t)B * H * Tk, 100);
+    const uint64_t seed = 11;
+    pc_attention_forward(out, probs, q, kv, kv + C, mask, &dims, p_drop, seed);
+    float *dout = frand((size_t)B * C, 1);
+    float *dq_ref = frand((size_t)B * ld_q, 100), *dkv = frand((size_t)B * T * 2 * C, 100);
+    pc_attention_backward_into(dq_ref, dkv, dkv + C, dout, probs, q, kv, kv + C, &dims, p_drop,
+                               seed);
+    float *base = frand((size_t)B * T * C, 1);
+    double *dx_ref = dfrom(base, (size_t)B * T * C);
+    for (int n = 0; n < B * T; n++)
+        for (int c = 0; c < C; c++)
+            for (int o = 0; o < C; o++)
+                dx_ref[(size_t)n * C + c] += (double)dkv[(size_t)n * 2 * C + o] * wk[(size_t)o * C + c] +
+                                             (double)dkv[(size_t)n * 2 * C + C + o] * wv[(size_t)o * C + c];
+
+    view.dk = d_pre;
+    view.dv = d_pre ? d_pre + C : NULL;
+    const pc_folded_projections fold = {wk, NULL, wv, NULL, NULL, 0};
+    float *scratch = frand((size_t)pc_attention_folded_backward_scratch_floats(&dims), 100);
+    float *dq = frand((size_t)B * ld_q, 100), *dx = pc_alloc(sizeof(float) * (size_t)B * T * C);
+    memcpy(dx, base, sizeof(float) * (size_t)B * T * C);
+    char name[160];
+    snprintf(name, sizeof name,
+             "attention_first_query_backward_folded B=%d T=%d H=%d D=%d P=%d mask=%d p=%.1f "
+             "marks=%d", B, T, H, D, P, masked, p_drop, marks);
+    check_true(name, pc_attention_first_query_backward_folded(dq, dx, dout, probs, q, kv, kv + C,
+                                                              &fold, &dims, p_drop, seed,
+                                                              scratch) == 0);
+    char what[200];
+    snprintf(what, sizeof what, "%s: dx", name);
+    check(what, dx, dx_ref, (size_t)B * T * C);
+    /* dq's columns past H·D in each row are not its own: compare the rows' first C */
+    for (int b = 0; b < B; b++)
+        for (int c = C; c < ld_q; c++) dq[(size_t)b * ld_q + c] = dq_ref[(size_t)b * ld_q + c];
+    snprintf(what, sizeof what, "%s: dq the same bits as the plain backward", name);
+    check_true(what, memcmp(dq, dq_ref, sizeof(float) * (size_t)B * ld_q) == 0);
+    if (P) {
+        snprintf(what, sizeof what, "%s: the prefix's gradients the same bits", name);
+        check_true(what, memcmp(d_pre, d_pre_ref, sizeof(float) * (size_t)B * P * 2 * C) == 0);
+    }
+    pc_free(q); pc_free(x); pc_free(wk); pc_free(wv); pc_free(kv); pc_free(pre); pc_free(d_pre);
+    pc_free(d_pre_ref); pc_free(mask); pc_free(out); pc_free(probs); pc_free(dout);
+    pc_free(dq_ref); pc_free(dkv); pc_free(base); pc_free(scratch); pc_free(dq); pc_free(dx);
+    free(dx_ref);
+}
+
 static void test_thread_determinism(void) {
     const int N = 256, IC = 384, OC = 320, B = 2, T = 64, H = 4, D = 16, C = H * D;
     float *x = frand((size_t)N * IC, 1), *w = frand((size_t)OC * IC, 1), *bias = frand(OC, 1);
@@ -1490,6 +1566,16 @@ int main(void) {
             for (int P = 0; P < 2; P++) /* without a prefix, then with one of 1 or 5 rows */
                 test_folded_attention(folded[i][0], folded[i][1], folded[i][2], folded[i][3],
                                       P ? 1 + 4 * (int)(i % 2) : 0, masked);
+
+    static const int folded_back[][5] = {{1, 1, 1, 1, 0}, {2, 5, 3, 2, 0}, {3, 17, 2, 8, 3},
+                                         {2, 40, 4, 16, 0}, {2, 33, 2, 32, 20}};
+    for (size_t i = 0; i < sizeof folded_back / sizeof folded_back[0]; i++)
+        for (int masked = 0; masked < 2; masked++)
+            for (int drop = 0; drop < 3; drop++) { /* none; marked; drawn again */
+                const int *c = folded_back[i];
+                test_folded_attention_backward(c[0], c[1], c[2], c[3], c[4], masked,
+                                               drop ? 0.3f : 0.0f, drop == 1);
+            }
 
     test_encoder_adapters();
     test_encoder_hidden_capture();
