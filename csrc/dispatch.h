@@ -69,8 +69,9 @@
     X(VALUE, int, pc_attention_first_query_backward_folded,                                  \
       (float *dq, float *dx, const float *dout, const float *probs, const float *q,          \
        const float *k, const float *v, const pc_folded_projections *f,                       \
-       const pc_attention_dims *dims, float dropout_p, uint64_t seed, float *scratch),       \
-      (dq, dx, dout, probs, q, k, v, f, dims, dropout_p, seed, scratch))                     \
+       const pc_attention_dims *dims, float dropout_p, uint64_t seed, float *scratch,        \
+       float *dbk, float *dbv),                                                              \
+      (dq, dx, dout, probs, q, k, v, f, dims, dropout_p, seed, scratch, dbk, dbv))           \
     X(VOID, void, pc_dropout_forward,                                                        \
       (float *out, const float *inp, int64_t n, float p, uint64_t seed), (out, inp, n, p, seed)) \
     X(VOID, void, pc_dropout_backward,                                                       \

@@ -350,14 +350,16 @@ void pc_attention_first_query_folded(float *out, const float *q, const float *x,
  * (B,H·D) row stride dims->ld_q receives the queries' gradient, and the prefix's gradients
  * go where dims->prefix says, as in pc_attention_backward_into; dx (B,T,C) row stride C
  * receives the keys' and values' share of the input gradient (added). f: wk and wv (biases
- * and prefix unused). scratch: pc_attention_folded_backward_scratch_floats(dims) floats. */
+ * and prefix unused). scratch: pc_attention_folded_backward_scratch_floats(dims) floats.
+ * dbk, dbv (C): NULL, or the key and value biases' gradients, added to. */
 int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *dims);
 int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *dout,
                                              const float *probs, const float *q,
                                              const float *k, const float *v,
                                              const pc_folded_projections *f,
                                              const pc_attention_dims *dims, float dropout_p,
-                                             uint64_t seed, float *scratch);
+                                             uint64_t seed, float *scratch, float *dbk,
+                                             float *dbv);
 
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */

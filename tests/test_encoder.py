@@ -869,12 +869,14 @@ def test_first_token_only_last_layer_equals_full_layer(model_type, no_grad):
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
-def test_frozen_last_keys_values_fold_into_the_backward(model_type):
-    """With the last layer's key and value projections frozen and layers below training, a
+@pytest.mark.parametrize("biases_train", [False, True])
+def test_frozen_last_keys_values_fold_into_the_backward(model_type, biases_train):
+    """With the last layer's key and value weights frozen and layers below training, a
     classification backward folds them into attention: their share of the layer's input
-    gradient comes from the attention's score and probability gradients, dK and dV are never
-    formed (TINY leaves the scratch room: H·(T + C) <= T·C). Every gradient equals the full
-    last layer's (run when hidden states are asked for, which never folds) up to rounding."""
+    gradient (and their biases' gradients, as BitFit trains them) comes from the attention's
+    score and probability gradients, dK and dV are never formed (TINY leaves the scratch
+    room: H·(T + C) <= T·C). Every gradient equals the full last layer's (run when hidden
+    states are asked for, which never folds) up to rounding."""
     model = _small(model_type).eval()
     H, C, L = TINY["num_attention_heads"], TINY["hidden_size"], TINY["num_hidden_layers"]
     ids, mask = _batch(model_type, TINY["vocab_size"])
@@ -882,6 +884,8 @@ def test_frozen_last_keys_values_fold_into_the_backward(model_type):
     frozen = [n for n, p in model.named_parameters()
               if f"layer.{L - 1}.attention.self.key." in n or f"layer.{L - 1}.attention.self.value." in n]
     assert len(frozen) == 4
+    if biases_train:
+        frozen = [n for n in frozen if n.endswith(".weight")]
     for n, p in model.named_parameters():
         p.requires_grad = n not in frozen
     g = np.random.default_rng(6).standard_normal((ids.shape[0], 2)).astype(np.float32)

@@ -1022,8 +1022,9 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
 
 /* The backward of a first-token last layer folds the key and value projections the same
  * way (pc_attention_first_query_backward_folded: their share of d_x without forming dK, dV)
- * when x's gradient is wanted, neither projection trains, every adapter on them allows
- * folding, no projection's input is adapted, and the scratch fits in d_qkv's k|v rows. */
+ * when x's gradient is wanted, neither projection's weight trains (their biases may: their
+ * gradients come from the same pass), every adapter on them allows folding, no projection's
+ * input is adapted, and the scratch fits in d_qkv's k|v rows. */
 static bool can_fold_keys_values_backward(const pc_encoder *enc, int l, const layer_rows *r,
                                           const pc_attention_dims *dims, bool need_dx) {
     const layer_params *lp = &enc->layer[l];
@@ -1031,7 +1032,7 @@ static bool can_fold_keys_values_backward(const pc_encoder *enc, int l, const la
     for (int s = SLOT_Q; s <= SLOT_V; s++)
         if (lp->slot[s]->site[PC_SITE_LINEAR_IN].n) return false;
     for (int s = SLOT_K; s <= SLOT_V; s++) {
-        if (slot_has_trainable(lp->slot[s])) return false;
+        if (wants_grad(lp->slot[s]->weight)) return false;
         for (int k = 0; k < PC_LINEAR_SITES; k++)
             if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV)) return false;
     }
@@ -1525,8 +1526,13 @@ static int qkv_attention_backward(pc_encoder *enc, int l, const layer_rows *r, f
     const int64_t C = enc->cfg.hidden;
     const float *w = pc_f32(lp->qkv_w);
     const pc_folded_projections f = {w + C * C, NULL, w + 2 * C * C, NULL, NULL, 0};
+    int oom = 0;
+    float *dbk = grad_or_null(lp->slot[SLOT_K]->bias, &oom);
+    float *dbv = grad_or_null(lp->slot[SLOT_V]->bias, &oom);
+    if (oom) return -1;
     return pc_attention_first_query_backward_folded(dq, fold_dx, enc->d_ctx, probs, r->q, r->k,
-                                                    r->v, &f, dims, p_attn, seed, scratch);
+                                                    r->v, &f, dims, p_attn, seed, scratch, dbk,
+                                                    dbv);
 }
 
 /* d_out (Nq,C) is the gradient of the layer's output rows; on return d_x (N,C) holds the

@@ -478,12 +478,26 @@ int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *
                                              const float *k, const float *v,
                                              const pc_folded_projections *f,
                                              const pc_attention_dims *dims, float dropout_p,
-                                             uint64_t seed, float *scratch) {
+                                             uint64_t seed, float *scratch, float *dbk,
+                                             float *dbv) {
     const int B = dims->B, T = dims->Tk, H = dims->H, D = dims->D, C = H * D;
     float *coef = scratch, *R = coef + (int64_t)B * 2 * H * T;
     if (attention_backward(dq, NULL, NULL, coef, dout, probs, q, k, v, dims, dropout_p, seed,
                            0.0f) < 0)
         return -1;
+    /* the biases': dbk_h += Σ_b (Σ_j coef_k) q_bh, dbv_h += Σ_b (Σ_j coef_v) dO_bh */
+    for (int i = 0; i < 2 * H; i++) {
+        float *db = i < H ? dbk : dbv;
+        if (!db) continue;
+        const int h = i % H;
+        for (int b = 0; b < B; b++) {
+            const float *c = coef + ((int64_t)b * 2 * H + i) * T;
+            float sum = 0.0f;
+            for (int j = 0; j < T; j++) sum += c[j];
+            const float *in = i < H ? q + (int64_t)b * dims->ld_q : dout + (int64_t)b * C;
+            for (int e = 0; e < D; e++) db[h * D + e] += sum * in[h * D + e];
+        }
+    }
     /* R (B,2H,C): rows h = q_h·Wk_h (dK's coefficients carry 1/√D), rows H + h = dO_h·Wv_h */
     PC_PARALLEL_FOR((int64_t)B * C * C * 2)
     for (int i = 0; i < 2 * H; i++) {

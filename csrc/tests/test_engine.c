@@ -931,16 +931,23 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     float *scratch = frand((size_t)pc_attention_folded_backward_scratch_floats(&dims), 100);
     float *dq = frand((size_t)B * ld_q, 100), *dx = pc_alloc(sizeof(float) * (size_t)B * T * C);
     memcpy(dx, base, sizeof(float) * (size_t)B * T * C);
+    /* the biases' gradients, added to: the column sums of dK and dV */
+    float *db = frand((size_t)2 * C, 1);
+    double *db_ref = dfrom(db, (size_t)2 * C);
+    for (int n = 0; n < B * T; n++)
+        for (int o = 0; o < 2 * C; o++) db_ref[o] += dkv[(size_t)n * 2 * C + o];
     char name[160];
     snprintf(name, sizeof name,
              "attention_first_query_backward_folded B=%d T=%d H=%d D=%d P=%d mask=%d p=%.1f "
              "marks=%d", B, T, H, D, P, masked, p_drop, marks);
     check_true(name, pc_attention_first_query_backward_folded(dq, dx, dout, probs, q, kv, kv + C,
                                                               &fold, &dims, p_drop, seed,
-                                                              scratch) == 0);
+                                                              scratch, db, db + C) == 0);
     char what[200];
     snprintf(what, sizeof what, "%s: dx", name);
     check(what, dx, dx_ref, (size_t)B * T * C);
+    snprintf(what, sizeof what, "%s: the key and value biases' gradients", name);
+    check(what, db, db_ref, (size_t)2 * C);
     /* dq's columns past H·D in each row are not its own: compare the rows' first C */
     for (int b = 0; b < B; b++)
         for (int c = C; c < ld_q; c++) dq[(size_t)b * ld_q + c] = dq_ref[(size_t)b * ld_q + c];
@@ -953,7 +960,8 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     pc_free(q); pc_free(x); pc_free(wk); pc_free(wv); pc_free(kv); pc_free(pre); pc_free(d_pre);
     pc_free(d_pre_ref); pc_free(mask); pc_free(out); pc_free(probs); pc_free(dout);
     pc_free(dq_ref); pc_free(dkv); pc_free(base); pc_free(scratch); pc_free(dq); pc_free(dx);
-    free(dx_ref);
+    pc_free(db);
+    free(dx_ref); free(db_ref);
 }
 
 static void test_thread_determinism(void) {
