@@ -1000,6 +1000,14 @@ typedef struct {
     int ld_q, ld_kv;
 } layer_rows;
 
+/* every adapter on layer l's key and value projections allows folding them into attention */
+static bool kv_adapters_allow_folding(const layer_params *lp) {
+    for (int s = SLOT_K; s <= SLOT_V; s++)
+        for (int k = 0; k < PC_LINEAR_SITES; k++)
+            if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV)) return false;
+    return true;
+}
+
 /* The last layer of an eval first-token forward that no backward follows folds the key and
  * value projections into attention (pc_attention_first_query_folded) when every adapter on
  * them allows it, a prefix (if any) is not gated per sequence, and the fold's scratch fits
@@ -1011,12 +1019,8 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
     const int64_t T = enc->T, C = c->hidden, H = c->heads;
     const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C),
                                     NULL, false};
-    bool adapters_allow = true;
-    for (int s = SLOT_K; s <= SLOT_V; s++)
-        for (int k = 0; k < PC_LINEAR_SITES; k++)
-            adapters_allow = adapters_allow &&
-                             pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV);
-    return !enc->keeping && !enc->training && adapters_allow && !pc_site_kv_gated(&lp->kv) &&
+    return !enc->keeping && !enc->training && kv_adapters_allow_folding(lp) &&
+           !pc_site_kv_gated(&lp->kv) &&
            pc_attention_folded_scratch_floats(&dims, kv_rows_of(lp)) <= (int64_t)B * T * 2 * C;
 }
 
@@ -1028,14 +1032,11 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
 static bool can_fold_keys_values_backward(const pc_encoder *enc, int l, const layer_rows *r,
                                           const pc_attention_dims *dims, bool need_dx) {
     const layer_params *lp = &enc->layer[l];
-    if (!r->first_tokens || !need_dx) return false;
+    if (!r->first_tokens || !need_dx || !kv_adapters_allow_folding(lp) ||
+        wants_grad(lp->slot[SLOT_K]->weight) || wants_grad(lp->slot[SLOT_V]->weight))
+        return false;
     for (int s = SLOT_Q; s <= SLOT_V; s++)
         if (lp->slot[s]->site[PC_SITE_LINEAR_IN].n) return false;
-    for (int s = SLOT_K; s <= SLOT_V; s++) {
-        if (wants_grad(lp->slot[s]->weight)) return false;
-        for (int k = 0; k < PC_LINEAR_SITES; k++)
-            if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV)) return false;
-    }
     return pc_attention_folded_backward_scratch_floats(dims) <=
            (int64_t)dims->B * enc->T * 2 * enc->cfg.hidden;
 }
