@@ -51,9 +51,10 @@
     X(VALUE, int64_t, pc_attention_folded_scratch_floats,                                    \
       (const pc_attention_dims *dims, int prefix_rows), (dims, prefix_rows))                 \
     X(VOID, void, pc_attention_first_query_folded,                                           \
-      (float *out, const float *q, const float *x, const pc_folded_projections *f,           \
-       const float *key_mask, const pc_attention_dims *dims, float *scratch),                \
-      (out, q, x, f, key_mask, dims, scratch))                                               \
+      (float *out, float *probs, const float *q, const float *x,                             \
+       const pc_folded_projections *f, const float *key_mask, const pc_attention_dims *dims, \
+       float dropout_p, uint64_t seed, float *scratch),                                      \
+      (out, probs, q, x, f, key_mask, dims, dropout_p, seed, scratch))                       \
     X(VALUE, int, pc_attention_backward,                                                     \
       (float *dq, float *dk, float *dv, const float *dout, const float *probs, const float *q, \
        const float *k, const float *v, const pc_attention_dims *dims, float dropout_p,       \
@@ -67,11 +68,11 @@
     X(VALUE, int64_t, pc_attention_folded_backward_scratch_floats,                           \
       (const pc_attention_dims *dims), (dims))                                               \
     X(VALUE, int, pc_attention_first_query_backward_folded,                                  \
-      (float *dq, float *dx, const float *dout, const float *probs, const float *q,          \
-       const float *k, const float *v, const pc_folded_projections *f,                       \
-       const pc_attention_dims *dims, float dropout_p, uint64_t seed, float *scratch,        \
-       float *dbk, float *dbv),                                                              \
-      (dq, dx, dout, probs, q, k, v, f, dims, dropout_p, seed, scratch, dbk, dbv))           \
+      (float *dq, const pc_folded_grads *g, const float *dout, const float *probs,           \
+       const float *q, const float *k, const float *v, const float *x,                       \
+       const pc_folded_projections *f, const pc_attention_dims *dims, float dropout_p,       \
+       uint64_t seed, float *scratch),                                                       \
+      (dq, g, dout, probs, q, k, v, x, f, dims, dropout_p, seed, scratch))                   \
     X(VOID, void, pc_dropout_forward,                                                        \
       (float *out, const float *inp, int64_t n, float p, uint64_t seed), (out, inp, n, p, seed)) \
     X(VOID, void, pc_dropout_backward,                                                       \

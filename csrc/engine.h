@@ -319,9 +319,8 @@ int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dou
                                uint64_t seed);
 
 /* One query per sequence with the key and value projections folded in, for a last layer
- * whose only wanted output is the first token's and after which no backward runs. Keys and
- * values are never projected: with Wk_h, Wv_h (D,C) head h's rows of Wk, Wv and x_j the
- * layer's input rows,
+ * whose only wanted output is the first token's. Keys and values are never projected: with
+ * Wk_h, Wv_h (D,C) head h's rows of Wk, Wv and x_j the layer's input rows,
  *   q_h·(Wk_h x_j + bk_h)/√D = (Wk_hᵀ q_h/√D)·x_j + q_h·bk_h/√D
  *   Σ_j p_j (Wv_h x_j + bv_h) = Wv_h (Σ_j p_j x_j) + bv_h Σ_j p_j
  * so each key costs 2·H·C multiply-adds instead of 2·C² for its projections. Without a
@@ -335,31 +334,41 @@ typedef struct {
 } pc_folded_projections;
 /* dims: Tq = 1, Tk = T the sequences' own keys, ld_q the row stride of q (B,H·D); x (B,T,C)
  * with row stride C = H·D; key_mask (B,T) or NULL (the prefix is never masked); out (B,C)
- * receives the context rows. scratch: pc_attention_folded_scratch_floats(dims, P) floats. */
+ * receives the context rows. Dropout on the probabilities draws what pc_attention_forward
+ * draws; probs (B,H,P+T), or NULL, receives them for a backward (marked as dims->marks_drops
+ * says), which is then pc_attention_first_query_backward_folded with k = v = NULL. scratch:
+ * pc_attention_folded_scratch_floats(dims, P) floats. */
 int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *dims, int prefix_rows);
-void pc_attention_first_query_folded(float *out, const float *q, const float *x,
+void pc_attention_first_query_folded(float *out, float *probs, const float *q, const float *x,
                                      const pc_folded_projections *f, const float *key_mask,
-                                     const pc_attention_dims *dims, float *scratch);
+                                     const pc_attention_dims *dims, float dropout_p,
+                                     uint64_t seed, float *scratch);
 
-/* The backward of one query per sequence (Tq = 1, after pc_attention_forward) with the key
- * and value projections folded in, for frozen ones whose input gradient is wanted: dK and dV
- * of the sequences' own keys are never formed. With s the scores' gradient and p' the
- * dropped probabilities of head h over the own keys,
+/* The backward of one query per sequence (Tq = 1) with the key and value projections
+ * folded in: dK and dV of the sequences' own keys are never formed. After
+ * pc_attention_forward it reads the keys and values k, v; after a forward that folded them
+ * too (pc_attention_first_query_folded with probs), k = v = NULL and it reads f's weights and
+ * biases instead (a prefix's rows still come from dims->prefix). With s the scores'
+ * gradient and p' the dropped probabilities of head h over the own keys,
  *   dx_j += Wk_hᵀ (s_j q_h/√D) + Wv_hᵀ (p'_j dO_h) = (s_j/√D)·(q_h Wk_h) + p'_j·(dO_h Wv_h)
+ *   dWk_h += Σ_j (s_j/√D) q_hᵀ x_j = q_hᵀ·(Σ_j (s_j/√D) x_j),  dWv_h += dO_hᵀ·(Σ_j p'_j x_j)
  * so each key costs 2·H·C multiply-adds instead of 2·C² for its projections' backward. dq
  * (B,H·D) row stride dims->ld_q receives the queries' gradient, and the prefix's gradients
- * go where dims->prefix says, as in pc_attention_backward_into; dx (B,T,C) row stride C
- * receives the keys' and values' share of the input gradient (added). f: wk and wv (biases
- * and prefix unused). scratch: pc_attention_folded_backward_scratch_floats(dims) floats.
- * dbk, dbv (C): NULL, or the key and value biases' gradients, added to. */
+ * go where dims->prefix says, as in pc_attention_backward_into. x (B,T,C) row stride C is the
+ * layer's input. What g points to is added to; NULL members are not wanted. scratch:
+ * pc_attention_folded_backward_scratch_floats(dims) floats. */
+typedef struct {
+    float *dx;         /* (B,T,C): the keys' and values' share of x's gradient */
+    float *dwk, *dwv;  /* (C,C): the key and value weights' gradients */
+    float *dbk, *dbv;  /* (C): their biases' */
+} pc_folded_grads;
 int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *dims);
-int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *dout,
-                                             const float *probs, const float *q,
-                                             const float *k, const float *v,
-                                             const pc_folded_projections *f,
+int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g,
+                                             const float *dout, const float *probs,
+                                             const float *q, const float *k, const float *v,
+                                             const float *x, const pc_folded_projections *f,
                                              const pc_attention_dims *dims, float dropout_p,
-                                             uint64_t seed, float *scratch, float *dbk,
-                                             float *dbv);
+                                             uint64_t seed, float *scratch);
 
 /* cross-entropy over logits (N,C) and targets (N): mean over targets != ignore_index
  * (NaN when there are none, as torch). *count receives how many were counted. */

@@ -780,11 +780,10 @@ def test_backward_stops_below_lowest_trainable_layer(model_type, trainable):
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
-    """Under no_grad the outputs are those of a forward with gradients: bit for bit where
-    every layer runs as in training (a bare encoder), to rounding where the classification
-    head lets the last layer fold its key and value projections into attention (the same
-    math in another order). The arena is a fraction of the training one, and backward()
-    refuses with a clear error."""
+    """Under no_grad the outputs are those of a forward with gradients, bit for bit: for a
+    bare encoder, and with a classification head, whose last layer folds its key and value
+    projections into attention either way. The arena is a fraction of the training one, and
+    backward() refuses with a clear error."""
     import peftcore
 
     cfg = dict(TINY, model_type=model_type)
@@ -803,7 +802,7 @@ def test_no_grad_forward_matches_and_keeps_no_activations(model_type):
     with pytest.raises(RuntimeError, match="no_grad"):
         model.backward(np.ones_like(light))
     full = model(ids, attention_mask=mask).logits
-    np.testing.assert_allclose(light, full, rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(light, full)
     fresh = _small(model_type).eval()
     fresh(ids, attention_mask=mask)
     assert light_bytes < fresh._engine.activation_bytes()
@@ -904,6 +903,56 @@ def test_frozen_last_keys_values_fold_into_the_backward(model_type, biases_train
         np.testing.assert_allclose(p.grad, full_grads[n], rtol=1e-4, atol=1e-5 * scale, err_msg=n)
     # the first layer's query weight gets its gradient through the folded keys and values
     assert np.abs(model.get_parameter(f"{model_type}.encoder.layer.0.attention.self.query.weight").grad).max() > 0
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("weights_train", [False, True])
+def test_last_keys_values_fold_into_the_forward_and_backward(model_type, mode, weights_train):
+    """A classification forward that keeps activations for a backward folds the last layer's
+    key and value projections into attention as well (never projecting them), dropout
+    included, and the backward then reads the layer's input where the keys and values would
+    be; their weights' and biases' gradients come from the same pass. Logits and every
+    gradient equal, to rounding, those of the same model with an identity (IA)³ vector on the
+    last key projection, which rules the fold out. Without dense weights training (PEFT; here
+    the biases, LayerNorms, embeddings and head train, as with BitFit) the probabilities are
+    kept per layer with dropout marked in them; with all training they are not."""
+    from helpers import engine_param
+
+    L, C = TINY["num_hidden_layers"], TINY["hidden_size"]
+    ids, mask = _batch(model_type, TINY["vocab_size"])
+    labels = np.array([1, 0, 1, 0])
+    dense = ("query.weight", "key.weight", "value.weight", "dense.weight")
+    runs = []
+    for blocked in (False, True):
+        model = getattr(_small(model_type), mode)()
+        rng = np.random.default_rng(7)
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):  # every bias term significant (they start at zero)
+                p[...] = 0.3 * rng.standard_normal(p.shape)
+            p.requires_grad = weights_train or "encoder.layer." not in n or not n.endswith(dense)
+        ones = engine_param(np.ones(C, np.float32))
+        ones.requires_grad = False
+        if blocked:
+            key = model.get_submodule(f"{model_type}.encoder.layer.{L - 1}.attention.self.key")
+            model._engine.set_adapters(key.index, [("ia3", "out", (ones.tensor,), 1.0, 0.0)])
+        out = model(ids, attention_mask=mask, labels=labels)
+        model.backward()
+        runs.append((out.logits.copy(), {n: p.grad.copy() for n, p in model.named_parameters()
+                                         if p.grad is not None}))
+    (folded, g_folded), (plain, g_plain) = runs
+    np.testing.assert_allclose(folded, plain, rtol=1e-5, atol=1e-6)
+    assert set(g_folded) == set(g_plain)
+    if weights_train:
+        assert f"{model_type}.encoder.layer.{L - 1}.attention.self.value.weight" in g_folded
+    differ = False
+    for n, g in g_folded.items():
+        scale = max(np.abs(g_plain[n]).max(), 1e-6)
+        np.testing.assert_allclose(g, g_plain[n], rtol=1e-4, atol=1e-5 * scale, err_msg=n)
+        differ |= not np.array_equal(g, g_plain[n])
+    assert differ  # another path ran: the same math in another order
+    if mode == "train":  # dropout ran in both, with the same masks (else far apart)
+        assert np.abs(model.eval()(ids, attention_mask=mask).logits - plain).max() > 1e-3
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])

@@ -74,10 +74,12 @@ def test_gradient_accumulation_equals_the_large_batch(weights, method):
         result = Trainer(model, args, (enc, labels)).train()
         results.append((trainable(model), result.losses))
     (ref, ref_losses), others = results[0], results[1:]
+    # to rounding: AdamW divides by √v, so a near-zero gradient's rounding moves a weight by
+    # up to ~1e-6 here (lr 1e-2); a wrongly weighted micro-batch moves it by ~lr
     for params, losses in others:
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-6, atol=1e-7)
         for name, value in ref.items():
-            np.testing.assert_allclose(params[name], value, rtol=0, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(params[name], value, rtol=0, atol=3e-6, err_msg=name)
     start = trainable(make_model(method=method))
     assert any(not np.array_equal(v, start[n]) for n, v in ref.items())  # the runs did train
 

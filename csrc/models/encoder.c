@@ -993,7 +993,7 @@ static void embeddings_forward(pc_encoder *enc, int N) {
  * qkv buffer: fused (N,3C) rows q|k|v, or k|v (N,2C) followed by q (B,C). */
 typedef struct {
     bool first_tokens;
-    bool folded; /* first tokens without a backward: keys and values folded into attention */
+    bool folded; /* first tokens: keys and values folded into attention, never projected */
     int Nq, Tq;
     const float *xq;       /* (Nq,C) the layer's input at the query rows */
     float *q, *k, *v;      /* the same offsets address the gradients in d_qkv */
@@ -1008,37 +1008,44 @@ static bool kv_adapters_allow_folding(const layer_params *lp) {
     return true;
 }
 
-/* The last layer of an eval first-token forward that no backward follows folds the key and
- * value projections into attention (pc_attention_first_query_folded) when every adapter on
- * them allows it, a prefix (if any) is not gated per sequence, and the fold's scratch fits
- * where k|v (N,2C) would be: H·(2C + P + T + 1) + P + T <= 2·T·C, which also means it is
- * cheaper (it needs about T >= H). */
+/* The backward of a first-token last layer can fold the key and value projections into
+ * attention's backward (pc_attention_first_query_backward_folded: their share of d_x and
+ * their weights' and biases' gradients without forming dK, dV) when every adapter on them
+ * allows it, no projection's input is adapted, and the scratch fits in d_qkv's k|v rows. */
+static bool backward_can_fold(const pc_encoder *enc, int l, int B) {
+    const layer_params *lp = &enc->layer[l];
+    const int64_t T = enc->T, C = enc->cfg.hidden, H = enc->cfg.heads;
+    if (!kv_adapters_allow_folding(lp)) return false;
+    for (int s = SLOT_Q; s <= SLOT_V; s++)
+        if (lp->slot[s]->site[PC_SITE_LINEAR_IN].n) return false;
+    pc_attention_prefix prefix = {.P = kv_rows_of(lp)};
+    const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C),
+                                    prefix.P ? &prefix : NULL, false};
+    return pc_attention_folded_backward_scratch_floats(&dims) <= (int64_t)B * T * 2 * C;
+}
+
+/* The last layer of a first-token forward folds the key and value projections into
+ * attention (pc_attention_first_query_folded) when its backward can fold them too, a prefix
+ * (if any) is not gated per sequence, and the fold's scratch fits where k|v (N,2C) would be:
+ * H·(2C + 2(P + T) + 1) + P + T <= 2·T·C, which also means it is cheaper (it needs about
+ * T >= H). The same whether a backward follows or not, whatever trains: the bits of a
+ * classification forward do not depend on either. */
 static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
     const layer_params *lp = &enc->layer[l];
     const pc_encoder_config *c = &enc->cfg;
     const int64_t T = enc->T, C = c->hidden, H = c->heads;
     const pc_attention_dims dims = {B, 1, (int)T, (int)H, (int)(C / H), (int)C, (int)(2 * C),
                                     NULL, false};
-    return !enc->keeping && !enc->training && kv_adapters_allow_folding(lp) &&
-           !pc_site_kv_gated(&lp->kv) &&
-           pc_attention_folded_scratch_floats(&dims, kv_rows_of(lp)) <= (int64_t)B * T * 2 * C;
+    return !pc_site_kv_gated(&lp->kv) &&
+           pc_attention_folded_scratch_floats(&dims, kv_rows_of(lp)) <= (int64_t)B * T * 2 * C &&
+           backward_can_fold(enc, l, B);
 }
 
-/* The backward of a first-token last layer folds the key and value projections the same
- * way (pc_attention_first_query_backward_folded: their share of d_x without forming dK, dV)
- * when x's gradient is wanted, neither projection's weight trains (their biases may: their
- * gradients come from the same pass), every adapter on them allows folding, no projection's
- * input is adapted, and the scratch fits in d_qkv's k|v rows. */
-static bool can_fold_keys_values_backward(const pc_encoder *enc, int l, const layer_rows *r,
-                                          const pc_attention_dims *dims, bool need_dx) {
-    const layer_params *lp = &enc->layer[l];
-    if (!r->first_tokens || !need_dx || !kv_adapters_allow_folding(lp) ||
-        wants_grad(lp->slot[SLOT_K]->weight) || wants_grad(lp->slot[SLOT_V]->weight))
-        return false;
-    for (int s = SLOT_Q; s <= SLOT_V; s++)
-        if (lp->slot[s]->site[PC_SITE_LINEAR_IN].n) return false;
-    return pc_attention_folded_backward_scratch_floats(dims) <=
-           (int64_t)dims->B * enc->T * 2 * enc->cfg.hidden;
+/* Whether the backward of layer l folds the key and value projections: always after a
+ * forward that folded them, else where x's gradient is wanted and it can */
+static bool fold_keys_values_backward(const pc_encoder *enc, int l, const layer_rows *r, int B,
+                                      bool need_dx) {
+    return r->folded || (r->first_tokens && need_dx && backward_can_fold(enc, l, B));
 }
 
 /* B sequences from x on; first_x receives their first tokens' rows in the last layer */
@@ -1182,7 +1189,9 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         const pc_folded_projections fold = {wqkv + (int64_t)C * C, bqkv + C,
                                             wqkv + (int64_t)2 * C * C, bqkv + 2 * C,
                                             prefix ? a->kv : NULL, P};
-        pc_attention_first_query_folded(a->ctx, r.q, x, &fold, key_mask, &dims, a->qkv);
+        pc_attention_first_query_folded(a->ctx, enc->keeping ? a->probs : NULL, r.q, x, &fold,
+                                        key_mask, &dims, p_attn,
+                                        site_seed(enc->seed, l, SITE_ATTN), a->qkv);
     } else if (P) {
         /* a prefix: every query also attends to P rows of the prefix's keys and values */
         if (prefix_forward(enc, lp, B, T, C, x, a->kv, u_row) < 0) return -1;
@@ -1512,28 +1521,31 @@ static bool trains_under_junction(const layer_params *lp, bool ffn) {
     return pc_site_trains(&lp->kv);
 }
 
-/* Attention's backward in layer l into dq, dk, dv (pc_attention_backward_into), or, with
- * fold_dx, folded: the keys' and values' share added to fold_dx, scratch as its scratch */
+/* Attention's backward in layer l into dq, dk, dv (pc_attention_backward_into), or, when
+ * fold, folded: the keys' and values' share added to dx (NULL: not wanted), scratch as its
+ * scratch, reading x in place of the keys and values the forward did not project */
 static int qkv_attention_backward(pc_encoder *enc, int l, const layer_rows *r, float *dq,
-                                  float *dk, float *dv, const pc_attention_dims *dims,
-                                  float *fold_dx, float *scratch) {
+                                  float *dk, float *dv, const pc_attention_dims *dims, bool fold,
+                                  float *dx, const float *x, float *scratch) {
     const layer_params *lp = &enc->layer[l];
     const float p_attn = enc->training ? enc->cfg.attention_dropout : 0.0f;
     const uint64_t seed = site_seed(enc->seed, l, SITE_ATTN);
     float *probs = enc->acts[l].probs;
-    if (!fold_dx)
+    if (!fold)
         return pc_attention_backward_into(dq, dk, dv, enc->d_ctx, probs, r->q, r->k, r->v, dims,
                                           p_attn, seed);
     const int64_t C = enc->cfg.hidden;
-    const float *w = pc_f32(lp->qkv_w);
-    const pc_folded_projections f = {w + C * C, NULL, w + 2 * C * C, NULL, NULL, 0};
+    const float *w = pc_f32(lp->qkv_w), *b = pc_f32(lp->qkv_b);
+    const pc_folded_projections f = {w + C * C, b + C, w + 2 * C * C, b + 2 * C, NULL, 0};
     int oom = 0;
-    float *dbk = grad_or_null(lp->slot[SLOT_K]->bias, &oom);
-    float *dbv = grad_or_null(lp->slot[SLOT_V]->bias, &oom);
+    const pc_folded_grads g = {dx, grad_or_null(lp->slot[SLOT_K]->weight, &oom),
+                               grad_or_null(lp->slot[SLOT_V]->weight, &oom),
+                               grad_or_null(lp->slot[SLOT_K]->bias, &oom),
+                               grad_or_null(lp->slot[SLOT_V]->bias, &oom)};
     if (oom) return -1;
-    return pc_attention_first_query_backward_folded(dq, fold_dx, enc->d_ctx, probs, r->q, r->k,
-                                                    r->v, &f, dims, p_attn, seed, scratch, dbk,
-                                                    dbv);
+    return pc_attention_first_query_backward_folded(
+        dq, &g, enc->d_ctx, probs, r->q, r->folded ? NULL : r->k, r->folded ? NULL : r->v, x,
+        &f, dims, p_attn, seed, scratch);
 }
 
 /* d_out (Nq,C) is the gradient of the layer's output rows; on return d_x (N,C) holds the
@@ -1648,7 +1660,7 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
     const pc_attention_dims plain_dims = attention_dims(enc, &r, B);
     /* folded: the keys' and values' share of d_x comes from the attention's backward, their
      * gradients never formed (d_qkv's k|v rows are its scratch) */
-    const bool fold = can_fold_keys_values_backward(enc, l, &r, &plain_dims, need_dx);
+    const bool fold = fold_keys_values_backward(enc, l, &r, B, need_dx);
     if (fold) want[1] = want[2] = false;
     float *dq = want[0] ? dr.q : NULL, *dk = want[1] ? dr.k : NULL, *dv = want[2] ? dr.v : NULL;
     if (P) {
@@ -1661,9 +1673,11 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         pc_attention_dims pd = attention_dims(enc, &r, B);
         pd.prefix = &view;
         const float *key_mask = enc->has_mask ? enc->key_mask : NULL;
-        if (!enc->probs_per_layer && pc_attention_probs(a->probs, r.q, r.k, key_mask, &pd) < 0)
+        if (!enc->probs_per_layer && !r.folded &&
+            pc_attention_probs(a->probs, r.q, r.k, key_mask, &pd) < 0)
             return -1;
-        if (qkv_attention_backward(enc, l, &r, dq, dk, dv, &pd, fold ? d_x : NULL, dr.k) < 0)
+        if (qkv_attention_backward(enc, l, &r, dq, dk, dv, &pd, fold, need_dx ? d_x : NULL, x,
+                                   dr.k) < 0)
             return -1;
         /* a gated prefix: its gates' gradients and x's share, and each sequence's rows
          * scaled back by its gates */
@@ -1676,12 +1690,12 @@ static int layer_backward(pc_encoder *enc, int l, const float *x, float *d_out, 
         const pc_adapter *prefix = lp->kv.entry[0].adapter;
         if (prefix->method->kv_backward(prefix, d_kv, d_kv + C, 2 * C) < 0) return -1;
     } else {
-        if (!enc->probs_per_layer &&
+        if (!enc->probs_per_layer && !r.folded &&
             pc_attention_probs(a->probs, r.q, r.k, enc->has_mask ? enc->key_mask : NULL,
                                &plain_dims) < 0)
             return -1;
-        if (qkv_attention_backward(enc, l, &r, dq, dk, dv, &plain_dims, fold ? d_x : NULL,
-                                   dr.k) < 0)
+        if (qkv_attention_backward(enc, l, &r, dq, dk, dv, &plain_dims, fold,
+                                   need_dx ? d_x : NULL, x, dr.k) < 0)
             return -1;
     }
     /* q, k, v = x·Wᵀ + b (a query row's input gradient belongs to d_x's row of that token:

@@ -282,28 +282,34 @@ int pc_attention_forward(float *out, float *probs, const float *q, const float *
 }
 
 int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *d) {
-    return (int64_t)d->B * 2 * d->H * (d->Tk + d->H * d->D);
+    const int64_t C = (int64_t)d->H * d->D;
+    return (int64_t)d->B * d->H * (2 * d->Tk + 4 * C + 1 + prefix_rows(d));
 }
 
 int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d, int prefix_rows) {
     const int64_t C = (int64_t)d->H * d->D, Tk = (int64_t)prefix_rows + d->Tk;
-    return (int64_t)d->B * (d->H * (2 * C + Tk + (prefix_rows ? 1 : 0)) + Tk);
+    return (int64_t)d->B * (d->H * (2 * C + 2 * Tk + 1) + Tk);
 }
 
 /* Per head h, Wk_h and Wv_h being rows h·D ... h·D + D - 1 of Wk and Wv, and the prefix's
  * P rows first in each row of S:
  *   U (B,H,C):     u_bh = Wk_hᵀ q_bh / √D            (per head, (B,D)·(D,C))
  *   S (B,H,P+T):   s_bh = softmax([q_bh·(kp_j,h - bk_h)/√D]_j<P, U_b · x_bᵀ + mask bias)
- *   X̄ (B,H,C):     x̄_bh = Σ_j s_bh,P+j x_bj         (per sequence, (H,T)·(T,C))
- *   σ (B,H):       σ_bh = Σ_j s_bh,P+j                (1 without a prefix)
- *   out_bh = Σ_j<P s_bh,j vp_j,h + Wv_h x̄_bh + σ_bh bv_h   (per head, (B,C)·(C,D)) */
-void pc_attention_first_query_folded(float *out, const float *q, const float *x,
+ *   S' (B,H,P+T):  s' = dropout(s), as pc_attention_forward draws it (s without dropout)
+ *   X̄ (B,H,C):     x̄_bh = Σ_j s'_bh,P+j x_bj        (per sequence, (H,T)·(T,C))
+ *   σ (B,H):       σ_bh = Σ_j s'_bh,P+j               (1 without a prefix or dropout)
+ *   out_bh = Σ_j<P s'_bh,j vp_j,h + Wv_h x̄_bh + σ_bh bv_h   (per head, (B,C)·(C,D)) */
+void pc_attention_first_query_folded(float *out, float *probs, const float *q, const float *x,
                                      const pc_folded_projections *f, const float *key_mask,
-                                     const pc_attention_dims *d, float *scratch) {
+                                     const pc_attention_dims *d, float dropout_p, uint64_t seed,
+                                     float *scratch) {
     const int B = d->B, T = d->Tk, H = d->H, D = d->D, C = H * D;
     const int P = f->prefix ? f->prefix_rows : 0, Tk = P + T;
-    float *U = scratch, *S = U + (int64_t)B * H * C, *Xbar = S + (int64_t)B * H * Tk;
+    const bool use_dropout = dropout_p > 0.0f, summed = P || use_dropout;
+    float *U = scratch, *S = U + (int64_t)B * H * C, *dropped = S + (int64_t)B * H * Tk;
+    float *Xbar = dropped + (int64_t)B * H * Tk;
     float *biases = Xbar + (int64_t)B * H * C, *sigma = biases + (int64_t)B * Tk;
+    if (probs) S = probs;
     const float scale = 1.0f / sqrtf((float)D);
     PC_PARALLEL_FOR((int64_t)B * C * C)
     for (int h = 0; h < H; h++)
@@ -332,16 +338,28 @@ void pc_attention_first_query_folded(float *out, const float *q, const float *x,
             }
             pc_softmax_row_biased(s, s, bias, Tk);
         }
-        pc_sgemm_serial(false, false, H, C, T, 1.0f, Sb + P, Tk, xb, C, 0.0f,
+        const float *Pb = Sb; /* the probabilities the context takes */
+        if (use_dropout) {
+            float *db = dropped + (int64_t)b * H * Tk;
+            for (int h = 0; h < H; h++) {
+                float *s = Sb + (int64_t)h * Tk;
+                dropout_probs(db + (int64_t)h * Tk, Tk, NULL, s, Tk, 1, Tk, dropout_p, seed,
+                              (int64_t)b * H + h, probs && d->marks_drops ? s : NULL);
+            }
+            Pb = db;
+        }
+        pc_sgemm_serial(false, false, H, C, T, 1.0f, Pb + P, Tk, xb, C, 0.0f,
                         Xbar + (int64_t)b * H * C, C);
-        if (!P) continue;
-        /* the prefix's share of the context, which the last step adds to */
+        if (!summed) continue;
+        /* the values' bias counts Σ_j s'_j times; the prefix's share of the context, which
+         * the last step adds to */
         for (int h = 0; h < H; h++) {
-            const float *s = Sb + (int64_t)h * Tk;
-            float *o = out + (int64_t)b * C + (int64_t)h * D;
+            const float *s = Pb + (int64_t)h * Tk;
             float real = 0.0f;
             for (int j = 0; j < T; j++) real += s[P + j];
             sigma[(int64_t)b * H + h] = real;
+            if (!P) continue;
+            float *o = out + (int64_t)b * C + (int64_t)h * D;
             for (int e = 0; e < D; e++) o[e] = 0.0f;
             for (int j = 0; j < P; j++) {
                 const float *vp = f->prefix + (int64_t)j * 2 * C + C + (int64_t)h * D;
@@ -356,7 +374,7 @@ void pc_attention_first_query_folded(float *out, const float *q, const float *x,
         pc_sgemm_serial(false, true, B, D, C, 1.0f, Xbar + (int64_t)h * C, H * C,
                         f->wv + (int64_t)h * D * C, C, P ? 1.0f : 0.0f, out_h, C);
         for (int b = 0; b < B; b++) {
-            const float w = P ? sigma[(int64_t)b * H + h] : 1.0f;
+            const float w = summed ? sigma[(int64_t)b * H + h] : 1.0f;
             for (int e = 0; e < D; e++) out_h[(int64_t)b * C + e] += w * bv[e];
         }
     }
@@ -473,21 +491,147 @@ int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dou
                               0.0f);
 }
 
-int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *dout,
-                                             const float *probs, const float *q,
-                                             const float *k, const float *v,
-                                             const pc_folded_projections *f,
+/* The scores' gradient for a forward that folded the projections too (no K, V): per
+ * sequence b and head h, with the own keys' k_j = Wk_h x_j + bk_h and v_j = Wv_h x_j + bv_h,
+ *   dP'_j = dO_h·v_j = (dO_h Wv_h)·x_j + dO_h·bv_h      ((H,C)·(C,T) per sequence, R's rows)
+ *   dS = |p| ⊙ (dP - Σ |p| dP)  (dP = dropout_backward(dP'), as attention_backward)
+ * coef receives what attention_backward would give: (B,2H,T) rows h the own keys' dS/√D,
+ * rows H + h their p'. sums (B,H) receives Σ_j dS_j/√D over the own keys and dS_prefix
+ * (B,H,P) the prefix's dS/√D, for dq; the prefix's own gradients are written here. */
+static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefix,
+                                       const float *R, const float *dout, const float *probs,
+                                       const float *q, const float *x,
+                                       const pc_folded_projections *f,
+                                       const pc_attention_dims *d, float dropout_p,
+                                       uint64_t seed) {
+    const int B = d->B, T = d->Tk, H = d->H, D = d->D, C = H * D, NP = prefix_rows(d);
+    const int Tk = NP + T;
+    const pc_attention_prefix *pre = d->prefix;
+    const float scale = 1.0f / sqrtf((float)D);
+    const bool use_dropout = dropout_p > 0.0f, marked = use_dropout && d->marks_drops;
+    const float inv_keep = use_dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
+    bool failed = false;
+    #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * T * C))
+    {
+        float *pd = aligned_floats(2 * (int64_t)line_stride(Tk)); /* p' and dP of a pair */
+        float *dp = pd ? pd + line_stride(Tk) : NULL;
+        if (!pd) failed = true;
+        #pragma omp for schedule(static)
+        for (int b = 0; b < B; b++) {
+            if (!pd) continue;
+            float *ck = coef + (int64_t)b * 2 * H * T, *cv = ck + (int64_t)H * T;
+            /* the own keys' dP' (H,T), bias aside, into the keys' coefficients */
+            pc_sgemm_serial(false, true, H, T, C, 1.0f, R + ((int64_t)b * 2 * H + H) * C, C,
+                            x + (int64_t)b * T * C, C, 0.0f, ck, T);
+            for (int h = 0; h < H; h++) {
+                const int64_t bh = (int64_t)b * H + h;
+                const float *p = probs + bh * Tk;
+                const float *dO = dout + (int64_t)b * C + (int64_t)h * D;
+                if (marked)
+                    keep_by_signs(pd, p, p, Tk, inv_keep);
+                else if (use_dropout)
+                    dropout_probs(pd, Tk, NULL, p, Tk, 1, Tk, dropout_p, seed, bh, NULL);
+                else
+                    memcpy(pd, p, sizeof(float) * Tk);
+                for (int j = 0; j < NP; j++)
+                    dp[j] = pc_dot(dO, pre->v + b * pre->stride + (int64_t)j * pre->ld + h * D, D);
+                const float shift = f->bv ? pc_dot(dO, f->bv + (int64_t)h * D, D) : 0.0f;
+                float *dpo = ck + (int64_t)h * T;
+                for (int j = 0; j < T; j++) dp[NP + j] = dpo[j] + shift;
+                if (marked)
+                    keep_by_signs(dp, dp, p, Tk, inv_keep);
+                else if (use_dropout) /* kept where p' is not 0 (where p is 0, dS is 0) */
+                    for (int j = 0; j < Tk; j++) dp[j] = pd[j] != 0.0f ? dp[j] * inv_keep : 0.0f;
+                const float dot = pc_dot(dp, p, Tk);
+                float sum = 0.0f;
+                for (int j = 0; j < T; j++) {
+                    dpo[j] = scale * fabsf(p[NP + j]) * (dp[NP + j] - dot);
+                    sum += dpo[j];
+                }
+                sums[bh] = sum;
+                memcpy(cv + (int64_t)h * T, pd + NP, sizeof(float) * T);
+                if (!NP) continue;
+                /* the prefix's rows: dk_j = (dS_j/√D) q_h, dv_j = p'_j dO_h (written) */
+                const float *qh = q + (int64_t)b * d->ld_q + (int64_t)h * D;
+                float *dsp = dS_prefix + bh * NP;
+                for (int j = 0; j < NP; j++) {
+                    dsp[j] = scale * fabsf(p[j]) * (dp[j] - dot);
+                    float *dk = pre->dk + b * pre->d_stride + (int64_t)j * pre->d_ld + h * D;
+                    float *dv = pre->dv + b * pre->d_stride + (int64_t)j * pre->d_ld + h * D;
+                    for (int e = 0; e < D; e++) {
+                        dk[e] = dsp[j] * qh[e];
+                        dv[e] = pd[j] * dO[e];
+                    }
+                }
+            }
+        }
+        free(pd);
+    }
+    return failed ? -1 : 0;
+}
+
+int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g,
+                                             const float *dout, const float *probs,
+                                             const float *q, const float *k, const float *v,
+                                             const float *x, const pc_folded_projections *f,
                                              const pc_attention_dims *dims, float dropout_p,
-                                             uint64_t seed, float *scratch, float *dbk,
-                                             float *dbv) {
+                                             uint64_t seed, float *scratch) {
     const int B = dims->B, T = dims->Tk, H = dims->H, D = dims->D, C = H * D;
-    float *coef = scratch, *R = coef + (int64_t)B * 2 * H * T;
-    if (attention_backward(dq, NULL, NULL, coef, dout, probs, q, k, v, dims, dropout_p, seed,
-                           0.0f) < 0)
+    const int NP = prefix_rows(dims);
+    float *coef = scratch, *R = coef + (int64_t)B * 2 * H * T, *G = R + (int64_t)B * 2 * H * C;
+    float *sums = G + (int64_t)B * 2 * H * C, *dS_prefix = sums + (int64_t)B * H;
+    /* R (B,2H,C): rows h = q_h·Wk_h (dK's coefficients carry 1/√D), rows H + h = dO_h·Wv_h */
+    PC_PARALLEL_FOR((int64_t)B * C * C * 2)
+    for (int i = 0; i < 2 * H; i++) {
+        const int h = i % H;
+        const float *in = i < H ? q + (int64_t)h * D : dout + (int64_t)h * D;
+        const float *w = (i < H ? f->wk : f->wv) + (int64_t)h * D * C;
+        pc_sgemm_serial(false, false, B, C, D, 1.0f, in, i < H ? dims->ld_q : C, w, C, 0.0f,
+                        R + (int64_t)i * C, 2 * H * C);
+    }
+    if (k ? attention_backward(dq, NULL, NULL, coef, dout, probs, q, k, v, dims, dropout_p,
+                               seed, 0.0f) < 0
+          : scores_gradient_from_inputs(coef, sums, dS_prefix, R, dout, probs, q, x, f, dims,
+                                        dropout_p, seed) < 0)
         return -1;
+    /* G (B,2H,C): the coefficients' sums of the inputs, rows h Σ_j (dS_j/√D) x_j, rows H + h
+     * Σ_j p'_j x_j: dK = coef_k q and dV = coef_v dO summed against x */
+    const bool dq_here = dq && !k;
+    if (dq_here || g->dwk || g->dwv) {
+        PC_PARALLEL_FOR((int64_t)B * T * C * 2 * H)
+        for (int b = 0; b < B; b++)
+            pc_sgemm_serial(false, false, 2 * H, C, T, 1.0f, coef + (int64_t)b * 2 * H * T, T,
+                            x + (int64_t)b * T * C, C, 0.0f, G + (int64_t)b * 2 * H * C, C);
+    }
+    /* per head: dq_h (B,D) = G_h·Wk_hᵀ plus the keys' bias and the prefix's keys (from x);
+     * the weights' gradients dWk_h (D,C) += q_hᵀ·G_h, dWv_h += dO_hᵀ·G_{H+h} */
+    PC_PARALLEL_FOR((int64_t)B * C * C * 3)
+    for (int h = 0; h < H; h++) {
+        if (g->dwk)
+            pc_sgemm_serial(true, false, D, C, B, 1.0f, q + (int64_t)h * D, dims->ld_q,
+                            G + (int64_t)h * C, 2 * H * C, 1.0f, g->dwk + (int64_t)h * D * C, C);
+        if (g->dwv)
+            pc_sgemm_serial(true, false, D, C, B, 1.0f, dout + (int64_t)h * D, C,
+                            G + (int64_t)(H + h) * C, 2 * H * C, 1.0f,
+                            g->dwv + (int64_t)h * D * C, C);
+        if (!dq_here) continue;
+        pc_sgemm_serial(false, true, B, D, C, 1.0f, G + (int64_t)h * C, 2 * H * C,
+                        f->wk + (int64_t)h * D * C, C, 0.0f, dq + (int64_t)h * D, dims->ld_q);
+        for (int b = 0; b < B; b++) {
+            const int64_t bh = (int64_t)b * H + h;
+            float *dqh = dq + (int64_t)b * dims->ld_q + (int64_t)h * D;
+            if (f->bk)
+                for (int e = 0; e < D; e++) dqh[e] += sums[bh] * f->bk[h * D + e];
+            for (int j = 0; j < NP; j++) {
+                const float *kp = dims->prefix->k + b * dims->prefix->stride +
+                                  (int64_t)j * dims->prefix->ld + h * D;
+                for (int e = 0; e < D; e++) dqh[e] += dS_prefix[bh * NP + j] * kp[e];
+            }
+        }
+    }
     /* the biases': dbk_h += Σ_b (Σ_j coef_k) q_bh, dbv_h += Σ_b (Σ_j coef_v) dO_bh */
     for (int i = 0; i < 2 * H; i++) {
-        float *db = i < H ? dbk : dbv;
+        float *db = i < H ? g->dbk : g->dbv;
         if (!db) continue;
         const int h = i % H;
         for (int b = 0; b < B; b++) {
@@ -498,19 +642,11 @@ int pc_attention_first_query_backward_folded(float *dq, float *dx, const float *
             for (int e = 0; e < D; e++) db[h * D + e] += sum * in[h * D + e];
         }
     }
-    /* R (B,2H,C): rows h = q_h·Wk_h (dK's coefficients carry 1/√D), rows H + h = dO_h·Wv_h */
-    PC_PARALLEL_FOR((int64_t)B * C * C * 2)
-    for (int i = 0; i < 2 * H; i++) {
-        const int h = i % H;
-        const float *in = i < H ? q + (int64_t)h * D : dout + (int64_t)h * D;
-        const float *w = (i < H ? f->wk : f->wv) + (int64_t)h * D * C;
-        pc_sgemm_serial(false, false, B, C, D, 1.0f, in, i < H ? dims->ld_q : C, w, C, 0.0f,
-                        R + (int64_t)i * C, 2 * H * C);
-    }
+    if (!g->dx) return 0;
     /* dx_b (T,C) += coef_bᵀ (T,2H) · R_b (2H,C) */
     PC_PARALLEL_FOR((int64_t)B * T * C * 2 * H)
     for (int b = 0; b < B; b++)
         pc_sgemm_serial(true, false, T, C, 2 * H, 1.0f, coef + (int64_t)b * 2 * H * T, T,
-                        R + (int64_t)b * 2 * H * C, C, 1.0f, dx + (int64_t)b * T * C, C);
+                        R + (int64_t)b * 2 * H * C, C, 1.0f, g->dx + (int64_t)b * T * C, C);
     return 0;
 }

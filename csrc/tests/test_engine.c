@@ -833,7 +833,7 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
     const pc_folded_projections fold = {wk, bk, wv, bv, prefix, P};
     float *scratch = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
     float *out = frand((size_t)B * C, 100);
-    pc_attention_first_query_folded(out, q, x, &fold, mask, &dims, scratch);
+    pc_attention_first_query_folded(out, NULL, q, x, &fold, mask, &dims, 0.0f, 0, scratch);
 
     double *ref = dzeros((size_t)B * C), *kj = dzeros((size_t)Tk * C), *vj = dzeros((size_t)Tk * C);
     double *p = dzeros(Tk);
@@ -883,17 +883,20 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
 /* The folded backward of one query per sequence against the plain one: keys and values
  * projected explicitly, pc_attention_backward_into's dK, dV taken back through Wk, Wv (in
  * double) for the input gradient; dq and a shared prefix's gradients compared too, with
- * dropout (marked in the probabilities or drawn again) and a mask. */
+ * dropout (marked in the probabilities or drawn again) and a mask. from_inputs: after a
+ * forward that folded the projections too (the probabilities and context checked against
+ * pc_attention_forward's), the backward reads x and the projections' biases, not K and V. */
 static void test_folded_attention_backward(int B, int T, int H, int D, int P, bool masked,
-                                           float p_drop, bool marks) {
+                                           float p_drop, bool marks, bool from_inputs) {
     const int C = H * D, ld_q = 2 * C, Tk = P + T;
     float *q = frand((size_t)B * ld_q, 1), *x = frand((size_t)B * T * C, 1);
     float *wk = frand((size_t)C * C, 0.5f), *wv = frand((size_t)C * C, 0.5f);
+    float *bkv = frand((size_t)2 * C, 1);
     float *kv = pc_alloc(sizeof(float) * (size_t)B * T * 2 * C);
     for (int n = 0; n < B * T; n++)
         for (int o = 0; o < 2 * C; o++) {
             const float *w = (o < C ? wk : wv) + (size_t)(o % C) * C;
-            double s = 0;
+            double s = bkv[o];
             for (int c = 0; c < C; c++) s += (double)w[c] * x[(size_t)n * C + c];
             kv[(size_t)n * 2 * C + o] = (float)s;
         }
@@ -925,40 +928,112 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
                 dx_ref[(size_t)n * C + c] += (double)dkv[(size_t)n * 2 * C + o] * wk[(size_t)o * C + c] +
                                              (double)dkv[(size_t)n * 2 * C + C + o] * wv[(size_t)o * C + c];
 
+    char name[160], what[280];
+    snprintf(name, sizeof name,
+             "attention_first_query_backward_folded B=%d T=%d H=%d D=%d P=%d mask=%d p=%.1f "
+             "marks=%d%s", B, T, H, D, P, masked, p_drop, marks, from_inputs ? " from x" : "");
+    float *probs_used = probs;
+    if (from_inputs) {
+        /* the folded forward's probabilities (marked alike) and context */
+        const pc_folded_projections f = {wk, bkv, wv, bkv + C, pre, P};
+        float *fs = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
+        float *fout = frand((size_t)B * C, 100);
+        probs_used = frand((size_t)B * H * Tk, 100);
+        pc_attention_first_query_folded(fout, probs_used, q, x, &f, mask, &dims, p_drop, seed,
+                                        fs);
+        double *ref = dfrom(probs, (size_t)B * H * Tk);
+        snprintf(what, sizeof what, "%s: the folded forward's probabilities", name);
+        check(what, probs_used, ref, (size_t)B * H * Tk);
+        bool signs = true;
+        for (size_t e = 0; e < (size_t)B * H * Tk; e++)
+            signs &= !signbit(probs_used[e]) == !signbit(probs[e]);
+        snprintf(what, sizeof what, "%s: the folded forward drops what the plain one drops", name);
+        check_true(what, signs);
+        free(ref);
+        ref = dfrom(out, (size_t)B * C);
+        snprintf(what, sizeof what, "%s: the folded forward's context", name);
+        check(what, fout, ref, (size_t)B * C);
+        free(ref);
+        pc_free(fs);
+        pc_free(fout);
+    }
     view.dk = d_pre;
     view.dv = d_pre ? d_pre + C : NULL;
-    const pc_folded_projections fold = {wk, NULL, wv, NULL, NULL, 0};
+    const pc_folded_projections fold = {wk, from_inputs ? bkv : NULL, wv,
+                                        from_inputs ? bkv + C : NULL, NULL, 0};
     float *scratch = frand((size_t)pc_attention_folded_backward_scratch_floats(&dims), 100);
     float *dq = frand((size_t)B * ld_q, 100), *dx = pc_alloc(sizeof(float) * (size_t)B * T * C);
     memcpy(dx, base, sizeof(float) * (size_t)B * T * C);
     /* the biases' gradients, added to: the column sums of dK and dV */
-    float *db = frand((size_t)2 * C, 1);
+    float *db = frand((size_t)2 * C, 1), *db2 = pc_alloc(sizeof(float) * 2 * C);
+    memcpy(db2, db, sizeof(float) * 2 * C); /* for a second call, without dx */
     double *db_ref = dfrom(db, (size_t)2 * C);
     for (int n = 0; n < B * T; n++)
         for (int o = 0; o < 2 * C; o++) db_ref[o] += dkv[(size_t)n * 2 * C + o];
-    char name[160];
-    snprintf(name, sizeof name,
-             "attention_first_query_backward_folded B=%d T=%d H=%d D=%d P=%d mask=%d p=%.1f "
-             "marks=%d", B, T, H, D, P, masked, p_drop, marks);
-    check_true(name, pc_attention_first_query_backward_folded(dq, dx, dout, probs, q, kv, kv + C,
-                                                              &fold, &dims, p_drop, seed,
-                                                              scratch, db, db + C) == 0);
-    char what[200];
+    /* the weights' gradients, added to: dWk = dKᵀ·x, dWv = dVᵀ·x */
+    float *dw = frand((size_t)2 * C * C, 1), *dw2 = pc_alloc(sizeof(float) * 2 * C * C);
+    memcpy(dw2, dw, sizeof(float) * 2 * C * C);
+    double *dw_ref = dfrom(dw, (size_t)2 * C * C);
+    for (int n = 0; n < B * T; n++)
+        for (int o = 0; o < 2 * C; o++)
+            for (int c = 0; c < C; c++)
+                dw_ref[(size_t)o * C + c] += (double)dkv[(size_t)n * 2 * C + o] * x[(size_t)n * C + c];
+    const pc_folded_grads grads = {dx, dw, dw + C * C, db, db + C};
+    check_true(name, pc_attention_first_query_backward_folded(
+                         dq, &grads, dout, probs_used, q, from_inputs ? NULL : kv,
+                         from_inputs ? NULL : kv + C, x, &fold, &dims, p_drop, seed,
+                         scratch) == 0);
     snprintf(what, sizeof what, "%s: dx", name);
     check(what, dx, dx_ref, (size_t)B * T * C);
     snprintf(what, sizeof what, "%s: the key and value biases' gradients", name);
     check(what, db, db_ref, (size_t)2 * C);
+    snprintf(what, sizeof what, "%s: the key and value weights' gradients", name);
+    check(what, dw, dw_ref, (size_t)2 * C * C);
     /* dq's columns past H·D in each row are not its own: compare the rows' first C */
     for (int b = 0; b < B; b++)
         for (int c = C; c < ld_q; c++) dq[(size_t)b * ld_q + c] = dq_ref[(size_t)b * ld_q + c];
-    snprintf(what, sizeof what, "%s: dq the same bits as the plain backward", name);
-    check_true(what, memcmp(dq, dq_ref, sizeof(float) * (size_t)B * ld_q) == 0);
-    if (P) {
-        snprintf(what, sizeof what, "%s: the prefix's gradients the same bits", name);
-        check_true(what, memcmp(d_pre, d_pre_ref, sizeof(float) * (size_t)B * P * 2 * C) == 0);
+    if (from_inputs) { /* other sums: to rounding */
+        double *ref = dfrom(dq_ref, (size_t)B * ld_q);
+        snprintf(what, sizeof what, "%s: dq", name);
+        check(what, dq, ref, (size_t)B * ld_q);
+        free(ref);
+        if (P) {
+            ref = dfrom(d_pre_ref, (size_t)B * P * 2 * C);
+            snprintf(what, sizeof what, "%s: the prefix's gradients", name);
+            check(what, d_pre, ref, (size_t)B * P * 2 * C);
+            free(ref);
+        }
+    } else {
+        snprintf(what, sizeof what, "%s: dq the same bits as the plain backward", name);
+        check_true(what, memcmp(dq, dq_ref, sizeof(float) * (size_t)B * ld_q) == 0);
+        if (P) {
+            snprintf(what, sizeof what, "%s: the prefix's gradients the same bits", name);
+            check_true(what,
+                       memcmp(d_pre, d_pre_ref, sizeof(float) * (size_t)B * P * 2 * C) == 0);
+        }
     }
-    pc_free(q); pc_free(x); pc_free(wk); pc_free(wv); pc_free(kv); pc_free(pre); pc_free(d_pre);
-    pc_free(d_pre_ref); pc_free(mask); pc_free(out); pc_free(probs); pc_free(dout);
+    /* no input gradient wanted (dx NULL): the same query, weight and bias gradients */
+    float *dq2 = frand((size_t)B * ld_q, 100);
+    for (int b = 0; b < B; b++) /* the columns past H·D as in dq */
+        for (int c = C; c < ld_q; c++) dq2[(size_t)b * ld_q + c] = dq[(size_t)b * ld_q + c];
+    snprintf(what, sizeof what,
+             "%s: without dx, dq and the weights' and biases' gradients the same bits", name);
+    const pc_folded_grads no_dx = {NULL, dw2, dw2 + C * C, db2, db2 + C};
+    check_true(what, pc_attention_first_query_backward_folded(
+                         dq2, &no_dx, dout, probs_used, q, from_inputs ? NULL : kv,
+                         from_inputs ? NULL : kv + C, x, &fold, &dims, p_drop, seed,
+                         scratch) == 0 &&
+                         memcmp(db2, db, sizeof(float) * 2 * C) == 0 &&
+                         memcmp(dw2, dw, sizeof(float) * 2 * C * C) == 0 &&
+                         memcmp(dq2, dq, sizeof(float) * (size_t)B * ld_q) == 0);
+    pc_free(dq2);
+    pc_free(db2);
+    pc_free(dw);
+    pc_free(dw2);
+    free(dw_ref);
+    if (from_inputs) pc_free(probs_used);
+    pc_free(q); pc_free(x); pc_free(wk); pc_free(wv); pc_free(bkv); pc_free(kv); pc_free(pre);
+    pc_free(d_pre); pc_free(d_pre_ref); pc_free(mask); pc_free(out); pc_free(probs); pc_free(dout);
     pc_free(dq_ref); pc_free(dkv); pc_free(base); pc_free(scratch); pc_free(dq); pc_free(dx);
     pc_free(db);
     free(dx_ref); free(db_ref);
@@ -1579,11 +1654,12 @@ int main(void) {
                                          {2, 40, 4, 16, 0}, {2, 33, 2, 32, 20}};
     for (size_t i = 0; i < sizeof folded_back / sizeof folded_back[0]; i++)
         for (int masked = 0; masked < 2; masked++)
-            for (int drop = 0; drop < 3; drop++) { /* none; marked; drawn again */
-                const int *c = folded_back[i];
-                test_folded_attention_backward(c[0], c[1], c[2], c[3], c[4], masked,
-                                               drop ? 0.3f : 0.0f, drop == 1);
-            }
+            for (int drop = 0; drop < 3; drop++) /* none; marked; drawn again */
+                for (int from_x = 0; from_x < 2; from_x++) {
+                    const int *c = folded_back[i];
+                    test_folded_attention_backward(c[0], c[1], c[2], c[3], c[4], masked,
+                                                   drop ? 0.3f : 0.0f, drop == 1, from_x);
+                }
 
     test_encoder_adapters();
     test_encoder_hidden_capture();
