@@ -331,6 +331,10 @@ typedef struct {
     const float *wk, *bk, *wv, *bv; /* (C,C) row-major (out, in), and (C) */
     const float *prefix;            /* (P,2C) rows k|v, or NULL */
     int prefix_rows;                /* P */
+    /* (C) or NULL: column scales of the projections' outputs, k_j = sk ⊙ (Wk x_j + bk) and
+     * v_j = sv ⊙ (Wv x_j + bv) ((IA)³ on key and value; never the prefix's rows), folded as
+     * q_h ⊙ sk_h in the scores and sv_h ⊙ … on the context */
+    const float *sk, *sv;
 } pc_folded_projections;
 /* dims: Tq = 1, Tk = T the sequences' own keys, ld_q the row stride of q (B,H·D); x (B,T,C)
  * with row stride C = H·D; key_mask (B,T) or NULL (the prefix is never masked); out (B,C)
@@ -347,8 +351,9 @@ void pc_attention_first_query_folded(float *out, float *probs, const float *q, c
 /* The backward of one query per sequence (Tq = 1) with the key and value projections
  * folded in: dK and dV of the sequences' own keys are never formed. After
  * pc_attention_forward it reads the keys and values k, v; after a forward that folded them
- * too (pc_attention_first_query_folded with probs), k = v = NULL and it reads f's weights and
- * biases instead (a prefix's rows still come from dims->prefix). With s the scores'
+ * too (pc_attention_first_query_folded with probs), k = v = NULL and it reads f's weights,
+ * biases and scales instead (a prefix's rows still come from dims->prefix); column scales
+ * need k = NULL. With s the scores'
  * gradient and p' the dropped probabilities of head h over the own keys,
  *   dx_j += Wk_hᵀ (s_j q_h/√D) + Wv_hᵀ (p'_j dO_h) = (s_j/√D)·(q_h Wk_h) + p'_j·(dO_h Wv_h)
  *   dWk_h += Σ_j (s_j/√D) q_hᵀ x_j = q_hᵀ·(Σ_j (s_j/√D) x_j),  dWv_h += dO_hᵀ·(Σ_j p'_j x_j)
@@ -361,6 +366,7 @@ typedef struct {
     float *dx;         /* (B,T,C): the keys' and values' share of x's gradient */
     float *dwk, *dwv;  /* (C,C): the key and value weights' gradients */
     float *dbk, *dbv;  /* (C): their biases' */
+    float *dsk, *dsv;  /* (C): f's column scales' (k = NULL only) */
 } pc_folded_grads;
 int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *dims);
 int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g,

@@ -908,22 +908,24 @@ def test_frozen_last_keys_values_fold_into_the_backward(model_type, biases_train
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("weights_train", [False, True])
-def test_last_keys_values_fold_into_the_forward_and_backward(model_type, mode, weights_train):
+@pytest.mark.parametrize("trains", ["biases", "everything", "ia3"])
+def test_last_keys_values_fold_into_the_forward_and_backward(model_type, mode, trains):
     """A classification forward that keeps activations for a backward folds the last layer's
     key and value projections into attention as well (never projecting them), dropout
     included, and the backward then reads the layer's input where the keys and values would
-    be; their weights' and biases' gradients come from the same pass. Logits and every
-    gradient equal, to rounding, those of the same model with an identity (IA)³ vector on the
-    last key projection, which rules the fold out. Without dense weights training (PEFT; here
-    the biases, LayerNorms, embeddings and head train, as with BitFit) the probabilities are
-    kept per layer with dropout marked in them; with all training they are not."""
+    be; their weights', biases' and (IA)³ vectors' gradients come from the same pass. Logits
+    and every gradient equal, to rounding, those of the same model with an all-zero LoRA on
+    the last key projection, which rules the fold out and adds nothing. biases: no dense
+    weight trains, as with BitFit (the probabilities are kept per layer, dropout marked in
+    them); everything: full fine-tuning (they are not); ia3: (IA)³ vectors on the last
+    layer's keys and values (folded as column scales) train with the biases."""
     from helpers import engine_param
 
     L, C = TINY["num_hidden_layers"], TINY["hidden_size"]
     ids, mask = _batch(model_type, TINY["vocab_size"])
     labels = np.array([1, 0, 1, 0])
     dense = ("query.weight", "key.weight", "value.weight", "dense.weight")
+    last = f"{model_type}.encoder.layer.{L - 1}.attention.self."
     runs = []
     for blocked in (False, True):
         model = getattr(_small(model_type), mode)()
@@ -931,21 +933,28 @@ def test_last_keys_values_fold_into_the_forward_and_backward(model_type, mode, w
         for n, p in model.named_parameters():
             if n.endswith(".bias"):  # every bias term significant (they start at zero)
                 p[...] = 0.3 * rng.standard_normal(p.shape)
-            p.requires_grad = weights_train or "encoder.layer." not in n or not n.endswith(dense)
-        ones = engine_param(np.ones(C, np.float32))
-        ones.requires_grad = False
-        if blocked:
-            key = model.get_submodule(f"{model_type}.encoder.layer.{L - 1}.attention.self.key")
-            model._engine.set_adapters(key.index, [("ia3", "out", (ones.tensor,), 1.0, 0.0)])
+            p.requires_grad = trains == "everything" or "encoder.layer." not in n or \
+                not n.endswith(dense)
+        vectors = {s: engine_param(1 + 0.3 * rng.standard_normal(C).astype(np.float32))
+                   for s in ("key", "value")}
+        zero_a, zero_b = engine_param(np.zeros((2, C), np.float32)), engine_param(np.zeros((C, 2), np.float32))
+        zero_a.requires_grad = zero_b.requires_grad = False
+        for s in ("key", "value"):
+            entries = [("ia3", "out", (vectors[s].tensor,), 1.0, 0.0)] if trains == "ia3" else []
+            if blocked and s == "key":
+                entries.append(("lora", "out", (zero_a.tensor, zero_b.tensor), 1.0, 0.0))
+            model._engine.set_adapters(model.get_submodule(last + s).index, entries)
         out = model(ids, attention_mask=mask, labels=labels)
         model.backward()
-        runs.append((out.logits.copy(), {n: p.grad.copy() for n, p in model.named_parameters()
-                                         if p.grad is not None}))
+        grads = {n: p.grad.copy() for n, p in model.named_parameters() if p.grad is not None}
+        if trains == "ia3":
+            grads.update({s: v.grad.copy() for s, v in vectors.items()})
+        runs.append((out.logits.copy(), grads))
     (folded, g_folded), (plain, g_plain) = runs
     np.testing.assert_allclose(folded, plain, rtol=1e-5, atol=1e-6)
     assert set(g_folded) == set(g_plain)
-    if weights_train:
-        assert f"{model_type}.encoder.layer.{L - 1}.attention.self.value.weight" in g_folded
+    if trains == "everything":
+        assert last + "value.weight" in g_folded
     differ = False
     for n, g in g_folded.items():
         scale = max(np.abs(g_plain[n]).max(), 1e-6)

@@ -137,10 +137,12 @@ typedef struct {
      * Gradients of its tensors that require them are accumulated. 0, or -1 out of memory. */
     int (*backward)(const pc_adapter *a, const pc_site_call *c, float *dy, int lddy, float *dx,
                     int lddx, const float *x, int ldx, const float *saved);
-    /* LINEAR_IN, optional: the vector l when the adapter is a column scale x' = x ⊙ l that
-     * saves nothing (NULL: it is not, or not at this site). The encoder may then apply it
-     * in the pass that makes x (the feed-forward activation), and do its backward (l's
-     * gradient Σ_n d ⊙ x, then d ⊙= l) in the pass of that activation's. */
+    /* Optional: the vector l when the adapter is a column scale, x' = x ⊙ l at LINEAR_IN or
+     * y' = y ⊙ l at LINEAR_OUT (NULL: it is not, or not at this site). At an input site it
+     * must save nothing, and the encoder may apply it in the pass that makes x (the
+     * feed-forward activation) and do its backward (l's gradient Σ_n d ⊙ x, then d ⊙= l) in
+     * the pass of that activation's. On a key or value projection's output the encoder may
+     * fold it into attention with the projection (pc_folded_projections' sk, sv). */
     pc_tensor *(*column_scale)(const pc_adapter *a);
 
     /* Block-site methods name their tensors (NULL where an optional one is absent; the

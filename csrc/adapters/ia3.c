@@ -53,9 +53,7 @@ static int ia3_backward(const pc_adapter *a, const pc_site_call *c, float *dy, i
     return 0;
 }
 
-static pc_tensor *ia3_column_scale(const pc_adapter *a) {
-    return a->site == PC_SITE_LINEAR_IN ? a->t[0] : NULL;
-}
+static pc_tensor *ia3_column_scale(const pc_adapter *a) { return a->t[0]; }
 
 const pc_adapter_method pc_ia3_method = {
     .name = "ia3",

@@ -1000,13 +1000,28 @@ typedef struct {
     int ld_q, ld_kv;
 } layer_rows;
 
-/* every adapter on layer l's key and value projections allows folding them into attention */
+/* The column scale of the one adapter on a key or value projection's output, when it is
+ * one ((IA)³) and nothing adapts the projection's input, else NULL */
+static pc_tensor *kv_column_scale(const pc_linear_slot *s) {
+    const pc_site *out = &s->site[PC_SITE_LINEAR_OUT];
+    if (out->n != 1 || s->site[PC_SITE_LINEAR_IN].n) return NULL;
+    const pc_adapter *a = out->entry[0].adapter;
+    return a->method->column_scale ? a->method->column_scale(a) : NULL;
+}
+
+/* every adapter on layer l's key and value projections allows folding them into attention:
+ * it keeps the fold, or it is a column scale that folds with them */
 static bool kv_adapters_allow_folding(const layer_params *lp) {
-    for (int s = SLOT_K; s <= SLOT_V; s++)
+    for (int s = SLOT_K; s <= SLOT_V; s++) {
+        if (kv_column_scale(lp->slot[s])) continue;
         for (int k = 0; k < PC_LINEAR_SITES; k++)
             if (!pc_site_keeps(&lp->slot[s]->site[k], PC_KEEPS_FOLDED_KV)) return false;
+    }
     return true;
 }
+
+/* a column scale's values, or NULL */
+static const float *scale_values(const pc_tensor *t) { return t ? pc_f32(t) : NULL; }
 
 /* The backward of a first-token last layer can fold the key and value projections into
  * attention's backward (pc_attention_first_query_backward_folded: their share of d_x and
@@ -1042,10 +1057,13 @@ static bool can_fold_keys_values(const pc_encoder *enc, int l, int B) {
 }
 
 /* Whether the backward of layer l folds the key and value projections: always after a
- * forward that folded them, else where x's gradient is wanted and it can */
+ * forward that folded them, else where x's gradient is wanted and it can (column scales
+ * aside: their gradients need the unscaled keys and values) */
 static bool fold_keys_values_backward(const pc_encoder *enc, int l, const layer_rows *r, int B,
                                       bool need_dx) {
-    return r->folded || (r->first_tokens && need_dx && backward_can_fold(enc, l, B));
+    const layer_params *lp = &enc->layer[l];
+    return r->folded || (r->first_tokens && need_dx && backward_can_fold(enc, l, B) &&
+                         !kv_column_scale(lp->slot[SLOT_K]) && !kv_column_scale(lp->slot[SLOT_V]));
 }
 
 /* B sequences from x on; first_x receives their first tokens' rows in the last layer */
@@ -1188,7 +1206,9 @@ static int layer_forward(pc_encoder *enc, int l, layer_acts *a, const float *x_b
         if (prefix) prefix->method->kv_forward(prefix, a->kv, a->kv + C, 2 * C);
         const pc_folded_projections fold = {wqkv + (int64_t)C * C, bqkv + C,
                                             wqkv + (int64_t)2 * C * C, bqkv + 2 * C,
-                                            prefix ? a->kv : NULL, P};
+                                            prefix ? a->kv : NULL, P,
+                                            scale_values(kv_column_scale(lp->slot[SLOT_K])),
+                                            scale_values(kv_column_scale(lp->slot[SLOT_V]))};
         pc_attention_first_query_folded(a->ctx, enc->keeping ? a->probs : NULL, r.q, x, &fold,
                                         key_mask, &dims, p_attn,
                                         site_seed(enc->seed, l, SITE_ATTN), a->qkv);
@@ -1536,12 +1556,16 @@ static int qkv_attention_backward(pc_encoder *enc, int l, const layer_rows *r, f
                                           p_attn, seed);
     const int64_t C = enc->cfg.hidden;
     const float *w = pc_f32(lp->qkv_w), *b = pc_f32(lp->qkv_b);
-    const pc_folded_projections f = {w + C * C, b + C, w + 2 * C * C, b + 2 * C, NULL, 0};
+    pc_tensor *sk = kv_column_scale(lp->slot[SLOT_K]), *sv = kv_column_scale(lp->slot[SLOT_V]);
+    const pc_folded_projections f = {w + C * C, b + C, w + 2 * C * C, b + 2 * C, NULL, 0,
+                                     scale_values(sk), scale_values(sv)};
     int oom = 0;
     const pc_folded_grads g = {dx, grad_or_null(lp->slot[SLOT_K]->weight, &oom),
                                grad_or_null(lp->slot[SLOT_V]->weight, &oom),
                                grad_or_null(lp->slot[SLOT_K]->bias, &oom),
-                               grad_or_null(lp->slot[SLOT_V]->bias, &oom)};
+                               grad_or_null(lp->slot[SLOT_V]->bias, &oom),
+                               sk ? grad_or_null(sk, &oom) : NULL,
+                               sv ? grad_or_null(sv, &oom) : NULL};
     if (oom) return -1;
     return pc_attention_first_query_backward_folded(
         dq, &g, enc->d_ctx, probs, r->q, r->folded ? NULL : r->k, r->folded ? NULL : r->v, x,

@@ -288,7 +288,7 @@ int64_t pc_attention_folded_backward_scratch_floats(const pc_attention_dims *d) 
 
 int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d, int prefix_rows) {
     const int64_t C = (int64_t)d->H * d->D, Tk = (int64_t)prefix_rows + d->Tk;
-    return (int64_t)d->B * (d->H * (2 * C + 2 * Tk + 1) + Tk);
+    return (int64_t)d->B * (d->H * (2 * C + 2 * Tk + 1) + Tk + 2 * C);
 }
 
 /* Per head h, Wk_h and Wv_h being rows h·D ... h·D + D - 1 of Wk and Wv, and the prefix's
@@ -309,11 +309,21 @@ void pc_attention_first_query_folded(float *out, float *probs, const float *q, c
     float *U = scratch, *S = U + (int64_t)B * H * C, *dropped = S + (int64_t)B * H * Tk;
     float *Xbar = dropped + (int64_t)B * H * Tk;
     float *biases = Xbar + (int64_t)B * H * C, *sigma = biases + (int64_t)B * Tk;
+    float *qs = sigma + (int64_t)B * H, *Y = qs + (int64_t)B * C;
     if (probs) S = probs;
     const float scale = 1.0f / sqrtf((float)D);
+    /* the queries the own keys meet: q ⊙ sk with a key scale */
+    const float *qk = q;
+    int ld_qk = d->ld_q;
+    if (f->sk) {
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++) qs[(int64_t)b * C + c] = q[(int64_t)b * d->ld_q + c] * f->sk[c];
+        qk = qs;
+        ld_qk = C;
+    }
     PC_PARALLEL_FOR((int64_t)B * C * C)
     for (int h = 0; h < H; h++)
-        pc_sgemm_serial(false, false, B, C, D, scale, q + (int64_t)h * D, d->ld_q,
+        pc_sgemm_serial(false, false, B, C, D, scale, qk + (int64_t)h * D, ld_qk,
                         f->wk + (int64_t)h * D * C, C, 0.0f, U + (int64_t)h * C, H * C);
     PC_PARALLEL_FOR((int64_t)B * H * T * C)
     for (int b = 0; b < B; b++) {
@@ -331,7 +341,8 @@ void pc_attention_first_query_folded(float *out, float *probs, const float *q, c
             float *s = Sb + (int64_t)h * Tk;
             const float *qh = qb + (int64_t)h * D;
             if (P) {
-                const float shift = pc_dot(qh, f->bk + (int64_t)h * D, D);
+                const float shift =
+                    pc_dot(qk + (int64_t)b * ld_qk + (int64_t)h * D, f->bk + (int64_t)h * D, D);
                 for (int j = 0; j < P; j++)
                     s[j] = (pc_dot(qh, f->prefix + (int64_t)j * 2 * C + (int64_t)h * D, D) -
                             shift) * scale;
@@ -369,14 +380,23 @@ void pc_attention_first_query_folded(float *out, float *probs, const float *q, c
     }
     PC_PARALLEL_FOR((int64_t)B * C * C)
     for (int h = 0; h < H; h++) {
-        float *out_h = out + (int64_t)h * D;
+        /* the own values' share, into the context (after the prefix's) or, with a value
+         * scale, into Y first */
+        float *out_h = out + (int64_t)h * D, *dst = f->sv ? Y + (int64_t)h * D : out_h;
         const float *bv = f->bv + (int64_t)h * D;
         pc_sgemm_serial(false, true, B, D, C, 1.0f, Xbar + (int64_t)h * C, H * C,
-                        f->wv + (int64_t)h * D * C, C, P ? 1.0f : 0.0f, out_h, C);
+                        f->wv + (int64_t)h * D * C, C, P && !f->sv ? 1.0f : 0.0f, dst, C);
         for (int b = 0; b < B; b++) {
             const float w = summed ? sigma[(int64_t)b * H + h] : 1.0f;
-            for (int e = 0; e < D; e++) out_h[(int64_t)b * C + e] += w * bv[e];
+            for (int e = 0; e < D; e++) dst[(int64_t)b * C + e] += w * bv[e];
         }
+        if (!f->sv) continue;
+        const float *sv = f->sv + (int64_t)h * D;
+        for (int b = 0; b < B; b++)
+            for (int e = 0; e < D; e++) {
+                float *o = out_h + (int64_t)b * C + e;
+                *o = (P ? *o : 0.0f) + sv[e] * dst[(int64_t)b * C + e];
+            }
     }
 }
 
@@ -497,10 +517,11 @@ int pc_attention_backward_into(float *dq, float *dk, float *dv, const float *dou
  *   dS = |p| ⊙ (dP - Σ |p| dP)  (dP = dropout_backward(dP'), as attention_backward)
  * coef receives what attention_backward would give: (B,2H,T) rows h the own keys' dS/√D,
  * rows H + h their p'. sums (B,H) receives Σ_j dS_j/√D over the own keys and dS_prefix
- * (B,H,P) the prefix's dS/√D, for dq; the prefix's own gradients are written here. */
+ * (B,H,P) the prefix's dS/√D, for dq; the prefix's own gradients are written here. dvs
+ * (B,C): dO as the own values meet it (dO ⊙ sv with a value scale; R's rows from it). */
 static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefix,
-                                       const float *R, const float *dout, const float *probs,
-                                       const float *q, const float *x,
+                                       const float *R, const float *dout, const float *dvs,
+                                       const float *probs, const float *q, const float *x,
                                        const pc_folded_projections *f,
                                        const pc_attention_dims *d, float dropout_p,
                                        uint64_t seed) {
@@ -535,7 +556,9 @@ static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefi
                     memcpy(pd, p, sizeof(float) * Tk);
                 for (int j = 0; j < NP; j++)
                     dp[j] = pc_dot(dO, pre->v + b * pre->stride + (int64_t)j * pre->ld + h * D, D);
-                const float shift = f->bv ? pc_dot(dO, f->bv + (int64_t)h * D, D) : 0.0f;
+                const float shift =
+                    f->bv ? pc_dot(dvs + (int64_t)b * C + (int64_t)h * D, f->bv + (int64_t)h * D, D)
+                          : 0.0f;
                 float *dpo = ck + (int64_t)h * T;
                 for (int j = 0; j < T; j++) dp[NP + j] = dpo[j] + shift;
                 if (marked)
@@ -577,51 +600,104 @@ int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g
                                              const pc_attention_dims *dims, float dropout_p,
                                              uint64_t seed, float *scratch) {
     const int B = dims->B, T = dims->Tk, H = dims->H, D = dims->D, C = H * D;
-    const int NP = prefix_rows(dims);
+    const int NP = prefix_rows(dims), ld_q = dims->ld_q;
+    const bool scaled = f->sk || f->sv;
+    if (scaled && k) return -1; /* the scales are folded from x only */
     float *coef = scratch, *R = coef + (int64_t)B * 2 * H * T, *G = R + (int64_t)B * 2 * H * C;
     float *sums = G + (int64_t)B * 2 * H * C, *dS_prefix = sums + (int64_t)B * H;
-    /* R (B,2H,C): rows h = q_h·Wk_h (dK's coefficients carry 1/√D), rows H + h = dO_h·Wv_h */
+    /* with column scales, the queries and dO as the own keys and values meet them (qk, dvs),
+     * and each head's gradient of the scaled keys' and values' sums (uk, uv) */
+    float *ext = scaled ? aligned_floats((int64_t)4 * B * C) : NULL;
+    if (scaled && !ext) return -1;
+    const float *qk = q, *dvs = dout;
+    int ld_qk = ld_q;
+    float *uk = ext ? ext + (int64_t)2 * B * C : NULL, *uv = uk ? uk + (int64_t)B * C : NULL;
+    if (f->sk) {
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++) ext[(int64_t)b * C + c] = q[(int64_t)b * ld_q + c] * f->sk[c];
+        qk = ext;
+        ld_qk = C;
+    }
+    if (f->sv) {
+        float *d = ext + (int64_t)B * C;
+        for (int64_t i = 0; i < (int64_t)B * C; i++) d[i] = dout[i] * f->sv[i % C];
+        dvs = d;
+    }
+    /* R (B,2H,C): rows h = qk_h·Wk_h (dK's coefficients carry 1/√D), rows H + h = dvs_h·Wv_h */
     PC_PARALLEL_FOR((int64_t)B * C * C * 2)
     for (int i = 0; i < 2 * H; i++) {
         const int h = i % H;
-        const float *in = i < H ? q + (int64_t)h * D : dout + (int64_t)h * D;
+        const float *in = i < H ? qk + (int64_t)h * D : dvs + (int64_t)h * D;
         const float *w = (i < H ? f->wk : f->wv) + (int64_t)h * D * C;
-        pc_sgemm_serial(false, false, B, C, D, 1.0f, in, i < H ? dims->ld_q : C, w, C, 0.0f,
+        pc_sgemm_serial(false, false, B, C, D, 1.0f, in, i < H ? ld_qk : C, w, C, 0.0f,
                         R + (int64_t)i * C, 2 * H * C);
     }
     if (k ? attention_backward(dq, NULL, NULL, coef, dout, probs, q, k, v, dims, dropout_p,
                                seed, 0.0f) < 0
-          : scores_gradient_from_inputs(coef, sums, dS_prefix, R, dout, probs, q, x, f, dims,
-                                        dropout_p, seed) < 0)
+          : scores_gradient_from_inputs(coef, sums, dS_prefix, R, dout, dvs, probs, q, x, f,
+                                        dims, dropout_p, seed) < 0) {
+        free(ext);
         return -1;
+    }
     /* G (B,2H,C): the coefficients' sums of the inputs, rows h Σ_j (dS_j/√D) x_j, rows H + h
-     * Σ_j p'_j x_j: dK = coef_k q and dV = coef_v dO summed against x */
+     * Σ_j p'_j x_j: dK = coef_k qk and dV = coef_v dvs summed against x */
     const bool dq_here = dq && !k;
-    if (dq_here || g->dwk || g->dwv) {
+    if (dq_here || g->dwk || g->dwv || g->dsk || g->dsv) {
         PC_PARALLEL_FOR((int64_t)B * T * C * 2 * H)
         for (int b = 0; b < B; b++)
             pc_sgemm_serial(false, false, 2 * H, C, T, 1.0f, coef + (int64_t)b * 2 * H * T, T,
                             x + (int64_t)b * T * C, C, 0.0f, G + (int64_t)b * 2 * H * C, C);
     }
-    /* per head: dq_h (B,D) = G_h·Wk_hᵀ plus the keys' bias and the prefix's keys (from x);
-     * the weights' gradients dWk_h (D,C) += q_hᵀ·G_h, dWv_h += dO_hᵀ·G_{H+h} */
+    /* per head: the weights' gradients dWk_h (D,C) += qk_hᵀ·G_h, dWv_h += dvs_hᵀ·G_{H+h};
+     * from x, the scaled keys' sums' gradient u_h (B,D) = G_h·Wk_hᵀ + (Σ_j dS_j/√D) bk_h,
+     * then dq_h = sk_h ⊙ u_h (+ the prefix's keys) and dsk_h += Σ_b q_bh ⊙ u_bh; the scaled
+     * values' dsv_h += Σ_b dO_bh ⊙ (G_{H+h}·Wv_hᵀ + (Σ_j p'_j) bv_h) */
     PC_PARALLEL_FOR((int64_t)B * C * C * 3)
     for (int h = 0; h < H; h++) {
         if (g->dwk)
-            pc_sgemm_serial(true, false, D, C, B, 1.0f, q + (int64_t)h * D, dims->ld_q,
+            pc_sgemm_serial(true, false, D, C, B, 1.0f, qk + (int64_t)h * D, ld_qk,
                             G + (int64_t)h * C, 2 * H * C, 1.0f, g->dwk + (int64_t)h * D * C, C);
         if (g->dwv)
-            pc_sgemm_serial(true, false, D, C, B, 1.0f, dout + (int64_t)h * D, C,
+            pc_sgemm_serial(true, false, D, C, B, 1.0f, dvs + (int64_t)h * D, C,
                             G + (int64_t)(H + h) * C, 2 * H * C, 1.0f,
                             g->dwv + (int64_t)h * D * C, C);
-        if (!dq_here) continue;
+        if (f->sv && g->dsv) {
+            float *t = uv + (int64_t)h * D;
+            pc_sgemm_serial(false, true, B, D, C, 1.0f, G + (int64_t)(H + h) * C, 2 * H * C,
+                            f->wv + (int64_t)h * D * C, C, 0.0f, t, C);
+            for (int b = 0; b < B; b++) {
+                const float *cv = coef + ((int64_t)b * 2 * H + H + h) * T;
+                float sigma = 0.0f;
+                for (int j = 0; j < T; j++) sigma += cv[j];
+                const float *dO = dout + (int64_t)b * C + (int64_t)h * D;
+                for (int e = 0; e < D; e++) {
+                    const float te = t[(int64_t)b * C + e] + (f->bv ? sigma * f->bv[h * D + e] : 0.0f);
+                    g->dsv[h * D + e] += dO[e] * te;
+                }
+            }
+        }
+        const bool want_u = dq_here || (f->sk && g->dsk);
+        if (!want_u) continue;
+        /* u into dq's rows, or into uk with a key scale */
+        float *u = f->sk ? uk + (int64_t)h * D : dq + (int64_t)h * D;
+        const int ld_u = f->sk ? C : ld_q;
         pc_sgemm_serial(false, true, B, D, C, 1.0f, G + (int64_t)h * C, 2 * H * C,
-                        f->wk + (int64_t)h * D * C, C, 0.0f, dq + (int64_t)h * D, dims->ld_q);
+                        f->wk + (int64_t)h * D * C, C, 0.0f, u, ld_u);
         for (int b = 0; b < B; b++) {
             const int64_t bh = (int64_t)b * H + h;
-            float *dqh = dq + (int64_t)b * dims->ld_q + (int64_t)h * D;
+            float *ub = u + (int64_t)b * ld_u;
             if (f->bk)
-                for (int e = 0; e < D; e++) dqh[e] += sums[bh] * f->bk[h * D + e];
+                for (int e = 0; e < D; e++) ub[e] += sums[bh] * f->bk[h * D + e];
+            if (f->sk) {
+                const float *qh = q + (int64_t)b * ld_q + (int64_t)h * D;
+                if (g->dsk)
+                    for (int e = 0; e < D; e++) g->dsk[h * D + e] += qh[e] * ub[e];
+                if (dq_here)
+                    for (int e = 0; e < D; e++)
+                        dq[(int64_t)b * ld_q + h * D + e] = f->sk[h * D + e] * ub[e];
+            }
+            if (!dq_here) continue;
+            float *dqh = dq + (int64_t)b * ld_q + (int64_t)h * D;
             for (int j = 0; j < NP; j++) {
                 const float *kp = dims->prefix->k + b * dims->prefix->stride +
                                   (int64_t)j * dims->prefix->ld + h * D;
@@ -629,7 +705,7 @@ int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g
             }
         }
     }
-    /* the biases': dbk_h += Σ_b (Σ_j coef_k) q_bh, dbv_h += Σ_b (Σ_j coef_v) dO_bh */
+    /* the biases': dbk_h += Σ_b (Σ_j coef_k) qk_bh, dbv_h += Σ_b (Σ_j coef_v) dvs_bh */
     for (int i = 0; i < 2 * H; i++) {
         float *db = i < H ? g->dbk : g->dbv;
         if (!db) continue;
@@ -638,10 +714,11 @@ int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g
             const float *c = coef + ((int64_t)b * 2 * H + i) * T;
             float sum = 0.0f;
             for (int j = 0; j < T; j++) sum += c[j];
-            const float *in = i < H ? q + (int64_t)b * dims->ld_q : dout + (int64_t)b * C;
+            const float *in = i < H ? qk + (int64_t)b * ld_qk : dvs + (int64_t)b * C;
             for (int e = 0; e < D; e++) db[h * D + e] += sum * in[h * D + e];
         }
     }
+    free(ext);
     if (!g->dx) return 0;
     /* dx_b (T,C) += coef_bᵀ (T,2H) · R_b (2H,C) */
     PC_PARALLEL_FOR((int64_t)B * T * C * 2 * H)

@@ -830,7 +830,7 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
             for (int t = 0; t < T; t++) mask[b * T + t] = t < T - b ? 1.0f : 0.0f;
     }
     const pc_attention_dims dims = {B, 1, T, H, D, ld_q, 2 * C, NULL, false};
-    const pc_folded_projections fold = {wk, bk, wv, bv, prefix, P};
+    const pc_folded_projections fold = {wk, bk, wv, bv, prefix, P, NULL, NULL};
     float *scratch = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
     float *out = frand((size_t)B * C, 100);
     pc_attention_first_query_folded(out, NULL, q, x, &fold, mask, &dims, 0.0f, 0, scratch);
@@ -885,20 +885,26 @@ static void test_folded_attention(int B, int T, int H, int D, int P, bool masked
  * double) for the input gradient; dq and a shared prefix's gradients compared too, with
  * dropout (marked in the probabilities or drawn again) and a mask. from_inputs: after a
  * forward that folded the projections too (the probabilities and context checked against
- * pc_attention_forward's), the backward reads x and the projections' biases, not K and V. */
+ * pc_attention_forward's), the backward reads x and the projections' biases, not K and V;
+ * scaled: with column scales sk, sv of their outputs too ((IA)³), and their gradients. */
 static void test_folded_attention_backward(int B, int T, int H, int D, int P, bool masked,
-                                           float p_drop, bool marks, bool from_inputs) {
+                                           float p_drop, bool marks, bool from_inputs,
+                                           bool scaled) {
     const int C = H * D, ld_q = 2 * C, Tk = P + T;
     float *q = frand((size_t)B * ld_q, 1), *x = frand((size_t)B * T * C, 1);
     float *wk = frand((size_t)C * C, 0.5f), *wv = frand((size_t)C * C, 0.5f);
     float *bkv = frand((size_t)2 * C, 1);
+    float *skv = frand((size_t)2 * C, 0.5f); /* sk|sv: 1 ± 0.5 */
+    for (int o = 0; o < 2 * C; o++) skv[o] = scaled ? 1.0f + skv[o] : 1.0f;
     float *kv = pc_alloc(sizeof(float) * (size_t)B * T * 2 * C);
+    double *raw = dzeros((size_t)B * T * 2 * C); /* before the scales */
     for (int n = 0; n < B * T; n++)
         for (int o = 0; o < 2 * C; o++) {
             const float *w = (o < C ? wk : wv) + (size_t)(o % C) * C;
             double s = bkv[o];
             for (int c = 0; c < C; c++) s += (double)w[c] * x[(size_t)n * C + c];
-            kv[(size_t)n * 2 * C + o] = (float)s;
+            raw[(size_t)n * 2 * C + o] = s;
+            kv[(size_t)n * 2 * C + o] = (float)(s * skv[o]);
         }
     float *pre = P ? frand((size_t)P * 2 * C, 2) : NULL;
     float *d_pre = P ? frand((size_t)B * P * 2 * C, 100) : NULL;
@@ -925,17 +931,20 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     for (int n = 0; n < B * T; n++)
         for (int c = 0; c < C; c++)
             for (int o = 0; o < C; o++)
-                dx_ref[(size_t)n * C + c] += (double)dkv[(size_t)n * 2 * C + o] * wk[(size_t)o * C + c] +
-                                             (double)dkv[(size_t)n * 2 * C + C + o] * wv[(size_t)o * C + c];
+                dx_ref[(size_t)n * C + c] +=
+                    (double)dkv[(size_t)n * 2 * C + o] * skv[o] * wk[(size_t)o * C + c] +
+                    (double)dkv[(size_t)n * 2 * C + C + o] * skv[C + o] * wv[(size_t)o * C + c];
 
     char name[160], what[280];
     snprintf(name, sizeof name,
              "attention_first_query_backward_folded B=%d T=%d H=%d D=%d P=%d mask=%d p=%.1f "
-             "marks=%d%s", B, T, H, D, P, masked, p_drop, marks, from_inputs ? " from x" : "");
+             "marks=%d%s%s", B, T, H, D, P, masked, p_drop, marks, from_inputs ? " from x" : "",
+             scaled ? ", scaled" : "");
     float *probs_used = probs;
     if (from_inputs) {
         /* the folded forward's probabilities (marked alike) and context */
-        const pc_folded_projections f = {wk, bkv, wv, bkv + C, pre, P};
+        const pc_folded_projections f = {wk,  bkv, wv,  bkv + C, pre, P,
+                                         scaled ? skv : NULL, scaled ? skv + C : NULL};
         float *fs = frand((size_t)pc_attention_folded_scratch_floats(&dims, P), 100);
         float *fout = frand((size_t)B * C, 100);
         probs_used = frand((size_t)B * H * Tk, 100);
@@ -960,7 +969,8 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     view.dk = d_pre;
     view.dv = d_pre ? d_pre + C : NULL;
     const pc_folded_projections fold = {wk, from_inputs ? bkv : NULL, wv,
-                                        from_inputs ? bkv + C : NULL, NULL, 0};
+                                        from_inputs ? bkv + C : NULL, NULL, 0,
+                                        scaled ? skv : NULL, scaled ? skv + C : NULL};
     float *scratch = frand((size_t)pc_attention_folded_backward_scratch_floats(&dims), 100);
     float *dq = frand((size_t)B * ld_q, 100), *dx = pc_alloc(sizeof(float) * (size_t)B * T * C);
     memcpy(dx, base, sizeof(float) * (size_t)B * T * C);
@@ -969,7 +979,14 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     memcpy(db2, db, sizeof(float) * 2 * C); /* for a second call, without dx */
     double *db_ref = dfrom(db, (size_t)2 * C);
     for (int n = 0; n < B * T; n++)
-        for (int o = 0; o < 2 * C; o++) db_ref[o] += dkv[(size_t)n * 2 * C + o];
+        for (int o = 0; o < 2 * C; o++) db_ref[o] += (double)dkv[(size_t)n * 2 * C + o] * skv[o];
+    /* the scales' gradients, added to: Σ_n dK'_n ⊙ (Wk x_n + bk), and the values' alike */
+    float *ds = frand((size_t)2 * C, 1), *ds2 = pc_alloc(sizeof(float) * 2 * C);
+    memcpy(ds2, ds, sizeof(float) * 2 * C);
+    double *ds_ref = dfrom(ds, (size_t)2 * C);
+    for (int n = 0; n < B * T; n++)
+        for (int o = 0; o < 2 * C; o++)
+            ds_ref[o] += (double)dkv[(size_t)n * 2 * C + o] * raw[(size_t)n * 2 * C + o];
     /* the weights' gradients, added to: dWk = dKᵀ·x, dWv = dVᵀ·x */
     float *dw = frand((size_t)2 * C * C, 1), *dw2 = pc_alloc(sizeof(float) * 2 * C * C);
     memcpy(dw2, dw, sizeof(float) * 2 * C * C);
@@ -977,8 +994,10 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     for (int n = 0; n < B * T; n++)
         for (int o = 0; o < 2 * C; o++)
             for (int c = 0; c < C; c++)
-                dw_ref[(size_t)o * C + c] += (double)dkv[(size_t)n * 2 * C + o] * x[(size_t)n * C + c];
-    const pc_folded_grads grads = {dx, dw, dw + C * C, db, db + C};
+                dw_ref[(size_t)o * C + c] +=
+                    (double)dkv[(size_t)n * 2 * C + o] * skv[o] * x[(size_t)n * C + c];
+    const pc_folded_grads grads = {dx, dw, dw + C * C, db, db + C, scaled ? ds : NULL,
+                                   scaled ? ds + C : NULL};
     check_true(name, pc_attention_first_query_backward_folded(
                          dq, &grads, dout, probs_used, q, from_inputs ? NULL : kv,
                          from_inputs ? NULL : kv + C, x, &fold, &dims, p_drop, seed,
@@ -989,6 +1008,10 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
     check(what, db, db_ref, (size_t)2 * C);
     snprintf(what, sizeof what, "%s: the key and value weights' gradients", name);
     check(what, dw, dw_ref, (size_t)2 * C * C);
+    if (scaled) {
+        snprintf(what, sizeof what, "%s: the key and value scales' gradients", name);
+        check(what, ds, ds_ref, (size_t)2 * C);
+    }
     /* dq's columns past H·D in each row are not its own: compare the rows' first C */
     for (int b = 0; b < B; b++)
         for (int c = C; c < ld_q; c++) dq[(size_t)b * ld_q + c] = dq_ref[(size_t)b * ld_q + c];
@@ -1018,19 +1041,26 @@ static void test_folded_attention_backward(int B, int T, int H, int D, int P, bo
         for (int c = C; c < ld_q; c++) dq2[(size_t)b * ld_q + c] = dq[(size_t)b * ld_q + c];
     snprintf(what, sizeof what,
              "%s: without dx, dq and the weights' and biases' gradients the same bits", name);
-    const pc_folded_grads no_dx = {NULL, dw2, dw2 + C * C, db2, db2 + C};
+    const pc_folded_grads no_dx = {NULL, dw2, dw2 + C * C, db2, db2 + C, scaled ? ds2 : NULL,
+                                   scaled ? ds2 + C : NULL};
     check_true(what, pc_attention_first_query_backward_folded(
                          dq2, &no_dx, dout, probs_used, q, from_inputs ? NULL : kv,
                          from_inputs ? NULL : kv + C, x, &fold, &dims, p_drop, seed,
                          scratch) == 0 &&
                          memcmp(db2, db, sizeof(float) * 2 * C) == 0 &&
                          memcmp(dw2, dw, sizeof(float) * 2 * C * C) == 0 &&
+                         memcmp(ds2, ds, sizeof(float) * 2 * C) == 0 &&
                          memcmp(dq2, dq, sizeof(float) * (size_t)B * ld_q) == 0);
     pc_free(dq2);
     pc_free(db2);
     pc_free(dw);
     pc_free(dw2);
     free(dw_ref);
+    pc_free(ds);
+    pc_free(ds2);
+    free(ds_ref);
+    pc_free(skv);
+    free(raw);
     if (from_inputs) pc_free(probs_used);
     pc_free(q); pc_free(x); pc_free(wk); pc_free(wv); pc_free(bkv); pc_free(kv); pc_free(pre);
     pc_free(d_pre); pc_free(d_pre_ref); pc_free(mask); pc_free(out); pc_free(probs); pc_free(dout);
@@ -1655,10 +1685,11 @@ int main(void) {
     for (size_t i = 0; i < sizeof folded_back / sizeof folded_back[0]; i++)
         for (int masked = 0; masked < 2; masked++)
             for (int drop = 0; drop < 3; drop++) /* none; marked; drawn again */
-                for (int from_x = 0; from_x < 2; from_x++) {
+                for (int from = 0; from < 3; from++) { /* K, V; x; x with scales */
                     const int *c = folded_back[i];
                     test_folded_attention_backward(c[0], c[1], c[2], c[3], c[4], masked,
-                                                   drop ? 0.3f : 0.0f, drop == 1, from_x);
+                                                   drop ? 0.3f : 0.0f, drop == 1, from > 0,
+                                                   from == 2);
                 }
 
     test_encoder_adapters();
