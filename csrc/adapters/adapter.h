@@ -69,9 +69,9 @@ enum {
     /* output site: the backward passes dy through unchanged (the gradient of y is that of
      * y'), so the linear's own backward may run before or after it */
     PC_KEEPS_GRADIENT = 1u << 1,
-    /* on the key or value projection: an eval forward of first tokens may fold keys and
-     * values into attention, never materialising them, and a first-token backward may fold
-     * their gradients (when neither projection trains), never forming dK and dV */
+    /* on the key or value projection: a forward of first tokens may fold keys and values
+     * into attention, never materialising them, and its backward their gradients, never
+     * forming dK and dV (a column scale folds without it: column_scale) */
     PC_KEEPS_FOLDED_KV = 1u << 2,
     /* in the last layer: a classification forward may compute only each sequence's first
      * token there (the adapter's rows are independent of each other) */
