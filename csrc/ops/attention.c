@@ -136,6 +136,19 @@ static void apply_keep_bytes(float *d, const uint8_t *keep, int n, float scale) 
 /* A row stride of at least n floats, whole cache lines, and an odd number of them: the
  * backward walks down columns of its (Tq,Tk) scratch, and rows 2^k lines apart would crowd
  * into a few of the L1 cache's sets. */
+/* A softmax row's score gradient from its probabilities' gradient ds (n), in place:
+ * dropout's backward first (the mask from the marks' signs, or the keep bytes drawn again),
+ * then ds = |p| ⊙ (ds - Σ |p| ds) (a marked p < 0 meets ds = 0 in the dot) */
+static void scores_gradient_row(float *ds, const float *p, int n, bool marked,
+                                const uint8_t *keep, float inv_keep) {
+    if (marked)
+        keep_by_signs(ds, ds, p, n, inv_keep);
+    else if (keep)
+        apply_keep_bytes(ds, keep, n, inv_keep);
+    const float dot = pc_dot(ds, p, n);
+    for (int j = 0; j < n; j++) ds[j] = fabsf(p[j]) * (ds[j] - dot);
+}
+
 static int padded_stride(int n) {
     const int lines = (n + 15) / 16;
     return 16 * (lines % 2 ? lines : lines + 1);
@@ -471,17 +484,9 @@ static int attention_backward(float *dq, float *dk, float *dv, float *coef, cons
             if (!dq && !dk && !NP && !coef) continue; /* no gradient of the scores wanted */
             times_keys_transposed(Tq, D, 1.0f, dO, D, &values, vt, dS, ld);
             const float inv_keep = use_dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
-            for (int i = 0; i < Tq; i++) {
-                float *ds = dS + (int64_t)i * ld;
-                const float *p = P + (int64_t)i * Tk;
-                if (marked)
-                    keep_by_signs(ds, ds, p, Tk, inv_keep);
-                else if (use_dropout)
-                    apply_keep_bytes(ds, keep + (int64_t)i * ld, Tk, inv_keep);
-                /* a marked p < 0 meets ds = 0 in the dot, and is |p| below */
-                float dot = pc_dot(ds, p, Tk);
-                for (int j = 0; j < Tk; j++) ds[j] = fabsf(p[j]) * (ds[j] - dot);
-            }
+            for (int i = 0; i < Tq; i++)
+                scores_gradient_row(dS + (int64_t)i * ld, P + (int64_t)i * Tk, Tk, marked,
+                                    keep ? keep + (int64_t)i * ld : NULL, inv_keep);
             if (NP) times_head(true, NP, D, Tq, scale, dS, ld, Qh, D, 0.0f, dpk, pre->d_ld);
             if (dq) {
                 const pair_rows gathered = {keys.Yp, Kh, NP, T, keys.ldp, D};
@@ -534,8 +539,10 @@ static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefi
     bool failed = false;
     #pragma omp parallel num_threads(pc_threads_for((int64_t)B * H * T * C))
     {
-        float *pd = aligned_floats(2 * (int64_t)line_stride(Tk)); /* p' and dP of a pair */
+        /* p', dP and the keep bytes of a pair */
+        float *pd = aligned_floats(3 * (int64_t)line_stride(Tk));
         float *dp = pd ? pd + line_stride(Tk) : NULL;
+        uint8_t *keep = use_dropout && !marked && dp ? (uint8_t *)(dp + line_stride(Tk)) : NULL;
         if (!pd) failed = true;
         #pragma omp for schedule(static)
         for (int b = 0; b < B; b++) {
@@ -551,7 +558,7 @@ static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefi
                 if (marked)
                     keep_by_signs(pd, p, p, Tk, inv_keep);
                 else if (use_dropout)
-                    dropout_probs(pd, Tk, NULL, p, Tk, 1, Tk, dropout_p, seed, bh, NULL);
+                    dropout_probs(pd, Tk, keep, p, Tk, 1, Tk, dropout_p, seed, bh, NULL);
                 else
                     memcpy(pd, p, sizeof(float) * Tk);
                 for (int j = 0; j < NP; j++)
@@ -561,14 +568,10 @@ static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefi
                           : 0.0f;
                 float *dpo = ck + (int64_t)h * T;
                 for (int j = 0; j < T; j++) dp[NP + j] = dpo[j] + shift;
-                if (marked)
-                    keep_by_signs(dp, dp, p, Tk, inv_keep);
-                else if (use_dropout) /* kept where p' is not 0 (where p is 0, dS is 0) */
-                    for (int j = 0; j < Tk; j++) dp[j] = pd[j] != 0.0f ? dp[j] * inv_keep : 0.0f;
-                const float dot = pc_dot(dp, p, Tk);
+                scores_gradient_row(dp, p, Tk, marked, keep, inv_keep);
                 float sum = 0.0f;
                 for (int j = 0; j < T; j++) {
-                    dpo[j] = scale * fabsf(p[NP + j]) * (dp[NP + j] - dot);
+                    dpo[j] = scale * dp[NP + j];
                     sum += dpo[j];
                 }
                 sums[bh] = sum;
@@ -578,7 +581,7 @@ static int scores_gradient_from_inputs(float *coef, float *sums, float *dS_prefi
                 const float *qh = q + (int64_t)b * d->ld_q + (int64_t)h * D;
                 float *dsp = dS_prefix + bh * NP;
                 for (int j = 0; j < NP; j++) {
-                    dsp[j] = scale * fabsf(p[j]) * (dp[j] - dot);
+                    dsp[j] = scale * dp[j];
                     float *dk = pre->dk + b * pre->d_stride + (int64_t)j * pre->d_ld + h * D;
                     float *dv = pre->dv + b * pre->d_stride + (int64_t)j * pre->d_ld + h * D;
                     for (int e = 0; e < D; e++) {
