@@ -187,6 +187,10 @@
        const float *mean, const float *rstd, int N, int C, float p, uint64_t seed),          \
       (dbranch, dres, dextra, extra_to_res, dweight, dbias, dout, inp, weight, mean, rstd, N, \
        C, p, seed))                                                                          \
+    X(VALUE, int, pc_sgemm_narrow,                                                           \
+      (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda, \
+       const float *B, int ldb, float beta, float *C, int ldc, const float *bias),            \
+      (trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias))                \
     X(VALUE, int, pc_lora_forward,                                                           \
       (float *y, int ldy, float *u, const float *x, int ldx, const float *A, const float *B, \
        int N, int in, int out, int r, float scale, const float *row_scale, float p,          \

@@ -61,6 +61,16 @@ void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alph
  * while the product's tiles are in cache. */
 void pc_sgemm_biased(bool trans_a, bool trans_b, int M, int N, int K, const float *A, int lda,
                      const float *B, int ldb, const float *bias, float *C, int ldc);
+/* C(M,N) = alpha·op(A)·op(B) + beta·C (+ bias (N) on every row, unless NULL) for products
+ * with a narrow dimension, a bottleneck's or a low rank's (tens), where BLIS's packing and
+ * its micro-kernel's set-up cost more than the multiply-adds: register tiles over unpacked
+ * operands (ops/tiles.c), op(B) = Bᵀ first copied into scratch (then N·K floats, small).
+ * Threads own whole bands of C's rows (or its columns, where C has few rows), and each
+ * element is summed over k in order, so the bits do not depend on the thread count; they
+ * match pc_sgemm's to rounding. Returns 0, or -1 (C untouched) when out of memory. */
+int pc_sgemm_narrow(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc, const float *bias);
 /* The same products through our own packing and BLIS's micro-kernel (gemm_packed.c), where
  * that is the path in use: false, with C untouched, where it is not. M, N, K >= 1. */
 bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alpha,

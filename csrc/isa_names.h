@@ -91,6 +91,7 @@
 /* ops/tiles.c (called by other kernels only: no dispatch entry) */
 #define pc_tile_gemm PC_ISA_NAME(pc_tile_gemm, PC_ISA)
 #define pc_tile_gemm_split PC_ISA_NAME(pc_tile_gemm_split, PC_ISA)
+#define pc_sgemm_narrow PC_ISA_NAME(pc_sgemm_narrow, PC_ISA)
 /* peft/lora.c */
 #define pc_lora_forward PC_ISA_NAME(pc_lora_forward, PC_ISA)
 #define pc_lora_backward PC_ISA_NAME(pc_lora_backward, PC_ISA)

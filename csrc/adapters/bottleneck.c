@@ -245,8 +245,9 @@ static const float *z_of(const shape *s, const rows_layout *L, const float *h) {
     return s->ln_before_orig ? L->z : h;
 }
 
-/* Rows [0, n) (rows row0.. of the batch, sequences of T rows): out from h and x */
-static void forward_rows(const shape *s, const pc_block_call *c, const rows_layout *L, int n,
+/* Rows [0, n) (rows row0.. of the batch, sequences of T rows): out from h and x. Returns 0,
+ * or -1 when out of memory. */
+static int forward_rows(const shape *s, const pc_block_call *c, const rows_layout *L, int n,
                          int64_t row0, float *out, const float *h, const float *x,
                          uint64_t seed) {
     const int C = s->C, r = s->r;
@@ -262,10 +263,12 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
         pc_layernorm_forward(L->z1, L->nb_mean, L->nb_rstd, z, s->nbw, s->nbb, n, C, s->eps);
         z1 = L->z1;
     }
-    pc_sgemm_biased(false, true, n, r, C, z1, C, s->Wd, C, s->bd, L->d, r);
+    if (pc_sgemm_narrow(false, true, n, r, C, 1.0f, z1, C, s->Wd, C, 0.0f, L->d, r, s->bd) < 0)
+        return -1;
     PC_PARALLEL_FOR((int64_t)n * r * 8)
     for (int64_t i = 0; i < (int64_t)n * r; i++) L->a[i] = act_forward(s->act, L->d[i]);
-    pc_sgemm_biased(false, true, n, C, r, L->a, r, s->Wu, r, s->bu, L->u, C);
+    if (pc_sgemm_narrow(false, true, n, C, r, 1.0f, L->a, r, s->Wu, r, 0.0f, L->u, C, s->bu) < 0)
+        return -1;
     if (s->gated) {
         /* the sequences' gates (ops/gate.c) into g's first entries, then spread to each row,
          * from the last sequence back (row b·T + t ≥ b: no gate is overwritten unread) */
@@ -279,7 +282,7 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
         s->scale_len == 0 && s->scale_value == 1.0f) {
         pc_layernorm_forward_sum(out, L->po_mean, L->po_rstd, L->po_in, L->u, h, x, c->ln_w,
                                  c->ln_b, n, C, c->ln_eps);
-        return;
+        return 0;
     }
     /* o = dropout(u · scaling)·g, plus the residual unless a LayerNorm (LNa) comes between:
      * into LNa's input, or out */
@@ -324,6 +327,7 @@ static void forward_rows(const shape *s, const pc_block_call *c, const rows_layo
     if (s->ln_after_orig)
         pc_layernorm_forward_sum(out, L->po_mean, L->po_rstd, L->po_in, out, x, NULL, c->ln_w,
                                  c->ln_b, n, C, c->ln_eps);
+    return 0;
 }
 
 static int bn_forward(const pc_adapter *a, const pc_block_call *c, float *out, const float *h,
@@ -332,8 +336,7 @@ static int bn_forward(const pc_adapter *a, const pc_block_call *c, float *out, c
     rows_layout L;
     if (keeping) {
         lay_out(&s, c->N, saved, &L);
-        forward_rows(&s, c, &L, c->N, 0, out, h, x, c->seed);
-        return 0;
+        return forward_rows(&s, c, &L, c->N, 0, out, h, x, c->seed);
     }
     /* whole sequences at a time (the gate averages over one), in scratch of their own */
     const int T = c->T > 0 ? c->T : 1;
@@ -344,7 +347,10 @@ static int bn_forward(const pc_adapter *a, const pc_block_call *c, float *out, c
         const int n = c->N - n0 < rows ? c->N - n0 : rows;
         const int64_t off = (int64_t)n0 * s.C;
         lay_out(&s, n, scratch, &L);
-        forward_rows(&s, c, &L, n, n0, out + off, h + off, x + off, c->seed);
+        if (forward_rows(&s, c, &L, n, n0, out + off, h + off, x + off, c->seed) < 0) {
+            free(scratch);
+            return -1;
+        }
     }
     free(scratch);
     return 0;
@@ -478,23 +484,28 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
             for (int k = 0; k < C; k++) w_du[(int64_t)i * C + k] *= scale_at(&s, k);
     }
     /* u = a·Wuᵀ + bu */
-    if (dWu) pc_sgemm(true, false, C, r, N, 1.0f, du, C, L.a, r, 1.0f, dWu, r);
+    if (dWu && pc_sgemm_narrow(true, false, C, r, N, 1.0f, du, C, L.a, r, 1.0f, dWu, r, NULL) < 0)
+        goto oom;
     if (dbu) pc_column_sums(dbu, du, C, N, C);
-    pc_sgemm(false, false, N, r, C, 1.0f, du, C, s.Wu, r, 0.0f, dact, r);
+    if (pc_sgemm_narrow(false, false, N, r, C, 1.0f, du, C, s.Wu, r, 0.0f, dact, r, NULL) < 0)
+        goto oom;
     /* a = f(d) */
     PC_PARALLEL_FOR((int64_t)N * r * 8)
     for (int64_t i = 0; i < (int64_t)N * r; i++) dd[i] = dact[i] * act_slope(s.act, L.d[i]);
     /* d = z1·Wdᵀ + bd */
     const float *z1 = s.norm_before ? L.z1 : z;
-    if (dWd) pc_sgemm(true, false, r, C, N, 1.0f, dd, r, z1, C, 1.0f, dWd, C);
+    if (dWd && pc_sgemm_narrow(true, false, r, C, N, 1.0f, dd, r, z1, C, 1.0f, dWd, C, NULL) < 0)
+        goto oom;
     if (dbd) pc_column_sums(dbd, dd, r, N, r);
     if (s.norm_before) {
         float *dz1 = w_du; /* du is read no more */
-        pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz1, C);
+        if (pc_sgemm_narrow(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz1, C, NULL) < 0)
+            goto oom;
         pc_layernorm_backward_to(dz, NULL, dnbw, dnbb, dz1, z, s.nbw, L.nb_mean, L.nb_rstd, N,
                                  C, 0.0f, 0);
     } else {
-        pc_sgemm(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C);
+        if (pc_sgemm_narrow(false, false, N, C, r, 1.0f, dd, r, s.Wd, C, 0.0f, dz, C, NULL) < 0)
+            goto oom;
     }
     /* the gate, g = mean over the sequence of sigmoid(z·wg + bg) (ops/gate.c) */
     if (s.gated &&
@@ -521,6 +532,9 @@ static int bn_backward(const pc_adapter *a, const pc_block_call *c, float *dh, f
     }
     free(work);
     return 0;
+oom:
+    free(work);
+    return -1;
 }
 
 /* after a kept forward of one call over N rows: each sequence's gate (its first row's g) */

@@ -153,7 +153,13 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
         free(rs);
         return -1;
     }
-    pc_sgemm(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r);
+    if (pc_sgemm_narrow(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r, NULL) <
+        0) {
+        free(dg);
+        free(dyB);
+        free(rs);
+        return -1;
+    }
     for (int b = 0; b < seqs; b++) {
         double sum = 0.0;
         for (int64_t i = (int64_t)b * T * r; i < (int64_t)(b + 1) * T * r; i++)
