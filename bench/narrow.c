@@ -66,8 +66,9 @@ int main(int argc, char **argv) {
     if (pc_runtime_init() < 0) return 1;
     pc_set_num_threads(2);
     float *x = filled((size_t)N * C, 1), *dy = filled((size_t)N * C, 2);
-    float *wd = filled((size_t)r * C, 3), *wu = filled((size_t)C * r, 4), *bq = filled((size_t)C * q, 5);
-    float *bias = filled((size_t)C, 6), *a = filled((size_t)N * r, 7), *d = filled((size_t)N * r, 8);
+    float *wd = filled((size_t)r * C, 3), *wu = filled((size_t)C * r, 4);
+    float *bq = filled((size_t)C * q, 5), *bias = filled((size_t)C, 6);
+    float *a = filled((size_t)N * r, 7), *d = filled((size_t)N * r, 8);
     float *big = filled((size_t)N * C, 9), *small = filled((size_t)N * r, 10);
     float *gwd = filled((size_t)r * C, 11), *gwu = filled((size_t)C * r, 12);
     const product ps[] = {

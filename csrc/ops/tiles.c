@@ -226,8 +226,8 @@ enum { NARROW_BAND = 48 };
 /* C (M,N) = alpha·op(A)·B + beta·C (+ bias) for rows [i0, i1) and columns [j0, j1), B (K,N)
  * row-major, band by band */
 static void narrow_product_block(bool trans_a, int i0, int i1, int j0, int j1, float alpha,
-                         const float *A, int lda, const float *B, int ldb, int K, float beta,
-                         float *C, int ldc, const float *bias) {
+                                 const float *A, int lda, const float *B, int ldb, int K,
+                                 float beta, float *C, int ldc, const float *bias) {
     for (int b0 = i0; b0 < i1; b0 += NARROW_BAND) {
         const int rows = i1 - b0 < NARROW_BAND ? i1 - b0 : NARROW_BAND;
         const float *Ab = trans_a ? A + b0 : A + (int64_t)b0 * lda;
@@ -286,25 +286,23 @@ int pc_sgemm_narrow(bool trans_a, bool trans_b, int M, int N, int K, float alpha
         free(ct);
         return 0;
     }
-    /* threads own whole bands of rows, or, where C has too few rows for that, whole pairs of
-     * vectors of its columns */
+    /* threads own whole bands of rows or, where C is wider than tall, whole pairs of vectors
+     * of its columns; the choice and the split change no bit (tiles.c's header) */
     const int nt = pc_threads_for((int64_t)M * N * K >> 6);
-    const bool by_rows = M >= N || M >= 2 * NARROW_BAND * nt;
+    const bool by_rows = M >= N;
     const int extent = by_rows ? M : N, unit = by_rows ? NARROW_BAND : 2 * PC_VW;
     const int units = (extent + unit - 1) / unit;
     PC_PRAGMA(omp parallel num_threads(nt))
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        const int per = (units + n - 1) / n;
-        const int begin = t * per * unit, end = (t + 1) * per * unit < extent ? (t + 1) * per * unit : extent;
-        if (begin < end) {
-            if (by_rows)
-                narrow_product_block(trans_a, begin, end, 0, N, alpha, A, lda, B, ldb, K, beta, C, ldc,
-                             bias);
-            else
-                narrow_product_block(trans_a, 0, M, begin, end, alpha, A, lda, B, ldb, K, beta, C, ldc,
-                             bias);
-        }
+        const int per = (units + n - 1) / n * unit;
+        const int begin = t * per, end = begin + per < extent ? begin + per : extent;
+        if (begin < end && by_rows)
+            narrow_product_block(trans_a, begin, end, 0, N, alpha, A, lda, B, ldb, K, beta, C,
+                                 ldc, bias);
+        else if (begin < end)
+            narrow_product_block(trans_a, 0, M, begin, end, alpha, A, lda, B, ldb, K, beta, C,
+                                 ldc, bias);
     }
     free(bt);
     return 0;
