@@ -108,6 +108,7 @@
     X(VOID, void, pc_gemm_packed_init, (void), ())                                           \
     X(VALUE, int, pc_gemm_packed_mode, (void), ())                                           \
     X(VALUE, bool, pc_gemm_packed_has, (int mode), (mode))                                   \
+    X(VALUE, bool, pc_gemm_packed_split_free, (void), ())                                    \
     X(VALUE, bool, pc_gemm_packed_use, (int mode), (mode))                                   \
     X(VALUE, bool, pc_sgemm_packed,                                                          \
       (bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda, \

@@ -52,6 +52,10 @@ int pc_default_num_threads(void);     /* usable cores */
  * op(A) is (M,K): A is (M,K) with lda, or (K,M) when trans_a. Likewise op(B) is (K,N). */
 void pc_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* Blocks of rows or columns of C whose sizes are multiples of this give a product the same
+ * bits as the whole (pc_sgemm splits among threads on such blocks): 1 on our packed path
+ * with the x86 kernel sets, where any split does; else a whole number of BLIS's tiles. */
+int pc_gemm_split_multiple(void);
 /* Same, on the calling thread only: for use inside our own parallel loops. */
 void pc_sgemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta,
@@ -81,6 +85,9 @@ bool pc_sgemm_packed(bool trans_a, bool trans_b, int M, int N, int K, float alph
  * small-matrix kernel (the AVX2 kernel sets, where it measured faster) */
 enum { PC_GEMM_PACKED_OFF, PC_GEMM_PACKED_BOTH, PC_GEMM_PACKED_A_IN_PLACE };
 int pc_gemm_packed_mode(void);
+/* whether products run on the packed path with a kernel set whose edge tiles sum as its
+ * whole ones do, so that any split of a product gives its bits (pc_gemm_split_multiple) */
+bool pc_gemm_packed_split_free(void);
 /* whether BLIS's kernel set can run a mode; switch to it (false, unchanged, where it cannot) */
 bool pc_gemm_packed_has(int mode);
 bool pc_gemm_packed_use(int mode);

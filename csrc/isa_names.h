@@ -61,6 +61,7 @@
 #define pc_gemm_packed_init PC_ISA_NAME(pc_gemm_packed_init, PC_ISA)
 #define pc_gemm_packed_mode PC_ISA_NAME(pc_gemm_packed_mode, PC_ISA)
 #define pc_gemm_packed_has PC_ISA_NAME(pc_gemm_packed_has, PC_ISA)
+#define pc_gemm_packed_split_free PC_ISA_NAME(pc_gemm_packed_split_free, PC_ISA)
 #define pc_gemm_packed_use PC_ISA_NAME(pc_gemm_packed_use, PC_ISA)
 #define pc_sgemm_packed PC_ISA_NAME(pc_sgemm_packed, PC_ISA)
 /* ops/linear.c */

@@ -216,6 +216,30 @@ const char *pc_fork_note(void) {
                : "";
 }
 
+/* The rows or columns at which splitting a product on BLIS's micro-kernels changes no bit: a
+ * whole number of its tiles both ways, native and small-matrix. Some kernel sets (cortexa57,
+ * seen under emulation) round an edge tile's alpha·A·B apart from adding it to C, where a
+ * whole tile fuses the two, so alpha != 1 gives other bits at other splits. */
+static int blis_tiles = 32;
+
+static int64_t gcd64(int64_t a, int64_t b) { return b ? gcd64(b, a % b) : a; }
+/* the least common multiple of a and b, a block size BLIS leaves unset (<= 0) ignored */
+static int64_t lcm64(int64_t a, int64_t b) {
+    return a > 0 && b > 0 ? a / gcd64(a, b) * b : a > 0 ? a : b;
+}
+
+static int tile_multiple(void) {
+    cntx_t *cntx = bli_gks_query_cntx();
+    int64_t m = 1;
+    m = lcm64(m, bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, cntx));
+    m = lcm64(m, bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, cntx));
+    m = lcm64(m, bli_cntx_get_l3_sup_blksz_def_dt(BLIS_FLOAT, BLIS_MR, cntx));
+    m = lcm64(m, bli_cntx_get_l3_sup_blksz_def_dt(BLIS_FLOAT, BLIS_NR, cntx));
+    return m >= 1 && m <= 4096 ? (int)m : 32;
+}
+
+int pc_gemm_split_multiple(void) { return pc_gemm_packed_split_free() ? 1 : blis_tiles; }
+
 int pc_runtime_init(void) {
     if (initialised) return 0;
     pthread_atfork(NULL, NULL, after_fork_in_child);
@@ -237,6 +261,7 @@ int pc_runtime_init(void) {
         unsetenv("BLIS_ARCH_TYPE"); /* let BLIS detect */
     }
     bli_init(); /* reads BLIS_ARCH_TYPE once */
+    blis_tiles = tile_multiple();
     pc_gemm_packed_init();
     /* leave the environment as the user had it */
     if (user_copy) setenv("BLIS_ARCH_TYPE", user_copy, 1);
@@ -296,7 +321,9 @@ static void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
     }
     const bool split_rows = M >= N;
     const int extent = split_rows ? M : N;
-    const int align = 32; /* block edges on whole micro-panels */
+    /* block edges on whole micro-panels (32), or on whole tiles both ways where other splits
+     * would change bits (pc_gemm_split_multiple) */
+    const int align = pc_gemm_packed_split_free() ? 32 : blis_tiles;
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();

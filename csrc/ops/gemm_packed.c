@@ -463,6 +463,12 @@ void pc_gemm_packed_init(void) {
     ukr.a_in_place = ukr.sup && !pack_a;
 }
 
+bool pc_gemm_packed_split_free(void) {
+    /* the kernel sets measured here (packed_by_default's) compute an edge tile as a whole
+     * one would; another's (cortexa57's) rounds alpha·A·B apart there */
+    return ukr.enabled && packed_by_default(pc_blis_arch());
+}
+
 int pc_gemm_packed_mode(void) {
     return !ukr.enabled ? PC_GEMM_PACKED_OFF : ukr.a_in_place ? PC_GEMM_PACKED_A_IN_PLACE
                                                                : PC_GEMM_PACKED_BOTH;

@@ -1314,8 +1314,9 @@ static void test_sgemm_narrow(void) {
 
 /* A product's bits do not depend on how it is split: C (M, N) = alpha·op(A)·op(B) + beta·C
  * computed in blocks of s rows (of op(A) and C) or of s columns (of op(B) and C), for block
- * sizes around the kernels' tiles (MR = 6 or 8 or 32, NR = 4, 12 or 16), equals the whole
- * product bit for bit, and so does pc_sgemm on 2 threads; the whole product is within
+ * sizes around the kernels' tiles (MR = 6 or 8 or 32, NR = 4, 12 or 16) on our packed path
+ * and for whole numbers of tiles on BLIS's own GEMM (pc_gemm_split_multiple), equals the
+ * whole product bit for bit, and so does pc_sgemm on 2 threads; the whole product is within
  * 1e-5 of a double-precision reference, relative to the sum of its terms' magnitudes. Run
  * through every path this kernel set has (packed and BLIS), whichever is the default.
  * beta = 0 must overwrite a NaN-filled C; beta = 1 adds to it. */
@@ -1352,9 +1353,19 @@ static void sgemm_blocks_case(const char *path, int M, int N, int K, bool ta, bo
     snprintf(what, sizeof what, "%s: within 1e-5 of double (worst %.2g)", name, worst);
     check_true(what, bad == 0);
 
+    /* any block sizes on our packed path; on BLIS's own GEMM whole numbers of its tiles
+     * (pc_gemm_split_multiple: with alpha != 1 some kernel sets round edge tiles apart) */
+    const int multiple = pc_gemm_split_multiple();
+    const int tiles[] = {multiple, 2 * multiple, 3 * multiple};
+    const int *sizes = multiple == 1 ? block_sizes : tiles;
+    const size_t count = multiple == 1 ? sizeof block_sizes / sizeof block_sizes[0] : 3;
+    char listed[64] = "";
+    for (size_t b = 0; b < count; b++)
+        snprintf(listed + strlen(listed), sizeof listed - strlen(listed), "%s%d", b ? ", " : "",
+                 sizes[b]);
     bool rows_same = true, cols_same = true;
-    for (size_t b = 0; b < sizeof block_sizes / sizeof block_sizes[0]; b++) {
-        const int s = block_sizes[b];
+    for (size_t b = 0; b < count; b++) {
+        const int s = sizes[b];
         memcpy(part, start, bytes);
         for (int i0 = 0; i0 < M; i0 += s) {
             const int m = M - i0 < s ? M - i0 : s;
@@ -1370,9 +1381,9 @@ static void sgemm_blocks_case(const char *path, int M, int N, int K, bool ta, bo
         }
         cols_same = cols_same && memcmp(part, whole, bytes) == 0;
     }
-    snprintf(what, sizeof what, "%s: in blocks of 1, 5, 6, 7, 31, 33 rows, same bits", name);
+    snprintf(what, sizeof what, "%s: in blocks of %s rows, same bits", name, listed);
     check_true(what, rows_same);
-    snprintf(what, sizeof what, "%s: in blocks of 1, 5, 6, 7, 31, 33 columns, same bits", name);
+    snprintf(what, sizeof what, "%s: in blocks of %s columns, same bits", name, listed);
     check_true(what, cols_same);
     /* threads split the big ones (above pc_sgemm's serial cut-off) */
     if ((int64_t)M * N * K >= ((int64_t)1 << 21)) {
