@@ -1184,6 +1184,58 @@ static void check_rounding(const char *what, const float *got, const double *ref
            worst, got[worst], ref[worst]);
 }
 
+/* The double-precision reference of C = alpha·op(A)·op(B) + beta·C + bias (bias NULL: none)
+ * over C's first N columns, its padding up to ldc kept (ref), and each element's scale for
+ * check_rounding: the magnitudes of its terms summed (scale) */
+static void gemm_reference(double *ref, double *scale, bool ta, bool tb, int M, int N, int K,
+                           float alpha, const float *A, int lda, const float *B, int ldb,
+                           float beta, const float *C, int ldc, const float *bias) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < ldc; j++) {
+            double sum = 0, abs_sum = 0;
+            for (int k = 0; j < N && k < K; k++) {
+                const double term =
+                    (double)(ta ? A[(int64_t)k * lda + i] : A[(int64_t)i * lda + k]) *
+                    (tb ? B[(int64_t)j * ldb + k] : B[(int64_t)k * ldb + j]);
+                sum += term;
+                abs_sum += fabs(term);
+            }
+            const double old = C[(int64_t)i * ldc + j], b = bias && j < N ? bias[j] : 0.0;
+            ref[(int64_t)i * ldc + j] = j < N ? alpha * sum + (beta == 0 ? 0 : beta * old) + b
+                                              : old; /* padding untouched */
+            scale[(int64_t)i * ldc + j] = fabs(alpha) * abs_sum + fabs(beta * old) + fabs(b);
+        }
+}
+
+/* One product's operands for the GEMM tests: A and B random with padded leading dimensions,
+ * C (M, ldc = N + 2) random, the reference and scales (gemm_reference) from that C, then C's
+ * first N columns set to NaN where beta == 0 (the product must overwrite them) */
+typedef struct {
+    int lda, ldb, ldc;
+    float *A, *B, *C;
+    double *ref, *scale;
+} gemm_case;
+
+static gemm_case gemm_case_make(bool ta, bool tb, int M, int N, int K, float alpha, float beta,
+                                const float *bias) {
+    gemm_case g = {(ta ? M : K) + 3, (tb ? K : N) + 1, N + 2, NULL, NULL, NULL, NULL, NULL};
+    g.A = frand((size_t)(ta ? K : M) * g.lda + 1, 1);
+    g.B = frand((size_t)(tb ? N : K) * g.ldb + 1, 1);
+    g.C = frand((size_t)M * g.ldc, 1);
+    g.ref = dzeros((size_t)M * g.ldc);
+    g.scale = dzeros((size_t)M * g.ldc);
+    gemm_reference(g.ref, g.scale, ta, tb, M, N, K, alpha, g.A, g.lda, g.B, g.ldb, beta, g.C,
+                   g.ldc, bias);
+    if (beta == 0.0f)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) g.C[(int64_t)i * g.ldc + j] = NAN;
+    return g;
+}
+
+static void gemm_case_free(gemm_case *g) {
+    pc_free(g->A); pc_free(g->B); pc_free(g->C); free(g->ref); free(g->scale);
+}
+
 /* pc_sgemm_packed against a double-precision reference: every transpose case, padded
  * leading dimensions, alpha and beta (beta = 0 must overwrite a NaN-filled C), shapes on
  * both sides of the kernels' MR / NR (skx 32 / 12, haswell 6 / 16, penryn 8 / 4) and of
@@ -1207,29 +1259,11 @@ static void test_sgemm_packed_path(const char *path) {
         for (int trans = 0; trans < 4; trans++) {
             const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
             const bool ta = trans & 1, tb = trans & 2;
-            const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
             const float alpha = trans == 3 ? -0.5f : 1.0f, beta = (s % 3 == 0) ? 0.0f : 0.75f;
-            float *A = frand((size_t)(ta ? K : M) * lda, 1), *B = frand((size_t)(tb ? N : K) * ldb, 1);
-            float *C = frand((size_t)M * ldc, 1);
-            double *ref = dzeros((size_t)M * ldc), *scale = dzeros((size_t)M * ldc);
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < ldc; j++) {
-                    double sum = 0, abs_sum = 0;
-                    for (int k = 0; j < N && k < K; k++) {
-                        const double term =
-                            (double)(ta ? A[(int64_t)k * lda + i] : A[(int64_t)i * lda + k]) *
-                            (tb ? B[(int64_t)j * ldb + k] : B[(int64_t)k * ldb + j]);
-                        sum += term;
-                        abs_sum += fabs(term);
-                    }
-                    const double old = C[(int64_t)i * ldc + j];
-                    ref[(int64_t)i * ldc + j] = j < N ? alpha * sum + (beta == 0 ? 0 : beta * old)
-                                                      : old; /* padding untouched */
-                    scale[(int64_t)i * ldc + j] = fabs(alpha) * abs_sum + fabs(beta * old);
-                }
-            if (beta == 0.0f)
-                for (int i = 0; i < M; i++)
-                    for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] = NAN;
+            gemm_case g = gemm_case_make(ta, tb, M, N, K, alpha, beta, NULL);
+            const int lda = g.lda, ldb = g.ldb, ldc = g.ldc;
+            float *A = g.A, *B = g.B, *C = g.C;
+            const double *ref = g.ref, *scale = g.scale;
             char name[128];
             snprintf(name, sizeof name, "sgemm_packed [%s] %dx%dx%d trans_a=%d trans_b=%d beta=%g",
                      path, M, N, K, ta, tb, beta);
@@ -1244,7 +1278,7 @@ static void test_sgemm_packed_path(const char *path) {
                 check_true(name, !done && memcmp(before, C, (size_t)M * ldc * sizeof(float)) == 0);
                 pc_free(before);
             }
-            pc_free(A); pc_free(B); pc_free(C); free(ref); free(scale);
+            gemm_case_free(&g);
         }
     pc_set_gemm_path(before);
     printf("      packed GEMM [%s] %s, %s by default\n", path, available ? "available" : "unavailable",
@@ -1267,32 +1301,12 @@ static void test_sgemm_narrow(void) {
             for (int with_bias = 0; with_bias < 2; with_bias++) {
                 const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
                 const bool ta = trans & 1, tb = trans & 2;
-                const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
                 const float alpha = trans == 3 ? -0.5f : 1.0f;
                 const float beta = (s + (size_t)with_bias) % 2 ? 0.75f : 0.0f;
-                float *A = frand((size_t)(ta ? K : M) * lda + 1, 1);
-                float *B = frand((size_t)(tb ? N : K) * ldb + 1, 1);
-                float *C0 = frand((size_t)M * ldc, 1), *bias = with_bias ? frand((size_t)N, 1) : NULL;
-                double *ref = dzeros((size_t)M * ldc), *scale = dzeros((size_t)M * ldc);
-                for (int i = 0; i < M; i++)
-                    for (int j = 0; j < ldc; j++) {
-                        double sum = 0, abs_sum = 0;
-                        for (int k = 0; j < N && k < K; k++) {
-                            const double term =
-                                (double)(ta ? A[(int64_t)k * lda + i] : A[(int64_t)i * lda + k]) *
-                                (tb ? B[(int64_t)j * ldb + k] : B[(int64_t)k * ldb + j]);
-                            sum += term;
-                            abs_sum += fabs(term);
-                        }
-                        const double old = C0[(int64_t)i * ldc + j];
-                        const double b = bias && j < N ? bias[j] : 0.0;
-                        ref[(int64_t)i * ldc + j] =
-                            j < N ? alpha * sum + (beta == 0 ? 0 : beta * old) + b : old;
-                        scale[(int64_t)i * ldc + j] = fabs(alpha) * abs_sum + fabs(beta * old) + fabs(b);
-                    }
-                if (beta == 0.0f)
-                    for (int i = 0; i < M; i++)
-                        for (int j = 0; j < N; j++) C0[(int64_t)i * ldc + j] = NAN;
+                float *bias = with_bias ? frand((size_t)N, 1) : NULL;
+                gemm_case g = gemm_case_make(ta, tb, M, N, K, alpha, beta, bias);
+                const int lda = g.lda, ldb = g.ldb, ldc = g.ldc;
+                const float *A = g.A, *B = g.B, *C0 = g.C;
                 float *C[2];
                 int status[2];
                 for (int t = 0; t < 2; t++) {
@@ -1307,13 +1321,13 @@ static void test_sgemm_narrow(void) {
                 snprintf(name, sizeof name, "sgemm_narrow %dx%dx%d trans_a=%d trans_b=%d beta=%g%s",
                          M, N, K, ta, tb, beta, bias ? " +bias" : "");
                 check_true(name, status[0] == 0 && status[1] == 0);
-                check_rounding(name, C[1], ref, scale, (size_t)M * ldc);
+                check_rounding(name, C[1], g.ref, g.scale, (size_t)M * ldc);
                 char same[200];
                 snprintf(same, sizeof same, "%s: 1 and 2 threads bitwise equal", name);
                 check_true(same, memcmp(C[0], C[1], (size_t)M * ldc * sizeof(float)) == 0);
-                pc_free(A); pc_free(B); pc_free(C0); pc_free(C[0]); pc_free(C[1]);
+                pc_free(C[0]); pc_free(C[1]);
                 if (bias) pc_free(bias);
-                free(ref); free(scale);
+                gemm_case_free(&g);
             }
 }
 
