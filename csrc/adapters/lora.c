@@ -147,14 +147,9 @@ static int lora_backward(const pc_adapter *a, const pc_site_call *c, float *dy, 
     float *dg = malloc(sizeof(float) * (size_t)seqs);
     float *dyB = malloc(sizeof(float) * (size_t)N * r);
     float *rs = row_gates(g, N, T);
-    if (!dg || !dyB || !rs) {
-        free(dg);
-        free(dyB);
-        free(rs);
-        return -1;
-    }
-    if (pc_sgemm_narrow(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r, NULL) <
-        0) {
+    if (!dg || !dyB || !rs ||
+        pc_sgemm_narrow(false, false, N, r, c->out, 1.0f, dy, lddy, Bw, r, 0.0f, dyB, r, NULL) <
+            0) {
         free(dg);
         free(dyB);
         free(rs);
