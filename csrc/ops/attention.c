@@ -133,9 +133,6 @@ static void apply_keep_bytes(float *d, const uint8_t *keep, int n, float scale) 
     for (; j < n; j++) d[j] = keep[j] ? d[j] * scale : 0.0f;
 }
 
-/* A row stride of at least n floats, whole cache lines, and an odd number of them: the
- * backward walks down columns of its (Tq,Tk) scratch, and rows 2^k lines apart would crowd
- * into a few of the L1 cache's sets. */
 /* A softmax row's score gradient from its probabilities' gradient ds (n), in place:
  * dropout's backward first (the mask from the marks' signs, or the keep bytes drawn again),
  * then ds = |p| ⊙ (ds - Σ |p| ds) (a marked p < 0 meets ds = 0 in the dot) */
@@ -149,6 +146,9 @@ static void scores_gradient_row(float *ds, const float *p, int n, bool marked,
     for (int j = 0; j < n; j++) ds[j] = fabsf(p[j]) * (ds[j] - dot);
 }
 
+/* A row stride of at least n floats, whole cache lines, and an odd number of them: the
+ * backward walks down columns of its (Tq,Tk) scratch, and rows 2^k lines apart would crowd
+ * into a few of the L1 cache's sets. */
 static int padded_stride(int n) {
     const int lines = (n + 15) / 16;
     return 16 * (lines % 2 ? lines : lines + 1);
@@ -304,6 +304,13 @@ int64_t pc_attention_folded_scratch_floats(const pc_attention_dims *d, int prefi
     return (int64_t)d->B * (d->H * (2 * C + 2 * Tk + 1) + Tk + 2 * C);
 }
 
+/* qs (B,C) = q ⊙ sk per row (q's row stride ld_q): the queries as keys with a column scale
+ * sk meet them */
+static void scaled_queries(float *qs, const float *q, int ld_q, const float *sk, int B, int C) {
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++) qs[(int64_t)b * C + c] = q[(int64_t)b * ld_q + c] * sk[c];
+}
+
 /* Per head h, Wk_h and Wv_h being rows h·D ... h·D + D - 1 of Wk and Wv, and the prefix's
  * P rows first in each row of S:
  *   U (B,H,C):     u_bh = Wk_hᵀ q_bh / √D            (per head, (B,D)·(D,C))
@@ -329,8 +336,7 @@ void pc_attention_first_query_folded(float *out, float *probs, const float *q, c
     const float *qk = q;
     int ld_qk = d->ld_q;
     if (f->sk) {
-        for (int b = 0; b < B; b++)
-            for (int c = 0; c < C; c++) qs[(int64_t)b * C + c] = q[(int64_t)b * d->ld_q + c] * f->sk[c];
+        scaled_queries(qs, q, d->ld_q, f->sk, B, C);
         qk = qs;
         ld_qk = C;
     }
@@ -616,8 +622,7 @@ int pc_attention_first_query_backward_folded(float *dq, const pc_folded_grads *g
     int ld_qk = ld_q;
     float *uk = ext ? ext + (int64_t)2 * B * C : NULL, *uv = uk ? uk + (int64_t)B * C : NULL;
     if (f->sk) {
-        for (int b = 0; b < B; b++)
-            for (int c = 0; c < C; c++) ext[(int64_t)b * C + c] = q[(int64_t)b * ld_q + c] * f->sk[c];
+        scaled_queries(ext, q, ld_q, f->sk, B, C);
         qk = ext;
         ld_qk = C;
     }
